@@ -1,0 +1,154 @@
+//! The `berth-agent` command line.
+
+use crate::join::{self, JoinConfig};
+use crate::run::{self, RunConfig};
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "berth-agent", version, about = "berth host agent: pulls its work from the controller")]
+pub struct Cli {
+    /// Log format (filter with RUST_LOG)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Enroll this host with a controller (the line `berth token create` prints)
+    Join(JoinArgs),
+    /// Run the agent loop with the stored identity
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// Controller URL, e.g. https://10.0.0.1:7443
+    #[arg(long)]
+    pub controller: String,
+    /// Bootstrap token ID.SECRET
+    #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// sha256 of the controller's CA certificate; the join stops if it differs
+    #[arg(long)]
+    pub ca_hash: String,
+    /// This host's name in berth [default: the hostname]
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+    /// After joining, run the agent loop (for a systemd unit)
+    #[arg(long)]
+    pub run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// Where the identity and (later) bundles and journals live
+    #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "/var/lib/berth-agent")]
+    pub data_dir: PathBuf,
+    /// How long the controller may hold each long-poll
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub poll_wait: Duration,
+    /// Longest wait between retries when the controller is unreachable
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub backoff_max: Duration,
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Join(a) => {
+            let cfg: JoinConfig = join::validate(
+                &a.controller,
+                &a.token,
+                &a.ca_hash,
+                a.name.as_deref(),
+                a.common.data_dir.clone(),
+            )?;
+            let id = join::join(&cfg).await?;
+            eprintln!(
+                "joined {} as host `{}`; identity stored in {}",
+                id.meta.controller,
+                id.meta.name,
+                crate::identity::dir(&cfg.data_dir).display()
+            );
+            if a.run {
+                run_loop(a.common).await
+            } else {
+                Ok(())
+            }
+        }
+        Command::Run(a) => run_loop(a.common).await,
+    }
+}
+
+async fn run_loop(c: Common) -> Result<()> {
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut int), Ok(mut term)) =
+            (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+        {
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            s.cancel();
+        }
+    });
+    run::run(
+        RunConfig {
+            data_dir: c.data_dir,
+            poll_wait: c.poll_wait,
+            backoff_max: c.backoff_max,
+        },
+        shutdown,
+    )
+    .await
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}

@@ -1,0 +1,12 @@
+//! The berth agent: enrollment, identity, facts and the long-poll loop.
+//!
+//! Architecture invariant: the agent only ever dials out to the controller, and writes
+//! only under its data dir (hooks, later, are the exception).
+
+pub mod cli;
+pub mod facts;
+pub mod fsutil;
+pub mod identity;
+pub mod join;
+pub mod run;
+pub mod tls;

@@ -1,0 +1,163 @@
+//! `berth-agent run`: the long-poll loop. Each poll is the heartbeat, carries facts when
+//! they changed, and (with the orchestration work) will carry plans back.
+//!
+//! Errors never cost the identity: a timeout, a refused connection, a 5xx or even a 401 is
+//! logged and retried with jittered exponential backoff; `503` honours `Retry-After`.
+
+use crate::identity::Identity;
+use crate::join::chain;
+use crate::{facts, tls};
+use anyhow::{Context, Result};
+use berth_shared::api::{ErrorBody, HostFacts, PollRequest, PollResponse};
+use rand::Rng;
+use reqwest::StatusCode;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub data_dir: PathBuf,
+    /// How long the controller may hold each poll.
+    pub poll_wait: Duration,
+    /// Ceiling of the backoff between failed polls.
+    pub backoff_max: Duration,
+}
+
+/// Jittered exponential backoff: the n-th delay is uniform in [d/2, d] with
+/// d = min(max, base * 2^n).
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff { base, max, attempt: 0 }
+    }
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+    pub fn next_delay(&mut self) -> Duration {
+        let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
+        let d = exp.min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
+        let ms = d.as_millis() as u64;
+        Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
+    }
+}
+
+pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
+    let id = Identity::load(&cfg.data_dir)?;
+    let client = reqwest::Client::builder()
+        .use_preconfigured_tls(tls::mutual(&id.ca_pem, &id.cert_pem, id.private_key()?)?)
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("cannot build the HTTPS client")?;
+    let url = format!("{}/v1/agent/poll", id.meta.controller);
+    tracing::info!(host = %id.meta.name, controller = %id.meta.controller, "agent starting");
+
+    let mut reported: Option<HostFacts> = None;
+    let mut backoff = Backoff::new(Duration::from_secs(1), cfg.backoff_max);
+    let mut connected = false;
+    loop {
+        let current = facts::collect();
+        let changed = reported.as_ref() != Some(&current);
+        let body = PollRequest {
+            facts: changed.then(|| current.clone()),
+            wait_secs: cfg.poll_wait.as_secs(),
+        };
+        let send = client
+            .post(&url)
+            .json(&body)
+            .timeout(cfg.poll_wait + Duration::from_secs(15))
+            .send();
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = send => r,
+        };
+        let delay = match result {
+            Ok(resp) if resp.status().is_success() => match resp.json::<PollResponse>().await {
+                Ok(p) => {
+                    if !connected {
+                        tracing::info!(host = %p.host, "connected to controller");
+                        connected = true;
+                    }
+                    if changed && p.facts_accepted {
+                        tracing::info!("facts reported");
+                        reported = Some(current);
+                    }
+                    backoff.reset();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "unreadable poll answer; retrying");
+                    backoff.next_delay()
+                }
+            },
+            Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                let secs = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                match secs {
+                    Some(s) => {
+                        tracing::info!(retry_after = s, "controller is overloaded; backing off as asked");
+                        Duration::from_secs(s.min(600))
+                            + Duration::from_millis(rand::thread_rng().gen_range(0..1000))
+                    }
+                    None => backoff.next_delay(),
+                }
+            }
+            Ok(resp) => {
+                let status = resp.status();
+                let body = resp.bytes().await.unwrap_or_default();
+                let why = serde_json::from_slice::<ErrorBody>(&body)
+                    .map(|e| format!("{} ({})", e.message, e.code))
+                    .unwrap_or_else(|_| status.to_string());
+                let delay = backoff.next_delay();
+                if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                    tracing::error!(%status, error = %why, retry_in = ?delay,
+                        "controller rejected this agent; keeping the identity and retrying");
+                } else {
+                    tracing::warn!(%status, error = %why, retry_in = ?delay, "poll failed");
+                }
+                connected = false;
+                delay
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %chain(&e), retry_in = ?delay, "controller unreachable");
+                connected = false;
+                delay
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_jittered_and_caps() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
+        assert!(d[0] >= Duration::from_millis(500) && d[0] <= Duration::from_secs(1));
+        assert!(d[2] >= Duration::from_secs(2) && d[2] <= Duration::from_secs(4));
+        for x in &d[3..] {
+            assert!(*x >= Duration::from_secs(4) && *x <= Duration::from_secs(8), "{x:?}");
+        }
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}

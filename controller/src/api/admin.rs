@@ -1,0 +1,130 @@
+//! Operator calls: bootstrap tokens and hosts.
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson};
+use super::AppState;
+use crate::pki::{hash_secret, random_token};
+use crate::store::Role;
+use crate::time::{now_unix, rfc3339};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use berth_shared::api::{CreateTokenRequest, CreateTokenResponse, HostView};
+use berth_shared::token::{TOKEN_ID_LEN, TOKEN_SECRET_LEN};
+
+const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+const MAX_USES: u32 = 10_000;
+
+pub async fn create_token(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<CreateTokenRequest>,
+) -> Result<(StatusCode, ApiJson<CreateTokenResponse>), ApiError> {
+    caller.require(Role::Operator)?;
+    if req.ttl_secs == 0 || req.ttl_secs > MAX_TTL_SECS {
+        return Err(ApiError::bad_request(format!(
+            "ttl_secs must be between 1 and {MAX_TTL_SECS} (365 days), got {}",
+            req.ttl_secs
+        )));
+    }
+    if req.uses == 0 || req.uses > MAX_USES {
+        return Err(ApiError::bad_request(format!(
+            "uses must be between 1 and {MAX_USES}, got {}",
+            req.uses
+        )));
+    }
+    let id = random_token(TOKEN_ID_LEN);
+    let secret = random_token(TOKEN_SECRET_LEN);
+    let expires_at = now_unix() + req.ttl_secs as i64;
+    st.store
+        .create_bootstrap_token(
+            &id,
+            &hash_secret(&secret),
+            req.uses,
+            expires_at,
+            req.description.as_deref(),
+            &caller.actor(),
+        )
+        .await?;
+    let token = format!("{id}.{secret}");
+    let ca_hash = st.pki.ca_hash();
+    let join_command = format!(
+        "berth-agent join --controller {} --token {token} --ca-hash {ca_hash}",
+        st.advertise_url
+    );
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(CreateTokenResponse {
+            id,
+            token,
+            expires_at: rfc3339(expires_at),
+            uses: req.uses,
+            controller: st.advertise_url.clone(),
+            ca_hash,
+            join_command,
+        }),
+    ))
+}
+
+pub async fn list_hosts(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<ApiJson<Vec<HostView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let now = now_unix();
+    let grace = st.host_grace.as_secs() as i64;
+    let hosts = st.store.hosts().await?;
+    Ok(ApiJson(
+        hosts
+            .into_iter()
+            .map(|h| {
+                let ago = (now - h.last_seen).max(0);
+                let state = if h.revoked {
+                    "Revoked"
+                } else if ago <= grace {
+                    "Ready"
+                } else {
+                    "NotReady"
+                };
+                HostView {
+                    name: h.name,
+                    state: state.into(),
+                    addresses: h.facts.addresses.clone(),
+                    arch: h.facts.arch.clone(),
+                    agent_version: h.facts.agent_version.clone(),
+                    last_seen: rfc3339(h.last_seen),
+                    last_seen_secs_ago: ago as u64,
+                    enrolled_at: rfc3339(h.enrolled_at),
+                    facts: h.facts,
+                }
+            })
+            .collect(),
+    ))
+}
+
+pub async fn revoke_host(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    if st.store.revoke_host(&name, &caller.actor()).await? {
+        tracing::info!(host = %name, "host revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no host named `{name}`")))
+    }
+}
+
+pub async fn delete_host(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    if st.store.delete_host(&name, &caller.actor()).await? {
+        tracing::info!(host = %name, "host deleted");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no host named `{name}`")))
+    }
+}

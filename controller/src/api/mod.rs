@@ -1,0 +1,53 @@
+//! The `/v1/` HTTP API: routes, shared state and the handlers behind them.
+//!
+//! Agent routes (`/v1/agent/*`) authenticate by client certificate; operator routes by
+//! bearer token; `/v1/enroll*` and `/v1/healthz` are open (enrollment proves itself with a
+//! bootstrap token in the body).
+
+pub mod admin;
+pub mod agent;
+pub mod auth;
+pub mod enroll;
+pub mod error;
+
+use crate::pki::Pki;
+use crate::store::Store;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Request bodies larger than this are refused (bundle uploads have their own limit).
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub pki: Arc<Pki>,
+    /// The URL agents are told to use.
+    pub advertise_url: String,
+    pub host_grace: Duration,
+    pub poll_hold: Duration,
+    /// Bounds concurrent long-polls; when empty, polls get `503` + `Retry-After`.
+    pub poll_slots: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/healthz", get(enroll::healthz))
+        .route("/v1/enroll/ca", get(enroll::ca))
+        .route("/v1/enroll", post(enroll::enroll))
+        .route("/v1/agent/poll", post(agent::poll))
+        .route("/v1/tokens", post(admin::create_token))
+        .route("/v1/hosts", get(admin::list_hosts))
+        .route("/v1/hosts/{name}", delete(admin::delete_host))
+        .route("/v1/hosts/{name}/revoke", post(admin::revoke_host))
+        .fallback(|| async {
+            error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(state)
+}

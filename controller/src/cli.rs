@@ -1,0 +1,278 @@
+//! The `berth` command line: `serve` runs the controller; everything else is a thin
+//! client of its API.
+
+use crate::client::{Client, Target};
+use crate::config::{self, ServeConfig, DEFAULT_PORT};
+use crate::output::{self, Format};
+use anyhow::{Context, Result};
+use berth_shared::api::{CreateTokenRequest, CreateTokenResponse, HostView};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reqwest::Method;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "berth", version, about = "Install and run clusters on fleets of Linux hosts, without SSH")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Controller data dir; client commands read the URL, CA and admin token from it when
+    /// --server/--token/--ca are not given [default: /var/lib/berth as root, else ~/.local/share/berth]
+    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Controller URL for client commands, e.g. https://10.0.0.1:7443
+    #[arg(long, env = "BERTH_SERVER", global = true)]
+    pub server: Option<String>,
+    /// API bearer token for client commands
+    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate (PEM) that the controller's certificate must chain to
+    #[arg(long, env = "BERTH_CA", global = true)]
+    pub ca: Option<PathBuf>,
+    /// Log format of `berth serve` (filter with RUST_LOG)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the controller: HTTPS API, PKI and SQLite store
+    Serve(ServeArgs),
+    /// Bootstrap tokens that let agents enroll
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// List resources
+    #[command(subcommand)]
+    Get(GetCmd),
+    /// Manage enrolled hosts
+    #[command(subcommand)]
+    Host(HostCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+    pub listen: SocketAddr,
+    /// URL agents use to reach this controller [default: https://<listen address, or first non-loopback IPv4>:<port>]
+    #[arg(long)]
+    pub advertise_url: Option<String>,
+    /// Extra name or IP for the server certificate (repeatable)
+    #[arg(long = "san")]
+    pub sans: Vec<String>,
+    /// A host is NotReady when its last heartbeat is older than this
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub host_grace: Duration,
+    /// Longest time an agent's long-poll is held open
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub poll_hold: Duration,
+    /// Concurrent long-polls before agents are told to back off (503 + Retry-After)
+    #[arg(long, default_value_t = 10_000)]
+    pub max_polls: usize,
+    /// Time in-flight requests get to finish on SIGINT/SIGTERM
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Create a bootstrap token and print the `berth-agent join` line for it
+    Create {
+        /// Lifetime of the token
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many agents may enroll with it
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Free text stored with the token
+        #[arg(long)]
+        description: Option<String>,
+        /// `text` prints the join command only; `json` prints token, expiry and command
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
+        output: TextOrJson,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TextOrJson {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum GetCmd {
+    /// Enrolled hosts with their state and facts
+    Hosts {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Reject every further call from this host's certificate
+    Revoke { name: String },
+    /// Forget the host; its name can then enroll again
+    Delete { name: String },
+}
+
+/// Runs the CLI and maps the outcome to an exit code, printing errors as one line.
+pub fn main(cli: Cli) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<()> {
+    let data_dir = cli.global.data_dir.clone().unwrap_or_else(config::default_data_dir);
+    let target = Target {
+        server: cli.global.server.clone(),
+        token: cli.global.token.clone(),
+        ca: cli.global.ca.clone(),
+        data_dir: data_dir.clone(),
+    };
+    match cli.command {
+        Command::Serve(a) => serve(a, data_dir, cli.global.log_format).await,
+        Command::Token(TokenCmd::Create {
+            ttl,
+            uses,
+            description,
+            output,
+        }) => {
+            let c = Client::connect(&target)?;
+            let resp: CreateTokenResponse = c
+                .post(
+                    "/v1/tokens",
+                    &CreateTokenRequest {
+                        ttl_secs: ttl.as_secs(),
+                        uses,
+                        description,
+                    },
+                )
+                .await?;
+            match output {
+                TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&resp)?),
+                TextOrJson::Text => println!("{}", resp.join_command),
+            }
+            Ok(())
+        }
+        Command::Get(GetCmd::Hosts { output }) => {
+            let c = Client::connect(&target)?;
+            let hosts: Vec<HostView> = c.get("/v1/hosts").await?;
+            output::print(
+                output,
+                &hosts,
+                &["NAME", "STATE", "ADDRESSES", "ARCH", "LAST SEEN", "VERSION"],
+                || {
+                    hosts
+                        .iter()
+                        .map(|h| {
+                            vec![
+                                h.name.clone(),
+                                h.state.clone(),
+                                h.addresses.join(","),
+                                h.arch.clone(),
+                                format!("{} ago", output::ago(h.last_seen_secs_ago)),
+                                h.agent_version.clone(),
+                            ]
+                        })
+                        .collect()
+                },
+            )
+        }
+        Command::Host(cmd) => {
+            let c = Client::connect(&target)?;
+            let (method, path, done, name) = match &cmd {
+                HostCmd::Revoke { name } => {
+                    (Method::POST, format!("/v1/hosts/{name}/revoke"), "revoked", name)
+                }
+                HostCmd::Delete { name } => (Method::DELETE, format!("/v1/hosts/{name}"), "deleted", name),
+            };
+            c.call_empty(method, &path).await?;
+            println!("host {name} {done}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result<()> {
+    init_logging(log_format);
+    let advertise_url = a
+        .advertise_url
+        .as_deref()
+        .map(config::validate_advertise_url)
+        .transpose()?;
+    if a.max_polls == 0 {
+        anyhow::bail!("--max-polls must be at least 1");
+    }
+    let cfg = ServeConfig {
+        data_dir,
+        listen: a.listen,
+        advertise_url,
+        extra_sans: a.sans,
+        host_grace: a.host_grace,
+        poll_hold: a.poll_hold,
+        max_polls: a.max_polls,
+        shutdown_grace: a.shutdown_grace,
+    };
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: shutting down");
+        signals.cancel();
+    });
+    crate::server::run(cfg, shutdown)
+        .await
+        .context("controller failed")
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

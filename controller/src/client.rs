@@ -1,0 +1,162 @@
+//! The CLI's API client: finds the controller, verifies it against the CA, sends bearer
+//! tokens, and turns error bodies into one clear line.
+
+use crate::pki::PkiPaths;
+use crate::server::{ControllerInfo, INFO_FILE};
+use anyhow::{anyhow, bail, Context, Result};
+use berth_shared::api::ErrorBody;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where the CLI finds the controller: flags/env first, then the controller's data dir.
+#[derive(Debug, Clone, Default)]
+pub struct Target {
+    pub server: Option<String>,
+    pub token: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub data_dir: PathBuf,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn connect(t: &Target) -> Result<Client> {
+        let info_path = t.data_dir.join(INFO_FILE);
+        let info: Option<ControllerInfo> = std::fs::read(&info_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let hint = |what: &str, flag: &str, env: &str| {
+            anyhow!(
+                "no {what}: pass {flag} or set {env}, or run on the controller machine with --data-dir pointing at its data dir (looked in {})",
+                t.data_dir.display()
+            )
+        };
+        let base = match (&t.server, &info) {
+            (Some(s), _) => s.trim_end_matches('/').to_string(),
+            (None, Some(i)) => i.local_url.clone(),
+            (None, None) => return Err(hint("controller URL", "--server", "BERTH_SERVER")),
+        };
+        let pki = PkiPaths::new(&t.data_dir);
+        let token = match &t.token {
+            Some(tok) => tok.clone(),
+            None => std::fs::read_to_string(pki.admin_token())
+                .map(|s| s.trim().to_string())
+                .map_err(|_| hint("API token", "--token", "BERTH_TOKEN"))?,
+        };
+        let ca_path = t.ca.clone().unwrap_or_else(|| pki.ca_cert());
+        let ca_pem = std::fs::read(&ca_path).map_err(|_| {
+            anyhow!(
+                "cannot read the controller's CA certificate at {}: pass --ca or set BERTH_CA",
+                ca_path.display()
+            )
+        })?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls_client_config(&ca_pem, &ca_path)?)
+            .connect_timeout(Duration::from_secs(10))
+            .build()?;
+        Ok(Client { http, base, token })
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.send::<(), T>(Method::GET, path, None).await
+    }
+
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    /// A call whose success has no body (204).
+    pub async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
+        let resp = self.request(method, path, None::<&()>).await?;
+        check(resp).await.map(|_| ())
+    }
+
+    async fn send<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let resp = self.request(method, path, body).await?;
+        let resp = check(resp).await?;
+        let bytes = resp.bytes().await?;
+        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
+    }
+
+    async fn request<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send()
+            .await
+            .map_err(|e| anyhow!("cannot reach the controller at {}: {}", self.base, error_chain(&e)))
+    }
+}
+
+async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let bytes = resp.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(e) if status == StatusCode::UNAUTHORIZED => bail!(
+            "{} ({}); check --token / BERTH_TOKEN",
+            e.message,
+            e.code
+        ),
+        Ok(e) => bail!("{} ({})", e.message, e.code),
+        Err(_) => bail!("controller answered {status}"),
+    }
+}
+
+/// A rustls client config that trusts only the given CA (ring provider).
+pub fn tls_client_config(ca_pem: &[u8], ca_path: &Path) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots
+            .add(cert.with_context(|| format!("{} is not a PEM certificate", ca_path.display()))?)
+            .with_context(|| format!("{} is not a usable CA certificate", ca_path.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("{} holds no certificate", ca_path.display());
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// All causes of an error on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

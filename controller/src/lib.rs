@@ -1,0 +1,12 @@
+//! The berth controller: PKI, SQLite store, HTTPS API and the operator CLI that talks to it.
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod output;
+pub mod pki;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod time;

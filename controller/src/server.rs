@@ -1,0 +1,191 @@
+//! `berth serve`: opens the store and PKI, then serves the API over HTTPS until shutdown.
+
+use crate::api::{self, auth::PeerCert, AppState};
+use crate::config::{self, ServeConfig};
+use crate::pki::{hash_secret, Pki};
+use crate::secrets::{create_private_dir, write_public};
+use crate::store::Store;
+use anyhow::{Context, Result};
+use berth_shared::Digest;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tower::Service;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What `berth serve` writes beside its data so CLI commands on this machine find it.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct ControllerInfo {
+    /// The URL the CLI on this machine should use.
+    pub local_url: String,
+    pub advertise_url: String,
+    pub ca_hash: Digest,
+}
+
+pub const INFO_FILE: &str = "controller.json";
+
+/// Runs the controller until `shutdown` is cancelled.
+pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
+    create_private_dir(&cfg.data_dir)?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let bound = listener.local_addr()?;
+    let advertise_url = match &cfg.advertise_url {
+        Some(u) => u.clone(),
+        None => config::derive_advertise_url(bound),
+    };
+
+    let sans = server_sans(&advertise_url, &cfg.extra_sans);
+    let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &sans)?);
+    let store = Store::open(&cfg.data_dir).await?;
+    store.ensure_admin_token(&hash_secret(&pki.admin_token)).await?;
+
+    let info = ControllerInfo {
+        local_url: config::local_url(bound),
+        advertise_url: advertise_url.clone(),
+        ca_hash: pki.ca_hash(),
+    };
+    write_public(
+        &cfg.data_dir.join(INFO_FILE),
+        serde_json::to_string_pretty(&info)?.as_bytes(),
+    )?;
+
+    let tls = Arc::new(tls_config(&pki)?);
+    let state = AppState {
+        store: store.clone(),
+        pki: pki.clone(),
+        advertise_url: advertise_url.clone(),
+        host_grace: cfg.host_grace,
+        poll_hold: cfg.poll_hold,
+        poll_slots: Arc::new(Semaphore::new(cfg.max_polls)),
+        shutdown: shutdown.clone(),
+    };
+    let app = api::router(state);
+    tracing::info!(
+        listen = %bound,
+        advertise_url = %advertise_url,
+        ca_hash = %pki.ca_hash(),
+        data_dir = %cfg.data_dir.display(),
+        first_start = pki.created,
+        "controller serving"
+    );
+
+    serve(listener, TlsAcceptor::from(tls), app, shutdown.clone(), cfg.shutdown_grace).await;
+    store.close().await;
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// Every name the server certificate must cover.
+fn server_sans(advertise_url: &str, extra: &[String]) -> BTreeSet<String> {
+    let mut sans: BTreeSet<String> = ["localhost", "127.0.0.1", "::1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if let Some(h) = reqwest::Url::parse(advertise_url)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+    {
+        sans.insert(h);
+    }
+    let hn = config::hostname();
+    if !hn.is_empty() {
+        sans.insert(hn);
+    }
+    for a in config::local_addresses() {
+        sans.insert(a.to_string());
+    }
+    sans.extend(extra.iter().cloned());
+    sans
+}
+
+/// TLS 1.3, and TLS 1.2 with AEAD suites only (rustls offers no others), with optional
+/// client certificates that must chain to our CA when presented.
+fn tls_config(pki: &Pki) -> Result<ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca_der.clone())?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer_cert = PeerCert(
+                tls.get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| Digest::of(c.as_ref()).hex()),
+            );
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut().insert(peer_cert.clone());
+                let mut app = app.clone();
+                async move { app.call(req).await }
+            });
+            let builder = auto::Builder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; waiting for in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = ?grace, "in-flight requests did not finish in time; closing them");
+    }
+}

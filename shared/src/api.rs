@@ -1,0 +1,142 @@
+//! JSON bodies of the `/v1/` HTTP API, shared by the controller, the agent and the CLI.
+//!
+//! These are the only serializable types that cross the controller's boundary; the
+//! controller's database rows are separate types.
+
+use crate::{Digest, HostName};
+use serde::{Deserialize, Serialize};
+
+/// Every error response: a stable machine-readable `code` and a human `message`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// Facts an agent reports about its host at enrollment and whenever they change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct HostFacts {
+    pub hostname: String,
+    /// `PRETTY_NAME` from os-release, e.g. "Debian GNU/Linux 12 (bookworm)".
+    pub os: String,
+    pub kernel: String,
+    /// Rust's name for the CPU architecture: `x86_64`, `aarch64`, ...
+    pub arch: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    /// Non-loopback IP addresses, without prefix length.
+    pub addresses: Vec<String>,
+    pub agent_version: String,
+}
+
+/// `POST /v1/tokens`: create a bootstrap token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// Lifetime in seconds (1 second to 365 days).
+    pub ttl_secs: u64,
+    /// How many agents may enroll with it (1 to 10000).
+    pub uses: u32,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateTokenResponse {
+    pub id: String,
+    /// `ID.SECRET`; shown once, never stored in clear by the controller.
+    pub token: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    pub uses: u32,
+    pub controller: String,
+    pub ca_hash: Digest,
+    /// The line to paste on a host.
+    pub join_command: String,
+}
+
+/// `POST /v1/enroll`: an agent presents a bootstrap token and a CSR.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub token: String,
+    pub name: HostName,
+    /// PKCS#10 certificate signing request, PEM. The private key stays on the host.
+    pub csr_pem: String,
+    pub facts: HostFacts,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollResponse {
+    pub name: HostName,
+    /// The agent's client certificate, PEM.
+    pub certificate_pem: String,
+    pub ca_pem: String,
+    /// The controller's ed25519 plan-signing public key (32 bytes, hex).
+    pub plan_public_key: String,
+    /// Identifies the plan-signing key: the first 16 hex characters of its sha256.
+    pub plan_key_id: String,
+}
+
+/// `POST /v1/agent/poll`: the long-poll that is also the heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PollRequest {
+    /// Present only when the facts changed since the last accepted report.
+    #[serde(default)]
+    pub facts: Option<HostFacts>,
+    /// How long the controller may hold the request, in seconds (capped by the controller).
+    #[serde(default)]
+    pub wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PollResponse {
+    /// The host's name as the controller knows it.
+    pub host: String,
+    /// Whether the controller stored the facts sent with this poll.
+    pub facts_accepted: bool,
+}
+
+/// A host as `GET /v1/hosts` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostView {
+    pub name: String,
+    /// `Ready`, `NotReady` (no heartbeat within the grace period) or `Revoked`.
+    pub state: String,
+    pub addresses: Vec<String>,
+    pub arch: String,
+    pub agent_version: String,
+    /// RFC 3339.
+    pub last_seen: String,
+    pub last_seen_secs_ago: u64,
+    /// RFC 3339.
+    pub enrolled_at: String,
+    pub facts: HostFacts,
+}
+
+/// `GET /v1/healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub ca_hash: Digest,
+}
+
+/// Stable error codes. Clients match on these, never on messages.
+pub mod codes {
+    pub const UNAUTHENTICATED: &str = "unauthenticated";
+    pub const FORBIDDEN: &str = "forbidden";
+    pub const BAD_REQUEST: &str = "bad_request";
+    pub const NOT_FOUND: &str = "not_found";
+    pub const CONFLICT: &str = "conflict";
+    pub const TOKEN_INVALID: &str = "token_invalid";
+    pub const TOKEN_EXPIRED: &str = "token_expired";
+    pub const TOKEN_EXHAUSTED: &str = "token_exhausted";
+    pub const HOST_EXISTS: &str = "host_exists";
+    pub const HOST_UNKNOWN: &str = "host_unknown";
+    pub const HOST_REVOKED: &str = "host_revoked";
+    pub const CLIENT_CERT_REQUIRED: &str = "client_certificate_required";
+    pub const OVERLOADED: &str = "overloaded";
+    pub const INTERNAL: &str = "internal";
+}

@@ -1,0 +1,16 @@
+//! berth's wire contract and the pure logic both controller and agent need.
+//!
+//! Architecture invariant: this crate does no IO — no files, no sockets, no clocks.
+//! Everything here is a type that crosses a process boundary, or a pure function over one.
+
+pub mod api;
+pub mod digest;
+pub mod names;
+pub mod token;
+
+pub use digest::Digest;
+pub use names::HostName;
+pub use token::BootstrapToken;
+
+/// The version of berth both binaries were built from; agents report it as a fact.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
