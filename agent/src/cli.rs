@@ -10,7 +10,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "berth-agent", version, about = "berth host agent: pulls its work from the controller")]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "berth host agent: pulls its work from the controller"
+)]
 pub struct Cli {
     /// Log format (filter with RUST_LOG)
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -63,7 +67,11 @@ pub struct RunArgs {
 #[derive(Args, Debug)]
 pub struct Common {
     /// Where the identity and (later) bundles and journals live
-    #[arg(long, env = "BERTH_AGENT_DATA_DIR", default_value = "/var/lib/berth-agent")]
+    #[arg(
+        long,
+        env = "BERTH_AGENT_DATA_DIR",
+        default_value = "/var/lib/berth-agent"
+    )]
     pub data_dir: PathBuf,
     /// How long the controller may hold each long-poll
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -75,7 +83,10 @@ pub struct Common {
 
 pub fn main(cli: Cli) -> ExitCode {
     init_logging(cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -123,9 +134,10 @@ async fn run_loop(c: Common) -> Result<()> {
     let s = shutdown.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut int), Ok(mut term)) =
-            (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-        {
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
             s.cancel();
         }

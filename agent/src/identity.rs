@@ -49,7 +49,8 @@ impl Identity {
         let key_path = d.join("agent.key");
         check_secret_mode(&key_path)?;
         let read = |f: &str| {
-            fs::read_to_string(d.join(f)).with_context(|| format!("cannot read {}", d.join(f).display()))
+            fs::read_to_string(d.join(f))
+                .with_context(|| format!("cannot read {}", d.join(f).display()))
         };
         Ok(Identity {
             meta: serde_json::from_str(&read("agent.json")?).context("agent.json is corrupt")?,
@@ -60,12 +61,14 @@ impl Identity {
     }
 
     pub fn private_key(&self) -> Result<PrivateKeyDer<'static>> {
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).context("agent.key is not a valid PEM key")
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .context("agent.key is not a valid PEM key")
     }
 
     /// Writes the identity into `<data-dir>/identity` atomically.
     pub fn save(&self, data_dir: &Path) -> Result<()> {
-        fs::create_dir_all(data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
         fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))?;
         let final_dir = dir(data_dir);
         if final_dir.exists() {
@@ -86,7 +89,8 @@ impl Identity {
             0o644,
         )?;
         sync_dir(&tmp);
-        fs::rename(&tmp, &final_dir).with_context(|| format!("cannot move identity into {}", final_dir.display()))?;
+        fs::rename(&tmp, &final_dir)
+            .with_context(|| format!("cannot move identity into {}", final_dir.display()))?;
         sync_dir(data_dir);
         Ok(())
     }

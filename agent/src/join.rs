@@ -69,13 +69,18 @@ pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let ca_url = format!("{}/v1/enroll/ca", cfg.controller);
-    let resp = probe
-        .get(&ca_url)
-        .send()
-        .await
-        .map_err(|e| anyhow!("cannot reach the controller at {}: {}", cfg.controller, chain(&e)))?;
+    let resp = probe.get(&ca_url).send().await.map_err(|e| {
+        anyhow!(
+            "cannot reach the controller at {}: {}",
+            cfg.controller,
+            chain(&e)
+        )
+    })?;
     if !resp.status().is_success() {
-        bail!("{ca_url} answered {}; is --controller a berth controller?", resp.status());
+        bail!(
+            "{ca_url} answered {}; is --controller a berth controller?",
+            resp.status()
+        );
     }
     let ca_pem = resp.text().await?;
     let ca_der = rustls_pemfile::certs(&mut ca_pem.as_bytes())
@@ -125,7 +130,9 @@ pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
     }
     let enrolled: EnrollResponse = resp.json().await.context("unexpected enrollment answer")?;
     if enrolled.ca_pem.trim() != ca_pem.trim() {
-        bail!("the controller answered with a different CA than the one pinned; nothing was written");
+        bail!(
+            "the controller answered with a different CA than the one pinned; nothing was written"
+        );
     }
 
     // 4. Store it.

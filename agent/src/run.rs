@@ -35,7 +35,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff { base, max, attempt: 0 }
+        Backoff {
+            base,
+            max,
+            attempt: 0,
+        }
     }
     pub fn reset(&mut self) {
         self.attempt = 0;
@@ -67,7 +71,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         let changed = reported.as_ref() != Some(&current);
         let body = PollRequest {
             facts: changed.then(|| current.clone()),
-            wait_secs: cfg.poll_wait.as_secs(),
+            // The first poll after (re)connecting returns at once, so the controller
+            // sees the host and its facts without waiting a whole hold.
+            wait_secs: if connected { cfg.poll_wait.as_secs() } else { 0 },
         };
         let send = client
             .post(&url)
@@ -105,7 +111,10 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 match secs {
                     Some(s) => {
-                        tracing::info!(retry_after = s, "controller is overloaded; backing off as asked");
+                        tracing::info!(
+                            retry_after = s,
+                            "controller is overloaded; backing off as asked"
+                        );
                         Duration::from_secs(s.min(600))
                             + Duration::from_millis(rand::thread_rng().gen_range(0..1000))
                     }
@@ -155,7 +164,10 @@ mod tests {
         assert!(d[0] >= Duration::from_millis(500) && d[0] <= Duration::from_secs(1));
         assert!(d[2] >= Duration::from_secs(2) && d[2] <= Duration::from_secs(4));
         for x in &d[3..] {
-            assert!(*x >= Duration::from_secs(4) && *x <= Duration::from_secs(8), "{x:?}");
+            assert!(
+                *x >= Duration::from_secs(4) && *x <= Duration::from_secs(8),
+                "{x:?}"
+            );
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_secs(1));

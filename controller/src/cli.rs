@@ -15,7 +15,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
-#[command(name = "berth", version, about = "Install and run clusters on fleets of Linux hosts, without SSH")]
+#[command(
+    name = "berth",
+    version,
+    about = "Install and run clusters on fleets of Linux hosts, without SSH"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -133,7 +137,10 @@ pub enum HostCmd {
 
 /// Runs the CLI and maps the outcome to an exit code, printing errors as one line.
 pub fn main(cli: Cli) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -150,7 +157,11 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
-    let data_dir = cli.global.data_dir.clone().unwrap_or_else(config::default_data_dir);
+    let data_dir = cli
+        .global
+        .data_dir
+        .clone()
+        .unwrap_or_else(config::default_data_dir);
     let target = Target {
         server: cli.global.server.clone(),
         token: cli.global.token.clone(),
@@ -209,10 +220,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Host(cmd) => {
             let c = Client::connect(&target)?;
             let (method, path, done, name) = match &cmd {
-                HostCmd::Revoke { name } => {
-                    (Method::POST, format!("/v1/hosts/{name}/revoke"), "revoked", name)
+                HostCmd::Revoke { name } => (
+                    Method::POST,
+                    format!("/v1/hosts/{name}/revoke"),
+                    "revoked",
+                    name,
+                ),
+                HostCmd::Delete { name } => {
+                    (Method::DELETE, format!("/v1/hosts/{name}"), "deleted", name)
                 }
-                HostCmd::Delete { name } => (Method::DELETE, format!("/v1/hosts/{name}"), "deleted", name),
             };
             c.call_empty(method, &path).await?;
             println!("host {name} {done}");
@@ -255,7 +271,10 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

@@ -102,9 +102,13 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        req.send()
-            .await
-            .map_err(|e| anyhow!("cannot reach the controller at {}: {}", self.base, error_chain(&e)))
+        req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the controller at {}: {}",
+                self.base,
+                error_chain(&e)
+            )
+        })
     }
 }
 
@@ -115,11 +119,9 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
     }
     let bytes = resp.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(e) if status == StatusCode::UNAUTHORIZED => bail!(
-            "{} ({}); check --token / BERTH_TOKEN",
-            e.message,
-            e.code
-        ),
+        Ok(e) if status == StatusCode::UNAUTHORIZED => {
+            bail!("{} ({}); check --token / BERTH_TOKEN", e.message, e.code)
+        }
         Ok(e) => bail!("{} ({})", e.message, e.code),
         Err(_) => bail!("controller answered {status}"),
     }
@@ -136,14 +138,12 @@ pub fn tls_client_config(ca_pem: &[u8], ca_path: &Path) -> Result<rustls::Client
     if roots.is_empty() {
         bail!("{} holds no certificate", ca_path.display());
     }
-    Ok(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    )
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// All causes of an error on one line.

@@ -60,7 +60,9 @@ pub fn validate_advertise_url(url: &str) -> Result<String> {
     let parsed = reqwest::Url::parse(url)
         .with_context(|| format!("--advertise-url `{url}` is not a URL"))?;
     if parsed.scheme() != "https" {
-        bail!("--advertise-url `{url}` must start with https:// (the controller serves HTTPS only)");
+        bail!(
+            "--advertise-url `{url}` must start with https:// (the controller serves HTTPS only)"
+        );
     }
     if parsed.host_str().is_none() {
         bail!("--advertise-url `{url}` has no host");

@@ -29,7 +29,14 @@ pub fn print<T: Serialize>(
             for r in rows() {
                 t.add_row(r);
             }
-            println!("{}", t.to_string().lines().map(str::trim_end).collect::<Vec<_>>().join("\n"));
+            println!(
+                "{}",
+                t.to_string()
+                    .lines()
+                    .map(str::trim_end)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
     }
     Ok(())

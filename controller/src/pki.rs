@@ -5,13 +5,14 @@
 //! created once and only ever loaded afterwards. The server certificate is re-issued (and
 //! logged) when the set of names it must cover changes.
 
-use crate::secrets::{check_secret_mode, create_private_dir, read_secret, write_public, write_secret};
+use crate::secrets::{
+    check_secret_mode, create_private_dir, read_secret, write_public, write_secret,
+};
 use anyhow::{anyhow, bail, Context, Result};
 use berth_shared::{Digest, HostName};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -116,8 +117,8 @@ impl Pki {
 
         let ca_pem = fs::read_to_string(paths.ca_cert())
             .with_context(|| format!("cannot read {}", paths.ca_cert().display()))?;
-        let ca_key_pem = String::from_utf8(read_secret(&paths.ca_key())?)
-            .context("ca.key is not UTF-8 PEM")?;
+        let ca_key_pem =
+            String::from_utf8(read_secret(&paths.ca_key())?).context("ca.key is not UTF-8 PEM")?;
         let ca_key = KeyPair::from_pem(&ca_key_pem).context("ca.key is not a valid key")?;
         let ca_issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
             .context("ca.crt is not a valid CA certificate")?;
@@ -239,7 +240,10 @@ fn ensure_server_cert(
 ) -> Result<()> {
     let wanted = sans.iter().cloned().collect::<Vec<_>>().join("\n");
     let have = fs::read_to_string(paths.server_sans()).ok();
-    if paths.server_cert().exists() && paths.server_key().exists() && have.as_deref() == Some(&wanted) {
+    if paths.server_cert().exists()
+        && paths.server_key().exists()
+        && have.as_deref() == Some(&wanted)
+    {
         return Ok(());
     }
     if have.is_some() {
@@ -254,11 +258,11 @@ fn ensure_server_cert(
         .iter()
         .map(|s| match s.parse::<std::net::IpAddr>() {
             Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => Ok(SanType::DnsName(
-                s.clone()
-                    .try_into()
-                    .map_err(|_| anyhow!("`{s}` is not a valid DNS name for --san"))?,
-            )),
+            Err(_) => {
+                Ok(SanType::DnsName(s.clone().try_into().map_err(|_| {
+                    anyhow!("`{s}` is not a valid DNS name for --san")
+                })?))
+            }
         })
         .collect::<Result<_>>()?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -52,8 +52,8 @@ pub fn read_secret(path: &Path) -> Result<Vec<u8>> {
 
 /// Fails with a message that says how to fix it when `path` is group- or world-accessible.
 pub fn check_secret_mode(path: &Path) -> Result<()> {
-    let meta =
-        fs::metadata(path).with_context(|| format!("cannot stat secret file {}", path.display()))?;
+    let meta = fs::metadata(path)
+        .with_context(|| format!("cannot stat secret file {}", path.display()))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         bail!(

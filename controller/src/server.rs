@@ -50,7 +50,9 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     let sans = server_sans(&advertise_url, &cfg.extra_sans);
     let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &sans)?);
     let store = Store::open(&cfg.data_dir).await?;
-    store.ensure_admin_token(&hash_secret(&pki.admin_token)).await?;
+    store
+        .ensure_admin_token(&hash_secret(&pki.admin_token))
+        .await?;
 
     let info = ControllerInfo {
         local_url: config::local_url(bound),
@@ -82,7 +84,14 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         "controller serving"
     );
 
-    serve(listener, TlsAcceptor::from(tls), app, shutdown.clone(), cfg.shutdown_grace).await;
+    serve(
+        listener,
+        TlsAcceptor::from(tls),
+        app,
+        shutdown.clone(),
+        cfg.shutdown_grace,
+    )
+    .await;
     store.close().await;
     tracing::info!("controller stopped");
     Ok(())
@@ -185,7 +194,10 @@ async fn serve(
     }
     drop(listener);
     tracing::info!("shutting down: no new connections; waiting for in-flight requests");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = ?grace, "in-flight requests did not finish in time; closing them");
     }
 }

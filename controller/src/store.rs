@@ -181,7 +181,14 @@ impl Store {
         .bind(actor)
         .execute(&mut *tx)
         .await?;
-        audit(&mut tx, actor, "token.create", id, Some(&format!("uses={uses}"))).await?;
+        audit(
+            &mut tx,
+            actor,
+            "token.create",
+            id,
+            Some(&format!("uses={uses}")),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -301,14 +308,12 @@ impl Store {
     /// Revokes a host; returns false when there is no such host.
     pub async fn revoke_host(&self, name: &str, actor: &str) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(
-            "UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2",
-        )
-        .bind(now_unix())
-        .bind(name)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2")
+            .bind(now_unix())
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if n > 0 {
             audit(&mut tx, actor, "host.revoke", name, None).await?;
         }
@@ -350,14 +355,16 @@ async fn audit(
     target: &str,
     detail: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)")
-        .bind(now_unix())
-        .bind(actor)
-        .bind(action)
-        .bind(target)
-        .bind(detail)
-        .execute(tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .bind(now_unix())
+    .bind(actor)
+    .bind(action)
+    .bind(target)
+    .bind(detail)
+    .execute(tx)
+    .await?;
     Ok(())
 }
 

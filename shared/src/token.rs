@@ -73,7 +73,11 @@ mod tests {
             "abc123.0123456789abcde",
             "abc123.0123456789abcdef.x",
         ] {
-            assert_eq!(bad.parse::<BootstrapToken>(), Err(TokenFormatError), "{bad}");
+            assert_eq!(
+                bad.parse::<BootstrapToken>(),
+                Err(TokenFormatError),
+                "{bad}"
+            );
         }
     }
 }

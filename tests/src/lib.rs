@@ -1,1 +1,408 @@
+//! Test harness: a real controller and real agents as processes in temp dirs, with their
+//! logs captured to files and printed when a test fails.
 
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The directory holding the built `berth` and `berth-agent` (built once per test run).
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<test-binary>
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_string();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "berth-controller",
+            "-p",
+            "berth-agent",
+        ]);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building berth binaries failed");
+        dir
+    })
+}
+
+pub fn berth_bin() -> PathBuf {
+    bin_dir().join("berth")
+}
+
+pub fn agent_bin() -> PathBuf {
+    bin_dir().join("berth-agent")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A process whose stdout+stderr go to a log file, killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("open log");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().expect("clone log"))
+            .stderr(f)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc {
+            name: name.to_string(),
+            child,
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal with the `kill` command.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for exit; returns whether it exited successfully.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<bool> {
+        self.signal("TERM");
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- log of {} ({}) -----\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// A controller in a temp dir on a free loopback port.
+pub struct Controller {
+    pub dir: Arc<tempfile::TempDir>,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub extra_args: Vec<String>,
+    pub proc: Option<Proc>,
+}
+
+impl Controller {
+    /// Starts a controller with short poll/grace times suited to tests, plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Controller {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let data_dir = dir.path().join("controller");
+        let mut c = Controller {
+            dir,
+            data_dir,
+            port: free_port(),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            proc: None,
+        };
+        c.spawn().expect("controller starts");
+        c
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(berth_bin());
+        cmd.arg("--data-dir").arg(&self.data_dir).args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{}", self.port),
+        ]);
+        if !self.extra_args.iter().any(|a| a == "--poll-hold") {
+            cmd.args(["--poll-hold", "2s"]);
+        }
+        cmd.args(&self.extra_args);
+        cmd
+    }
+
+    /// Starts the process and waits until it answers over HTTPS.
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = self.dir.path().join("controller.log");
+        let mut p = Proc::spawn("controller", self.command(), log);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                let text = p.log_text();
+                self.proc = Some(p);
+                bail!("controller exited ({st}) during start:\n{text}");
+            }
+            if self.data_dir.join("pki/ca.crt").exists() {
+                if let Ok(c) = self.api_client() {
+                    if c.get(format!("{}/v1/healthz", self.url())).send().is_ok() {
+                        break;
+                    }
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                bail!("controller did not answer within 30 s:\n{}", p.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.proc = Some(p);
+        Ok(())
+    }
+
+    /// Runs the controller binary once to completion with the given args (no `serve`
+    /// defaults), e.g. to see a start refused.
+    pub fn run_serve_once(&self, timeout: Duration) -> (Option<i32>, String) {
+        let log = self.dir.path().join("controller-once.log");
+        let _ = fs::remove_file(&log);
+        let mut p = Proc::spawn("controller-once", self.command(), log);
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(st)) = p.child.try_wait() {
+                return (st.code(), p.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (None, p.log_text())
+    }
+
+    pub fn stop(&mut self) -> Option<bool> {
+        let mut p = self.proc.take()?;
+        p.terminate(Duration::from_secs(20))
+    }
+
+    pub fn ca_pem(&self) -> String {
+        fs::read_to_string(self.data_dir.join("pki/ca.crt")).expect("ca.crt")
+    }
+
+    pub fn admin_token(&self) -> String {
+        fs::read_to_string(self.data_dir.join("pki/admin.token"))
+            .expect("admin.token")
+            .trim()
+            .to_string()
+    }
+
+    /// An HTTPS client trusting the controller's CA, without a client certificate.
+    pub fn api_client(&self) -> Result<reqwest::blocking::Client> {
+        client(&self.ca_pem(), None)
+    }
+
+    /// Runs `berth --data-dir <controller data> ARGS`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(berth_bin())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_CA")
+            .output()
+            .expect("run berth")
+    }
+
+    /// `berth token create --uses N --ttl TTL -o json` → (token, join ca-hash).
+    pub fn create_token(&self, uses: u32, ttl: &str) -> (String, String) {
+        let out = self.cli(&[
+            "token",
+            "create",
+            "--uses",
+            &uses.to_string(),
+            "--ttl",
+            ttl,
+            "-o",
+            "json",
+        ]);
+        assert!(
+            out.status.success(),
+            "token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("token json");
+        (
+            v["token"].as_str().expect("token").to_string(),
+            v["ca_hash"].as_str().expect("ca_hash").to_string(),
+        )
+    }
+
+    /// A fresh agent data dir under this controller's temp dir.
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join("agents").join(name)
+    }
+
+    /// `berth-agent join` for `name` into its own data dir.
+    pub fn join(&self, name: &str, token: &str, ca_hash: &str) -> Output {
+        Command::new(agent_bin())
+            .args([
+                "join",
+                "--controller",
+                &self.url(),
+                "--token",
+                token,
+                "--ca-hash",
+                ca_hash,
+                "--name",
+                name,
+            ])
+            .arg("--data-dir")
+            .arg(self.agent_dir(name))
+            .env("RUST_LOG", "info")
+            .output()
+            .expect("run berth-agent join")
+    }
+
+    /// Starts `berth-agent run` for an enrolled agent.
+    pub fn run_agent(&self, name: &str) -> Proc {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args([
+            "run",
+            "--poll-wait",
+            "2s",
+            "--backoff-max",
+            "2s",
+            "--data-dir",
+        ])
+        .arg(self.agent_dir(name));
+        let log = self.dir.path().join(format!("agent-{name}.log"));
+        Proc::spawn(&format!("agent {name}"), cmd, log)
+    }
+
+    /// An HTTPS client presenting the enrolled agent's certificate.
+    pub fn agent_client(&self, name: &str) -> reqwest::blocking::Client {
+        let id = self.agent_dir(name).join("identity");
+        let cert = fs::read_to_string(id.join("agent.crt")).expect("agent.crt");
+        let key = fs::read_to_string(id.join("agent.key")).expect("agent.key");
+        client(&self.ca_pem(), Some((&cert, &key))).expect("agent client")
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(entries) = fs::read_dir(self.dir.path()) {
+                for e in entries.flatten() {
+                    let p = e.path();
+                    if p.extension().is_some_and(|x| x == "log") && !p.ends_with("controller.log") {
+                        eprintln!(
+                            "----- {} -----\n{}",
+                            p.display(),
+                            fs::read_to_string(&p).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A blocking HTTPS client that trusts `ca_pem` and optionally presents a client cert.
+pub fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<reqwest::blocking::Client> {
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut ca_pem.as_bytes()) {
+        roots.add(c?)?;
+    }
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let cfg = match identity {
+        None => b.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain =
+                rustls_pemfile::certs(&mut cert.as_bytes()).collect::<Result<Vec<_>, _>>()?;
+            let key =
+                rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).context("key")?;
+            b.with_client_auth_cert(chain, key)?
+        }
+    };
+    Ok(reqwest::blocking::Client::builder()
+        .use_preconfigured_tls(cfg)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

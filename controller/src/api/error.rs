@@ -80,9 +80,7 @@ impl IntoResponse for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     Json(ErrorBody {
                         code: codes::OVERLOADED.into(),
-                        message: format!(
-                            "controller is busy; retry in {retry_after_secs} s"
-                        ),
+                        message: format!("controller is busy; retry in {retry_after_secs} s"),
                     }),
                 )
                     .into_response();
