@@ -73,7 +73,11 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             facts: changed.then(|| current.clone()),
             // The first poll after (re)connecting returns at once, so the controller
             // sees the host and its facts without waiting a whole hold.
-            wait_secs: if connected { cfg.poll_wait.as_secs() } else { 0 },
+            wait_secs: if connected {
+                cfg.poll_wait.as_secs()
+            } else {
+                0
+            },
         };
         let send = client
             .post(&url)
