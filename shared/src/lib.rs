@@ -4,12 +4,15 @@
 //! Everything here is a type that crosses a process boundary, or a pure function over one.
 
 pub mod api;
+pub mod bundle;
 pub mod digest;
 pub mod names;
+pub mod relpath;
 pub mod token;
 
 pub use digest::Digest;
 pub use names::HostName;
+pub use relpath::SafeRelPath;
 pub use token::BootstrapToken;
 
 /// The version of berth both binaries were built from; agents report it as a fact.

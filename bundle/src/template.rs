@@ -1,0 +1,586 @@
+//! sealos-compatible templates: the subset of Go's text/template that cluster images use.
+//!
+//! Supported: `{{ .KEY }}`, pipelines (`{{ .KEY | default "x" }}`), parentheses,
+//! `if` / `else if` / `else` / `end`, comments `{{/* */}}`, trim markers `{{-` and `-}}`,
+//! string, raw-string, number and boolean literals, and the functions `default`, `eq`, `ne`,
+//! `not`, `and`, `or`, `lower`, `upper`, `trim` and `quote`. A missing key renders empty
+//! (Go's `missingkey=zero` for string maps) unless `default` gives a value.
+//!
+//! Written here rather than taken from a crate: the one Rust implementation of Go templates
+//! (gtmpl 0.7) loops forever on an unclosed action, and templates come from bundles, which
+//! are untrusted input.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct TemplateError {
+    pub line: usize,
+    pub message: String,
+}
+
+fn terr(line: usize, message: impl Into<String>) -> TemplateError {
+    TemplateError {
+        line,
+        message: message.into(),
+    }
+}
+
+/// Renders `src` with `env`.
+pub fn render(src: &str, env: &BTreeMap<String, String>) -> Result<String, TemplateError> {
+    let items = split(src)?;
+    let mut pos = 0;
+    let (nodes, end) = parse_nodes(&items, &mut pos)?;
+    if let Some((kw, line)) = end {
+        return Err(terr(line, format!("unexpected `{kw}` without a matching `if`")));
+    }
+    let mut out = String::with_capacity(src.len());
+    render_nodes(&nodes, env, &mut out)?;
+    Ok(out)
+}
+
+// ---- lexing -------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Field(String),
+    Ident(String),
+    Str(String),
+    Num(String),
+    Pipe,
+    LParen,
+    RParen,
+}
+
+#[derive(Debug)]
+enum Item {
+    Text(String),
+    Action { toks: Vec<Tok>, line: usize },
+}
+
+fn split(src: &str) -> Result<Vec<Item>, TemplateError> {
+    let mut items = Vec::new();
+    let mut rest = src;
+    let mut line = 1usize;
+    let mut trim_next = false;
+    while let Some(start) = rest.find("{{") {
+        let mut text = rest[..start].to_string();
+        line += text.matches('\n').count();
+        let after = &rest[start + 2..];
+        let trim_prev = after.starts_with("- ") || after.starts_with("-\t") || after.starts_with("-\n");
+        if trim_next {
+            text = text.trim_start().to_string();
+        }
+        if trim_prev {
+            text = text.trim_end().to_string();
+        }
+        if !text.is_empty() {
+            items.push(Item::Text(text));
+        }
+        let body_start = if trim_prev { 1 } else { 0 };
+        let (body, consumed) = action_body(&after[body_start..], line)?;
+        let body_lines = after[..body_start + consumed].matches('\n').count();
+        let mut body = body.as_str();
+        trim_next = false;
+        if let Some(b) = body.strip_suffix('-') {
+            if b.ends_with(char::is_whitespace) {
+                body = b;
+                trim_next = true;
+            }
+        }
+        let trimmed = body.trim();
+        if !(trimmed.starts_with("/*") && trimmed.ends_with("*/")) {
+            items.push(Item::Action {
+                toks: lex(trimmed, line)?,
+                line,
+            });
+        }
+        line += body_lines;
+        rest = &after[body_start + consumed..];
+    }
+    let mut text = rest.to_string();
+    if trim_next {
+        text = text.trim_start().to_string();
+    }
+    if !text.is_empty() {
+        items.push(Item::Text(text));
+    }
+    Ok(items)
+}
+
+/// The action body up to the closing `}}` (skipping quoted strings), and the bytes consumed
+/// including the `}}`.
+fn action_body(s: &str, line: usize) -> Result<(String, usize), TemplateError> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    if b[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            b'`' => {
+                i += 1;
+                while i < b.len() && b[i] != b'`' {
+                    i += 1;
+                }
+            }
+            b'}' if b.get(i + 1) == Some(&b'}') => return Ok((s[..i].to_string(), i + 2)),
+            _ => {}
+        }
+        i += 1;
+    }
+    Err(terr(line, "unclosed action: `{{` without `}}`"))
+}
+
+fn lex(s: &str, line: usize) -> Result<Vec<Tok>, TemplateError> {
+    let mut toks = Vec::new();
+    let chars: Vec<char> = s.chars().collect();
+    let mut i = 0;
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            c if c.is_whitespace() => i += 1,
+            '|' => {
+                toks.push(Tok::Pipe);
+                i += 1
+            }
+            '(' => {
+                toks.push(Tok::LParen);
+                i += 1
+            }
+            ')' => {
+                toks.push(Tok::RParen);
+                i += 1
+            }
+            '.' => {
+                let start = i + 1;
+                i += 1;
+                while i < chars.len() && word(chars[i]) {
+                    i += 1;
+                }
+                let name: String = chars[start..i].iter().collect();
+                if name.is_empty() {
+                    return Err(terr(line, "`.` alone is not supported; use `.KEY`"));
+                }
+                if i < chars.len() && chars[i] == '.' {
+                    return Err(terr(line, format!("nested field `.{name}.…` is not supported; keys are flat")));
+                }
+                toks.push(Tok::Field(name));
+            }
+            '"' => {
+                let mut v = String::new();
+                i += 1;
+                loop {
+                    match chars.get(i) {
+                        None => return Err(terr(line, "unterminated string")),
+                        Some('"') => break,
+                        Some('\\') => {
+                            i += 1;
+                            match chars.get(i) {
+                                Some('n') => v.push('\n'),
+                                Some('t') => v.push('\t'),
+                                Some('"') => v.push('"'),
+                                Some('\\') => v.push('\\'),
+                                Some(o) => return Err(terr(line, format!("unknown escape `\\{o}`"))),
+                                None => return Err(terr(line, "unterminated string")),
+                            }
+                        }
+                        Some(ch) => v.push(*ch),
+                    }
+                    i += 1;
+                }
+                i += 1;
+                toks.push(Tok::Str(v));
+            }
+            '`' => {
+                let start = i + 1;
+                i += 1;
+                while i < chars.len() && chars[i] != '`' {
+                    i += 1;
+                }
+                if i >= chars.len() {
+                    return Err(terr(line, "unterminated raw string"));
+                }
+                toks.push(Tok::Str(chars[start..i].iter().collect()));
+                i += 1;
+            }
+            c if c.is_ascii_digit() || c == '-' => {
+                let start = i;
+                i += 1;
+                while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                    i += 1;
+                }
+                toks.push(Tok::Num(chars[start..i].iter().collect()));
+            }
+            c if word(c) => {
+                let start = i;
+                while i < chars.len() && word(chars[i]) {
+                    i += 1;
+                }
+                toks.push(Tok::Ident(chars[start..i].iter().collect()));
+            }
+            other => return Err(terr(line, format!("unexpected character `{other}` in action"))),
+        }
+    }
+    Ok(toks)
+}
+
+// ---- parsing ------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Arg {
+    Field(String),
+    Lit(Value),
+    Func(String),
+    Sub(Pipe),
+}
+
+#[derive(Debug, Clone)]
+struct Pipe {
+    cmds: Vec<Vec<Arg>>,
+    line: usize,
+}
+
+#[derive(Debug)]
+enum Node {
+    Text(String),
+    Out(Pipe),
+    If {
+        branches: Vec<(Pipe, Vec<Node>)>,
+        otherwise: Vec<Node>,
+    },
+}
+
+const FUNCS: [&str; 10] = ["default", "eq", "ne", "not", "and", "or", "lower", "upper", "trim", "quote"];
+
+/// Parses until `end`/`else` (returned) or the end of input.
+#[allow(clippy::type_complexity)]
+fn parse_nodes(items: &[Item], pos: &mut usize) -> Result<(Vec<Node>, Option<(String, usize)>), TemplateError> {
+    let mut nodes = Vec::new();
+    while *pos < items.len() {
+        let item = &items[*pos];
+        *pos += 1;
+        match item {
+            Item::Text(t) => nodes.push(Node::Text(t.clone())),
+            Item::Action { toks, line } => match toks.first() {
+                None => return Err(terr(*line, "empty action")),
+                Some(Tok::Ident(k)) if k == "end" => {
+                    if toks.len() > 1 {
+                        return Err(terr(*line, "`end` takes no arguments"));
+                    }
+                    return Ok((nodes, Some(("end".into(), *line))));
+                }
+                Some(Tok::Ident(k)) if k == "else" => {
+                    return Ok((nodes, Some(("else".into(), *line))));
+                }
+                Some(Tok::Ident(k)) if k == "if" => {
+                    let mut branches = Vec::new();
+                    let mut cond = parse_pipe(&toks[1..], *line)?;
+                    let mut otherwise = Vec::new();
+                    loop {
+                        let (body, end) = parse_nodes(items, pos)?;
+                        match end {
+                            None => return Err(terr(*line, "`if` without a matching `end`")),
+                            Some((kw, _)) if kw == "end" => {
+                                branches.push((cond, body));
+                                break;
+                            }
+                            Some((_, else_line)) => {
+                                branches.push((cond.clone(), body));
+                                // The `else` item is the one just consumed.
+                                let Item::Action { toks: etoks, .. } = &items[*pos - 1] else {
+                                    unreachable!("else is an action")
+                                };
+                                if etoks.len() > 2 && etoks[1] == Tok::Ident("if".into()) {
+                                    cond = parse_pipe(&etoks[2..], else_line)?;
+                                    continue;
+                                }
+                                if etoks.len() > 1 {
+                                    return Err(terr(else_line, "`else` takes no arguments (use `else if`)"));
+                                }
+                                let (body, end) = parse_nodes(items, pos)?;
+                                match end {
+                                    Some((kw, _)) if kw == "end" => otherwise = body,
+                                    Some((_, l)) => return Err(terr(l, "a second `else` in one `if`")),
+                                    None => return Err(terr(*line, "`if` without a matching `end`")),
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    nodes.push(Node::If { branches, otherwise });
+                }
+                Some(Tok::Ident(k)) if ["range", "with", "define", "template", "block"].contains(&k.as_str()) => {
+                    return Err(terr(*line, format!("`{k}` is not supported in berth templates")));
+                }
+                _ => nodes.push(Node::Out(parse_pipe(toks, *line)?)),
+            },
+        }
+    }
+    Ok((nodes, None))
+}
+
+fn parse_pipe(toks: &[Tok], line: usize) -> Result<Pipe, TemplateError> {
+    let mut i = 0;
+    let pipe = parse_pipe_inner(toks, &mut i, line)?;
+    if i != toks.len() {
+        return Err(terr(line, "unexpected `)`"));
+    }
+    Ok(pipe)
+}
+
+fn parse_pipe_inner(toks: &[Tok], i: &mut usize, line: usize) -> Result<Pipe, TemplateError> {
+    let mut cmds = vec![Vec::new()];
+    while *i < toks.len() {
+        let t = &toks[*i];
+        *i += 1;
+        let cur = cmds.last_mut().expect("one command at least");
+        match t {
+            Tok::Pipe => {
+                if cur.is_empty() {
+                    return Err(terr(line, "empty command before `|`"));
+                }
+                cmds.push(Vec::new());
+            }
+            Tok::RParen => {
+                *i -= 1;
+                break;
+            }
+            Tok::LParen => {
+                let sub = parse_pipe_inner(toks, i, line)?;
+                if toks.get(*i) != Some(&Tok::RParen) {
+                    return Err(terr(line, "unclosed `(`"));
+                }
+                *i += 1;
+                cur.push(Arg::Sub(sub));
+            }
+            Tok::Field(f) => cur.push(Arg::Field(f.clone())),
+            Tok::Str(s) | Tok::Num(s) => cur.push(Arg::Lit(Value::Str(s.clone()))),
+            Tok::Ident(w) if w == "true" || w == "false" => cur.push(Arg::Lit(Value::Bool(w == "true"))),
+            Tok::Ident(w) if FUNCS.contains(&w.as_str()) => {
+                if !cur.is_empty() {
+                    return Err(terr(line, format!("function `{w}` must start a command")));
+                }
+                cur.push(Arg::Func(w.clone()));
+            }
+            Tok::Ident(w) => {
+                return Err(terr(
+                    line,
+                    format!("function `{w}` not defined; available: {}", FUNCS.join(", ")),
+                ))
+            }
+        }
+    }
+    if cmds.iter().any(Vec::is_empty) {
+        return Err(terr(line, "missing value in pipeline"));
+    }
+    for c in &cmds[1..] {
+        if !matches!(c[0], Arg::Func(_)) {
+            return Err(terr(line, "only a function can follow `|`"));
+        }
+    }
+    Ok(Pipe { cmds, line })
+}
+
+// ---- evaluation ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Missing,
+    Str(String),
+    Bool(bool),
+}
+
+impl Value {
+    fn truthy(&self) -> bool {
+        match self {
+            Value::Missing => false,
+            Value::Str(s) => !s.is_empty(),
+            Value::Bool(b) => *b,
+        }
+    }
+    fn text(&self) -> &str {
+        match self {
+            Value::Missing => "",
+            Value::Str(s) => s,
+            Value::Bool(true) => "true",
+            Value::Bool(false) => "false",
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.text())
+    }
+}
+
+fn render_nodes(nodes: &[Node], env: &BTreeMap<String, String>, out: &mut String) -> Result<(), TemplateError> {
+    for n in nodes {
+        match n {
+            Node::Text(t) => out.push_str(t),
+            Node::Out(p) => out.push_str(eval_pipe(p, env)?.text()),
+            Node::If { branches, otherwise } => {
+                let mut done = false;
+                for (cond, body) in branches {
+                    if eval_pipe(cond, env)?.truthy() {
+                        render_nodes(body, env, out)?;
+                        done = true;
+                        break;
+                    }
+                }
+                if !done {
+                    render_nodes(otherwise, env, out)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn eval_pipe(p: &Pipe, env: &BTreeMap<String, String>) -> Result<Value, TemplateError> {
+    let mut prev: Option<Value> = None;
+    for cmd in &p.cmds {
+        let mut args = Vec::new();
+        for a in &cmd[1..] {
+            args.push(eval_arg(a, env, p.line)?);
+        }
+        if let Some(v) = prev.take() {
+            args.push(v);
+        }
+        prev = Some(match &cmd[0] {
+            Arg::Func(f) => call(f, args, p.line)?,
+            first => {
+                if !args.is_empty() {
+                    return Err(terr(p.line, "a value cannot take arguments; did you miss a function name?"));
+                }
+                eval_arg(first, env, p.line)?
+            }
+        });
+    }
+    Ok(prev.unwrap_or(Value::Missing))
+}
+
+fn eval_arg(a: &Arg, env: &BTreeMap<String, String>, line: usize) -> Result<Value, TemplateError> {
+    Ok(match a {
+        Arg::Field(k) => env.get(k).map(|v| Value::Str(v.clone())).unwrap_or(Value::Missing),
+        Arg::Lit(v) => v.clone(),
+        Arg::Sub(p) => eval_pipe(p, env)?,
+        Arg::Func(f) => call(f, Vec::new(), line)?,
+    })
+}
+
+fn call(f: &str, args: Vec<Value>, line: usize) -> Result<Value, TemplateError> {
+    let need = |n: usize| -> Result<(), TemplateError> {
+        if args.len() != n {
+            Err(terr(line, format!("`{f}` takes {n} argument(s), got {}", args.len())))
+        } else {
+            Ok(())
+        }
+    };
+    Ok(match f {
+        "default" => {
+            need(2)?;
+            if args[1].truthy() {
+                args[1].clone()
+            } else {
+                args[0].clone()
+            }
+        }
+        "eq" | "ne" => {
+            if args.len() < 2 {
+                return Err(terr(line, format!("`{f}` needs at least 2 arguments")));
+            }
+            let hit = args[1..].iter().any(|b| b.text() == args[0].text());
+            Value::Bool(if f == "eq" { hit } else { !hit })
+        }
+        "not" => {
+            need(1)?;
+            Value::Bool(!args[0].truthy())
+        }
+        "and" | "or" => {
+            if args.is_empty() {
+                return Err(terr(line, format!("`{f}` needs arguments")));
+            }
+            let want = f == "or";
+            args.iter()
+                .find(|v| v.truthy() == want)
+                .cloned()
+                .unwrap_or_else(|| args[args.len() - 1].clone())
+        }
+        "lower" => {
+            need(1)?;
+            Value::Str(args[0].text().to_lowercase())
+        }
+        "upper" => {
+            need(1)?;
+            Value::Str(args[0].text().to_uppercase())
+        }
+        "trim" => {
+            need(1)?;
+            Value::Str(args[0].text().trim().to_string())
+        }
+        "quote" => {
+            need(1)?;
+            Value::Str(format!("{:?}", args[0].text()))
+        }
+        other => return Err(terr(line, format!("function `{other}` not defined"))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> BTreeMap<String, String> {
+        [("A", "x"), ("PORT", "2379"), ("EMPTY", "")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renders_the_sealos_subset() {
+        let cases = [
+            ("a={{ .A }} b={{ .B }}|", "a=x b=|"),
+            ("{{ .B | default \"d\" }} {{ default \"d2\" .A }} {{ .EMPTY | default \"e\" }}", "d x e"),
+            ("{{ if eq .A \"x\" }}yes{{ else }}no{{ end }}", "yes"),
+            ("{{ if .B }}b{{ else if eq .PORT \"2379\" }}port{{ else }}none{{ end }}", "port"),
+            ("{{ if not .B }}nob{{ end }}", "nob"),
+            ("{{ if and .A (eq .PORT \"1\") }}1{{ else }}0{{ end }}", "0"),
+            ("{{ if ne (default \"z\" .B) \"z\" }}set{{ else }}unset{{ end }}", "unset"),
+            ("a\n  {{- .A -}}  \nb", "axb"),
+            ("{{/* a comment */}}k", "k"),
+            ("{{ .A | upper | quote }}", "\"X\""),
+            ("{{ `raw}}` }}", "raw}}"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(render(src, &env()).unwrap(), want, "{src}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let cases = [
+            ("a\nb\n{{ .A ", "line 3: unclosed action: `{{` without `}}`"),
+            ("l1\n{{ if .A }}x", "line 2: `if` without a matching `end`"),
+            ("x\n\n{{ end }}", "line 3: unexpected `end` without a matching `if`"),
+            ("{{ .A }}\n{{ nosuch .A }}", "line 2: function `nosuch` not defined; available: default, eq, ne, not, and, or, lower, upper, trim, quote"),
+            ("{{ range .A }}{{ end }}", "line 1: `range` is not supported in berth templates"),
+            ("{{ default .A }}", "line 1: `default` takes 2 argument(s), got 1"),
+            ("{{ \"abc }}", "line 1: unclosed action: `{{` without `}}`"),
+            ("{{ .A.B }}", "line 1: nested field `.A.…` is not supported; keys are flat"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(render(src, &env()).unwrap_err().to_string(), want, "{src}");
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Streaming, safe unpacking of a bundle `tar.zst`.
+//!
+//! The archive is read once, through zstd and tar, into a directory the caller owns
+//! (normally a staging directory that is renamed into place afterwards). Memory stays
+//! bounded whatever the bundle's size. Refused, with an error naming the entry: absolute
+//! paths, `..`, links whose target escapes the root, writing through a symlink, device and
+//! fifo entries, sparse or unknown entry types, entries beyond the limits, and archives
+//! whose PAX and ustar sizes disagree (read differently by different tar implementations).
+//! setuid/setgid bits are stripped unless the manifest sets `allowSetuid: true`.
+
+use berth_shared::bundle::{Manifest, ManifestError, MANIFEST_FILE, MAX_MANIFEST_BYTES};
+use berth_shared::SafeRelPath;
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Bounds on what one archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Sum of all file sizes.
+    pub max_total_bytes: u64,
+    pub max_entries: u64,
+    pub max_file_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_total_bytes: 64 << 30,
+            max_entries: 1_000_000,
+            // Below 8 GiB, so every legitimate size fits the ustar header and any PAX size
+            // that disagrees with it is an attack.
+            max_file_bytes: (8 << 30) - 1,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("entry `{entry}`: {why}")]
+    Entry { entry: String, why: String },
+    #[error("archive: {0}")]
+    Archive(String),
+    #[error("bundle.yaml in the archive: {0}")]
+    Manifest(#[from] ManifestError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn entry_err(entry: &str, why: impl Into<String>) -> UnpackError {
+    UnpackError::Entry {
+        entry: entry.to_string(),
+        why: why.into(),
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
+    move |source| UnpackError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What an unpack produced.
+#[derive(Debug, Clone)]
+pub struct Unpacked {
+    pub manifest: Manifest,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Checks a symlink at `link` (relative to the root) pointing at `target`: the target must
+/// be relative, `..` may only lead it, and it must resolve inside the root.
+pub fn check_symlink_target(link: &str, target: &str) -> Result<(), String> {
+    if target.is_empty() || target.contains('\0') {
+        return Err("symlink has an empty or NUL target".into());
+    }
+    if target.starts_with('/') {
+        return Err(format!(
+            "symlink target `{target}` is absolute and would point outside the bundle"
+        ));
+    }
+    let mut depth: Vec<&str> = link.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    depth.pop(); // the link's own name
+    let mut seen_name = false;
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                if seen_name {
+                    return Err(format!(
+                        "symlink target `{target}` has `..` after a name; only leading `..` is allowed"
+                    ));
+                }
+                if depth.pop().is_none() {
+                    return Err(format!(
+                        "symlink target `{target}` escapes the bundle root"
+                    ));
+                }
+            }
+            name => {
+                seen_name = true;
+                depth.push(name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads the manifest and checks every entry header without writing anything (what the
+/// controller does on upload).
+pub fn scan<R: Read>(reader: R, limits: &Limits) -> Result<Unpacked, UnpackError> {
+    walk(reader, limits, None)
+}
+
+/// Unpacks into `dest` (an existing directory), overlaying what is there: later entries and
+/// later bundles win. `bundle.yaml` itself is not written.
+pub fn unpack<R: Read>(reader: R, dest: &Path, limits: &Limits) -> Result<Unpacked, UnpackError> {
+    walk(reader, limits, Some(dest))
+}
+
+fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpacked, UnpackError> {
+    let decoder = zstd::Decoder::new(reader)
+        .map_err(|e| UnpackError::Archive(format!("not a zstd stream: {e}")))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive
+        .entries()
+        .map_err(|e| UnpackError::Archive(e.to_string()))?;
+    let arc = |e: io::Error| UnpackError::Archive(format!("corrupt or truncated: {e}"));
+
+    // 1. The manifest, first.
+    let mut first = entries
+        .next()
+        .ok_or_else(|| UnpackError::Archive("empty archive; a bundle starts with bundle.yaml".into()))?
+        .map_err(arc)?;
+    let first_path = first.path().map_err(arc)?.to_string_lossy().into_owned();
+    if SafeRelPath::new(&first_path).map(|p| p.as_str() == MANIFEST_FILE) != Ok(true)
+        || first.header().entry_type() != tar::EntryType::Regular
+    {
+        return Err(UnpackError::Archive(format!(
+            "first entry is `{first_path}`, not bundle.yaml; build bundles with `berth bundle build`"
+        )));
+    }
+    if first.size() > MAX_MANIFEST_BYTES as u64 {
+        return Err(entry_err(MANIFEST_FILE, format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+    }
+    let mut text = String::new();
+    first
+        .read_to_string(&mut text)
+        .map_err(|e| entry_err(MANIFEST_FILE, format!("not UTF-8 text: {e}")))?;
+    // Hooks must exist; they are checked against the entries as they come.
+    let raw: berth_shared::bundle::RawManifest = serde_norway::from_str(&text).map_err(|e| {
+        UnpackError::Manifest(ManifestError {
+            field: "(document)".into(),
+            message: e.to_string(),
+        })
+    })?;
+    let hooks_wanted: Vec<String> = raw.hooks.values().cloned().collect();
+    let manifest = raw.clone().validate(|_| true)?;
+    let mut regular_files: BTreeMap<String, ()> = BTreeMap::new();
+
+    let mut count = 1u64;
+    let mut total = 0u64;
+    let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for entry in entries {
+        let mut entry = entry.map_err(arc)?;
+        count += 1;
+        let raw_path = entry.path().map_err(arc)?;
+        let name = raw_path
+            .to_str()
+            .ok_or_else(|| entry_err(&raw_path.to_string_lossy(), "path is not UTF-8"))?
+            .to_string();
+        if count > limits.max_entries {
+            return Err(entry_err(
+                &name,
+                format!("archive has more than {} entries (the limit)", limits.max_entries),
+            ));
+        }
+        let rel = SafeRelPath::new(&name).map_err(|e| entry_err(&name, e.to_string()))?;
+        let header = entry.header();
+        let kind = header.entry_type();
+        let ustar_size = header.entry_size().map_err(arc)?;
+        let size = entry.size();
+        if ustar_size != size {
+            return Err(entry_err(
+                &name,
+                format!(
+                    "PAX size {size} disagrees with the header size {ustar_size}; tar implementations would read this archive differently"
+                ),
+            ));
+        }
+        let mut mode = header.mode().map_err(arc)? & 0o7777;
+        if !manifest.allow_setuid {
+            mode &= !0o6000;
+        }
+        if rel.as_str() == MANIFEST_FILE {
+            return Err(entry_err(&name, "bundle.yaml appears twice"));
+        }
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if size > limits.max_file_bytes {
+                    return Err(entry_err(
+                        &name,
+                        format!("file of {size} bytes exceeds the per-file limit of {} bytes", limits.max_file_bytes),
+                    ));
+                }
+                total = total.saturating_add(size);
+                if total > limits.max_total_bytes {
+                    return Err(entry_err(
+                        &name,
+                        format!("unpacked size exceeds the limit of {} bytes", limits.max_total_bytes),
+                    ));
+                }
+                regular_files.insert(rel.as_str().to_string(), ());
+                if let Some(dest) = dest {
+                    let target = prepare(dest, &rel, false)?;
+                    let mut f = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&target)
+                        .map_err(io_at(&target))?;
+                    let mut written = 0u64;
+                    loop {
+                        let n = entry.read(&mut buf).map_err(arc)?;
+                        if n == 0 {
+                            break;
+                        }
+                        io::Write::write_all(&mut f, &buf[..n]).map_err(io_at(&target))?;
+                        written += n as u64;
+                    }
+                    if written != size {
+                        return Err(UnpackError::Archive(format!("entry `{name}` is truncated")));
+                    }
+                    f.set_permissions(fs::Permissions::from_mode(mode))
+                        .map_err(io_at(&target))?;
+                }
+            }
+            tar::EntryType::Directory => {
+                no_data(&name, size)?;
+                if let Some(dest) = dest {
+                    let target = prepare(dest, &rel, true)?;
+                    dir_modes.push((target, mode));
+                }
+            }
+            tar::EntryType::Symlink => {
+                no_data(&name, size)?;
+                let link = entry
+                    .link_name()
+                    .map_err(arc)?
+                    .ok_or_else(|| entry_err(&name, "symlink without a target"))?;
+                let link = link
+                    .to_str()
+                    .ok_or_else(|| entry_err(&name, "symlink target is not UTF-8"))?
+                    .to_string();
+                check_symlink_target(rel.as_str(), &link).map_err(|why| entry_err(&name, why))?;
+                if let Some(dest) = dest {
+                    let target = prepare(dest, &rel, false)?;
+                    std::os::unix::fs::symlink(&link, &target).map_err(io_at(&target))?;
+                }
+            }
+            tar::EntryType::Link => {
+                no_data(&name, size)?;
+                let link = entry
+                    .link_name()
+                    .map_err(arc)?
+                    .ok_or_else(|| entry_err(&name, "hardlink without a target"))?;
+                let link_str = link.to_string_lossy().into_owned();
+                let link_rel = SafeRelPath::new(&link_str)
+                    .map_err(|e| entry_err(&name, format!("hardlink target: {e}")))?;
+                if !regular_files.contains_key(link_rel.as_str()) {
+                    return Err(entry_err(
+                        &name,
+                        format!("hardlink target `{link_rel}` is not a regular file earlier in this bundle"),
+                    ));
+                }
+                if let Some(dest) = dest {
+                    let source = checked_existing(dest, &link_rel)?;
+                    let target = prepare(dest, &rel, false)?;
+                    fs::hard_link(&source, &target).map_err(io_at(&target))?;
+                }
+                regular_files.insert(rel.as_str().to_string(), ());
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                return Err(entry_err(&name, "device and fifo entries are not allowed in bundles"));
+            }
+            other => {
+                return Err(entry_err(&name, format!("entry type {other:?} is not allowed in bundles")));
+            }
+        }
+    }
+    for hook in &hooks_wanted {
+        let p = SafeRelPath::new(hook).map_err(|e| entry_err(hook, e.to_string()))?;
+        if !regular_files.contains_key(p.as_str()) {
+            return Err(UnpackError::Manifest(ManifestError {
+                field: "hooks".into(),
+                message: format!("file `{p}` does not exist in the bundle"),
+            }));
+        }
+    }
+    // Directory modes last, deepest first, so a read-only directory is filled before it
+    // is locked.
+    for (dir, mode) in dir_modes.iter().rev() {
+        fs::set_permissions(dir, fs::Permissions::from_mode(*mode)).map_err(io_at(dir))?;
+    }
+    Ok(Unpacked {
+        manifest,
+        entries: count,
+        bytes: total,
+    })
+}
+
+fn no_data(name: &str, size: u64) -> Result<(), UnpackError> {
+    if size != 0 {
+        return Err(entry_err(name, format!("non-file entry carries {size} bytes of data")));
+    }
+    Ok(())
+}
+
+/// Makes sure every ancestor of `rel` under `dest` is a real directory (creating missing
+/// ones, refusing symlinks), and clears whatever sits at `rel` unless it is a directory and
+/// a directory is wanted. Returns the full path.
+fn prepare(dest: &Path, rel: &SafeRelPath, want_dir: bool) -> Result<PathBuf, UnpackError> {
+    let mut cur = dest.to_path_buf();
+    let comps: Vec<&str> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        let last = i + 1 == comps.len();
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                if last && !want_dir {
+                    fs::remove_file(&cur).map_err(io_at(&cur))?;
+                } else {
+                    return Err(entry_err(
+                        rel.as_str(),
+                        format!(
+                            "would be written through the symlink `{}`",
+                            comps[..=i].join("/")
+                        ),
+                    ));
+                }
+            }
+            Ok(m) if m.is_dir() => {
+                if last && !want_dir {
+                    fs::remove_dir_all(&cur).map_err(io_at(&cur))?;
+                } else {
+                    // Make sure we can write into it while unpacking.
+                    let mode = m.permissions().mode();
+                    if mode & 0o700 != 0o700 {
+                        fs::set_permissions(&cur, fs::Permissions::from_mode(mode | 0o700))
+                            .map_err(io_at(&cur))?;
+                    }
+                }
+            }
+            Ok(_) => {
+                fs::remove_file(&cur).map_err(io_at(&cur))?;
+                if !last || want_dir {
+                    fs::create_dir(&cur).map_err(io_at(&cur))?;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !last || want_dir {
+                    fs::create_dir(&cur).map_err(io_at(&cur))?;
+                }
+            }
+            Err(e) => return Err(io_at(&cur)(e)),
+        }
+    }
+    Ok(cur)
+}
+
+/// The full path of an existing regular file at `rel`, reached without symlinks.
+fn checked_existing(dest: &Path, rel: &SafeRelPath) -> Result<PathBuf, UnpackError> {
+    let mut cur = dest.to_path_buf();
+    for c in rel.components() {
+        cur.push(c);
+        let m = fs::symlink_metadata(&cur).map_err(io_at(&cur))?;
+        if m.file_type().is_symlink() {
+            return Err(entry_err(rel.as_str(), "hardlink target is reached through a symlink"));
+        }
+    }
+    Ok(cur)
+}
