@@ -76,7 +76,10 @@ fn resolve(root: &Path, rel: &SafeRelPath) -> Result<PathBuf, ConfigError> {
             Ok(m) if m.file_type().is_symlink() => {
                 return Err(ConfigError::Unsafe {
                     path: rel.to_string(),
-                    why: format!("`{}` is a symlink; Configs never write through symlinks", cur.strip_prefix(root).unwrap_or(&cur).display()),
+                    why: format!(
+                        "`{}` is a symlink; Configs never write through symlinks",
+                        cur.strip_prefix(root).unwrap_or(&cur).display()
+                    ),
                 })
             }
             _ => {}
@@ -86,7 +89,12 @@ fn resolve(root: &Path, rel: &SafeRelPath) -> Result<PathBuf, ConfigError> {
 }
 
 /// Applies one Config to the rootfs at `root`.
-pub fn apply(root: &Path, rel: &SafeRelPath, strategy: Strategy, data: &str) -> Result<(), ConfigError> {
+pub fn apply(
+    root: &Path,
+    rel: &SafeRelPath,
+    strategy: Strategy,
+    data: &str,
+) -> Result<(), ConfigError> {
     let target = resolve(root, rel)?;
     let existing = match fs::read(&target) {
         Ok(b) => Some(b),
@@ -106,7 +114,9 @@ pub fn apply(root: &Path, rel: &SafeRelPath, strategy: Strategy, data: &str) -> 
         Strategy::Insert => joined(data.as_bytes(), existing.as_deref().unwrap_or_default()),
         Strategy::Append => joined(existing.as_deref().unwrap_or_default(), data.as_bytes()),
         Strategy::Merge => {
-            let existing = existing.ok_or_else(|| ConfigError::MissingTarget { path: rel.to_string() })?;
+            let existing = existing.ok_or_else(|| ConfigError::MissingTarget {
+                path: rel.to_string(),
+            })?;
             merge_documents(rel, &existing, data)?.into_bytes()
         }
     };
@@ -127,9 +137,11 @@ fn merge_documents(rel: &SafeRelPath, existing: &[u8], data: &str) -> Result<Str
     })?;
     let mut docs = Vec::new();
     for doc in serde_norway::Deserializer::from_str(text) {
-        let v = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| ConfigError::TargetNotYaml {
-            path: rel.to_string(),
-            why: e.to_string(),
+        let v = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| {
+            ConfigError::TargetNotYaml {
+                path: rel.to_string(),
+                why: e.to_string(),
+            }
         })?;
         docs.push(v);
     }
@@ -142,10 +154,12 @@ fn merge_documents(rel: &SafeRelPath, existing: &[u8], data: &str) -> Result<Str
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_norway::to_string(&d).map_err(|e| ConfigError::TargetNotYaml {
-            path: rel.to_string(),
-            why: e.to_string(),
-        })?);
+        out.push_str(
+            &serde_norway::to_string(&d).map_err(|e| ConfigError::TargetNotYaml {
+                path: rel.to_string(),
+                why: e.to_string(),
+            })?,
+        );
     }
     Ok(out)
 }
@@ -168,10 +182,17 @@ fn deep_merge(base: &mut Value, patch: &Value) {
 }
 
 fn write_atomic(target: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), ConfigError> {
-    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("file");
     let tmp = target.with_file_name(format!(".{name}.berth-tmp"));
     fs::write(&tmp, bytes).map_err(io_at(&tmp))?;
-    let mode = mode.or_else(|| fs::metadata(target).ok().map(|m| m.permissions().mode() & 0o7777));
+    let mode = mode.or_else(|| {
+        fs::metadata(target)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o7777)
+    });
     if let Some(m) = mode {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(m)).map_err(io_at(&tmp))?;
     }
@@ -180,9 +201,15 @@ fn write_atomic(target: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Co
 
 /// Renders every regular `*.tmpl` file under `root` into the same path without `.tmpl`,
 /// keeping its mode. Returns the rendered paths, sorted.
-pub fn render_templates(root: &Path, env: &BTreeMap<String, String>) -> Result<Vec<String>, ConfigError> {
+pub fn render_templates(
+    root: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<String>, ConfigError> {
     let mut done = Vec::new();
-    for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
+    for entry in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
         let entry = entry.map_err(|e| ConfigError::Io {
             path: e.path().unwrap_or(root).to_path_buf(),
             source: e.into(),
@@ -190,7 +217,12 @@ pub fn render_templates(root: &Path, env: &BTreeMap<String, String>) -> Result<V
         if !entry.file_type().is_file() {
             continue;
         }
-        let Some(rel) = entry.path().strip_prefix(root).ok().and_then(|p| p.to_str()) else {
+        let Some(rel) = entry
+            .path()
+            .strip_prefix(root)
+            .ok()
+            .and_then(|p| p.to_str())
+        else {
             continue;
         };
         let Some(out_rel) = rel.strip_suffix(".tmpl") else {
@@ -209,7 +241,10 @@ pub fn render_templates(root: &Path, env: &BTreeMap<String, String>) -> Result<V
             why: e.to_string(),
         })?;
         let target = resolve(root, &out_rel)?;
-        let mode = entry.metadata().map(|m| m.permissions().mode() & 0o7777).ok();
+        let mode = entry
+            .metadata()
+            .map(|m| m.permissions().mode() & 0o7777)
+            .ok();
         write_atomic(&target, rendered.as_bytes(), mode)?;
         done.push(out_rel.to_string());
     }

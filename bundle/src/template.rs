@@ -33,7 +33,10 @@ pub fn render(src: &str, env: &BTreeMap<String, String>) -> Result<String, Templ
     let mut pos = 0;
     let (nodes, end) = parse_nodes(&items, &mut pos)?;
     if let Some((kw, line)) = end {
-        return Err(terr(line, format!("unexpected `{kw}` without a matching `if`")));
+        return Err(terr(
+            line,
+            format!("unexpected `{kw}` without a matching `if`"),
+        ));
     }
     let mut out = String::with_capacity(src.len());
     render_nodes(&nodes, env, &mut out)?;
@@ -68,7 +71,8 @@ fn split(src: &str) -> Result<Vec<Item>, TemplateError> {
         let mut text = rest[..start].to_string();
         line += text.matches('\n').count();
         let after = &rest[start + 2..];
-        let trim_prev = after.starts_with("- ") || after.starts_with("-\t") || after.starts_with("-\n");
+        let trim_prev =
+            after.starts_with("- ") || after.starts_with("-\t") || after.starts_with("-\n");
         if trim_next {
             text = text.trim_start().to_string();
         }
@@ -171,7 +175,10 @@ fn lex(s: &str, line: usize) -> Result<Vec<Tok>, TemplateError> {
                     return Err(terr(line, "`.` alone is not supported; use `.KEY`"));
                 }
                 if i < chars.len() && chars[i] == '.' {
-                    return Err(terr(line, format!("nested field `.{name}.…` is not supported; keys are flat")));
+                    return Err(terr(
+                        line,
+                        format!("nested field `.{name}.…` is not supported; keys are flat"),
+                    ));
                 }
                 toks.push(Tok::Field(name));
             }
@@ -189,7 +196,9 @@ fn lex(s: &str, line: usize) -> Result<Vec<Tok>, TemplateError> {
                                 Some('t') => v.push('\t'),
                                 Some('"') => v.push('"'),
                                 Some('\\') => v.push('\\'),
-                                Some(o) => return Err(terr(line, format!("unknown escape `\\{o}`"))),
+                                Some(o) => {
+                                    return Err(terr(line, format!("unknown escape `\\{o}`")))
+                                }
                                 None => return Err(terr(line, "unterminated string")),
                             }
                         }
@@ -227,7 +236,12 @@ fn lex(s: &str, line: usize) -> Result<Vec<Tok>, TemplateError> {
                 }
                 toks.push(Tok::Ident(chars[start..i].iter().collect()));
             }
-            other => return Err(terr(line, format!("unexpected character `{other}` in action"))),
+            other => {
+                return Err(terr(
+                    line,
+                    format!("unexpected character `{other}` in action"),
+                ))
+            }
         }
     }
     Ok(toks)
@@ -259,11 +273,16 @@ enum Node {
     },
 }
 
-const FUNCS: [&str; 10] = ["default", "eq", "ne", "not", "and", "or", "lower", "upper", "trim", "quote"];
+const FUNCS: [&str; 10] = [
+    "default", "eq", "ne", "not", "and", "or", "lower", "upper", "trim", "quote",
+];
 
 /// Parses until `end`/`else` (returned) or the end of input.
 #[allow(clippy::type_complexity)]
-fn parse_nodes(items: &[Item], pos: &mut usize) -> Result<(Vec<Node>, Option<(String, usize)>), TemplateError> {
+fn parse_nodes(
+    items: &[Item],
+    pos: &mut usize,
+) -> Result<(Vec<Node>, Option<(String, usize)>), TemplateError> {
     let mut nodes = Vec::new();
     while *pos < items.len() {
         let item = &items[*pos];
@@ -304,22 +323,37 @@ fn parse_nodes(items: &[Item], pos: &mut usize) -> Result<(Vec<Node>, Option<(St
                                     continue;
                                 }
                                 if etoks.len() > 1 {
-                                    return Err(terr(else_line, "`else` takes no arguments (use `else if`)"));
+                                    return Err(terr(
+                                        else_line,
+                                        "`else` takes no arguments (use `else if`)",
+                                    ));
                                 }
                                 let (body, end) = parse_nodes(items, pos)?;
                                 match end {
                                     Some((kw, _)) if kw == "end" => otherwise = body,
-                                    Some((_, l)) => return Err(terr(l, "a second `else` in one `if`")),
-                                    None => return Err(terr(*line, "`if` without a matching `end`")),
+                                    Some((_, l)) => {
+                                        return Err(terr(l, "a second `else` in one `if`"))
+                                    }
+                                    None => {
+                                        return Err(terr(*line, "`if` without a matching `end`"))
+                                    }
                                 }
                                 break;
                             }
                         }
                     }
-                    nodes.push(Node::If { branches, otherwise });
+                    nodes.push(Node::If {
+                        branches,
+                        otherwise,
+                    });
                 }
-                Some(Tok::Ident(k)) if ["range", "with", "define", "template", "block"].contains(&k.as_str()) => {
-                    return Err(terr(*line, format!("`{k}` is not supported in berth templates")));
+                Some(Tok::Ident(k))
+                    if ["range", "with", "define", "template", "block"].contains(&k.as_str()) =>
+                {
+                    return Err(terr(
+                        *line,
+                        format!("`{k}` is not supported in berth templates"),
+                    ));
                 }
                 _ => nodes.push(Node::Out(parse_pipe(toks, *line)?)),
             },
@@ -364,7 +398,9 @@ fn parse_pipe_inner(toks: &[Tok], i: &mut usize, line: usize) -> Result<Pipe, Te
             }
             Tok::Field(f) => cur.push(Arg::Field(f.clone())),
             Tok::Str(s) | Tok::Num(s) => cur.push(Arg::Lit(Value::Str(s.clone()))),
-            Tok::Ident(w) if w == "true" || w == "false" => cur.push(Arg::Lit(Value::Bool(w == "true"))),
+            Tok::Ident(w) if w == "true" || w == "false" => {
+                cur.push(Arg::Lit(Value::Bool(w == "true")))
+            }
             Tok::Ident(w) if FUNCS.contains(&w.as_str()) => {
                 if !cur.is_empty() {
                     return Err(terr(line, format!("function `{w}` must start a command")));
@@ -374,7 +410,10 @@ fn parse_pipe_inner(toks: &[Tok], i: &mut usize, line: usize) -> Result<Pipe, Te
             Tok::Ident(w) => {
                 return Err(terr(
                     line,
-                    format!("function `{w}` not defined; available: {}", FUNCS.join(", ")),
+                    format!(
+                        "function `{w}` not defined; available: {}",
+                        FUNCS.join(", ")
+                    ),
                 ))
             }
         }
@@ -423,12 +462,19 @@ impl fmt::Display for Value {
     }
 }
 
-fn render_nodes(nodes: &[Node], env: &BTreeMap<String, String>, out: &mut String) -> Result<(), TemplateError> {
+fn render_nodes(
+    nodes: &[Node],
+    env: &BTreeMap<String, String>,
+    out: &mut String,
+) -> Result<(), TemplateError> {
     for n in nodes {
         match n {
             Node::Text(t) => out.push_str(t),
             Node::Out(p) => out.push_str(eval_pipe(p, env)?.text()),
-            Node::If { branches, otherwise } => {
+            Node::If {
+                branches,
+                otherwise,
+            } => {
                 let mut done = false;
                 for (cond, body) in branches {
                     if eval_pipe(cond, env)?.truthy() {
@@ -460,7 +506,10 @@ fn eval_pipe(p: &Pipe, env: &BTreeMap<String, String>) -> Result<Value, Template
             Arg::Func(f) => call(f, args, p.line)?,
             first => {
                 if !args.is_empty() {
-                    return Err(terr(p.line, "a value cannot take arguments; did you miss a function name?"));
+                    return Err(terr(
+                        p.line,
+                        "a value cannot take arguments; did you miss a function name?",
+                    ));
                 }
                 eval_arg(first, env, p.line)?
             }
@@ -471,7 +520,10 @@ fn eval_pipe(p: &Pipe, env: &BTreeMap<String, String>) -> Result<Value, Template
 
 fn eval_arg(a: &Arg, env: &BTreeMap<String, String>, line: usize) -> Result<Value, TemplateError> {
     Ok(match a {
-        Arg::Field(k) => env.get(k).map(|v| Value::Str(v.clone())).unwrap_or(Value::Missing),
+        Arg::Field(k) => env
+            .get(k)
+            .map(|v| Value::Str(v.clone()))
+            .unwrap_or(Value::Missing),
         Arg::Lit(v) => v.clone(),
         Arg::Sub(p) => eval_pipe(p, env)?,
         Arg::Func(f) => call(f, Vec::new(), line)?,
@@ -481,7 +533,10 @@ fn eval_arg(a: &Arg, env: &BTreeMap<String, String>, line: usize) -> Result<Valu
 fn call(f: &str, args: Vec<Value>, line: usize) -> Result<Value, TemplateError> {
     let need = |n: usize| -> Result<(), TemplateError> {
         if args.len() != n {
-            Err(terr(line, format!("`{f}` takes {n} argument(s), got {}", args.len())))
+            Err(terr(
+                line,
+                format!("`{f}` takes {n} argument(s), got {}", args.len()),
+            ))
         } else {
             Ok(())
         }
@@ -551,12 +606,21 @@ mod tests {
     fn renders_the_sealos_subset() {
         let cases = [
             ("a={{ .A }} b={{ .B }}|", "a=x b=|"),
-            ("{{ .B | default \"d\" }} {{ default \"d2\" .A }} {{ .EMPTY | default \"e\" }}", "d x e"),
+            (
+                "{{ .B | default \"d\" }} {{ default \"d2\" .A }} {{ .EMPTY | default \"e\" }}",
+                "d x e",
+            ),
             ("{{ if eq .A \"x\" }}yes{{ else }}no{{ end }}", "yes"),
-            ("{{ if .B }}b{{ else if eq .PORT \"2379\" }}port{{ else }}none{{ end }}", "port"),
+            (
+                "{{ if .B }}b{{ else if eq .PORT \"2379\" }}port{{ else }}none{{ end }}",
+                "port",
+            ),
             ("{{ if not .B }}nob{{ end }}", "nob"),
             ("{{ if and .A (eq .PORT \"1\") }}1{{ else }}0{{ end }}", "0"),
-            ("{{ if ne (default \"z\" .B) \"z\" }}set{{ else }}unset{{ end }}", "unset"),
+            (
+                "{{ if ne (default \"z\" .B) \"z\" }}set{{ else }}unset{{ end }}",
+                "unset",
+            ),
             ("a\n  {{- .A -}}  \nb", "axb"),
             ("{{/* a comment */}}k", "k"),
             ("{{ .A | upper | quote }}", "\"X\""),

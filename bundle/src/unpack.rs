@@ -86,7 +86,10 @@ pub fn check_symlink_target(link: &str, target: &str) -> Result<(), String> {
             "symlink target `{target}` is absolute and would point outside the bundle"
         ));
     }
-    let mut depth: Vec<&str> = link.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+    let mut depth: Vec<&str> = link
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
     depth.pop(); // the link's own name
     let mut seen_name = false;
     for c in target.split('/') {
@@ -99,9 +102,7 @@ pub fn check_symlink_target(link: &str, target: &str) -> Result<(), String> {
                     ));
                 }
                 if depth.pop().is_none() {
-                    return Err(format!(
-                        "symlink target `{target}` escapes the bundle root"
-                    ));
+                    return Err(format!("symlink target `{target}` escapes the bundle root"));
                 }
             }
             name => {
@@ -137,7 +138,9 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
     // 1. The manifest, first.
     let mut first = entries
         .next()
-        .ok_or_else(|| UnpackError::Archive("empty archive; a bundle starts with bundle.yaml".into()))?
+        .ok_or_else(|| {
+            UnpackError::Archive("empty archive; a bundle starts with bundle.yaml".into())
+        })?
         .map_err(arc)?;
     let first_path = first.path().map_err(arc)?.to_string_lossy().into_owned();
     if SafeRelPath::new(&first_path).map(|p| p.as_str() == MANIFEST_FILE) != Ok(true)
@@ -148,7 +151,10 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
         )));
     }
     if first.size() > MAX_MANIFEST_BYTES as u64 {
-        return Err(entry_err(MANIFEST_FILE, format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+        return Err(entry_err(
+            MANIFEST_FILE,
+            format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+        ));
     }
     let mut text = String::new();
     first
@@ -180,7 +186,10 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
         if count > limits.max_entries {
             return Err(entry_err(
                 &name,
-                format!("archive has more than {} entries (the limit)", limits.max_entries),
+                format!(
+                    "archive has more than {} entries (the limit)",
+                    limits.max_entries
+                ),
             ));
         }
         let rel = SafeRelPath::new(&name).map_err(|e| entry_err(&name, e.to_string()))?;
@@ -208,14 +217,20 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
                 if size > limits.max_file_bytes {
                     return Err(entry_err(
                         &name,
-                        format!("file of {size} bytes exceeds the per-file limit of {} bytes", limits.max_file_bytes),
+                        format!(
+                            "file of {size} bytes exceeds the per-file limit of {} bytes",
+                            limits.max_file_bytes
+                        ),
                     ));
                 }
                 total = total.saturating_add(size);
                 if total > limits.max_total_bytes {
                     return Err(entry_err(
                         &name,
-                        format!("unpacked size exceeds the limit of {} bytes", limits.max_total_bytes),
+                        format!(
+                            "unpacked size exceeds the limit of {} bytes",
+                            limits.max_total_bytes
+                        ),
                     ));
                 }
                 regular_files.insert(rel.as_str().to_string(), ());
@@ -288,10 +303,16 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
                 regular_files.insert(rel.as_str().to_string(), ());
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                return Err(entry_err(&name, "device and fifo entries are not allowed in bundles"));
+                return Err(entry_err(
+                    &name,
+                    "device and fifo entries are not allowed in bundles",
+                ));
             }
             other => {
-                return Err(entry_err(&name, format!("entry type {other:?} is not allowed in bundles")));
+                return Err(entry_err(
+                    &name,
+                    format!("entry type {other:?} is not allowed in bundles"),
+                ));
             }
         }
     }
@@ -318,7 +339,10 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
 
 fn no_data(name: &str, size: u64) -> Result<(), UnpackError> {
     if size != 0 {
-        return Err(entry_err(name, format!("non-file entry carries {size} bytes of data")));
+        return Err(entry_err(
+            name,
+            format!("non-file entry carries {size} bytes of data"),
+        ));
     }
     Ok(())
 }
@@ -382,7 +406,10 @@ fn checked_existing(dest: &Path, rel: &SafeRelPath) -> Result<PathBuf, UnpackErr
         cur.push(c);
         let m = fs::symlink_metadata(&cur).map_err(io_at(&cur))?;
         if m.file_type().is_symlink() {
-            return Err(entry_err(rel.as_str(), "hardlink target is reached through a symlink"));
+            return Err(entry_err(
+                rel.as_str(),
+                "hardlink target is reached through a symlink",
+            ));
         }
     }
     Ok(cur)

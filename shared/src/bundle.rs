@@ -92,9 +92,15 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> ManifestError {
 impl Manifest {
     /// Parses and validates `bundle.yaml`. `exists(path)` tells whether a regular file is at
     /// that path inside the bundle (hooks must point at one).
-    pub fn parse(yaml: &str, exists: impl Fn(&SafeRelPath) -> bool) -> Result<Manifest, ManifestError> {
+    pub fn parse(
+        yaml: &str,
+        exists: impl Fn(&SafeRelPath) -> bool,
+    ) -> Result<Manifest, ManifestError> {
         if yaml.len() > MAX_MANIFEST_BYTES {
-            return Err(err("(file)", format!("larger than {MAX_MANIFEST_BYTES} bytes")));
+            return Err(err(
+                "(file)",
+                format!("larger than {MAX_MANIFEST_BYTES} bytes"),
+            ));
         }
         let raw: RawManifest =
             serde_norway::from_str(yaml).map_err(|e| err("(document)", e.to_string()))?;
@@ -103,15 +109,24 @@ impl Manifest {
 }
 
 impl RawManifest {
-    pub fn validate(self, exists: impl Fn(&SafeRelPath) -> bool) -> Result<Manifest, ManifestError> {
+    pub fn validate(
+        self,
+        exists: impl Fn(&SafeRelPath) -> bool,
+    ) -> Result<Manifest, ManifestError> {
         if self.api_version != API_VERSION {
             return Err(err(
                 "apiVersion",
-                format!("`{}` is not supported; use `{API_VERSION}`", self.api_version),
+                format!(
+                    "`{}` is not supported; use `{API_VERSION}`",
+                    self.api_version
+                ),
             ));
         }
         if self.kind != KIND {
-            return Err(err("kind", format!("`{}` is not supported; use `{KIND}`", self.kind)));
+            return Err(err(
+                "kind",
+                format!("`{}` is not supported; use `{KIND}`", self.kind),
+            ));
         }
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 128
@@ -122,7 +137,10 @@ impl RawManifest {
         if !name_ok {
             return Err(err(
                 "name",
-                format!("`{}` must be 1-128 characters of a-z, 0-9, `-`, `_`, `.`, `/`", self.name),
+                format!(
+                    "`{}` must be 1-128 characters of a-z, 0-9, `-`, `_`, `.`, `/`",
+                    self.name
+                ),
             ));
         }
         let version_ok = !self.version.is_empty()
@@ -134,7 +152,10 @@ impl RawManifest {
         if !version_ok {
             return Err(err(
                 "version",
-                format!("`{}` must be 1-128 characters of A-Z, a-z, 0-9, `-`, `_`, `.`, `+`", self.version),
+                format!(
+                    "`{}` must be 1-128 characters of A-Z, a-z, 0-9, `-`, `_`, `.`, `+`",
+                    self.version
+                ),
             ));
         }
         let bundle_type = match self.bundle_type.as_str() {
@@ -167,7 +188,8 @@ impl RawManifest {
                     format!("unknown hook; allowed: {}", HOOKS.join(", ")),
                 ));
             }
-            let p = SafeRelPath::new(path).map_err(|e| err(format!("hooks.{hook}"), e.to_string()))?;
+            let p =
+                SafeRelPath::new(path).map_err(|e| err(format!("hooks.{hook}"), e.to_string()))?;
             if !exists(&p) {
                 return Err(err(
                     format!("hooks.{hook}"),
@@ -204,7 +226,10 @@ impl RawManifest {
             }
         }
         if !self.cmd.is_empty() && bundle_type != BundleType::App {
-            return Err(err("cmd", "only app bundles run a cmd; set `type: app` or remove cmd"));
+            return Err(err(
+                "cmd",
+                "only app bundles run a cmd; set `type: app` or remove cmd",
+            ));
         }
         for r in &self.rerunnable {
             if !HOOKS.contains(&r.as_str()) {
@@ -275,7 +300,12 @@ mod tests {
         for (yaml, want) in cases {
             assert_eq!(parse(&yaml).unwrap_err().to_string(), want);
         }
-        let e = parse(&format!("{GOOD}colour: blue\n")).unwrap_err().to_string();
-        assert!(e.starts_with("bundle.yaml: (document): unknown field `colour`"), "{e}");
+        let e = parse(&format!("{GOOD}colour: blue\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("bundle.yaml: (document): unknown field `colour`"),
+            "{e}"
+        );
     }
 }

@@ -54,7 +54,9 @@ impl SafeRelPath {
 
     /// The parent path, `None` for a top-level name.
     pub fn parent(&self) -> Option<SafeRelPath> {
-        self.0.rsplit_once('/').map(|(p, _)| SafeRelPath(p.to_string()))
+        self.0
+            .rsplit_once('/')
+            .map(|(p, _)| SafeRelPath(p.to_string()))
     }
 }
 
@@ -90,7 +92,10 @@ mod tests {
     #[test]
     fn normalises_and_rejects() {
         assert_eq!(SafeRelPath::new("./a//b/").unwrap().as_str(), "a/b");
-        assert_eq!(SafeRelPath::new("a/b").unwrap().parent().unwrap().as_str(), "a");
+        assert_eq!(
+            SafeRelPath::new("a/b").unwrap().parent().unwrap().as_str(),
+            "a"
+        );
         assert_eq!(
             SafeRelPath::new("/etc/passwd").unwrap_err().to_string(),
             "`/etc/passwd` is an absolute path; only paths relative to the bundle root are allowed"
