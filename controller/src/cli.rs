@@ -66,6 +66,9 @@ pub enum Command {
     /// Manage enrolled hosts
     #[command(subcommand)]
     Host(HostCmd),
+    /// Build, push and manage bundles
+    #[command(subcommand)]
+    Bundle(crate::bundle_cmd::BundleCmd),
 }
 
 #[derive(Args, Debug)]
@@ -91,6 +94,35 @@ pub struct ServeArgs {
     /// Time in-flight requests get to finish on SIGINT/SIGTERM
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Largest bundle upload accepted, in bytes (suffixes K, M, G, T)
+    #[arg(long, default_value = "20G", value_parser = parse_size)]
+    pub max_bundle_size: u64,
+}
+
+/// `512M`, `20G`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => {
+                    return Err(format!(
+                        "`{s}`: unknown size suffix `{c}`; use K, M, G or T"
+                    ))
+                }
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("`{s}` is not a size; use e.g. 512M or 20G"))
 }
 
 #[derive(Subcommand, Debug)]
@@ -120,6 +152,11 @@ pub enum TextOrJson {
 
 #[derive(Subcommand, Debug)]
 pub enum GetCmd {
+    /// Stored bundles (same as `berth bundle list`)
+    Bundles {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Enrolled hosts with their state and facts
     Hosts {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
@@ -193,6 +230,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Bundle(cmd) => crate::bundle_cmd::run(cmd, &target).await,
+        Command::Get(GetCmd::Bundles { output }) => {
+            crate::bundle_cmd::run(crate::bundle_cmd::BundleCmd::List { output }, &target).await
+        }
         Command::Get(GetCmd::Hosts { output }) => {
             let c = Client::connect(&target)?;
             let hosts: Vec<HostView> = c.get("/v1/hosts").await?;
@@ -256,6 +297,7 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
         poll_hold: a.poll_hold,
         max_polls: a.max_polls,
         shutdown_grace: a.shutdown_grace,
+        max_bundle_size: a.max_bundle_size,
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

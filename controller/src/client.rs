@@ -73,6 +73,27 @@ impl Client {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    /// POSTs a streaming body (e.g. a bundle upload).
+    pub async fn post_body<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: reqwest::Body,
+    ) -> Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/zstd")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| anyhow!("upload to {} failed: {}", self.base, error_chain(&e)))?;
+        let resp = check(resp).await?;
+        let bytes = resp.bytes().await?;
+        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
+    }
+
     /// A call whose success has no body (204).
     pub async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
         let resp = self.request(method, path, None::<&()>).await?;

@@ -27,6 +27,8 @@ pub struct ServeConfig {
     pub max_polls: usize,
     /// How long in-flight requests get to finish after SIGINT/SIGTERM.
     pub shutdown_grace: Duration,
+    /// Largest accepted bundle upload, bytes.
+    pub max_bundle_size: u64,
 }
 
 /// The default data dir: `$BERTH_DATA_DIR`, else `/var/lib/berth` for root, else

@@ -1,6 +1,8 @@
 //! The berth controller: PKI, SQLite store, HTTPS API and the operator CLI that talks to it.
 
 pub mod api;
+pub mod blobs;
+pub mod bundle_cmd;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -73,6 +73,9 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         poll_hold: cfg.poll_hold,
         poll_slots: Arc::new(Semaphore::new(cfg.max_polls)),
         shutdown: shutdown.clone(),
+        blobs: crate::blobs::BlobStore::open(&cfg.data_dir)?,
+        max_bundle_size: cfg.max_bundle_size,
+        unpack_limits: berth_bundle::Limits::default(),
     };
     let app = api::router(state);
     tracing::info!(

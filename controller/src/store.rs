@@ -337,6 +337,188 @@ impl Store {
     }
 }
 
+/// A stored bundle row.
+#[derive(Debug, Clone)]
+pub struct BundleRow {
+    pub digest: String,
+    pub size: i64,
+    pub manifest: String,
+    pub created_at: i64,
+    pub tags: Vec<String>,
+}
+
+impl Store {
+    /// Records a bundle blob; returns false when it was already recorded.
+    pub async fn insert_bundle(
+        &self,
+        digest: &str,
+        size: u64,
+        name: &str,
+        version: &str,
+        bundle_type: &str,
+        manifest_json: &str,
+        actor: &str,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query(
+            "INSERT INTO bundles (digest, size, name, version, type, manifest, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(size as i64)
+        .bind(name)
+        .bind(version)
+        .bind(bundle_type)
+        .bind(manifest_json)
+        .bind(now_unix())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            audit(
+                &mut tx,
+                actor,
+                "bundle.push",
+                digest,
+                Some(&format!("{name} {version}")),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Points `name:tag` at `digest`; returns the digest it pointed at before, if it moved.
+    pub async fn set_tag(
+        &self,
+        name: &str,
+        tag: &str,
+        digest: &str,
+        actor: &str,
+    ) -> Result<Option<String>> {
+        let mut tx = self.pool.begin().await?;
+        let old: Option<String> =
+            sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = ?1 AND tag = ?2")
+                .bind(name)
+                .bind(tag)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO bundle_tags (name, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(tag)
+        .bind(digest)
+        .bind(now_unix())
+        .execute(&mut *tx)
+        .await?;
+        let moved = old.filter(|o| o != digest);
+        if let Some(prev) = &moved {
+            audit(
+                &mut tx,
+                actor,
+                "bundle.retag",
+                &format!("{name}:{tag}"),
+                Some(&format!("{prev} -> {digest}")),
+            )
+            .await?;
+        } else {
+            audit(
+                &mut tx,
+                actor,
+                "bundle.tag",
+                &format!("{name}:{tag}"),
+                Some(digest),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    pub async fn resolve_tag(&self, name: &str, tag: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = ?1 AND tag = ?2")
+                .bind(name)
+                .bind(tag)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn bundle(&self, digest: &str) -> Result<Option<BundleRow>> {
+        Ok(self.bundles_where(Some(digest)).await?.into_iter().next())
+    }
+
+    pub async fn bundles(&self) -> Result<Vec<BundleRow>> {
+        self.bundles_where(None).await
+    }
+
+    async fn bundles_where(&self, digest: Option<&str>) -> Result<Vec<BundleRow>> {
+        let rows = sqlx::query(
+            "SELECT b.digest, b.size, b.manifest, b.created_at,
+                    (SELECT group_concat(t.name || ':' || t.tag, ' ') FROM
+                        (SELECT name, tag FROM bundle_tags WHERE digest = b.digest ORDER BY name, tag) t) AS tags
+             FROM bundles b WHERE ?1 IS NULL OR b.digest = ?1 ORDER BY b.name, b.created_at",
+        )
+        .bind(digest)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| BundleRow {
+                digest: r.get("digest"),
+                size: r.get("size"),
+                manifest: r.get("manifest"),
+                created_at: r.get("created_at"),
+                tags: r
+                    .get::<Option<String>, _>("tags")
+                    .map(|t| t.split(' ').map(str::to_string).collect())
+                    .unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Removes a tag; returns false when there was none.
+    pub async fn delete_tag(&self, name: &str, tag: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM bundle_tags WHERE name = ?1 AND tag = ?2")
+            .bind(name)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            audit(
+                &mut tx,
+                actor,
+                "bundle.untag",
+                &format!("{name}:{tag}"),
+                None,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    /// Removes a bundle and its tags; returns false when there was none.
+    pub async fn delete_bundle(&self, digest: &str, actor: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let n = sqlx::query("DELETE FROM bundles WHERE digest = ?1")
+            .bind(digest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if n > 0 {
+            audit(&mut tx, actor, "bundle.rm", digest, None).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+}
+
 fn host_row(r: sqlx::sqlite::SqliteRow) -> HostRow {
     HostRow {
         id: r.get("id"),

@@ -140,3 +140,32 @@ pub mod codes {
     pub const OVERLOADED: &str = "overloaded";
     pub const INTERNAL: &str = "internal";
 }
+
+/// A stored bundle as `GET /v1/bundles` and `GET /v1/bundles/{ref}` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BundleView {
+    pub digest: Digest,
+    pub size: u64,
+    pub name: String,
+    pub version: String,
+    #[serde(rename = "type")]
+    pub bundle_type: String,
+    /// `name:tag` refs pointing at this digest.
+    pub tags: Vec<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    pub manifest: crate::bundle::Manifest,
+}
+
+/// `POST /v1/bundles[?tag=name:tag]` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PushResponse {
+    pub digest: Digest,
+    pub size: u64,
+    /// false when the blob was already stored (the upload was a no-op).
+    pub created: bool,
+    pub tag: Option<String>,
+    /// The digest the tag pointed at before, when it moved.
+    pub previous: Option<Digest>,
+    pub manifest: crate::bundle::Manifest,
+}

@@ -5,11 +5,13 @@
 
 pub mod api;
 pub mod bundle;
+pub mod bundle_ref;
 pub mod digest;
 pub mod names;
 pub mod relpath;
 pub mod token;
 
+pub use bundle_ref::BundleRef;
 pub use digest::Digest;
 pub use names::HostName;
 pub use relpath::SafeRelPath;

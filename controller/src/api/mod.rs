@@ -7,9 +7,11 @@
 pub mod admin;
 pub mod agent;
 pub mod auth;
+pub mod bundles;
 pub mod enroll;
 pub mod error;
 
+use crate::blobs::BlobStore;
 use crate::pki::Pki;
 use crate::store::Store;
 use axum::routing::{delete, get, post};
@@ -33,6 +35,11 @@ pub struct AppState {
     /// Bounds concurrent long-polls; when empty, polls get `503` + `Retry-After`.
     pub poll_slots: Arc<Semaphore>,
     pub shutdown: CancellationToken,
+    pub blobs: BlobStore,
+    /// Largest accepted bundle upload, bytes.
+    pub max_bundle_size: u64,
+    /// Limits a pushed bundle must respect (checked on upload, enforced again by agents).
+    pub unpack_limits: berth_bundle::Limits,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -45,6 +52,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/hosts", get(admin::list_hosts))
         .route("/v1/hosts/{name}", delete(admin::delete_host))
         .route("/v1/hosts/{name}/revoke", post(admin::revoke_host))
+        .route(
+            "/v1/bundles",
+            get(bundles::list)
+                .post(bundles::push)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/v1/bundles/{*reference}",
+            get(bundles::inspect).delete(bundles::remove),
+        )
+        .route("/v1/blobs/sha256/{hex}", get(bundles::blob))
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
         })

@@ -1,0 +1,242 @@
+//! Bundles: upload (streaming), list, inspect, remove, and blob download with `Range`.
+
+use super::auth::{AgentHost, Caller, PeerCert};
+use super::error::{ApiError, ApiJson};
+use super::AppState;
+use crate::blobs::IngestError;
+use crate::store::{BundleRow, Role};
+use crate::time::rfc3339;
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_shared::api::{codes, BundleView, PushResponse};
+use berth_shared::{BundleRef, Digest};
+use futures_util::TryStreamExt;
+use tower::ServiceExt;
+
+#[derive(serde::Deserialize)]
+pub struct PushQuery {
+    /// `name:tag` to point at the uploaded digest.
+    pub tag: Option<String>,
+}
+
+pub async fn push(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PushQuery>,
+    body: Body,
+) -> Result<(StatusCode, ApiJson<PushResponse>), ApiError> {
+    caller.require(Role::Operator)?;
+    let tag = match q.tag.as_deref().map(str::parse::<BundleRef>) {
+        None => None,
+        Some(Ok(BundleRef::Tag { name, tag })) => Some((name, tag)),
+        Some(Ok(BundleRef::Digest(_))) => {
+            return Err(ApiError::bad_request("tag must be name:tag, not a digest"))
+        }
+        Some(Err(e)) => return Err(ApiError::bad_request(e.to_string())),
+    };
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let ingested = st
+        .blobs
+        .ingest(Box::pin(stream), st.max_bundle_size, st.unpack_limits)
+        .await
+        .map_err(|e| match e {
+            IngestError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            IngestError::Body(_) => ApiError::bad_request(e.to_string()),
+            IngestError::Invalid(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_bundle",
+                e.to_string(),
+            ),
+            IngestError::Io(e) => ApiError::Internal(e),
+        })?;
+    let m = &ingested.manifest;
+    let manifest_json = serde_json::to_string(m).map_err(|e| ApiError::Internal(e.into()))?;
+    let bundle_type = serde_json::to_value(m.bundle_type)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let digest = ingested.digest.to_string();
+    let created = st
+        .store
+        .insert_bundle(
+            &digest,
+            ingested.size,
+            &m.name,
+            &m.version,
+            &bundle_type,
+            &manifest_json,
+            &caller.actor(),
+        )
+        .await?;
+    let mut previous = None;
+    if let Some((name, t)) = &tag {
+        previous = st
+            .store
+            .set_tag(name, t, &digest, &caller.actor())
+            .await?
+            .and_then(|d| d.parse::<Digest>().ok());
+    }
+    tracing::info!(%digest, size = ingested.size, created, tag = ?q.tag, "bundle pushed");
+    Ok((
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        },
+        ApiJson(PushResponse {
+            digest: ingested.digest,
+            size: ingested.size,
+            created,
+            tag: tag.map(|(n, t)| format!("{n}:{t}")),
+            previous,
+            manifest: ingested.manifest,
+        }),
+    ))
+}
+
+fn view(row: BundleRow) -> Result<BundleView, ApiError> {
+    let manifest: berth_shared::bundle::Manifest =
+        serde_json::from_str(&row.manifest).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(BundleView {
+        digest: row
+            .digest
+            .parse()
+            .map_err(|e: berth_shared::digest::DigestError| ApiError::Internal(e.into()))?,
+        size: row.size as u64,
+        name: manifest.name.clone(),
+        version: manifest.version.clone(),
+        bundle_type: serde_json::to_value(manifest.bundle_type)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        tags: row.tags,
+        created_at: rfc3339(row.created_at),
+        manifest,
+    })
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<ApiJson<Vec<BundleView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let rows = st.store.bundles().await?;
+    Ok(ApiJson(
+        rows.into_iter().map(view).collect::<Result<_, _>>()?,
+    ))
+}
+
+/// Resolves `name:tag` or a digest to a stored digest, or 404.
+async fn resolve(st: &AppState, r: &str) -> Result<(BundleRef, String), ApiError> {
+    let parsed: BundleRef = r
+        .parse()
+        .map_err(|e: berth_shared::bundle_ref::BundleRefError| {
+            ApiError::bad_request(e.to_string())
+        })?;
+    let digest = match &parsed {
+        BundleRef::Digest(d) => Some(d.to_string()),
+        BundleRef::Tag { name, tag } => st.store.resolve_tag(name, tag).await?,
+    };
+    match digest {
+        Some(d) if st.store.bundle(&d).await?.is_some() => Ok((parsed, d)),
+        _ => Err(ApiError::not_found(format!(
+            "no bundle `{r}`; see `berth bundle list`"
+        ))),
+    }
+}
+
+pub async fn inspect(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(r): Path<String>,
+) -> Result<ApiJson<BundleView>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let (_, digest) = resolve(&st, &r).await?;
+    let row = st
+        .store
+        .bundle(&digest)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no bundle `{r}`")))?;
+    Ok(ApiJson(view(row)?))
+}
+
+/// `name:tag` removes the tag; a digest removes the blob and every tag pointing at it.
+pub async fn remove(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(r): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Operator)?;
+    let (parsed, digest) = resolve(&st, &r).await?;
+    match parsed {
+        BundleRef::Tag { name, tag } => {
+            st.store.delete_tag(&name, &tag, &caller.actor()).await?;
+        }
+        BundleRef::Digest(d) => {
+            st.store.delete_bundle(&digest, &caller.actor()).await?;
+            st.blobs.remove(&d)?;
+        }
+    }
+    tracing::info!(bundle = %r, "bundle removed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Who may download blobs: enrolled agents (mutual TLS) or API callers (viewer and up).
+pub struct BlobReader;
+
+impl FromRequestParts<AppState> for BlobReader {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Self, ApiError> {
+        let has_cert = parts
+            .extensions
+            .get::<PeerCert>()
+            .is_some_and(|p| p.0.is_some());
+        if has_cert {
+            AgentHost::from_request_parts(parts, st).await?;
+        } else {
+            Caller::from_request_parts(parts, st)
+                .await?
+                .require(Role::Viewer)?;
+        }
+        Ok(BlobReader)
+    }
+}
+
+/// Streams a blob from disk: `Content-Length`, `ETag` = digest, `Range` (206), HEAD.
+pub async fn blob(
+    State(st): State<AppState>,
+    _who: BlobReader,
+    Path(hex): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let digest: Digest = format!("sha256:{hex}")
+        .parse()
+        .map_err(|e: berth_shared::digest::DigestError| ApiError::bad_request(e.to_string()))?;
+    if !st.blobs.exists(&digest) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            codes::NOT_FOUND,
+            format!("no blob {digest}"),
+        ));
+    }
+    let svc = tower_http::services::ServeFile::new(st.blobs.path(&digest))
+        .with_buf_chunk_size(256 * 1024);
+    let resp = svc
+        .oneshot(req)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serving blob: {e}")))?;
+    let mut resp = resp.map(Body::new).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    Ok(resp)
+}

@@ -1,0 +1,182 @@
+//! The content-addressed blob store: `<data-dir>/blobs/sha256/<2 hex>/<hex>`.
+//!
+//! Uploads stream into `blobs/tmp/` while being hashed, are checked to be a valid bundle,
+//! and only then renamed into place, so a cut or crashed upload never leaves a partial blob
+//! where readers look. A duplicate upload is a no-op.
+
+use anyhow::{Context, Result};
+use berth_bundle::hashio::HashingWriter;
+use berth_bundle::{scan, Limits, UnpackError};
+use berth_shared::bundle::Manifest;
+use berth_shared::Digest;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+}
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(
+        "upload exceeds the limit of {limit} bytes (raise it with `berth serve --max-bundle-size`)"
+    )]
+    TooLarge { limit: u64 },
+    #[error("upload was cut off: {0}")]
+    Body(String),
+    #[error("not a valid bundle: {0}")]
+    Invalid(#[from] UnpackError),
+    #[error(transparent)]
+    Io(#[from] anyhow::Error),
+}
+
+pub struct Ingested {
+    pub digest: Digest,
+    pub size: u64,
+    pub manifest: Manifest,
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl BlobStore {
+    /// Opens the store, removing temp files left by a crash.
+    pub fn open(data_dir: &Path) -> Result<BlobStore> {
+        let root = data_dir.join("blobs");
+        let tmp = root.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp)
+                .with_context(|| format!("cannot clean {}", tmp.display()))?;
+        }
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        std::fs::create_dir_all(root.join("sha256"))?;
+        Ok(BlobStore { root })
+    }
+
+    pub fn path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.hex();
+        self.root.join("sha256").join(&hex[..2]).join(hex)
+    }
+
+    pub fn exists(&self, digest: &Digest) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// Streams `body` to a temp file, hashing it; validates it as a bundle; moves it into
+    /// place. Nothing is visible under `sha256/` unless every step succeeded.
+    pub async fn ingest<S, E>(
+        &self,
+        body: S,
+        max_size: u64,
+        limits: Limits,
+    ) -> Result<Ingested, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let tmp = self.root.join("tmp").join(format!(
+            "upload-{}-{}",
+            std::process::id(),
+            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let guard = TempGuard(tmp.clone());
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let path = tmp.clone();
+        // Disk writes and hashing on a blocking thread.
+        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+            let f = std::fs::File::create(&path)?;
+            let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
+            while let Some(chunk) = rx.blocking_recv() {
+                w.write_all(&chunk)?;
+            }
+            let (buf, digest, n) = w.finish();
+            let f = buf.into_inner().map_err(|e| e.into_error())?;
+            f.sync_all()?;
+            Ok((digest, n))
+        });
+        let mut body = body;
+        let mut received = 0u64;
+        let mut failure = None;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => {
+                    received += c.len() as u64;
+                    if received > max_size {
+                        failure = Some(IngestError::TooLarge { limit: max_size });
+                        break;
+                    }
+                    if tx.send(c).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failure = Some(IngestError::Body(e.to_string()));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| anyhow::anyhow!("writer task: {e}"))?;
+        if let Some(f) = failure {
+            return Err(f);
+        }
+        let (digest, size) = written.context("cannot write the upload to disk")?;
+
+        let check = tmp.clone();
+        let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, UnpackError> {
+            let f = std::fs::File::open(&check).map_err(|source| UnpackError::Io {
+                path: check.clone(),
+                source,
+            })?;
+            Ok(scan(std::io::BufReader::with_capacity(1 << 20, f), &limits)?.manifest)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("validation task: {e}"))??;
+
+        let dest = self.path(&digest);
+        if dest.exists() {
+            // Same digest, same bytes: nothing to do.
+            return Ok(Ingested {
+                digest,
+                size,
+                manifest,
+            });
+        }
+        let parent = dest.parent().context("blob path has a parent")?;
+        std::fs::create_dir_all(parent).context("cannot create the blob directory")?;
+        std::fs::rename(&tmp, &dest).context("cannot move the blob into place")?;
+        if let Ok(d) = std::fs::File::open(parent) {
+            let _ = d.sync_all();
+        }
+        drop(guard);
+        Ok(Ingested {
+            digest,
+            size,
+            manifest,
+        })
+    }
+
+    pub fn remove(&self, digest: &Digest) -> Result<()> {
+        match std::fs::remove_file(self.path(digest)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Removes a temp file when dropped (after a successful rename there is nothing to remove).
+struct TempGuard(PathBuf);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -1,0 +1,257 @@
+//! `berth bundle build|push|list|inspect|rm`.
+
+use crate::client::{Client, Target};
+use crate::output::{self, Format};
+use anyhow::{bail, Context, Result};
+use berth_shared::api::{BundleView, PushResponse};
+use berth_shared::BundleRef;
+use clap::Subcommand;
+use futures_util::StreamExt;
+use reqwest::Method;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand, Debug)]
+pub enum BundleCmd {
+    /// Validate DIR/bundle.yaml and pack DIR into a reproducible tar.zst; prints its digest
+    Build {
+        dir: PathBuf,
+        /// Output file [default: <name>-<version>.tar.zst in the current directory]
+        #[arg(short = 'o', long = "output-file")]
+        out: Option<PathBuf>,
+        /// `text` prints the digest; `json` prints digest, size, file and manifest
+        #[arg(long = "format", value_enum, default_value_t = crate::cli::TextOrJson::Text)]
+        format: crate::cli::TextOrJson,
+    },
+    /// Upload a bundle (a directory is built first) and optionally tag it
+    Push {
+        /// A bundle directory or a built .tar.zst
+        path: PathBuf,
+        /// name:tag to point at the uploaded digest (moves an existing tag)
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = crate::cli::TextOrJson::Text)]
+        output: crate::cli::TextOrJson,
+    },
+    /// Stored bundles with their tags
+    List {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// One bundle's manifest, size and digest
+    Inspect {
+        /// name:tag or sha256:<hex>
+        reference: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Yaml)]
+        output: Format,
+    },
+    /// Remove a tag (name:tag) or a bundle and all its tags (sha256:<hex>)
+    Rm { reference: String },
+}
+
+pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
+    match cmd {
+        BundleCmd::Build { dir, out, format } => {
+            let packed = build(&dir, out).await?;
+            match format {
+                crate::cli::TextOrJson::Text => println!("{}", packed.0.digest),
+                crate::cli::TextOrJson::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "digest": packed.0.digest,
+                        "size": packed.0.size,
+                        "file": packed.1,
+                        "entries": packed.0.entries,
+                        "manifest": packed.0.manifest,
+                    }))?
+                ),
+            }
+            Ok(())
+        }
+        BundleCmd::Push { path, tag, output } => {
+            if let Some(t) = &tag {
+                match t.parse::<BundleRef>() {
+                    Ok(BundleRef::Tag { .. }) => {}
+                    Ok(BundleRef::Digest(_)) => bail!("--tag must be name:tag, not a digest"),
+                    Err(e) => bail!("--tag: {e}"),
+                }
+            }
+            let client = Client::connect(target)?;
+            let (file, _tmp) = if path.is_dir() {
+                let tmp = tempdir_for_build()?;
+                let out = tmp.join("bundle.tar.zst");
+                let (p, _) = build(&path, Some(out.clone())).await?;
+                eprintln!("built {} ({} bytes)", p.digest, p.size);
+                (out, Some(TempDir(tmp)))
+            } else {
+                (path.clone(), None)
+            };
+            let resp = upload(
+                &client,
+                &file,
+                tag.as_deref(),
+                matches!(output, crate::cli::TextOrJson::Text),
+            )
+            .await?;
+            match output {
+                crate::cli::TextOrJson::Json => {
+                    println!("{}", serde_json::to_string_pretty(&resp)?)
+                }
+                crate::cli::TextOrJson::Text => {
+                    let what = if resp.created {
+                        "pushed"
+                    } else {
+                        "already stored"
+                    };
+                    match (&resp.tag, &resp.previous) {
+                        (Some(t), Some(prev)) => {
+                            println!("{what} {} as {t} (moved from {prev})", resp.digest)
+                        }
+                        (Some(t), None) => println!("{what} {} as {t}", resp.digest),
+                        _ => println!("{what} {}", resp.digest),
+                    }
+                }
+            }
+            Ok(())
+        }
+        BundleCmd::List { output } => {
+            let client = Client::connect(target)?;
+            let list: Vec<BundleView> = client.get("/v1/bundles").await?;
+            output::print(
+                output,
+                &list,
+                &[
+                    "NAME", "VERSION", "TYPE", "TAGS", "SIZE", "DIGEST", "CREATED",
+                ],
+                || {
+                    list.iter()
+                        .map(|b| {
+                            vec![
+                                b.name.clone(),
+                                b.version.clone(),
+                                b.bundle_type.clone(),
+                                b.tags.join(","),
+                                human_bytes(b.size),
+                                b.digest.to_string()[..19].to_string(),
+                                b.created_at.clone(),
+                            ]
+                        })
+                        .collect()
+                },
+            )
+        }
+        BundleCmd::Inspect { reference, output } => {
+            reference.parse::<BundleRef>()?;
+            let client = Client::connect(target)?;
+            let b: BundleView = client.get(&format!("/v1/bundles/{reference}")).await?;
+            let fmt = if output == Format::Table {
+                Format::Yaml
+            } else {
+                output
+            };
+            output::print(fmt, &b, &[], Vec::new)
+        }
+        BundleCmd::Rm { reference } => {
+            reference.parse::<BundleRef>()?;
+            let client = Client::connect(target)?;
+            client
+                .call_empty(Method::DELETE, &format!("/v1/bundles/{reference}"))
+                .await?;
+            println!("removed {reference}");
+            Ok(())
+        }
+    }
+}
+
+async fn build(dir: &Path, out: Option<PathBuf>) -> Result<(berth_bundle::Packed, PathBuf)> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let manifest = berth_bundle::pack::read_manifest(&dir)?;
+        let out = out.unwrap_or_else(|| {
+            PathBuf::from(format!(
+                "{}-{}.tar.zst",
+                manifest.name.replace('/', "_"),
+                manifest.version
+            ))
+        });
+        let packed = berth_bundle::pack(&dir, &out)?;
+        Ok((packed, out))
+    })
+    .await
+    .context("build task failed")?
+}
+
+async fn upload(
+    client: &Client,
+    file: &Path,
+    tag: Option<&str>,
+    bar: bool,
+) -> Result<PushResponse> {
+    let f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let len = f.metadata().await?.len();
+    let pb = if bar && std::io::stdout().is_terminal() {
+        let pb = indicatif::ProgressBar::new(len);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Some(pb)
+    } else {
+        None
+    };
+    let counter = pb.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).inspect(move |chunk| {
+        if let (Some(pb), Ok(c)) = (&counter, chunk) {
+            pb.inc(c.len() as u64);
+        }
+    });
+    let path = match tag {
+        Some(t) => format!("/v1/bundles?tag={t}"),
+        None => "/v1/bundles".to_string(),
+    };
+    let result = client
+        .post_body(&path, reqwest::Body::wrap_stream(stream))
+        .await;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    result
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn tempdir_for_build() -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "berth-push-{}-{}",
+        std::process::id(),
+        crate::pki::random_token(6)
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
