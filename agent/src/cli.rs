@@ -35,6 +35,24 @@ pub enum Command {
     Join(JoinArgs),
     /// Run the agent loop with the stored identity
     Run(RunArgs),
+    /// Fetch a bundle blob by digest into the cache (resumable, verified) and optionally
+    /// unpack it; what the agent does for each bundle of a plan, run by hand
+    Fetch(FetchArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// sha256:<hex> of the bundle blob
+    #[arg(long)]
+    pub digest: String,
+    /// Unpack the verified blob into this directory (replaced atomically)
+    #[arg(long)]
+    pub into: Option<PathBuf>,
+    /// Download attempts, each resuming from the bytes already on disk
+    #[arg(long, default_value_t = 10)]
+    pub attempts: u32,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +144,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
             }
         }
         Command::Run(a) => run_loop(a.common).await,
+        Command::Fetch(a) => fetch(a).await,
     }
 }
 
@@ -158,9 +177,50 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
     }
+}
+
+async fn fetch(a: FetchArgs) -> Result<()> {
+    let digest: berth_shared::Digest = a
+        .digest
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--digest: {e}"))?;
+    let id = crate::identity::Identity::load(&a.common.data_dir)?;
+    let fetcher = crate::fetch::Fetcher {
+        client: crate::tls::agent_client(&id)?,
+        controller: id.meta.controller.clone(),
+        cache: a.common.data_dir.join("cache"),
+        attempts: a.attempts.max(1),
+    };
+    let started = std::time::Instant::now();
+    let blob = fetcher.fetch(&digest).await?;
+    let fetched = started.elapsed();
+    match a.into {
+        None => println!("{}", blob.display()),
+        Some(dest) => {
+            let b = blob.clone();
+            let u = tokio::task::spawn_blocking(move || {
+                crate::fetch::unpack_into(&b, &dest, &berth_bundle::Limits::default())
+                    .map(|u| (u, dest))
+            })
+            .await??;
+            println!(
+                "{} {} {}: {} entries, {} bytes into {} (fetch {:.2?}, total {:.2?})",
+                digest,
+                u.0.manifest.name,
+                u.0.manifest.version,
+                u.0.entries,
+                u.0.bytes,
+                u.1.display(),
+                fetched,
+                started.elapsed()
+            );
+        }
+    }
+    Ok(())
 }

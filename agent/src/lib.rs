@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod facts;
+pub mod fetch;
 pub mod fsutil;
 pub mod identity;
 pub mod join;

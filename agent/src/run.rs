@@ -7,7 +7,7 @@
 use crate::identity::Identity;
 use crate::join::chain;
 use crate::{facts, tls};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use berth_shared::api::{ErrorBody, HostFacts, PollRequest, PollResponse};
 use rand::Rng;
 use reqwest::StatusCode;
@@ -55,11 +55,7 @@ impl Backoff {
 
 pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let id = Identity::load(&cfg.data_dir)?;
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls::mutual(&id.ca_pem, &id.cert_pem, id.private_key()?)?)
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .context("cannot build the HTTPS client")?;
+    let client = tls::agent_client(&id)?;
     let url = format!("{}/v1/agent/poll", id.meta.controller);
     tracing::info!(host = %id.meta.name, controller = %id.meta.controller, "agent starting");
 

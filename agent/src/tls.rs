@@ -95,3 +95,13 @@ impl ServerCertVerifier for AcceptAny {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The agent's HTTPS client: mutual TLS with its enrolled identity.
+pub fn agent_client(id: &crate::identity::Identity) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .use_preconfigured_tls(mutual(&id.ca_pem, &id.cert_pem, id.private_key()?)?)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .context("cannot build the HTTPS client")
+}

@@ -337,6 +337,16 @@ impl Store {
     }
 }
 
+/// What a push records.
+pub struct NewBundle<'a> {
+    pub digest: &'a str,
+    pub size: u64,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub bundle_type: &'a str,
+    pub manifest_json: &'a str,
+}
+
 /// A stored bundle row.
 #[derive(Debug, Clone)]
 pub struct BundleRow {
@@ -349,16 +359,15 @@ pub struct BundleRow {
 
 impl Store {
     /// Records a bundle blob; returns false when it was already recorded.
-    pub async fn insert_bundle(
-        &self,
-        digest: &str,
-        size: u64,
-        name: &str,
-        version: &str,
-        bundle_type: &str,
-        manifest_json: &str,
-        actor: &str,
-    ) -> Result<bool> {
+    pub async fn insert_bundle(&self, b: NewBundle<'_>, actor: &str) -> Result<bool> {
+        let NewBundle {
+            digest,
+            size,
+            name,
+            version,
+            bundle_type,
+            manifest_json,
+        } = b;
         let mut tx = self.pool.begin().await?;
         let n = sqlx::query(
             "INSERT INTO bundles (digest, size, name, version, type, manifest, created_at)

@@ -406,3 +406,133 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A TCP proxy on loopback that forwards to `127.0.0.1:target` and can cut one connection
+/// after a given number of server→client bytes (a dropped connection mid-body, for real:
+/// the TLS stream is cut, not simulated).
+pub struct CutProxy {
+    pub port: u16,
+    arm: Arc<std::sync::atomic::AtomicU64>,
+    cuts: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CutProxy {
+    pub fn start(target: u16) -> CutProxy {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let arm = Arc::new(AtomicU64::new(0));
+        let cuts = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, c, s) = (arm.clone(), cuts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let limit = a.swap(0, Ordering::SeqCst);
+                let (c2, s2) = (
+                    client.try_clone().expect("clone"),
+                    server.try_clone().expect("clone"),
+                );
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut &c2, &mut &s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                let cuts = c.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let mut buf = [0u8; 16 * 1024];
+                    let mut sent = 0u64;
+                    loop {
+                        let n = match (&server).read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let n = if limit > 0 {
+                            n.min((limit - sent) as usize)
+                        } else {
+                            n
+                        };
+                        if (&client).write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent += n as u64;
+                        if limit > 0 && sent >= limit {
+                            cuts.fetch_add(1, Ordering::SeqCst);
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            let _ = server.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                    }
+                    let _ = client.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CutProxy {
+            port,
+            arm,
+            cuts,
+            stop,
+        }
+    }
+
+    /// The next connection is cut after `bytes` bytes from the server.
+    pub fn cut_next_after(&self, bytes: u64) {
+        self.arm.store(bytes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn cuts(&self) -> u64 {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Writes a small bundle directory: a manifest with an install hook, a script, `size`
+/// bytes of pseudo-random data (incompressible) and a symlink.
+pub fn write_bundle(dir: &Path, name: &str, version: &str, size: usize) {
+    fs::create_dir_all(dir.join("scripts")).expect("mkdir");
+    fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    fs::write(
+        dir.join("bundle.yaml"),
+        format!("apiVersion: berth.dev/v1\nkind: Bundle\nname: {name}\nversion: {version}\ntype: rootfs\nhooks:\n  install: scripts/install.sh\n"),
+    )
+    .expect("manifest");
+    fs::write(
+        dir.join("scripts/install.sh"),
+        "#!/bin/sh\necho installed\n",
+    )
+    .expect("script");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        dir.join("scripts/install.sh"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ (size as u64);
+    let data: Vec<u8> = (0..size)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    fs::write(dir.join("bin/payload"), data).expect("payload");
+    let _ = std::os::unix::fs::symlink("payload", dir.join("bin/payload-link"));
+}

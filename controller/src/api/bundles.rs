@@ -4,7 +4,7 @@ use super::auth::{AgentHost, Caller, PeerCert};
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::blobs::IngestError;
-use crate::store::{BundleRow, Role};
+use crate::store::{BundleRow, NewBundle, Role};
 use crate::time::rfc3339;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
@@ -64,12 +64,14 @@ pub async fn push(
     let created = st
         .store
         .insert_bundle(
-            &digest,
-            ingested.size,
-            &m.name,
-            &m.version,
-            &bundle_type,
-            &manifest_json,
+            NewBundle {
+                digest: &digest,
+                size: ingested.size,
+                name: &m.name,
+                version: &m.version,
+                bundle_type: &bundle_type,
+                manifest_json: &manifest_json,
+            },
             &caller.actor(),
         )
         .await?;

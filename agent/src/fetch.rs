@@ -1,0 +1,246 @@
+//! Fetching bundle blobs by digest: a per-digest cache, resumable with `Range`, verified
+//! while streaming; and unpacking a verified blob into place atomically.
+//!
+//! Layout under `<data-dir>/cache/blobs/sha256/`: `<hex>` is a verified blob; `<hex>.partial`
+//! holds the bytes of an interrupted download, from which the next attempt resumes.
+
+use crate::join::chain;
+use anyhow::{anyhow, bail, Context, Result};
+use berth_bundle::{unpack, Limits, Unpacked};
+use berth_shared::Digest;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::StatusCode;
+use sha2::{Digest as _, Sha256};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct Fetcher {
+    pub client: reqwest::Client,
+    pub controller: String,
+    pub cache: PathBuf,
+    /// Download attempts before giving up (each resumes from the bytes on disk).
+    pub attempts: u32,
+}
+
+impl Fetcher {
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.cache.join("blobs/sha256").join(d.hex())
+    }
+
+    /// Returns the path of the verified blob, downloading what is missing.
+    pub async fn fetch(&self, digest: &Digest) -> Result<PathBuf> {
+        let done = self.blob_path(digest);
+        if done.is_file() {
+            return Ok(done);
+        }
+        let dir = done.parent().context("cache dir")?.to_path_buf();
+        tokio::fs::create_dir_all(&dir).await?;
+        let partial = dir.join(format!("{}.partial", digest.hex()));
+        let url = format!("{}/v1/blobs/sha256/{}", self.controller, digest.hex());
+
+        // Bytes already on disk from an earlier attempt are hashed once, then extended.
+        let (mut hasher, mut offset) = {
+            let p = partial.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<(Sha256, u64)> {
+                match std::fs::File::open(&p) {
+                    Ok(mut f) => {
+                        let mut h = Sha256::new();
+                        let mut n = 0u64;
+                        let mut buf = vec![0u8; 1 << 20];
+                        loop {
+                            let k = f.read(&mut buf)?;
+                            if k == 0 {
+                                break;
+                            }
+                            h.update(&buf[..k]);
+                            n += k as u64;
+                        }
+                        Ok((h, n))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Sha256::new(), 0)),
+                    Err(e) => Err(e),
+                }
+            })
+            .await??
+        };
+
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if offset > 0 {
+                tracing::info!(digest = %digest, offset, "resuming download from the bytes already fetched");
+            }
+            let mut req = self.client.get(&url);
+            if offset > 0 {
+                req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
+            }
+            let outcome: Result<()> = match req.send().await {
+                Err(e) => Err(anyhow!("cannot reach the controller: {}", chain(&e))),
+                Ok(resp) => match resp.status() {
+                    StatusCode::OK | StatusCode::PARTIAL_CONTENT => {
+                        if resp.status() == StatusCode::OK && offset > 0 {
+                            // The server ignored the range: start over.
+                            offset = 0;
+                            hasher = Sha256::new();
+                            tokio::fs::remove_file(&partial).await.ok();
+                        }
+                        let (h, n, err) = stream_to(resp, &partial, hasher, offset).await?;
+                        hasher = h;
+                        offset = n;
+                        match err {
+                            None => break,
+                            Some(e) => Err(e),
+                        }
+                    }
+                    StatusCode::RANGE_NOT_SATISFIABLE => {
+                        // More on disk than the blob has: the partial file is junk.
+                        offset = 0;
+                        hasher = Sha256::new();
+                        tokio::fs::remove_file(&partial).await.ok();
+                        Err(anyhow!(
+                            "partial download was longer than the blob; starting over"
+                        ))
+                    }
+                    s if s.is_client_error() => {
+                        let body = resp.text().await.unwrap_or_default();
+                        bail!("controller refused the download of {digest} ({s}): {body}");
+                    }
+                    s => Err(anyhow!("controller answered {s}")),
+                },
+            };
+            if let Err(e) = outcome {
+                if attempt >= self.attempts {
+                    return Err(e.context(format!(
+                        "download of {digest} failed after {attempt} attempts ({offset} bytes kept for the next try)"
+                    )));
+                }
+                let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
+                tracing::warn!(digest = %digest, offset, error = %format!("{e:#}"), retry_in = ?delay, "download interrupted");
+                tokio::time::sleep(delay).await;
+            }
+        }
+
+        let got = Digest::from_hasher(hasher);
+        if got != *digest {
+            tokio::fs::remove_file(&partial).await.ok();
+            bail!("downloaded blob hashes to {got}, not {digest}; discarded it (nothing was unpacked)");
+        }
+        tokio::fs::rename(&partial, &done).await?;
+        tracing::info!(digest = %digest, bytes = offset, "blob fetched and verified");
+        Ok(done)
+    }
+}
+
+/// Appends the response body to `partial`, hashing it on a blocking thread. Returns the
+/// hasher and byte count reached, and the error that cut the body short, if any.
+async fn stream_to(
+    resp: reqwest::Response,
+    partial: &Path,
+    hasher: Sha256,
+    offset: u64,
+) -> Result<(Sha256, u64, Option<anyhow::Error>)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(32);
+    let path = partial.to_path_buf();
+    let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Sha256, u64)> {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+        let mut h = hasher;
+        let mut n = offset;
+        while let Some(chunk) = rx.blocking_recv() {
+            w.write_all(&chunk)?;
+            h.update(&chunk);
+            n += chunk.len() as u64;
+        }
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_data()?;
+        Ok((h, n))
+    });
+    let mut body = resp.bytes_stream();
+    let mut cut = None;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => {
+                if tx.send(c).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                cut = Some(anyhow!("connection lost mid-body: {}", chain(&e)));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let (h, n) = writer
+        .await
+        .context("writer task")?
+        .context("cannot write the download")?;
+    Ok((h, n, cut))
+}
+
+/// Unpacks a verified blob into `dest`, replacing it atomically: the archive streams into a
+/// sibling staging directory which is renamed over `dest` only when everything succeeded.
+pub fn unpack_into(blob: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked> {
+    unpack_all(&[blob.to_path_buf()], dest, limits, |_| Ok(())).map(|mut v| v.remove(0))
+}
+
+/// Overlays several blobs in order (later wins) into a staging directory, lets `finish`
+/// work on it (Configs, templates), and renames it over `dest`.
+pub fn unpack_all(
+    blobs: &[PathBuf],
+    dest: &Path,
+    limits: &Limits,
+    finish: impl FnOnce(&Path) -> Result<()>,
+) -> Result<Vec<Unpacked>> {
+    let parent = dest.parent().context("destination has no parent")?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("rootfs");
+    let staging = parent.join(format!(".{name}.staging"));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir(&staging)?;
+    let result = (|| -> Result<Vec<Unpacked>> {
+        let mut out = Vec::new();
+        for b in blobs {
+            let f =
+                std::fs::File::open(b).with_context(|| format!("cannot open {}", b.display()))?;
+            out.push(unpack(
+                std::io::BufReader::with_capacity(1 << 20, f),
+                &staging,
+                limits,
+            )?);
+        }
+        finish(&staging)?;
+        Ok(out)
+    })();
+    match result {
+        Ok(out) => {
+            let old = parent.join(format!(".{name}.old"));
+            if dest.exists() {
+                if old.exists() {
+                    std::fs::remove_dir_all(&old)?;
+                }
+                std::fs::rename(dest, &old)?;
+            }
+            std::fs::rename(&staging, dest)?;
+            if old.exists() {
+                std::fs::remove_dir_all(&old)?;
+            }
+            Ok(out)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
