@@ -97,6 +97,25 @@ pub struct Common {
     /// Longest wait between retries when the controller is unreachable
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
+    /// A bundle may unpack to at most this many bytes in all
+    #[arg(long, default_value_t = 64 << 30)]
+    pub max_unpacked_bytes: u64,
+    /// A bundle may hold at most this many entries
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_entries: u64,
+    /// No single file in a bundle may be larger (at most 8 GiB - 1)
+    #[arg(long, default_value_t = (8 << 30) - 1)]
+    pub max_file_bytes: u64,
+}
+
+impl Common {
+    pub fn limits(&self) -> berth_bundle::Limits {
+        berth_bundle::Limits {
+            max_total_bytes: self.max_unpacked_bytes,
+            max_entries: self.max_entries,
+            max_file_bytes: self.max_file_bytes.min((8 << 30) - 1),
+        }
+    }
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -198,6 +217,7 @@ async fn fetch(a: FetchArgs) -> Result<()> {
         attempts: a.attempts.max(1),
     };
     let started = std::time::Instant::now();
+    let limits = a.common.limits();
     let blob = fetcher.fetch(&digest).await?;
     let fetched = started.elapsed();
     match a.into {
@@ -205,7 +225,7 @@ async fn fetch(a: FetchArgs) -> Result<()> {
         Some(dest) => {
             let b = blob.clone();
             let u = tokio::task::spawn_blocking(move || {
-                crate::fetch::unpack_into(&b, &dest, &berth_bundle::Limits::default())
+                crate::fetch::unpack_into(&b, &dest, &limits)
                     .map(|u| (u, dest))
             })
             .await??;

@@ -97,6 +97,15 @@ pub struct ServeArgs {
     /// Largest bundle upload accepted, in bytes (suffixes K, M, G, T)
     #[arg(long, default_value = "20G", value_parser = parse_size)]
     pub max_bundle_size: u64,
+    /// A pushed bundle may unpack to at most this many bytes in all (K, M, G, T)
+    #[arg(long, default_value = "64G", value_parser = parse_size)]
+    pub max_unpacked_size: u64,
+    /// A pushed bundle may hold at most this many entries
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_entries: u64,
+    /// No single file in a pushed bundle may be larger (K, M, G, T; at most 8G-1)
+    #[arg(long, default_value = "8191M", value_parser = parse_size)]
+    pub max_file_size: u64,
 }
 
 /// `512M`, `20G`, `1048576`.
@@ -298,6 +307,11 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
         max_polls: a.max_polls,
         shutdown_grace: a.shutdown_grace,
         max_bundle_size: a.max_bundle_size,
+        unpack_limits: berth_bundle::Limits {
+            max_total_bytes: a.max_unpacked_size,
+            max_entries: a.max_entries,
+            max_file_bytes: a.max_file_size.min((8 << 30) - 1),
+        },
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Largest accepted bundle upload, bytes.
     pub max_bundle_size: u64,
+    /// Limits a pushed bundle must respect.
+    pub unpack_limits: berth_bundle::Limits,
 }
 
 /// The default data dir: `$BERTH_DATA_DIR`, else `/var/lib/berth` for root, else

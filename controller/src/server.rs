@@ -75,7 +75,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown: shutdown.clone(),
         blobs: crate::blobs::BlobStore::open(&cfg.data_dir)?,
         max_bundle_size: cfg.max_bundle_size,
-        unpack_limits: berth_bundle::Limits::default(),
+        unpack_limits: cfg.unpack_limits,
     };
     let app = api::router(state);
     tracing::info!(
