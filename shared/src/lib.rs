@@ -8,6 +8,8 @@ pub mod bundle;
 pub mod bundle_ref;
 pub mod digest;
 pub mod names;
+pub mod plan;
+pub mod clusterfile;
 pub mod relpath;
 pub mod token;
 

@@ -1,0 +1,353 @@
+//! Clusterfiles: sealos `apps.sealos.io/v1beta1` `Cluster` and `Config` documents, accepted
+//! as they are. Documents berth does not interpret (kubeadm, k3s, ...) are kept in the
+//! stored text and handed to hooks.
+
+use crate::{BundleRef, SafeRelPath};
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Largest Clusterfile accepted, bytes.
+pub const MAX_CLUSTERFILE_BYTES: usize = 1 << 20;
+/// Largest a single document may expand to once parsed (aliases included), bytes of JSON.
+pub const MAX_EXPANDED_DOC_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Clusterfile {
+    pub name: String,
+    pub hosts: Vec<HostGroup>,
+    /// Bundle references; the first is the rootfs bundle.
+    pub images: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub command: Vec<String>,
+    pub configs: Vec<ConfigDoc>,
+    /// Things accepted but ignored (e.g. `ssh`), said once.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostGroup {
+    /// Host names or addresses, `:port` removed.
+    pub ips: Vec<String>,
+    pub roles: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// 0-based index in `spec.hosts`, for error messages.
+    pub index: usize,
+}
+
+impl HostGroup {
+    pub fn is_master(&self) -> bool {
+        self.roles.iter().any(|r| r == "master")
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfigDoc {
+    pub name: String,
+    pub path: SafeRelPath,
+    pub matches: Option<String>,
+    pub strategy: String,
+    pub data: String,
+    /// 1-based document number.
+    pub doc: usize,
+}
+
+/// What is wrong, and where: document number, kind, field.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("Clusterfile document {doc} ({kind}): {field}: {message}")]
+pub struct ClusterfileError {
+    pub doc: usize,
+    pub kind: String,
+    pub field: String,
+    pub message: String,
+}
+
+fn cerr(doc: usize, kind: &str, field: impl Into<String>, message: impl Into<String>) -> ClusterfileError {
+    ClusterfileError {
+        doc,
+        kind: kind.to_string(),
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct ClusterDoc {
+    metadata: Meta,
+    #[serde(default)]
+    spec: ClusterSpec,
+}
+
+#[derive(Deserialize, Default)]
+struct Meta {
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize, Default)]
+struct ClusterSpec {
+    #[serde(default)]
+    hosts: Vec<RawHost>,
+    #[serde(default)]
+    image: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    ssh: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawHost {
+    #[serde(default)]
+    ips: Vec<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    ssh: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawConfigDoc {
+    metadata: Meta,
+    spec: RawConfigSpec,
+}
+
+#[derive(Deserialize)]
+struct RawConfigSpec {
+    path: String,
+    #[serde(default, rename = "match")]
+    matches: Option<String>,
+    #[serde(default)]
+    strategy: Option<String>,
+    #[serde(default)]
+    data: String,
+}
+
+/// `K=V` strings into a map.
+pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| format!("`{item}` is not KEY=VALUE"))?;
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || k.as_bytes()[0].is_ascii_digit() {
+            return Err(format!("`{k}` is not a valid environment variable name"));
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+/// `10.0.0.1:22` → `10.0.0.1`; `[fd00::1]:22` → `fd00::1`; names and bare IPv6 unchanged.
+pub fn strip_port(s: &str) -> String {
+    if let Some(rest) = s.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    if s.matches(':').count() == 1 {
+        return s.split(':').next().unwrap_or(s).to_string();
+    }
+    s.to_string()
+}
+
+fn valid_cluster_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+}
+
+impl Clusterfile {
+    pub fn parse(text: &str) -> Result<Clusterfile, ClusterfileError> {
+        if text.len() > MAX_CLUSTERFILE_BYTES {
+            return Err(cerr(0, "file", "(size)", format!("larger than {MAX_CLUSTERFILE_BYTES} bytes")));
+        }
+        let mut cluster: Option<(usize, ClusterDoc)> = None;
+        let mut configs = Vec::new();
+        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+            let n = i + 1;
+            let value = Value::deserialize(doc).map_err(|e| cerr(n, "?", "(document)", e.to_string()))?;
+            let expanded = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+            if expanded > MAX_EXPANDED_DOC_BYTES {
+                return Err(cerr(
+                    n,
+                    "?",
+                    "(document)",
+                    format!("expands to more than {MAX_EXPANDED_DOC_BYTES} bytes (YAML aliases?)"),
+                ));
+            }
+            let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+            let kind = value.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+            if !api.starts_with("apps.sealos.io/") {
+                continue; // kubeadm, k3s, ... kept in the stored text
+            }
+            match kind.as_str() {
+                "Cluster" => {
+                    if let Some((first, _)) = &cluster {
+                        return Err(cerr(n, "Cluster", "kind", format!("a second Cluster document (the first is document {first}); one Clusterfile describes one cluster")));
+                    }
+                    let c: ClusterDoc = serde_norway::from_value(value).map_err(|e| cerr(n, "Cluster", "(document)", e.to_string()))?;
+                    cluster = Some((n, c));
+                }
+                "Config" => {
+                    let c: RawConfigDoc = serde_norway::from_value(value).map_err(|e| cerr(n, "Config", "(document)", e.to_string()))?;
+                    let path = SafeRelPath::new(&c.spec.path).map_err(|e| cerr(n, "Config", "spec.path", e.to_string()))?;
+                    let strategy = c.spec.strategy.unwrap_or_else(|| "merge".into());
+                    if !["merge", "override", "insert", "append"].contains(&strategy.as_str()) {
+                        return Err(cerr(n, "Config", "spec.strategy", format!("unknown strategy `{strategy}`; allowed: merge, override, insert, append")));
+                    }
+                    if let Some(m) = &c.spec.matches {
+                        m.parse::<BundleRef>().map_err(|e| cerr(n, "Config", "spec.match", e.to_string()))?;
+                    }
+                    configs.push(ConfigDoc {
+                        name: c.metadata.name,
+                        path,
+                        matches: c.spec.matches,
+                        strategy,
+                        data: c.spec.data,
+                        doc: n,
+                    });
+                }
+                other => {
+                    return Err(cerr(n, other, "kind", format!("unknown kind `{other}` for apps.sealos.io; allowed: Cluster, Config")));
+                }
+            }
+        }
+        let (n, c) = cluster.ok_or_else(|| cerr(0, "file", "kind", "no `kind: Cluster` document with `apiVersion: apps.sealos.io/v1beta1`"))?;
+        let k = "Cluster";
+        if !valid_cluster_name(&c.metadata.name) {
+            return Err(cerr(n, k, "metadata.name", format!("`{}` must be 1-63 characters of a-z, 0-9 and `-`", c.metadata.name)));
+        }
+        let mut warnings = Vec::new();
+        if c.spec.ssh.is_some() || c.spec.hosts.iter().any(|h| h.ssh.is_some()) {
+            warnings.push("spec.ssh and hosts[].ssh are ignored: berth agents pull their work, nothing connects over SSH".to_string());
+        }
+        if c.spec.image.is_empty() {
+            return Err(cerr(n, k, "spec.image", "at least one bundle is needed; the first is the rootfs bundle"));
+        }
+        for (i, img) in c.spec.image.iter().enumerate() {
+            img.parse::<BundleRef>().map_err(|e| cerr(n, k, format!("spec.image[{i}]"), e.to_string()))?;
+        }
+        let env = parse_env(&c.spec.env).map_err(|e| cerr(n, k, "spec.env", e))?;
+        if c.spec.hosts.is_empty() {
+            return Err(cerr(n, k, "spec.hosts", "no hosts"));
+        }
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        let mut hosts = Vec::new();
+        for (i, h) in c.spec.hosts.into_iter().enumerate() {
+            let roles: BTreeSet<&str> = h.roles.iter().map(String::as_str).collect();
+            if roles.contains("master") && roles.contains("node") {
+                return Err(cerr(n, k, format!("spec.hosts[{i}].roles"), "a host group is either master or node, not both"));
+            }
+            if !roles.contains("master") && !roles.contains("node") {
+                return Err(cerr(n, k, format!("spec.hosts[{i}].roles"), "needs `master` or `node`"));
+            }
+            if h.ips.is_empty() {
+                return Err(cerr(n, k, format!("spec.hosts[{i}].ips"), "empty"));
+            }
+            let mut ips = Vec::new();
+            for ip in &h.ips {
+                let key = strip_port(ip);
+                if let Some(prev) = seen.insert(key.clone(), i) {
+                    return Err(cerr(n, k, format!("spec.hosts[{i}].ips"), format!("host `{key}` is also in spec.hosts[{prev}]; a host belongs to one roles group")));
+                }
+                ips.push(key);
+            }
+            let env = parse_env(&h.env).map_err(|e| cerr(n, k, format!("spec.hosts[{i}].env"), e))?;
+            hosts.push(HostGroup { ips, roles: h.roles, env, index: i });
+        }
+        if !hosts.iter().any(HostGroup::is_master) {
+            return Err(cerr(n, k, "spec.hosts", "no host has the `master` role; the first master runs init"));
+        }
+        Ok(Clusterfile {
+            name: c.metadata.name,
+            hosts,
+            images: c.spec.image,
+            env,
+            command: c.spec.command,
+            configs,
+            warnings,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"apiVersion: apps.sealos.io/v1beta1
+kind: Cluster
+metadata:
+  name: default
+spec:
+  hosts:
+  - ips: [10.0.0.1:22, node-a]
+    roles: [master, amd64]
+    env: [ROLE_ENV=m]
+  - ips: [10.0.0.3:22]
+    roles: [node, amd64]
+    ssh: {user: root}
+  image: [labring/kubernetes:v1.25.0, labring/calico:v3.24.1]
+  env: [A=1, B=x=y]
+  ssh: {passwd: hunter2}
+status: {}
+---
+apiVersion: kubeadm.k8s.io/v1beta2
+kind: ClusterConfiguration
+networking:
+  podSubnet: 10.160.0.0/12
+---
+apiVersion: apps.sealos.io/v1beta1
+kind: Config
+metadata:
+  name: calico
+spec:
+  path: manifests/calico.yaml
+  match: labring/calico:v3.24.1
+  strategy: merge
+  data: |
+    spec: {x: 1}
+"#;
+
+    #[test]
+    fn accepts_a_sealos_clusterfile_as_is() {
+        let c = Clusterfile::parse(GOOD).unwrap();
+        assert_eq!(c.name, "default");
+        assert_eq!(c.hosts[0].ips, vec!["10.0.0.1", "node-a"]);
+        assert!(c.hosts[0].is_master());
+        assert_eq!(c.env["B"], "x=y");
+        assert_eq!(c.configs[0].doc, 3);
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn errors_point_at_document_and_field() {
+        let cases = [
+            (GOOD.replace("roles: [node, amd64]", "roles: [master, node]"), "Clusterfile document 1 (Cluster): spec.hosts[1].roles: a host group is either master or node, not both"),
+            (GOOD.replace("[10.0.0.3:22]", "[10.0.0.1]"), "Clusterfile document 1 (Cluster): spec.hosts[1].ips: host `10.0.0.1` is also in spec.hosts[0]; a host belongs to one roles group"),
+            (GOOD.replace("roles: [master, amd64]", "roles: [node]"), "Clusterfile document 1 (Cluster): spec.hosts: no host has the `master` role; the first master runs init"),
+            (GOOD.replace("strategy: merge", "strategy: replace"), "Clusterfile document 3 (Config): spec.strategy: unknown strategy `replace`; allowed: merge, override, insert, append"),
+            (GOOD.replace("name: default", "name: Default_1"), "Clusterfile document 1 (Cluster): metadata.name: `Default_1` must be 1-63 characters of a-z, 0-9 and `-`"),
+            (GOOD.replace("env: [A=1, B=x=y]", "env: [A]"), "Clusterfile document 1 (Cluster): spec.env: `A` is not KEY=VALUE"),
+            (GOOD.replace("path: manifests/calico.yaml", "path: ../etc/passwd"), "Clusterfile document 3 (Config): spec.path: `../etc/passwd` contains `..`; paths may not leave the bundle root"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Clusterfile::parse(&text).unwrap_err().to_string(), want);
+        }
+    }
+
+    #[test]
+    fn refuses_alias_bombs() {
+        let mut bomb = String::from("apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\na0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        for i in 1..9 {
+            let p = i - 1;
+            bomb.push_str(&format!("a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"));
+        }
+        let err = Clusterfile::parse(&bomb).unwrap_err().to_string();
+        assert!(err.starts_with("Clusterfile document 1 (?): (document):"), "{err}");
+    }
+}

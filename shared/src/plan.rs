@@ -1,0 +1,219 @@
+//! Signed per-host plans: the payload, the envelope, and verification.
+//!
+//! The controller signs the exact payload bytes with ed25519; the agent verifies the
+//! signature over those bytes *before* parsing anything out of them, then checks format
+//! version, host, generation and expiry.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const PLAN_VERSION: u32 = 1;
+
+/// What travels: the payload bytes (base64), the signature over them, the signing key's id.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlanEnvelope {
+    pub payload: String,
+    pub signature: String,
+    pub key_id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanPayload {
+    pub version: u32,
+    pub cluster: String,
+    pub host: String,
+    /// Strictly increasing per host.
+    pub generation: u64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    pub expires_at: i64,
+    /// The stored Clusterfile, handed to hooks as `$BERTH_CLUSTERFILE`.
+    pub clusterfile: String,
+    pub steps: Vec<PlanStep>,
+}
+
+/// One released step.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanStep {
+    pub id: i64,
+    pub attempt: u32,
+    /// check, distribute, install, init, join-master, join-node, apps, leave, remove, clean.
+    pub kind: String,
+    /// Bundles in Clusterfile order.
+    pub bundles: Vec<PlanBundle>,
+    /// Env composed by the controller (everything but bundle env and the agent's paths).
+    pub env: BTreeMap<String, String>,
+    /// Configs to apply during distribute.
+    #[serde(default)]
+    pub configs: Vec<PlanConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanBundle {
+    pub reference: String,
+    pub digest: crate::Digest,
+    pub manifest: crate::bundle::Manifest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanConfig {
+    pub path: crate::SafeRelPath,
+    pub strategy: String,
+    pub data: String,
+    /// `name:tag` of the bundle it applies to; None = the merged rootfs.
+    pub matches: Option<String>,
+}
+
+/// Why an agent refused a plan. The messages are what it reports.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("plan signed with unknown key id `{got}` (this agent trusts `{want}`)")]
+    UnknownKey { got: String, want: String },
+    #[error("plan signature does not verify")]
+    BadSignature,
+    #[error("plan payload is not valid JSON: {0}")]
+    Malformed(String),
+    #[error("plan format version {0} is not supported (this agent understands version 1)")]
+    Version(u32),
+    #[error("plan is for host `{got}`, not `{want}`")]
+    WrongHost { got: String, want: String },
+    #[error("plan generation {got} is older than the last accepted generation {last} (replay or rollback)")]
+    Replayed { got: u64, last: u64 },
+    #[error("plan expired at {expires_at} (now {now})")]
+    Expired { expires_at: i64, now: i64 },
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// Wraps payload bytes and their signature.
+pub fn envelope(payload: &[u8], signature: &[u8], key_id: &str) -> PlanEnvelope {
+    PlanEnvelope {
+        payload: b64().encode(payload),
+        signature: b64().encode(signature),
+        key_id: key_id.to_string(),
+    }
+}
+
+/// Verifies the signature over the exact payload bytes, then parses and checks the plan.
+/// `public_key` is the 32-byte ed25519 key, `last_generation` the newest accepted one.
+pub fn verify(
+    env: &PlanEnvelope,
+    key_id: &str,
+    public_key: &[u8],
+    host: &str,
+    last_generation: u64,
+    now: i64,
+) -> Result<PlanPayload, PlanError> {
+    if env.key_id != key_id {
+        return Err(PlanError::UnknownKey {
+            got: env.key_id.clone(),
+            want: key_id.to_string(),
+        });
+    }
+    let payload = b64().decode(&env.payload).map_err(|_| PlanError::BadSignature)?;
+    let sig = b64().decode(&env.signature).map_err(|_| PlanError::BadSignature)?;
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
+        .verify(&payload, &sig)
+        .map_err(|_| PlanError::BadSignature)?;
+    // Only now is anything read out of the payload.
+    let plan: PlanPayload =
+        serde_json::from_slice(&payload).map_err(|e| PlanError::Malformed(e.to_string()))?;
+    if plan.version != PLAN_VERSION {
+        return Err(PlanError::Version(plan.version));
+    }
+    if plan.host != host {
+        return Err(PlanError::WrongHost {
+            got: plan.host,
+            want: host.to_string(),
+        });
+    }
+    if plan.generation < last_generation {
+        return Err(PlanError::Replayed {
+            got: plan.generation,
+            last: last_generation,
+        });
+    }
+    if plan.expires_at <= now {
+        return Err(PlanError::Expired {
+            expires_at: plan.expires_at,
+            now,
+        });
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+
+    fn key() -> Ed25519KeyPair {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
+    }
+
+    fn plan(host: &str, generation: u64, version: u32, expires_at: i64) -> Vec<u8> {
+        serde_json::to_vec(&PlanPayload {
+            version,
+            cluster: "c".into(),
+            host: host.into(),
+            generation,
+            issued_at: 100,
+            expires_at,
+            clusterfile: String::new(),
+            steps: vec![],
+        })
+        .unwrap()
+    }
+
+    fn signed(k: &Ed25519KeyPair, payload: &[u8]) -> PlanEnvelope {
+        envelope(payload, k.sign(payload).as_ref(), "kid")
+    }
+
+    #[test]
+    fn accepts_a_good_plan_and_refuses_each_bad_one_with_the_exact_reason() {
+        let k = key();
+        let pk = k.public_key().as_ref().to_vec();
+        let good = signed(&k, &plan("h1", 5, 1, 1000));
+        assert_eq!(verify(&good, "kid", &pk, "h1", 5, 500).unwrap().generation, 5);
+
+        let mut tampered = good.clone();
+        let mut bytes = b64().decode(&tampered.payload).unwrap();
+        let i = bytes.iter().position(|b| *b == b'5').unwrap();
+        bytes[i] = b'9';
+        tampered.payload = b64().encode(&bytes);
+        assert_eq!(verify(&tampered, "kid", &pk, "h1", 0, 500), Err(PlanError::BadSignature));
+
+        let other = key();
+        let forged = signed(&other, &plan("h1", 5, 1, 1000));
+        assert_eq!(verify(&forged, "kid", &pk, "h1", 0, 500), Err(PlanError::BadSignature));
+
+        let mut unknown = good.clone();
+        unknown.key_id = "other".into();
+        assert_eq!(
+            verify(&unknown, "kid", &pk, "h1", 0, 500).unwrap_err().to_string(),
+            "plan signed with unknown key id `other` (this agent trusts `kid`)"
+        );
+        assert_eq!(
+            verify(&good, "kid", &pk, "h1", 6, 500).unwrap_err().to_string(),
+            "plan generation 5 is older than the last accepted generation 6 (replay or rollback)"
+        );
+        assert_eq!(
+            verify(&good, "kid", &pk, "h2", 0, 500).unwrap_err().to_string(),
+            "plan is for host `h1`, not `h2`"
+        );
+        assert_eq!(
+            verify(&good, "kid", &pk, "h1", 0, 1000).unwrap_err().to_string(),
+            "plan expired at 1000 (now 1000)"
+        );
+        let v2 = signed(&k, &plan("h1", 5, 2, 1000));
+        assert_eq!(
+            verify(&v2, "kid", &pk, "h1", 0, 500).unwrap_err().to_string(),
+            "plan format version 2 is not supported (this agent understands version 1)"
+        );
+    }
+}
