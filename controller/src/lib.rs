@@ -6,6 +6,7 @@ pub mod bundle_cmd;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod engine;
 pub mod output;
 pub mod pki;
 pub mod secrets;

@@ -65,6 +65,9 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     )?;
 
     let tls = Arc::new(tls_config(&pki)?);
+    let engine = Arc::new(crate::engine::Engine::new(store.clone(), pki.clone()));
+    // Continue whatever was in flight before a restart.
+    engine.tick_all().await?;
     let state = AppState {
         store: store.clone(),
         pki: pki.clone(),
@@ -76,6 +79,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         blobs: crate::blobs::BlobStore::open(&cfg.data_dir)?,
         max_bundle_size: cfg.max_bundle_size,
         unpack_limits: cfg.unpack_limits,
+        engine: engine.clone(),
     };
     let app = api::router(state);
     tracing::info!(

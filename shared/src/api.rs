@@ -88,6 +88,9 @@ pub struct PollRequest {
     /// How long the controller may hold the request, in seconds (capped by the controller).
     #[serde(default)]
     pub wait_secs: u64,
+    /// The newest plan generation this agent accepted; a newer plan is returned at once.
+    #[serde(default)]
+    pub have_generation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -96,6 +99,9 @@ pub struct PollResponse {
     pub host: String,
     /// Whether the controller stored the facts sent with this poll.
     pub facts_accepted: bool,
+    /// A signed plan newer than `have_generation`, if any.
+    #[serde(default)]
+    pub plan: Option<crate::plan::PlanEnvelope>,
 }
 
 /// A host as `GET /v1/hosts` lists it.
@@ -168,4 +174,78 @@ pub struct PushResponse {
     /// The digest the tag pointed at before, when it moved.
     pub previous: Option<Digest>,
     pub manifest: crate::bundle::Manifest,
+}
+
+/// Agent → controller, in order: log chunks and step reports (spooled on the host).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReportEntry {
+    Log {
+        step_id: i64,
+        attempt: u32,
+        /// Byte offset of `data` in the step's log; re-sent chunks are ignored.
+        offset: u64,
+        data: String,
+    },
+    Step(StepReport),
+    /// A plan the agent refused, and why.
+    PlanRejected { reason: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepReport {
+    pub step_id: i64,
+    pub attempt: u32,
+    /// running | succeeded | failed | interrupted
+    pub state: String,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub log_tail: Option<String>,
+    #[serde(default)]
+    pub outputs: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ReportBatch {
+    pub entries: Vec<ReportEntry>,
+}
+
+/// A cluster as `berth status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterView {
+    pub name: String,
+    /// Reconciling | Running | Failed | Resetting
+    pub phase: String,
+    pub message: Option<String>,
+    pub generation: i64,
+    pub hosts: Vec<ClusterHostView>,
+    pub steps: Vec<StepView>,
+    /// Output keys; values only with `show_outputs` and an admin token.
+    pub outputs: std::collections::BTreeMap<String, Option<String>>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterHostView {
+    pub name: String,
+    pub role: String,
+    pub ip: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StepView {
+    pub id: i64,
+    pub host: String,
+    pub kind: String,
+    pub state: String,
+    pub attempt: u32,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub started_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub elapsed_secs: Option<i64>,
+    pub log_tail: Option<String>,
 }

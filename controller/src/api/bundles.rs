@@ -175,6 +175,17 @@ pub async fn remove(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
     let (parsed, digest) = resolve(&st, &r).await?;
+    if matches!(parsed, BundleRef::Digest(_)) {
+        for (cluster, spec) in st.store.cluster_specs().await? {
+            if spec.contains(&digest) {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    codes::CONFLICT,
+                    format!("bundle {digest} is used by cluster `{cluster}`; reset the cluster or apply it without this bundle first"),
+                ));
+            }
+        }
+    }
     match parsed {
         BundleRef::Tag { name, tag } => {
             st.store.delete_tag(&name, &tag, &caller.actor()).await?;

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod agent;
 pub mod auth;
 pub mod bundles;
+pub mod clusters;
 pub mod enroll;
 pub mod error;
 
@@ -40,6 +41,7 @@ pub struct AppState {
     pub max_bundle_size: u64,
     /// Limits a pushed bundle must respect (checked on upload, enforced again by agents).
     pub unpack_limits: berth_bundle::Limits,
+    pub engine: Arc<crate::engine::Engine>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,6 +50,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll/ca", get(enroll::ca))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/agent/poll", post(agent::poll))
+        .route("/v1/agent/reports", post(agent::reports))
+        .route("/v1/clusters", get(clusters::list).post(clusters::apply))
+        .route("/v1/clusters/{name}", get(clusters::status))
+        .route("/v1/clusters/{name}/retry", post(clusters::retry))
+        .route("/v1/clusters/{name}/reset", post(clusters::reset))
+        .route("/v1/clusters/{name}/logs", get(clusters::logs))
         .route("/v1/tokens", post(admin::create_token))
         .route("/v1/hosts", get(admin::list_hosts))
         .route("/v1/hosts/{name}", delete(admin::delete_host))

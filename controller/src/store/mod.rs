@@ -563,3 +563,5 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Hashes of equal length; compare without an early exit.
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
+
+pub mod clusters;
