@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # berth quickstart: build, start a controller with its embedded SQLite store in a temp dir,
-# enroll a local agent over mutual TLS, and show it in `berth get hosts`.
+# and install the example cluster (examples/hello + examples/hello-app) on this machine with
+# `berth run --single`, which enrolls a local agent over mutual TLS. Ends with the status.
 #
 #   scripts/quickstart.sh          # run, show, clean up
 #   scripts/quickstart.sh --keep   # leave controller and agent running; prints how to stop them
@@ -16,8 +17,10 @@ bin=$PWD/target/debug
 work=$(mktemp -d /tmp/berth-quickstart.XXXXXX)
 port=$(( 20000 + RANDOM % 20000 ))
 export BERTH_DATA_DIR=$work/controller
-ctl_pid= agent_pid=
+ctl_pid=
 cleanup() {
+  local agent_pid
+  agent_pid=$(cat "$BERTH_DATA_DIR/local-agent/agent.pid" 2>/dev/null || true)
   [[ -n $agent_pid ]] && kill "$agent_pid" 2>/dev/null || true
   [[ -n $ctl_pid ]] && kill "$ctl_pid" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -34,25 +37,20 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
-echo "==> creating a bootstrap token"
-join=$("$bin/berth" token create --ttl 10m --uses 1)
-echo "    $join"
+echo "==> berth run examples/hello examples/hello-app --single"
+"$bin/berth" run examples/hello examples/hello-app --single --cluster hello -e GREETING=bonjour
 
-echo "==> enrolling a local agent (CA pinned, key generated on the host, mutual TLS from now on)"
-# shellcheck disable=SC2086
-"$bin/"$join --name quickstart-host --data-dir "$work/agent"
-"$bin/berth-agent" run --data-dir "$work/agent" --poll-wait 5s >"$work/agent.log" 2>&1 &
-agent_pid=$!
-for _ in $(seq 100); do
-  grep -q "connected to controller" "$work/agent.log" && break
-  sleep 0.1
-done
-
+echo
 echo "==> berth get hosts"
 "$bin/berth" get hosts
+echo
+echo "==> what the hooks wrote (rendered template and install log)"
+cat "$work/controller/local-agent/clusters/hello/rootfs/etc/hello.conf"
+"$bin/berth" logs hello --host local --step install
 if $keep; then
   echo
-  echo "Controller pid $ctl_pid, agent pid $agent_pid; logs in $work."
-  echo "Try: BERTH_DATA_DIR=$BERTH_DATA_DIR $bin/berth get hosts -o yaml"
-  echo "Stop: kill $agent_pid $ctl_pid && rm -rf $work"
+  echo "Controller pid $ctl_pid; logs in $work. Try:"
+  echo "  BERTH_DATA_DIR=$BERTH_DATA_DIR $bin/berth status hello --show-outputs"
+  echo "  BERTH_DATA_DIR=$BERTH_DATA_DIR $bin/berth reset hello --wait"
+  echo "Stop: kill \$(cat $BERTH_DATA_DIR/local-agent/agent.pid) $ctl_pid && rm -rf $work"
 fi

@@ -168,6 +168,7 @@ async fn dispatch(cmd: Command) -> Result<()> {
 }
 
 async fn run_loop(c: Common) -> Result<()> {
+    let limits = c.limits();
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     tokio::spawn(async move {
@@ -185,6 +186,7 @@ async fn run_loop(c: Common) -> Result<()> {
             data_dir: c.data_dir,
             poll_wait: c.poll_wait,
             backoff_max: c.backoff_max,
+            limits,
         },
         shutdown,
     )
@@ -225,8 +227,7 @@ async fn fetch(a: FetchArgs) -> Result<()> {
         Some(dest) => {
             let b = blob.clone();
             let u = tokio::task::spawn_blocking(move || {
-                crate::fetch::unpack_into(&b, &dest, &limits)
-                    .map(|u| (u, dest))
+                crate::fetch::unpack_into(&b, &dest, &limits).map(|u| (u, dest))
             })
             .await??;
             println!(

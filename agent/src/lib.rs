@@ -4,10 +4,12 @@
 //! only under its data dir (hooks, later, are the exception).
 
 pub mod cli;
+pub mod executor;
 pub mod facts;
 pub mod fetch;
 pub mod fsutil;
 pub mod identity;
 pub mod join;
 pub mod run;
+pub mod spool;
 pub mod tls;

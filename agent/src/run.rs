@@ -4,11 +4,15 @@
 //! Errors never cost the identity: a timeout, a refused connection, a 5xx or even a 401 is
 //! logged and retried with jittered exponential backoff; `503` honours `Retry-After`.
 
+use crate::executor::Executor;
+use crate::fetch::Fetcher;
 use crate::identity::Identity;
 use crate::join::chain;
+use crate::spool::Spool;
 use crate::{facts, tls};
 use anyhow::Result;
-use berth_shared::api::{ErrorBody, HostFacts, PollRequest, PollResponse};
+use berth_shared::api::{ErrorBody, HostFacts, PollRequest, PollResponse, ReportEntry};
+use berth_shared::plan::{verify, PlanPayload};
 use rand::Rng;
 use reqwest::StatusCode;
 use std::path::PathBuf;
@@ -22,6 +26,26 @@ pub struct RunConfig {
     pub poll_wait: Duration,
     /// Ceiling of the backoff between failed polls.
     pub backoff_max: Duration,
+    /// Unpack limits for bundles.
+    pub limits: berth_bundle::Limits,
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Writes the newest accepted plan generation durably (replay protection survives restarts).
+fn persist(path: &std::path::Path, generation: u64) {
+    let tmp = path.with_extension("tmp");
+    let ok = std::fs::write(&tmp, generation.to_string())
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = ok {
+        tracing::error!(error = %e, "cannot record the accepted plan generation");
+    }
 }
 
 /// Jittered exponential backoff: the n-th delay is uniform in [d/2, d] with
@@ -59,6 +83,46 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let url = format!("{}/v1/agent/poll", id.meta.controller);
     tracing::info!(host = %id.meta.name, controller = %id.meta.controller, "agent starting");
 
+    // Reports and log chunks go through the on-disk spool, in order.
+    let spool = Spool::open(&cfg.data_dir.join("spool"))?;
+    tokio::spawn(spool.clone().run_sender(
+        client.clone(),
+        format!("{}/v1/agent/reports", id.meta.controller),
+        shutdown.clone(),
+    ));
+    // Plans run one after the other on their own task; the poll loop keeps heartbeating.
+    let executor = Executor {
+        data_dir: cfg.data_dir.clone(),
+        fetcher: Fetcher {
+            client: client.clone(),
+            controller: id.meta.controller.clone(),
+            cache: cfg.data_dir.join("cache"),
+            attempts: 20,
+        },
+        limits: cfg.limits,
+        spool: spool.clone(),
+    };
+    let (plan_tx, mut plan_rx) = tokio::sync::watch::channel::<Option<PlanPayload>>(None);
+    tokio::spawn(async move {
+        while plan_rx.changed().await.is_ok() {
+            let plan = plan_rx.borrow_and_update().clone();
+            if let Some(p) = plan {
+                if let Err(e) = executor.run_plan(&p).await {
+                    tracing::error!(error = format!("{e:#}"), "plan execution stopped");
+                }
+            }
+        }
+    });
+    let gen_file = cfg.data_dir.join("plan.generation");
+    let mut last_accepted: u64 = std::fs::read_to_string(&gen_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    // 0 on start: the controller sends its current plan, which is re-verified against
+    // `last_accepted` and resumed through the journal.
+    let mut have: u64 = 0;
+    let public_key = hex::decode(&id.meta.plan_public_key).unwrap_or_default();
+
     let mut reported: Option<HostFacts> = None;
     let mut backoff = Backoff::new(Duration::from_secs(1), cfg.backoff_max);
     let mut connected = false;
@@ -74,6 +138,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             } else {
                 0
             },
+            have_generation: have,
         };
         let send = client
             .post(&url)
@@ -96,7 +161,37 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                         reported = Some(current);
                     }
                     backoff.reset();
-                    continue;
+                    let Some(env) = p.plan else { continue };
+                    match verify(
+                        &env,
+                        &id.meta.plan_key_id,
+                        &public_key,
+                        &id.meta.name,
+                        last_accepted,
+                        now_unix(),
+                    ) {
+                        Ok(plan) => {
+                            tracing::info!(
+                                generation = plan.generation,
+                                steps = plan.steps.len(),
+                                "plan accepted"
+                            );
+                            if plan.generation > last_accepted {
+                                last_accepted = plan.generation;
+                                persist(&gen_file, last_accepted);
+                            }
+                            have = plan.generation;
+                            let _ = plan_tx.send(Some(plan));
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::error!(reason = %e, "plan refused; nothing from it runs");
+                            let _ = spool.push(&ReportEntry::PlanRejected {
+                                reason: e.to_string(),
+                            });
+                            backoff.next_delay().max(Duration::from_secs(2))
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %chain(&e), "unreadable poll answer; retrying");

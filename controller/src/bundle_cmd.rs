@@ -255,3 +255,21 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Pushes a local bundle directory or file, tagged `name:version` from its manifest;
+/// returns that tag.
+pub async fn push_local(client: &Client, path: &Path) -> Result<String> {
+    let (file, _tmp) = if path.is_dir() {
+        let tmp = tempdir_for_build()?;
+        let out = tmp.join("bundle.tar.zst");
+        build(path, Some(out.clone())).await?;
+        (out, Some(TempDir(tmp)))
+    } else {
+        (path.to_path_buf(), None)
+    };
+    let resp = upload(client, &file, None, true).await?;
+    let tag = format!("{}:{}", resp.manifest.name, resp.manifest.version);
+    let resp = upload(client, &file, Some(&tag), false).await?;
+    eprintln!("pushed {} as {tag}", resp.digest);
+    Ok(tag)
+}

@@ -69,6 +69,77 @@ pub enum Command {
     /// Build, push and manage bundles
     #[command(subcommand)]
     Bundle(crate::bundle_cmd::BundleCmd),
+    /// Store a Clusterfile as the cluster's desired state and reconcile to it
+    Apply {
+        /// The Clusterfile (sealos apps.sealos.io/v1beta1 Cluster + Config documents)
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Follow the apply until the cluster is Running (exit 0) or Failed (exit 1)
+        #[arg(long)]
+        wait: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Install bundles on hosts without writing a Clusterfile (sealos run); waits until done
+    Run {
+        /// Pushed bundles (name:tag) or local bundle directories/files (pushed first)
+        #[arg(required = true)]
+        bundles: Vec<String>,
+        /// Master hosts (agent names or addresses), comma-separated; the first runs init
+        #[arg(long, value_delimiter = ',')]
+        masters: Vec<String>,
+        /// Node hosts, comma-separated
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        #[arg(long, default_value = "default")]
+        cluster: String,
+        /// Extra env for every hook, KEY=VALUE (repeatable)
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Install on this machine: enrolls and starts a local agent when there is none
+        #[arg(long)]
+        single: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// A cluster's phase, steps and output keys
+    Status {
+        cluster: Option<String>,
+        /// Follow until Running or Failed
+        #[arg(long)]
+        watch: bool,
+        /// Show output values (admin token; they often hold secrets)
+        #[arg(long)]
+        show_outputs: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// A step's log on one host
+    Logs {
+        cluster: String,
+        #[arg(long)]
+        host: String,
+        /// Step kind (check, distribute, install, init, join-master, join-node, apps, leave, remove, clean) [default: latest]
+        #[arg(long)]
+        step: Option<String>,
+        /// Keep printing while the step runs
+        #[arg(short = 'f', long)]
+        follow: bool,
+    },
+    /// Re-run failed and interrupted steps (nothing that succeeded runs again)
+    Retry {
+        cluster: String,
+        #[arg(long)]
+        wait: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Run clean hooks everywhere, remove the cluster's files from every host and the cluster
+    Reset {
+        cluster: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -161,6 +232,11 @@ pub enum TextOrJson {
 
 #[derive(Subcommand, Debug)]
 pub enum GetCmd {
+    /// Clusters with phase and hosts
+    Clusters {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Stored bundles (same as `berth bundle list`)
     Bundles {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
@@ -240,6 +316,55 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bundle(cmd) => crate::bundle_cmd::run(cmd, &target).await,
+        Command::Apply { file, wait, output } => {
+            crate::cluster_cmd::apply(&target, &file, wait, output).await
+        }
+        Command::Run {
+            bundles,
+            masters,
+            nodes,
+            cluster,
+            env,
+            single,
+            output,
+        } => {
+            crate::cluster_cmd::run(
+                &target,
+                crate::cluster_cmd::RunArgs {
+                    bundles,
+                    masters,
+                    nodes,
+                    cluster,
+                    env,
+                    single,
+                    out: output,
+                },
+            )
+            .await
+        }
+        Command::Status {
+            cluster,
+            watch,
+            show_outputs,
+            output,
+        } => crate::cluster_cmd::status(&target, cluster, watch, show_outputs, output).await,
+        Command::Logs {
+            cluster,
+            host,
+            step,
+            follow,
+        } => crate::cluster_cmd::logs(&target, &cluster, &host, step.as_deref(), follow).await,
+        Command::Retry {
+            cluster,
+            wait,
+            output,
+        } => crate::cluster_cmd::retry(&target, &cluster, wait, output).await,
+        Command::Reset { cluster, wait } => {
+            crate::cluster_cmd::reset(&target, &cluster, wait).await
+        }
+        Command::Get(GetCmd::Clusters { output }) => {
+            crate::cluster_cmd::list(&target, output).await
+        }
         Command::Get(GetCmd::Bundles { output }) => {
             crate::bundle_cmd::run(crate::bundle_cmd::BundleCmd::List { output }, &target).await
         }

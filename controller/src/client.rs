@@ -94,6 +94,29 @@ impl Client {
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
     }
 
+    /// POSTs a text body (a Clusterfile).
+    pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: String) -> Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let resp = self
+            .http
+            .post(&url)
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                anyhow!(
+                    "cannot reach the controller at {}: {}",
+                    self.base,
+                    error_chain(&e)
+                )
+            })?;
+        let resp = check(resp).await?;
+        let bytes = resp.bytes().await?;
+        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
+    }
+
     /// A call whose success has no body (204).
     pub async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
         let resp = self.request(method, path, None::<&()>).await?;

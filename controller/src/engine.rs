@@ -14,7 +14,9 @@ use crate::time::now_unix;
 use anyhow::Result;
 use berth_shared::bundle::{BundleType, Manifest};
 use berth_shared::clusterfile::{strip_port, Clusterfile, ConfigDoc};
-use berth_shared::plan::{envelope, PlanBundle, PlanConfig, PlanEnvelope, PlanPayload, PlanStep, PLAN_VERSION};
+use berth_shared::plan::{
+    envelope, PlanBundle, PlanConfig, PlanEnvelope, PlanPayload, PlanStep, PLAN_VERSION,
+};
 use berth_shared::{BundleRef, Digest};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -100,7 +102,9 @@ impl Engine {
     /// The Notify a host's long-poll waits on.
     pub fn waker(&self, host_id: i64) -> Arc<Notify> {
         let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        w.entry(host_id).or_insert_with(|| Arc::new(Notify::new())).clone()
+        w.entry(host_id)
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
     }
 
     fn wake(&self, host_id: i64) {
@@ -114,10 +118,16 @@ impl Engine {
         let existing = self.store.cluster(&cf.name).await?;
         if let Some(c) = &existing {
             if c.phase == "Resetting" {
-                return Err(EngineError::Conflict(format!("cluster `{}` is being reset; wait until it is gone", c.name)));
+                return Err(EngineError::Conflict(format!(
+                    "cluster `{}` is being reset; wait until it is gone",
+                    c.name
+                )));
             }
             let steps = self.store.steps(c.id).await?;
-            let busy = steps.iter().filter(|s| s.state == "released" || s.state == "running").count();
+            let busy = steps
+                .iter()
+                .filter(|s| s.state == "released" || s.state == "running")
+                .count();
             if busy > 0 {
                 return Err(EngineError::Conflict(format!(
                     "an apply of cluster `{}` is in progress ({busy} steps running); wait for it (`berth status {} --watch`) and apply again",
@@ -130,7 +140,9 @@ impl Engine {
         let mut bundles = Vec::new();
         for (i, image) in cf.images.iter().enumerate() {
             let field = format!("Clusterfile document (Cluster): spec.image[{i}]");
-            let r: BundleRef = image.parse().map_err(|e| EngineError::Invalid(format!("{field}: {e}")))?;
+            let r: BundleRef = image
+                .parse()
+                .map_err(|e| EngineError::Invalid(format!("{field}: {e}")))?;
             let digest = match &r {
                 BundleRef::Digest(d) => Some(d.to_string()),
                 BundleRef::Tag { name, tag } => self.store.resolve_tag(name, tag).await?,
@@ -142,13 +154,22 @@ impl Engine {
             let row = row.ok_or_else(|| {
                 EngineError::Invalid(format!("{field}: no bundle `{image}` is stored; push it with `berth bundle push DIR --tag {image}`"))
             })?;
-            let manifest: Manifest = serde_json::from_str(&row.manifest).map_err(|e| EngineError::Internal(e.into()))?;
+            let manifest: Manifest =
+                serde_json::from_str(&row.manifest).map_err(|e| EngineError::Internal(e.into()))?;
             if i == 0 && manifest.bundle_type != BundleType::Rootfs {
-                return Err(EngineError::Invalid(format!("{field}: the first image must be a rootfs bundle, `{image}` is {:?}", manifest.bundle_type)));
+                return Err(EngineError::Invalid(format!(
+                    "{field}: the first image must be a rootfs bundle, `{image}` is {:?}",
+                    manifest.bundle_type
+                )));
             }
             bundles.push(ResolvedBundle {
                 reference: image.clone(),
-                digest: row.digest.parse().map_err(|e: berth_shared::digest::DigestError| EngineError::Internal(e.into()))?,
+                digest: row
+                    .digest
+                    .parse()
+                    .map_err(|e: berth_shared::digest::DigestError| {
+                        EngineError::Internal(e.into())
+                    })?,
                 manifest,
             });
         }
@@ -180,7 +201,10 @@ impl Engine {
                         ))
                     })?;
                 if host.revoked {
-                    return Err(EngineError::Invalid(format!("spec.hosts[{}].ips: host `{}` is revoked", g.index, host.name)));
+                    return Err(EngineError::Invalid(format!(
+                        "spec.hosts[{}].ips: host `{}` is revoked",
+                        g.index, host.name
+                    )));
                 }
                 if let Some(other) = self.store.cluster_of_host(host.id).await? {
                     if other != cf.name {
@@ -197,7 +221,11 @@ impl Engine {
                 };
                 desired.push(Desired {
                     host: host.clone(),
-                    role: if g.is_master() { "master".into() } else { "node".into() },
+                    role: if g.is_master() {
+                        "master".into()
+                    } else {
+                        "node".into()
+                    },
                     ip,
                     env: g.env.clone(),
                 });
@@ -216,21 +244,27 @@ impl Engine {
             Some(c) => self.store.cluster_hosts(c.id).await?,
             None => Vec::new(),
         };
-        let previous_spec: Option<ResolvedSpec> = existing.as_ref().and_then(|c| serde_json::from_str(&c.spec).ok());
+        let previous_spec: Option<ResolvedSpec> = existing
+            .as_ref()
+            .and_then(|c| serde_json::from_str(&c.spec).ok());
 
         let mut add_hosts = Vec::new();
         let mut host_updates = Vec::new();
         let mut steps = Vec::new();
-        let step = |h: &HostRow, kind: &str, ord: i64, spec: &StepSpec, best_effort: bool| NewStep {
-            host_id: h.id,
-            host_name: h.name.clone(),
-            kind: kind.into(),
-            ord,
-            spec: serde_json::to_string(spec).unwrap_or_else(|_| "{}".into()),
-            best_effort,
-        };
+        let step =
+            |h: &HostRow, kind: &str, ord: i64, spec: &StepSpec, best_effort: bool| NewStep {
+                host_id: h.id,
+                host_name: h.name.clone(),
+                kind: kind.into(),
+                ord,
+                spec: serde_json::to_string(spec).unwrap_or_else(|_| "{}".into()),
+                best_effort,
+            };
         let master0 = &desired[0];
-        if let Some(cur0) = current_hosts.iter().find(|h| h.ord == 0 && h.state == "active") {
+        if let Some(cur0) = current_hosts
+            .iter()
+            .find(|h| h.ord == 0 && h.state == "active")
+        {
             if cur0.host_id != master0.host.id {
                 return Err(EngineError::Invalid(format!(
                     "spec.hosts: the first master must stay `{}` (master0 of cluster `{}`); master0 cannot change",
@@ -240,7 +274,8 @@ impl Engine {
         }
         let mut new_masters = 0;
         for (ord, d) in desired.iter().enumerate() {
-            let env_json = serde_json::to_string(&d.env).map_err(|e| EngineError::Internal(e.into()))?;
+            let env_json =
+                serde_json::to_string(&d.env).map_err(|e| EngineError::Internal(e.into()))?;
             match current_hosts.iter().find(|h| h.host_id == d.host.id) {
                 Some(cur) => {
                     if cur.role != d.role {
@@ -266,7 +301,13 @@ impl Engine {
                     if ord == 0 {
                         steps.push(step(&d.host, "init", 4000, &none, false));
                     } else if d.role == "master" {
-                        steps.push(step(&d.host, "join-master", 5000 + new_masters, &none, false));
+                        steps.push(step(
+                            &d.host,
+                            "join-master",
+                            5000 + new_masters,
+                            &none,
+                            false,
+                        ));
                         new_masters += 1;
                     } else {
                         steps.push(step(&d.host, "join-node", 6000, &none, false));
@@ -275,7 +316,11 @@ impl Engine {
             }
         }
         let mut leaving = Vec::new();
-        for (i, cur) in current_hosts.iter().filter(|h| h.state == "active").enumerate() {
+        for (i, cur) in current_hosts
+            .iter()
+            .filter(|h| h.state == "active")
+            .enumerate()
+        {
             if desired.iter().any(|d| d.host.id == cur.host_id) {
                 continue;
             }
@@ -284,28 +329,65 @@ impl Engine {
                 apps: vec![],
                 target: Some((cur.name.clone(), cur.ip.clone())),
             };
-            let h = all_hosts.iter().find(|h| h.id == cur.host_id).cloned().ok_or_else(|| EngineError::Internal(anyhow::anyhow!("host vanished")))?;
+            let h = all_hosts
+                .iter()
+                .find(|h| h.id == cur.host_id)
+                .cloned()
+                .ok_or_else(|| EngineError::Internal(anyhow::anyhow!("host vanished")))?;
             steps.push(step(&h, "leave", 8000, &target, true));
-            steps.push(step(&master0.host, "remove", 9000 + i as i64, &target, false));
+            steps.push(step(
+                &master0.host,
+                "remove",
+                9000 + i as i64,
+                &target,
+                false,
+            ));
         }
         // App bundles run once each, on master0.
         let old_apps: Vec<Digest> = previous_spec
-            .map(|p| p.bundles.iter().filter(|b| b.manifest.bundle_type == BundleType::App).map(|b| b.digest).collect())
+            .map(|p| {
+                p.bundles
+                    .iter()
+                    .filter(|b| b.manifest.bundle_type == BundleType::App)
+                    .map(|b| b.digest)
+                    .collect()
+            })
             .unwrap_or_default();
         let new_apps: Vec<usize> = bundles
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.manifest.bundle_type == BundleType::App && !old_apps.contains(&b.digest))
+            .filter(|(_, b)| {
+                b.manifest.bundle_type == BundleType::App && !old_apps.contains(&b.digest)
+            })
             .map(|(i, _)| i)
             .collect();
         if !new_apps.is_empty() {
-            steps.push(step(&master0.host, "apps", 7000, &StepSpec { apps: new_apps, target: None }, false));
+            steps.push(step(
+                &master0.host,
+                "apps",
+                7000,
+                &StepSpec {
+                    apps: new_apps,
+                    target: None,
+                },
+                false,
+            ));
         }
 
-        let spec_json = serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.into()))?;
+        let spec_json =
+            serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.into()))?;
         let id = self
             .store
-            .apply_generation(&cf.name, text, &spec_json, add_hosts, &leaving, &host_updates, steps, actor)
+            .apply_generation(
+                &cf.name,
+                text,
+                &spec_json,
+                add_hosts,
+                &leaving,
+                &host_updates,
+                steps,
+                actor,
+            )
             .await?;
         drop(_guard);
         self.tick(id).await?;
@@ -341,10 +423,15 @@ impl Engine {
                         Some(c) => format!("exit code {c}"),
                         None => f.state.clone(),
                     },
-                    f.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                    f.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
                 );
                 tracing::warn!(cluster = %cluster.name, host = %f.host_name, step = %f.kind, "{msg}");
-                self.store.set_phase(cluster_id, "Failed", Some(&msg)).await?;
+                self.store
+                    .set_phase(cluster_id, "Failed", Some(&msg))
+                    .await?;
             }
             return Ok(());
         }
@@ -377,7 +464,9 @@ impl Engine {
             }
         }
         if cluster.phase == "Failed" {
-            self.store.set_phase(cluster_id, "Reconciling", None).await?;
+            self.store
+                .set_phase(cluster_id, "Reconciling", None)
+                .await?;
         }
         Ok(())
     }
@@ -400,10 +489,20 @@ impl Engine {
         let mut steps = Vec::new();
         let mut cluster_name = String::new();
         let mut clusterfile = String::new();
-        let mut cache: HashMap<i64, (crate::store::clusters::ClusterRow, ResolvedSpec, Vec<ClusterHostRow>, BTreeMap<String, String>)> = HashMap::new();
+        let mut cache: HashMap<
+            i64,
+            (
+                crate::store::clusters::ClusterRow,
+                ResolvedSpec,
+                Vec<ClusterHostRow>,
+                BTreeMap<String, String>,
+            ),
+        > = HashMap::new();
         for s in rows {
             if !cache.contains_key(&s.cluster_id) {
-                let Some(c) = self.store.cluster_by_id(s.cluster_id).await? else { continue };
+                let Some(c) = self.store.cluster_by_id(s.cluster_id).await? else {
+                    continue;
+                };
                 let spec: ResolvedSpec = serde_json::from_str(&c.spec)?;
                 let hosts = self.store.cluster_hosts(c.id).await?;
                 let outputs = self.store.outputs(c.id).await?;
@@ -415,7 +514,12 @@ impl Engine {
             let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
             let pick = |b: &&ResolvedBundle| b.manifest.bundle_type != BundleType::App;
             let bundles: Vec<PlanBundle> = if s.kind == "apps" {
-                sspec.apps.iter().filter_map(|i| spec.bundles.get(*i)).map(plan_bundle).collect()
+                sspec
+                    .apps
+                    .iter()
+                    .filter_map(|i| spec.bundles.get(*i))
+                    .map(plan_bundle)
+                    .collect()
             } else {
                 spec.bundles.iter().filter(pick).map(plan_bundle).collect()
             };
@@ -451,12 +555,20 @@ impl Engine {
         };
         let bytes = serde_json::to_vec(&payload)?;
         let sig = self.pki.plan_key.sign(&bytes);
-        Ok(Some(envelope(&bytes, sig.as_ref(), &self.pki.plan_key_id())))
+        Ok(Some(envelope(
+            &bytes,
+            sig.as_ref(),
+            &self.pki.plan_key_id(),
+        )))
     }
 
     /// `berth reset`: clean hooks on every host, then the cluster is removed.
     pub async fn reset(&self, name: &str, actor: &str) -> Result<(), EngineError> {
-        let c = self.store.cluster(name).await?.ok_or_else(|| EngineError::NotFound(format!("no cluster `{name}`")))?;
+        let c = self
+            .store
+            .cluster(name)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no cluster `{name}`")))?;
         let hosts = self.store.cluster_hosts(c.id).await?;
         let all = self.store.hosts().await?;
         let steps = hosts
@@ -480,7 +592,11 @@ impl Engine {
     }
 
     pub async fn retry(&self, name: &str, actor: &str) -> Result<u64, EngineError> {
-        let c = self.store.cluster(name).await?.ok_or_else(|| EngineError::NotFound(format!("no cluster `{name}`")))?;
+        let c = self
+            .store
+            .cluster(name)
+            .await?
+            .ok_or_else(|| EngineError::NotFound(format!("no cluster `{name}`")))?;
         let n = {
             let _g = self.tick_lock.lock().await;
             self.store.retry(c.id, actor, name).await?
@@ -518,18 +634,36 @@ fn compose_env(
     }
     env.extend(outputs.clone());
     let active: Vec<&ClusterHostRow> = hosts.iter().filter(|h| h.state == "active").collect();
-    let masters: Vec<&str> = active.iter().filter(|h| h.role == "master").map(|h| h.ip.as_str()).collect();
-    let nodes: Vec<&str> = active.iter().filter(|h| h.role == "node").map(|h| h.ip.as_str()).collect();
+    let masters: Vec<&str> = active
+        .iter()
+        .filter(|h| h.role == "master")
+        .map(|h| h.ip.as_str())
+        .collect();
+    let nodes: Vec<&str> = active
+        .iter()
+        .filter(|h| h.role == "node")
+        .map(|h| h.ip.as_str())
+        .collect();
     let master0 = hosts.iter().find(|h| h.ord == 0);
     env.insert("BERTH_CLUSTER".into(), cluster.into());
     env.insert("BERTH_HOST".into(), me.name.clone());
     env.insert(
         "BERTH_HOST_IP".into(),
-        mine.map(|h| h.ip.clone()).unwrap_or_else(|| me.facts.addresses.first().cloned().unwrap_or_default()),
+        mine.map(|h| h.ip.clone())
+            .unwrap_or_else(|| me.facts.addresses.first().cloned().unwrap_or_default()),
     );
-    env.insert("BERTH_ROLES".into(), mine.map(|h| h.role.clone()).unwrap_or_default());
-    env.insert("BERTH_MASTER0".into(), master0.map(|h| h.name.clone()).unwrap_or_default());
-    env.insert("BERTH_MASTER0_IP".into(), master0.map(|h| h.ip.clone()).unwrap_or_default());
+    env.insert(
+        "BERTH_ROLES".into(),
+        mine.map(|h| h.role.clone()).unwrap_or_default(),
+    );
+    env.insert(
+        "BERTH_MASTER0".into(),
+        master0.map(|h| h.name.clone()).unwrap_or_default(),
+    );
+    env.insert(
+        "BERTH_MASTER0_IP".into(),
+        master0.map(|h| h.ip.clone()).unwrap_or_default(),
+    );
     env.insert("BERTH_MASTERS".into(), masters.join(","));
     env.insert("BERTH_NODES".into(), nodes.join(","));
     if let Some((name, ip)) = &step.target {

@@ -5,6 +5,7 @@ pub mod blobs;
 pub mod bundle_cmd;
 pub mod cli;
 pub mod client;
+pub mod cluster_cmd;
 pub mod config;
 pub mod engine;
 pub mod output;

@@ -189,7 +189,9 @@ pub enum ReportEntry {
     },
     Step(StepReport),
     /// A plan the agent refused, and why.
-    PlanRejected { reason: String },
+    PlanRejected {
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

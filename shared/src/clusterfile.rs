@@ -62,7 +62,12 @@ pub struct ClusterfileError {
     pub message: String,
 }
 
-fn cerr(doc: usize, kind: &str, field: impl Into<String>, message: impl Into<String>) -> ClusterfileError {
+fn cerr(
+    doc: usize,
+    kind: &str,
+    field: impl Into<String>,
+    message: impl Into<String>,
+) -> ClusterfileError {
     ClusterfileError {
         doc,
         kind: kind.to_string(),
@@ -134,7 +139,10 @@ pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>, String> {
         let (k, v) = item
             .split_once('=')
             .ok_or_else(|| format!("`{item}` is not KEY=VALUE"))?;
-        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || k.as_bytes()[0].is_ascii_digit() {
+        if k.is_empty()
+            || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            || k.as_bytes()[0].is_ascii_digit()
+        {
             return Err(format!("`{k}` is not a valid environment variable name"));
         }
         out.insert(k.to_string(), v.to_string());
@@ -156,7 +164,8 @@ pub fn strip_port(s: &str) -> String {
 fn valid_cluster_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 63
-        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !n.starts_with('-')
         && !n.ends_with('-')
 }
@@ -164,14 +173,22 @@ fn valid_cluster_name(n: &str) -> bool {
 impl Clusterfile {
     pub fn parse(text: &str) -> Result<Clusterfile, ClusterfileError> {
         if text.len() > MAX_CLUSTERFILE_BYTES {
-            return Err(cerr(0, "file", "(size)", format!("larger than {MAX_CLUSTERFILE_BYTES} bytes")));
+            return Err(cerr(
+                0,
+                "file",
+                "(size)",
+                format!("larger than {MAX_CLUSTERFILE_BYTES} bytes"),
+            ));
         }
         let mut cluster: Option<(usize, ClusterDoc)> = None;
         let mut configs = Vec::new();
         for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
             let n = i + 1;
-            let value = Value::deserialize(doc).map_err(|e| cerr(n, "?", "(document)", e.to_string()))?;
-            let expanded = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(usize::MAX);
+            let value =
+                Value::deserialize(doc).map_err(|e| cerr(n, "?", "(document)", e.to_string()))?;
+            let expanded = serde_json::to_vec(&value)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if expanded > MAX_EXPANDED_DOC_BYTES {
                 return Err(cerr(
                     n,
@@ -180,8 +197,15 @@ impl Clusterfile {
                     format!("expands to more than {MAX_EXPANDED_DOC_BYTES} bytes (YAML aliases?)"),
                 ));
             }
-            let api = value.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-            let kind = value.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
+            let api = value
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let kind = value
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             if !api.starts_with("apps.sealos.io/") {
                 continue; // kubeadm, k3s, ... kept in the stored text
             }
@@ -190,18 +214,22 @@ impl Clusterfile {
                     if let Some((first, _)) = &cluster {
                         return Err(cerr(n, "Cluster", "kind", format!("a second Cluster document (the first is document {first}); one Clusterfile describes one cluster")));
                     }
-                    let c: ClusterDoc = serde_norway::from_value(value).map_err(|e| cerr(n, "Cluster", "(document)", e.to_string()))?;
+                    let c: ClusterDoc = serde_norway::from_value(value)
+                        .map_err(|e| cerr(n, "Cluster", "(document)", e.to_string()))?;
                     cluster = Some((n, c));
                 }
                 "Config" => {
-                    let c: RawConfigDoc = serde_norway::from_value(value).map_err(|e| cerr(n, "Config", "(document)", e.to_string()))?;
-                    let path = SafeRelPath::new(&c.spec.path).map_err(|e| cerr(n, "Config", "spec.path", e.to_string()))?;
+                    let c: RawConfigDoc = serde_norway::from_value(value)
+                        .map_err(|e| cerr(n, "Config", "(document)", e.to_string()))?;
+                    let path = SafeRelPath::new(&c.spec.path)
+                        .map_err(|e| cerr(n, "Config", "spec.path", e.to_string()))?;
                     let strategy = c.spec.strategy.unwrap_or_else(|| "merge".into());
                     if !["merge", "override", "insert", "append"].contains(&strategy.as_str()) {
                         return Err(cerr(n, "Config", "spec.strategy", format!("unknown strategy `{strategy}`; allowed: merge, override, insert, append")));
                     }
                     if let Some(m) = &c.spec.matches {
-                        m.parse::<BundleRef>().map_err(|e| cerr(n, "Config", "spec.match", e.to_string()))?;
+                        m.parse::<BundleRef>()
+                            .map_err(|e| cerr(n, "Config", "spec.match", e.to_string()))?;
                     }
                     configs.push(ConfigDoc {
                         name: c.metadata.name,
@@ -213,24 +241,52 @@ impl Clusterfile {
                     });
                 }
                 other => {
-                    return Err(cerr(n, other, "kind", format!("unknown kind `{other}` for apps.sealos.io; allowed: Cluster, Config")));
+                    return Err(cerr(
+                        n,
+                        other,
+                        "kind",
+                        format!(
+                            "unknown kind `{other}` for apps.sealos.io; allowed: Cluster, Config"
+                        ),
+                    ));
                 }
             }
         }
-        let (n, c) = cluster.ok_or_else(|| cerr(0, "file", "kind", "no `kind: Cluster` document with `apiVersion: apps.sealos.io/v1beta1`"))?;
+        let (n, c) = cluster.ok_or_else(|| {
+            cerr(
+                0,
+                "file",
+                "kind",
+                "no `kind: Cluster` document with `apiVersion: apps.sealos.io/v1beta1`",
+            )
+        })?;
         let k = "Cluster";
         if !valid_cluster_name(&c.metadata.name) {
-            return Err(cerr(n, k, "metadata.name", format!("`{}` must be 1-63 characters of a-z, 0-9 and `-`", c.metadata.name)));
+            return Err(cerr(
+                n,
+                k,
+                "metadata.name",
+                format!(
+                    "`{}` must be 1-63 characters of a-z, 0-9 and `-`",
+                    c.metadata.name
+                ),
+            ));
         }
         let mut warnings = Vec::new();
         if c.spec.ssh.is_some() || c.spec.hosts.iter().any(|h| h.ssh.is_some()) {
             warnings.push("spec.ssh and hosts[].ssh are ignored: berth agents pull their work, nothing connects over SSH".to_string());
         }
         if c.spec.image.is_empty() {
-            return Err(cerr(n, k, "spec.image", "at least one bundle is needed; the first is the rootfs bundle"));
+            return Err(cerr(
+                n,
+                k,
+                "spec.image",
+                "at least one bundle is needed; the first is the rootfs bundle",
+            ));
         }
         for (i, img) in c.spec.image.iter().enumerate() {
-            img.parse::<BundleRef>().map_err(|e| cerr(n, k, format!("spec.image[{i}]"), e.to_string()))?;
+            img.parse::<BundleRef>()
+                .map_err(|e| cerr(n, k, format!("spec.image[{i}]"), e.to_string()))?;
         }
         let env = parse_env(&c.spec.env).map_err(|e| cerr(n, k, "spec.env", e))?;
         if c.spec.hosts.is_empty() {
@@ -241,10 +297,20 @@ impl Clusterfile {
         for (i, h) in c.spec.hosts.into_iter().enumerate() {
             let roles: BTreeSet<&str> = h.roles.iter().map(String::as_str).collect();
             if roles.contains("master") && roles.contains("node") {
-                return Err(cerr(n, k, format!("spec.hosts[{i}].roles"), "a host group is either master or node, not both"));
+                return Err(cerr(
+                    n,
+                    k,
+                    format!("spec.hosts[{i}].roles"),
+                    "a host group is either master or node, not both",
+                ));
             }
             if !roles.contains("master") && !roles.contains("node") {
-                return Err(cerr(n, k, format!("spec.hosts[{i}].roles"), "needs `master` or `node`"));
+                return Err(cerr(
+                    n,
+                    k,
+                    format!("spec.hosts[{i}].roles"),
+                    "needs `master` or `node`",
+                ));
             }
             if h.ips.is_empty() {
                 return Err(cerr(n, k, format!("spec.hosts[{i}].ips"), "empty"));
@@ -257,11 +323,22 @@ impl Clusterfile {
                 }
                 ips.push(key);
             }
-            let env = parse_env(&h.env).map_err(|e| cerr(n, k, format!("spec.hosts[{i}].env"), e))?;
-            hosts.push(HostGroup { ips, roles: h.roles, env, index: i });
+            let env =
+                parse_env(&h.env).map_err(|e| cerr(n, k, format!("spec.hosts[{i}].env"), e))?;
+            hosts.push(HostGroup {
+                ips,
+                roles: h.roles,
+                env,
+                index: i,
+            });
         }
         if !hosts.iter().any(HostGroup::is_master) {
-            return Err(cerr(n, k, "spec.hosts", "no host has the `master` role; the first master runs init"));
+            return Err(cerr(
+                n,
+                k,
+                "spec.hosts",
+                "no host has the `master` role; the first master runs init",
+            ));
         }
         Ok(Clusterfile {
             name: c.metadata.name,
@@ -345,9 +422,14 @@ spec:
         let mut bomb = String::from("apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\na0: &a0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
         for i in 1..9 {
             let p = i - 1;
-            bomb.push_str(&format!("a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"));
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p},*a{p}]\n"
+            ));
         }
         let err = Clusterfile::parse(&bomb).unwrap_err().to_string();
-        assert!(err.starts_with("Clusterfile document 1 (?): (document):"), "{err}");
+        assert!(
+            err.starts_with("Clusterfile document 1 (?): (document):"),
+            "{err}"
+        );
     }
 }

@@ -6,10 +6,10 @@
 pub mod api;
 pub mod bundle;
 pub mod bundle_ref;
+pub mod clusterfile;
 pub mod digest;
 pub mod names;
 pub mod plan;
-pub mod clusterfile;
 pub mod relpath;
 pub mod token;
 

@@ -113,8 +113,12 @@ pub fn verify(
             want: key_id.to_string(),
         });
     }
-    let payload = b64().decode(&env.payload).map_err(|_| PlanError::BadSignature)?;
-    let sig = b64().decode(&env.signature).map_err(|_| PlanError::BadSignature)?;
+    let payload = b64()
+        .decode(&env.payload)
+        .map_err(|_| PlanError::BadSignature)?;
+    let sig = b64()
+        .decode(&env.signature)
+        .map_err(|_| PlanError::BadSignature)?;
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
         .verify(&payload, &sig)
         .map_err(|_| PlanError::BadSignature)?;
@@ -179,40 +183,59 @@ mod tests {
         let k = key();
         let pk = k.public_key().as_ref().to_vec();
         let good = signed(&k, &plan("h1", 5, 1, 1000));
-        assert_eq!(verify(&good, "kid", &pk, "h1", 5, 500).unwrap().generation, 5);
+        assert_eq!(
+            verify(&good, "kid", &pk, "h1", 5, 500).unwrap().generation,
+            5
+        );
 
         let mut tampered = good.clone();
         let mut bytes = b64().decode(&tampered.payload).unwrap();
         let i = bytes.iter().position(|b| *b == b'5').unwrap();
         bytes[i] = b'9';
         tampered.payload = b64().encode(&bytes);
-        assert_eq!(verify(&tampered, "kid", &pk, "h1", 0, 500), Err(PlanError::BadSignature));
+        assert_eq!(
+            verify(&tampered, "kid", &pk, "h1", 0, 500),
+            Err(PlanError::BadSignature)
+        );
 
         let other = key();
         let forged = signed(&other, &plan("h1", 5, 1, 1000));
-        assert_eq!(verify(&forged, "kid", &pk, "h1", 0, 500), Err(PlanError::BadSignature));
+        assert_eq!(
+            verify(&forged, "kid", &pk, "h1", 0, 500),
+            Err(PlanError::BadSignature)
+        );
 
         let mut unknown = good.clone();
         unknown.key_id = "other".into();
         assert_eq!(
-            verify(&unknown, "kid", &pk, "h1", 0, 500).unwrap_err().to_string(),
+            verify(&unknown, "kid", &pk, "h1", 0, 500)
+                .unwrap_err()
+                .to_string(),
             "plan signed with unknown key id `other` (this agent trusts `kid`)"
         );
         assert_eq!(
-            verify(&good, "kid", &pk, "h1", 6, 500).unwrap_err().to_string(),
+            verify(&good, "kid", &pk, "h1", 6, 500)
+                .unwrap_err()
+                .to_string(),
             "plan generation 5 is older than the last accepted generation 6 (replay or rollback)"
         );
         assert_eq!(
-            verify(&good, "kid", &pk, "h2", 0, 500).unwrap_err().to_string(),
+            verify(&good, "kid", &pk, "h2", 0, 500)
+                .unwrap_err()
+                .to_string(),
             "plan is for host `h1`, not `h2`"
         );
         assert_eq!(
-            verify(&good, "kid", &pk, "h1", 0, 1000).unwrap_err().to_string(),
+            verify(&good, "kid", &pk, "h1", 0, 1000)
+                .unwrap_err()
+                .to_string(),
             "plan expired at 1000 (now 1000)"
         );
         let v2 = signed(&k, &plan("h1", 5, 2, 1000));
         assert_eq!(
-            verify(&v2, "kid", &pk, "h1", 0, 500).unwrap_err().to_string(),
+            verify(&v2, "kid", &pk, "h1", 0, 500)
+                .unwrap_err()
+                .to_string(),
             "plan format version 2 is not supported (this agent understands version 1)"
         );
     }

@@ -73,7 +73,9 @@ pub async fn reports(
             }
             ReportEntry::PlanRejected { reason } => {
                 tracing::warn!(host = %host.name, %reason, "agent refused a plan");
-                st.store.record_agent_event(host.id, "plan_rejected", &reason).await?;
+                st.store
+                    .record_agent_event(host.id, "plan_rejected", &reason)
+                    .await?;
             }
         }
     }

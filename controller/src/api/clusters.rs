@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
-            EngineError::Invalid(m) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_clusterfile", m),
+            EngineError::Invalid(m) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_clusterfile", m)
+            }
             EngineError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, m),
             EngineError::NotFound(m) => ApiError::not_found(m),
             EngineError::Internal(e) => ApiError::Internal(e),
@@ -29,7 +31,11 @@ pub struct ApplyResponse {
 }
 
 /// The body is the Clusterfile itself (YAML).
-pub async fn apply(State(st): State<AppState>, caller: Caller, body: String) -> Result<ApiJson<ApplyResponse>, ApiError> {
+pub async fn apply(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: String,
+) -> Result<ApiJson<ApplyResponse>, ApiError> {
     caller.require(Role::Operator)?;
     let a = st.engine.apply(&body, &caller.actor()).await?;
     Ok(ApiJson(ApplyResponse {
@@ -44,7 +50,10 @@ pub struct StatusQuery {
     pub show_outputs: bool,
 }
 
-pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<ApiJson<Vec<ClusterView>>, ApiError> {
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<ApiJson<Vec<ClusterView>>, ApiError> {
     caller.require(Role::Viewer)?;
     let mut out = Vec::new();
     for c in st.store.clusters().await? {
@@ -68,11 +77,9 @@ pub async fn status(
 }
 
 async fn view(st: &AppState, name: &str, show_outputs: bool) -> Result<ClusterView, ApiError> {
-    let c = st
-        .store
-        .cluster(name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no cluster `{name}`; see `berth get clusters`")))?;
+    let c = st.store.cluster(name).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no cluster `{name}`; see `berth get clusters`"))
+    })?;
     let spec: Option<ResolvedSpec> = serde_json::from_str(&c.spec).ok();
     let hosts = st.store.cluster_hosts(c.id).await?;
     let steps = st.store.steps(c.id).await?;
@@ -116,13 +123,23 @@ async fn view(st: &AppState, name: &str, show_outputs: bool) -> Result<ClusterVi
     })
 }
 
-pub async fn retry(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<ApiJson<serde_json::Value>, ApiError> {
+pub async fn retry(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<ApiJson<serde_json::Value>, ApiError> {
     caller.require(Role::Operator)?;
     let n = st.engine.retry(&name, &caller.actor()).await?;
-    Ok(ApiJson(serde_json::json!({ "name": name, "retried_steps": n })))
+    Ok(ApiJson(
+        serde_json::json!({ "name": name, "retried_steps": n }),
+    ))
 }
 
-pub async fn reset(State(st): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn reset(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     caller.require(Role::Operator)?;
     st.engine.reset(&name, &caller.actor()).await?;
     Ok(StatusCode::ACCEPTED)
@@ -155,7 +172,11 @@ pub async fn logs(
     Query(q): Query<LogQuery>,
 ) -> Result<ApiJson<LogChunk>, ApiError> {
     caller.require(Role::Viewer)?;
-    let c = st.store.cluster(&name).await?.ok_or_else(|| ApiError::not_found(format!("no cluster `{name}`")))?;
+    let c = st
+        .store
+        .cluster(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no cluster `{name}`")))?;
     let steps = st.store.steps(c.id).await?;
     let step = steps
         .iter()
@@ -165,7 +186,10 @@ pub async fn logs(
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "no started step{} on host `{}` in cluster `{name}`",
-                q.step.as_deref().map(|k| format!(" `{k}`")).unwrap_or_default(),
+                q.step
+                    .as_deref()
+                    .map(|k| format!(" `{k}`"))
+                    .unwrap_or_default(),
                 q.host
             ))
         })?;

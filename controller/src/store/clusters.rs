@@ -228,11 +228,13 @@ impl Store {
                 .await?;
         }
         for host_id in leaving {
-            sqlx::query("UPDATE cluster_hosts SET state = 'leaving' WHERE cluster_id = ?1 AND host_id = ?2")
-                .bind(id)
-                .bind(host_id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE cluster_hosts SET state = 'leaving' WHERE cluster_id = ?1 AND host_id = ?2",
+            )
+            .bind(id)
+            .bind(host_id)
+            .execute(&mut *tx)
+            .await?;
         }
         // Resume, never restart: failed and interrupted steps get a new attempt.
         sqlx::query(
@@ -257,16 +259,25 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        super::audit(&mut tx, actor, "cluster.apply", name, Some(&format!("generation={generation}"))).await?;
+        super::audit(
+            &mut tx,
+            actor,
+            "cluster.apply",
+            name,
+            Some(&format!("generation={generation}")),
+        )
+        .await?;
         tx.commit().await?;
         Ok(id)
     }
 
     pub async fn steps(&self, cluster_id: i64) -> Result<Vec<StepRow>> {
-        let rows = sqlx::query(&format!("SELECT {STEP_COLS} FROM steps WHERE cluster_id = ?1 ORDER BY ord, host_name, id"))
-            .bind(cluster_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {STEP_COLS} FROM steps WHERE cluster_id = ?1 ORDER BY ord, host_name, id"
+        ))
+        .bind(cluster_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.into_iter().map(step_row).collect())
     }
 
@@ -335,19 +346,26 @@ impl Store {
 
     /// Applies a step report from the host that runs it. Returns the cluster id when the
     /// report changed something.
-    pub async fn record_report(&self, host_id: i64, r: &berth_shared::api::StepReport) -> Result<Option<i64>> {
+    pub async fn record_report(
+        &self,
+        host_id: i64,
+        r: &berth_shared::api::StepReport,
+    ) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await?;
-        let cur: Option<(i64, String, i64)> =
-            sqlx::query_as("SELECT cluster_id, state, attempt FROM steps WHERE id = ?1 AND host_id = ?2")
-                .bind(r.step_id)
-                .bind(host_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let cur: Option<(i64, String, i64)> = sqlx::query_as(
+            "SELECT cluster_id, state, attempt FROM steps WHERE id = ?1 AND host_id = ?2",
+        )
+        .bind(r.step_id)
+        .bind(host_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some((cluster_id, state, attempt)) = cur else {
             return Ok(None);
         };
         // Reports of an older attempt, or for a finished step, change nothing.
-        if attempt != r.attempt as i64 || !matches!(state.as_str(), "released" | "running" | "interrupted") {
+        if attempt != r.attempt as i64
+            || !matches!(state.as_str(), "released" | "running" | "interrupted")
+        {
             return Ok(None);
         }
         sqlx::query(
@@ -383,7 +401,14 @@ impl Store {
     }
 
     /// Stores a log chunk once (idempotent by offset).
-    pub async fn append_log(&self, host_id: i64, step_id: i64, attempt: u32, offset: u64, data: &[u8]) -> Result<()> {
+    pub async fn append_log(
+        &self,
+        host_id: i64,
+        step_id: i64,
+        attempt: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO step_logs (step_id, attempt, offset, data)
              SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM steps WHERE id = ?1 AND host_id = ?5)
@@ -400,7 +425,12 @@ impl Store {
     }
 
     /// Log chunks of a step's attempt at or after `from`, in order.
-    pub async fn step_log(&self, step_id: i64, attempt: i64, from: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+    pub async fn step_log(
+        &self,
+        step_id: i64,
+        attempt: i64,
+        from: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
         let rows = sqlx::query(
             "SELECT offset, data FROM step_logs WHERE step_id = ?1 AND attempt = ?2 AND offset + length(data) > ?3 ORDER BY offset",
         )
@@ -411,19 +441,34 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.get::<i64, _>("offset") as u64, r.get::<Vec<u8>, _>("data")))
+            .map(|r| {
+                (
+                    r.get::<i64, _>("offset") as u64,
+                    r.get::<Vec<u8>, _>("data"),
+                )
+            })
             .collect())
     }
 
     pub async fn outputs(&self, cluster_id: i64) -> Result<BTreeMap<String, String>> {
-        let rows = sqlx::query("SELECT key, value FROM cluster_outputs WHERE cluster_id = ?1 ORDER BY key")
-            .bind(cluster_id)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.get("key"), r.get("value"))).collect())
+        let rows = sqlx::query(
+            "SELECT key, value FROM cluster_outputs WHERE cluster_id = ?1 ORDER BY key",
+        )
+        .bind(cluster_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("key"), r.get("value")))
+            .collect())
     }
 
-    pub async fn set_phase(&self, cluster_id: i64, phase: &str, message: Option<&str>) -> Result<()> {
+    pub async fn set_phase(
+        &self,
+        cluster_id: i64,
+        phase: &str,
+        message: Option<&str>,
+    ) -> Result<()> {
         sqlx::query("UPDATE clusters SET phase = ?1, message = ?2, updated_at = ?3 WHERE id = ?4")
             .bind(phase)
             .bind(message)
@@ -460,13 +505,26 @@ impl Store {
             .bind(cluster_id)
             .execute(&mut *tx)
             .await?;
-        super::audit(&mut tx, actor, "cluster.retry", name, Some(&format!("steps={n}"))).await?;
+        super::audit(
+            &mut tx,
+            actor,
+            "cluster.retry",
+            name,
+            Some(&format!("steps={n}")),
+        )
+        .await?;
         tx.commit().await?;
         Ok(n)
     }
 
     /// `berth reset`: cancels unfinished steps and schedules `clean` on every host.
-    pub async fn start_reset(&self, cluster_id: i64, steps: Vec<NewStep>, actor: &str, name: &str) -> Result<()> {
+    pub async fn start_reset(
+        &self,
+        cluster_id: i64,
+        steps: Vec<NewStep>,
+        actor: &str,
+        name: &str,
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("UPDATE steps SET state = 'cancelled' WHERE cluster_id = ?1 AND state IN ('pending', 'released', 'failed', 'interrupted')")
             .bind(cluster_id)
@@ -496,25 +554,35 @@ impl Store {
 
     pub async fn delete_cluster(&self, cluster_id: i64) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM cluster_hosts WHERE cluster_id = ?1").bind(cluster_id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM clusters WHERE id = ?1").bind(cluster_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM cluster_hosts WHERE cluster_id = ?1")
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM clusters WHERE id = ?1")
+            .bind(cluster_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn record_agent_event(&self, host_id: i64, kind: &str, message: &str) -> Result<()> {
-        sqlx::query("INSERT INTO agent_events (host_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)")
-            .bind(host_id)
-            .bind(now_unix())
-            .bind(kind)
-            .bind(message)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO agent_events (host_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(host_id)
+        .bind(now_unix())
+        .bind(kind)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Digests referenced by any cluster's spec (a bundle in use cannot be removed).
     pub async fn cluster_specs(&self) -> Result<Vec<(String, String)>> {
-        Ok(sqlx::query_as("SELECT name, spec FROM clusters").fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as("SELECT name, spec FROM clusters")
+            .fetch_all(&self.pool)
+            .await?)
     }
 }
