@@ -23,10 +23,7 @@ const BATCH: usize = 64;
 impl Spool {
     pub fn open(dir: &Path) -> Result<Arc<Spool>> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let max = entries(dir)?
-            .last()
-            .and_then(|(n, _)| Some(*n))
-            .unwrap_or(0);
+        let max = entries(dir)?.last().map(|(n, _)| *n).unwrap_or(0);
         Ok(Arc::new(Spool {
             dir: dir.to_path_buf(),
             seq: AtomicU64::new(max + 1),

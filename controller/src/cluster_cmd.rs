@@ -219,7 +219,15 @@ pub async fn logs(
         if let Some(s) = step {
             path.push_str(&format!("&step={s}"));
         }
-        let c: LogChunk = client.get(&path).await?;
+        let c: LogChunk = match client.get(&path).await {
+            Ok(c) => c,
+            // With -f, wait for the step to start.
+            Err(e) if follow && e.to_string().contains("no started step") => {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if !c.data.is_empty() {
             use std::io::Write;
             print!("{}", c.data);

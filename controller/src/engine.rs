@@ -77,6 +77,14 @@ struct Desired {
     env: BTreeMap<String, String>,
 }
 
+/// A cluster's row, spec, hosts and outputs, loaded once per plan.
+type ClusterCtx = (
+    crate::store::clusters::ClusterRow,
+    ResolvedSpec,
+    Vec<ClusterHostRow>,
+    BTreeMap<String, String>,
+);
+
 pub struct Engine {
     pub store: Store,
     pki: Arc<Pki>,
@@ -489,24 +497,16 @@ impl Engine {
         let mut steps = Vec::new();
         let mut cluster_name = String::new();
         let mut clusterfile = String::new();
-        let mut cache: HashMap<
-            i64,
-            (
-                crate::store::clusters::ClusterRow,
-                ResolvedSpec,
-                Vec<ClusterHostRow>,
-                BTreeMap<String, String>,
-            ),
-        > = HashMap::new();
+        let mut cache: HashMap<i64, ClusterCtx> = HashMap::new();
         for s in rows {
-            if !cache.contains_key(&s.cluster_id) {
+            if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(s.cluster_id) {
                 let Some(c) = self.store.cluster_by_id(s.cluster_id).await? else {
                     continue;
                 };
                 let spec: ResolvedSpec = serde_json::from_str(&c.spec)?;
                 let hosts = self.store.cluster_hosts(c.id).await?;
                 let outputs = self.store.outputs(c.id).await?;
-                cache.insert(s.cluster_id, (c, spec, hosts, outputs));
+                e.insert((c, spec, hosts, outputs));
             }
             let (c, spec, hosts, outputs) = &cache[&s.cluster_id];
             cluster_name = c.name.clone();

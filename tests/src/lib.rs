@@ -536,3 +536,100 @@ pub fn write_bundle(dir: &Path, name: &str, version: &str, size: usize) {
     fs::write(dir.join("bin/payload"), data).expect("payload");
     let _ = std::os::unix::fs::symlink("payload", dir.join("bin/payload-link"));
 }
+
+/// The repository root (for `examples/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+impl Controller {
+    /// Enrolls and starts one agent per name.
+    pub fn agents(&self, names: &[&str]) -> Vec<Proc> {
+        let (token, hash) = self.create_token(names.len() as u32, "1h");
+        names
+            .iter()
+            .map(|n| {
+                let out = self.join(n, &token, &hash);
+                assert!(out.status.success(), "join {n}: {}", stderr(&out));
+                self.run_agent(n)
+            })
+            .collect()
+    }
+
+    /// Pushes `examples/hello` and `examples/hello-app`.
+    pub fn push_examples(&self) {
+        for b in ["hello", "hello-app"] {
+            let dir = repo_root().join("examples").join(b);
+            let out = self.cli(&[
+                "bundle",
+                "push",
+                dir.to_str().expect("utf8"),
+                "--tag",
+                &format!("{b}:v1"),
+            ]);
+            assert!(out.status.success(), "push {b}: {}", stderr(&out));
+        }
+    }
+
+    /// Writes a Clusterfile and returns its path.
+    pub fn clusterfile(
+        &self,
+        name: &str,
+        masters: &[&str],
+        nodes: &[&str],
+        images: &[&str],
+        env: &[String],
+    ) -> PathBuf {
+        let q = |v: &[&str]| {
+            v.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut t = format!(
+            "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n  hosts:\n  - ips: [{}]\n    roles: [master, amd64]\n",
+            q(masters)
+        );
+        if !nodes.is_empty() {
+            t.push_str(&format!(
+                "  - ips: [{}]\n    roles: [node, amd64]\n",
+                q(nodes)
+            ));
+        }
+        t.push_str(&format!("  image: [{}]\n", q(images)));
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        if !env.is_empty() {
+            t.push_str(&format!("  env: [{}]\n", q(&env)));
+        }
+        t.push_str("status: {}\n---\napiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nnetworking: {podSubnet: 10.244.0.0/16}\n");
+        let p = self
+            .dir
+            .path()
+            .join(format!("{name}-{}.yaml", masters.len() + nodes.len()));
+        fs::write(&p, t).expect("write Clusterfile");
+        p
+    }
+
+    /// `berth status NAME -o json`.
+    pub fn status(&self, name: &str) -> serde_json::Value {
+        let out = self.cli(&["status", name, "-o", "json", "--show-outputs"]);
+        assert!(out.status.success(), "status: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+}
+
+/// Lines of a host's marks file (what the hello hooks recorded).
+pub fn marks(dir: &Path, host: &str) -> Vec<String> {
+    fs::read_to_string(dir.join(format!("{host}.log")))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_default()
+        })
+        .collect()
+}

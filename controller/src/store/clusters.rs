@@ -172,7 +172,7 @@ impl Store {
         actor: &str,
     ) -> Result<i64> {
         let now = now_unix();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Option<(i64, i64)> =
             sqlx::query_as("SELECT id, generation FROM clusters WHERE name = ?1")
                 .bind(name)
@@ -303,7 +303,7 @@ impl Store {
     /// Marks pending steps released and bumps the plan generation of their hosts.
     /// Returns the affected host ids.
     pub async fn release(&self, step_ids: &[i64]) -> Result<Vec<i64>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut hosts = Vec::new();
         for id in step_ids {
             let host: Option<i64> = sqlx::query_scalar(
@@ -351,7 +351,7 @@ impl Store {
         host_id: i64,
         r: &berth_shared::api::StepReport,
     ) -> Result<Option<i64>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cur: Option<(i64, String, i64)> = sqlx::query_as(
             "SELECT cluster_id, state, attempt FROM steps WHERE id = ?1 AND host_id = ?2",
         )
@@ -492,7 +492,7 @@ impl Store {
 
     /// `berth retry`: failed and interrupted steps get a new attempt.
     pub async fn retry(&self, cluster_id: i64, actor: &str, name: &str) -> Result<u64> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query(
             "UPDATE steps SET state = 'pending', attempt = attempt + 1, exit_code = NULL, reason = NULL, started_at = NULL, ended_at = NULL
              WHERE cluster_id = ?1 AND state IN ('failed', 'interrupted')",
@@ -525,7 +525,7 @@ impl Store {
         actor: &str,
         name: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("UPDATE steps SET state = 'cancelled' WHERE cluster_id = ?1 AND state IN ('pending', 'released', 'failed', 'interrupted')")
             .bind(cluster_id)
             .execute(&mut *tx)
@@ -553,7 +553,7 @@ impl Store {
     }
 
     pub async fn delete_cluster(&self, cluster_id: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM cluster_hosts WHERE cluster_id = ?1")
             .bind(cluster_id)
             .execute(&mut *tx)

@@ -167,7 +167,7 @@ impl Store {
         description: Option<&str>,
         actor: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO bootstrap_tokens (id, secret_hash, description, uses_left, uses_total, expires_at, created_at, created_by)
              VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
@@ -197,7 +197,7 @@ impl Store {
     /// enrollment consumes nothing.
     pub async fn enroll(&self, h: NewHost<'_>) -> Result<i64, EnrollError> {
         let now = now_unix();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
             "SELECT id, secret_hash, uses_left, expires_at FROM bootstrap_tokens WHERE id = ?1",
         )
@@ -307,7 +307,7 @@ impl Store {
 
     /// Revokes a host; returns false when there is no such host.
     pub async fn revoke_host(&self, name: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2")
             .bind(now_unix())
             .bind(name)
@@ -323,7 +323,7 @@ impl Store {
 
     /// Deletes a host; returns false when there is no such host.
     pub async fn delete_host(&self, name: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query("DELETE FROM hosts WHERE name = ?1")
             .bind(name)
             .execute(&mut *tx)
@@ -368,7 +368,7 @@ impl Store {
             bundle_type,
             manifest_json,
         } = b;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query(
             "INSERT INTO bundles (digest, size, name, version, type, manifest, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(digest) DO NOTHING",
@@ -405,7 +405,7 @@ impl Store {
         digest: &str,
         actor: &str,
     ) -> Result<Option<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let old: Option<String> =
             sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = ?1 AND tag = ?2")
                 .bind(name)
@@ -491,7 +491,7 @@ impl Store {
 
     /// Removes a tag; returns false when there was none.
     pub async fn delete_tag(&self, name: &str, tag: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query("DELETE FROM bundle_tags WHERE name = ?1 AND tag = ?2")
             .bind(name)
             .bind(tag)
@@ -514,7 +514,7 @@ impl Store {
 
     /// Removes a bundle and its tags; returns false when there was none.
     pub async fn delete_bundle(&self, digest: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let n = sqlx::query("DELETE FROM bundles WHERE digest = ?1")
             .bind(digest)
             .execute(&mut *tx)

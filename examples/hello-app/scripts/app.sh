@@ -3,5 +3,5 @@
 set -eu
 MARKS=${HELLO_MARKS:-$BERTH_ROOTFS/../marks}
 mkdir -p "$MARKS"
-echo "app $BERTH_HOST $(date +%s)" >> "$MARKS/$BERTH_HOST.log"
+echo "app $(date +%s)" >> "$MARKS/$BERTH_HOST.log"
 echo "hello-app deployed from $BERTH_HOST (masters: $BERTH_MASTERS, nodes: ${BERTH_NODES:-none})"

@@ -2,7 +2,7 @@
 # HELLO_MARKS (env) is a directory outside the rootfs; default: next to the rootfs.
 MARKS=${HELLO_MARKS:-$BERTH_ROOTFS/../marks}
 mkdir -p "$MARKS"
-mark() { echo "$1 $BERTH_HOST $(date +%s)" >> "$MARKS/$BERTH_HOST.log"; }
+mark() { echo "$1 $(date +%s)" >> "$MARKS/$BERTH_HOST.log"; }
 # Fail a hook on purpose while the file $MARKS/fail-<hook>-<host> exists (for demos/tests).
 maybe_fail() {
   if [ -e "$MARKS/fail-$1-$BERTH_HOST" ]; then

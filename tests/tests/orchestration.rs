@@ -1,0 +1,433 @@
+//! Orchestration end to end with the real controller and several real agent processes.
+#![allow(clippy::unwrap_used)]
+
+use berth_tests::*;
+use serde_json::Value;
+use std::fs;
+use std::time::Duration;
+
+fn steps<'a>(st: &'a Value, host: &str, kind: &str) -> Vec<&'a Value> {
+    st["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["host"] == host && s["kind"] == kind)
+        .collect()
+}
+
+fn time(s: &Value, k: &str) -> String {
+    s[k].as_str().unwrap_or_default().to_string()
+}
+
+fn setup(names: &[&str]) -> (Controller, Vec<Proc>, std::path::PathBuf) {
+    let ctl = Controller::start(&[]);
+    let agents = ctl.agents(names);
+    ctl.push_examples();
+    let marks = ctl.dir.path().join("marks");
+    fs::create_dir_all(&marks).unwrap();
+    (ctl, agents, marks)
+}
+
+#[test]
+fn a_three_host_cluster_is_created_in_phase_order_with_outputs_flowing_to_joins() {
+    let (ctl, agents, mk) = setup(&["m0", "n1", "n2"]);
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile(
+        "c1",
+        &["m0"],
+        &["n1", "n2"],
+        &["hello:v1", "hello-app:v1"],
+        &env,
+    );
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("cluster c1: Running"),
+        "{}",
+        stdout(&out)
+    );
+
+    let st = ctl.status("c1");
+    assert_eq!(st["phase"], "Running");
+    let init = steps(&st, "m0", "init")[0];
+    for n in ["n1", "n2"] {
+        let join = steps(&st, n, "join-node")[0];
+        assert_eq!(join["state"], "succeeded");
+        assert!(
+            time(join, "started_at") >= time(init, "ended_at"),
+            "no join before init: {join} vs {init}"
+        );
+        let install = steps(&st, n, "install")[0];
+        assert!(time(install, "ended_at") <= time(join, "started_at"));
+    }
+    // init's secret reached every join.
+    let token = st["outputs"]["JOIN_TOKEN"].as_str().unwrap().to_string();
+    assert_eq!(token.len(), 24);
+    for n in ["n1", "n2"] {
+        assert!(
+            marks(&mk, n).contains(&format!("join {token}")),
+            "{n}: {:?}",
+            marks(&mk, n)
+        );
+    }
+    // The app ran on master0 only.
+    assert!(marks(&mk, "m0").contains(&"app".to_string()));
+    for n in ["n1", "n2"] {
+        assert!(!marks(&mk, n).iter().any(|l| l == "app"));
+    }
+    // Every hook got the whole stored Clusterfile, kubeadm document included.
+    let cf_on_host =
+        fs::read_to_string(ctl.agent_dir("n1").join("clusters/c1/Clusterfile")).unwrap();
+    assert!(cf_on_host.contains("kind: ClusterConfiguration"));
+    // Output values are secret unless asked for.
+    let plain: Value =
+        serde_json::from_slice(&ctl.cli(&["status", "c1", "-o", "json"]).stdout).unwrap();
+    assert_eq!(plain["outputs"]["JOIN_TOKEN"], Value::Null);
+    // The rendered template.
+    let conf = fs::read_to_string(
+        ctl.agent_dir("n2")
+            .join("clusters/c1/rootfs/etc/hello.conf"),
+    )
+    .unwrap();
+    assert_eq!(conf.trim(), "hello from n2 (node), master0 m0");
+    // Concurrent reports from several agents never hit a busy database.
+    for a in &agents {
+        assert!(
+            !a.log_text().contains("controller refused reports"),
+            "{}",
+            a.log_text()
+        );
+    }
+}
+
+#[test]
+fn reports_made_while_the_controller_is_down_are_delivered_in_order_afterwards() {
+    let (mut ctl, _agents, mk) = setup(&["m0"]);
+    let env = vec![
+        format!("HELLO_MARKS={}", mk.display()),
+        "HELLO_INSTALL_SECONDS=8".to_string(),
+    ];
+    let cf = ctl.clusterfile("c10", &["m0"], &[], &["hello:v1"], &env);
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    wait_for("install running", Duration::from_secs(30), || {
+        let st = ctl.status("c10");
+        (steps(&st, "m0", "install")[0]["state"] == "running").then_some(())
+    });
+    assert_eq!(ctl.stop(), Some(true));
+    std::thread::sleep(Duration::from_secs(20));
+    ctl.spawn().unwrap();
+    let out = ctl.cli(&["status", "c10", "--watch"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let log = stdout(&ctl.cli(&["logs", "c10", "--host", "m0", "--step", "install"]));
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("installing... "))
+        .collect();
+    let want: Vec<String> = (0..8).map(|i| format!("installing... {i}")).collect();
+    assert_eq!(lines, want, "every line once, in order:\n{log}");
+    let st = ctl.status("c10");
+    for s in st["steps"].as_array().unwrap() {
+        assert_eq!(
+            (s["state"].as_str(), s["attempt"].as_u64()),
+            (Some("succeeded"), Some(1)),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_step_stops_the_cluster_and_retry_resumes_without_rerunning_anything() {
+    let (ctl, _agents, mk) = setup(&["m0", "n1", "n2"]);
+    fs::write(mk.join("fail-install-n1"), "").unwrap();
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile("c2", &["m0"], &["n1", "n2"], &["hello:v1"], &env);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("error: cluster c2 failed: step install failed on host n1: exit code 1 (exited with code 1)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("--- log tail of install on n1 ---"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("hello: failing install on n1 because"),
+        "{}",
+        stdout(&out)
+    );
+    let st = ctl.status("c2");
+    assert_eq!(st["phase"], "Failed");
+    assert!(
+        steps(&st, "m0", "init")[0]["state"] == "pending",
+        "init must wait for every install"
+    );
+
+    fs::remove_file(mk.join("fail-install-n1")).unwrap();
+    let out = ctl.cli(&["retry", "c2", "--wait"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let st = ctl.status("c2");
+    assert_eq!(st["phase"], "Running");
+    for s in st["steps"].as_array().unwrap() {
+        let want = if s["host"] == "n1" && s["kind"] == "install" {
+            2
+        } else {
+            1
+        };
+        assert_eq!(s["attempt"], want, "{s}");
+        assert_eq!(s["state"], "succeeded");
+    }
+    for h in ["m0", "n1", "n2"] {
+        let m = marks(&mk, h);
+        assert_eq!(
+            m.iter().filter(|l| *l == "install").count(),
+            1,
+            "{h}: {m:?}"
+        );
+        assert_eq!(m.iter().filter(|l| *l == "check").count(), 1, "{h}: {m:?}");
+    }
+}
+
+#[test]
+fn scale_up_runs_only_new_hosts_scale_down_leaves_and_reset_cleans_everything() {
+    let (ctl, _agents, mk) = setup(&["m0", "n1", "m1", "m2", "n2"]);
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile("c3", &["m0"], &["n1"], &["hello:v1"], &env);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let before_m0 = marks(&mk, "m0");
+    let before_n1 = marks(&mk, "n1");
+
+    // Scale up: two masters and a node.
+    let cf = ctl.clusterfile(
+        "c3",
+        &["m0", "m1", "m2"],
+        &["n1", "n2"],
+        &["hello:v1"],
+        &env,
+    );
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(marks(&mk, "m0"), before_m0, "old hosts ran nothing");
+    assert_eq!(marks(&mk, "n1"), before_n1, "old hosts ran nothing");
+    let st = ctl.status("c3");
+    let j1 = steps(&st, "m1", "join-master")[0];
+    let j2 = steps(&st, "m2", "join-master")[0];
+    assert!(
+        time(j1, "ended_at") <= time(j2, "started_at"),
+        "masters join one at a time: {j1} {j2}"
+    );
+    assert_eq!(steps(&st, "n2", "join-node")[0]["state"], "succeeded");
+
+    // Scale down: n2 leaves, master0 removes it.
+    let cf = ctl.clusterfile("c3", &["m0", "m1", "m2"], &["n1"], &["hello:v1"], &env);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(marks(&mk, "n2").contains(&"leave".to_string()));
+    assert!(marks(&mk, "m0").contains(&"remove n2".to_string()));
+    let st = ctl.status("c3");
+    assert!(
+        !st["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "n2"),
+        "{st}"
+    );
+    assert!(!ctl.agent_dir("n2").join("clusters/c3/rootfs").exists());
+
+    // Reset: clean everywhere, files gone, cluster gone.
+    let out = ctl.cli(&["reset", "c3", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for h in ["m0", "m1", "m2", "n1"] {
+        assert!(marks(&mk, h).contains(&"clean".to_string()), "{h}");
+        assert!(!ctl.agent_dir(h).join("clusters/c3/rootfs").exists(), "{h}");
+        assert!(
+            !ctl.agent_dir(h).join("clusters/c3/Clusterfile").exists(),
+            "{h}"
+        );
+    }
+    let list: Value =
+        serde_json::from_slice(&ctl.cli(&["get", "clusters", "-o", "json"]).stdout).unwrap();
+    assert_eq!(list, serde_json::json!([]));
+}
+
+#[test]
+fn clusterfile_errors_point_at_the_field_and_change_nothing() {
+    let (ctl, _agents, _marks) = setup(&["m0"]);
+    let cf = ctl.clusterfile("c4", &["ghost"], &[], &["hello:v1"], &[]);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: Clusterfile document (Cluster): spec.hosts[0].ips: no enrolled host is named or has the address `ghost`; enroll it with `berth-agent join` (see `berth get hosts`) (invalid_clusterfile)"
+    );
+    let cf = ctl.clusterfile("c4", &["m0"], &[], &["nope:v9"], &[]);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
+    assert!(stderr(&out).contains("spec.image[0]: no bundle `nope:v9` is stored; push it with `berth bundle push DIR --tag nope:v9`"), "{}", stderr(&out));
+    let list: Value =
+        serde_json::from_slice(&ctl.cli(&["get", "clusters", "-o", "json"]).stdout).unwrap();
+    assert_eq!(list, serde_json::json!([]));
+    // A host belongs to one cluster.
+    let ok = ctl.clusterfile("c5", &["m0"], &[], &["hello:v1"], &[]);
+    assert!(ctl
+        .cli(&["apply", "-f", ok.to_str().unwrap(), "--wait"])
+        .status
+        .success());
+    let other = ctl.clusterfile("c6", &["m0"], &[], &["hello:v1"], &[]);
+    let out = ctl.cli(&["apply", "-f", other.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("host `m0` already belongs to cluster `c5`"),
+        "{}",
+        stderr(&out)
+    );
+    // A bundle in use cannot be removed.
+    let st = ctl.status("c5");
+    let _ = st;
+    let digest = serde_json::from_slice::<Value>(
+        &ctl.cli(&["bundle", "inspect", "hello:v1", "-o", "json"])
+            .stdout,
+    )
+    .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = ctl.cli(&["bundle", "rm", &digest]);
+    assert!(
+        stderr(&out).contains("is used by cluster `c5`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn logs_follow_shows_a_running_hook_as_it_writes() {
+    let (ctl, _agents, mk) = setup(&["m0"]);
+    let env = vec![
+        format!("HELLO_MARKS={}", mk.display()),
+        "HELLO_INSTALL_SECONDS=6".to_string(),
+    ];
+    let cf = ctl.clusterfile("c7", &["m0"], &[], &["hello:v1"], &env);
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    let mut follow = std::process::Command::new(berth_bin())
+        .arg("--data-dir")
+        .arg(&ctl.data_dir)
+        .args(["logs", "c7", "--host", "m0", "--step", "install", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the install step exists and runs.
+    wait_for("install running", Duration::from_secs(30), || {
+        let st = ctl.status("c7");
+        (steps(&st, "m0", "install")[0]["state"] == "running").then_some(())
+    });
+    let mut out = follow.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    use std::io::Read;
+    while !seen.contains("installing... 1") {
+        let n = out.read(&mut buf).unwrap();
+        assert!(n > 0, "logs -f ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // The hook is still running while its output is already shown.
+    let st = ctl.status("c7");
+    assert_eq!(steps(&st, "m0", "install")[0]["state"], "running", "{seen}");
+    let status = follow.wait().unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(
+        format!("{seen}{rest}").contains("installed on m0"),
+        "{seen}{rest}"
+    );
+}
+
+#[test]
+fn a_controller_killed_mid_apply_resumes_and_no_step_runs_twice() {
+    let (mut ctl, _agents, mk) = setup(&["m0", "n1"]);
+    let env = vec![
+        format!("HELLO_MARKS={}", mk.display()),
+        "HELLO_INSTALL_SECONDS=3".to_string(),
+    ];
+    let cf = ctl.clusterfile("c8", &["m0"], &["n1"], &["hello:v1"], &env);
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    wait_for("install running", Duration::from_secs(30), || {
+        let st = ctl.status("c8");
+        (steps(&st, "m0", "install")[0]["state"] == "running").then_some(())
+    });
+    ctl.proc.as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_secs(4)); // installs finish while the controller is down
+    ctl.spawn().unwrap();
+    let out = ctl.cli(&["status", "c8", "--watch"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let st = ctl.status("c8");
+    for s in st["steps"].as_array().unwrap() {
+        assert_eq!(
+            (s["state"].as_str(), s["attempt"].as_u64()),
+            (Some("succeeded"), Some(1)),
+            "{s}"
+        );
+    }
+    for h in ["m0", "n1"] {
+        let m = marks(&mk, h);
+        assert_eq!(
+            m.iter().filter(|l| *l == "install").count(),
+            1,
+            "{h}: {m:?}"
+        );
+    }
+    // The install log reached the controller whole, though it was cut off mid-step.
+    let log = stdout(&ctl.cli(&["logs", "c8", "--host", "n1", "--step", "install"]));
+    for i in 0..3 {
+        assert!(log.contains(&format!("installing... {i}")), "{log}");
+    }
+    assert!(log.contains("installed on n1"), "{log}");
+}
+
+#[test]
+fn an_agent_killed_during_a_hook_reports_interrupted_and_waits_for_retry() {
+    let (ctl, mut agents, mk) = setup(&["m0"]);
+    let env = vec![
+        format!("HELLO_MARKS={}", mk.display()),
+        "HELLO_INSTALL_SECONDS=30".to_string(),
+    ];
+    let cf = ctl.clusterfile("c9", &["m0"], &[], &["hello:v1"], &env);
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    wait_for("install running", Duration::from_secs(30), || {
+        let st = ctl.status("c9");
+        (steps(&st, "m0", "install")[0]["state"] == "running").then_some(())
+    });
+    agents[0].kill9();
+    let _again = ctl.run_agent("m0");
+    wait_for("interrupted", Duration::from_secs(30), || {
+        let st = ctl.status("c9");
+        (steps(&st, "m0", "install")[0]["state"] == "interrupted").then_some(())
+    });
+    let st = ctl.status("c9");
+    assert_eq!(st["phase"], "Failed");
+    assert!(
+        st["message"]
+            .as_str()
+            .unwrap()
+            .contains("step install failed on host m0: interrupted"),
+        "{st}"
+    );
+    // install is not declared re-runnable: it did not run again by itself.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(steps(&ctl.status("c9"), "m0", "install")[0]["attempt"], 1);
+    assert!(!marks(&mk, "m0").contains(&"install".to_string()));
+}
