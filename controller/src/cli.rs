@@ -102,6 +102,10 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Add hosts to a cluster (edits its stored Clusterfile and applies it)
+    Add(HostEditArgs),
+    /// Remove hosts from a cluster: `leave` on them, `remove` on master0
+    Delete(HostEditArgs),
     /// A cluster's phase, steps and output keys
     Status {
         cluster: Option<String>,
@@ -203,6 +207,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("`{s}` is not a size; use e.g. 512M or 20G"))
+}
+
+#[derive(Args, Debug)]
+pub struct HostEditArgs {
+    /// Master hosts, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    pub masters: Vec<String>,
+    /// Node hosts, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    #[arg(long, default_value = "default")]
+    pub cluster: String,
+    /// Follow until Running or Failed
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub output: Format,
 }
 
 #[derive(Subcommand, Debug)]
@@ -354,6 +375,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             step,
             follow,
         } => crate::cluster_cmd::logs(&target, &cluster, &host, step.as_deref(), follow).await,
+        Command::Add(a) => {
+            crate::cluster_cmd::edit_hosts(
+                &target, &a.cluster, a.masters, a.nodes, false, a.wait, a.output,
+            )
+            .await
+        }
+        Command::Delete(a) => {
+            crate::cluster_cmd::edit_hosts(
+                &target, &a.cluster, a.masters, a.nodes, true, a.wait, a.output,
+            )
+            .await
+        }
         Command::Retry {
             cluster,
             wait,

@@ -424,3 +424,36 @@ async fn ensure_local_agent(target: &Target, client: &Client) -> Result<String> 
     let _ = std::io::stderr().is_terminal();
     Ok(name)
 }
+
+/// `berth add` / `berth delete`.
+pub async fn edit_hosts(
+    target: &Target,
+    cluster: &str,
+    masters: Vec<String>,
+    nodes: Vec<String>,
+    delete: bool,
+    wait: bool,
+    out: Format,
+) -> Result<()> {
+    if masters.is_empty() && nodes.is_empty() {
+        bail!("name hosts with --masters H,... and/or --nodes H,...");
+    }
+    let client = Client::connect(target)?;
+    let body = if delete {
+        serde_json::json!({ "remove": masters.iter().chain(nodes.iter()).collect::<Vec<_>>() })
+    } else {
+        serde_json::json!({ "add_masters": masters, "add_nodes": nodes })
+    };
+    let r: ApplyResponse = client
+        .post(&format!("/v1/clusters/{cluster}/hosts"), &body)
+        .await?;
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!("applied cluster {}", r.name);
+    if wait {
+        watch(&client, &r.name, true, out).await
+    } else {
+        Ok(())
+    }
+}

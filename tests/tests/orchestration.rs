@@ -224,9 +224,8 @@ fn scale_up_runs_only_new_hosts_scale_down_leaves_and_reset_cleans_everything() 
     );
     assert_eq!(steps(&st, "n2", "join-node")[0]["state"], "succeeded");
 
-    // Scale down: n2 leaves, master0 removes it.
-    let cf = ctl.clusterfile("c3", &["m0", "m1", "m2"], &["n1"], &["hello:v1"], &env);
-    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    // Scale down with `berth delete`: n2 leaves, master0 removes it.
+    let out = ctl.cli(&["delete", "--nodes", "n2", "--cluster", "c3", "--wait"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(marks(&mk, "n2").contains(&"leave".to_string()));
     assert!(marks(&mk, "m0").contains(&"remove n2".to_string()));
@@ -340,6 +339,14 @@ fn logs_follow_shows_a_running_hook_as_it_writes() {
     // The hook is still running while its output is already shown.
     let st = ctl.status("c7");
     assert_eq!(steps(&st, "m0", "install")[0]["state"], "running", "{seen}");
+    // And a second apply while this one runs is refused, not interleaved.
+    let again = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("an apply of cluster `c7` is in progress (1 steps running); wait for it"),
+        "{}",
+        stderr(&again)
+    );
     let status = follow.wait().unwrap();
     assert!(status.success());
     let mut rest = String::new();

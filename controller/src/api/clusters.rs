@@ -215,3 +215,41 @@ pub async fn logs(
         data: String::from_utf8_lossy(&data).into_owned(),
     }))
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsEdit {
+    #[serde(default)]
+    pub add_masters: Vec<String>,
+    #[serde(default)]
+    pub add_nodes: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `berth add` / `berth delete`: edits the stored Clusterfile's hosts and applies it.
+pub async fn edit_hosts(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    ApiJson(e): ApiJson<HostsEdit>,
+) -> Result<ApiJson<ApplyResponse>, ApiError> {
+    caller.require(Role::Operator)?;
+    let c = st
+        .store
+        .cluster(&name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no cluster `{name}`")))?;
+    let text = berth_shared::clusterfile::edit_hosts(
+        &c.clusterfile,
+        &e.add_masters,
+        &e.add_nodes,
+        &e.remove,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let a = st.engine.apply(&text, &caller.actor()).await?;
+    Ok(ApiJson(ApplyResponse {
+        name: a.name,
+        warnings: a.warnings,
+    }))
+}

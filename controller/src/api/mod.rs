@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/clusters/{name}", get(clusters::status))
         .route("/v1/clusters/{name}/retry", post(clusters::retry))
         .route("/v1/clusters/{name}/reset", post(clusters::reset))
+        .route("/v1/clusters/{name}/hosts", post(clusters::edit_hosts))
         .route("/v1/clusters/{name}/logs", get(clusters::logs))
         .route("/v1/tokens", post(admin::create_token))
         .route("/v1/hosts", get(admin::list_hosts))
