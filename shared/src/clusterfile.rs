@@ -352,6 +352,72 @@ impl Clusterfile {
     }
 }
 
+/// Edits the hosts of the Cluster document in a Clusterfile: removes `remove` entries
+/// (matched with `:port` ignored; empty groups are dropped) and appends a group for
+/// `add_masters` and one for `add_nodes`. Other documents are kept in order; comments and
+/// formatting are not preserved.
+pub fn edit_hosts(
+    text: &str,
+    add_masters: &[String],
+    add_nodes: &[String],
+    remove: &[String],
+) -> Result<String, ClusterfileError> {
+    let mut docs = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        docs.push(
+            Value::deserialize(doc).map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?,
+        );
+    }
+    let idx = docs
+        .iter()
+        .position(|d| d.get("kind").and_then(Value::as_str) == Some("Cluster"))
+        .ok_or_else(|| cerr(0, "file", "kind", "no Cluster document"))?;
+    let hosts = docs[idx]
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("hosts"))
+        .and_then(Value::as_sequence_mut)
+        .ok_or_else(|| cerr(idx + 1, "Cluster", "spec.hosts", "missing"))?;
+    for g in hosts.iter_mut() {
+        if let Some(ips) = g.get_mut("ips").and_then(Value::as_sequence_mut) {
+            ips.retain(|ip| {
+                ip.as_str()
+                    .is_none_or(|s| !remove.iter().any(|r| strip_port(s) == strip_port(r)))
+            });
+        }
+    }
+    hosts.retain(|g| {
+        g.get("ips")
+            .and_then(Value::as_sequence)
+            .is_some_and(|s| !s.is_empty())
+    });
+    for (list, role) in [(add_masters, "master"), (add_nodes, "node")] {
+        if list.is_empty() {
+            continue;
+        }
+        let mut m = serde_norway::Mapping::new();
+        m.insert(
+            "ips".into(),
+            Value::Sequence(list.iter().map(|s| Value::String(s.clone())).collect()),
+        );
+        m.insert(
+            "roles".into(),
+            Value::Sequence(vec![Value::String(role.into())]),
+        );
+        hosts.push(Value::Mapping(m));
+    }
+    let mut out = String::new();
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            out.push_str("---\n");
+        }
+        out.push_str(
+            &serde_norway::to_string(d)
+                .map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,70 +498,14 @@ spec:
             "{err}"
         );
     }
-}
 
-/// Edits the hosts of the Cluster document in a Clusterfile: removes `remove` entries
-/// (matched with `:port` ignored; empty groups are dropped) and appends a group for
-/// `add_masters` and one for `add_nodes`. Other documents are kept in order; comments and
-/// formatting are not preserved.
-pub fn edit_hosts(
-    text: &str,
-    add_masters: &[String],
-    add_nodes: &[String],
-    remove: &[String],
-) -> Result<String, ClusterfileError> {
-    let mut docs = Vec::new();
-    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        docs.push(
-            Value::deserialize(doc).map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?,
-        );
+    #[test]
+    fn edit_hosts_adds_and_removes_keeping_other_documents() {
+        let out = edit_hosts(GOOD, &[], &["10.0.0.9".into()], &["10.0.0.3".into()]).unwrap();
+        let c = Clusterfile::parse(&out).unwrap();
+        assert_eq!(c.hosts.len(), 2);
+        assert_eq!(c.hosts[1].ips, vec!["10.0.0.9"]);
+        assert!(out.contains("kind: ClusterConfiguration"));
+        assert_eq!(c.configs.len(), 1);
     }
-    let idx = docs
-        .iter()
-        .position(|d| d.get("kind").and_then(Value::as_str) == Some("Cluster"))
-        .ok_or_else(|| cerr(0, "file", "kind", "no Cluster document"))?;
-    let hosts = docs[idx]
-        .get_mut("spec")
-        .and_then(|s| s.get_mut("hosts"))
-        .and_then(Value::as_sequence_mut)
-        .ok_or_else(|| cerr(idx + 1, "Cluster", "spec.hosts", "missing"))?;
-    for g in hosts.iter_mut() {
-        if let Some(ips) = g.get_mut("ips").and_then(Value::as_sequence_mut) {
-            ips.retain(|ip| {
-                ip.as_str()
-                    .is_none_or(|s| !remove.iter().any(|r| strip_port(s) == strip_port(r)))
-            });
-        }
-    }
-    hosts.retain(|g| {
-        g.get("ips")
-            .and_then(Value::as_sequence)
-            .is_some_and(|s| !s.is_empty())
-    });
-    for (list, role) in [(add_masters, "master"), (add_nodes, "node")] {
-        if list.is_empty() {
-            continue;
-        }
-        let mut m = serde_norway::Mapping::new();
-        m.insert(
-            "ips".into(),
-            Value::Sequence(list.iter().map(|s| Value::String(s.clone())).collect()),
-        );
-        m.insert(
-            "roles".into(),
-            Value::Sequence(vec![Value::String(role.into())]),
-        );
-        hosts.push(Value::Mapping(m));
-    }
-    let mut out = String::new();
-    for (i, d) in docs.iter().enumerate() {
-        if i > 0 {
-            out.push_str("---\n");
-        }
-        out.push_str(
-            &serde_norway::to_string(d)
-                .map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?,
-        );
-    }
-    Ok(out)
 }

@@ -343,7 +343,8 @@ fn logs_follow_shows_a_running_hook_as_it_writes() {
     let again = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
     assert!(!again.status.success());
     assert!(
-        stderr(&again).contains("an apply of cluster `c7` is in progress (1 steps running); wait for it"),
+        stderr(&again)
+            .contains("an apply of cluster `c7` is in progress (1 steps running); wait for it"),
         "{}",
         stderr(&again)
     );
