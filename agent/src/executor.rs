@@ -113,6 +113,24 @@ impl Executor {
                     "the agent stopped while this step ran; it is not declared re-runnable, so it waits for `berth retry` after a check of the host"
                 };
                 tracing::warn!(step = step.id, kind = %step.kind, rerunnable, "interrupted step found");
+                // A hook runs in its own process group and outlives a killed agent: stop it
+                // before anything else happens to this step.
+                let pg = self
+                    .journal()
+                    .join(format!("{}-{}.pgid", step.id, step.attempt));
+                if let Some(pgid) = std::fs::read_to_string(&pg)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    if nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pgid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .is_ok()
+                    {
+                        tracing::warn!(pgid, "killed the hook the previous agent left running");
+                    }
+                }
                 self.report(
                     step,
                     "interrupted",
@@ -400,7 +418,19 @@ impl Executor {
                 b.reference
             )?;
             let timeout = b.manifest.timeout(hook);
-            let res = run_command(dir, &dir.join(script.as_str()), &[], &env, log, timeout).await?;
+            let pg = self
+                .journal()
+                .join(format!("{}-{}.pgid", step.id, step.attempt));
+            let res = run_command(
+                dir,
+                &dir.join(script.as_str()),
+                &[],
+                &env,
+                log,
+                timeout,
+                &pg,
+            )
+            .await?;
             match res {
                 Ok(()) => {
                     let text = std::fs::read_to_string(&outputs).unwrap_or_default();
@@ -457,7 +487,20 @@ impl Executor {
             } else {
                 PathBuf::from(cmd)
             };
-            match run_command(&dir, &program, args, &env, log, b.manifest.timeout("cmd")).await? {
+            let pg = self
+                .journal()
+                .join(format!("{}-{}.pgid", step.id, step.attempt));
+            match run_command(
+                &dir,
+                &program,
+                args,
+                &env,
+                log,
+                b.manifest.timeout("cmd"),
+                &pg,
+            )
+            .await?
+            {
                 Ok(()) => outcome.outputs.extend(parse_outputs(
                     &std::fs::read_to_string(&outputs).unwrap_or_default(),
                 )),
@@ -478,6 +521,7 @@ async fn run_command(
     env: &BTreeMap<String, String>,
     log: &std::fs::File,
     timeout: Duration,
+    pgid_file: &Path,
 ) -> Result<std::result::Result<(), Outcome>> {
     use std::os::unix::fs::PermissionsExt;
     let direct = std::fs::metadata(program)
@@ -508,6 +552,11 @@ async fn run_command(
         .spawn()
         .with_context(|| format!("cannot start {}", program.display()))?;
     let pid = child.id();
+    if let Some(p) = pid {
+        // The group id equals the child's pid (process_group(0)); kept so a restarted agent
+        // can stop a hook orphaned by a crash.
+        let _ = std::fs::write(pgid_file, p.to_string());
+    }
     tokio::select! {
         st = child.wait() => {
             let st = st?;

@@ -439,3 +439,101 @@ fn an_agent_killed_during_a_hook_reports_interrupted_and_waits_for_retry() {
     assert_eq!(steps(&ctl.status("c9"), "m0", "install")[0]["attempt"], 1);
     assert!(!marks(&mk, "m0").contains(&"install".to_string()));
 }
+
+#[test]
+fn an_agent_killed_during_a_rerunnable_hook_runs_it_again_by_itself() {
+    let (ctl, mut agents, mk) = setup(&["m0"]);
+    let env = vec![
+        format!("HELLO_MARKS={}", mk.display()),
+        "HELLO_CHECK_SECONDS=4".to_string(),
+    ];
+    let cf = ctl.clusterfile("c11", &["m0"], &[], &["hello:v1"], &env);
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    wait_for("check running", Duration::from_secs(30), || {
+        let st = ctl.status("c11");
+        (steps(&st, "m0", "check")[0]["state"] == "running").then_some(())
+    });
+    agents[0].kill9();
+    let again = ctl.run_agent("m0");
+    let out = ctl.cli(&["status", "c11", "--watch"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        again.log_text().contains("interrupted step found")
+            && again.log_text().contains("rerunnable=true"),
+        "{}",
+        again.log_text()
+    );
+    // check (declared re-runnable) finished once, after the restart; nothing else repeated.
+    let m = marks(&mk, "m0");
+    assert_eq!(m.iter().filter(|l| *l == "check").count(), 1, "{m:?}");
+    assert_eq!(m.iter().filter(|l| *l == "install").count(), 1, "{m:?}");
+}
+
+/// Rewrites a field of the agent's stored identity (agent.json).
+fn tamper_identity(ctl: &Controller, name: &str, key: &str, value: &str) {
+    let p = ctl.agent_dir(name).join("identity/agent.json");
+    let mut v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+    v[key] = Value::String(value.into());
+    fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn plans_that_do_not_verify_are_refused_with_the_exact_reason_and_nothing_runs() {
+    let ctl = Controller::start(&[]);
+    let names = ["wronghost", "unknownkey", "badsig", "replay"];
+    let (token, hash) = ctl.create_token(names.len() as u32, "1h");
+    for n in names {
+        assert!(ctl.join(n, &token, &hash).status.success());
+    }
+    // Each agent gets a different lie about what to trust or who it is.
+    tamper_identity(&ctl, "wronghost", "name", "someone-else");
+    tamper_identity(&ctl, "unknownkey", "plan_key_id", "0000000000000000");
+    tamper_identity(&ctl, "badsig", "plan_public_key", &"ab".repeat(32));
+    fs::write(ctl.agent_dir("replay").join("plan.generation"), "1000").unwrap();
+    let agents: Vec<Proc> = names.iter().map(|n| ctl.run_agent(n)).collect();
+    ctl.push_examples();
+    let mk = ctl.dir.path().join("marks");
+    fs::create_dir_all(&mk).unwrap();
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile(
+        "c12",
+        &["wronghost"],
+        &["unknownkey", "badsig", "replay"],
+        &["hello:v1"],
+        &env,
+    );
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    let want = [
+        "plan is for host `wronghost`, not `someone-else`",
+        "plan signed with unknown key id `",
+        "plan signature does not verify",
+        "is older than the last accepted generation 1000 (replay or rollback)",
+    ];
+    for (a, w) in agents.iter().zip(want) {
+        wait_for(w, Duration::from_secs(30), || {
+            a.log_text().contains(w).then_some(())
+        });
+        assert!(a.log_text().contains("plan refused; nothing from it runs"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let st = ctl.status("c12");
+    for s in st["steps"].as_array().unwrap() {
+        assert!(
+            matches!(s["state"].as_str(), Some("released") | Some("pending")),
+            "nothing ran: {s}"
+        );
+    }
+    for n in names {
+        assert!(marks(&mk, n).is_empty(), "{n} ran a hook");
+        assert!(
+            !ctl.agent_dir(n).join("journal").exists(),
+            "{n} started a step"
+        );
+    }
+}
