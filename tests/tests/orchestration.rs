@@ -90,6 +90,12 @@ fn a_three_host_cluster_is_created_in_phase_order_with_outputs_flowing_to_joins(
     )
     .unwrap();
     assert_eq!(conf.trim(), "hello from n2 (node), master0 m0");
+    let settings = fs::read_to_string(
+        ctl.agent_dir("n1")
+            .join("clusters/c1/rootfs/etc/settings.yaml"),
+    )
+    .unwrap();
+    assert_eq!(settings, "greeting: hello\nnested:\n  a: 1\n  b: 2\n");
     // Concurrent reports from several agents never hit a busy database.
     for a in &agents {
         assert!(
@@ -536,4 +542,48 @@ fn plans_that_do_not_verify_are_refused_with_the_exact_reason_and_nothing_runs()
             "{n} started a step"
         );
     }
+}
+
+/// Seconds since midnight of a tracing log line's timestamp (`2026-11-25T12:03:59.876019Z …`).
+fn log_secs(line: &str) -> Option<f64> {
+    let t = line.get(11..26)?;
+    let h: f64 = t.get(0..2)?.parse().ok()?;
+    let m: f64 = t.get(3..5)?.parse().ok()?;
+    let s: f64 = t.get(6..)?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+#[test]
+fn a_released_step_reaches_a_waiting_long_poll_within_100_ms() {
+    let (ctl, agents, mk) = setup(&["m0"]);
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile("c13", &["m0"], &[], &["hello:v1"], &env);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ctl_log = ctl.proc.as_ref().unwrap().log_text();
+    let agent_log = agents[0].log_text();
+    let reports: Vec<f64> = ctl_log
+        .lines()
+        .filter(|l| l.contains("step report") && l.contains("state=succeeded"))
+        .filter_map(log_secs)
+        .collect();
+    let accepted: Vec<f64> = agent_log
+        .lines()
+        .filter(|l| l.contains("plan accepted"))
+        .filter_map(log_secs)
+        .collect();
+    assert!(reports.len() >= 4, "{ctl_log}");
+    // Every step but the last releases the next one: the agent, already waiting in its
+    // long-poll, must have the new plan within 100 ms of the report that released it.
+    let mut delays = Vec::new();
+    for r in &reports[..reports.len() - 1] {
+        let next = accepted
+            .iter()
+            .find(|a| *a >= r)
+            .unwrap_or_else(|| panic!("no plan after {r}:\n{agent_log}"));
+        delays.push(next - r);
+    }
+    delays.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let median = delays[delays.len() / 2];
+    assert!(median < 0.1, "median delivery {median:.3}s, all {delays:?}");
 }
