@@ -39,6 +39,10 @@ fn a_three_host_cluster_is_created_in_phase_order_with_outputs_flowing_to_joins(
         &["hello:v1", "hello-app:v1"],
         &env,
     );
+    // A Config document, merged into the bundle's YAML on every host.
+    let mut text = fs::read_to_string(&cf).unwrap();
+    text.push_str("---\napiVersion: apps.sealos.io/v1beta1\nkind: Config\nmetadata:\n  name: settings\nspec:\n  path: etc/settings.yaml\n  match: hello:v1\n  strategy: merge\n  data: |\n    nested:\n      b: 2\n");
+    fs::write(&cf, text).unwrap();
     let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert!(
@@ -95,7 +99,13 @@ fn a_three_host_cluster_is_created_in_phase_order_with_outputs_flowing_to_joins(
             .join("clusters/c1/rootfs/etc/settings.yaml"),
     )
     .unwrap();
-    assert_eq!(settings, "greeting: hello\nnested:\n  a: 1\n  b: 2\n");
+    assert_eq!(
+        settings,
+        "greeting: hello\nnested:\n  a: 1\n  b: 2\n",
+        "{:?} {}",
+        ctl.cli(&["logs", "c1", "--host", "n1", "--step", "distribute"]),
+        fs::read_to_string(&cf).unwrap()
+    );
     // Concurrent reports from several agents never hit a busy database.
     for a in &agents {
         assert!(
