@@ -9,6 +9,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// The directory holding the built `berth` and `berth-agent` (built once per test run).
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -165,6 +167,10 @@ pub struct Controller {
     pub port: u16,
     pub extra_args: Vec<String>,
     pub proc: Option<Proc>,
+    /// Network namespace the controller (and its CLI) run in; None = this namespace.
+    pub netns: Option<String>,
+    /// Address it listens on and advertises.
+    pub ip: String,
 }
 
 impl Controller {
@@ -178,21 +184,54 @@ impl Controller {
             port: free_port(),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             proc: None,
+            netns: None,
+            ip: "127.0.0.1".into(),
+        };
+        c.spawn().expect("controller starts");
+        c
+    }
+
+    /// Starts a controller inside network namespace `netns`, listening on `ip`.
+    pub fn start_in(netns: &str, ip: &str, extra: &[&str]) -> Controller {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let data_dir = dir.path().join("controller");
+        let mut c = Controller {
+            dir,
+            data_dir,
+            port: 7443,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            proc: None,
+            netns: Some(netns.to_string()),
+            ip: ip.to_string(),
         };
         c.spawn().expect("controller starts");
         c
     }
 
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.ip, self.port)
+    }
+
+    /// A command for `program`, run inside the controller's namespace when it has one.
+    pub fn in_ns(&self, program: &Path) -> Command {
+        match &self.netns {
+            None => Command::new(program),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+        }
     }
 
     fn command(&self) -> Command {
-        let mut cmd = Command::new(berth_bin());
+        let mut cmd = self.in_ns(&berth_bin());
         cmd.arg("--data-dir").arg(&self.data_dir).args([
             "serve",
             "--listen",
-            &format!("127.0.0.1:{}", self.port),
+            &format!("{}:{}", self.ip, self.port),
+            "--advertise-url",
+            &self.url(),
         ]);
         if !self.extra_args.iter().any(|a| a == "--poll-hold") {
             cmd.args(["--poll-hold", "2s"]);
@@ -212,12 +251,10 @@ impl Controller {
                 self.proc = Some(p);
                 bail!("controller exited ({st}) during start:\n{text}");
             }
-            if self.data_dir.join("pki/ca.crt").exists() {
-                if let Ok(c) = self.api_client() {
-                    if c.get(format!("{}/v1/healthz", self.url())).send().is_ok() {
-                        break;
-                    }
-                }
+            if self.data_dir.join("pki/ca.crt").exists()
+                && self.cli(&["get", "hosts"]).status.success()
+            {
+                break;
             }
             if start.elapsed() > Duration::from_secs(30) {
                 bail!("controller did not answer within 30 s:\n{}", p.log_text());
@@ -267,7 +304,7 @@ impl Controller {
 
     /// Runs `berth --data-dir <controller data> ARGS`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(berth_bin())
+        self.in_ns(&berth_bin())
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
