@@ -32,27 +32,31 @@ pub fn available() -> bool {
 pub struct Fleet {
     prefix: String,
     pub subnet: String,
+    /// The private subnet behind the NAT router, once `nat_router` made one.
+    pub private: Option<String>,
     namespaces: Vec<String>,
     next: u32,
+    /// veth pairs made by `wire`.
+    next_private: u32,
 }
 
 impl Fleet {
     /// A new flat network `10.<a>.<b>.0/24` with a bridge in its own namespace.
     pub fn new() -> Fleet {
-        let pid = std::process::id();
-        let nonce = pid % 50_000
-            + (std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_micros())
-                .unwrap_or(0)
-                % 7);
+        // Unique per process (pid) and per fleet within it (counter), so parallel tests and
+        // parallel runs never share a name or subnet.
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 10;
+        let nonce = (std::process::id() % 5000) * 10 + k;
         let prefix = format!("bt{:x}", nonce);
         let subnet = format!("10.{}.{}", 100 + (nonce / 256) % 100, nonce % 256);
         let mut f = Fleet {
             prefix,
             subnet,
+            private: None,
             namespaces: Vec::new(),
             next: 2,
+            next_private: 0,
         };
         let sw = f.ns("sw");
         let _ = Command::new("ip")
@@ -96,6 +100,120 @@ impl Fleet {
         ]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         (ns, addr)
+    }
+
+    /// A veth pair between namespace `ns` (as `ifname`) and bridge `br` in namespace `brns`.
+    fn wire(&mut self, ns: &str, ifname: &str, brns: &str, br: &str) {
+        self.next_private += 1;
+        let n = self.next_private;
+        let a = format!("{}w{n}a", self.prefix);
+        let b = format!("{}w{n}b", self.prefix);
+        ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
+        ip(&["link", "set", &a, "netns", ns]);
+        ip(&["link", "set", &b, "netns", brns]);
+        ip(&["-n", brns, "link", "set", &b, "master", br, "up"]);
+        ip(&["-n", ns, "link", "set", &a, "name", ifname]);
+        ip(&["-n", ns, "link", "set", ifname, "up"]);
+    }
+
+    /// A router namespace on the flat network that masquerades a private subnet behind it
+    /// (hosts added with `nat_host`). Returns the router's flat address.
+    pub fn nat_router(&mut self) -> String {
+        let nonce = self.subnet.rsplit('.').next().unwrap_or("1").to_string();
+        let private = format!("192.168.{nonce}");
+        let _ = Command::new("ip")
+            .args(["route", "add", "unreachable", &format!("{private}.0/24")])
+            .status();
+        let (rt, addr) = self.host("rt");
+        let psw = self.ns("psw");
+        ip(&["-n", &psw, "link", "add", "br1", "type", "bridge"]);
+        ip(&["-n", &psw, "link", "set", "br1", "up"]);
+        self.wire(&rt, "eth1", &psw, "br1");
+        ip(&[
+            "-n",
+            &rt,
+            "addr",
+            "add",
+            &format!("{private}.1/24"),
+            "dev",
+            "eth1",
+        ]);
+        let run = |args: &[&str]| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &rt])
+                .args(args)
+                .output()
+                .expect("netns exec");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        run(&[
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &format!("{private}.0/24"),
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ]);
+        self.private = Some(private);
+        addr
+    }
+
+    /// A host behind the NAT router: it can reach the flat network, nothing there can reach it.
+    pub fn nat_host(&mut self, name: &str) -> (String, String) {
+        let private = self.private.clone().expect("call nat_router first");
+        let ns = self.ns(name);
+        self.next += 1;
+        let psw = format!("{}-psw", self.prefix);
+        self.wire(&ns, "eth0", &psw, "br1");
+        let addr = format!("{private}.{}", 10 + self.next);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("{private}.1"),
+        ]);
+        (ns, addr)
+    }
+
+    /// Whether a TCP connection from `ns` to `addr:port` succeeds within 3 s.
+    pub fn can_connect(ns: &str, addr: &str, port: u16) -> bool {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "timeout",
+                "3",
+                "bash",
+                "-c",
+                &format!("exec 3<>/dev/tcp/{addr}/{port}"),
+            ])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 
     /// `berth-agent ARGS` inside `ns` with its own hostname.

@@ -265,3 +265,118 @@ fn etcd_cluster_in_namespaces_create_scale_delete_reset() {
         serde_json::from_slice(&ctl.cli(&["get", "clusters", "-o", "json"]).stdout).unwrap();
     assert_eq!(list, serde_json::json!([]));
 }
+
+#[test]
+fn hosts_behind_nat_join_a_cluster_the_controller_cannot_reach_back() {
+    if !enabled() {
+        return;
+    }
+    let assemble = Command::new(repo_root().join("examples/etcd/assemble.sh"))
+        .status()
+        .unwrap();
+    assert!(assemble.success(), "examples/etcd/assemble.sh failed");
+    let mut fleet = Fleet::new();
+    let (cns, cip) = fleet.host("ctl");
+    let ctl = Controller::start_in(&cns, &cip, &[]);
+    fleet.nat_router();
+    let (token, hash) = ctl.create_token(3, "1h");
+    let mut hosts = Vec::new();
+    for (name, natted) in [("m1", false), ("n1", true), ("n2", true)] {
+        let (ns, addr) = if natted {
+            fleet.nat_host(name)
+        } else {
+            fleet.host(name)
+        };
+        let data = ctl.agent_dir(name);
+        let out = Fleet::agent_command(
+            &ns,
+            name,
+            &agent_bin(),
+            &[
+                "join",
+                "--controller",
+                &ctl.url(),
+                "--token",
+                &token,
+                "--ca-hash",
+                &hash,
+                "--name",
+                name,
+            ],
+            &data,
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "join {name}: {}", stderr(&out));
+        let agent = Proc::spawn(
+            &format!("agent {name}"),
+            Fleet::agent_command(
+                &ns,
+                name,
+                &agent_bin(),
+                &["run", "--poll-wait", "2s", "--backoff-max", "2s"],
+                &data,
+            ),
+            ctl.dir.path().join(format!("agent-{name}.log")),
+        );
+        hosts.push(Host {
+            name: name.to_string(),
+            ns,
+            addr,
+            _agent: agent,
+        });
+    }
+    // The controller has no route back to the NAT'd hosts; they dial out fine.
+    for h in &hosts[1..] {
+        assert!(
+            !Fleet::can_connect(&cns, &h.addr, 22),
+            "controller reached {} at {}",
+            h.name,
+            h.addr
+        );
+        assert!(
+            Fleet::can_connect(&h.ns, &cip, 7443),
+            "{} cannot reach the controller",
+            h.name
+        );
+    }
+    let etcd = repo_root().join("examples/etcd");
+    assert!(ctl
+        .cli(&[
+            "bundle",
+            "push",
+            etcd.to_str().unwrap(),
+            "--tag",
+            "etcd:v3.4.23"
+        ])
+        .status
+        .success());
+    let cf = ctl.clusterfile(
+        "natted",
+        &[&hosts[0].addr],
+        &["n1", "n2"],
+        &["etcd:v3.4.23"],
+        &[],
+    );
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    // The nodes' join-node ran a real etcd client against master0 and registered.
+    let got = etcdctl(
+        &hosts[0],
+        &[
+            "--endpoints",
+            &format!("http://{}:2379", hosts[0].addr),
+            "get",
+            "nodes/",
+            "--prefix",
+            "--keys-only",
+        ],
+    );
+    let keys = stdout(&got);
+    assert!(
+        keys.contains("nodes/n1") && keys.contains("nodes/n2"),
+        "{keys}"
+    );
+    let out = ctl.cli(&["reset", "natted", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
