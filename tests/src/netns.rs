@@ -198,6 +198,75 @@ impl Fleet {
         (ns, addr)
     }
 
+    /// Cuts a host off: every packet in or out of its eth0 is dropped (a partition).
+    pub fn cut(ns: &str) {
+        for args in [["-A", "INPUT", "-i"], ["-A", "OUTPUT", "-o"]] {
+            let out = Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "iptables", args[0], args[1], args[2], "eth0", "-j",
+                    "DROP",
+                ])
+                .output()
+                .expect("iptables");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    /// Resets every TCP connection the host makes (connections break at once).
+    pub fn reset_tcp(ns: &str) {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "iptables",
+                "-A",
+                "OUTPUT",
+                "-o",
+                "eth0",
+                "-p",
+                "tcp",
+                "-j",
+                "REJECT",
+                "--reject-with",
+                "tcp-reset",
+            ])
+            .output()
+            .expect("iptables");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Undoes `cut` and `reset_tcp`.
+    pub fn heal(ns: &str) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", ns, "iptables", "-F"])
+            .status();
+    }
+
+    /// Limits the namespace's outgoing rate on eth0 (to make downloads from it take time).
+    pub fn throttle(ns: &str, rate: &str) {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", ns, "tc", "qdisc", "add", "dev", "eth0", "root", "tbf", "rate",
+                rate, "burst", "64kb", "latency", "400ms",
+            ])
+            .output()
+            .expect("tc");
+        assert!(
+            out.status.success(),
+            "tc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Whether a TCP connection from `ns` to `addr:port` succeeds within 3 s.
     pub fn can_connect(ns: &str, addr: &str, port: u16) -> bool {
         Command::new("ip")

@@ -380,3 +380,241 @@ fn hosts_behind_nat_join_a_cluster_the_controller_cannot_reach_back() {
     let out = ctl.cli(&["reset", "natted", "--wait"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A flat fleet: controller plus the named hosts with running agents.
+fn flat_fleet(names: &[&str]) -> (Fleet, Controller, Vec<Host>, String) {
+    let mut fleet = Fleet::new();
+    let (cns, cip) = fleet.host("ctl");
+    let ctl = Controller::start_in(&cns, &cip, &[]);
+    let (token, hash) = ctl.create_token(names.len() as u32, "1h");
+    let mut hosts = Vec::new();
+    for name in names {
+        let (ns, addr) = fleet.host(name);
+        let data = ctl.agent_dir(name);
+        let out = Fleet::agent_command(
+            &ns,
+            name,
+            &agent_bin(),
+            &[
+                "join",
+                "--controller",
+                &ctl.url(),
+                "--token",
+                &token,
+                "--ca-hash",
+                &hash,
+                "--name",
+                name,
+            ],
+            &data,
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "join {name}: {}", stderr(&out));
+        let agent = Proc::spawn(
+            &format!("agent {name}"),
+            Fleet::agent_command(
+                &ns,
+                name,
+                &agent_bin(),
+                &["run", "--poll-wait", "2s", "--backoff-max", "2s"],
+                &data,
+            ),
+            ctl.dir.path().join(format!("agent-{name}.log")),
+        );
+        hosts.push(Host {
+            name: name.to_string(),
+            ns,
+            addr,
+            _agent: agent,
+        });
+    }
+    (fleet, ctl, hosts, cns)
+}
+
+fn step<'a>(st: &'a Value, host: &str, kind: &str) -> &'a Value {
+    st["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["host"] == host && s["kind"] == kind)
+        .unwrap()
+}
+
+#[test]
+fn a_host_cut_off_mid_install_catches_up_and_no_report_is_lost() {
+    if !enabled() {
+        return;
+    }
+    let (_fleet, ctl, hosts, _) = flat_fleet(&["p1", "p2", "p3"]);
+    ctl.push_examples();
+    let mk = ctl.dir.path().join("marks");
+    std::fs::create_dir_all(&mk).unwrap();
+    let env = vec![
+        format!("HELLO_MARKS={}", mk.display()),
+        "HELLO_INSTALL_SECONDS=10".to_string(),
+    ];
+    let cf = ctl.clusterfile("part", &["p1"], &["p2", "p3"], &["hello:v1"], &env);
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    wait_for("p2 installing", std::time::Duration::from_secs(60), || {
+        (step(&ctl.status("part"), "p2", "install")["state"] == "running").then_some(())
+    });
+    Fleet::cut(&hosts[1].ns);
+    std::thread::sleep(std::time::Duration::from_secs(30));
+    Fleet::heal(&hosts[1].ns);
+    let out = ctl.cli(&["status", "part", "--watch"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let log = stdout(&ctl.cli(&["logs", "part", "--host", "p2", "--step", "install"]));
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("installing... "))
+        .collect();
+    let want: Vec<String> = (0..10).map(|i| format!("installing... {i}")).collect();
+    assert_eq!(
+        lines, want,
+        "the step log on the controller is complete and in order:\n{log}"
+    );
+    let st = ctl.status("part");
+    for s in st["steps"].as_array().unwrap() {
+        assert_eq!(
+            (s["state"].as_str(), s["attempt"].as_u64()),
+            (Some("succeeded"), Some(1)),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn a_controller_killed_during_join_restarts_and_no_step_runs_twice() {
+    if !enabled() {
+        return;
+    }
+    let assemble = Command::new(repo_root().join("examples/etcd/assemble.sh"))
+        .status()
+        .unwrap();
+    assert!(assemble.success());
+    let (_fleet, mut ctl, hosts, _) = flat_fleet(&["k1", "k2", "k3"]);
+    let etcd = repo_root().join("examples/etcd");
+    assert!(ctl
+        .cli(&[
+            "bundle",
+            "push",
+            etcd.to_str().unwrap(),
+            "--tag",
+            "etcd:v3.4.23"
+        ])
+        .status
+        .success());
+    let a: Vec<&str> = hosts.iter().map(|h| h.addr.as_str()).collect();
+    let cf = ctl.clusterfile("crash", &a, &[], &["etcd:v3.4.23"], &[]);
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    wait_for(
+        "a join running",
+        std::time::Duration::from_secs(120),
+        || {
+            let st = ctl.status("crash");
+            st["steps"]
+                .as_array()?
+                .iter()
+                .any(|s| s["kind"] == "join-master" && s["state"] == "running")
+                .then_some(())
+        },
+    );
+    ctl.proc.as_mut().unwrap().kill9();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    ctl.spawn().unwrap();
+    let out = ctl.cli(&["status", "crash", "--watch"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let st = ctl.status("crash");
+    for s in st["steps"].as_array().unwrap() {
+        assert_eq!(
+            (s["state"].as_str(), s["attempt"].as_u64()),
+            (Some("succeeded"), Some(1)),
+            "{s}"
+        );
+    }
+    let members = etcdctl(
+        &hosts[0],
+        &[
+            "--endpoints",
+            &format!("http://{}:2379", hosts[0].addr),
+            "member",
+            "list",
+        ],
+    );
+    assert_eq!(stdout(&members).lines().count(), 3, "{}", stdout(&members));
+    assert!(ctl.cli(&["reset", "crash", "--wait"]).status.success());
+}
+
+#[test]
+fn a_bundle_download_cut_mid_way_resumes_and_is_verified() {
+    if !enabled() {
+        return;
+    }
+    let (_fleet, ctl, hosts, cns) = flat_fleet(&["d1"]);
+    // A bundle big enough to cut mid-way: hello plus 24 MB of incompressible data.
+    let src = ctl.dir.path().join("big");
+    let copy = Command::new("cp")
+        .arg("-r")
+        .arg(repo_root().join("examples/hello"))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(copy.success());
+    write_bundle(&ctl.dir.path().join("payload-src"), "x", "v1", 24 << 20);
+    std::fs::rename(
+        ctl.dir.path().join("payload-src/bin/payload"),
+        src.join("payload.bin"),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(src.join("bundle.yaml"))
+        .unwrap()
+        .replace("name: hello", "name: big");
+    std::fs::write(src.join("bundle.yaml"), text).unwrap();
+    assert!(ctl
+        .cli(&["bundle", "push", src.to_str().unwrap(), "--tag", "big:v1"])
+        .status
+        .success());
+    // Slow the controller's side so the 24 MB download takes seconds.
+    Fleet::throttle(&cns, "40mbit");
+    let cf = ctl.clusterfile("dl", &["d1"], &[], &["big:v1"], &[]);
+    assert!(ctl
+        .cli(&["apply", "-f", cf.to_str().unwrap()])
+        .status
+        .success());
+    let agent_log = ctl.dir.path().join("agent-d1.log");
+    wait_for(
+        "download started",
+        std::time::Duration::from_secs(60),
+        || (step(&ctl.status("dl"), "d1", "check")["state"] == "running").then_some(()),
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    Fleet::reset_tcp(&hosts[0].ns);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    Fleet::heal(&hosts[0].ns);
+    let out = ctl.cli(&["status", "dl", "--watch"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let log = std::fs::read_to_string(&agent_log).unwrap();
+    let resumed = log
+        .lines()
+        .find(|l| l.contains("resuming download from the bytes already fetched"))
+        .unwrap_or_else(|| panic!("no resume:\n{log}"));
+    let offset: u64 = resumed
+        .split("offset=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(offset > 1_000_000, "resumed from {offset}");
+    assert!(log.contains("blob fetched and verified"), "{log}");
+    assert!(ctl.cli(&["reset", "dl", "--wait"]).status.success());
+}
