@@ -152,16 +152,4 @@ pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
 }
 
 /// All causes of an error on one line.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub use berth_shared::error_chain as chain;

@@ -190,17 +190,4 @@ pub fn tls_client_config(ca_pem: &[u8], ca_path: &Path) -> Result<rustls::Client
     .with_no_client_auth())
 }
 
-/// All causes of an error on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub use berth_shared::error_chain;

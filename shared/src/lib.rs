@@ -21,3 +21,19 @@ pub use token::BootstrapToken;
 
 /// The version of berth both binaries were built from; agents report it as a fact.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// All causes of an error on one line: `what failed: why: root cause`, skipping causes
+/// whose text is already included.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}

@@ -23,6 +23,42 @@ fn enabled() -> bool {
     true
 }
 
+/// Enrolls an agent named `name` from inside namespace `ns` and starts it there.
+fn enroll(ctl: &Controller, ns: &str, name: &str, token: &str, hash: &str) -> Proc {
+    let data = ctl.agent_dir(name);
+    let out = Fleet::agent_command(
+        ns,
+        name,
+        &agent_bin(),
+        &[
+            "join",
+            "--controller",
+            &ctl.url(),
+            "--token",
+            token,
+            "--ca-hash",
+            hash,
+            "--name",
+            name,
+        ],
+        &data,
+    )
+    .output()
+    .unwrap();
+    assert!(out.status.success(), "join {name}: {}", stderr(&out));
+    Proc::spawn(
+        &format!("agent {name}"),
+        Fleet::agent_command(
+            ns,
+            name,
+            &agent_bin(),
+            &["run", "--poll-wait", "2s", "--backoff-max", "2s"],
+            &data,
+        ),
+        ctl.dir.path().join(format!("agent-{name}.log")),
+    )
+}
+
 struct Host {
     name: String,
     ns: String,
@@ -82,38 +118,7 @@ fn etcd_cluster_in_namespaces_create_scale_delete_reset() {
     for i in 1..=5 {
         let name = format!("e{i}");
         let (ns, addr) = fleet.host(&name);
-        let data = ctl.agent_dir(&name);
-        let out = Fleet::agent_command(
-            &ns,
-            &name,
-            &agent_bin(),
-            &[
-                "join",
-                "--controller",
-                &ctl.url(),
-                "--token",
-                &token,
-                "--ca-hash",
-                &hash,
-                "--name",
-                &name,
-            ],
-            &data,
-        )
-        .output()
-        .unwrap();
-        assert!(out.status.success(), "join {name}: {}", stderr(&out));
-        let agent = Proc::spawn(
-            &format!("agent {name}"),
-            Fleet::agent_command(
-                &ns,
-                &name,
-                &agent_bin(),
-                &["run", "--poll-wait", "2s", "--backoff-max", "2s"],
-                &data,
-            ),
-            ctl.dir.path().join(format!("agent-{name}.log")),
-        );
+        let agent = enroll(&ctl, &ns, &name, &token, &hash);
         hosts.push(Host {
             name,
             ns,
@@ -287,38 +292,7 @@ fn hosts_behind_nat_join_a_cluster_the_controller_cannot_reach_back() {
         } else {
             fleet.host(name)
         };
-        let data = ctl.agent_dir(name);
-        let out = Fleet::agent_command(
-            &ns,
-            name,
-            &agent_bin(),
-            &[
-                "join",
-                "--controller",
-                &ctl.url(),
-                "--token",
-                &token,
-                "--ca-hash",
-                &hash,
-                "--name",
-                name,
-            ],
-            &data,
-        )
-        .output()
-        .unwrap();
-        assert!(out.status.success(), "join {name}: {}", stderr(&out));
-        let agent = Proc::spawn(
-            &format!("agent {name}"),
-            Fleet::agent_command(
-                &ns,
-                name,
-                &agent_bin(),
-                &["run", "--poll-wait", "2s", "--backoff-max", "2s"],
-                &data,
-            ),
-            ctl.dir.path().join(format!("agent-{name}.log")),
-        );
+        let agent = enroll(&ctl, &ns, name, &token, &hash);
         hosts.push(Host {
             name: name.to_string(),
             ns,
@@ -390,38 +364,7 @@ fn flat_fleet(names: &[&str]) -> (Fleet, Controller, Vec<Host>, String) {
     let mut hosts = Vec::new();
     for name in names {
         let (ns, addr) = fleet.host(name);
-        let data = ctl.agent_dir(name);
-        let out = Fleet::agent_command(
-            &ns,
-            name,
-            &agent_bin(),
-            &[
-                "join",
-                "--controller",
-                &ctl.url(),
-                "--token",
-                &token,
-                "--ca-hash",
-                &hash,
-                "--name",
-                name,
-            ],
-            &data,
-        )
-        .output()
-        .unwrap();
-        assert!(out.status.success(), "join {name}: {}", stderr(&out));
-        let agent = Proc::spawn(
-            &format!("agent {name}"),
-            Fleet::agent_command(
-                &ns,
-                name,
-                &agent_bin(),
-                &["run", "--poll-wait", "2s", "--backoff-max", "2s"],
-                &data,
-            ),
-            ctl.dir.path().join(format!("agent-{name}.log")),
-        );
+        let agent = enroll(&ctl, &ns, name, &token, &hash);
         hosts.push(Host {
             name: name.to_string(),
             ns,
