@@ -231,6 +231,11 @@ impl Executor {
             outcome.outputs,
         )?;
         tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, state = outcome.state, "step finished");
+        if step.kind == "leave" || step.kind == "clean" {
+            // The log is shipped and the report spooled: nothing of the cluster stays here.
+            std::fs::remove_dir_all(&cdir)
+                .with_context(|| format!("cannot remove {}", cdir.display()))?;
+        }
         Ok(())
     }
 
@@ -267,7 +272,7 @@ impl Executor {
                     .run_hooks(plan, step, &rootfs, &step.kind, log, true)
                     .await?;
                 writeln!(&*log, "berth-agent: removing {}", cdir.display())?;
-                // Keep the step log readable until the end: remove everything else.
+                // Everything but the step log now; the log goes once it has been shipped.
                 for e in std::fs::read_dir(cdir)? {
                     let p = e?.path();
                     if p.file_name().is_some_and(|n| n == "logs") {

@@ -259,17 +259,27 @@ impl Drop for TempDir {
 /// Pushes a local bundle directory or file, tagged `name:version` from its manifest;
 /// returns that tag.
 pub async fn push_local(client: &Client, path: &Path) -> Result<String> {
-    let (file, _tmp) = if path.is_dir() {
+    let (file, manifest, _tmp) = if path.is_dir() {
         let tmp = tempdir_for_build()?;
         let out = tmp.join("bundle.tar.zst");
-        build(path, Some(out.clone())).await?;
-        (out, Some(TempDir(tmp)))
+        let (packed, _) = build(path, Some(out.clone())).await?;
+        (out, packed.manifest, Some(TempDir(tmp)))
     } else {
-        (path.to_path_buf(), None)
+        // Read the manifest locally (one streaming pass) so the upload happens once, tagged.
+        let p = path.to_path_buf();
+        let manifest = tokio::task::spawn_blocking(move || -> Result<_> {
+            let f =
+                std::fs::File::open(&p).with_context(|| format!("cannot open {}", p.display()))?;
+            let scanned =
+                berth_bundle::scan(std::io::BufReader::new(f), &berth_bundle::Limits::default())
+                    .with_context(|| format!("{} is not a valid bundle", p.display()))?;
+            Ok(scanned.manifest)
+        })
+        .await??;
+        (path.to_path_buf(), manifest, None)
     };
-    let resp = upload(client, &file, None, true).await?;
-    let tag = format!("{}:{}", resp.manifest.name, resp.manifest.version);
-    let resp = upload(client, &file, Some(&tag), false).await?;
+    let tag = format!("{}:{}", manifest.name, manifest.version);
+    let resp = upload(client, &file, Some(&tag), true).await?;
     eprintln!("pushed {} as {tag}", resp.digest);
     Ok(tag)
 }
