@@ -248,7 +248,7 @@ fn etcd_cluster_in_namespaces_create_scale_delete_reset() {
     let members = etcdctl(&hosts[0], &["--endpoints", &endpoints(1), "member", "list"]);
     assert_eq!(stdout(&members).lines().count(), 4, "{}", stdout(&members));
     assert!(etcd_pids(&hosts[4].ns).is_empty(), "etcd still runs on e5");
-    assert!(!ctl.agent_dir("e5").join("clusters/etcd/rootfs").exists());
+    assert!(!ctl.agent_dir("e5").join("clusters/etcd").exists());
 
     // 7. Reset: no etcd anywhere, no cluster files, no cluster.
     let out = ctl.cli(&["reset", "etcd", "--wait"]);
@@ -256,13 +256,8 @@ fn etcd_cluster_in_namespaces_create_scale_delete_reset() {
     for h in &hosts {
         assert!(etcd_pids(&h.ns).is_empty(), "etcd still runs on {}", h.name);
         assert!(
-            !ctl.agent_dir(&h.name).join("clusters/etcd/rootfs").exists(),
-            "{}",
-            h.name
-        );
-        assert!(
-            !ctl.agent_dir(&h.name).join("clusters/etcd/etcd").exists(),
-            "{}",
+            !ctl.agent_dir(&h.name).join("clusters/etcd").exists(),
+            "{}: cluster dir left",
             h.name
         );
     }
