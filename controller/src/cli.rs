@@ -60,6 +60,9 @@ pub enum Command {
     /// Bootstrap tokens that let agents enroll
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Bearer tokens for people and scripts using the API
+    #[command(subcommand, name = "api-token")]
+    ApiToken(ApiTokenCmd),
     /// List resources
     #[command(subcommand)]
     Get(GetCmd),
@@ -227,6 +230,21 @@ pub struct HostEditArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ApiTokenCmd {
+    /// Create a token with a role (admin token needed); prints it once
+    Create {
+        /// Who or what uses it
+        #[arg(long)]
+        name: String,
+        /// admin, operator (mutations) or viewer (read only)
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
+        output: TextOrJson,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokenCmd {
     /// Create a bootstrap token and print the `berth-agent join` line for it
     Create {
@@ -337,6 +355,20 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bundle(cmd) => crate::bundle_cmd::run(cmd, &target).await,
+        Command::ApiToken(ApiTokenCmd::Create { name, role, output }) => {
+            let c = Client::connect(&target)?;
+            let r: berth_shared::api::CreateApiTokenResponse = c
+                .post(
+                    "/v1/api-tokens",
+                    &berth_shared::api::CreateApiTokenRequest { name, role },
+                )
+                .await?;
+            match output {
+                TextOrJson::Text => println!("{}", r.token),
+                TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+            }
+            Ok(())
+        }
         Command::Apply { file, wait, output } => {
             crate::cluster_cmd::apply(&target, &file, wait, output).await
         }

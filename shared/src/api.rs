@@ -251,3 +251,21 @@ pub struct StepView {
     pub elapsed_secs: Option<i64>,
     pub log_tail: Option<String>,
 }
+
+/// `POST /v1/api-tokens` (admin): a bearer token for a person or a script.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiTokenRequest {
+    pub name: String,
+    /// admin | operator | viewer
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateApiTokenResponse {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    /// Shown once; the controller keeps only its sha256.
+    pub token: String,
+}

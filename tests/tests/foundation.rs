@@ -531,3 +531,54 @@ fn an_overloaded_controller_answers_503_with_retry_after_and_agents_back_off() {
     });
     drop(a1);
 }
+
+#[test]
+fn api_token_roles_limit_what_a_caller_may_do() {
+    let ctl = Controller::start(&[]);
+    let viewer = stdout(&ctl.cli(&[
+        "api-token",
+        "create",
+        "--name",
+        "dashboard",
+        "--role",
+        "viewer",
+    ]))
+    .trim()
+    .to_string();
+    assert!(viewer.starts_with("berth_viewer_"), "{viewer}");
+    let as_viewer = |args: &[&str]| {
+        let mut a = vec!["--token", viewer.as_str()];
+        a.extend_from_slice(args);
+        ctl.cli(&a)
+    };
+    assert!(
+        as_viewer(&["get", "hosts"]).status.success(),
+        "viewers read"
+    );
+    let out = as_viewer(&["token", "create"]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: token `dashboard` has role viewer; this needs operator or higher (forbidden)"
+    );
+    let out = as_viewer(&["api-token", "create", "--name", "x", "--role", "admin"]);
+    assert!(
+        stderr(&out).contains("this needs admin or higher (forbidden)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ctl.cli(&["api-token", "create", "--name", "ci", "--role", "root"]);
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: role `root` is not one of admin, operator, viewer (bad_request)"
+    );
+    let op = stdout(&ctl.cli(&["api-token", "create", "--name", "ci", "--role", "operator"]))
+        .trim()
+        .to_string();
+    let out = ctl.cli(&["--token", &op, "token", "create"]);
+    assert!(
+        out.status.success(),
+        "operators create bootstrap tokens: {}",
+        stderr(&out)
+    );
+}

@@ -128,3 +128,41 @@ pub async fn delete_host(
         Err(ApiError::not_found(format!("no host named `{name}`")))
     }
 }
+
+/// `POST /v1/api-tokens` (admin): a new bearer token with a role.
+pub async fn create_api_token(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiJson(req): ApiJson<berth_shared::api::CreateApiTokenRequest>,
+) -> Result<
+    (
+        StatusCode,
+        ApiJson<berth_shared::api::CreateApiTokenResponse>,
+    ),
+    ApiError,
+> {
+    caller.require(Role::Admin)?;
+    let role = Role::parse(&req.role).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "role `{}` is not one of admin, operator, viewer",
+            req.role
+        ))
+    })?;
+    if req.name.is_empty() || req.name.len() > 64 {
+        return Err(ApiError::bad_request("name must be 1 to 64 characters"));
+    }
+    let id = random_token(8);
+    let token = format!("berth_{}_{}", role.as_str(), random_token(32));
+    st.store
+        .create_api_token(&id, &req.name, role, &hash_secret(&token), &caller.actor())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(berth_shared::api::CreateApiTokenResponse {
+            id,
+            name: req.name,
+            role: role.as_str().into(),
+            token,
+        }),
+    ))
+}

@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/clusters/{name}/hosts", post(clusters::edit_hosts))
         .route("/v1/clusters/{name}/logs", get(clusters::logs))
         .route("/v1/tokens", post(admin::create_token))
+        .route("/v1/api-tokens", post(admin::create_api_token))
         .route("/v1/hosts", get(admin::list_hosts))
         .route("/v1/hosts/{name}", delete(admin::delete_host))
         .route("/v1/hosts/{name}/revoke", post(admin::revoke_host))

@@ -26,7 +26,7 @@ impl Role {
             Role::Viewer => "viewer",
         }
     }
-    fn parse(s: &str) -> Option<Role> {
+    pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),
             "operator" => Some(Role::Operator),
@@ -138,6 +138,36 @@ impl Store {
         .bind(now_unix())
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    /// Records a new API token (by hash).
+    pub async fn create_api_token(
+        &self,
+        id: &str,
+        name: &str,
+        role: Role,
+        secret_hash: &str,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(id)
+            .bind(name)
+            .bind(role.as_str())
+            .bind(secret_hash)
+            .bind(now_unix())
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            actor,
+            "api-token.create",
+            id,
+            Some(&format!("{name} {}", role.as_str())),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
