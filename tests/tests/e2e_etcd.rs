@@ -59,6 +59,14 @@ fn enroll(ctl: &Controller, ns: &str, name: &str, token: &str, hash: &str) -> Pr
     )
 }
 
+/// Puts Debian's etcd binaries into the example bundle (once).
+fn assemble_etcd() {
+    let st = Command::new(repo_root().join("examples/etcd/assemble.sh"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "examples/etcd/assemble.sh failed");
+}
+
 struct Host {
     name: String,
     ns: String,
@@ -105,27 +113,9 @@ fn etcd_cluster_in_namespaces_create_scale_delete_reset() {
     if !enabled() {
         return;
     }
-    let assemble = Command::new(repo_root().join("examples/etcd/assemble.sh"))
-        .status()
-        .unwrap();
-    assert!(assemble.success(), "examples/etcd/assemble.sh failed");
+    assemble_etcd();
 
-    let mut fleet = Fleet::new();
-    let (cns, cip) = fleet.host("ctl");
-    let ctl = Controller::start_in(&cns, &cip, &[]);
-    let (token, hash) = ctl.create_token(5, "1h");
-    let mut hosts = Vec::new();
-    for i in 1..=5 {
-        let name = format!("e{i}");
-        let (ns, addr) = fleet.host(&name);
-        let agent = enroll(&ctl, &ns, &name, &token, &hash);
-        hosts.push(Host {
-            name,
-            ns,
-            addr,
-            _agent: agent,
-        });
-    }
+    let (_fleet, ctl, hosts, _) = flat_fleet(&["e1", "e2", "e3", "e4", "e5"]);
     wait_for("5 hosts ready", std::time::Duration::from_secs(60), || {
         let v: Value =
             serde_json::from_slice(&ctl.cli(&["get", "hosts", "-o", "json"]).stdout).ok()?;
@@ -271,10 +261,7 @@ fn hosts_behind_nat_join_a_cluster_the_controller_cannot_reach_back() {
     if !enabled() {
         return;
     }
-    let assemble = Command::new(repo_root().join("examples/etcd/assemble.sh"))
-        .status()
-        .unwrap();
-    assert!(assemble.success(), "examples/etcd/assemble.sh failed");
+    assemble_etcd();
     let mut fleet = Fleet::new();
     let (cns, cip) = fleet.host("ctl");
     let ctl = Controller::start_in(&cns, &cip, &[]);
@@ -430,10 +417,7 @@ fn a_controller_killed_during_join_restarts_and_no_step_runs_twice() {
     if !enabled() {
         return;
     }
-    let assemble = Command::new(repo_root().join("examples/etcd/assemble.sh"))
-        .status()
-        .unwrap();
-    assert!(assemble.success());
+    assemble_etcd();
     let (_fleet, mut ctl, hosts, _) = flat_fleet(&["k1", "k2", "k3"]);
     let etcd = repo_root().join("examples/etcd");
     assert!(ctl

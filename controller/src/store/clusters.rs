@@ -237,28 +237,8 @@ impl Store {
             .await?;
         }
         // Resume, never restart: failed and interrupted steps get a new attempt.
-        sqlx::query(
-            "UPDATE steps SET state = 'pending', attempt = attempt + 1, exit_code = NULL, reason = NULL, started_at = NULL, ended_at = NULL
-             WHERE cluster_id = ?1 AND state IN ('failed', 'interrupted')",
-        )
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        for s in steps {
-            sqlx::query(
-                "INSERT INTO steps (cluster_id, generation, host_id, host_name, kind, ord, spec, best_effort) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .bind(id)
-            .bind(generation)
-            .bind(s.host_id)
-            .bind(&s.host_name)
-            .bind(&s.kind)
-            .bind(s.ord)
-            .bind(&s.spec)
-            .bind(s.best_effort as i64)
-            .execute(&mut *tx)
-            .await?;
-        }
+        retry_failed(&mut tx, id).await?;
+        insert_steps(&mut tx, id, generation, steps).await?;
         super::audit(
             &mut tx,
             actor,
@@ -493,14 +473,7 @@ impl Store {
     /// `berth retry`: failed and interrupted steps get a new attempt.
     pub async fn retry(&self, cluster_id: i64, actor: &str, name: &str) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let n = sqlx::query(
-            "UPDATE steps SET state = 'pending', attempt = attempt + 1, exit_code = NULL, reason = NULL, started_at = NULL, ended_at = NULL
-             WHERE cluster_id = ?1 AND state IN ('failed', 'interrupted')",
-        )
-        .bind(cluster_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let n = retry_failed(&mut tx, cluster_id).await?;
         sqlx::query("UPDATE clusters SET phase = 'Reconciling', message = NULL WHERE id = ?1")
             .bind(cluster_id)
             .execute(&mut *tx)
@@ -534,19 +507,7 @@ impl Store {
             .bind(cluster_id)
             .fetch_one(&mut *tx)
             .await?;
-        for s in steps {
-            sqlx::query("INSERT INTO steps (cluster_id, generation, host_id, host_name, kind, ord, spec, best_effort) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")
-                .bind(cluster_id)
-                .bind(generation)
-                .bind(s.host_id)
-                .bind(&s.host_name)
-                .bind(&s.kind)
-                .bind(s.ord)
-                .bind(&s.spec)
-                .bind(s.best_effort as i64)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_steps(&mut tx, cluster_id, generation, steps).await?;
         super::audit(&mut tx, actor, "cluster.reset", name, None).await?;
         tx.commit().await?;
         Ok(())
@@ -585,4 +546,43 @@ impl Store {
             .fetch_all(&self.pool)
             .await?)
     }
+}
+
+/// Failed and interrupted steps of a cluster get a new attempt (resume, never restart).
+async fn retry_failed(
+    tx: &mut sqlx::SqliteConnection,
+    cluster_id: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE steps SET state = 'pending', attempt = attempt + 1, exit_code = NULL, reason = NULL, started_at = NULL, ended_at = NULL
+         WHERE cluster_id = ?1 AND state IN ('failed', 'interrupted')",
+    )
+    .bind(cluster_id)
+    .execute(tx)
+    .await?
+    .rows_affected())
+}
+
+async fn insert_steps(
+    tx: &mut sqlx::SqliteConnection,
+    cluster_id: i64,
+    generation: i64,
+    steps: Vec<NewStep>,
+) -> Result<(), sqlx::Error> {
+    for s in steps {
+        sqlx::query(
+            "INSERT INTO steps (cluster_id, generation, host_id, host_name, kind, ord, spec, best_effort) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(cluster_id)
+        .bind(generation)
+        .bind(s.host_id)
+        .bind(&s.host_name)
+        .bind(&s.kind)
+        .bind(s.ord)
+        .bind(&s.spec)
+        .bind(s.best_effort as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
