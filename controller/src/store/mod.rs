@@ -337,30 +337,31 @@ impl Store {
 
     /// Revokes a host; returns false when there is no such host.
     pub async fn revoke_host(&self, name: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let n = sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2")
+        let q = sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2")
             .bind(now_unix())
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n > 0 {
-            audit(&mut tx, actor, "host.revoke", name, None).await?;
-        }
-        tx.commit().await?;
-        Ok(n > 0)
+            .bind(name);
+        self.change_audited(q, actor, "host.revoke", name).await
     }
 
     /// Deletes a host; returns false when there is no such host.
     pub async fn delete_host(&self, name: &str, actor: &str) -> Result<bool> {
+        let q = sqlx::query("DELETE FROM hosts WHERE name = ?1").bind(name);
+        self.change_audited(q, actor, "host.delete", name).await
+    }
+
+    /// Runs one statement and, when it changed a row, records `action` on `target` in the
+    /// audit log — in one transaction. Returns whether anything changed.
+    async fn change_audited<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        actor: &str,
+        action: &str,
+        target: &str,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let n = sqlx::query("DELETE FROM hosts WHERE name = ?1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let n = q.execute(&mut *tx).await?.rows_affected();
         if n > 0 {
-            audit(&mut tx, actor, "host.delete", name, None).await?;
+            audit(&mut tx, actor, action, target, None).await?;
         }
         tx.commit().await?;
         Ok(n > 0)
@@ -521,40 +522,17 @@ impl Store {
 
     /// Removes a tag; returns false when there was none.
     pub async fn delete_tag(&self, name: &str, tag: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let n = sqlx::query("DELETE FROM bundle_tags WHERE name = ?1 AND tag = ?2")
+        let q = sqlx::query("DELETE FROM bundle_tags WHERE name = ?1 AND tag = ?2")
             .bind(name)
-            .bind(tag)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n > 0 {
-            audit(
-                &mut tx,
-                actor,
-                "bundle.untag",
-                &format!("{name}:{tag}"),
-                None,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(n > 0)
+            .bind(tag);
+        self.change_audited(q, actor, "bundle.untag", &format!("{name}:{tag}"))
+            .await
     }
 
     /// Removes a bundle and its tags; returns false when there was none.
     pub async fn delete_bundle(&self, digest: &str, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let n = sqlx::query("DELETE FROM bundles WHERE digest = ?1")
-            .bind(digest)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if n > 0 {
-            audit(&mut tx, actor, "bundle.rm", digest, None).await?;
-        }
-        tx.commit().await?;
-        Ok(n > 0)
+        let q = sqlx::query("DELETE FROM bundles WHERE digest = ?1").bind(digest);
+        self.change_audited(q, actor, "bundle.rm", digest).await
     }
 }
 
