@@ -84,11 +84,13 @@ pub struct RunArgs {
 
 #[derive(Args, Debug)]
 pub struct Common {
-    /// Where the identity and (later) bundles and journals live
+    /// Where the identity and (later) bundles and journals live; a relative path is taken
+    /// from the current directory at start (hooks run elsewhere, so it is made absolute)
     #[arg(
         long,
         env = "BERTH_AGENT_DATA_DIR",
-        default_value = "/var/lib/berth-agent"
+        default_value = "/var/lib/berth-agent",
+        value_parser = absolute_dir
     )]
     pub data_dir: PathBuf,
     /// How long the controller may hold each long-poll
@@ -106,6 +108,17 @@ pub struct Common {
     /// No single file in a bundle may be larger (at most 8 GiB - 1)
     #[arg(long, default_value_t = (8 << 30) - 1)]
     pub max_file_bytes: u64,
+}
+
+/// Parses a directory argument into an absolute path (joined with the current directory;
+/// it need not exist yet, e.g. before `join` creates it). Every path the agent derives
+/// from its data dir (bundles, cluster dirs, `BERTH_ROOTFS`) is then absolute, whatever
+/// the cwd of a hook.
+fn absolute_dir(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    std::path::absolute(s).map_err(|e| format!("cannot make `{s}` absolute: {e}"))
 }
 
 impl Common {
@@ -244,4 +257,51 @@ async fn fetch(a: FetchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn data_dir(args: &[&str]) -> PathBuf {
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Join(a) => a.common.data_dir,
+            Command::Run(a) => a.common.data_dir,
+            Command::Fetch(a) => a.common.data_dir,
+        }
+    }
+
+    /// A relative `--data-dir` used to stay relative, and hooks (run with another cwd) then
+    /// could not find their scripts or `BERTH_ROOTFS`.
+    #[test]
+    fn a_relative_data_dir_is_made_absolute_at_parse_time() {
+        let cwd = std::env::current_dir().unwrap();
+        let join = [
+            "berth-agent",
+            "join",
+            "--controller",
+            "https://127.0.0.1:7443",
+            "--token",
+            "t",
+            "--ca-hash",
+            "h",
+            "--data-dir",
+            "not-yet/agentdata",
+        ];
+        assert_eq!(data_dir(&join), cwd.join("not-yet/agentdata"));
+        assert_eq!(
+            data_dir(&["berth-agent", "run", "--data-dir", "agentdata"]),
+            cwd.join("agentdata")
+        );
+        assert_eq!(
+            data_dir(&["berth-agent", "fetch", "--digest", "d", "--data-dir", "./a"]),
+            cwd.join("a")
+        );
+        assert_eq!(
+            data_dir(&["berth-agent", "run", "--data-dir", "/abs/dir"]),
+            PathBuf::from("/abs/dir")
+        );
+        assert!(Cli::try_parse_from(["berth-agent", "run", "--data-dir", ""]).is_err());
+    }
 }

@@ -1,6 +1,14 @@
 //! Runs the steps of verified plans: fetch/unpack/merge bundles, Configs, templates, hooks
 //! with timeouts in their own process group, live log chunks, outputs, and a local journal
 //! so a completed step never runs twice and an interrupted one is handled explicitly.
+//!
+//! **Exactly once.** Each hook runs under a tiny `/bin/sh` wrapper in the hook's own process
+//! group. The wrapper first claims the hook (an `O_EXCL` create, `set -C`), records its
+//! process group, runs the hook and writes the exit status to the journal. All of that
+//! outlives the agent: a restarted agent finds the status (the real result), or a live
+//! process group (it waits for it), or a claim whose process is gone without a status (the
+//! hook was cut short: re-run only when declared re-runnable). Two wrappers can never both
+//! run a hook: the second loses the claim.
 
 use crate::fetch::{unpack_all, Fetcher};
 use crate::spool::Spool;
@@ -9,8 +17,10 @@ use berth_bundle::config::{apply as apply_config, render_templates, Strategy};
 use berth_bundle::Limits;
 use berth_shared::api::{ReportEntry, StepReport};
 use berth_shared::plan::{PlanBundle, PlanPayload, PlanStep};
+use berth_shared::state::StepState;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,7 +40,7 @@ fn now() -> i64 {
 }
 
 struct Outcome {
-    state: &'static str,
+    state: StepState,
     exit_code: Option<i32>,
     reason: Option<String>,
     outputs: BTreeMap<String, String>,
@@ -39,7 +49,7 @@ struct Outcome {
 impl Outcome {
     fn ok() -> Outcome {
         Outcome {
-            state: "succeeded",
+            state: StepState::Succeeded,
             exit_code: Some(0),
             reason: None,
             outputs: BTreeMap::new(),
@@ -47,20 +57,11 @@ impl Outcome {
     }
     fn failed(reason: impl Into<String>, code: Option<i32>) -> Outcome {
         Outcome {
-            state: "failed",
+            state: StepState::Failed,
             exit_code: code,
             reason: Some(reason.into()),
             outputs: BTreeMap::new(),
         }
-    }
-}
-
-/// The hook a step kind runs (distribute runs none).
-fn hook_of(kind: &str) -> Option<&str> {
-    match kind {
-        "check" | "install" | "init" | "join-master" | "join-node" | "leave" | "remove"
-        | "clean" => Some(kind),
-        _ => None,
     }
 }
 
@@ -92,70 +93,33 @@ impl Executor {
         self.data_dir.join("clusters").join(&plan.cluster)
     }
 
-    /// Runs every step of the plan that the journal does not show as finished.
+    /// Runs every step of the plan that the journal does not show as finished. A step
+    /// started by an earlier agent process is resumed: hooks that finished are not run
+    /// again (their recorded status is reported), a hook still running is waited for.
     pub async fn run_plan(&self, plan: &PlanPayload) -> Result<()> {
         for step in &plan.steps {
             if self.has(step, "end") {
                 continue;
             }
-            if self.has(step, "start") {
-                let rerunnable = match hook_of(&step.kind) {
-                    None => true, // distribute/apps unpack into staging and rename: safe to redo
-                    Some(h) => step
-                        .bundles
-                        .iter()
-                        .filter(|b| b.manifest.hooks.contains_key(h))
-                        .all(|b| b.manifest.rerunnable.iter().any(|r| r == h)),
-                };
-                let reason = if rerunnable {
-                    "the agent stopped while this step ran; re-running it (declared re-runnable)"
-                } else {
-                    "the agent stopped while this step ran; it is not declared re-runnable, so it waits for `berth retry` after a check of the host"
-                };
-                tracing::warn!(step = step.id, kind = %step.kind, rerunnable, "interrupted step found");
-                // A hook runs in its own process group and outlives a killed agent: stop it
-                // before anything else happens to this step.
-                let pg = self
-                    .journal()
-                    .join(format!("{}-{}.pgid", step.id, step.attempt));
-                if let Some(pgid) = std::fs::read_to_string(&pg)
-                    .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok())
-                {
-                    if nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(pgid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    )
-                    .is_ok()
-                    {
-                        tracing::warn!(pgid, "killed the hook the previous agent left running");
-                    }
-                }
-                self.report(
-                    step,
-                    "interrupted",
-                    None,
-                    Some(reason.into()),
-                    None,
-                    None,
-                    None,
-                    BTreeMap::new(),
-                )?;
-                if !rerunnable {
-                    self.mark(step, "end", "interrupted")?;
-                    continue;
-                }
+            let resumed = self.has(step, "start");
+            if resumed {
+                tracing::warn!(step = step.id, kind = %step.kind, "resuming a step an earlier agent started");
             }
-            self.run_step(plan, step).await?;
+            self.run_step(plan, step, resumed).await?;
         }
         Ok(())
+    }
+
+    fn hook_file(&self, step: &PlanStep, idx: usize, what: &str) -> PathBuf {
+        self.journal()
+            .join(format!("{}-{}.{idx}.{what}", step.id, step.attempt))
     }
 
     #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
         step: &PlanStep,
-        state: &str,
+        state: StepState,
         exit_code: Option<i32>,
         reason: Option<String>,
         started_at: Option<i64>,
@@ -166,7 +130,7 @@ impl Executor {
         self.spool.push(&ReportEntry::Step(StepReport {
             step_id: step.id,
             attempt: step.attempt,
-            state: state.into(),
+            state,
             exit_code,
             reason,
             started_at,
@@ -176,21 +140,38 @@ impl Executor {
         }))
     }
 
-    async fn run_step(&self, plan: &PlanPayload, step: &PlanStep) -> Result<()> {
+    async fn run_step(&self, plan: &PlanPayload, step: &PlanStep, resumed: bool) -> Result<()> {
         let cdir = self.cluster_dir(plan);
         let logs = cdir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let log_path = logs.join(format!("{}-{}-{}.log", step.id, step.attempt, step.kind));
+        // A resumed step keeps its log: a hook that is still running writes to it.
         let log = std::fs::OpenOptions::new()
             .create(true)
-            .write(true)
-            .truncate(true)
+            .append(true)
+            .truncate(false)
+            .mode(0o600)
             .open(&log_path)?;
-        self.mark(step, "start", "")?;
-        let started = now();
+        if !resumed {
+            log.set_len(0)?;
+        }
+        let started = match std::fs::read_to_string(
+            self.journal()
+                .join(format!("{}-{}.start", step.id, step.attempt)),
+        )
+        .ok()
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        {
+            Some(t) if resumed => t,
+            _ => {
+                let t = now();
+                self.mark(step, "start", &t.to_string())?;
+                t
+            }
+        };
         self.report(
             step,
-            "running",
+            StepState::Running,
             None,
             None,
             Some(started),
@@ -198,9 +179,9 @@ impl Executor {
             None,
             BTreeMap::new(),
         )?;
-        tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, "step started");
+        tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, resumed, "step started");
 
-        // Ship the log while the step runs.
+        // Ship the log while the step runs (from the start: the controller skips what it has).
         let stop = tokio_util::sync::CancellationToken::new();
         let shipper = tokio::spawn(ship_log(
             self.spool.clone(),
@@ -209,7 +190,7 @@ impl Executor {
             step.attempt,
             stop.clone(),
         ));
-        let outcome = match self.execute(plan, step, &cdir, &log).await {
+        let outcome = match self.execute(plan, step, &cdir, &log, started).await {
             Ok(o) => o,
             Err(e) => {
                 let _ = writeln!(&log, "berth-agent: {e:#}");
@@ -219,7 +200,8 @@ impl Executor {
         stop.cancel();
         let _ = shipper.await;
         let tail = tail_of(&log_path, 2048);
-        self.mark(step, "end", outcome.state)?;
+        // The final report is spooled before the journal says the step ended: a crash in
+        // between re-reports the same result (the controller takes it as a duplicate).
         self.report(
             step,
             outcome.state,
@@ -230,11 +212,17 @@ impl Executor {
             Some(tail),
             outcome.outputs,
         )?;
-        tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, state = outcome.state, "step finished");
-        if step.kind == "leave" || step.kind == "clean" {
+        self.mark(step, "end", outcome.state.as_str())?;
+        tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, state = %outcome.state, "step finished");
+        if step.kind == "leave" || (step.kind == "clean" && outcome.state == StepState::Succeeded) {
             // The log is shipped and the report spooled: nothing of the cluster stays here.
-            std::fs::remove_dir_all(&cdir)
-                .with_context(|| format!("cannot remove {}", cdir.display()))?;
+            match std::fs::remove_dir_all(&cdir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", cdir.display()))
+                }
+            }
         }
         Ok(())
     }
@@ -245,10 +233,11 @@ impl Executor {
         step: &PlanStep,
         cdir: &Path,
         log: &std::fs::File,
+        started: i64,
     ) -> Result<Outcome> {
         std::fs::create_dir_all(cdir)?;
-        let cf = cdir.join("Clusterfile");
-        std::fs::write(&cf, &plan.clusterfile)?;
+        // The Clusterfile may hold secrets (kubeadm tokens, spec.env): 0600.
+        write_private(&cdir.join("Clusterfile"), plan.clusterfile.as_bytes())?;
         let rootfs = cdir.join("rootfs");
         match step.kind.as_str() {
             "check" => {
@@ -258,7 +247,7 @@ impl Executor {
                 let check_dir = cdir.join(".check");
                 self.materialize(step, &check_dir, log, false).await?;
                 let out = self
-                    .run_hooks(plan, step, &check_dir, "check", log, false)
+                    .run_hooks(plan, step, &check_dir, "check", log, false, started)
                     .await;
                 let _ = std::fs::remove_dir_all(&check_dir);
                 out
@@ -268,15 +257,41 @@ impl Executor {
                 Ok(Outcome::ok())
             }
             "leave" | "clean" => {
+                if !rootfs.join(".berth-digests").exists() {
+                    // Never distributed here (the host failed or was lost before): there is
+                    // nothing of the bundles to run or to clean.
+                    writeln!(
+                        &*log,
+                        "berth-agent: no rootfs on this host; nothing to {}",
+                        step.kind
+                    )?;
+                    let _ = std::fs::remove_dir_all(&rootfs);
+                    return Ok(Outcome::ok());
+                }
                 let best = self
-                    .run_hooks(plan, step, &rootfs, &step.kind, log, true)
+                    .run_hooks(plan, step, &rootfs, &step.kind, log, true, started)
                     .await?;
+                if step.kind == "clean" && best.state != StepState::Succeeded {
+                    // Keep the rootfs: `berth retry` runs clean again from it.
+                    writeln!(
+                        &*log,
+                        "berth-agent: clean failed; keeping {} for a retry",
+                        cdir.display()
+                    )?;
+                    return Ok(best);
+                }
                 writeln!(&*log, "berth-agent: removing {}", cdir.display())?;
                 // Everything but the step log now; the log goes once it has been shipped.
                 for e in std::fs::read_dir(cdir)? {
                     let p = e?.path();
                     if p.file_name().is_some_and(|n| n == "logs") {
                         continue;
+                    }
+                    if p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("outputs-{}-", step.id)))
+                    {
+                        continue; // the result of this step's own hooks, read on a resume
                     }
                     if p.is_dir() {
                         std::fs::remove_dir_all(&p)?;
@@ -286,10 +301,11 @@ impl Executor {
                 }
                 Ok(best)
             }
-            "apps" => self.run_apps(plan, step, cdir, log).await,
+            "apps" => self.run_apps(step, cdir, log, started).await,
             kind => {
                 self.ensure_rootfs(step, &rootfs, log).await?;
-                self.run_hooks(plan, step, &rootfs, kind, log, false).await
+                self.run_hooks(plan, step, &rootfs, kind, log, false, started)
+                    .await
             }
         }
     }
@@ -402,47 +418,38 @@ impl Executor {
         hook: &str,
         log: &std::fs::File,
         best_effort: bool,
+        started: i64,
     ) -> Result<Outcome> {
         let cdir = self.cluster_dir(plan);
-        let mut bundles: Vec<&PlanBundle> = step.bundles.iter().collect();
+        let mut bundles: Vec<(usize, &PlanBundle)> = step.bundles.iter().enumerate().collect();
         if hook == "clean" {
             bundles.reverse();
         }
         let mut outcome = Outcome::ok();
-        for b in bundles {
+        for (idx, b) in bundles {
             let Some(script) = b.manifest.hooks.get(hook) else {
                 continue;
             };
-            let outputs = cdir.join(format!("outputs-{}-{}", step.id, step.attempt));
-            let _ = std::fs::remove_file(&outputs);
-            std::fs::File::create(&outputs)?;
+            let outputs = cdir.join(format!("outputs-{}-{}-{idx}", step.id, step.attempt));
             let env = self.env_for(step, Some(b), dir, &outputs, &cdir.join("Clusterfile"));
-            writeln!(
-                &*log,
-                "berth-agent: running {hook} of {} ({script})",
-                b.reference
-            )?;
-            let timeout = b.manifest.timeout(hook);
-            let pg = self
-                .journal()
-                .join(format!("{}-{}.pgid", step.id, step.attempt));
-            let res = run_command(
-                dir,
-                &dir.join(script.as_str()),
-                &[],
-                &env,
-                log,
-                timeout,
-                &pg,
-            )
-            .await?;
-            match res {
-                Ok(()) => {
-                    let text = std::fs::read_to_string(&outputs).unwrap_or_default();
-                    outcome.outputs.extend(parse_outputs(&text));
-                }
+            let program = dir.join(script.as_str());
+            let hook_run = HookRun {
+                step,
+                idx,
+                bundle: b,
+                hook,
+                cwd: dir,
+                program: &program,
+                args: &[],
+                env: &env,
+                outputs: &outputs,
+                timeout: b.manifest.timeout(hook),
+                started,
+            };
+            match self.run_once(&hook_run, log).await? {
+                Ok(out) => outcome.outputs.extend(out),
                 Err(o) => {
-                    if best_effort {
+                    if best_effort && o.state == StepState::Failed {
                         writeln!(
                             &*log,
                             "berth-agent: {hook} failed ({}); continuing (best effort)",
@@ -460,25 +467,26 @@ impl Executor {
 
     async fn run_apps(
         &self,
-        plan: &PlanPayload,
         step: &PlanStep,
         cdir: &Path,
         log: &std::fs::File,
+        started: i64,
     ) -> Result<Outcome> {
         let mut outcome = Outcome::ok();
-        for b in &step.bundles {
+        for (idx, b) in step.bundles.iter().enumerate() {
             let name = b.manifest.name.replace('/', "_");
             let dir = cdir.join("apps").join(&name);
-            let one = PlanStep {
-                bundles: vec![b.clone()],
-                ..step.clone()
-            };
-            self.materialize(&one, &dir, log, true).await?;
             let Some((cmd, args)) = b.manifest.cmd.split_first() else {
                 continue;
             };
-            let outputs = cdir.join(format!("outputs-{}-{}", step.id, step.attempt));
-            std::fs::File::create(&outputs)?;
+            if !self.hook_file(step, idx, "status").exists() {
+                let one = PlanStep {
+                    bundles: vec![b.clone()],
+                    ..step.clone()
+                };
+                self.materialize(&one, &dir, log, true).await?;
+            }
+            let outputs = cdir.join(format!("outputs-{}-{}-{idx}", step.id, step.attempt));
             let env = self.env_for(
                 step,
                 Some(b),
@@ -486,49 +494,264 @@ impl Executor {
                 &outputs,
                 &cdir.join("Clusterfile"),
             );
-            writeln!(&*log, "berth-agent: running app {} ({cmd})", b.reference)?;
             let program = if cmd.contains('/') {
                 dir.join(cmd)
             } else {
                 PathBuf::from(cmd)
             };
-            let pg = self
-                .journal()
-                .join(format!("{}-{}.pgid", step.id, step.attempt));
-            match run_command(
-                &dir,
-                &program,
+            let hook_run = HookRun {
+                step,
+                idx,
+                bundle: b,
+                hook: "cmd",
+                cwd: &dir,
+                program: &program,
                 args,
-                &env,
-                log,
-                b.manifest.timeout("cmd"),
-                &pg,
-            )
-            .await?
-            {
-                Ok(()) => outcome.outputs.extend(parse_outputs(
-                    &std::fs::read_to_string(&outputs).unwrap_or_default(),
-                )),
+                env: &env,
+                outputs: &outputs,
+                timeout: b.manifest.timeout("cmd"),
+                started,
+            };
+            match self.run_once(&hook_run, log).await? {
+                Ok(out) => outcome.outputs.extend(out),
                 Err(o) => return Ok(o),
             }
         }
-        let _ = plan;
         Ok(outcome)
+    }
+
+    /// Runs one bundle's hook of a step exactly once across agent restarts (see the module
+    /// doc). `Ok(outputs)` when it succeeded.
+    async fn run_once(
+        &self,
+        h: &HookRun<'_>,
+        log: &std::fs::File,
+    ) -> Result<std::result::Result<BTreeMap<String, String>, Outcome>> {
+        std::fs::create_dir_all(self.journal())?;
+        let claim = self.hook_file(h.step, h.idx, "claim");
+        let pgid_file = self.hook_file(h.step, h.idx, "pgid");
+        let status = self.hook_file(h.step, h.idx, "status");
+        let deadline = h.started + h.timeout.as_secs() as i64;
+        let what = format!("{} of {}", h.hook, h.bundle.reference);
+        let code = if let Some(c) = read_status(&status) {
+            writeln!(
+                &*log,
+                "berth-agent: {what} already finished (exit code {c}); not running it again"
+            )?;
+            Some(c)
+        } else if claim.exists() {
+            writeln!(
+                &*log,
+                "berth-agent: {what} was started by an earlier agent; waiting for it"
+            )?;
+            wait_for_hook(&pgid_file, &status, deadline).await
+        } else {
+            None
+        };
+        let code = match code {
+            Some(c) => Some(c),
+            None if claim.exists() => {
+                // Started, gone, no status: cut short (killed with its host, or timed out
+                // while no agent watched).
+                let rerunnable = h.bundle.manifest.rerunnable.iter().any(|r| r == h.hook);
+                if now() > deadline {
+                    writeln!(&*log, "berth-agent: {what} timed out after {:?}", h.timeout)?;
+                    return Ok(Err(Outcome::failed("timeout", None)));
+                }
+                if !rerunnable {
+                    writeln!(
+                        &*log,
+                        "berth-agent: {what} was cut short and is not declared re-runnable"
+                    )?;
+                    return Ok(Err(Outcome {
+                        state: StepState::Interrupted,
+                        exit_code: None,
+                        reason: Some(format!("{what} was cut short (the agent or host stopped while it ran); it is not declared re-runnable, so it waits for `berth retry` after a check of the host")),
+                        outputs: BTreeMap::new(),
+                    }));
+                }
+                writeln!(
+                    &*log,
+                    "berth-agent: {what} was cut short; running it again (declared re-runnable)"
+                )?;
+                for f in [&claim, &pgid_file, &status] {
+                    let _ = std::fs::remove_file(f);
+                }
+                None
+            }
+            None => None,
+        };
+        let code = match code {
+            Some(c) => c,
+            None => {
+                write_private(h.outputs, b"")?;
+                writeln!(
+                    &*log,
+                    "berth-agent: running {what} ({})",
+                    h.program.display()
+                )?;
+                let remaining = Duration::from_secs(deadline.saturating_sub(now()).max(1) as u64);
+                match run_command(h, log, remaining, &claim, &pgid_file, &status).await? {
+                    Spawned::Exited(c) => c,
+                    Spawned::LostClaim => {
+                        match wait_for_hook(&pgid_file, &status, deadline).await {
+                            Some(c) => c,
+                            None => {
+                                return Ok(Err(Outcome::failed(
+                                    "the hook's other runner vanished",
+                                    None,
+                                )))
+                            }
+                        }
+                    }
+                    Spawned::TimedOut => {
+                        writeln!(
+                            &*log,
+                            "berth-agent: timed out after {:?}; killed the process group",
+                            h.timeout
+                        )?;
+                        return Ok(Err(Outcome::failed("timeout", None)));
+                    }
+                    Spawned::Killed => return Ok(Err(Outcome::failed("killed by a signal", None))),
+                }
+            }
+        };
+        if code != 0 {
+            return Ok(Err(Outcome::failed(
+                format!("exited with code {code}"),
+                Some(code),
+            )));
+        }
+        let text = read_capped(h.outputs, 64 * 1024);
+        let mut outputs = BTreeMap::new();
+        for (k, v) in parse_outputs(&text) {
+            if h.bundle.manifest.may_output(h.hook, &k) {
+                outputs.insert(k, v);
+            } else {
+                writeln!(&*log, "berth-agent: output `{k}` dropped: the bundle does not declare it for {} (see `outputs:` in bundle.yaml; BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL are never allowed)", h.hook)?;
+            }
+        }
+        Ok(Ok(outputs))
     }
 }
 
-/// Runs a script with `/bin/sh` (or directly when it is executable with a shebang) in its
-/// own process group; on timeout the whole group is killed.
+/// One hook of one bundle of a step.
+struct HookRun<'a> {
+    step: &'a PlanStep,
+    idx: usize,
+    bundle: &'a PlanBundle,
+    hook: &'a str,
+    cwd: &'a Path,
+    program: &'a Path,
+    args: &'a [String],
+    env: &'a BTreeMap<String, String>,
+    outputs: &'a Path,
+    timeout: Duration,
+    started: i64,
+}
+
+enum Spawned {
+    Exited(i32),
+    /// Another wrapper claimed the hook first (an agent that died mid-spawn).
+    LostClaim,
+    TimedOut,
+    Killed,
+}
+
+/// The wrapper: claim (fails when the file exists), record the process group, run the
+/// hook, record its exit status. Only shell builtins, so it works where `/bin/sh` is all.
+const WRAPPER: &str = r#"set -C
+{ : > "$1"; } 2>/dev/null || exit 125
+set +C
+printf '%s
+' "$$" > "$2"
+status=$3
+shift 3
+"$@"
+rc=$?
+printf '%s
+' "$rc" > "$status.tmp" && mv -f "$status.tmp" "$status" 2>/dev/null || printf '%s
+' "$rc" > "$status"
+exit $rc"#;
+
+fn read_status(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn read_capped(path: &Path, max: u64) -> String {
+    let mut buf = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(max).read_to_end(&mut buf);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn group_alive(pgid: i32) -> bool {
+    pgid > 1 && nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), None).is_ok()
+}
+
+/// Waits for a hook another process runs: its status, or `None` when its process group is
+/// gone without one. Past `deadline` the group is killed.
+async fn wait_for_hook(pgid_file: &Path, status: &Path, deadline: i64) -> Option<i32> {
+    let mut no_pgid_since = None;
+    loop {
+        if let Some(c) = read_status(status) {
+            return Some(c);
+        }
+        match std::fs::read_to_string(pgid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            Some(pg) if group_alive(pg) => {
+                if now() > deadline {
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(pg),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return read_status(status);
+                }
+            }
+            Some(_) => return read_status(status),
+            None => {
+                // Claimed, group not recorded yet: give the wrapper a moment.
+                let since = *no_pgid_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(3) {
+                    return read_status(status);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Files in a cluster dir may hold secrets: written 0600.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+/// Runs a hook under the wrapper (`/bin/sh -c WRAPPER`) in its own process group: the
+/// script with `/bin/sh`, or directly when it is executable with a shebang. On timeout the
+/// whole group is killed.
 async fn run_command(
-    cwd: &Path,
-    program: &Path,
-    args: &[String],
-    env: &BTreeMap<String, String>,
+    h: &HookRun<'_>,
     log: &std::fs::File,
     timeout: Duration,
+    claim: &Path,
     pgid_file: &Path,
-) -> Result<std::result::Result<(), Outcome>> {
+    status: &Path,
+) -> Result<Spawned> {
     use std::os::unix::fs::PermissionsExt;
+    let program = h.program;
     let direct = std::fs::metadata(program)
         .map(|m| m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
@@ -538,52 +761,67 @@ async fn run_command(
                 f.read_exact(&mut b).map(|_| &b == b"#!")
             })
             .unwrap_or(false);
-    let mut cmd = if direct || !program.is_absolute() {
-        tokio::process::Command::new(program)
-    } else {
-        let mut c = tokio::process::Command::new("/bin/sh");
-        c.arg(program);
-        c
-    };
-    cmd.args(args)
-        .current_dir(cwd)
-        .envs(env)
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(WRAPPER)
+        .arg("berth-hook")
+        .arg(claim)
+        .arg(pgid_file)
+        .arg(status);
+    if !direct && program.is_absolute() {
+        cmd.arg("/bin/sh");
+    }
+    cmd.arg(program)
+        .args(h.args)
+        .current_dir(h.cwd)
+        .env_clear()
+        .envs(base_env())
+        .envs(h.env)
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log.try_clone()?)
         .process_group(0)
-        .kill_on_drop(true);
+        // The hook must outlive a killed agent: its result is what makes it exactly-once.
+        .kill_on_drop(false);
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {}", program.display()))?;
     let pid = child.id();
-    if let Some(p) = pid {
-        // The group id equals the child's pid (process_group(0)); kept so a restarted agent
-        // can stop a hook orphaned by a crash.
-        let _ = std::fs::write(pgid_file, p.to_string());
-    }
     tokio::select! {
         st = child.wait() => {
             let st = st?;
-            if st.success() {
-                Ok(Ok(()))
-            } else {
-                let code = st.code();
-                Ok(Err(Outcome::failed(
-                    match code { Some(c) => format!("exited with code {c}"), None => "killed by a signal".into() },
-                    code,
-                )))
+            if let Some(c) = read_status(status) {
+                return Ok(Spawned::Exited(c));
             }
+            Ok(match st.code() {
+                Some(125) => Spawned::LostClaim,
+                Some(c) => Spawned::Exited(c),
+                None => Spawned::Killed,
+            })
         }
         _ = tokio::time::sleep(timeout) => {
             if let Some(pid) = pid {
                 let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             }
             let _ = child.wait().await;
-            writeln!(&*log, "berth-agent: timed out after {timeout:?}; killed the process group")?;
-            Ok(Err(Outcome::failed("timeout", None)))
+            Ok(Spawned::TimedOut)
         }
     }
+}
+
+/// What a hook inherits from the agent: only a sane PATH and the locale; everything else
+/// comes from the plan.
+fn base_env() -> Vec<(String, String)> {
+    let mut v = vec![(
+        "PATH".to_string(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+    )];
+    for k in ["LANG", "LC_ALL", "TZ", "HOME"] {
+        if let Ok(val) = std::env::var(k) {
+            v.push((k.to_string(), val));
+        }
+    }
+    v
 }
 
 /// `KEY=VALUE` lines; blank lines and `#` comments are skipped.

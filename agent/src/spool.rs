@@ -4,7 +4,7 @@
 //! of order (the controller ignores repeats).
 
 use anyhow::{Context, Result};
-use berth_shared::api::{ReportBatch, ReportEntry};
+use berth_shared::api::{ErrorBody, ReportEntry};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,12 @@ pub struct Spool {
     notify: Notify,
 }
 
-const BATCH: usize = 64;
+/// A batch is at most this many bytes of JSON: well under the controller's 1 MiB body
+/// limit, whatever the entries hold (a log chunk is at most 64 KiB of text, which JSON
+/// escaping can at most sextuple).
+const BATCH_BYTES: usize = 512 * 1024;
+/// And at most this many entries.
+const BATCH_ENTRIES: usize = 256;
 
 impl Spool {
     pub fn open(dir: &Path) -> Result<Arc<Spool>> {
@@ -51,6 +56,12 @@ impl Spool {
     }
 
     /// Sends spooled entries in order until shutdown.
+    ///
+    /// Batches are sized by bytes. A `413` halves the batch (a single entry that is still
+    /// too large is dropped, logged); a `4xx` naming a refused entry drops the entries up to
+    /// and including it (the ones before it were applied) — a refused report never wedges
+    /// the queue. Network errors, `5xx`, `401` and `403` without an entry keep everything
+    /// and back off.
     pub async fn run_sender(
         self: Arc<Self>,
         client: reqwest::Client,
@@ -58,15 +69,16 @@ impl Spool {
         shutdown: CancellationToken,
     ) {
         let mut failures = 0u32;
+        let mut limit = BATCH_BYTES;
         loop {
-            let batch = match entries(&self.dir) {
-                Ok(e) => e.into_iter().take(BATCH).collect::<Vec<_>>(),
+            let all = match entries(&self.dir) {
+                Ok(e) => e,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the report spool");
                     Vec::new()
                 }
             };
-            if batch.is_empty() {
+            if all.is_empty() {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = self.notify.notified() => {}
@@ -74,46 +86,103 @@ impl Spool {
                 }
                 continue;
             }
-            let mut body = ReportBatch::default();
-            for (_, p) in &batch {
-                match std::fs::read(p)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                {
-                    Some(e) => body.entries.push(e),
-                    None => {
+            // Read entries until the batch is full; unreadable ones are dropped.
+            let mut batch: Vec<PathBuf> = Vec::new();
+            let mut body: Vec<u8> = b"{\"entries\":[".to_vec();
+            for (_, p) in all.into_iter().take(BATCH_ENTRIES) {
+                let bytes = match std::fs::read(p.as_path()) {
+                    Ok(b) if serde_json::from_slice::<ReportEntry>(&b).is_ok() => b,
+                    _ => {
                         tracing::warn!(file = %p.display(), "dropping an unreadable spool entry");
+                        let _ = std::fs::remove_file(&p);
+                        continue;
                     }
+                };
+                if !batch.is_empty() && body.len() + bytes.len() + 2 > limit {
+                    break;
                 }
+                if !batch.is_empty() {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&bytes);
+                batch.push(p);
             }
-            let ok = match client
+            if batch.is_empty() {
+                continue;
+            }
+            body.extend_from_slice(b"]}");
+            let resp = client
                 .post(&url)
-                .json(&body)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body)
                 .timeout(Duration::from_secs(30))
                 .send()
-                .await
-            {
-                Ok(r) if r.status().is_success() => true,
+                .await;
+            let drop_upto = match resp {
+                Ok(r) if r.status().is_success() => {
+                    limit = (limit * 2).min(BATCH_BYTES);
+                    Some(batch.len())
+                }
+                Ok(r) if r.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
+                    if batch.len() == 1 {
+                        tracing::error!(file = %batch[0].display(), "the controller refuses this report as too large; dropping it");
+                        Some(1)
+                    } else {
+                        limit = (limit / 2).max(1);
+                        tracing::warn!(
+                            entries = batch.len(),
+                            limit,
+                            "report batch too large; splitting it"
+                        );
+                        continue;
+                    }
+                }
+                Ok(r) if r.status().is_client_error() => {
+                    let status = r.status();
+                    let err: Option<ErrorBody> = r.json().await.ok();
+                    match err.as_ref().and_then(|e| e.entry) {
+                        Some(i) if i < batch.len() => {
+                            let e = err.as_ref();
+                            tracing::warn!(%status, code = e.map(|e| e.code.as_str()).unwrap_or(""),
+                                error = e.map(|e| e.message.as_str()).unwrap_or(""),
+                                "the controller refused a report; dropping it");
+                            Some(i + 1)
+                        }
+                        _ if status == reqwest::StatusCode::UNAUTHORIZED
+                            || status == reqwest::StatusCode::FORBIDDEN =>
+                        {
+                            tracing::warn!(%status, spooled = batch.len(), "controller rejected this agent; reports stay spooled");
+                            None
+                        }
+                        _ => {
+                            tracing::warn!(%status, error = ?err, "the controller refused a report batch; dropping its first entry");
+                            Some(1)
+                        }
+                    }
+                }
                 Ok(r) => {
                     tracing::warn!(status = %r.status(), spooled = batch.len(), "controller refused reports; keeping them");
-                    false
+                    None
                 }
                 Err(e) => {
                     tracing::warn!(error = %crate::join::chain(&e), spooled = batch.len(), "controller unreachable; reports stay spooled");
-                    false
+                    None
                 }
             };
-            if ok {
-                failures = 0;
-                for (_, p) in &batch {
-                    let _ = std::fs::remove_file(p);
+            match drop_upto {
+                Some(n) => {
+                    failures = 0;
+                    for p in &batch[..n] {
+                        let _ = std::fs::remove_file(p);
+                    }
                 }
-            } else {
-                failures += 1;
-                let delay = Duration::from_millis(500 * u64::from(failures.min(10)));
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
+                None => {
+                    failures += 1;
+                    let delay = Duration::from_millis(500 * u64::from(failures.min(10)));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
                 }
             }
         }

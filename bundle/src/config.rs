@@ -1,17 +1,17 @@
-//! Clusterfile `Config` objects applied to an unpacked rootfs, and template rendering of
-//! the whole tree.
+//! Clusterfile `Config` objects applied to an unpacked rootfs, and template rendering (and
+//! checking) of the whole tree.
 //!
 //! Strategies (sealos semantics): `merge` deep-merges YAML `data` into every `---` document
 //! of the target; `override` replaces the file; `insert` puts `data` before the existing
 //! content; `append` after it. Writes go through a temp file and a rename, never through a
 //! symlink.
 
-use crate::template::{render, TemplateError};
+use crate::template::{self, render, TemplateError, MAX_TEMPLATE_BYTES};
 use berth_shared::SafeRelPath;
 use serde_norway::Value;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -199,13 +199,13 @@ fn write_atomic(target: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), Co
     fs::rename(&tmp, target).map_err(io_at(target))
 }
 
-/// Renders every regular `*.tmpl` file under `root` into the same path without `.tmpl`,
-/// keeping its mode. Returns the rendered paths, sorted.
-pub fn render_templates(
+/// Calls `f(entry, rel, out_rel)` for every regular `*.tmpl` file under `root`, sorted by
+/// path, without following symlinks: `rel` is its path relative to `root`, `out_rel` the
+/// path it renders to.
+fn for_each_template(
     root: &Path,
-    env: &BTreeMap<String, String>,
-) -> Result<Vec<String>, ConfigError> {
-    let mut done = Vec::new();
+    mut f: impl FnMut(&walkdir::DirEntry, &str, &str) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
     for entry in walkdir::WalkDir::new(root)
         .follow_links(false)
         .sort_by_file_name()
@@ -225,13 +225,56 @@ pub fn render_templates(
         else {
             continue;
         };
-        let Some(out_rel) = rel.strip_suffix(".tmpl") else {
+        let Some(out_rel) = template::rendered_path(rel) else {
             continue;
         };
-        if out_rel.is_empty() || out_rel.ends_with('/') {
-            continue;
-        }
-        let src = fs::read_to_string(entry.path()).map_err(io_at(entry.path()))?;
+        f(&entry, rel, out_rel)?;
+    }
+    Ok(())
+}
+
+/// Reads the template at `path` (`rel` in errors): at most [`MAX_TEMPLATE_BYTES`], UTF-8.
+fn read_template(path: &Path, rel: &str) -> Result<String, ConfigError> {
+    let file = fs::File::open(path).map_err(io_at(path))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_TEMPLATE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_at(path))?;
+    template::decode(&bytes)
+        .map(str::to_owned)
+        .map_err(|source| ConfigError::Template {
+            path: rel.to_string(),
+            source,
+        })
+}
+
+/// Parses every regular `*.tmpl` file under `root` (an unpacked bundle or rootfs) without
+/// rendering it, and returns how many there are. The first bad one is the error, naming the
+/// file and line: `template etc/app.conf.tmpl: line 3: …`.
+pub fn check_templates(root: &Path) -> Result<usize, ConfigError> {
+    let mut checked = 0;
+    for_each_template(root, |entry, rel, _| {
+        let src = read_template(entry.path(), rel)?;
+        template::check(&src).map_err(|source| ConfigError::Template {
+            path: rel.to_string(),
+            source,
+        })?;
+        checked += 1;
+        Ok(())
+    })?;
+    Ok(checked)
+}
+
+/// Renders every regular `*.tmpl` file under `root` into the same path without `.tmpl`,
+/// keeping its mode. Returns the rendered paths, sorted. An error names the file and line:
+/// `template etc/app.conf.tmpl: line 3: …`.
+pub fn render_templates(
+    root: &Path,
+    env: &BTreeMap<String, String>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut done = Vec::new();
+    for_each_template(root, |entry, rel, out_rel| {
+        let src = read_template(entry.path(), rel)?;
         let rendered = render(&src, env).map_err(|source| ConfigError::Template {
             path: rel.to_string(),
             source,
@@ -247,6 +290,7 @@ pub fn render_templates(
             .ok();
         write_atomic(&target, rendered.as_bytes(), mode)?;
         done.push(out_rel.to_string());
-    }
+        Ok(())
+    })?;
     Ok(done)
 }

@@ -3,8 +3,13 @@
 //! Same directory, same bytes: entries are sorted by path with `bundle.yaml` first, mtimes
 //! are 0, owners are 0/0 with empty names, and nothing host-specific is recorded. File modes
 //! (permission, setuid/setgid and sticky bits) and symlinks are kept.
+//!
+//! A directory with a `*.tmpl` file that does not parse is refused, naming the file and
+//! line, so a broken template is found on the build machine rather than on every host.
 
+use crate::config::{check_templates, ConfigError};
 use crate::hashio::HashingWriter;
+use crate::template::TemplateError;
 use berth_shared::bundle::{Manifest, ManifestError, MANIFEST_FILE};
 use berth_shared::{Digest, SafeRelPath};
 use std::fs;
@@ -27,6 +32,13 @@ pub enum PackError {
     },
     #[error("{path}: {why}")]
     Entry { path: PathBuf, why: String },
+    /// A `*.tmpl` file that does not parse (or is too large, or not UTF-8).
+    #[error("{path}: {source}")]
+    Template {
+        path: PathBuf,
+        #[source]
+        source: TemplateError,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -75,6 +87,17 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, PackError> {
 /// absent).
 pub fn pack(dir: &Path, out: &Path) -> Result<Packed, PackError> {
     let manifest = read_manifest(dir)?;
+    check_templates(dir).map_err(|e| match e {
+        ConfigError::Template { path, source } => PackError::Template {
+            path: dir.join(path),
+            source,
+        },
+        ConfigError::Io { path, source } => PackError::Io { path, source },
+        other => PackError::Entry {
+            path: dir.to_path_buf(),
+            why: other.to_string(),
+        },
+    })?;
     let tmp = out.with_extension("partial");
     let file = fs::File::create(&tmp).map_err(io_err(&tmp))?;
     let result = pack_into(dir, BufWriter::with_capacity(1 << 20, file));

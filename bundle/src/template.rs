@@ -4,14 +4,39 @@
 //! `if` / `else if` / `else` / `end`, comments `{{/* */}}`, trim markers `{{-` and `-}}`,
 //! string, raw-string, number and boolean literals, and the functions `default`, `eq`, `ne`,
 //! `not`, `and`, `or`, `lower`, `upper`, `trim` and `quote`. A missing key renders empty
-//! (Go's `missingkey=zero` for string maps) unless `default` gives a value.
+//! (Go's `missingkey=zero` for string maps) unless `default` gives a value. Unknown
+//! functions and wrong argument counts are parse errors (Go finds the latter only when the
+//! action runs), so [`check`] finds every mistake that does not depend on the env.
 //!
 //! Written here rather than taken from a crate: the one Rust implementation of Go templates
 //! (gtmpl 0.7) loops forever on an unclosed action, and templates come from bundles, which
-//! are untrusted input.
+//! are untrusted input. For the same reason everything is bounded, and exceeding a bound is
+//! a [`TemplateError`] naming the line and the limit, never a crash or a hang:
+//! - [`MAX_TEMPLATE_BYTES`] (1 MiB) of source. The templated files in cluster images
+//!   (kubeadm, etcd, containerd and registry configs, CNI custom resources, Helm values)
+//!   are a few KiB to tens of KiB; the large manifests (CRDs) are not templated.
+//! - [`MAX_DEPTH`] (64) levels of `if` nesting, and separately 64 levels of parentheses
+//!   within one action. Parsing and rendering recurse once per level, so this bounds the
+//!   stack (about 128 frames at worst) far below any thread's stack; real templates nest 2
+//!   or 3 deep.
+//! - [`MAX_OUTPUT_BYTES`] (4 MiB) of rendered output, so `{{ .X }}` repeated over a large env
+//!   value cannot fill the disk or memory.
+//! - [`MAX_EVAL_BYTES`] (16 MiB) of values computed while rendering (every field lookup,
+//!   literal and function result, counted each time it is evaluated). Without it a pipeline
+//!   such as `{{ "\\" | quote | quote | … }}` doubles its value at every step and exhausts
+//!   memory before anything reaches the output.
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// Largest template source accepted, bytes (1 MiB).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+/// Deepest nesting of `if` blocks, and separately of parentheses within one action.
+pub const MAX_DEPTH: usize = 64;
+/// Largest rendered output, bytes (4 MiB).
+pub const MAX_OUTPUT_BYTES: usize = 4 << 20;
+/// Most bytes of values one render may compute (16 MiB).
+pub const MAX_EVAL_BYTES: usize = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("line {line}: {message}")]
@@ -29,18 +54,80 @@ fn terr(line: usize, message: impl Into<String>) -> TemplateError {
 
 /// Renders `src` with `env`.
 pub fn render(src: &str, env: &BTreeMap<String, String>) -> Result<String, TemplateError> {
+    let nodes = parse(src)?;
+    let mut r = Renderer {
+        env,
+        out: String::with_capacity(src.len()),
+        computed: 0,
+    };
+    r.nodes(&nodes)?;
+    Ok(r.out)
+}
+
+/// Parses `src` without rendering it: finds every error that does not depend on the env
+/// (everything but the output and evaluation limits).
+pub fn check(src: &str) -> Result<(), TemplateError> {
+    parse(src).map(drop)
+}
+
+/// The text of a template read as bytes (a file, an archive entry), refusing more than
+/// [`MAX_TEMPLATE_BYTES`] and bytes that are not UTF-8. A caller reading a file may stop
+/// after `MAX_TEMPLATE_BYTES + 1` bytes: the error is the same.
+pub fn decode(bytes: &[u8]) -> Result<&str, TemplateError> {
+    check_size(bytes)?;
+    std::str::from_utf8(bytes).map_err(|e| {
+        terr(
+            line_at(bytes, e.valid_up_to()),
+            "not UTF-8 text; templates must be UTF-8",
+        )
+    })
+}
+
+/// The path a template at `rel` renders to (`rel` without `.tmpl`), or None when `rel` is
+/// not a template: no `.tmpl` suffix, or nothing before it in the last component.
+pub fn rendered_path(rel: &str) -> Option<&str> {
+    let out = rel.strip_suffix(".tmpl")?;
+    if out.is_empty() || out.ends_with('/') {
+        None
+    } else {
+        Some(out)
+    }
+}
+
+/// 1-based line of byte offset `at`.
+fn line_at(bytes: &[u8], at: usize) -> usize {
+    bytes[..at.min(bytes.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+fn check_size(bytes: &[u8]) -> Result<(), TemplateError> {
+    if bytes.len() > MAX_TEMPLATE_BYTES {
+        return Err(terr(
+            line_at(bytes, MAX_TEMPLATE_BYTES),
+            format!(
+                "template exceeds the size limit of {MAX_TEMPLATE_BYTES} bytes ({} MiB)",
+                MAX_TEMPLATE_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn parse(src: &str) -> Result<Vec<Node>, TemplateError> {
+    check_size(src.as_bytes())?;
     let items = split(src)?;
     let mut pos = 0;
-    let (nodes, end) = parse_nodes(&items, &mut pos)?;
+    let (nodes, end) = parse_nodes(&items, &mut pos, 0)?;
     if let Some((kw, line)) = end {
         return Err(terr(
             line,
             format!("unexpected `{kw}` without a matching `if`"),
         ));
     }
-    let mut out = String::with_capacity(src.len());
-    render_nodes(&nodes, env, &mut out)?;
-    Ok(out)
+    Ok(nodes)
 }
 
 // ---- lexing -------------------------------------------------------------------------------
@@ -58,8 +145,15 @@ enum Tok {
 
 #[derive(Debug)]
 enum Item {
-    Text(String),
-    Action { toks: Vec<Tok>, line: usize },
+    /// Literal text and the line it starts on.
+    Text {
+        text: String,
+        line: usize,
+    },
+    Action {
+        toks: Vec<Tok>,
+        line: usize,
+    },
 }
 
 fn split(src: &str) -> Result<Vec<Item>, TemplateError> {
@@ -69,6 +163,7 @@ fn split(src: &str) -> Result<Vec<Item>, TemplateError> {
     let mut trim_next = false;
     while let Some(start) = rest.find("{{") {
         let mut text = rest[..start].to_string();
+        let text_line = line;
         line += text.matches('\n').count();
         let after = &rest[start + 2..];
         let trim_prev =
@@ -80,7 +175,10 @@ fn split(src: &str) -> Result<Vec<Item>, TemplateError> {
             text = text.trim_end().to_string();
         }
         if !text.is_empty() {
-            items.push(Item::Text(text));
+            items.push(Item::Text {
+                text,
+                line: text_line,
+            });
         }
         let body_start = if trim_prev { 1 } else { 0 };
         let (body, consumed) = action_body(&after[body_start..], line)?;
@@ -108,7 +206,7 @@ fn split(src: &str) -> Result<Vec<Item>, TemplateError> {
         text = text.trim_start().to_string();
     }
     if !text.is_empty() {
-        items.push(Item::Text(text));
+        items.push(Item::Text { text, line });
     }
     Ok(items)
 }
@@ -265,7 +363,10 @@ struct Pipe {
 
 #[derive(Debug)]
 enum Node {
-    Text(String),
+    Text {
+        text: String,
+        line: usize,
+    },
     Out(Pipe),
     If {
         branches: Vec<(Pipe, Vec<Node>)>,
@@ -277,18 +378,23 @@ const FUNCS: [&str; 10] = [
     "default", "eq", "ne", "not", "and", "or", "lower", "upper", "trim", "quote",
 ];
 
-/// Parses until `end`/`else` (returned) or the end of input.
+/// Parses until `end`/`else` (returned) or the end of input. `depth` is the number of
+/// enclosing `if` blocks.
 #[allow(clippy::type_complexity)]
 fn parse_nodes(
     items: &[Item],
     pos: &mut usize,
+    depth: usize,
 ) -> Result<(Vec<Node>, Option<(String, usize)>), TemplateError> {
     let mut nodes = Vec::new();
     while *pos < items.len() {
         let item = &items[*pos];
         *pos += 1;
         match item {
-            Item::Text(t) => nodes.push(Node::Text(t.clone())),
+            Item::Text { text, line } => nodes.push(Node::Text {
+                text: text.clone(),
+                line: *line,
+            }),
             Item::Action { toks, line } => match toks.first() {
                 None => return Err(terr(*line, "empty action")),
                 Some(Tok::Ident(k)) if k == "end" => {
@@ -301,11 +407,17 @@ fn parse_nodes(
                     return Ok((nodes, Some(("else".into(), *line))));
                 }
                 Some(Tok::Ident(k)) if k == "if" => {
+                    if depth >= MAX_DEPTH {
+                        return Err(terr(
+                            *line,
+                            format!("`if` blocks nest deeper than the limit of {MAX_DEPTH} levels"),
+                        ));
+                    }
                     let mut branches = Vec::new();
                     let mut cond = parse_pipe(&toks[1..], *line)?;
                     let mut otherwise = Vec::new();
                     loop {
-                        let (body, end) = parse_nodes(items, pos)?;
+                        let (body, end) = parse_nodes(items, pos, depth + 1)?;
                         match end {
                             None => return Err(terr(*line, "`if` without a matching `end`")),
                             Some((kw, _)) if kw == "end" => {
@@ -328,7 +440,7 @@ fn parse_nodes(
                                         "`else` takes no arguments (use `else if`)",
                                     ));
                                 }
-                                let (body, end) = parse_nodes(items, pos)?;
+                                let (body, end) = parse_nodes(items, pos, depth + 1)?;
                                 match end {
                                     Some((kw, _)) if kw == "end" => otherwise = body,
                                     Some((_, l)) => {
@@ -364,14 +476,20 @@ fn parse_nodes(
 
 fn parse_pipe(toks: &[Tok], line: usize) -> Result<Pipe, TemplateError> {
     let mut i = 0;
-    let pipe = parse_pipe_inner(toks, &mut i, line)?;
+    let pipe = parse_pipe_inner(toks, &mut i, line, 0)?;
     if i != toks.len() {
         return Err(terr(line, "unexpected `)`"));
     }
     Ok(pipe)
 }
 
-fn parse_pipe_inner(toks: &[Tok], i: &mut usize, line: usize) -> Result<Pipe, TemplateError> {
+/// `depth` is the number of enclosing parentheses.
+fn parse_pipe_inner(
+    toks: &[Tok],
+    i: &mut usize,
+    line: usize,
+    depth: usize,
+) -> Result<Pipe, TemplateError> {
     let mut cmds = vec![Vec::new()];
     while *i < toks.len() {
         let t = &toks[*i];
@@ -389,7 +507,13 @@ fn parse_pipe_inner(toks: &[Tok], i: &mut usize, line: usize) -> Result<Pipe, Te
                 break;
             }
             Tok::LParen => {
-                let sub = parse_pipe_inner(toks, i, line)?;
+                if depth >= MAX_DEPTH {
+                    return Err(terr(
+                        line,
+                        format!("parentheses nest deeper than the limit of {MAX_DEPTH} levels"),
+                    ));
+                }
+                let sub = parse_pipe_inner(toks, i, line, depth + 1)?;
                 if toks.get(*i) != Some(&Tok::RParen) {
                     return Err(terr(line, "unclosed `(`"));
                 }
@@ -421,12 +545,45 @@ fn parse_pipe_inner(toks: &[Tok], i: &mut usize, line: usize) -> Result<Pipe, Te
     if cmds.iter().any(Vec::is_empty) {
         return Err(terr(line, "missing value in pipeline"));
     }
-    for c in &cmds[1..] {
-        if !matches!(c[0], Arg::Func(_)) {
-            return Err(terr(line, "only a function can follow `|`"));
+    for (n, cmd) in cmds.iter().enumerate() {
+        // A command after `|` gets the previous result as its last argument.
+        let piped = usize::from(n > 0);
+        match &cmd[0] {
+            Arg::Func(f) => arity(f, cmd.len() - 1 + piped, line)?,
+            _ if n > 0 => return Err(terr(line, "only a function can follow `|`")),
+            _ if cmd.len() > 1 => {
+                return Err(terr(
+                    line,
+                    "a value cannot take arguments; did you miss a function name?",
+                ))
+            }
+            _ => {}
         }
     }
     Ok(Pipe { cmds, line })
+}
+
+/// Checks that function `f` can take `got` arguments (at parse time, and again before each
+/// call).
+fn arity(f: &str, got: usize, line: usize) -> Result<(), TemplateError> {
+    let exactly = |n: usize| {
+        if got == n {
+            Ok(())
+        } else {
+            Err(terr(
+                line,
+                format!("`{f}` takes {n} argument(s), got {got}"),
+            ))
+        }
+    };
+    match f {
+        "default" => exactly(2),
+        "not" | "lower" | "upper" | "trim" | "quote" => exactly(1),
+        "eq" | "ne" if got < 2 => Err(terr(line, format!("`{f}` needs at least 2 arguments"))),
+        "and" | "or" if got == 0 => Err(terr(line, format!("`{f}` needs arguments"))),
+        "eq" | "ne" | "and" | "or" => Ok(()),
+        other => Err(terr(line, format!("function `{other}` not defined"))),
+    }
 }
 
 // ---- evaluation ---------------------------------------------------------------------------
@@ -462,88 +619,126 @@ impl fmt::Display for Value {
     }
 }
 
-fn render_nodes(
-    nodes: &[Node],
-    env: &BTreeMap<String, String>,
-    out: &mut String,
-) -> Result<(), TemplateError> {
-    for n in nodes {
-        match n {
-            Node::Text(t) => out.push_str(t),
-            Node::Out(p) => out.push_str(eval_pipe(p, env)?.text()),
-            Node::If {
-                branches,
-                otherwise,
-            } => {
-                let mut done = false;
-                for (cond, body) in branches {
-                    if eval_pipe(cond, env)?.truthy() {
-                        render_nodes(body, env, out)?;
-                        done = true;
-                        break;
+/// One render: the env, the output so far, and the bytes of values computed so far.
+struct Renderer<'a> {
+    env: &'a BTreeMap<String, String>,
+    out: String,
+    computed: usize,
+}
+
+impl Renderer<'_> {
+    fn emit(&mut self, s: &str, line: usize) -> Result<(), TemplateError> {
+        if self.out.len().saturating_add(s.len()) > MAX_OUTPUT_BYTES {
+            return Err(terr(
+                line,
+                format!(
+                    "rendered output exceeds the limit of {MAX_OUTPUT_BYTES} bytes ({} MiB)",
+                    MAX_OUTPUT_BYTES >> 20
+                ),
+            ));
+        }
+        self.out.push_str(s);
+        Ok(())
+    }
+
+    /// Counts a computed value against [`MAX_EVAL_BYTES`].
+    fn charge(&mut self, v: Value, line: usize) -> Result<Value, TemplateError> {
+        self.computed = self.computed.saturating_add(v.text().len());
+        if self.computed > MAX_EVAL_BYTES {
+            return Err(terr(
+                line,
+                format!(
+                    "values computed while rendering exceed the limit of {MAX_EVAL_BYTES} bytes ({} MiB)",
+                    MAX_EVAL_BYTES >> 20
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    fn nodes(&mut self, nodes: &[Node]) -> Result<(), TemplateError> {
+        for n in nodes {
+            match n {
+                Node::Text { text, line } => self.emit(text, *line)?,
+                Node::Out(p) => {
+                    let v = self.pipe(p)?;
+                    self.emit(v.text(), p.line)?;
+                }
+                Node::If {
+                    branches,
+                    otherwise,
+                } => {
+                    let mut done = false;
+                    for (cond, body) in branches {
+                        if self.pipe(cond)?.truthy() {
+                            self.nodes(body)?;
+                            done = true;
+                            break;
+                        }
+                    }
+                    if !done {
+                        self.nodes(otherwise)?;
                     }
                 }
-                if !done {
-                    render_nodes(otherwise, env, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pipe(&mut self, p: &Pipe) -> Result<Value, TemplateError> {
+        let mut prev: Option<Value> = None;
+        for cmd in &p.cmds {
+            let mut args = Vec::new();
+            for a in &cmd[1..] {
+                args.push(self.arg(a, p.line)?);
+            }
+            if let Some(v) = prev.take() {
+                args.push(v);
+            }
+            prev = Some(match &cmd[0] {
+                Arg::Func(f) => {
+                    let v = call(f, args, p.line)?;
+                    self.charge(v, p.line)?
                 }
+                first => {
+                    if !args.is_empty() {
+                        return Err(terr(
+                            p.line,
+                            "a value cannot take arguments; did you miss a function name?",
+                        ));
+                    }
+                    self.arg(first, p.line)?
+                }
+            });
+        }
+        Ok(prev.unwrap_or(Value::Missing))
+    }
+
+    fn arg(&mut self, a: &Arg, line: usize) -> Result<Value, TemplateError> {
+        match a {
+            Arg::Field(k) => {
+                let v = self
+                    .env
+                    .get(k)
+                    .map(|v| Value::Str(v.clone()))
+                    .unwrap_or(Value::Missing);
+                self.charge(v, line)
+            }
+            Arg::Lit(v) => self.charge(v.clone(), line),
+            // Charged inside, as its commands run.
+            Arg::Sub(p) => self.pipe(p),
+            Arg::Func(f) => {
+                let v = call(f, Vec::new(), line)?;
+                self.charge(v, line)
             }
         }
     }
-    Ok(())
-}
-
-fn eval_pipe(p: &Pipe, env: &BTreeMap<String, String>) -> Result<Value, TemplateError> {
-    let mut prev: Option<Value> = None;
-    for cmd in &p.cmds {
-        let mut args = Vec::new();
-        for a in &cmd[1..] {
-            args.push(eval_arg(a, env, p.line)?);
-        }
-        if let Some(v) = prev.take() {
-            args.push(v);
-        }
-        prev = Some(match &cmd[0] {
-            Arg::Func(f) => call(f, args, p.line)?,
-            first => {
-                if !args.is_empty() {
-                    return Err(terr(
-                        p.line,
-                        "a value cannot take arguments; did you miss a function name?",
-                    ));
-                }
-                eval_arg(first, env, p.line)?
-            }
-        });
-    }
-    Ok(prev.unwrap_or(Value::Missing))
-}
-
-fn eval_arg(a: &Arg, env: &BTreeMap<String, String>, line: usize) -> Result<Value, TemplateError> {
-    Ok(match a {
-        Arg::Field(k) => env
-            .get(k)
-            .map(|v| Value::Str(v.clone()))
-            .unwrap_or(Value::Missing),
-        Arg::Lit(v) => v.clone(),
-        Arg::Sub(p) => eval_pipe(p, env)?,
-        Arg::Func(f) => call(f, Vec::new(), line)?,
-    })
 }
 
 fn call(f: &str, args: Vec<Value>, line: usize) -> Result<Value, TemplateError> {
-    let need = |n: usize| -> Result<(), TemplateError> {
-        if args.len() != n {
-            Err(terr(
-                line,
-                format!("`{f}` takes {n} argument(s), got {}", args.len()),
-            ))
-        } else {
-            Ok(())
-        }
-    };
+    arity(f, args.len(), line)?;
     Ok(match f {
         "default" => {
-            need(2)?;
             if args[1].truthy() {
                 args[1].clone()
             } else {
@@ -551,42 +746,21 @@ fn call(f: &str, args: Vec<Value>, line: usize) -> Result<Value, TemplateError> 
             }
         }
         "eq" | "ne" => {
-            if args.len() < 2 {
-                return Err(terr(line, format!("`{f}` needs at least 2 arguments")));
-            }
             let hit = args[1..].iter().any(|b| b.text() == args[0].text());
             Value::Bool(if f == "eq" { hit } else { !hit })
         }
-        "not" => {
-            need(1)?;
-            Value::Bool(!args[0].truthy())
-        }
+        "not" => Value::Bool(!args[0].truthy()),
         "and" | "or" => {
-            if args.is_empty() {
-                return Err(terr(line, format!("`{f}` needs arguments")));
-            }
             let want = f == "or";
             args.iter()
                 .find(|v| v.truthy() == want)
                 .cloned()
                 .unwrap_or_else(|| args[args.len() - 1].clone())
         }
-        "lower" => {
-            need(1)?;
-            Value::Str(args[0].text().to_lowercase())
-        }
-        "upper" => {
-            need(1)?;
-            Value::Str(args[0].text().to_uppercase())
-        }
-        "trim" => {
-            need(1)?;
-            Value::Str(args[0].text().trim().to_string())
-        }
-        "quote" => {
-            need(1)?;
-            Value::Str(format!("{:?}", args[0].text()))
-        }
+        "lower" => Value::Str(args[0].text().to_lowercase()),
+        "upper" => Value::Str(args[0].text().to_uppercase()),
+        "trim" => Value::Str(args[0].text().trim().to_string()),
+        "quote" => Value::Str(format!("{:?}", args[0].text())),
         other => return Err(terr(line, format!("function `{other}` not defined"))),
     })
 }

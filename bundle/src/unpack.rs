@@ -7,7 +7,13 @@
 //! fifo entries, sparse or unknown entry types, entries beyond the limits, and archives
 //! whose PAX and ustar sizes disagree (read differently by different tar implementations).
 //! setuid/setgid bits are stripped unless the manifest sets `allowSetuid: true`.
+//!
+//! Every regular `*.tmpl` entry (what [`crate::config::render_templates`] will render) is
+//! read into memory, bounded by [`MAX_TEMPLATE_BYTES`], and parsed; one that is larger, not
+//! UTF-8 or does not parse is refused with the entry and line. A hardlink named `*.tmpl`
+//! must point at a file that was checked as a template.
 
+use crate::template::{self, TemplateError, MAX_TEMPLATE_BYTES};
 use berth_shared::bundle::{Manifest, ManifestError, MANIFEST_FILE, MAX_MANIFEST_BYTES};
 use berth_shared::SafeRelPath;
 use std::collections::BTreeMap;
@@ -16,23 +22,46 @@ use std::io::{self, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Bounds on what one archive may unpack to.
+/// Default [`Limits::max_total_bytes`]: 16 GiB.
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 16 << 30;
+/// Default [`Limits::max_entries`]: 200,000.
+pub const DEFAULT_MAX_ENTRIES: u64 = 200_000;
+/// Default [`Limits::max_file_bytes`]: 4 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+/// The most [`Limits::max_file_bytes`] may be: 8 GiB - 1, so every legitimate size fits the
+/// ustar header and any PAX size that disagrees with it is an attack.
+pub const MAX_FILE_BYTES_CAP: u64 = (8 << 30) - 1;
+
+/// Bounds on what one archive may unpack to. The defaults are sized for the largest real
+/// bundle, a whole Kubernetes cluster image (sealos `labring/kubernetes`: kubeadm, kubelet,
+/// kubectl, containerd, CNI plugins, and a registry directory with every control-plane and
+/// add-on container image), which unpacks to 1-3 GiB in a few thousand files. They leave
+/// room for several times that, and still stop an archive that would fill a host's disk
+/// or inode table. Raise them with the agent's and controller's flags.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Sum of all file sizes.
+    /// Sum of all file sizes. Default 16 GiB: a Kubernetes rootfs with its container images
+    /// is 1-3 GiB unpacked, and a bundle that also carries several large application images
+    /// (CUDA-based ones are several GiB each) still fits. 64 GiB, the earlier default, was
+    /// more than the root disk of a typical node.
     pub max_total_bytes: u64,
+    /// Number of entries (files, directories, links), the manifest included. Default
+    /// 200,000: a Kubernetes cluster image has a few thousand (registry blobs included),
+    /// a bundle with a JavaScript or Python application tree some tens of thousands. Each
+    /// entry costs an inode and a few syscalls on every host.
     pub max_entries: u64,
+    /// Size of one file. Default 4 GiB: the largest single files in real bundles are
+    /// compressed container image layers in the registry directory, and even the CUDA
+    /// library layers are roughly 2-3 GiB. At most [`MAX_FILE_BYTES_CAP`].
     pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_total_bytes: 64 << 30,
-            max_entries: 1_000_000,
-            // Below 8 GiB, so every legitimate size fits the ustar header and any PAX size
-            // that disagrees with it is an attack.
-            max_file_bytes: (8 << 30) - 1,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }
@@ -41,6 +70,13 @@ impl Default for Limits {
 pub enum UnpackError {
     #[error("entry `{entry}`: {why}")]
     Entry { entry: String, why: String },
+    /// A `*.tmpl` entry that does not parse (or is not UTF-8).
+    #[error("entry `{entry}`: {source}")]
+    Template {
+        entry: String,
+        #[source]
+        source: TemplateError,
+    },
     #[error("archive: {0}")]
     Archive(String),
     #[error("bundle.yaml in the archive: {0}")]
@@ -169,7 +205,8 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
     })?;
     let hooks_wanted: Vec<String> = raw.hooks.values().cloned().collect();
     let manifest = raw.clone().validate(|_| true)?;
-    let mut regular_files: BTreeMap<String, ()> = BTreeMap::new();
+    // Regular files so far, and whether their content was checked as a template.
+    let mut regular_files: BTreeMap<String, bool> = BTreeMap::new();
 
     let mut count = 1u64;
     let mut total = 0u64;
@@ -233,7 +270,12 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
                         ),
                     ));
                 }
-                regular_files.insert(rel.as_str().to_string(), ());
+                let template = if template::rendered_path(rel.as_str()).is_some() {
+                    Some(read_template(&mut entry, &name, size)?)
+                } else {
+                    None
+                };
+                regular_files.insert(rel.as_str().to_string(), template.is_some());
                 if let Some(dest) = dest {
                     let target = prepare(dest, &rel, false)?;
                     let mut f = fs::OpenOptions::new()
@@ -242,13 +284,18 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
                         .open(&target)
                         .map_err(io_at(&target))?;
                     let mut written = 0u64;
-                    loop {
-                        let n = entry.read(&mut buf).map_err(arc)?;
-                        if n == 0 {
-                            break;
+                    if let Some(bytes) = &template {
+                        io::Write::write_all(&mut f, bytes).map_err(io_at(&target))?;
+                        written = bytes.len() as u64;
+                    } else {
+                        loop {
+                            let n = entry.read(&mut buf).map_err(arc)?;
+                            if n == 0 {
+                                break;
+                            }
+                            io::Write::write_all(&mut f, &buf[..n]).map_err(io_at(&target))?;
+                            written += n as u64;
                         }
-                        io::Write::write_all(&mut f, &buf[..n]).map_err(io_at(&target))?;
-                        written += n as u64;
                     }
                     if written != size {
                         return Err(UnpackError::Archive(format!("entry `{name}` is truncated")));
@@ -289,10 +336,16 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
                 let link_str = link.to_string_lossy().into_owned();
                 let link_rel = SafeRelPath::new(&link_str)
                     .map_err(|e| entry_err(&name, format!("hardlink target: {e}")))?;
-                if !regular_files.contains_key(link_rel.as_str()) {
+                let Some(&checked) = regular_files.get(link_rel.as_str()) else {
                     return Err(entry_err(
                         &name,
                         format!("hardlink target `{link_rel}` is not a regular file earlier in this bundle"),
+                    ));
+                };
+                if !checked && template::rendered_path(rel.as_str()).is_some() {
+                    return Err(entry_err(
+                        &name,
+                        format!("a template may only be a hardlink to another template; `{link_rel}` is not one"),
                     ));
                 }
                 if let Some(dest) = dest {
@@ -300,7 +353,7 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
                     let target = prepare(dest, &rel, false)?;
                     fs::hard_link(&source, &target).map_err(io_at(&target))?;
                 }
-                regular_files.insert(rel.as_str().to_string(), ());
+                regular_files.insert(rel.as_str().to_string(), checked);
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 return Err(entry_err(
@@ -335,6 +388,34 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
         entries: count,
         bytes: total,
     })
+}
+
+/// Reads a `*.tmpl` entry of `size` bytes (at most [`MAX_TEMPLATE_BYTES`]) and parses it.
+fn read_template<R: Read>(entry: &mut R, name: &str, size: u64) -> Result<Vec<u8>, UnpackError> {
+    if size > MAX_TEMPLATE_BYTES as u64 {
+        return Err(entry_err(
+            name,
+            format!(
+                "template of {size} bytes exceeds the size limit of {MAX_TEMPLATE_BYTES} bytes ({} MiB)",
+                MAX_TEMPLATE_BYTES >> 20
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    entry
+        .take(size)
+        .read_to_end(&mut bytes)
+        .map_err(|e| UnpackError::Archive(format!("corrupt or truncated: {e}")))?;
+    if bytes.len() as u64 != size {
+        return Err(UnpackError::Archive(format!("entry `{name}` is truncated")));
+    }
+    template::decode(&bytes)
+        .and_then(template::check)
+        .map_err(|source| UnpackError::Template {
+            entry: name.to_string(),
+            source,
+        })?;
+    Ok(bytes)
 }
 
 fn no_data(name: &str, size: u64) -> Result<(), UnpackError> {

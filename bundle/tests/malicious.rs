@@ -420,3 +420,111 @@ fn a_good_archive_unpacks_links_and_all() {
         "a real hard link"
     );
 }
+
+/// Scans (the controller's upload check) and returns the error text; unpacking gives the
+/// same error.
+fn scan_refused(bytes: &[u8]) -> String {
+    let err = berth_bundle::scan(bytes, &Limits::default())
+        .expect_err("must be refused")
+        .to_string();
+    assert_eq!(refused(bytes, Limits::default()), err, "unpack agrees");
+    err
+}
+
+#[test]
+fn scan_refuses_a_template_that_does_not_parse() {
+    let entries = [
+        special("etc", tar::EntryType::Directory),
+        file("etc/good.conf.tmpl", b"port={{ .PORT | default \"1\" }}\n"),
+        file("etc/app.conf.tmpl", b"a\nb\n{{ .A "),
+    ];
+    let err = scan_refused(&archive(&entries, true));
+    assert_eq!(
+        err,
+        "entry `etc/app.conf.tmpl`: line 3: unclosed action: `{{` without `}}`"
+    );
+    let entries = [file(
+        "deep.tmpl",
+        "{{ if true }}".repeat(20_000).leak().as_bytes(),
+    )];
+    assert_eq!(
+        scan_refused(&archive(&entries, true)),
+        "entry `deep.tmpl`: line 1: `if` blocks nest deeper than the limit of 64 levels"
+    );
+}
+
+#[test]
+fn scan_refuses_a_template_over_the_size_limit() {
+    let big = vec![b'x'; (1 << 20) + 1];
+    let err = scan_refused(&archive(&[file("big.tmpl", &big)], true));
+    assert_eq!(
+        err,
+        "entry `big.tmpl`: template of 1048577 bytes exceeds the size limit of 1048576 bytes (1 MiB)"
+    );
+    // The same bytes under another name are just a file.
+    berth_bundle::scan(
+        &archive(&[file("big.bin", &big)], true)[..],
+        &Limits::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn scan_refuses_a_template_that_is_not_utf8() {
+    let err = scan_refused(&archive(&[file("x.tmpl", b"ok\n\xff")], true));
+    assert_eq!(
+        err,
+        "entry `x.tmpl`: line 2: not UTF-8 text; templates must be UTF-8"
+    );
+}
+
+#[test]
+fn a_hardlinked_template_smuggled_unchecked_content() {
+    let entries = [
+        file("data", b"{{ if"),
+        link("etc/x.conf.tmpl", tar::EntryType::Link, "data"),
+    ];
+    let err = scan_refused(&archive(&entries, true));
+    assert_eq!(
+        err,
+        "entry `etc/x.conf.tmpl`: a template may only be a hardlink to another template; `data` is not one"
+    );
+    // A hardlink to a checked template is fine, and unpacks with its content.
+    let entries = [
+        file("a.tmpl", b"{{ .A }}"),
+        link("b.tmpl", tar::EntryType::Link, "a.tmpl"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    unpack(&archive(&entries, true)[..], tmp.path(), &Limits::default()).unwrap();
+    assert_eq!(fs::read(tmp.path().join("b.tmpl")).unwrap(), b"{{ .A }}");
+}
+
+#[test]
+fn good_templates_scan_and_unpack_with_their_content() {
+    let src = b"name: {{ .BERTH_HOST }}\n{{- if eq .TLS \"true\" }}\ntls: on\n{{- end }}\n";
+    let entries = [
+        special("etc", tar::EntryType::Directory),
+        file("etc/app.yaml.tmpl", src),
+        // Not templates: no name before `.tmpl`.
+        file("etc/.tmpl", b"{{ broken"),
+    ];
+    let bytes = archive(&entries, true);
+    assert_eq!(
+        berth_bundle::scan(&bytes[..], &Limits::default())
+            .unwrap()
+            .entries,
+        4
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    unpack(&bytes[..], tmp.path(), &Limits::default()).unwrap();
+    assert_eq!(fs::read(tmp.path().join("etc/app.yaml.tmpl")).unwrap(), src);
+}
+
+#[test]
+fn default_limits_are_the_documented_ones() {
+    let l = Limits::default();
+    assert_eq!(l.max_total_bytes, 16 << 30);
+    assert_eq!(l.max_entries, 200_000);
+    assert_eq!(l.max_file_bytes, 4 << 30);
+    assert!(l.max_file_bytes <= berth_bundle::unpack::MAX_FILE_BYTES_CAP);
+}

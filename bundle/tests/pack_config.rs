@@ -267,3 +267,85 @@ fn templates_render_against_an_expected_file() {
     );
     assert!(!bad.path().join("x/broken.sh").exists());
 }
+
+#[test]
+fn build_refuses_a_bundle_with_a_bad_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("b");
+    sample_bundle(&dir);
+    fs::create_dir_all(dir.join("etc/kube")).unwrap();
+    fs::write(
+        dir.join("etc/good.conf.tmpl"),
+        "a={{ .A | default \"x\" }}\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("etc/kube/kubeadm.yaml.tmpl"),
+        "kind: InitConfiguration\n{{ if .A }}\nx: {{ .A }}\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("b.tar.zst");
+    let err = pack(&dir, &out).unwrap_err();
+    assert!(matches!(err, PackError::Template { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: line 2: `if` without a matching `end`",
+            dir.join("etc/kube/kubeadm.yaml.tmpl").display()
+        )
+    );
+    assert!(!out.exists());
+    assert!(!tmp.path().join("b.tar.partial").exists());
+
+    // The same check on its own names the file relative to the directory.
+    assert_eq!(
+        berth_bundle::config::check_templates(&dir)
+            .unwrap_err()
+            .to_string(),
+        "template etc/kube/kubeadm.yaml.tmpl: line 2: `if` without a matching `end`"
+    );
+
+    // Too large, and not UTF-8.
+    fs::remove_file(dir.join("etc/kube/kubeadm.yaml.tmpl")).unwrap();
+    fs::write(dir.join("etc/big.tmpl"), vec![b'x'; (1 << 20) + 1]).unwrap();
+    assert_eq!(
+        pack(&dir, &out).unwrap_err().to_string(),
+        format!(
+            "{}: line 1: template exceeds the size limit of 1048576 bytes (1 MiB)",
+            dir.join("etc/big.tmpl").display()
+        )
+    );
+    fs::write(dir.join("etc/big.tmpl"), b"ok\n\xfe\n").unwrap();
+    assert_eq!(
+        pack(&dir, &out).unwrap_err().to_string(),
+        format!(
+            "{}: line 2: not UTF-8 text; templates must be UTF-8",
+            dir.join("etc/big.tmpl").display()
+        )
+    );
+
+    // Fixed: it builds, and both templates were checked.
+    fs::remove_file(dir.join("etc/big.tmpl")).unwrap();
+    assert_eq!(berth_bundle::config::check_templates(&dir).unwrap(), 1);
+    pack(&dir, &out).unwrap();
+    assert!(out.exists());
+}
+
+#[test]
+fn check_templates_ignores_symlinks_and_non_templates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    fs::create_dir_all(root.join("d.tmpl")).unwrap();
+    fs::write(root.join("d.tmpl/.tmpl"), "{{ broken").unwrap();
+    fs::write(root.join("notes.txt"), "{{ broken").unwrap();
+    fs::write(root.join("real.tmpl"), "{{ broken").unwrap();
+    std::os::unix::fs::symlink("real.tmpl", root.join("link.tmpl")).unwrap();
+    assert_eq!(
+        berth_bundle::config::check_templates(root)
+            .unwrap_err()
+            .to_string(),
+        "template real.tmpl: line 1: unclosed action: `{{` without `}}`"
+    );
+    fs::write(root.join("real.tmpl"), "{{ .A }}").unwrap();
+    assert_eq!(berth_bundle::config::check_templates(root).unwrap(), 1);
+}

@@ -144,8 +144,13 @@ pub enum Command {
     /// Run clean hooks everywhere, remove the cluster's files from every host and the cluster
     Reset {
         cluster: String,
+        /// Wait until the cluster is gone; fails when a clean fails
         #[arg(long)]
         wait: bool,
+        /// Finish even when hosts do not answer (their clean is skipped, named in a
+        /// warning); also gives up cleans that failed
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -172,6 +177,17 @@ pub struct ServeArgs {
     /// Time in-flight requests get to finish on SIGINT/SIGTERM
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Added to a step's hook timeouts to make its deadline; a released or running step
+    /// with no result by then becomes `interrupted` (reason `lost`) and its cluster Failed
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub step_grace: Duration,
+    /// A host not seen for this long loses its released and running steps (`lost`)
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub host_lost_after: Duration,
+    /// Log bytes kept per step attempt (K, M, G); the rest is dropped and marked
+    /// `[… truncated N bytes]`
+    #[arg(long, default_value = "16M", value_parser = parse_size)]
+    pub log_cap: u64,
     /// Largest bundle upload accepted, in bytes (suffixes K, M, G, T)
     #[arg(long, default_value = "20G", value_parser = parse_size)]
     pub max_bundle_size: u64,
@@ -292,8 +308,13 @@ pub enum GetCmd {
 pub enum HostCmd {
     /// Reject every further call from this host's certificate
     Revoke { name: String },
-    /// Forget the host; its name can then enroll again
-    Delete { name: String },
+    /// Forget the host; its name can then enroll again. Refused for a cluster member
+    Delete {
+        name: String,
+        /// Remove the host from its cluster first, without running leave/remove
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// Runs the CLI and maps the outcome to an exit code, printing errors as one line.
@@ -424,9 +445,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             wait,
             output,
         } => crate::cluster_cmd::retry(&target, &cluster, wait, output).await,
-        Command::Reset { cluster, wait } => {
-            crate::cluster_cmd::reset(&target, &cluster, wait).await
-        }
+        Command::Reset {
+            cluster,
+            wait,
+            force,
+        } => crate::cluster_cmd::reset(&target, &cluster, force, wait).await,
         Command::Get(GetCmd::Clusters { output }) => {
             crate::cluster_cmd::list(&target, output).await
         }
@@ -466,9 +489,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "revoked",
                     name,
                 ),
-                HostCmd::Delete { name } => {
-                    (Method::DELETE, format!("/v1/hosts/{name}"), "deleted", name)
-                }
+                HostCmd::Delete { name, force } => (
+                    Method::DELETE,
+                    format!("/v1/hosts/{name}?force={force}"),
+                    "deleted",
+                    name,
+                ),
             };
             c.call_empty(method, &path).await?;
             println!("host {name} {done}");
@@ -497,6 +523,11 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
         max_polls: a.max_polls,
         shutdown_grace: a.shutdown_grace,
         max_bundle_size: a.max_bundle_size,
+        engine: crate::engine::EngineConfig {
+            step_grace: a.step_grace,
+            host_lost_after: a.host_lost_after,
+            log_cap: a.log_cap,
+        },
         unpack_limits: berth_bundle::Limits {
             max_total_bytes: a.max_unpacked_size,
             max_entries: a.max_entries,

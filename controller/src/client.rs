@@ -5,7 +5,7 @@ use crate::pki::PkiPaths;
 use crate::server::{ControllerInfo, INFO_FILE};
 use anyhow::{anyhow, bail, Context, Result};
 use berth_shared::api::ErrorBody;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -163,12 +163,29 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
     }
     let bytes = resp.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(e) if status == StatusCode::UNAUTHORIZED => {
-            bail!("{} ({}); check --token / BERTH_TOKEN", e.message, e.code)
+        Ok(e) => Err(ApiCallError {
+            status: status.as_u16(),
+            code: e.code,
+            message: e.message,
         }
-        Ok(e) => bail!("{} ({})", e.message, e.code),
+        .into()),
         Err(_) => bail!("controller answered {status}"),
     }
+}
+
+/// An error answer of the API. Callers decide by `code` (downcast the `anyhow::Error`),
+/// never by the message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({code}){}", if *status == 401 { "; check --token / BERTH_TOKEN" } else { "" })]
+pub struct ApiCallError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+/// The API error code of an error, if it is an API answer.
+pub fn api_code(e: &anyhow::Error) -> Option<&str> {
+    e.downcast_ref::<ApiCallError>().map(|e| e.code.as_str())
 }
 
 /// A rustls client config that trusts only the given CA (ring provider).

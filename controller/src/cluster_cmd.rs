@@ -3,17 +3,15 @@
 use crate::client::{Client, Target};
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
-use berth_shared::api::{ClusterView, CreateTokenRequest, CreateTokenResponse};
+use berth_shared::api::{
+    codes, ApplyResponse, ClusterView, CreateTokenRequest, CreateTokenResponse, LogChunk,
+    ResetRequest, ResetResponse, RetryResponse,
+};
+use berth_shared::state::{ClusterPhase, StepState};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-
-#[derive(serde::Deserialize)]
-struct ApplyResponse {
-    name: String,
-    warnings: Vec<String>,
-}
 
 pub async fn apply(target: &Target, file: &Path, wait: bool, out: Format) -> Result<()> {
     let text =
@@ -40,12 +38,12 @@ async fn apply_text(client: &Client, text: &str, wait: bool, out: Format) -> Res
 pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -> Result<()> {
     let start = Instant::now();
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
-    let mut last_phase = String::new();
+    let mut last_phase: Option<ClusterPhase> = None;
     loop {
         let v: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
         for s in &v.steps {
             let key = format!("{}#{}", s.state, s.attempt);
-            if seen.get(&s.id) != Some(&key) && s.state != "pending" {
+            if seen.get(&s.id) != Some(&key) && s.state != StepState::Pending {
                 eprintln!(
                     "[{:>6.1}s] {:<14} {:<12} {}{}",
                     start.elapsed().as_secs_f64(),
@@ -60,19 +58,22 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
                 seen.insert(s.id, key);
             }
         }
-        if v.phase != last_phase {
+        if Some(v.phase) != last_phase {
             eprintln!(
                 "[{:>6.1}s] cluster {} is {}",
                 start.elapsed().as_secs_f64(),
                 v.name,
                 v.phase
             );
-            last_phase = v.phase.clone();
+            last_phase = Some(v.phase);
         }
-        let done = v.phase == "Running" || v.phase == "Failed";
+        let done = matches!(
+            v.phase,
+            ClusterPhase::Running | ClusterPhase::Failed | ClusterPhase::ResetFailed
+        );
         if done && until_done {
             print_status(&v, out)?;
-            if v.phase == "Failed" {
+            if v.phase != ClusterPhase::Running {
                 bail!(
                     "cluster {} failed: {}",
                     v.name,
@@ -106,8 +107,8 @@ pub fn print_status(v: &ClusterView, out: Format) -> Result<()> {
                 .map(|s| {
                     vec![
                         s.host.clone(),
-                        s.kind.clone(),
-                        s.state.clone(),
+                        s.kind.to_string(),
+                        s.state.to_string(),
                         s.attempt.to_string(),
                         s.exit_code
                             .map(|c| c.to_string())
@@ -131,11 +132,11 @@ pub fn print_status(v: &ClusterView, out: Format) -> Result<()> {
             .collect();
         println!("outputs: {}", shown.join(" "));
     }
-    if v.phase == "Failed" {
+    if matches!(v.phase, ClusterPhase::Failed | ClusterPhase::ResetFailed) {
         if let Some(s) = v
             .steps
             .iter()
-            .find(|s| s.state == "failed" || s.state == "interrupted")
+            .find(|s| matches!(s.state, StepState::Failed | StepState::Interrupted))
         {
             println!("--- log tail of {} on {} ---", s.kind, s.host);
             println!("{}", s.log_tail.as_deref().unwrap_or("").trim_end());
@@ -185,7 +186,7 @@ pub async fn list(target: &Target, out: Format) -> Result<()> {
             .map(|c| {
                 vec![
                     c.name.clone(),
-                    c.phase.clone(),
+                    c.phase.to_string(),
                     c.hosts
                         .iter()
                         .map(|h| h.name.clone())
@@ -196,13 +197,6 @@ pub async fn list(target: &Target, out: Format) -> Result<()> {
             })
             .collect()
     })
-}
-
-#[derive(serde::Deserialize)]
-struct LogChunk {
-    state: String,
-    next: u64,
-    data: String,
 }
 
 pub async fn logs(
@@ -222,7 +216,7 @@ pub async fn logs(
         let c: LogChunk = match client.get(&path).await {
             Ok(c) => c,
             // With -f, wait for the step to start.
-            Err(e) if follow && e.to_string().contains("no started step") => {
+            Err(e) if follow && crate::client::api_code(&e) == Some(codes::NOT_FOUND) => {
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 continue;
             }
@@ -234,7 +228,10 @@ pub async fn logs(
             let _ = std::io::stdout().flush();
         }
         from = c.next;
-        let finished = !matches!(c.state.as_str(), "released" | "running" | "pending");
+        if c.more {
+            continue;
+        }
+        let finished = !c.state.is_active() && c.state != StepState::Pending;
         if !follow || (finished && c.data.is_empty()) {
             return Ok(());
         }
@@ -244,13 +241,13 @@ pub async fn logs(
 
 pub async fn retry(target: &Target, name: &str, wait: bool, out: Format) -> Result<()> {
     let client = Client::connect(target)?;
-    let r: serde_json::Value = client
+    let r: RetryResponse = client
         .post(
             &format!("/v1/clusters/{name}/retry"),
             &serde_json::json!({}),
         )
         .await?;
-    eprintln!("retrying {} step(s) of {name}", r["retried_steps"]);
+    eprintln!("retrying {} step(s) of {name}", r.retried_steps);
     if wait {
         watch(&client, name, true, out).await
     } else {
@@ -258,22 +255,55 @@ pub async fn retry(target: &Target, name: &str, wait: bool, out: Format) -> Resu
     }
 }
 
-pub async fn reset(target: &Target, name: &str, wait: bool) -> Result<()> {
+pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Result<()> {
     let client = Client::connect(target)?;
-    client
-        .call_empty(reqwest::Method::POST, &format!("/v1/clusters/{name}/reset"))
+    let r: ResetResponse = client
+        .post(
+            &format!("/v1/clusters/{name}/reset"),
+            &ResetRequest { force },
+        )
         .await?;
     eprintln!("resetting cluster {name}: clean hooks run on every host");
+    for h in &r.skipped {
+        eprintln!("warning: clean skipped on host {h} (it does not answer, or its clean failed); clean it by hand");
+    }
     if !wait {
         return Ok(());
     }
+    let start = Instant::now();
+    let mut last = String::new();
     loop {
         match client
             .get::<ClusterView>(&format!("/v1/clusters/{name}"))
             .await
         {
-            Ok(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            Err(e) if e.to_string().contains("(not_found)") => {
+            Ok(v) => {
+                if v.phase == ClusterPhase::ResetFailed {
+                    print_status(&v, Format::Table)?;
+                    bail!(
+                        "{}",
+                        v.message
+                            .unwrap_or_else(|| format!("reset of {name} failed"))
+                    );
+                }
+                // Say what the reset waits for, once per change.
+                let waiting: Vec<String> = v
+                    .steps
+                    .iter()
+                    .filter(|s| s.state.is_active() || s.state == StepState::Pending)
+                    .map(|s| format!("{} on {} ({})", s.kind, s.host, s.state))
+                    .collect();
+                let line = waiting.join(", ");
+                if line != last && !line.is_empty() {
+                    eprintln!(
+                        "[{:>6.1}s] waiting for {line}",
+                        start.elapsed().as_secs_f64()
+                    );
+                    last = line;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await
+            }
+            Err(e) if crate::client::api_code(&e) == Some(codes::NOT_FOUND) => {
                 println!("cluster {name} reset and removed");
                 return Ok(());
             }
@@ -317,28 +347,69 @@ pub async fn run(target: &Target, a: RunArgs) -> Result<()> {
             bail!("-e `{e}` is not KEY=VALUE");
         }
     }
-    let list = |v: &[String]| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut text = format!(
-        "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: {}\nspec:\n  hosts:\n  - ips: [{}]\n    roles: [master]\n",
-        a.cluster,
-        list(&masters)
-    );
-    if !a.nodes.is_empty() {
-        text.push_str(&format!(
-            "  - ips: [{}]\n    roles: [node]\n",
-            list(&a.nodes)
-        ));
-    }
-    text.push_str(&format!("  image: [{}]\n", list(&images)));
-    if !a.env.is_empty() {
-        text.push_str(&format!("  env: [{}]\n", list(&a.env)));
-    }
+    let text = run_clusterfile(&a.cluster, &masters, &a.nodes, &images, &a.env)?;
     apply_text(&client, &text, true, a.out).await
+}
+
+/// The Clusterfile `berth run` applies (sealos `apps.sealos.io/v1beta1` `Cluster`), as
+/// typed values serialised by the YAML library, so any value of `-e`, host or image
+/// (quotes, `: `, `#`, newlines, leading spaces, unicode) arrives as given.
+#[derive(serde::Serialize)]
+struct RunCluster<'a> {
+    #[serde(rename = "apiVersion")]
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: RunMetadata<'a>,
+    spec: RunSpec<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct RunMetadata<'a> {
+    name: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct RunSpec<'a> {
+    hosts: Vec<RunHosts<'a>>,
+    image: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    env: &'a [String],
+}
+
+#[derive(serde::Serialize)]
+struct RunHosts<'a> {
+    ips: &'a [String],
+    roles: [&'static str; 1],
+}
+
+fn run_clusterfile(
+    cluster: &str,
+    masters: &[String],
+    nodes: &[String],
+    images: &[String],
+    env: &[String],
+) -> Result<String> {
+    let mut hosts = vec![RunHosts {
+        ips: masters,
+        roles: ["master"],
+    }];
+    if !nodes.is_empty() {
+        hosts.push(RunHosts {
+            ips: nodes,
+            roles: ["node"],
+        });
+    }
+    let doc = RunCluster {
+        api_version: "apps.sealos.io/v1beta1",
+        kind: "Cluster",
+        metadata: RunMetadata { name: cluster },
+        spec: RunSpec {
+            hosts,
+            image: images,
+            env,
+        },
+    };
+    serde_norway::to_string(&doc).context("cannot write the Clusterfile for `berth run`")
 }
 
 /// Enrolls and starts a local agent under `<data-dir>/local-agent` when there is none
@@ -455,5 +526,87 @@ pub async fn edit_hosts(
         watch(&client, &r.name, true, out).await
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::run_clusterfile;
+    use berth_shared::clusterfile::Clusterfile;
+    use std::collections::BTreeMap;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// `berth run -e 'K=va"lue'` used to build the YAML with `format!`, which produced an
+    /// invalid (or different) Clusterfile for values with quotes, `: `, `#` or newlines.
+    #[test]
+    fn run_env_values_with_yaml_syntax_round_trip_through_the_clusterfile() {
+        let hostile = [
+            ("QUOTE", "va\"lue: #x"),
+            ("SINGLE", "it's 'quoted'"),
+            ("COLON", "a: b"),
+            ("HASH", "#not a comment"),
+            ("NEWLINES", "line1\nline2\n\n"),
+            ("CRLF", "a\r\nb"),
+            ("LEADING", "   leading and trailing   "),
+            ("DASH", "- item"),
+            ("FLOW", "[a, b], {c: d}"),
+            ("ANCHOR", "&a *a !tag |"),
+            ("UNICODE", "héllo wörld ✓ 日本"),
+            ("BOOLISH", "yes"),
+            ("NULLISH", "~"),
+            ("NUMBER", "010"),
+            ("EMPTY", ""),
+            ("EQUALS", "a=b=c"),
+            ("BACKSLASH", "C:\\path\\x \\n"),
+            ("TAB", "\tx\t"),
+        ];
+        let env: Vec<String> = hostile.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let text = run_clusterfile(
+            "c1",
+            &strings(&["m0", "10.0.0.1:22"]),
+            &strings(&["n1"]),
+            &strings(&["hello:v1", "hello-app:v1"]),
+            &env,
+        )
+        .unwrap();
+        let cf = Clusterfile::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let want: BTreeMap<String, String> = hostile
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(cf.env, want, "{text}");
+        assert_eq!(cf.name, "c1");
+        assert_eq!(cf.images, strings(&["hello:v1", "hello-app:v1"]));
+        assert_eq!(cf.hosts.len(), 2);
+        assert_eq!(cf.hosts[0].ips, strings(&["m0", "10.0.0.1"]));
+        assert_eq!(cf.hosts[0].roles, strings(&["master"]));
+        assert_eq!(cf.hosts[1].ips, strings(&["n1"]));
+        assert_eq!(cf.hosts[1].roles, strings(&["node"]));
+        assert!(cf.warnings.is_empty(), "{:?}", cf.warnings);
+    }
+
+    /// For ordinary input the document is the one `format!` used to write.
+    #[test]
+    fn run_clusterfile_for_plain_input_is_the_document_it_always_was() {
+        let old = "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: hello\nspec:\n  hosts:\n  - ips: [\"m0\", \"m1\"]\n    roles: [master]\n  - ips: [\"n1\"]\n    roles: [node]\n  image: [\"hello:v1\", \"hello-app:v1\"]\n  env: [\"GREETING=bonjour\"]\n";
+        let new = run_clusterfile(
+            "hello",
+            &strings(&["m0", "m1"]),
+            &strings(&["n1"]),
+            &strings(&["hello:v1", "hello-app:v1"]),
+            &strings(&["GREETING=bonjour"]),
+        )
+        .unwrap();
+        let parse = |t: &str| serde_norway::from_str::<serde_norway::Value>(t).unwrap();
+        assert_eq!(parse(&new), parse(old), "{new}");
+        // Without nodes and env there is no second group and no `env` key.
+        let new =
+            run_clusterfile("one", &strings(&["m0"]), &[], &strings(&["hello:v1"]), &[]).unwrap();
+        let old = "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: one\nspec:\n  hosts:\n  - ips: [\"m0\"]\n    roles: [master]\n  image: [\"hello:v1\"]\n";
+        assert_eq!(parse(&new), parse(old), "{new}");
     }
 }

@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Largest accepted bundle upload, bytes.
     pub max_bundle_size: u64,
+    /// Step deadlines, lost hosts, the log cap.
+    pub engine: crate::engine::EngineConfig,
     /// Limits a pushed bundle must respect.
     pub unpack_limits: berth_bundle::Limits,
 }

@@ -1,41 +1,88 @@
-//! The reconcile engine: turns an applied Clusterfile into persisted steps, releases them
-//! phase by phase, and builds each host's signed plan.
+//! The reconcile engine: the thin async layer around the pure `planner`. It loads what is
+//! recorded, asks the planner what to run, persists it, releases steps phase by phase,
+//! validates every agent report against the step state machine, declares lost steps, and
+//! builds each host's signed plan.
 //!
-//! Steps carry an `ord`: every step with a lower `ord` must be finished before a step is
-//! released, and steps with equal `ord` run in parallel. Phases map to ords (check 1000,
-//! distribute 2000, install 3000, init 4000, join-master 5000+i one at a time, join-node
-//! 6000, apps 7000, leave 8000, remove 9000+i, clean 10000). All state lives in SQLite, so
-//! a restarted controller simply ticks every cluster again.
+//! All state lives in SQLite, so a restarted controller simply ticks every cluster again.
 
 use crate::pki::Pki;
-use crate::store::clusters::{ClusterHostRow, NewClusterHost, NewStep, StepRow};
-use crate::store::{HostRow, Store};
+use crate::planner::{
+    self, DesiredHost, PlanError, Recorded, RecordedHost, ResolvedBundle, ResolvedSpec, StepSpec,
+};
+use crate::store::clusters::{ClusterHostRow, LogAppend, StepRow};
+use crate::store::{HostRow, Store, StoreError};
 use crate::time::now_unix;
 use anyhow::Result;
-use berth_shared::bundle::{BundleType, Manifest};
-use berth_shared::clusterfile::{strip_port, Clusterfile, ConfigDoc};
+use berth_shared::api::{codes, StepReport};
+use berth_shared::bundle::BundleType;
+use berth_shared::clusterfile::{strip_port, Clusterfile};
 use berth_shared::plan::{
     envelope, PlanBundle, PlanConfig, PlanEnvelope, PlanPayload, PlanStep, PLAN_VERSION,
 };
+use berth_shared::state::{transition, ClusterPhase, HostRole, StepKind, StepState, Transition};
 use berth_shared::{BundleRef, Digest};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How long a signed plan is valid.
 pub const PLAN_TTL_SECS: i64 = 3600;
+/// Largest accepted log chunk (the agent sends at most 64 KiB).
+pub const MAX_LOG_CHUNK: usize = 256 * 1024;
+/// Outputs of one step: at most this many keys, each value at most `MAX_OUTPUT_VALUE` bytes.
+pub const MAX_OUTPUTS: usize = 64;
+pub const MAX_OUTPUT_VALUE: usize = 16 * 1024;
 
+/// The engine's knobs (from `berth serve` flags).
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    /// Added to a step's own timeout to make its deadline.
+    pub step_grace: Duration,
+    /// A host not seen for this long loses its released and running steps.
+    pub host_lost_after: Duration,
+    /// Log bytes stored per step attempt; the rest is dropped with a marker.
+    pub log_cap: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            step_grace: Duration::from_secs(300),
+            host_lost_after: Duration::from_secs(600),
+            log_cap: 16 << 20,
+        }
+    }
+}
+
+/// A refused request, with its stable code; `Internal` is a 500.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    NotFound(String),
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl EngineError {
+    fn invalid(message: impl Into<String>) -> Self {
+        EngineError::Invalid {
+            code: codes::INVALID_CLUSTERFILE,
+            message: message.into(),
+        }
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        EngineError::NotFound {
+            code: codes::NOT_FOUND,
+            message: message.into(),
+        }
+    }
 }
 
 impl From<sqlx::Error> for EngineError {
@@ -44,50 +91,33 @@ impl From<sqlx::Error> for EngineError {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ResolvedBundle {
-    pub reference: String,
-    pub digest: Digest,
-    pub manifest: Manifest,
+impl From<PlanError> for EngineError {
+    fn from(e: PlanError) -> Self {
+        EngineError::Invalid {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
 }
 
-/// What the `spec` column holds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ResolvedSpec {
-    pub bundles: Vec<ResolvedBundle>,
-    pub env: BTreeMap<String, String>,
-    pub configs: Vec<ConfigDoc>,
-    pub warnings: Vec<String>,
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => EngineError::not_found(m),
+            StoreError::Conflict(m) => EngineError::Conflict {
+                code: codes::CONFLICT,
+                message: m,
+            },
+            StoreError::Db(e) => EngineError::Internal(e.into()),
+            StoreError::Other(e) => EngineError::Internal(e),
+        }
+    }
 }
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-struct StepSpec {
-    /// Indexes into `ResolvedSpec::bundles` (app bundles for `apps`).
-    #[serde(default)]
-    apps: Vec<usize>,
-    /// For leave/remove: the host being removed and its IP.
-    #[serde(default)]
-    target: Option<(String, String)>,
-}
-
-struct Desired {
-    host: HostRow,
-    role: String,
-    ip: String,
-    env: BTreeMap<String, String>,
-}
-
-/// A cluster's row, spec, hosts and outputs, loaded once per plan.
-type ClusterCtx = (
-    crate::store::clusters::ClusterRow,
-    ResolvedSpec,
-    Vec<ClusterHostRow>,
-    BTreeMap<String, String>,
-);
 
 pub struct Engine {
     pub store: Store,
     pki: Arc<Pki>,
+    cfg: EngineConfig,
     wakers: Mutex<HashMap<i64, Arc<Notify>>>,
     tick_lock: tokio::sync::Mutex<()>,
 }
@@ -97,11 +127,16 @@ pub struct Applied {
     pub warnings: Vec<String>,
 }
 
+fn parse_spec(json: &str) -> Result<ResolvedSpec> {
+    Ok(serde_json::from_str(json)?)
+}
+
 impl Engine {
-    pub fn new(store: Store, pki: Arc<Pki>) -> Engine {
+    pub fn new(store: Store, pki: Arc<Pki>, cfg: EngineConfig) -> Engine {
         Engine {
             store,
             pki,
+            cfg,
             wakers: Mutex::new(HashMap::new()),
             tick_lock: tokio::sync::Mutex::new(()),
         }
@@ -121,281 +156,58 @@ impl Engine {
 
     /// Stores a Clusterfile as the cluster's next generation and schedules what differs.
     pub async fn apply(&self, text: &str, actor: &str) -> Result<Applied, EngineError> {
-        let cf = Clusterfile::parse(text).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let cf = Clusterfile::parse(text).map_err(|e| EngineError::invalid(e.to_string()))?;
         let _guard = self.tick_lock.lock().await;
         let existing = self.store.cluster(&cf.name).await?;
+        let mut recorded = Recorded::default();
         if let Some(c) = &existing {
-            if c.phase == "Resetting" {
-                return Err(EngineError::Conflict(format!(
-                    "cluster `{}` is being reset; wait until it is gone",
-                    c.name
-                )));
-            }
-            let steps = self.store.steps(c.id).await?;
-            let busy = steps
-                .iter()
-                .filter(|s| s.state == "released" || s.state == "running")
-                .count();
-            if busy > 0 {
-                return Err(EngineError::Conflict(format!(
-                    "an apply of cluster `{}` is in progress ({busy} steps running); wait for it (`berth status {} --watch`) and apply again",
-                    c.name, c.name
-                )));
-            }
-        }
-
-        // Bundles.
-        let mut bundles = Vec::new();
-        for (i, image) in cf.images.iter().enumerate() {
-            let field = format!("Clusterfile document (Cluster): spec.image[{i}]");
-            let r: BundleRef = image
-                .parse()
-                .map_err(|e| EngineError::Invalid(format!("{field}: {e}")))?;
-            let digest = match &r {
-                BundleRef::Digest(d) => Some(d.to_string()),
-                BundleRef::Tag { name, tag } => self.store.resolve_tag(name, tag).await?,
-            };
-            let row = match digest {
-                Some(d) => self.store.bundle(&d).await?,
-                None => None,
-            };
-            let row = row.ok_or_else(|| {
-                EngineError::Invalid(format!("{field}: no bundle `{image}` is stored; push it with `berth bundle push DIR --tag {image}`"))
-            })?;
-            let manifest: Manifest =
-                serde_json::from_str(&row.manifest).map_err(|e| EngineError::Internal(e.into()))?;
-            if i == 0 && manifest.bundle_type != BundleType::Rootfs {
-                return Err(EngineError::Invalid(format!(
-                    "{field}: the first image must be a rootfs bundle, `{image}` is {:?}",
-                    manifest.bundle_type
-                )));
-            }
-            bundles.push(ResolvedBundle {
-                reference: image.clone(),
-                digest: row
-                    .digest
-                    .parse()
-                    .map_err(|e: berth_shared::digest::DigestError| {
-                        EngineError::Internal(e.into())
-                    })?,
-                manifest,
-            });
-        }
-        for c in &cf.configs {
-            if let Some(m) = &c.matches {
-                if !bundles.iter().any(|b| &b.reference == m) {
-                    return Err(EngineError::Invalid(format!(
-                        "Clusterfile document {} (Config): spec.match: `{m}` is not one of spec.image",
-                        c.doc
-                    )));
-                }
-            }
-        }
-
-        // Hosts: by agent name, else by a reported address.
-        let all_hosts = self.store.hosts().await?;
-        let mut desired: Vec<Desired> = Vec::new();
-        for g in &cf.hosts {
-            for entry in &g.ips {
-                let key = strip_port(entry);
-                let host = all_hosts
-                    .iter()
-                    .find(|h| h.name == key)
-                    .or_else(|| all_hosts.iter().find(|h| h.facts.addresses.iter().any(|a| a == &key)))
-                    .ok_or_else(|| {
-                        EngineError::Invalid(format!(
-                            "Clusterfile document (Cluster): spec.hosts[{}].ips: no enrolled host is named or has the address `{key}`; enroll it with `berth-agent join` (see `berth get hosts`)",
-                            g.index
-                        ))
-                    })?;
-                if host.revoked {
-                    return Err(EngineError::Invalid(format!(
-                        "spec.hosts[{}].ips: host `{}` is revoked",
-                        g.index, host.name
-                    )));
-                }
-                if let Some(other) = self.store.cluster_of_host(host.id).await? {
-                    if other != cf.name {
-                        return Err(EngineError::Invalid(format!(
-                            "Clusterfile document (Cluster): spec.hosts[{}].ips: host `{}` already belongs to cluster `{other}`",
-                            g.index, host.name
-                        )));
-                    }
-                }
-                let ip = if key.parse::<std::net::IpAddr>().is_ok() {
-                    key.clone()
-                } else {
-                    host.facts.addresses.first().cloned().unwrap_or_default()
-                };
-                desired.push(Desired {
-                    host: host.clone(),
-                    role: if g.is_master() {
-                        "master".into()
-                    } else {
-                        "node".into()
-                    },
-                    ip,
-                    env: g.env.clone(),
+            if c.phase.is_reset() {
+                return Err(EngineError::Conflict {
+                    code: codes::CLUSTER_RESETTING,
+                    message: format!(
+                        "cluster `{}` is being reset; wait until it is gone (`berth reset {} --force` finishes it without hosts that do not answer)",
+                        c.name, c.name
+                    ),
                 });
             }
+            let steps = self.store.steps(c.id).await?;
+            let busy = steps.iter().filter(|s| s.state.is_active()).count();
+            if busy > 0 {
+                return Err(EngineError::Conflict {
+                    code: codes::APPLY_IN_PROGRESS,
+                    message: format!(
+                        "an apply of cluster `{}` is in progress ({busy} steps running); wait for it (`berth status {} --watch`) and apply again",
+                        c.name, c.name
+                    ),
+                });
+            }
+            recorded = Recorded {
+                hosts: self
+                    .store
+                    .cluster_hosts(c.id)
+                    .await?
+                    .into_iter()
+                    .map(recorded_host)
+                    .collect(),
+                spec: parse_spec(&c.spec).ok(),
+                installed: steps
+                    .iter()
+                    .any(|s| s.kind == StepKind::Install && s.state == StepState::Succeeded),
+            };
         }
-        // Masters first (master0 = first master), then nodes, in Clusterfile order.
-        desired.sort_by_key(|d| if d.role == "master" { 0 } else { 1 });
-
         let spec = ResolvedSpec {
-            bundles: bundles.clone(),
+            bundles: self.resolve_bundles(&cf).await?,
             env: cf.env.clone(),
             configs: cf.configs.clone(),
             warnings: cf.warnings.clone(),
         };
-        let current_hosts = match &existing {
-            Some(c) => self.store.cluster_hosts(c.id).await?,
-            None => Vec::new(),
-        };
-        let previous_spec: Option<ResolvedSpec> = existing
-            .as_ref()
-            .and_then(|c| serde_json::from_str(&c.spec).ok());
-
-        let mut add_hosts = Vec::new();
-        let mut host_updates = Vec::new();
-        let mut steps = Vec::new();
-        let step =
-            |h: &HostRow, kind: &str, ord: i64, spec: &StepSpec, best_effort: bool| NewStep {
-                host_id: h.id,
-                host_name: h.name.clone(),
-                kind: kind.into(),
-                ord,
-                spec: serde_json::to_string(spec).unwrap_or_else(|_| "{}".into()),
-                best_effort,
-            };
-        let master0 = &desired[0];
-        if let Some(cur0) = current_hosts
-            .iter()
-            .find(|h| h.ord == 0 && h.state == "active")
-        {
-            if cur0.host_id != master0.host.id {
-                return Err(EngineError::Invalid(format!(
-                    "spec.hosts: the first master must stay `{}` (master0 of cluster `{}`); master0 cannot change",
-                    cur0.name, cf.name
-                )));
-            }
-        }
-        let mut new_masters = 0;
-        for (ord, d) in desired.iter().enumerate() {
-            let env_json =
-                serde_json::to_string(&d.env).map_err(|e| EngineError::Internal(e.into()))?;
-            match current_hosts.iter().find(|h| h.host_id == d.host.id) {
-                Some(cur) => {
-                    if cur.role != d.role {
-                        return Err(EngineError::Invalid(format!(
-                            "spec.hosts: host `{}` would change role from {} to {}; delete it from the cluster first, then add it back",
-                            d.host.name, cur.role, d.role
-                        )));
-                    }
-                    host_updates.push((d.host.id, d.ip.clone(), env_json, ord as i64));
-                }
-                None => {
-                    add_hosts.push(NewClusterHost {
-                        host_id: d.host.id,
-                        role: d.role.clone(),
-                        ord: ord as i64,
-                        ip: d.ip.clone(),
-                        env: env_json,
-                    });
-                    let none = StepSpec::default();
-                    steps.push(step(&d.host, "check", 1000, &none, false));
-                    steps.push(step(&d.host, "distribute", 2000, &none, false));
-                    steps.push(step(&d.host, "install", 3000, &none, false));
-                    if ord == 0 {
-                        steps.push(step(&d.host, "init", 4000, &none, false));
-                    } else if d.role == "master" {
-                        steps.push(step(
-                            &d.host,
-                            "join-master",
-                            5000 + new_masters,
-                            &none,
-                            false,
-                        ));
-                        new_masters += 1;
-                    } else {
-                        steps.push(step(&d.host, "join-node", 6000, &none, false));
-                    }
-                }
-            }
-        }
-        let mut leaving = Vec::new();
-        for (i, cur) in current_hosts
-            .iter()
-            .filter(|h| h.state == "active")
-            .enumerate()
-        {
-            if desired.iter().any(|d| d.host.id == cur.host_id) {
-                continue;
-            }
-            leaving.push(cur.host_id);
-            let target = StepSpec {
-                apps: vec![],
-                target: Some((cur.name.clone(), cur.ip.clone())),
-            };
-            let h = all_hosts
-                .iter()
-                .find(|h| h.id == cur.host_id)
-                .cloned()
-                .ok_or_else(|| EngineError::Internal(anyhow::anyhow!("host vanished")))?;
-            steps.push(step(&h, "leave", 8000, &target, true));
-            steps.push(step(
-                &master0.host,
-                "remove",
-                9000 + i as i64,
-                &target,
-                false,
-            ));
-        }
-        // App bundles run once each, on master0.
-        let old_apps: Vec<Digest> = previous_spec
-            .map(|p| {
-                p.bundles
-                    .iter()
-                    .filter(|b| b.manifest.bundle_type == BundleType::App)
-                    .map(|b| b.digest)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let new_apps: Vec<usize> = bundles
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| {
-                b.manifest.bundle_type == BundleType::App && !old_apps.contains(&b.digest)
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if !new_apps.is_empty() {
-            steps.push(step(
-                &master0.host,
-                "apps",
-                7000,
-                &StepSpec {
-                    apps: new_apps,
-                    target: None,
-                },
-                false,
-            ));
-        }
-
+        let hosts = self.resolve_hosts(&cf).await?;
+        let generation = planner::diff(&cf.name, &hosts, &spec, &recorded)?;
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.into()))?;
         let id = self
             .store
-            .apply_generation(
-                &cf.name,
-                text,
-                &spec_json,
-                add_hosts,
-                &leaving,
-                &host_updates,
-                steps,
-                actor,
-            )
+            .apply_generation(&cf.name, text, &spec_json, generation, actor)
             .await?;
         drop(_guard);
         self.tick(id).await?;
@@ -406,6 +218,137 @@ impl Engine {
         })
     }
 
+    /// Bundles by tag or digest, in Clusterfile order.
+    async fn resolve_bundles(&self, cf: &Clusterfile) -> Result<Vec<ResolvedBundle>, EngineError> {
+        let mut bundles = Vec::new();
+        for (i, image) in cf.images.iter().enumerate() {
+            let field = format!("Clusterfile document (Cluster): spec.image[{i}]");
+            let r: BundleRef = image
+                .parse()
+                .map_err(|e| EngineError::invalid(format!("{field}: {e}")))?;
+            let digest = match &r {
+                BundleRef::Digest(d) => Some(d.to_string()),
+                BundleRef::Tag { name, tag } => self.store.resolve_tag(name, tag).await?,
+            };
+            let row = match digest {
+                Some(d) => self.store.bundle(&d).await?,
+                None => None,
+            };
+            let row = row.ok_or_else(|| {
+                EngineError::invalid(format!("{field}: no bundle `{image}` is stored; push it with `berth bundle push DIR --tag {image}`"))
+            })?;
+            let manifest: berth_shared::bundle::Manifest =
+                serde_json::from_str(&row.manifest).map_err(|e| EngineError::Internal(e.into()))?;
+            if i == 0 && manifest.bundle_type != BundleType::Rootfs {
+                return Err(EngineError::invalid(format!(
+                    "{field}: the first image must be a rootfs bundle, `{image}` is {:?}",
+                    manifest.bundle_type
+                )));
+            }
+            let digest: Digest = row
+                .digest
+                .parse()
+                .map_err(|e: berth_shared::digest::DigestError| EngineError::Internal(e.into()))?;
+            bundles.push(ResolvedBundle {
+                reference: image.clone(),
+                digest,
+                manifest,
+            });
+        }
+        for c in &cf.configs {
+            if let Some(m) = &c.matches {
+                if !bundles.iter().any(|b| &b.reference == m) {
+                    return Err(EngineError::invalid(format!(
+                        "Clusterfile document {} (Config): spec.match: `{m}` is not one of spec.image",
+                        c.doc
+                    )));
+                }
+            }
+        }
+        Ok(bundles)
+    }
+
+    /// Hosts by agent name, else by the one host reporting that address. An address that
+    /// two hosts claim is refused: a host must not become master0 by claiming an IP.
+    async fn resolve_hosts(&self, cf: &Clusterfile) -> Result<Vec<DesiredHost>, EngineError> {
+        let all_hosts = self.store.hosts().await?;
+        let mut by_addr: HashMap<&str, Vec<&HostRow>> = HashMap::new();
+        for h in &all_hosts {
+            for a in &h.facts.addresses {
+                by_addr.entry(a.as_str()).or_default().push(h);
+            }
+        }
+        let mut desired = Vec::new();
+        for g in &cf.hosts {
+            for entry in &g.ips {
+                let key = strip_port(entry);
+                let field = format!(
+                    "Clusterfile document (Cluster): spec.hosts[{}].ips",
+                    g.index
+                );
+                let mut claims: Vec<&HostRow> =
+                    all_hosts.iter().filter(|h| h.name == key).collect();
+                if key.parse::<std::net::IpAddr>().is_ok() {
+                    for h in by_addr.get(key.as_str()).into_iter().flatten() {
+                        if !claims.iter().any(|c| c.id == h.id) {
+                            claims.push(h);
+                        }
+                    }
+                }
+                let host = match claims.as_slice() {
+                    [h] => *h,
+                    [] => {
+                        return Err(EngineError::invalid(format!(
+                            "{field}: no enrolled host is named or has the address `{key}`; enroll it with `berth-agent join` (see `berth get hosts`)"
+                        )))
+                    }
+                    many => {
+                        let names: Vec<&str> = many.iter().map(|h| h.name.as_str()).collect();
+                        return Err(EngineError::Invalid {
+                            code: codes::AMBIGUOUS_ADDRESS,
+                            message: format!(
+                                "{field}: the address `{key}` is claimed by hosts {}; name the host instead of its address, or revoke the one that should not have it",
+                                names.join(" and ")
+                            ),
+                        });
+                    }
+                };
+                if host.revoked {
+                    return Err(EngineError::invalid(format!(
+                        "{field}: host `{}` is revoked",
+                        host.name
+                    )));
+                }
+                if let Some((_, other)) = self.store.cluster_of_host(host.id).await? {
+                    if other != cf.name {
+                        return Err(EngineError::invalid(format!(
+                            "{field}: host `{}` already belongs to cluster `{other}`",
+                            host.name
+                        )));
+                    }
+                }
+                let ip = if key.parse::<std::net::IpAddr>().is_ok() {
+                    key.clone()
+                } else {
+                    host.facts.addresses.first().cloned().unwrap_or_default()
+                };
+                desired.push(DesiredHost {
+                    host_id: host.id,
+                    name: host.name.clone(),
+                    role: if g.is_master() {
+                        HostRole::Master
+                    } else {
+                        HostRole::Node
+                    },
+                    ip,
+                    env: serde_json::to_string(&g.env)
+                        .map_err(|e| EngineError::Internal(e.into()))?,
+                });
+            }
+        }
+        Ok(desired)
+    }
+
     /// Releases what can run, settles the cluster's phase. Idempotent.
     pub async fn tick(&self, cluster_id: i64) -> Result<()> {
         let _guard = self.tick_lock.lock().await;
@@ -413,70 +356,132 @@ impl Engine {
             return Ok(());
         };
         let steps = self.store.steps(cluster_id).await?;
+        if cluster.phase.is_reset() {
+            return self.tick_reset(&cluster, &steps).await;
+        }
         let finished = |s: &StepRow| {
-            s.state == "succeeded"
-                || s.state == "cancelled"
-                || (s.best_effort && (s.state == "failed" || s.state == "interrupted"))
+            s.state == StepState::Succeeded
+                || s.state == StepState::Cancelled
+                || (s.best_effort && matches!(s.state, StepState::Failed | StepState::Interrupted))
         };
-        if let Some(f) = steps
-            .iter()
-            .find(|s| !s.best_effort && (s.state == "failed" || s.state == "interrupted"))
-        {
-            if cluster.phase != "Failed" {
+        if let Some(f) = steps.iter().find(|s| {
+            !s.best_effort && matches!(s.state, StepState::Failed | StepState::Interrupted)
+        }) {
+            if cluster.phase != ClusterPhase::Failed {
                 let msg = format!(
-                    "step {} failed on host {}: {}{}",
+                    "step {} failed on host {}: {}",
                     f.kind,
                     f.host_name,
-                    match f.exit_code {
-                        Some(c) => format!("exit code {c}"),
-                        None => f.state.clone(),
-                    },
-                    f.reason
-                        .as_deref()
-                        .map(|r| format!(" ({r})"))
-                        .unwrap_or_default()
+                    outcome(f)
                 );
                 tracing::warn!(cluster = %cluster.name, host = %f.host_name, step = %f.kind, "{msg}");
                 self.store
-                    .set_phase(cluster_id, "Failed", Some(&msg))
+                    .set_phase(cluster_id, ClusterPhase::Failed, Some(&msg))
                     .await?;
             }
             return Ok(());
         }
         let unfinished: Vec<&StepRow> = steps.iter().filter(|s| !finished(s)).collect();
         let Some(min) = unfinished.iter().map(|s| s.ord).min() else {
-            if cluster.phase == "Resetting" {
-                let hosts = self.store.cluster_hosts(cluster_id).await?;
-                self.store.delete_cluster(cluster_id).await?;
-                for h in hosts {
-                    self.wake(h.host_id);
-                }
-                tracing::info!(cluster = %cluster.name, "reset finished; cluster removed");
-                return Ok(());
-            }
             self.store.drop_left_hosts(cluster_id).await?;
-            if cluster.phase != "Running" {
-                self.store.set_phase(cluster_id, "Running", None).await?;
+            if cluster.phase != ClusterPhase::Running {
+                self.store
+                    .set_phase(cluster_id, ClusterPhase::Running, None)
+                    .await?;
                 tracing::info!(cluster = %cluster.name, "cluster is Running");
             }
             return Ok(());
         };
-        let release: Vec<i64> = unfinished
+        self.release(
+            &cluster.spec,
+            unfinished.iter().filter(|s| s.ord == min).copied(),
+        )
+        .await?;
+        if cluster.phase == ClusterPhase::Failed {
+            self.store
+                .set_phase(cluster_id, ClusterPhase::Reconciling, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A reset: steps cancelled at its start stay cancelled; what was running finishes (or
+    /// is declared lost); then `clean` runs everywhere. A clean that failed or was lost
+    /// keeps the cluster (`ResetFailed`) until an operator retries or forces it.
+    async fn tick_reset(
+        &self,
+        cluster: &crate::store::clusters::ClusterRow,
+        steps: &[StepRow],
+    ) -> Result<()> {
+        let open: Vec<&StepRow> = steps
             .iter()
-            .filter(|s| s.ord == min && s.state == "pending")
-            .map(|s| s.id)
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    StepState::Pending | StepState::Released | StepState::Running
+                )
+            })
+            .collect();
+        if let Some(min) = open.iter().map(|s| s.ord).min() {
+            self.release(&cluster.spec, open.iter().filter(|s| s.ord == min).copied())
+                .await?;
+            return Ok(());
+        }
+        let failed: Vec<String> = steps
+            .iter()
+            .filter(|s| {
+                s.kind == StepKind::Clean
+                    && matches!(s.state, StepState::Failed | StepState::Interrupted)
+            })
+            .map(|s| format!("{} ({})", s.host_name, outcome(s)))
+            .collect();
+        if !failed.is_empty() {
+            if cluster.phase != ClusterPhase::ResetFailed {
+                let msg = format!(
+                    "reset incomplete: clean failed on {}; `berth retry {}` runs it again, `berth reset {} --force` removes the cluster anyway",
+                    failed.join(", "),
+                    cluster.name,
+                    cluster.name
+                );
+                tracing::warn!(cluster = %cluster.name, "{msg}");
+                self.store
+                    .set_phase(cluster.id, ClusterPhase::ResetFailed, Some(&msg))
+                    .await?;
+            }
+            return Ok(());
+        }
+        let hosts = self.store.cluster_hosts(cluster.id).await?;
+        self.store.delete_cluster(cluster.id).await?;
+        for h in hosts {
+            self.wake(h.host_id);
+        }
+        tracing::info!(cluster = %cluster.name, "reset finished; cluster removed");
+        Ok(())
+    }
+
+    /// Releases pending steps with their deadlines and wakes their hosts.
+    async fn release<'a>(
+        &self,
+        spec: &str,
+        steps: impl Iterator<Item = &'a StepRow>,
+    ) -> Result<()> {
+        let spec = parse_spec(spec).unwrap_or_default();
+        let now = now_unix();
+        let release: Vec<(i64, i64)> = steps
+            .filter(|s| s.state == StepState::Pending)
+            .map(|s| (s.id, now + self.deadline_secs(&spec, s)))
             .collect();
         if !release.is_empty() {
             for h in self.store.release(&release).await? {
                 self.wake(h);
             }
         }
-        if cluster.phase == "Failed" {
-            self.store
-                .set_phase(cluster_id, "Reconciling", None)
-                .await?;
-        }
         Ok(())
+    }
+
+    fn deadline_secs(&self, spec: &ResolvedSpec, s: &StepRow) -> i64 {
+        let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
+        (spec.step_timeout_secs(s.kind, &sspec) + self.cfg.step_grace.as_secs()) as i64
     }
 
     /// Ticks every cluster (at start, after a restart).
@@ -485,6 +490,198 @@ impl Engine {
             self.tick(c.id).await?;
         }
         Ok(())
+    }
+
+    /// Declares lost every released/running step past its deadline or on a host not seen
+    /// for `host_lost_after`: it becomes `interrupted` (reason `lost: …`), its cluster
+    /// `Failed`, so `berth retry`, `reset --force` or `host delete --force` can go on.
+    pub async fn reap(&self) -> Result<usize> {
+        let now = now_unix();
+        let lost_after = self.cfg.host_lost_after.as_secs() as i64;
+        let mut n = 0;
+        for s in self.store.lost_steps(now, now - lost_after).await? {
+            let reason = match s.deadline {
+                Some(d) if d < now => format!(
+                    "lost: no result from host {} by the step's deadline (its hook timeouts plus {}s)",
+                    s.host_name,
+                    self.cfg.step_grace.as_secs()
+                ),
+                _ => format!(
+                    "lost: host {} has not been seen for {}s",
+                    s.host_name,
+                    now - s.last_seen
+                ),
+            };
+            if self.store.mark_lost(&s, &reason).await? {
+                tracing::warn!(host = %s.host_name, step = s.id, "{reason}");
+                self.tick(s.cluster_id).await?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Runs `reap` every `every` until shutdown.
+    pub async fn run_reaper(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(e) = self.reap().await {
+                tracing::error!(error = format!("{e:#}"), "declaring lost steps failed");
+            }
+        }
+    }
+
+    /// Validates a step report against the state machine and stores it. Returns the
+    /// cluster to tick when it changed something.
+    pub async fn report(&self, host: &HostRow, r: &StepReport) -> Result<Option<i64>, EngineError> {
+        let step = self.owned_step(host, r.step_id).await?;
+        let to = match transition(step.state, step.attempt as u32, r.state, r.attempt) {
+            Ok(Transition::Duplicate) => return Ok(None),
+            Ok(Transition::Apply(to)) => to,
+            Err(e) => {
+                return Err(EngineError::Conflict {
+                    code: e.code(),
+                    message: format!(
+                        "step {} ({} on {}): {e}",
+                        step.id, step.kind, step.host_name
+                    ),
+                })
+            }
+        };
+        let cluster = self
+            .store
+            .cluster_by_id(step.cluster_id)
+            .await?
+            .ok_or_else(|| EngineError::not_found("the step's cluster is gone"))?;
+        let spec = parse_spec(&cluster.spec)?;
+        let sspec: StepSpec = serde_json::from_str(&step.spec).unwrap_or_default();
+        let mut r = r.clone();
+        if to == StepState::Succeeded {
+            if r.outputs.len() > MAX_OUTPUTS {
+                return Err(EngineError::Invalid {
+                    code: codes::OUTPUT_NOT_ALLOWED,
+                    message: format!("{} outputs; at most {MAX_OUTPUTS}", r.outputs.len()),
+                });
+            }
+            for (k, v) in &r.outputs {
+                if !spec.may_output(step.kind, &sspec, k) || v.len() > MAX_OUTPUT_VALUE {
+                    return Err(EngineError::Invalid {
+                        code: codes::OUTPUT_NOT_ALLOWED,
+                        message: format!(
+                            "step {} ({} on {}) may not publish output `{}`: only hooks a bundle declares under `outputs:` may, with declared names (never BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL), values up to {MAX_OUTPUT_VALUE} bytes",
+                            step.id, step.kind, step.host_name, k.chars().take(64).collect::<String>()
+                        ),
+                    });
+                }
+            }
+        } else {
+            r.outputs.clear();
+        }
+        r.log_tail = r.log_tail.map(|t| clip(&t, 4096));
+        r.reason = r.reason.map(|t| clip(&t, 1024));
+        let deadline =
+            (to == StepState::Running).then(|| now_unix() + self.deadline_secs(&spec, &step));
+        if !self
+            .store
+            .apply_report(&step, step.state, &r, deadline)
+            .await?
+        {
+            return Err(EngineError::Conflict {
+                code: codes::ILLEGAL_TRANSITION,
+                message: format!(
+                    "step {} changed while the report was applied; send it again",
+                    step.id
+                ),
+            });
+        }
+        Ok(Some(step.cluster_id))
+    }
+
+    /// Stores a log chunk of a step the host owns, at its current attempt.
+    pub async fn log(
+        &self,
+        host: &HostRow,
+        step_id: i64,
+        attempt: u32,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<LogAppend, EngineError> {
+        let step = self.owned_step(host, step_id).await?;
+        if attempt as i64 != step.attempt {
+            return Err(EngineError::Conflict {
+                code: codes::STALE_ATTEMPT,
+                message: format!(
+                    "log for attempt {attempt}, the step is at attempt {}",
+                    step.attempt
+                ),
+            });
+        }
+        if matches!(step.state, StepState::Pending | StepState::Cancelled) {
+            return Err(EngineError::Conflict {
+                code: codes::STEP_NOT_RELEASED,
+                message: format!("step {step_id} is {}", step.state),
+            });
+        }
+        if data.len() > MAX_LOG_CHUNK || offset > (i64::MAX as u64) / 2 {
+            return Err(EngineError::Invalid {
+                code: codes::BAD_LOG_CHUNK,
+                message: format!(
+                    "log chunk at offset {offset} with {} bytes: chunks are at most {MAX_LOG_CHUNK} bytes at offsets below 2^62",
+                    data.len()
+                ),
+            });
+        }
+        self.store
+            .append_log(&step, offset, data, self.cfg.log_cap)
+            .await
+            .map_err(|e| match e {
+                StoreError::Conflict(message) => EngineError::Conflict {
+                    code: codes::BAD_LOG_CHUNK,
+                    message,
+                },
+                e => e.into(),
+            })
+    }
+
+    async fn owned_step(&self, host: &HostRow, step_id: i64) -> Result<StepRow, EngineError> {
+        let step = self
+            .store
+            .step(step_id)
+            .await?
+            .ok_or_else(|| EngineError::NotFound {
+                code: codes::STEP_UNKNOWN,
+                message: format!("no step {step_id}"),
+            })?;
+        if step.host_id != host.id {
+            return Err(EngineError::Forbidden {
+                code: codes::STEP_NOT_YOURS,
+                message: format!("step {step_id} is not released to host {}", host.name),
+            });
+        }
+        Ok(step)
+    }
+
+    /// Whether a host may download a blob: it is a bundle of a step released to it.
+    pub async fn may_fetch(&self, host: &HostRow, digest: &Digest) -> Result<bool> {
+        for (spec, kind, sspec) in self.store.released_specs(host.id).await? {
+            let spec = parse_spec(&spec)?;
+            let sspec: StepSpec = serde_json::from_str(&sspec).unwrap_or_default();
+            if spec
+                .bundles_of(kind, &sspec)
+                .iter()
+                .any(|b| &b.digest == digest)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The host's current signed plan when it is newer than `have`.
@@ -497,37 +694,39 @@ impl Engine {
         let mut steps = Vec::new();
         let mut cluster_name = String::new();
         let mut clusterfile = String::new();
-        let mut cache: HashMap<i64, ClusterCtx> = HashMap::new();
+        type Ctx = (
+            crate::store::clusters::ClusterRow,
+            ResolvedSpec,
+            Vec<ClusterHostRow>,
+            BTreeMap<String, String>,
+        );
+        let mut cache: HashMap<i64, Ctx> = HashMap::new();
         for s in rows {
             if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(s.cluster_id) {
                 let Some(c) = self.store.cluster_by_id(s.cluster_id).await? else {
                     continue;
                 };
-                let spec: ResolvedSpec = serde_json::from_str(&c.spec)?;
+                let spec = parse_spec(&c.spec)?;
                 let hosts = self.store.cluster_hosts(c.id).await?;
                 let outputs = self.store.outputs(c.id).await?;
                 e.insert((c, spec, hosts, outputs));
             }
-            let (c, spec, hosts, outputs) = &cache[&s.cluster_id];
+            let Some((c, spec, hosts, outputs)) = cache.get(&s.cluster_id) else {
+                continue;
+            };
             cluster_name = c.name.clone();
             clusterfile = c.clusterfile.clone();
             let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
-            let pick = |b: &&ResolvedBundle| b.manifest.bundle_type != BundleType::App;
-            let bundles: Vec<PlanBundle> = if s.kind == "apps" {
-                sspec
-                    .apps
-                    .iter()
-                    .filter_map(|i| spec.bundles.get(*i))
-                    .map(plan_bundle)
-                    .collect()
-            } else {
-                spec.bundles.iter().filter(pick).map(plan_bundle).collect()
-            };
+            let bundles: Vec<PlanBundle> = spec
+                .bundles_of(s.kind, &sspec)
+                .into_iter()
+                .map(plan_bundle)
+                .collect();
             let env = compose_env(&c.name, spec, hosts, outputs, host, &sspec);
             steps.push(PlanStep {
                 id: s.id,
                 attempt: s.attempt as u32,
-                kind: s.kind.clone(),
+                kind: s.kind.to_string(),
                 bundles,
                 env,
                 configs: spec
@@ -562,33 +761,87 @@ impl Engine {
         )))
     }
 
-    /// `berth reset`: clean hooks on every host, then the cluster is removed.
-    pub async fn reset(&self, name: &str, actor: &str) -> Result<(), EngineError> {
+    /// `berth reset`: clean hooks on every host, then the cluster is removed. With `force`,
+    /// hosts that do not answer (not seen within `host_grace`) are skipped, and cleans that
+    /// failed or were lost are given up; their names are returned.
+    pub async fn reset(
+        &self,
+        name: &str,
+        force: bool,
+        host_grace: Duration,
+        actor: &str,
+    ) -> Result<Vec<String>, EngineError> {
         let c = self
             .store
             .cluster(name)
             .await?
-            .ok_or_else(|| EngineError::NotFound(format!("no cluster `{name}`")))?;
-        let hosts = self.store.cluster_hosts(c.id).await?;
-        let all = self.store.hosts().await?;
-        let steps = hosts
-            .iter()
-            .filter_map(|h| all.iter().find(|a| a.id == h.host_id))
-            .map(|h| NewStep {
-                host_id: h.id,
-                host_name: h.name.clone(),
-                kind: "clean".into(),
-                ord: 10_000,
-                spec: "{}".into(),
-                best_effort: true,
-            })
+            .ok_or_else(|| EngineError::not_found(format!("no cluster `{name}`")))?;
+        if c.phase.is_reset() && !force {
+            return Err(EngineError::Conflict {
+                code: codes::CLUSTER_RESETTING,
+                message: format!(
+                    "cluster `{name}` is already being reset; `berth reset {name} --force` finishes it without the hosts that do not answer"
+                ),
+            });
+        }
+        let hosts: Vec<RecordedHost> = self
+            .store
+            .cluster_hosts(c.id)
+            .await?
+            .into_iter()
+            .map(recorded_host)
             .collect();
-        {
+        if !c.phase.is_reset() {
             let _g = self.tick_lock.lock().await;
-            self.store.start_reset(c.id, steps, actor, name).await?;
+            self.store
+                .start_reset(c.id, planner::reset_steps(&hosts), actor, name)
+                .await?;
+        }
+        let mut skipped = Vec::new();
+        if force {
+            let all = self.store.hosts().await?;
+            let now = now_unix();
+            let answering = |id: i64| {
+                all.iter().any(|h| {
+                    h.id == id && !h.revoked && now - h.last_seen <= host_grace.as_secs() as i64
+                })
+            };
+            let steps = self.store.steps(c.id).await?;
+            let give_up: Vec<&StepRow> = steps
+                .iter()
+                .filter(|s| match s.state {
+                    StepState::Failed | StepState::Interrupted => true,
+                    StepState::Pending | StepState::Released | StepState::Running => {
+                        !answering(s.host_id)
+                    }
+                    _ => false,
+                })
+                .collect();
+            for s in &give_up {
+                if s.kind == StepKind::Clean && !skipped.contains(&s.host_name) {
+                    skipped.push(s.host_name.clone());
+                }
+            }
+            let ids: Vec<i64> = give_up.iter().map(|s| s.id).collect();
+            for h in self
+                .store
+                .cancel_steps(&ids, "skipped by `reset --force`", actor)
+                .await?
+            {
+                self.wake(h);
+            }
+            if !skipped.is_empty() {
+                tracing::warn!(cluster = %name, hosts = ?skipped, "reset --force: clean skipped on hosts that do not answer or failed");
+            }
+            let _g = self.tick_lock.lock().await;
+            if c.phase == ClusterPhase::ResetFailed {
+                self.store
+                    .set_phase(c.id, ClusterPhase::Resetting, None)
+                    .await?;
+            }
         }
         self.tick(c.id).await?;
-        Ok(())
+        Ok(skipped)
     }
 
     pub async fn retry(&self, name: &str, actor: &str) -> Result<u64, EngineError> {
@@ -596,14 +849,94 @@ impl Engine {
             .store
             .cluster(name)
             .await?
-            .ok_or_else(|| EngineError::NotFound(format!("no cluster `{name}`")))?;
+            .ok_or_else(|| EngineError::not_found(format!("no cluster `{name}`")))?;
+        let phase = if c.phase.is_reset() {
+            ClusterPhase::Resetting
+        } else {
+            ClusterPhase::Reconciling
+        };
         let n = {
             let _g = self.tick_lock.lock().await;
-            self.store.retry(c.id, actor, name).await?
+            self.store.retry(c.id, phase, actor, name).await?
         };
         self.tick(c.id).await?;
         Ok(n)
     }
+
+    /// `berth host delete`: refused for a cluster member unless `force`, which removes it
+    /// from its cluster first (its unfinished steps are cancelled). Returns the cluster.
+    pub async fn delete_host(
+        &self,
+        name: &str,
+        force: bool,
+        actor: &str,
+    ) -> Result<Option<String>, EngineError> {
+        let host = self
+            .store
+            .hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| EngineError::not_found(format!("no host named `{name}`")))?;
+        let mut removed_from = None;
+        if let Some((cid, cname)) = self.store.cluster_of_host(host.id).await? {
+            if !force {
+                return Err(EngineError::Conflict {
+                    code: codes::HOST_IN_CLUSTER,
+                    message: format!(
+                        "host `{name}` belongs to cluster `{cname}`; remove it with `berth delete --nodes {name} --cluster {cname}` (runs leave and remove), or `berth host delete {name} --force` to drop it from the cluster without them"
+                    ),
+                });
+            }
+            {
+                let _g = self.tick_lock.lock().await;
+                self.store.remove_from_cluster(host.id, actor).await?;
+            }
+            self.tick(cid).await?;
+            removed_from = Some(cname);
+        }
+        if !self.store.delete_host(name, actor).await? {
+            return Err(EngineError::not_found(format!("no host named `{name}`")));
+        }
+        self.wake(host.id);
+        Ok(removed_from)
+    }
+}
+
+fn recorded_host(h: ClusterHostRow) -> RecordedHost {
+    RecordedHost {
+        host_id: h.host_id,
+        name: h.name,
+        role: h.role,
+        ord: h.ord,
+        ip: h.ip,
+        active: h.state == "active",
+    }
+}
+
+fn outcome(s: &StepRow) -> String {
+    format!(
+        "{}{}",
+        match s.exit_code {
+            Some(c) => format!("exit code {c}"),
+            None => s.state.to_string(),
+        },
+        s.reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default()
+    )
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 fn plan_bundle(b: &ResolvedBundle) -> PlanBundle {
@@ -614,9 +947,10 @@ fn plan_bundle(b: &ResolvedBundle) -> PlanBundle {
     }
 }
 
-/// Env of a step, lowest precedence first: Clusterfile spec.env, per-host env, cluster
-/// outputs, then the `BERTH_*` values. (Bundle env, below all of these, and the agent's
-/// paths are added on the host.)
+/// Env of a step, lowest precedence first: cluster outputs, Clusterfile `spec.env` (which
+/// includes `berth run -e`), per-host env, then the `BERTH_*` values. Outputs never
+/// override what the operator set. (Bundle env, below all of these, and the agent's paths
+/// are added on the host.)
 fn compose_env(
     cluster: &str,
     spec: &ResolvedSpec,
@@ -625,25 +959,27 @@ fn compose_env(
     me: &HostRow,
     step: &StepSpec,
 ) -> BTreeMap<String, String> {
-    let mut env = spec.env.clone();
+    let mut env: BTreeMap<String, String> = outputs
+        .iter()
+        .filter(|(k, _)| berth_shared::state::valid_output_name(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend(spec.env.clone());
     let mine = hosts.iter().find(|h| h.host_id == me.id);
     if let Some(h) = mine {
         if let Ok(e) = serde_json::from_str::<BTreeMap<String, String>>(&h.env) {
             env.extend(e);
         }
     }
-    env.extend(outputs.clone());
     let active: Vec<&ClusterHostRow> = hosts.iter().filter(|h| h.state == "active").collect();
-    let masters: Vec<&str> = active
-        .iter()
-        .filter(|h| h.role == "master")
-        .map(|h| h.ip.as_str())
-        .collect();
-    let nodes: Vec<&str> = active
-        .iter()
-        .filter(|h| h.role == "node")
-        .map(|h| h.ip.as_str())
-        .collect();
+    let ips = |role: HostRole| {
+        active
+            .iter()
+            .filter(|h| h.role == role)
+            .map(|h| h.ip.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     let master0 = hosts.iter().find(|h| h.ord == 0);
     env.insert("BERTH_CLUSTER".into(), cluster.into());
     env.insert("BERTH_HOST".into(), me.name.clone());
@@ -654,7 +990,7 @@ fn compose_env(
     );
     env.insert(
         "BERTH_ROLES".into(),
-        mine.map(|h| h.role.clone()).unwrap_or_default(),
+        mine.map(|h| h.role.to_string()).unwrap_or_default(),
     );
     env.insert(
         "BERTH_MASTER0".into(),
@@ -664,8 +1000,8 @@ fn compose_env(
         "BERTH_MASTER0_IP".into(),
         master0.map(|h| h.ip.clone()).unwrap_or_default(),
     );
-    env.insert("BERTH_MASTERS".into(), masters.join(","));
-    env.insert("BERTH_NODES".into(), nodes.join(","));
+    env.insert("BERTH_MASTERS".into(), ips(HostRole::Master));
+    env.insert("BERTH_NODES".into(), ips(HostRole::Node));
     if let Some((name, ip)) = &step.target {
         env.insert("BERTH_TARGET_HOST".into(), name.clone());
         env.insert("BERTH_TARGET_IP".into(), ip.clone());

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod output;
 pub mod pki;
+pub mod planner;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -65,9 +65,17 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     )?;
 
     let tls = Arc::new(tls_config(&pki)?);
-    let engine = Arc::new(crate::engine::Engine::new(store.clone(), pki.clone()));
+    let engine = Arc::new(crate::engine::Engine::new(
+        store.clone(),
+        pki.clone(),
+        cfg.engine,
+    ));
     // Continue whatever was in flight before a restart.
     engine.tick_all().await?;
+    // Declare lost what no host will finish; checked a few times per grace period.
+    let reap_every = (cfg.engine.host_lost_after.min(cfg.engine.step_grace) / 4)
+        .clamp(Duration::from_millis(500), Duration::from_secs(15));
+    tokio::spawn(engine.clone().run_reaper(reap_every, shutdown.clone()));
     let state = AppState {
         store: store.clone(),
         pki: pki.clone(),

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
+    /// For a refused report batch: the index of the entry that was refused. Entries before
+    /// it were applied; it and the ones after it were not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<usize>,
 }
 
 /// Facts an agent reports about its host at enrollment and whenever they change.
@@ -145,6 +149,29 @@ pub mod codes {
     pub const CLIENT_CERT_REQUIRED: &str = "client_certificate_required";
     pub const OVERLOADED: &str = "overloaded";
     pub const INTERNAL: &str = "internal";
+    pub const INVALID_CLUSTERFILE: &str = "invalid_clusterfile";
+    /// A Clusterfile address matches more than one enrolled host.
+    pub const AMBIGUOUS_ADDRESS: &str = "ambiguous_address";
+    /// A re-apply changes a rootfs/patch bundle of an installed cluster.
+    pub const UPGRADE_UNSUPPORTED: &str = "upgrade_unsupported";
+    /// The cluster is being reset (or its reset failed).
+    pub const CLUSTER_RESETTING: &str = "cluster_resetting";
+    /// An apply of the cluster is still running.
+    pub const APPLY_IN_PROGRESS: &str = "apply_in_progress";
+    /// `host delete` of a host that belongs to a cluster.
+    pub const HOST_IN_CLUSTER: &str = "host_in_cluster";
+    /// `delete` of the cluster's master0.
+    pub const MASTER0_REMOVAL: &str = "master0_removal";
+    // Agent reports.
+    pub const STEP_UNKNOWN: &str = "step_unknown";
+    pub const STEP_NOT_YOURS: &str = "step_not_yours";
+    pub const STEP_NOT_RELEASED: &str = "step_not_released";
+    pub const STALE_ATTEMPT: &str = "stale_attempt";
+    pub const ILLEGAL_TRANSITION: &str = "illegal_transition";
+    pub const OUTPUT_NOT_ALLOWED: &str = "output_not_allowed";
+    pub const BAD_LOG_CHUNK: &str = "bad_log_chunk";
+    /// A blob that is not part of any step released to the calling host.
+    pub const BLOB_NOT_RELEASED: &str = "blob_not_released";
 }
 
 /// A stored bundle as `GET /v1/bundles` and `GET /v1/bundles/{ref}` show it.
@@ -198,8 +225,8 @@ pub enum ReportEntry {
 pub struct StepReport {
     pub step_id: i64,
     pub attempt: u32,
-    /// running | succeeded | failed | interrupted
-    pub state: String,
+    /// running | succeeded | failed | interrupted; anything else is refused.
+    pub state: crate::state::StepState,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     pub started_at: Option<i64>,
@@ -218,8 +245,7 @@ pub struct ReportBatch {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterView {
     pub name: String,
-    /// Reconciling | Running | Failed | Resetting
-    pub phase: String,
+    pub phase: crate::state::ClusterPhase,
     pub message: Option<String>,
     pub generation: i64,
     pub hosts: Vec<ClusterHostView>,
@@ -232,7 +258,7 @@ pub struct ClusterView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterHostView {
     pub name: String,
-    pub role: String,
+    pub role: crate::state::HostRole,
     pub ip: String,
     pub state: String,
 }
@@ -241,8 +267,8 @@ pub struct ClusterHostView {
 pub struct StepView {
     pub id: i64,
     pub host: String,
-    pub kind: String,
-    pub state: String,
+    pub kind: crate::state::StepKind,
+    pub state: crate::state::StepState,
     pub attempt: u32,
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
@@ -268,4 +294,71 @@ pub struct CreateApiTokenResponse {
     pub role: String,
     /// Shown once; the controller keeps only its sha256.
     pub token: String,
+}
+
+/// `POST /v1/clusters` and `POST /v1/clusters/{name}/hosts` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApplyResponse {
+    pub name: String,
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/clusters/{name}/hosts`: `berth add` / `berth delete`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HostsEdit {
+    #[serde(default)]
+    pub add_masters: Vec<String>,
+    #[serde(default)]
+    pub add_nodes: Vec<String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `POST /v1/clusters/{name}/retry` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RetryResponse {
+    pub name: String,
+    pub retried_steps: u64,
+}
+
+/// `POST /v1/clusters/{name}/reset` body (optional).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    /// Finish even when hosts do not answer: their `clean` is skipped.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/clusters/{name}/reset` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ResetResponse {
+    pub name: String,
+    /// Hosts whose `clean` was skipped (`--force` and the host does not answer, or its clean
+    /// failed).
+    pub skipped: Vec<String>,
+}
+
+/// `GET /v1/clusters/{name}/logs` answer: one page of a step's log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogChunk {
+    pub step_id: i64,
+    pub kind: crate::state::StepKind,
+    pub attempt: u32,
+    pub state: crate::state::StepState,
+    /// Offset to ask from next time.
+    pub next: u64,
+    /// More is stored past `next`: ask again at once.
+    #[serde(default)]
+    pub more: bool,
+    pub data: String,
+}
+
+/// `DELETE /v1/hosts/{name}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HostDeleted {
+    pub name: String,
+    /// The cluster the host was removed from first (`--force`).
+    pub removed_from: Option<String>,
 }

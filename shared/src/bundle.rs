@@ -56,6 +56,9 @@ pub struct RawManifest {
     /// Keep setuid/setgid bits when unpacking (default: strip them).
     #[serde(default)]
     pub allow_setuid: bool,
+    /// Which hooks may publish outputs, and which keys (default: `init`, any valid key).
+    #[serde(default)]
+    pub outputs: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// A validated manifest.
@@ -72,6 +75,14 @@ pub struct Manifest {
     pub cmd: Vec<String>,
     pub rerunnable: Vec<String>,
     pub allow_setuid: bool,
+    /// Hooks that may publish outputs → the keys each may publish (`None`: any valid key).
+    /// Without `outputs:` in bundle.yaml: `init` only, any valid key.
+    #[serde(default = "default_outputs")]
+    pub outputs: BTreeMap<String, Option<Vec<String>>>,
+}
+
+fn default_outputs() -> BTreeMap<String, Option<Vec<String>>> {
+    BTreeMap::from([("init".to_string(), None)])
 }
 
 /// What is wrong with a manifest: the file, the field, and what is allowed.
@@ -239,7 +250,32 @@ impl RawManifest {
                 ));
             }
         }
+        let outputs = match self.outputs {
+            None => default_outputs(),
+            Some(m) => {
+                let mut out = BTreeMap::new();
+                for (hook, keys) in m {
+                    if !HOOKS.contains(&hook.as_str()) && hook != "cmd" {
+                        return Err(err(
+                            format!("outputs.{hook}"),
+                            format!("unknown hook; allowed: {}, cmd", HOOKS.join(", ")),
+                        ));
+                    }
+                    for k in &keys {
+                        if !crate::state::valid_output_name(k) {
+                            return Err(err(
+                                format!("outputs.{hook}"),
+                                format!("`{k}` is not an allowed output name (letters, digits, `_`; never BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL)"),
+                            ));
+                        }
+                    }
+                    out.insert(hook, Some(keys));
+                }
+                out
+            }
+        };
         Ok(Manifest {
+            outputs,
             name: self.name,
             version: self.version,
             bundle_type,
@@ -254,6 +290,16 @@ impl RawManifest {
 }
 
 impl Manifest {
+    /// Whether `hook` of this bundle may publish the output `key`.
+    pub fn may_output(&self, hook: &str, key: &str) -> bool {
+        crate::state::valid_output_name(key)
+            && match self.outputs.get(hook) {
+                Some(None) => true,
+                Some(Some(keys)) => keys.iter().any(|k| k == key),
+                None => false,
+            }
+    }
+
     /// The timeout of a hook (default 10 minutes).
     pub fn timeout(&self, hook: &str) -> Duration {
         self.timeouts

@@ -11,6 +11,7 @@ pub mod digest;
 pub mod names;
 pub mod plan;
 pub mod relpath;
+pub mod state;
 pub mod token;
 
 pub use bundle_ref::BundleRef;

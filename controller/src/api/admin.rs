@@ -115,18 +115,29 @@ pub async fn revoke_host(
     }
 }
 
+#[derive(serde::Deserialize, Default)]
+pub struct DeleteHostQuery {
+    /// Remove the host from its cluster first (its unfinished steps are cancelled).
+    #[serde(default)]
+    pub force: bool,
+}
+
 pub async fn delete_host(
     State(st): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    axum::extract::Query(q): axum::extract::Query<DeleteHostQuery>,
+) -> Result<ApiJson<berth_shared::api::HostDeleted>, ApiError> {
     caller.require(Role::Operator)?;
-    if st.store.delete_host(&name, &caller.actor()).await? {
-        tracing::info!(host = %name, "host deleted");
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found(format!("no host named `{name}`")))
-    }
+    let removed_from = st
+        .engine
+        .delete_host(&name, q.force, &caller.actor())
+        .await?;
+    tracing::info!(host = %name, cluster = ?removed_from, "host deleted");
+    Ok(ApiJson(berth_shared::api::HostDeleted {
+        name,
+        removed_from,
+    }))
 }
 
 /// `POST /v1/api-tokens` (admin): a new bearer token with a role.

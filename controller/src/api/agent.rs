@@ -3,6 +3,7 @@
 use super::auth::AgentHost;
 use super::error::{ApiError, ApiJson};
 use super::AppState;
+use crate::engine::EngineError;
 use axum::extract::State;
 use axum::http::StatusCode;
 use berth_shared::api::{PollRequest, PollResponse, ReportBatch, ReportEntry};
@@ -46,42 +47,59 @@ pub async fn poll(
     }))
 }
 
-/// Log chunks and step reports, applied in order; duplicates are no-ops.
+/// Log chunks and step reports, applied in order; duplicates are no-ops. The first entry
+/// that is refused (a step not released to this host, a stale attempt, an illegal
+/// transition, an output the bundle does not declare, a bad log chunk) stops the batch:
+/// the answer is its 4xx with a stable `code` and the entry's index; entries before it were
+/// applied, it and the ones after it were not. A refused entry changes nothing.
 pub async fn reports(
     State(st): State<AppState>,
     AgentHost(host): AgentHost,
     ApiJson(batch): ApiJson<ReportBatch>,
 ) -> Result<StatusCode, ApiError> {
     let mut touched = BTreeSet::new();
-    for e in batch.entries {
-        match e {
+    let mut refused = None;
+    for (i, e) in batch.entries.into_iter().enumerate() {
+        let res = match e {
             ReportEntry::Log {
                 step_id,
                 attempt,
                 offset,
                 data,
-            } => {
-                st.store
-                    .append_log(host.id, step_id, attempt, offset, data.as_bytes())
-                    .await?;
-            }
+            } => st
+                .engine
+                .log(&host, step_id, attempt, offset, data.as_bytes())
+                .await
+                .map(|_| ()),
             ReportEntry::Step(r) => {
                 tracing::info!(host = %host.name, step = r.step_id, attempt = r.attempt, state = %r.state, "step report");
-                if let Some(cid) = st.store.record_report(host.id, &r).await? {
-                    touched.insert(cid);
-                }
+                st.engine.report(&host, &r).await.map(|c| {
+                    touched.extend(c);
+                })
             }
             ReportEntry::PlanRejected { reason } => {
                 tracing::warn!(host = %host.name, %reason, "agent refused a plan");
                 st.store
                     .record_agent_event(host.id, "plan_rejected", &reason)
-                    .await?;
+                    .await
+                    .map_err(EngineError::Internal)
             }
+        };
+        if let Err(e) = res {
+            let e = ApiError::from(e);
+            if let ApiError::Client { code, message, .. } = &e {
+                tracing::warn!(host = %host.name, entry = i, code, %message, "report refused");
+            }
+            refused = Some(e.with_entry(i));
+            break;
         }
     }
     for cid in touched {
         st.engine.tick(cid).await?;
     }
     st.store.touch_host(host.id, None).await?;
-    Ok(StatusCode::NO_CONTENT)
+    match refused {
+        Some(e) => Err(e),
+        None => Ok(StatusCode::NO_CONTENT),
+    }
 }

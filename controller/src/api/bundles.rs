@@ -199,8 +199,12 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Who may download blobs: enrolled agents (mutual TLS) or API callers (viewer and up).
-pub struct BlobReader;
+/// Who may download blobs: enrolled agents (mutual TLS), only blobs of steps released to
+/// them, or API callers (viewer and up).
+pub enum BlobReader {
+    Agent(Box<crate::store::HostRow>),
+    Caller,
+}
 
 impl FromRequestParts<AppState> for BlobReader {
     type Rejection = ApiError;
@@ -210,26 +214,40 @@ impl FromRequestParts<AppState> for BlobReader {
             .get::<PeerCert>()
             .is_some_and(|p| p.0.is_some());
         if has_cert {
-            AgentHost::from_request_parts(parts, st).await?;
+            let AgentHost(h) = AgentHost::from_request_parts(parts, st).await?;
+            Ok(BlobReader::Agent(Box::new(h)))
         } else {
             Caller::from_request_parts(parts, st)
                 .await?
                 .require(Role::Viewer)?;
+            Ok(BlobReader::Caller)
         }
-        Ok(BlobReader)
     }
 }
 
 /// Streams a blob from disk: `Content-Length`, `ETag` = digest, `Range` (206), HEAD.
 pub async fn blob(
     State(st): State<AppState>,
-    _who: BlobReader,
+    who: BlobReader,
     Path(hex): Path<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let digest: Digest = format!("sha256:{hex}")
         .parse()
         .map_err(|e: berth_shared::digest::DigestError| ApiError::bad_request(e.to_string()))?;
+    if let BlobReader::Agent(host) = &who {
+        if !st.engine.may_fetch(host, &digest).await? {
+            tracing::warn!(host = %host.name, %digest, "refused a blob not released to the host");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                codes::BLOB_NOT_RELEASED,
+                format!(
+                    "{digest} is not a bundle of any step released to host {}",
+                    host.name
+                ),
+            ));
+        }
+    }
     if !st.blobs.exists(&digest) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

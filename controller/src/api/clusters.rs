@@ -3,32 +3,17 @@
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson};
 use super::AppState;
-use crate::engine::{EngineError, ResolvedSpec};
+use crate::planner::ResolvedSpec;
 use crate::store::Role;
 use crate::time::{now_unix, rfc3339};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use berth_shared::api::{codes, ClusterHostView, ClusterView, StepView};
-use serde::{Deserialize, Serialize};
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        match e {
-            EngineError::Invalid(m) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_clusterfile", m)
-            }
-            EngineError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, m),
-            EngineError::NotFound(m) => ApiError::not_found(m),
-            EngineError::Internal(e) => ApiError::Internal(e),
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-pub struct ApplyResponse {
-    pub name: String,
-    pub warnings: Vec<String>,
-}
+use berth_shared::api::{
+    codes, ApplyResponse, ClusterHostView, ClusterView, HostsEdit, LogChunk, ResetRequest,
+    ResetResponse, RetryResponse, StepView,
+};
+use berth_shared::state::StepState;
+use serde::Deserialize;
 
 /// The body is the Clusterfile itself (YAML).
 pub async fn apply(
@@ -127,22 +112,37 @@ pub async fn retry(
     State(st): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<ApiJson<serde_json::Value>, ApiError> {
+) -> Result<ApiJson<RetryResponse>, ApiError> {
     caller.require(Role::Operator)?;
     let n = st.engine.retry(&name, &caller.actor()).await?;
-    Ok(ApiJson(
-        serde_json::json!({ "name": name, "retried_steps": n }),
-    ))
+    Ok(ApiJson(RetryResponse {
+        name,
+        retried_steps: n,
+    }))
 }
 
+/// The body (`{"force": true}`) is optional.
 pub async fn reset(
     State(st): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, ApiJson<ResetResponse>), ApiError> {
     caller.require(Role::Operator)?;
-    st.engine.reset(&name, &caller.actor()).await?;
-    Ok(StatusCode::ACCEPTED)
+    let req: ResetRequest = if body.is_empty() {
+        ResetRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let skipped = st
+        .engine
+        .reset(&name, req.force, st.host_grace, &caller.actor())
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        ApiJson(ResetResponse { name, skipped }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -154,16 +154,8 @@ pub struct LogQuery {
     pub from: u64,
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct LogChunk {
-    pub step_id: i64,
-    pub kind: String,
-    pub attempt: u32,
-    pub state: String,
-    /// Offset to ask from next time.
-    pub next: u64,
-    pub data: String,
-}
+/// The most log bytes one `GET …/logs` answers with; the client asks again for more.
+const LOG_PAGE: usize = 1 << 20;
 
 pub async fn logs(
     State(st): State<AppState>,
@@ -180,8 +172,8 @@ pub async fn logs(
     let steps = st.store.steps(c.id).await?;
     let step = steps
         .iter()
-        .filter(|s| s.host_name == q.host && q.step.as_ref().is_none_or(|k| &s.kind == k))
-        .filter(|s| s.state != "pending")
+        .filter(|s| s.host_name == q.host && q.step.as_ref().is_none_or(|k| s.kind.as_str() == k))
+        .filter(|s| s.state != StepState::Pending)
         .max_by_key(|s| (s.ord, s.id))
         .ok_or_else(|| {
             ApiError::not_found(format!(
@@ -193,38 +185,53 @@ pub async fn logs(
                 q.host
             ))
         })?;
-    let chunks = st.store.step_log(step.id, step.attempt, q.from).await?;
+    // `from` counts the bytes the agent sent; past the stored part (the log cap) the rest
+    // was dropped, and the reader gets one marker saying how much.
+    let stored = step.log_stored as u64;
     let mut data = Vec::new();
     let mut next = q.from;
-    for (off, bytes) in chunks {
-        if off > next {
-            break; // a gap: wait for the missing chunk
+    if q.from < stored {
+        for (off, bytes) in st
+            .store
+            .step_log_page(step.id, step.attempt, q.from, LOG_PAGE)
+            .await?
+        {
+            if off > next {
+                break;
+            }
+            let skip = (next - off) as usize;
+            if skip < bytes.len() {
+                data.extend_from_slice(&bytes[skip..]);
+                next = off + bytes.len() as u64;
+            }
         }
-        let skip = (next - off) as usize;
-        if skip < bytes.len() {
-            data.extend_from_slice(&bytes[skip..]);
-            next = off + bytes.len() as u64;
+    }
+    let len = step.log_len as u64;
+    if next >= stored && len > next.max(stored) {
+        let dropped = len - next.max(stored);
+        data.extend_from_slice(
+            format!("\n[… truncated {dropped} bytes: over the controller's per-step log cap]\n")
+                .as_bytes(),
+        );
+        next = len;
+    }
+    // Cut at a UTF-8 boundary; the rest comes with the next page.
+    if let Err(e) = std::str::from_utf8(&data) {
+        if e.error_len().is_none() {
+            let cut = data.len() - e.valid_up_to();
+            data.truncate(e.valid_up_to());
+            next -= cut as u64;
         }
     }
     Ok(ApiJson(LogChunk {
         step_id: step.id,
-        kind: step.kind.clone(),
+        kind: step.kind,
         attempt: step.attempt as u32,
-        state: step.state.clone(),
+        state: step.state,
+        more: next < stored,
         next,
         data: String::from_utf8_lossy(&data).into_owned(),
     }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostsEdit {
-    #[serde(default)]
-    pub add_masters: Vec<String>,
-    #[serde(default)]
-    pub add_nodes: Vec<String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
 }
 
 /// `berth add` / `berth delete`: edits the stored Clusterfile's hosts and applies it.
@@ -240,6 +247,24 @@ pub async fn edit_hosts(
         .cluster(&name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no cluster `{name}`")))?;
+    if let Some(m0) = st
+        .store
+        .cluster_hosts(c.id)
+        .await?
+        .into_iter()
+        .find(|h| h.ord == 0 && h.state == "active")
+    {
+        if e.remove.iter().any(|r| r == &m0.name || r == &m0.ip) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::MASTER0_REMOVAL,
+                format!(
+                    "`{}` is master0 of cluster `{name}` and cannot be deleted from it; `berth reset {name}` removes the whole cluster",
+                    m0.name
+                ),
+            ));
+        }
+    }
     let text = berth_shared::clusterfile::edit_hosts(
         &c.clusterfile,
         &e.add_masters,

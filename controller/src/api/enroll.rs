@@ -35,6 +35,18 @@ pub async fn enroll(
         .token
         .parse()
         .map_err(|e| ApiError::unauthenticated(codes::TOKEN_INVALID, format!("{e}")))?;
+    let secret_hash = hash_secret(&token.secret);
+    // The token is judged before anything of the request is parsed or signed: without a
+    // valid token a caller learns nothing about CSR handling. `enroll` below checks it
+    // again in its transaction and consumes the use only when the host is recorded.
+    if let Err(e) = st
+        .store
+        .check_bootstrap_token(&token.id, &secret_hash)
+        .await
+    {
+        tracing::warn!(host = %req.name, token = %token.id, error = %e, "enrollment refused");
+        return Err(enroll_error(e));
+    }
     let cert = st
         .pki
         .sign_agent_csr(&req.csr_pem, &req.name)
@@ -44,7 +56,7 @@ pub async fn enroll(
         .enroll(NewHost {
             name: req.name.as_str(),
             token_id: &token.id,
-            token_secret_hash: &hash_secret(&token.secret),
+            token_secret_hash: &secret_hash,
             cert_fingerprint: &cert.fingerprint,
             cert_serial: &cert.serial,
             facts: &req.facts,
@@ -63,21 +75,24 @@ pub async fn enroll(
         }
         Err(e) => {
             tracing::warn!(host = %req.name, token = %token.id, error = %e, "enrollment refused");
-            Err(match e {
-                EnrollError::TokenInvalid => {
-                    ApiError::unauthenticated(codes::TOKEN_INVALID, e.to_string())
-                }
-                EnrollError::TokenExpired { .. } => {
-                    ApiError::unauthenticated(codes::TOKEN_EXPIRED, e.to_string())
-                }
-                EnrollError::TokenExhausted { .. } => {
-                    ApiError::unauthenticated(codes::TOKEN_EXHAUSTED, e.to_string())
-                }
-                EnrollError::HostExists { .. } => {
-                    ApiError::new(StatusCode::CONFLICT, codes::HOST_EXISTS, e.to_string())
-                }
-                EnrollError::Db(db) => ApiError::from(db),
-            })
+            Err(enroll_error(e))
         }
+    }
+}
+
+/// The API answer for a refused enrollment (401 with the token's code, 409, or 500).
+fn enroll_error(e: EnrollError) -> ApiError {
+    match e {
+        EnrollError::TokenInvalid => ApiError::unauthenticated(codes::TOKEN_INVALID, e.to_string()),
+        EnrollError::TokenExpired { .. } => {
+            ApiError::unauthenticated(codes::TOKEN_EXPIRED, e.to_string())
+        }
+        EnrollError::TokenExhausted { .. } => {
+            ApiError::unauthenticated(codes::TOKEN_EXHAUSTED, e.to_string())
+        }
+        EnrollError::HostExists { .. } => {
+            ApiError::new(StatusCode::CONFLICT, codes::HOST_EXISTS, e.to_string())
+        }
+        EnrollError::Db(db) => ApiError::from(db),
     }
 }

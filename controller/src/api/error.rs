@@ -12,6 +12,8 @@ pub enum ApiError {
         status: StatusCode,
         code: &'static str,
         message: String,
+        /// For a refused report batch: the entry refused.
+        entry: Option<usize>,
     },
     Overloaded {
         retry_after_secs: u64,
@@ -25,6 +27,24 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            entry: None,
+        }
+    }
+    /// Names the refused entry of a report batch.
+    pub fn with_entry(self, i: usize) -> Self {
+        match self {
+            ApiError::Client {
+                status,
+                code,
+                message,
+                ..
+            } => ApiError::Client {
+                status,
+                code,
+                message,
+                entry: Some(i),
+            },
+            e => e,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -41,6 +61,27 @@ impl ApiError {
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         ApiError::Internal(e)
+    }
+}
+
+impl From<crate::engine::EngineError> for ApiError {
+    fn from(e: crate::engine::EngineError) -> Self {
+        use crate::engine::EngineError as E;
+        match e {
+            E::Invalid { code, message } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            E::Conflict { code, message } => ApiError::new(StatusCode::CONFLICT, code, message),
+            E::Forbidden { code, message } => ApiError::new(StatusCode::FORBIDDEN, code, message),
+            E::NotFound { code, message } => ApiError::new(StatusCode::NOT_FOUND, code, message),
+            E::Internal(e) => ApiError::Internal(e),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::from(crate::engine::EngineError::from(e))
     }
 }
 
@@ -67,11 +108,13 @@ impl IntoResponse for ApiError {
                 status,
                 code,
                 message,
+                entry,
             } => (
                 status,
                 Json(ErrorBody {
                     code: code.into(),
                     message,
+                    entry,
                 }),
             )
                 .into_response(),
@@ -81,6 +124,7 @@ impl IntoResponse for ApiError {
                     Json(ErrorBody {
                         code: codes::OVERLOADED.into(),
                         message: format!("controller is busy; retry in {retry_after_secs} s"),
+                        entry: None,
                     }),
                 )
                     .into_response();
@@ -96,6 +140,7 @@ impl IntoResponse for ApiError {
                     Json(ErrorBody {
                         code: codes::INTERNAL.into(),
                         message: "internal error; see the controller's log".into(),
+                        entry: None,
                     }),
                 )
                     .into_response()

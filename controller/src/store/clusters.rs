@@ -1,8 +1,15 @@
 //! SQL for clusters, steps, logs and outputs.
+//!
+//! State columns hold `berth_shared::state` enums (and CHECK constraints keep anything else
+//! out). Changes that depend on a step's current state are conditional updates
+//! (`WHERE state = ? AND attempt = ?`), so a concurrent change is never overwritten.
 
+use super::error::StoreError;
 use super::Store;
 use crate::time::now_unix;
 use anyhow::Result;
+use berth_shared::api::StepReport;
+use berth_shared::state::{ClusterPhase, HostRole, StepKind, StepState};
 use sqlx::Row;
 use std::collections::BTreeMap;
 
@@ -13,7 +20,7 @@ pub struct ClusterRow {
     pub generation: i64,
     pub clusterfile: String,
     pub spec: String,
-    pub phase: String,
+    pub phase: ClusterPhase,
     pub message: Option<String>,
 }
 
@@ -21,10 +28,11 @@ pub struct ClusterRow {
 pub struct ClusterHostRow {
     pub host_id: i64,
     pub name: String,
-    pub role: String,
+    pub role: HostRole,
     pub ord: i64,
     pub ip: String,
     pub env: String,
+    /// active | leaving
     pub state: String,
 }
 
@@ -34,36 +42,80 @@ pub struct StepRow {
     pub cluster_id: i64,
     pub host_id: i64,
     pub host_name: String,
-    pub kind: String,
+    pub kind: StepKind,
     pub ord: i64,
     pub spec: String,
     pub best_effort: bool,
-    pub state: String,
+    pub state: StepState,
     pub attempt: i64,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
     pub log_tail: Option<String>,
+    pub deadline: Option<i64>,
+    pub log_len: i64,
+    pub log_stored: i64,
 }
 
 /// A step to create.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewStep {
     pub host_id: i64,
     pub host_name: String,
-    pub kind: String,
+    pub kind: StepKind,
     pub ord: i64,
     pub spec: String,
     pub best_effort: bool,
 }
 
 /// A host to record in a cluster.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewClusterHost {
     pub host_id: i64,
-    pub role: String,
+    pub role: HostRole,
     pub ord: i64,
     pub ip: String,
     pub env: String,
+}
+
+/// A recorded host whose address, env or order changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostUpdate {
+    pub host_id: i64,
+    pub ip: String,
+    pub env: String,
+    pub ord: i64,
+}
+
+/// Everything one apply stores, in one transaction.
+#[derive(Debug, Default)]
+pub struct Generation {
+    pub add_hosts: Vec<NewClusterHost>,
+    pub host_updates: Vec<HostUpdate>,
+    pub leaving: Vec<i64>,
+    pub steps: Vec<NewStep>,
+}
+
+/// What storing a log chunk did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogAppend {
+    /// Bytes stored (may be 0 for a re-sent chunk).
+    Stored(u64),
+    /// Over the per-step cap: counted, not stored.
+    Dropped(u64),
+}
+
+/// A released/running step whose deadline passed or whose host stopped answering.
+#[derive(Debug, Clone)]
+pub struct LostStep {
+    pub id: i64,
+    pub cluster_id: i64,
+    pub attempt: i64,
+    pub state: StepState,
+    pub host_name: String,
+    pub deadline: Option<i64>,
+    pub last_seen: i64,
 }
 
 fn cluster_row(r: sqlx::sqlite::SqliteRow) -> ClusterRow {
@@ -95,10 +147,13 @@ fn step_row(r: sqlx::sqlite::SqliteRow) -> StepRow {
         started_at: r.get("started_at"),
         ended_at: r.get("ended_at"),
         log_tail: r.get("log_tail"),
+        deadline: r.get("deadline"),
+        log_len: r.get("log_len"),
+        log_stored: r.get("log_stored"),
     }
 }
 
-const STEP_COLS: &str = "id, cluster_id, host_id, host_name, kind, ord, spec, best_effort, state, attempt, exit_code, reason, started_at, ended_at, log_tail";
+const STEP_COLS: &str = "id, cluster_id, host_id, host_name, kind, ord, spec, best_effort, state, attempt, exit_code, reason, started_at, ended_at, log_tail, deadline, log_len, log_stored";
 
 impl Store {
     pub async fn cluster(&self, name: &str) -> Result<Option<ClusterRow>> {
@@ -124,10 +179,10 @@ impl Store {
         Ok(rows.into_iter().map(cluster_row).collect())
     }
 
-    /// The cluster holding a host, if any.
-    pub async fn cluster_of_host(&self, host_id: i64) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id WHERE h.host_id = ?1",
+    /// The cluster holding a host, if any: (id, name).
+    pub async fn cluster_of_host(&self, host_id: i64) -> Result<Option<(i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT c.id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id WHERE h.host_id = ?1",
         )
         .bind(host_id)
         .fetch_optional(&self.pool)
@@ -159,16 +214,12 @@ impl Store {
 
     /// Stores a new generation of a cluster: spec, hosts added, hosts marked leaving,
     /// failed steps reset for a new attempt, and new steps — in one transaction.
-    #[allow(clippy::too_many_arguments)]
     pub async fn apply_generation(
         &self,
         name: &str,
         clusterfile: &str,
         spec: &str,
-        add_hosts: Vec<NewClusterHost>,
-        leaving: &[i64],
-        host_updates: &[(i64, String, String, i64)],
-        steps: Vec<NewStep>,
+        g: Generation,
         actor: &str,
     ) -> Result<i64> {
         let now = now_unix();
@@ -179,55 +230,57 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
         let (id, generation) = match existing {
-            Some((id, g)) => {
+            Some((id, gen)) => {
                 sqlx::query(
-                    "UPDATE clusters SET generation = ?1, clusterfile = ?2, spec = ?3, phase = 'Reconciling', message = NULL, updated_at = ?4 WHERE id = ?5",
+                    "UPDATE clusters SET generation = ?1, clusterfile = ?2, spec = ?3, phase = ?4, message = NULL, updated_at = ?5 WHERE id = ?6",
                 )
-                .bind(g + 1)
+                .bind(gen + 1)
                 .bind(clusterfile)
                 .bind(spec)
+                .bind(ClusterPhase::Reconciling)
                 .bind(now)
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
-                (id, g + 1)
+                (id, gen + 1)
             }
             None => {
                 let id: i64 = sqlx::query_scalar(
                     "INSERT INTO clusters (name, generation, clusterfile, spec, phase, created_at, updated_at)
-                     VALUES (?1, 1, ?2, ?3, 'Reconciling', ?4, ?4) RETURNING id",
+                     VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
                 )
                 .bind(name)
                 .bind(clusterfile)
                 .bind(spec)
+                .bind(ClusterPhase::Reconciling)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
                 (id, 1)
             }
         };
-        for h in add_hosts {
+        for h in g.add_hosts {
             sqlx::query("INSERT INTO cluster_hosts (cluster_id, host_id, role, ord, ip, env) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
                 .bind(id)
                 .bind(h.host_id)
-                .bind(&h.role)
+                .bind(h.role)
                 .bind(h.ord)
                 .bind(&h.ip)
                 .bind(&h.env)
                 .execute(&mut *tx)
                 .await?;
         }
-        for (host_id, ip, env, ord) in host_updates {
+        for u in &g.host_updates {
             sqlx::query("UPDATE cluster_hosts SET ip = ?1, env = ?2, ord = ?3 WHERE cluster_id = ?4 AND host_id = ?5")
-                .bind(ip)
-                .bind(env)
-                .bind(ord)
+                .bind(&u.ip)
+                .bind(&u.env)
+                .bind(u.ord)
                 .bind(id)
-                .bind(host_id)
+                .bind(u.host_id)
                 .execute(&mut *tx)
                 .await?;
         }
-        for host_id in leaving {
+        for host_id in &g.leaving {
             sqlx::query(
                 "UPDATE cluster_hosts SET state = 'leaving' WHERE cluster_id = ?1 AND host_id = ?2",
             )
@@ -238,7 +291,7 @@ impl Store {
         }
         // Resume, never restart: failed and interrupted steps get a new attempt.
         retry_failed(&mut tx, id).await?;
-        insert_steps(&mut tx, id, generation, steps).await?;
+        insert_steps(&mut tx, id, generation, g.steps).await?;
         super::audit(
             &mut tx,
             actor,
@@ -280,16 +333,17 @@ impl Store {
         Ok(rows.into_iter().map(step_row).collect())
     }
 
-    /// Marks pending steps released and bumps the plan generation of their hosts.
-    /// Returns the affected host ids.
-    pub async fn release(&self, step_ids: &[i64]) -> Result<Vec<i64>> {
+    /// Marks pending steps released with their deadlines and bumps the plan generation of
+    /// their hosts. Returns the affected host ids.
+    pub async fn release(&self, steps: &[(i64, i64)]) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut hosts = Vec::new();
-        for id in step_ids {
+        for (id, deadline) in steps {
             let host: Option<i64> = sqlx::query_scalar(
-                "UPDATE steps SET state = 'released' WHERE id = ?1 AND state = 'pending' RETURNING host_id",
+                "UPDATE steps SET state = 'released', deadline = ?2 WHERE id = ?1 AND state = 'pending' RETURNING host_id",
             )
             .bind(id)
+            .bind(deadline)
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(h) = host {
@@ -299,21 +353,10 @@ impl Store {
             }
         }
         for h in &hosts {
-            sqlx::query("UPDATE hosts SET plan_generation = plan_generation + 1 WHERE id = ?1")
-                .bind(h)
-                .execute(&mut *tx)
-                .await?;
+            bump_generation(&mut tx, *h).await?;
         }
         tx.commit().await?;
         Ok(hosts)
-    }
-
-    pub async fn bump_plan_generation(&self, host_id: i64) -> Result<()> {
-        sqlx::query("UPDATE hosts SET plan_generation = plan_generation + 1 WHERE id = ?1")
-            .bind(host_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 
     pub async fn plan_generation(&self, host_id: i64) -> Result<u64> {
@@ -324,52 +367,47 @@ impl Store {
         Ok(g as u64)
     }
 
-    /// Applies a step report from the host that runs it. Returns the cluster id when the
-    /// report changed something.
-    pub async fn record_report(
+    /// Stores a validated report, only if the step is still `from` at the report's attempt
+    /// (a concurrent change wins; the caller re-validates). Outputs of a succeeded step
+    /// become the cluster's. `deadline` replaces the step's deadline when given.
+    pub async fn apply_report(
         &self,
-        host_id: i64,
-        r: &berth_shared::api::StepReport,
-    ) -> Result<Option<i64>> {
+        step: &StepRow,
+        from: StepState,
+        r: &StepReport,
+        deadline: Option<i64>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let cur: Option<(i64, String, i64)> = sqlx::query_as(
-            "SELECT cluster_id, state, attempt FROM steps WHERE id = ?1 AND host_id = ?2",
-        )
-        .bind(r.step_id)
-        .bind(host_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((cluster_id, state, attempt)) = cur else {
-            return Ok(None);
-        };
-        // Reports of an older attempt, or for a finished step, change nothing.
-        if attempt != r.attempt as i64
-            || !matches!(state.as_str(), "released" | "running" | "interrupted")
-        {
-            return Ok(None);
-        }
-        sqlx::query(
+        let n = sqlx::query(
             "UPDATE steps SET state = ?1, exit_code = ?2, reason = ?3,
-                 started_at = COALESCE(?4, started_at), ended_at = ?5, log_tail = COALESCE(?6, log_tail), outputs = ?7
-             WHERE id = ?8",
+                 started_at = COALESCE(?4, started_at), ended_at = ?5, log_tail = COALESCE(?6, log_tail),
+                 outputs = ?7, deadline = COALESCE(?8, deadline)
+             WHERE id = ?9 AND state = ?10 AND attempt = ?11",
         )
-        .bind(&r.state)
+        .bind(r.state)
         .bind(r.exit_code)
         .bind(&r.reason)
         .bind(r.started_at)
         .bind(r.ended_at)
         .bind(&r.log_tail)
         .bind(serde_json::to_string(&r.outputs)?)
-        .bind(r.step_id)
+        .bind(deadline)
+        .bind(step.id)
+        .bind(from)
+        .bind(step.attempt)
         .execute(&mut *tx)
-        .await?;
-        if r.state == "succeeded" {
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        if r.state == StepState::Succeeded {
             for (k, v) in &r.outputs {
                 sqlx::query(
                     "INSERT INTO cluster_outputs (cluster_id, key, value) VALUES (?1, ?2, ?3)
                      ON CONFLICT(cluster_id, key) DO UPDATE SET value = excluded.value",
                 )
-                .bind(cluster_id)
+                .bind(step.cluster_id)
                 .bind(k)
                 .bind(v)
                 .execute(&mut *tx)
@@ -377,57 +415,101 @@ impl Store {
             }
         }
         tx.commit().await?;
-        Ok(Some(cluster_id))
+        Ok(true)
     }
 
-    /// Stores a log chunk once (idempotent by offset).
+    /// Appends a log chunk of the step's current attempt at agent offset `offset`. Chunks
+    /// must be contiguous: bytes already received are skipped (a re-sent or overlapping
+    /// chunk), a chunk past the end is a gap (`Conflict`). At most `cap` bytes are stored
+    /// per attempt; the rest is counted in `log_len` and dropped.
     pub async fn append_log(
         &self,
-        host_id: i64,
-        step_id: i64,
-        attempt: u32,
+        step: &StepRow,
         offset: u64,
         data: &[u8],
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO step_logs (step_id, attempt, offset, data)
-             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM steps WHERE id = ?1 AND host_id = ?5)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(step_id)
-        .bind(attempt as i64)
-        .bind(offset as i64)
-        .bind(data)
-        .bind(host_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        cap: u64,
+    ) -> Result<LogAppend, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let (len, stored): (i64, i64) =
+            sqlx::query_as("SELECT log_len, log_stored FROM steps WHERE id = ?1 AND attempt = ?2")
+                .bind(step.id)
+                .bind(step.attempt)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| StoreError::Conflict("the step moved to another attempt".into()))?;
+        let (len, stored) = (len as u64, stored as u64);
+        if offset > len {
+            return Err(StoreError::Conflict(format!(
+                "log chunk at offset {offset} leaves a gap: {len} bytes were received so far"
+            )));
+        }
+        let end = offset + data.len() as u64;
+        if end <= len {
+            return Ok(LogAppend::Stored(0));
+        }
+        let fresh = &data[(len - offset) as usize..];
+        let room = cap.saturating_sub(stored) as usize;
+        let keep = &fresh[..fresh.len().min(room)];
+        if !keep.is_empty() {
+            sqlx::query(
+                "INSERT INTO step_logs (step_id, attempt, offset, data) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(step.id)
+            .bind(step.attempt)
+            .bind(stored as i64)
+            .bind(keep)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE steps SET log_len = ?1, log_stored = ?2 WHERE id = ?3")
+            .bind(end as i64)
+            .bind((stored + keep.len() as u64) as i64)
+            .bind(step.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(if keep.len() == fresh.len() {
+            LogAppend::Stored(keep.len() as u64)
+        } else {
+            LogAppend::Dropped((fresh.len() - keep.len()) as u64)
+        })
     }
 
-    /// Log chunks of a step's attempt at or after `from`, in order.
-    pub async fn step_log(
+    /// Stored log chunks of a step's attempt that end after `from` (stored offsets), in
+    /// order, up to about `max_bytes`: one page, never the whole log.
+    pub async fn step_log_page(
         &self,
         step_id: i64,
         attempt: i64,
         from: u64,
+        max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>> {
-        let rows = sqlx::query(
-            "SELECT offset, data FROM step_logs WHERE step_id = ?1 AND attempt = ?2 AND offset + length(data) > ?3 ORDER BY offset",
-        )
-        .bind(step_id)
-        .bind(attempt)
-        .bind(from as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                (
-                    r.get::<i64, _>("offset") as u64,
-                    r.get::<Vec<u8>, _>("data"),
-                )
-            })
-            .collect())
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        let mut at = from as i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT offset, data FROM step_logs WHERE step_id = ?1 AND attempt = ?2 AND offset + length(data) > ?3 ORDER BY offset LIMIT 8",
+            )
+            .bind(step_id)
+            .bind(attempt)
+            .bind(at)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                return Ok(out);
+            }
+            for r in rows {
+                let off: i64 = r.get("offset");
+                let data: Vec<u8> = r.get("data");
+                at = off + data.len() as i64;
+                total += data.len();
+                out.push((off as u64, data));
+                if total >= max_bytes {
+                    return Ok(out);
+                }
+            }
+        }
     }
 
     pub async fn outputs(&self, cluster_id: i64) -> Result<BTreeMap<String, String>> {
@@ -446,7 +528,7 @@ impl Store {
     pub async fn set_phase(
         &self,
         cluster_id: i64,
-        phase: &str,
+        phase: ClusterPhase,
         message: Option<&str>,
     ) -> Result<()> {
         sqlx::query("UPDATE clusters SET phase = ?1, message = ?2, updated_at = ?3 WHERE id = ?4")
@@ -470,12 +552,20 @@ impl Store {
         Ok(ids)
     }
 
-    /// `berth retry`: failed and interrupted steps get a new attempt.
-    pub async fn retry(&self, cluster_id: i64, actor: &str, name: &str) -> Result<u64> {
+    /// `berth retry`: failed and interrupted steps get a new attempt; the cluster goes back
+    /// to `phase` (Reconciling, or Resetting for a failed reset).
+    pub async fn retry(
+        &self,
+        cluster_id: i64,
+        phase: ClusterPhase,
+        actor: &str,
+        name: &str,
+    ) -> Result<u64> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let n = retry_failed(&mut tx, cluster_id).await?;
-        sqlx::query("UPDATE clusters SET phase = 'Reconciling', message = NULL WHERE id = ?1")
+        sqlx::query("UPDATE clusters SET phase = ?2, message = NULL WHERE id = ?1")
             .bind(cluster_id)
+            .bind(phase)
             .execute(&mut *tx)
             .await?;
         super::audit(
@@ -499,18 +589,57 @@ impl Store {
         name: &str,
     ) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("UPDATE steps SET state = 'cancelled' WHERE cluster_id = ?1 AND state IN ('pending', 'released', 'failed', 'interrupted')")
+        let hosts: Vec<i64> = sqlx::query_scalar("UPDATE steps SET state = 'cancelled', reason = 'cluster reset' WHERE cluster_id = ?1 AND state IN ('pending', 'released', 'failed', 'interrupted') RETURNING host_id")
             .bind(cluster_id)
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await?;
-        let generation: i64 = sqlx::query_scalar("UPDATE clusters SET phase = 'Resetting', message = NULL, generation = generation + 1 WHERE id = ?1 RETURNING generation")
+        let generation: i64 = sqlx::query_scalar("UPDATE clusters SET phase = ?2, message = NULL, generation = generation + 1 WHERE id = ?1 RETURNING generation")
             .bind(cluster_id)
+            .bind(ClusterPhase::Resetting)
             .fetch_one(&mut *tx)
             .await?;
+        for h in hosts {
+            bump_generation(&mut tx, h).await?;
+        }
         insert_steps(&mut tx, cluster_id, generation, steps).await?;
         super::audit(&mut tx, actor, "cluster.reset", name, None).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Cancels steps that are not finished (or failed/interrupted), with a reason; bumps
+    /// the plan generation of their hosts so the cancelled work leaves their plans.
+    /// Returns the host ids affected.
+    pub async fn cancel_steps(&self, ids: &[i64], reason: &str, actor: &str) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut hosts = Vec::new();
+        for id in ids {
+            let h: Option<(i64, String)> = sqlx::query_as(
+                "UPDATE steps SET state = 'cancelled', reason = ?2, deadline = NULL WHERE id = ?1 AND state NOT IN ('succeeded', 'cancelled') RETURNING host_id, host_name",
+            )
+            .bind(id)
+            .bind(reason)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((h, name)) = h {
+                super::audit(
+                    &mut tx,
+                    actor,
+                    "step.cancel",
+                    &name,
+                    Some(&format!("step={id} {reason}")),
+                )
+                .await?;
+                if !hosts.contains(&h) {
+                    hosts.push(h);
+                }
+            }
+        }
+        for h in &hosts {
+            bump_generation(&mut tx, *h).await?;
+        }
+        tx.commit().await?;
+        Ok(hosts)
     }
 
     pub async fn delete_cluster(&self, cluster_id: i64) -> Result<()> {
@@ -534,7 +663,7 @@ impl Store {
         .bind(host_id)
         .bind(now_unix())
         .bind(kind)
-        .bind(message)
+        .bind(message.chars().take(1024).collect::<String>())
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -546,6 +675,108 @@ impl Store {
             .fetch_all(&self.pool)
             .await?)
     }
+
+    /// Released/running steps past their deadline, or whose host was last seen before
+    /// `seen_before`.
+    pub async fn lost_steps(&self, now: i64, seen_before: i64) -> Result<Vec<LostStep>> {
+        let rows = sqlx::query(
+            "SELECT s.id, s.cluster_id, s.attempt, s.state, s.host_name, s.deadline, COALESCE(h.last_seen, 0) AS last_seen
+             FROM steps s LEFT JOIN hosts h ON h.id = s.host_id
+             WHERE s.state IN ('released', 'running')
+               AND ((s.deadline IS NOT NULL AND s.deadline < ?1) OR h.id IS NULL OR h.last_seen < ?2)",
+        )
+        .bind(now)
+        .bind(seen_before)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LostStep {
+                id: r.get("id"),
+                cluster_id: r.get("cluster_id"),
+                attempt: r.get("attempt"),
+                state: r.get("state"),
+                host_name: r.get("host_name"),
+                deadline: r.get("deadline"),
+                last_seen: r.get("last_seen"),
+            })
+            .collect())
+    }
+
+    /// Marks a lost step `interrupted` unless it moved meanwhile.
+    pub async fn mark_lost(&self, s: &LostStep, reason: &str) -> Result<bool> {
+        Ok(sqlx::query(
+            "UPDATE steps SET state = 'interrupted', reason = ?1, ended_at = ?2, deadline = NULL
+             WHERE id = ?3 AND state = ?4 AND attempt = ?5",
+        )
+        .bind(reason)
+        .bind(now_unix())
+        .bind(s.id)
+        .bind(s.state)
+        .bind(s.attempt)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            > 0)
+    }
+
+    /// `berth host delete --force` of a cluster member: its unfinished steps are cancelled
+    /// and it leaves the cluster, in one transaction. Returns the cluster's id.
+    pub async fn remove_from_cluster(&self, host_id: i64, actor: &str) -> Result<Option<i64>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let cluster: Option<(i64, String)> = sqlx::query_as(
+            "SELECT c.id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id WHERE h.host_id = ?1",
+        )
+        .bind(host_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((cid, cname)) = cluster else {
+            return Ok(None);
+        };
+        sqlx::query("UPDATE steps SET state = 'cancelled', reason = 'host deleted', deadline = NULL WHERE host_id = ?1 AND cluster_id = ?2 AND state NOT IN ('succeeded', 'cancelled')")
+            .bind(host_id)
+            .bind(cid)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM cluster_hosts WHERE host_id = ?1")
+            .bind(host_id)
+            .execute(&mut *tx)
+            .await?;
+        super::audit(
+            &mut tx,
+            actor,
+            "cluster.remove_host",
+            &cname,
+            Some(&format!("host_id={host_id}")),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(cid))
+    }
+
+    /// (cluster spec, step kind, step spec) of every step released to a host: what it may
+    /// download.
+    pub async fn released_specs(&self, host_id: i64) -> Result<Vec<(String, StepKind, String)>> {
+        let rows = sqlx::query(
+            "SELECT c.spec, s.kind, s.spec AS step_spec FROM steps s JOIN clusters c ON c.id = s.cluster_id
+             WHERE s.host_id = ?1 AND s.state IN ('released', 'running')",
+        )
+        .bind(host_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get("spec"), r.get("kind"), r.get("step_spec")))
+            .collect())
+    }
+}
+
+async fn bump_generation(tx: &mut sqlx::SqliteConnection, host_id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE hosts SET plan_generation = plan_generation + 1 WHERE id = ?1")
+        .bind(host_id)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// Failed and interrupted steps of a cluster get a new attempt (resume, never restart).
@@ -554,7 +785,7 @@ async fn retry_failed(
     cluster_id: i64,
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
-        "UPDATE steps SET state = 'pending', attempt = attempt + 1, exit_code = NULL, reason = NULL, started_at = NULL, ended_at = NULL
+        "UPDATE steps SET state = 'pending', attempt = attempt + 1, exit_code = NULL, reason = NULL, started_at = NULL, ended_at = NULL, deadline = NULL, log_len = 0, log_stored = 0
          WHERE cluster_id = ?1 AND state IN ('failed', 'interrupted')",
     )
     .bind(cluster_id)
@@ -577,7 +808,7 @@ async fn insert_steps(
         .bind(generation)
         .bind(s.host_id)
         .bind(&s.host_name)
-        .bind(&s.kind)
+        .bind(s.kind)
         .bind(s.ord)
         .bind(&s.spec)
         .bind(s.best_effort as i64)

@@ -94,27 +94,80 @@ pub struct Store {
     pool: SqlitePool,
 }
 
+/// Creates `berth.db` with mode 0600 when it is missing and sets 0600 on it (and on `-wal`
+/// and `-shm` files left by an earlier run, which SQLite reuses as they are) when it exists.
+fn make_db_files_private(db: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // Not truncating: an existing database is only opened, never changed, here.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .with_context(|| format!("cannot create database {}", db.display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot set mode 0600 on {}", file.display()))
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating when missing) `<data-dir>/berth.db`, with WAL and foreign keys on,
     /// and applies the embedded migrations.
+    ///
+    /// The database holds token hashes, host identities, Clusterfiles and cluster outputs
+    /// (which often carry secrets), so it is made 0600 before SQLite opens it; SQLite gives
+    /// the `-wal` and `-shm` files it creates the database file's mode.
     pub async fn open(data_dir: &Path) -> Result<Store> {
         let path = data_dir.join("berth.db");
+        make_db_files_private(&path)?;
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
+        // Migrations run on a connection of their own with foreign keys off, as SQLite
+        // prescribes for rebuilding tables (a DROP TABLE would otherwise cascade); the
+        // result is checked with `foreign_key_check` before anything else opens it.
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect_with(&opts.clone().foreign_keys(false))
+                .await
+                .with_context(|| format!("cannot open database {}", path.display()))?;
+            sqlx::migrate!("../migrations")
+                .run(&mut conn)
+                .await
+                .with_context(|| format!("cannot apply migrations to {}", path.display()))?;
+            let broken: Vec<(String,)> =
+                sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
+                    .fetch_all(&mut conn)
+                    .await?;
+            if !broken.is_empty() {
+                anyhow::bail!(
+                    "database {} has rows that break foreign keys in {:?}; restore a backup",
+                    path.display(),
+                    broken
+                );
+            }
+            conn.close().await?;
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .connect_with(opts)
+            .connect_with(opts.foreign_keys(true))
             .await
             .with_context(|| format!("cannot open database {}", path.display()))?;
-        sqlx::migrate!("../migrations")
-            .run(&pool)
-            .await
-            .with_context(|| format!("cannot apply migrations to {}", path.display()))?;
         Ok(Store { pool })
     }
 
@@ -220,6 +273,45 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// Judges a bootstrap token without consuming it: known, matching secret, not expired,
+    /// uses left. The enrollment handler calls this before it signs anything, so a caller
+    /// without a valid token never reaches the CSR parser; [`Store::enroll`] checks again
+    /// inside its transaction and consumes the use.
+    pub async fn check_bootstrap_token(
+        &self,
+        token_id: &str,
+        token_secret_hash: &str,
+    ) -> Result<(), EnrollError> {
+        let row = sqlx::query(
+            "SELECT id, secret_hash, uses_left, expires_at FROM bootstrap_tokens WHERE id = ?1",
+        )
+        .bind(token_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else {
+            return Err(EnrollError::TokenInvalid);
+        };
+        let token = BootstrapRow {
+            id: r.get("id"),
+            secret_hash: r.get("secret_hash"),
+            uses_left: r.get("uses_left"),
+            expires_at: r.get("expires_at"),
+        };
+        if !constant_time_eq(token.secret_hash.as_bytes(), token_secret_hash.as_bytes()) {
+            return Err(EnrollError::TokenInvalid);
+        }
+        if token.expires_at <= now_unix() {
+            return Err(EnrollError::TokenExpired {
+                id: token.id,
+                at: crate::time::rfc3339(token.expires_at),
+            });
+        }
+        if token.uses_left <= 0 {
+            return Err(EnrollError::TokenExhausted { id: token.id });
+        }
         Ok(())
     }
 
@@ -573,3 +665,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub mod clusters;
+pub mod error;
+
+pub use error::StoreError;

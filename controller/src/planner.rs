@@ -1,0 +1,639 @@
+//! The pure planner: what an apply or a reset must run, from the desired cluster and what
+//! is recorded. No IO, no clock: `engine` loads, calls these and persists the result.
+//!
+//! Steps carry an `ord` (`StepKind::base_ord`): every step with a lower ord must be
+//! finished before a step is released; equal ords run in parallel. join-master and remove
+//! add an index so they run one at a time.
+
+use crate::store::clusters::{Generation, HostUpdate, NewClusterHost, NewStep};
+use berth_shared::api::codes;
+use berth_shared::bundle::{BundleType, Manifest};
+use berth_shared::clusterfile::ConfigDoc;
+use berth_shared::state::{HostRole, StepKind};
+use berth_shared::Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How long `distribute` may take when no hook timeout says otherwise (fetch + unpack).
+pub const DISTRIBUTE_TIMEOUT_SECS: u64 = 1800;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResolvedBundle {
+    pub reference: String,
+    pub digest: Digest,
+    pub manifest: Manifest,
+}
+
+/// What a cluster's `spec` column holds: the Clusterfile with bundles resolved to digests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ResolvedSpec {
+    pub bundles: Vec<ResolvedBundle>,
+    pub env: BTreeMap<String, String>,
+    pub configs: Vec<ConfigDoc>,
+    pub warnings: Vec<String>,
+}
+
+impl ResolvedSpec {
+    /// The rootfs and patch bundles, in Clusterfile order (what hooks run from).
+    pub fn base(&self) -> impl Iterator<Item = &ResolvedBundle> {
+        self.bundles
+            .iter()
+            .filter(|b| b.manifest.bundle_type != BundleType::App)
+    }
+
+    /// The bundles a step works with: the app bundles it names for `apps`, else the base.
+    pub fn bundles_of(&self, kind: StepKind, step: &StepSpec) -> Vec<&ResolvedBundle> {
+        if kind == StepKind::Apps {
+            step.apps
+                .iter()
+                .filter_map(|i| self.bundles.get(*i))
+                .collect()
+        } else {
+            self.base().collect()
+        }
+    }
+
+    /// The longest a step may take on its host: the sum of its bundles' hook timeouts
+    /// (hooks run one after the other), plus distribute's for steps that may unpack.
+    pub fn step_timeout_secs(&self, kind: StepKind, step: &StepSpec) -> u64 {
+        let hooks: u64 = match kind.hook() {
+            Some(h) => self
+                .bundles_of(kind, step)
+                .iter()
+                .filter(|b| h == "cmd" || b.manifest.hooks.contains_key(h))
+                .map(|b| b.manifest.timeout(h).as_secs())
+                .sum(),
+            None => 0,
+        };
+        let unpack = match kind {
+            // check and apps unpack what they run; a hook step may re-distribute a stale rootfs.
+            StepKind::Leave | StepKind::Remove | StepKind::Clean => 0,
+            _ => DISTRIBUTE_TIMEOUT_SECS,
+        };
+        hooks + unpack
+    }
+
+    /// Whether the step's `hook` of some bundle may publish output `key`.
+    pub fn may_output(&self, kind: StepKind, step: &StepSpec, key: &str) -> bool {
+        let Some(hook) = kind.hook() else {
+            return false;
+        };
+        self.bundles_of(kind, step)
+            .iter()
+            .any(|b| b.manifest.may_output(hook, key))
+    }
+}
+
+/// What a step's `spec` column holds.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct StepSpec {
+    /// Indexes into `ResolvedSpec::bundles` (app bundles for `apps`).
+    #[serde(default)]
+    pub apps: Vec<usize>,
+    /// For leave/remove: the host being removed and its IP.
+    #[serde(default)]
+    pub target: Option<(String, String)>,
+}
+
+/// A host the Clusterfile asks for, resolved to an enrolled host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredHost {
+    pub host_id: i64,
+    pub name: String,
+    pub role: HostRole,
+    pub ip: String,
+    /// Per-host env, JSON.
+    pub env: String,
+}
+
+/// A host the cluster has on record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedHost {
+    pub host_id: i64,
+    pub name: String,
+    pub role: HostRole,
+    pub ord: i64,
+    pub ip: String,
+    /// false: leaving.
+    pub active: bool,
+}
+
+/// What is recorded of a cluster (nothing for a new one).
+#[derive(Debug, Clone, Default)]
+pub struct Recorded {
+    pub hosts: Vec<RecordedHost>,
+    /// The spec of the current generation.
+    pub spec: Option<ResolvedSpec>,
+    /// Some host ran `install` successfully: the base bundles are in use.
+    pub installed: bool,
+}
+
+/// Why an apply cannot be planned. Each maps to a stable API code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("spec.hosts: a cluster needs at least one master")]
+    NoMaster,
+    #[error("spec.hosts: the first master must stay `{master0}` (master0 of cluster `{cluster}`); master0 cannot change")]
+    Master0Changed { master0: String, cluster: String },
+    #[error("spec.hosts: host `{host}` would change role from {from} to {to}; delete it from the cluster first, then add it back")]
+    RoleChanged {
+        host: String,
+        from: HostRole,
+        to: HostRole,
+    },
+    #[error("spec.image: {what}; the cluster is installed and upgrades are not supported yet, so nothing was applied; re-apply with the bundles it was installed with, or `berth reset` it and apply again")]
+    UpgradeUnsupported { what: String },
+}
+
+impl PlanError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            PlanError::UpgradeUnsupported { .. } => codes::UPGRADE_UNSUPPORTED,
+            _ => codes::INVALID_CLUSTERFILE,
+        }
+    }
+}
+
+fn new_step(h: &DesiredHost, kind: StepKind, ord: i64, spec: &StepSpec) -> NewStep {
+    NewStep {
+        host_id: h.host_id,
+        host_name: h.name.clone(),
+        kind,
+        ord,
+        spec: step_spec_json(spec),
+        best_effort: kind == StepKind::Leave || kind == StepKind::Clean,
+    }
+}
+
+fn step_spec_json(spec: &StepSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_else(|_| "{}".into())
+}
+
+/// The difference between what an apply asks for and what is recorded: hosts to add,
+/// update and remove, and the steps that get there. `desired.hosts` is in Clusterfile
+/// order; masters go first (master0 = the first master).
+pub fn diff(
+    cluster: &str,
+    hosts: &[DesiredHost],
+    spec: &ResolvedSpec,
+    recorded: &Recorded,
+) -> Result<Generation, PlanError> {
+    let mut desired: Vec<&DesiredHost> = hosts.iter().collect();
+    desired.sort_by_key(|d| if d.role == HostRole::Master { 0 } else { 1 });
+    let master0 = *desired
+        .first()
+        .filter(|d| d.role == HostRole::Master)
+        .ok_or(PlanError::NoMaster)?;
+    if let Some(cur0) = recorded.hosts.iter().find(|h| h.ord == 0 && h.active) {
+        if cur0.host_id != master0.host_id {
+            return Err(PlanError::Master0Changed {
+                master0: cur0.name.clone(),
+                cluster: cluster.to_string(),
+            });
+        }
+    }
+    if let (Some(prev), true) = (&recorded.spec, recorded.installed) {
+        let old: Vec<_> = prev.base().map(|b| (&b.reference, b.digest)).collect();
+        let new: Vec<_> = spec.base().map(|b| (&b.reference, b.digest)).collect();
+        if old.iter().map(|x| x.1).ne(new.iter().map(|x| x.1)) {
+            let what = match old.iter().zip(&new).find(|(a, b)| a.1 != b.1) {
+                Some((a, b)) => {
+                    format!("`{}` would change from {} to {} (`{}`)", a.0, a.1, b.1, b.0)
+                }
+                None => format!(
+                    "the rootfs/patch bundles would change from [{}] to [{}]",
+                    old.iter()
+                        .map(|x| x.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    new.iter()
+                        .map(|x| x.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            return Err(PlanError::UpgradeUnsupported { what });
+        }
+    }
+
+    let mut g = Generation::default();
+    let none = StepSpec::default();
+    let mut new_masters = 0;
+    for (ord, d) in desired.iter().enumerate() {
+        let ord = ord as i64;
+        match recorded.hosts.iter().find(|h| h.host_id == d.host_id) {
+            Some(cur) => {
+                if cur.role != d.role {
+                    return Err(PlanError::RoleChanged {
+                        host: d.name.clone(),
+                        from: cur.role,
+                        to: d.role,
+                    });
+                }
+                g.host_updates.push(HostUpdate {
+                    host_id: d.host_id,
+                    ip: d.ip.clone(),
+                    env: d.env.clone(),
+                    ord,
+                });
+            }
+            None => {
+                g.add_hosts.push(NewClusterHost {
+                    host_id: d.host_id,
+                    role: d.role,
+                    ord,
+                    ip: d.ip.clone(),
+                    env: d.env.clone(),
+                });
+                for kind in [StepKind::Check, StepKind::Distribute, StepKind::Install] {
+                    g.steps.push(new_step(d, kind, kind.base_ord(), &none));
+                }
+                let (kind, ord) = if ord == 0 {
+                    (StepKind::Init, StepKind::Init.base_ord())
+                } else if d.role == HostRole::Master {
+                    new_masters += 1;
+                    (
+                        StepKind::JoinMaster,
+                        StepKind::JoinMaster.base_ord() + new_masters - 1,
+                    )
+                } else {
+                    (StepKind::JoinNode, StepKind::JoinNode.base_ord())
+                };
+                g.steps.push(new_step(d, kind, ord, &none));
+            }
+        }
+    }
+    for cur in recorded.hosts.iter().filter(|h| h.active) {
+        if desired.iter().any(|d| d.host_id == cur.host_id) {
+            continue;
+        }
+        let i = g.leaving.len();
+        g.leaving.push(cur.host_id);
+        let target = StepSpec {
+            apps: vec![],
+            target: Some((cur.name.clone(), cur.ip.clone())),
+        };
+        let leaver = DesiredHost {
+            host_id: cur.host_id,
+            name: cur.name.clone(),
+            role: cur.role,
+            ip: cur.ip.clone(),
+            env: String::new(),
+        };
+        g.steps.push(new_step(
+            &leaver,
+            StepKind::Leave,
+            StepKind::Leave.base_ord(),
+            &target,
+        ));
+        g.steps.push(new_step(
+            master0,
+            StepKind::Remove,
+            StepKind::Remove.base_ord() + i as i64,
+            &target,
+        ));
+    }
+    // App bundles run once each, on master0.
+    let old_apps: Vec<Digest> = recorded
+        .spec
+        .iter()
+        .flat_map(|p| p.bundles.iter())
+        .filter(|b| b.manifest.bundle_type == BundleType::App)
+        .map(|b| b.digest)
+        .collect();
+    let new_apps: Vec<usize> = spec
+        .bundles
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.manifest.bundle_type == BundleType::App && !old_apps.contains(&b.digest))
+        .map(|(i, _)| i)
+        .collect();
+    if !new_apps.is_empty() {
+        g.steps.push(new_step(
+            master0,
+            StepKind::Apps,
+            StepKind::Apps.base_ord(),
+            &StepSpec {
+                apps: new_apps,
+                target: None,
+            },
+        ));
+    }
+    Ok(g)
+}
+
+/// `berth reset`: `clean` on every host of the cluster, all at once.
+pub fn reset_steps(hosts: &[RecordedHost]) -> Vec<NewStep> {
+    hosts
+        .iter()
+        .map(|h| NewStep {
+            host_id: h.host_id,
+            host_name: h.name.clone(),
+            kind: StepKind::Clean,
+            ord: StepKind::Clean.base_ord(),
+            spec: step_spec_json(&StepSpec::default()),
+            best_effort: true,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use berth_shared::bundle::RawManifest;
+
+    fn manifest(name: &str, t: &str) -> Manifest {
+        RawManifest {
+            api_version: "berth.dev/v1".into(),
+            kind: "Bundle".into(),
+            name: name.into(),
+            version: "v1".into(),
+            bundle_type: t.into(),
+            env: BTreeMap::new(),
+            hooks: BTreeMap::new(),
+            timeouts: BTreeMap::new(),
+            cmd: if t == "app" { vec!["x".into()] } else { vec![] },
+            rerunnable: vec![],
+            allow_setuid: false,
+            outputs: None,
+        }
+        .validate(|_| true)
+        .unwrap()
+    }
+
+    fn bundle(name: &str, t: &str, d: u8) -> ResolvedBundle {
+        ResolvedBundle {
+            reference: format!("{name}:v1"),
+            digest: format!("sha256:{}", hex::encode([d; 32])).parse().unwrap(),
+            manifest: manifest(name, t),
+        }
+    }
+
+    fn spec(bundles: Vec<ResolvedBundle>) -> ResolvedSpec {
+        ResolvedSpec {
+            bundles,
+            ..Default::default()
+        }
+    }
+
+    fn host(id: i64, role: HostRole) -> DesiredHost {
+        DesiredHost {
+            host_id: id,
+            name: format!("h{id}"),
+            role,
+            ip: format!("10.0.0.{id}"),
+            env: "{}".into(),
+        }
+    }
+
+    /// Recorded state after `hosts` were applied with `spec`.
+    fn recorded(hosts: &[DesiredHost], spec: &ResolvedSpec) -> Recorded {
+        let g = diff("c", hosts, spec, &Recorded::default()).unwrap();
+        Recorded {
+            hosts: g
+                .add_hosts
+                .iter()
+                .map(|h| RecordedHost {
+                    host_id: h.host_id,
+                    name: format!("h{}", h.host_id),
+                    role: h.role,
+                    ord: h.ord,
+                    ip: h.ip.clone(),
+                    active: true,
+                })
+                .collect(),
+            spec: Some(spec.clone()),
+            installed: true,
+        }
+    }
+
+    /// (host, kind, ord) of each step, sorted.
+    fn steps(g: &Generation) -> Vec<(String, &'static str, i64)> {
+        let mut v: Vec<_> = g
+            .steps
+            .iter()
+            .map(|s| (s.host_name.clone(), s.kind.as_str(), s.ord))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn row(h: &str, k: &'static str, o: i64) -> (String, &'static str, i64) {
+        (h.to_string(), k, o)
+    }
+
+    use HostRole::{Master, Node};
+
+    #[test]
+    fn planner_table() {
+        let base = spec(vec![bundle("hello", "rootfs", 1)]);
+        let with_app = spec(vec![bundle("hello", "rootfs", 1), bundle("app", "app", 2)]);
+        let three = [host(1, Master), host(2, Node), host(3, Node)];
+        let per_host = |h: &str, last: &'static str, o: i64| {
+            vec![
+                row(h, "check", 1000),
+                row(h, "distribute", 2000),
+                row(h, "install", 3000),
+                row(h, last, o),
+            ]
+        };
+        struct Case {
+            name: &'static str,
+            hosts: Vec<DesiredHost>,
+            spec: ResolvedSpec,
+            recorded: Recorded,
+            want: Result<Vec<(String, &'static str, i64)>, &'static str>,
+        }
+        let cases = vec![
+            Case {
+                name: "create: check, distribute, install everywhere; init on master0; joins; apps",
+                hosts: vec![
+                    host(1, Master),
+                    host(4, Master),
+                    host(5, Master),
+                    host(2, Node),
+                ],
+                spec: with_app.clone(),
+                recorded: Recorded::default(),
+                want: Ok({
+                    let mut v = per_host("h1", "init", 4000);
+                    v.extend(per_host("h4", "join-master", 5000));
+                    v.extend(per_host("h5", "join-master", 5001));
+                    v.extend(per_host("h2", "join-node", 6000));
+                    v.push(row("h1", "apps", 7000));
+                    v.sort();
+                    v
+                }),
+            },
+            Case {
+                name: "a re-apply that changes nothing runs nothing",
+                hosts: three.to_vec(),
+                spec: base.clone(),
+                recorded: recorded(&three, &base),
+                want: Ok(vec![]),
+            },
+            Case {
+                name: "scale up nodes: only the new node runs",
+                hosts: vec![host(1, Master), host(2, Node), host(3, Node), host(6, Node)],
+                spec: base.clone(),
+                recorded: recorded(&three, &base),
+                want: Ok(per_host("h6", "join-node", 6000)),
+            },
+            Case {
+                name: "scale up masters: one at a time",
+                hosts: vec![
+                    host(1, Master),
+                    host(7, Master),
+                    host(8, Master),
+                    host(2, Node),
+                    host(3, Node),
+                ],
+                spec: base.clone(),
+                recorded: recorded(&three, &base),
+                want: Ok({
+                    let mut v = per_host("h7", "join-master", 5000);
+                    v.extend(per_host("h8", "join-master", 5001));
+                    v.sort();
+                    v
+                }),
+            },
+            Case {
+                name: "scale down: leave on the node, then remove on master0, one per host",
+                hosts: vec![host(1, Master)],
+                spec: base.clone(),
+                recorded: recorded(&three, &base),
+                want: Ok(vec![
+                    row("h1", "remove", 9000),
+                    row("h1", "remove", 9001),
+                    row("h2", "leave", 8000),
+                    row("h3", "leave", 8000),
+                ]),
+            },
+            Case {
+                name: "scale down a master",
+                hosts: vec![host(1, Master), host(2, Node)],
+                spec: base.clone(),
+                recorded: recorded(&[host(1, Master), host(9, Master), host(2, Node)], &base),
+                want: Ok(vec![row("h1", "remove", 9000), row("h9", "leave", 8000)]),
+            },
+            Case {
+                name: "an added app bundle runs apps on master0 only",
+                hosts: three.to_vec(),
+                spec: with_app.clone(),
+                recorded: recorded(&three, &base),
+                want: Ok(vec![row("h1", "apps", 7000)]),
+            },
+            Case {
+                name: "a changed rootfs of an installed cluster is refused",
+                hosts: three.to_vec(),
+                spec: spec(vec![bundle("hello", "rootfs", 9)]),
+                recorded: recorded(&three, &base),
+                want: Err("upgrade_unsupported"),
+            },
+            Case {
+                name: "a changed rootfs before anything was installed is taken",
+                hosts: three.to_vec(),
+                spec: spec(vec![bundle("hello", "rootfs", 9)]),
+                recorded: Recorded {
+                    installed: false,
+                    ..recorded(&three, &base)
+                },
+                want: Ok(vec![]),
+            },
+            Case {
+                name: "master0 cannot change",
+                hosts: vec![host(4, Master), host(1, Master)],
+                spec: base.clone(),
+                recorded: recorded(&three, &base),
+                want: Err("invalid_clusterfile"),
+            },
+            Case {
+                name: "a role cannot change",
+                hosts: vec![host(1, Master), host(2, Master)],
+                spec: base.clone(),
+                recorded: recorded(&three, &base),
+                want: Err("invalid_clusterfile"),
+            },
+            Case {
+                name: "no master",
+                hosts: vec![host(2, Node)],
+                spec: base.clone(),
+                recorded: Recorded::default(),
+                want: Err("invalid_clusterfile"),
+            },
+        ];
+        for c in cases {
+            let got = diff("c", &c.hosts, &c.spec, &c.recorded);
+            match (&got, &c.want) {
+                (Ok(g), Ok(w)) => assert_eq!(&steps(g), w, "{}", c.name),
+                (Err(e), Err(code)) => assert_eq!(e.code(), *code, "{}: {e}", c.name),
+                _ => panic!("{}: got {got:?}", c.name),
+            }
+        }
+    }
+
+    #[test]
+    fn scale_down_marks_leaving_and_updates_the_rest() {
+        let base = spec(vec![bundle("hello", "rootfs", 1)]);
+        let three = [host(1, Master), host(2, Node), host(3, Node)];
+        let g = diff(
+            "c",
+            &[host(1, Master), host(3, Node)],
+            &base,
+            &recorded(&three, &base),
+        )
+        .unwrap();
+        assert_eq!(g.leaving, vec![2]);
+        assert!(g.add_hosts.is_empty());
+        assert_eq!(
+            g.host_updates
+                .iter()
+                .map(|u| (u.host_id, u.ord))
+                .collect::<Vec<_>>(),
+            vec![(1, 0), (3, 1)]
+        );
+        let remove = g.steps.iter().find(|s| s.kind == StepKind::Remove).unwrap();
+        assert!(remove.spec.contains("10.0.0.2"), "{}", remove.spec);
+        assert!(g
+            .steps
+            .iter()
+            .all(|s| s.best_effort == (s.kind == StepKind::Leave)));
+    }
+
+    #[test]
+    fn reset_cleans_every_host() {
+        let base = spec(vec![bundle("hello", "rootfs", 1)]);
+        let r = recorded(&[host(1, Master), host(2, Node)], &base);
+        let s = reset_steps(&r.hosts);
+        assert_eq!(
+            s.iter()
+                .map(|s| (s.host_id, s.kind, s.ord, s.best_effort))
+                .collect::<Vec<_>>(),
+            vec![
+                (1, StepKind::Clean, 10_000, true),
+                (2, StepKind::Clean, 10_000, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn step_timeouts_and_outputs_follow_the_bundles() {
+        let mut b = bundle("hello", "rootfs", 1);
+        b.manifest.hooks.insert(
+            "init".into(),
+            berth_shared::SafeRelPath::new("init.sh").unwrap(),
+        );
+        b.manifest.timeouts.insert("init".into(), 60);
+        let s = spec(vec![b]);
+        let none = StepSpec::default();
+        assert_eq!(
+            s.step_timeout_secs(StepKind::Init, &none),
+            60 + DISTRIBUTE_TIMEOUT_SECS
+        );
+        assert_eq!(s.step_timeout_secs(StepKind::Clean, &none), 0);
+        assert!(s.may_output(StepKind::Init, &none, "JOIN_TOKEN"));
+        assert!(!s.may_output(StepKind::Init, &none, "PATH"));
+        assert!(!s.may_output(StepKind::JoinNode, &none, "JOIN_TOKEN"));
+    }
+}
