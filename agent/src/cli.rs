@@ -100,13 +100,13 @@ pub struct Common {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
     /// A bundle may unpack to at most this many bytes in all
-    #[arg(long, default_value_t = 64 << 30)]
+    #[arg(long, default_value_t = berth_bundle::unpack::DEFAULT_MAX_TOTAL_BYTES)]
     pub max_unpacked_bytes: u64,
     /// A bundle may hold at most this many entries
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = berth_bundle::unpack::DEFAULT_MAX_ENTRIES)]
     pub max_entries: u64,
     /// No single file in a bundle may be larger (at most 8 GiB - 1)
-    #[arg(long, default_value_t = (8 << 30) - 1)]
+    #[arg(long, default_value_t = berth_bundle::unpack::DEFAULT_MAX_FILE_BYTES)]
     pub max_file_bytes: u64,
 }
 

@@ -192,13 +192,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "20G", value_parser = parse_size)]
     pub max_bundle_size: u64,
     /// A pushed bundle may unpack to at most this many bytes in all (K, M, G, T)
-    #[arg(long, default_value = "64G", value_parser = parse_size)]
+    #[arg(long, default_value = "16G", value_parser = parse_size)]
     pub max_unpacked_size: u64,
     /// A pushed bundle may hold at most this many entries
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = berth_bundle::unpack::DEFAULT_MAX_ENTRIES)]
     pub max_entries: u64,
     /// No single file in a pushed bundle may be larger (K, M, G, T; at most 8G-1)
-    #[arg(long, default_value = "8191M", value_parser = parse_size)]
+    #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub max_file_size: u64,
 }
 
