@@ -235,6 +235,14 @@ fn enrolled_agent(ctl: &Controller, name: &str, controller_url: &str) -> std::pa
     dir
 }
 
+/// A host may download only blobs of steps released to it: apply a one-host cluster with
+/// the bundle (the agent is not running, so its check step stays released).
+fn release_to(ctl: &Controller, host: &str, digest: &str) {
+    let cf = ctl.clusterfile(&format!("c-{host}"), &[host], &[], &[digest], &[]);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 fn agent_fetch(
     data_dir: &std::path::Path,
     digest: &str,
@@ -261,6 +269,7 @@ fn an_agent_fetches_verifies_and_unpacks_a_bundle() {
         .as_str()
         .unwrap()
         .to_string();
+    release_to(&ctl, "f1", &digest);
     let into = ctl.dir.path().join("rootfs");
     let out = agent_fetch(&agent, &digest, &into);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -306,6 +315,7 @@ fn a_download_cut_mid_body_resumes_from_the_bytes_on_disk() {
         .as_str()
         .unwrap()
         .to_string();
+    release_to(&ctl, "r1", &digest);
     proxy.cut_next_after(1_200_000);
     let into = ctl.dir.path().join("rootfs");
     let out = agent_fetch(&agent, &digest, &into);
@@ -347,6 +357,7 @@ fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
         .as_str()
         .unwrap()
         .to_string();
+    release_to(&ctl, "t1", &digest);
     let hex = digest.trim_start_matches("sha256:");
     let blob = ctl.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex);
     let mut bytes = fs::read(&blob).unwrap();

@@ -352,11 +352,7 @@ impl Store {
                 }
             }
         }
-        for h in &hosts {
-            bump_generation(&mut tx, *h).await?;
-        }
-        tx.commit().await?;
-        Ok(hosts)
+        commit_bumping(tx, hosts).await
     }
 
     pub async fn plan_generation(&self, host_id: i64) -> Result<u64> {
@@ -635,11 +631,7 @@ impl Store {
                 }
             }
         }
-        for h in &hosts {
-            bump_generation(&mut tx, *h).await?;
-        }
-        tx.commit().await?;
-        Ok(hosts)
+        commit_bumping(tx, hosts).await
     }
 
     pub async fn delete_cluster(&self, cluster_id: i64) -> Result<()> {
@@ -769,6 +761,18 @@ impl Store {
             .map(|r| (r.get("spec"), r.get("kind"), r.get("step_spec")))
             .collect())
     }
+}
+
+/// Bumps the plan generation of `hosts` (their plans changed), commits, returns them.
+async fn commit_bumping(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    hosts: Vec<i64>,
+) -> Result<Vec<i64>> {
+    for h in &hosts {
+        bump_generation(&mut tx, *h).await?;
+    }
+    tx.commit().await?;
+    Ok(hosts)
 }
 
 async fn bump_generation(tx: &mut sqlx::SqliteConnection, host_id: i64) -> Result<(), sqlx::Error> {
