@@ -135,6 +135,8 @@ pub enum PlanError {
     NoMaster,
     #[error("spec.hosts: the first master must stay `{master0}` (master0 of cluster `{cluster}`); master0 cannot change")]
     Master0Changed { master0: String, cluster: String },
+    #[error("`{master0}` is master0 of cluster `{cluster}` and cannot be deleted from it; `berth reset {cluster}` removes the whole cluster")]
+    Master0Removed { master0: String, cluster: String },
     #[error("spec.hosts: host `{host}` would change role from {from} to {to}; delete it from the cluster first, then add it back")]
     RoleChanged {
         host: String,
@@ -149,6 +151,7 @@ impl PlanError {
     pub fn code(&self) -> &'static str {
         match self {
             PlanError::UpgradeUnsupported { .. } => codes::UPGRADE_UNSUPPORTED,
+            PlanError::Master0Removed { .. } => codes::MASTER0_REMOVAL,
             _ => codes::INVALID_CLUSTERFILE,
         }
     }
@@ -178,13 +181,20 @@ pub fn diff(
     spec: &ResolvedSpec,
     recorded: &Recorded,
 ) -> Result<Generation, PlanError> {
+    let cur0 = recorded.hosts.iter().find(|h| h.ord == 0 && h.active);
+    if let Some(cur0) = cur0.filter(|c| !hosts.iter().any(|d| d.host_id == c.host_id)) {
+        return Err(PlanError::Master0Removed {
+            master0: cur0.name.clone(),
+            cluster: cluster.to_string(),
+        });
+    }
     let mut desired: Vec<&DesiredHost> = hosts.iter().collect();
     desired.sort_by_key(|d| if d.role == HostRole::Master { 0 } else { 1 });
     let master0 = *desired
         .first()
         .filter(|d| d.role == HostRole::Master)
         .ok_or(PlanError::NoMaster)?;
-    if let Some(cur0) = recorded.hosts.iter().find(|h| h.ord == 0 && h.active) {
+    if let Some(cur0) = cur0 {
         if cur0.host_id != master0.host_id {
             return Err(PlanError::Master0Changed {
                 master0: cur0.name.clone(),
@@ -547,6 +557,13 @@ mod tests {
                 spec: base.clone(),
                 recorded: recorded(&three, &base),
                 want: Err("invalid_clusterfile"),
+            },
+            Case {
+                name: "master0 cannot leave",
+                hosts: vec![host(4, Master), host(2, Node)],
+                spec: base.clone(),
+                recorded: recorded(&three, &base),
+                want: Err("master0_removal"),
             },
             Case {
                 name: "a role cannot change",

@@ -3,14 +3,15 @@
 use super::auth::Caller;
 use super::error::{ApiError, ApiJson};
 use super::AppState;
-use crate::planner::ResolvedSpec;
+use crate::engine::EngineError;
+use crate::planner::{PlanError, ResolvedSpec};
 use crate::store::Role;
 use crate::time::{now_unix, rfc3339};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use berth_shared::api::{
-    codes, ApplyResponse, ClusterHostView, ClusterView, HostsEdit, LogChunk, ResetRequest,
-    ResetResponse, RetryResponse, StepView,
+    ApplyResponse, ClusterHostView, ClusterView, HostsEdit, LogChunk, ResetRequest, ResetResponse,
+    RetryResponse, StepView,
 };
 use berth_shared::state::StepState;
 use serde::Deserialize;
@@ -254,15 +255,14 @@ pub async fn edit_hosts(
         .into_iter()
         .find(|h| h.ord == 0 && h.state == "active")
     {
+        // Checked before the edit too: removing the only master would otherwise fail as
+        // "no hosts" before the planner could say what is wrong.
         if e.remove.iter().any(|r| r == &m0.name || r == &m0.ip) {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                codes::MASTER0_REMOVAL,
-                format!(
-                    "`{}` is master0 of cluster `{name}` and cannot be deleted from it; `berth reset {name}` removes the whole cluster",
-                    m0.name
-                ),
-            ));
+            return Err(EngineError::from(PlanError::Master0Removed {
+                master0: m0.name,
+                cluster: name,
+            })
+            .into());
         }
     }
     let text = berth_shared::clusterfile::edit_hosts(

@@ -276,43 +276,17 @@ impl Store {
         Ok(())
     }
 
-    /// Judges a bootstrap token without consuming it: known, matching secret, not expired,
-    /// uses left. The enrollment handler calls this before it signs anything, so a caller
-    /// without a valid token never reaches the CSR parser; [`Store::enroll`] checks again
-    /// inside its transaction and consumes the use.
+    /// Checks a bootstrap token (exists, secret matches, not expired, uses left) without
+    /// consuming it: enrollment judges the token before it parses or signs anything.
     pub async fn check_bootstrap_token(
         &self,
         token_id: &str,
         token_secret_hash: &str,
     ) -> Result<(), EnrollError> {
-        let row = sqlx::query(
-            "SELECT id, secret_hash, uses_left, expires_at FROM bootstrap_tokens WHERE id = ?1",
-        )
-        .bind(token_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else {
-            return Err(EnrollError::TokenInvalid);
-        };
-        let token = BootstrapRow {
-            id: r.get("id"),
-            secret_hash: r.get("secret_hash"),
-            uses_left: r.get("uses_left"),
-            expires_at: r.get("expires_at"),
-        };
-        if !constant_time_eq(token.secret_hash.as_bytes(), token_secret_hash.as_bytes()) {
-            return Err(EnrollError::TokenInvalid);
-        }
-        if token.expires_at <= now_unix() {
-            return Err(EnrollError::TokenExpired {
-                id: token.id,
-                at: crate::time::rfc3339(token.expires_at),
-            });
-        }
-        if token.uses_left <= 0 {
-            return Err(EnrollError::TokenExhausted { id: token.id });
-        }
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        usable_token(&mut conn, token_id, token_secret_hash)
+            .await
+            .map(|_| ())
     }
 
     /// Consumes one use of the bootstrap token and records the host, atomically: a refused
@@ -320,33 +294,7 @@ impl Store {
     pub async fn enroll(&self, h: NewHost<'_>) -> Result<i64, EnrollError> {
         let now = now_unix();
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
-            "SELECT id, secret_hash, uses_left, expires_at FROM bootstrap_tokens WHERE id = ?1",
-        )
-        .bind(h.token_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let token = match row {
-            Some(r) => BootstrapRow {
-                id: r.get("id"),
-                secret_hash: r.get("secret_hash"),
-                uses_left: r.get("uses_left"),
-                expires_at: r.get("expires_at"),
-            },
-            None => return Err(EnrollError::TokenInvalid),
-        };
-        if !constant_time_eq(token.secret_hash.as_bytes(), h.token_secret_hash.as_bytes()) {
-            return Err(EnrollError::TokenInvalid);
-        }
-        if token.expires_at <= now {
-            return Err(EnrollError::TokenExpired {
-                id: token.id,
-                at: crate::time::rfc3339(token.expires_at),
-            });
-        }
-        if token.uses_left <= 0 {
-            return Err(EnrollError::TokenExhausted { id: token.id });
-        }
+        let token = usable_token(&mut tx, h.token_id, h.token_secret_hash).await?;
         let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE name = ?1")
             .bind(h.name)
             .fetch_optional(&mut *tx)
@@ -637,6 +585,42 @@ fn host_row(r: sqlx::sqlite::SqliteRow) -> HostRow {
         enrolled_at: r.get("enrolled_at"),
         last_seen: r.get("last_seen"),
     }
+}
+
+/// The bootstrap token `id` when its secret matches and it may still enroll a host.
+async fn usable_token(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    secret_hash: &str,
+) -> Result<BootstrapRow, EnrollError> {
+    let row = sqlx::query(
+        "SELECT id, secret_hash, uses_left, expires_at FROM bootstrap_tokens WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    let Some(r) = row else {
+        return Err(EnrollError::TokenInvalid);
+    };
+    let token = BootstrapRow {
+        id: r.get("id"),
+        secret_hash: r.get("secret_hash"),
+        uses_left: r.get("uses_left"),
+        expires_at: r.get("expires_at"),
+    };
+    if !constant_time_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
+        return Err(EnrollError::TokenInvalid);
+    }
+    if token.expires_at <= now_unix() {
+        return Err(EnrollError::TokenExpired {
+            id: token.id,
+            at: crate::time::rfc3339(token.expires_at),
+        });
+    }
+    if token.uses_left <= 0 {
+        return Err(EnrollError::TokenExhausted { id: token.id });
+    }
+    Ok(token)
 }
 
 async fn audit(
