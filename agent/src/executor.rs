@@ -11,6 +11,8 @@
 //! run a hook: the second loses the claim.
 
 use crate::fetch::{unpack_all, Fetcher};
+use crate::fsutil::write_durable;
+use crate::now_unix;
 use crate::spool::Spool;
 use anyhow::{anyhow, Context, Result};
 use berth_bundle::config::{apply as apply_config, render_templates, Strategy};
@@ -23,20 +25,13 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub struct Executor {
     pub data_dir: PathBuf,
     pub fetcher: Fetcher,
     pub limits: Limits,
     pub spool: Arc<Spool>,
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 struct Outcome {
@@ -70,23 +65,19 @@ impl Executor {
         self.data_dir.join("journal")
     }
 
+    /// The journal file `what` (start, end) of a step's attempt.
+    fn journal_file(&self, step: &PlanStep, what: &str) -> PathBuf {
+        self.journal()
+            .join(format!("{}-{}.{what}", step.id, step.attempt))
+    }
+
     fn mark(&self, step: &PlanStep, what: &str, content: &str) -> Result<()> {
-        let dir = self.journal();
-        std::fs::create_dir_all(&dir)?;
-        let p = dir.join(format!("{}-{}.{what}", step.id, step.attempt));
-        let mut f = std::fs::File::create(&p)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-        if let Ok(d) = std::fs::File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        std::fs::create_dir_all(self.journal())?;
+        write_durable(&self.journal_file(step, what), content.as_bytes(), 0o600)
     }
 
     fn has(&self, step: &PlanStep, what: &str) -> bool {
-        self.journal()
-            .join(format!("{}-{}.{what}", step.id, step.attempt))
-            .exists()
+        self.journal_file(step, what).exists()
     }
 
     fn cluster_dir(&self, plan: &PlanPayload) -> PathBuf {
@@ -110,9 +101,9 @@ impl Executor {
         Ok(())
     }
 
+    /// The journal file `what` (claim, pgid, status) of bundle `idx`'s hook in a step.
     fn hook_file(&self, step: &PlanStep, idx: usize, what: &str) -> PathBuf {
-        self.journal()
-            .join(format!("{}-{}.{idx}.{what}", step.id, step.attempt))
+        self.journal_file(step, &format!("{idx}.{what}"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -155,16 +146,13 @@ impl Executor {
         if !resumed {
             log.set_len(0)?;
         }
-        let started = match std::fs::read_to_string(
-            self.journal()
-                .join(format!("{}-{}.start", step.id, step.attempt)),
-        )
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
+        let started = match std::fs::read_to_string(self.journal_file(step, "start"))
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
         {
             Some(t) if resumed => t,
             _ => {
-                let t = now();
+                let t = now_unix();
                 self.mark(step, "start", &t.to_string())?;
                 t
             }
@@ -208,7 +196,7 @@ impl Executor {
             outcome.exit_code,
             outcome.reason.clone(),
             Some(started),
-            Some(now()),
+            Some(now_unix()),
             Some(tail),
             outcome.outputs,
         )?;
@@ -237,7 +225,11 @@ impl Executor {
     ) -> Result<Outcome> {
         std::fs::create_dir_all(cdir)?;
         // The Clusterfile may hold secrets (kubeadm tokens, spec.env): 0600.
-        write_private(&cdir.join("Clusterfile"), plan.clusterfile.as_bytes())?;
+        write_durable(
+            &cdir.join("Clusterfile"),
+            plan.clusterfile.as_bytes(),
+            0o600,
+        )?;
         let rootfs = cdir.join("rootfs");
         match step.kind.as_str() {
             "check" => {
@@ -554,7 +546,7 @@ impl Executor {
                 // Started, gone, no status: cut short (killed with its host, or timed out
                 // while no agent watched).
                 let rerunnable = h.bundle.manifest.rerunnable.iter().any(|r| r == h.hook);
-                if now() > deadline {
+                if now_unix() > deadline {
                     writeln!(&*log, "berth-agent: {what} timed out after {:?}", h.timeout)?;
                     return Ok(Err(Outcome::failed("timeout", None)));
                 }
@@ -584,13 +576,14 @@ impl Executor {
         let code = match code {
             Some(c) => c,
             None => {
-                write_private(h.outputs, b"")?;
+                write_durable(h.outputs, b"", 0o600)?;
                 writeln!(
                     &*log,
                     "berth-agent: running {what} ({})",
                     h.program.display()
                 )?;
-                let remaining = Duration::from_secs(deadline.saturating_sub(now()).max(1) as u64);
+                let remaining =
+                    Duration::from_secs(deadline.saturating_sub(now_unix()).max(1) as u64);
                 match run_command(h, log, remaining, &claim, &pgid_file, &status).await? {
                     Spawned::Exited(c) => c,
                     Spawned::LostClaim => {
@@ -703,7 +696,7 @@ async fn wait_for_hook(pgid_file: &Path, status: &Path, deadline: i64) -> Option
             .and_then(|s| s.trim().parse::<i32>().ok())
         {
             Some(pg) if group_alive(pg) => {
-                if now() > deadline {
+                if now_unix() > deadline {
                     let _ = nix::sys::signal::killpg(
                         nix::unistd::Pid::from_raw(pg),
                         nix::sys::signal::Signal::SIGKILL,
@@ -722,21 +715,6 @@ async fn wait_for_hook(pgid_file: &Path, status: &Path, deadline: i64) -> Option
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Files in a cluster dir may hold secrets: written 0600.
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)?;
-    Ok(())
 }
 
 /// Runs a hook under the wrapper (`/bin/sh -c WRAPPER`) in its own process group: the

@@ -67,6 +67,8 @@ impl Fetcher {
         };
 
         let mut attempt = 0u32;
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
         loop {
             attempt += 1;
             if offset > 0 {
@@ -116,7 +118,7 @@ impl Fetcher {
                         "download of {digest} failed after {attempt} attempts ({offset} bytes kept for the next try)"
                     )));
                 }
-                let delay = Duration::from_millis(500 * u64::from(attempt.min(10)));
+                let delay = backoff.next_delay();
                 tracing::warn!(digest = %digest, offset, error = %format!("{e:#}"), retry_in = ?delay, "download interrupted");
                 tokio::time::sleep(delay).await;
             }

@@ -20,6 +20,28 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Replaces `path` durably and atomically: the bytes go to a hidden temp file beside it
+/// (created with `mode`), are fsynced, renamed over `path`, and the directory is fsynced.
+/// A crash leaves either the old file or the new one, never a torn one.
+pub fn write_durable(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    write_file(&tmp, bytes, mode)?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    sync_dir(dir);
+    Ok(())
+}
+
 /// Refuses a secret file that its group or others can read.
 pub fn check_secret_mode(path: &Path) -> Result<()> {
     let mode = fs::metadata(path)

@@ -4,10 +4,12 @@
 //! Errors never cost the identity: a timeout, a refused connection, a 5xx or even a 401 is
 //! logged and retried with jittered exponential backoff; `503` honours `Retry-After`.
 
+use crate::backoff::Backoff;
 use crate::executor::Executor;
 use crate::fetch::Fetcher;
 use crate::identity::Identity;
 use crate::join::chain;
+use crate::now_unix;
 use crate::spool::Spool;
 use crate::{facts, tls};
 use anyhow::Result;
@@ -30,50 +32,13 @@ pub struct RunConfig {
     pub limits: berth_bundle::Limits,
 }
 
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 /// Writes the newest accepted plan generation durably (replay protection survives restarts).
 fn persist(path: &std::path::Path, generation: u64) {
-    let tmp = path.with_extension("tmp");
-    let ok = std::fs::write(&tmp, generation.to_string())
-        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = ok {
-        tracing::error!(error = %e, "cannot record the accepted plan generation");
-    }
-}
-
-/// Jittered exponential backoff: the n-th delay is uniform in [d/2, d] with
-/// d = min(max, base * 2^n).
-#[derive(Debug)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Self {
-        Backoff {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-    pub fn next_delay(&mut self) -> Duration {
-        let exp = self.base.saturating_mul(1u32 << self.attempt.min(20));
-        let d = exp.min(self.max);
-        self.attempt = self.attempt.saturating_add(1);
-        let ms = d.as_millis() as u64;
-        Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
+    if let Err(e) = crate::fsutil::write_durable(path, generation.to_string().as_bytes(), 0o600) {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "cannot record the accepted plan generation"
+        );
     }
 }
 
@@ -246,25 +211,4 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     }
     tracing::info!("agent stopped");
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_jittered_and_caps() {
-        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        let d: Vec<Duration> = (0..6).map(|_| b.next_delay()).collect();
-        assert!(d[0] >= Duration::from_millis(500) && d[0] <= Duration::from_secs(1));
-        assert!(d[2] >= Duration::from_secs(2) && d[2] <= Duration::from_secs(4));
-        for x in &d[3..] {
-            assert!(
-                *x >= Duration::from_secs(4) && *x <= Duration::from_secs(8),
-                "{x:?}"
-            );
-        }
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_secs(1));
-    }
 }

@@ -24,6 +24,9 @@ pub struct Spool {
 const BATCH_BYTES: usize = 512 * 1024;
 /// And at most this many entries.
 const BATCH_ENTRIES: usize = 256;
+/// Retries of a batch the controller did not take back off from this to `RETRY_MAX`.
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Spool {
     pub fn open(dir: &Path) -> Result<Arc<Spool>> {
@@ -39,18 +42,12 @@ impl Spool {
     /// Appends an entry durably.
     pub fn push(&self, e: &ReportEntry) -> Result<()> {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
-        let tmp = self.dir.join(format!(".{n:020}.tmp"));
-        let fin = self.dir.join(format!("{n:020}.json"));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(e)?)?;
-            f.sync_data()?;
-        }
-        std::fs::rename(&tmp, &fin)?;
-        if let Ok(d) = std::fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        // Log chunks and outputs may hold secrets: 0600.
+        crate::fsutil::write_durable(
+            &self.dir.join(format!("{n:020}.json")),
+            &serde_json::to_vec(e)?,
+            0o600,
+        )?;
         self.notify.notify_one();
         Ok(())
     }
@@ -68,7 +65,7 @@ impl Spool {
         url: String,
         shutdown: CancellationToken,
     ) {
-        let mut failures = 0u32;
+        let mut backoff = crate::backoff::Backoff::new(RETRY_BASE, RETRY_MAX);
         let mut limit = BATCH_BYTES;
         loop {
             let all = match entries(&self.dir) {
@@ -171,14 +168,13 @@ impl Spool {
             };
             match drop_upto {
                 Some(n) => {
-                    failures = 0;
+                    backoff.reset();
                     for p in &batch[..n] {
                         let _ = std::fs::remove_file(p);
                     }
                 }
                 None => {
-                    failures += 1;
-                    let delay = Duration::from_millis(500 * u64::from(failures.min(10)));
+                    let delay = backoff.next_delay();
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
