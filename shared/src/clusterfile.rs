@@ -11,6 +11,10 @@ use std::collections::{BTreeMap, BTreeSet};
 pub const MAX_CLUSTERFILE_BYTES: usize = 1 << 20;
 /// Largest a single document may expand to once parsed (aliases included), bytes of JSON.
 pub const MAX_EXPANDED_DOC_BYTES: usize = 4 << 20;
+/// Flow collections (`[`, `{`) may nest at most this deep. The YAML scanner is quadratic in
+/// flow depth (40,000 `[` took 16 s in a debug build before its own recursion limit
+/// answered), so a Clusterfile is refused before it is scanned; real ones nest 2–3 deep.
+pub const MAX_FLOW_DEPTH: usize = 64;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Clusterfile {
@@ -150,6 +154,47 @@ pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
+/// The line where unquoted `[` / `{` first nest deeper than `MAX_FLOW_DEPTH`, skipping
+/// quoted strings and comments. Conservative: brackets in block scalars count too, so a
+/// document is only refused when it really holds that many unclosed brackets.
+fn flow_too_deep(text: &str) -> Option<usize> {
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut chars = text.chars().peekable();
+    let mut prev_space = true;
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => line += 1,
+            '#' if prev_space => {
+                while chars.peek().is_some_and(|&c| c != '\n') {
+                    chars.next();
+                }
+            }
+            '"' | '\'' => {
+                while let Some(q) = chars.next() {
+                    match q {
+                        '\\' if c == '"' => {
+                            chars.next();
+                        }
+                        '\n' => line += 1,
+                        q if q == c => break,
+                        _ => {}
+                    }
+                }
+            }
+            '[' | '{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(line);
+                }
+            }
+            ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        prev_space = c.is_whitespace();
+    }
+    None
+}
+
 /// `10.0.0.1:22` → `10.0.0.1`; `[fd00::1]:22` → `fd00::1`; names and bare IPv6 unchanged.
 pub fn strip_port(s: &str) -> String {
     if let Some(rest) = s.strip_prefix('[') {
@@ -178,6 +223,14 @@ impl Clusterfile {
                 "file",
                 "(size)",
                 format!("larger than {MAX_CLUSTERFILE_BYTES} bytes"),
+            ));
+        }
+        if let Some(line) = flow_too_deep(text) {
+            return Err(cerr(
+                0,
+                "file",
+                "(nesting)",
+                format!("line {line}: `[` / `{{` nested deeper than {MAX_FLOW_DEPTH}"),
             ));
         }
         let mut cluster: Option<(usize, ClusterDoc)> = None;

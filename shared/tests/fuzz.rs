@@ -214,6 +214,39 @@ proptest! {
 /// scanner is quadratic in the flow nesting depth (40,000 `[` take 16 s in a debug build),
 /// which is for `Clusterfile::parse` to bound, not for this test to time.
 #[test]
+fn forty_thousand_nested_flow_collections_are_refused_before_the_quadratic_scanner() {
+    for open in ["[", "{a: "] {
+        let text = format!(
+            "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nx: {}",
+            open.repeat(40_000)
+        );
+        let start = std::time::Instant::now();
+        let err = Clusterfile::parse(&text).unwrap_err();
+        assert_eq!(
+            (err.doc, err.field.as_str(), err.message.as_str()),
+            (0, "(nesting)", "line 3: `[` / `{` nested deeper than 64"),
+            "{err}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    // Brackets in quotes and comments do not count; 64 levels are fine.
+    let ok = format!(
+        "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata: {{name: c}}\n# {}\nx: \"{}\"\ny: {}{}\n",
+        "[".repeat(100),
+        "{".repeat(100),
+        "[".repeat(64),
+        "]".repeat(64)
+    );
+    if let Err(e) = Clusterfile::parse(&ok) {
+        assert_ne!(e.field, "(nesting)", "{e}");
+    }
+}
+
+#[test]
 fn deeply_nested_yaml_is_an_error_not_a_stack_overflow() {
     for open in ["[", "{a: ", "- "] {
         let text = format!(
@@ -221,7 +254,13 @@ fn deeply_nested_yaml_is_an_error_not_a_stack_overflow() {
             open.repeat(2_000)
         );
         let err = Clusterfile::parse(&text).unwrap_err();
-        assert_eq!((err.doc, err.field.as_str()), (1, "(document)"), "{err}");
+        // Flow collections are refused by the depth pre-check, block ones by the parser.
+        let want = if open == "- " {
+            (1, "(document)")
+        } else {
+            (0, "(nesting)")
+        };
+        assert_eq!((err.doc, err.field.as_str()), want, "{err}");
     }
 }
 
