@@ -1,6 +1,7 @@
 //! `berth bundle build|push|list|inspect|rm`.
 
 use crate::client::{Client, Target};
+use crate::output::TextOrJson;
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
 use berth_shared::api::{BundleView, PushResponse};
@@ -20,8 +21,8 @@ pub enum BundleCmd {
         #[arg(short = 'o', long = "output-file")]
         out: Option<PathBuf>,
         /// `text` prints the digest; `json` prints digest, size, file and manifest
-        #[arg(long = "format", value_enum, default_value_t = crate::cli::TextOrJson::Text)]
-        format: crate::cli::TextOrJson,
+        #[arg(long = "format", value_enum, default_value_t = TextOrJson::Text)]
+        format: TextOrJson,
     },
     /// Upload a bundle (a directory is built first) and optionally tag it
     Push {
@@ -30,8 +31,8 @@ pub enum BundleCmd {
         /// name:tag to point at the uploaded digest (moves an existing tag)
         #[arg(long)]
         tag: Option<String>,
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = crate::cli::TextOrJson::Text)]
-        output: crate::cli::TextOrJson,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
+        output: TextOrJson,
     },
     /// Stored bundles with their tags
     List {
@@ -54,8 +55,8 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
         BundleCmd::Build { dir, out, format } => {
             let packed = build(&dir, out).await?;
             match format {
-                crate::cli::TextOrJson::Text => println!("{}", packed.0.digest),
-                crate::cli::TextOrJson::Json => println!(
+                TextOrJson::Text => println!("{}", packed.0.digest),
+                TextOrJson::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "digest": packed.0.digest,
@@ -90,14 +91,14 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
                 &client,
                 &file,
                 tag.as_deref(),
-                matches!(output, crate::cli::TextOrJson::Text),
+                matches!(output, TextOrJson::Text),
             )
             .await?;
             match output {
-                crate::cli::TextOrJson::Json => {
+                TextOrJson::Json => {
                     println!("{}", serde_json::to_string_pretty(&resp)?)
                 }
-                crate::cli::TextOrJson::Text => {
+                TextOrJson::Text => {
                     let what = if resp.created {
                         "pushed"
                     } else {

@@ -3,7 +3,7 @@
 
 use crate::client::{Client, Target};
 use crate::config::{self, ServeConfig, DEFAULT_PORT};
-use crate::output::{self, Format};
+use crate::output::{self, Format, TextOrJson};
 use anyhow::{Context, Result};
 use berth_shared::api::{CreateTokenRequest, CreateTokenResponse, HostView};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -277,12 +277,6 @@ pub enum TokenCmd {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
         output: TextOrJson,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum TextOrJson {
-    Text,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]

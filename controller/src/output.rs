@@ -51,3 +51,10 @@ pub fn ago(secs: u64) -> String {
         s => format!("{}d", s / 86_400),
     }
 }
+
+/// `-o text|json` for commands whose text output is one value (a digest, a token).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TextOrJson {
+    Text,
+    Json,
+}
