@@ -11,12 +11,12 @@
 //! run a hook: the second loses the claim.
 
 use crate::fetch::{unpack_all, Fetcher};
-use crate::fsutil::write_durable;
 use crate::now_unix;
 use crate::spool::Spool;
 use anyhow::{anyhow, Context, Result};
 use berth_bundle::config::{apply as apply_config, render_templates, Strategy};
 use berth_bundle::Limits;
+use berth_files::write_durable;
 use berth_shared::api::{ReportEntry, StepReport};
 use berth_shared::plan::{PlanBundle, PlanPayload, PlanStep};
 use berth_shared::state::StepState;

@@ -4,8 +4,8 @@
 //! The directory appears in one rename, so a crash mid-join leaves either no identity or a
 //! whole one. Nothing in the agent ever deletes it.
 
-use crate::fsutil::{check_secret_mode, sync_dir, write_file};
 use anyhow::{bail, Context, Result};
+use berth_files::{check_secret_mode, sync_dir, write_new};
 use rustls_pki_types::{pem::PemObject, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -80,10 +80,10 @@ impl Identity {
         }
         fs::create_dir(&tmp)?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700))?;
-        write_file(&tmp.join("agent.key"), self.key_pem.as_bytes(), 0o600)?;
-        write_file(&tmp.join("agent.crt"), self.cert_pem.as_bytes(), 0o644)?;
-        write_file(&tmp.join("ca.crt"), self.ca_pem.as_bytes(), 0o644)?;
-        write_file(
+        write_new(&tmp.join("agent.key"), self.key_pem.as_bytes(), 0o600)?;
+        write_new(&tmp.join("agent.crt"), self.cert_pem.as_bytes(), 0o644)?;
+        write_new(&tmp.join("ca.crt"), self.ca_pem.as_bytes(), 0o644)?;
+        write_new(
             &tmp.join("agent.json"),
             serde_json::to_string_pretty(&self.meta)?.as_bytes(),
             0o644,

@@ -8,7 +8,6 @@ pub mod cli;
 pub mod executor;
 pub mod facts;
 pub mod fetch;
-pub mod fsutil;
 pub mod identity;
 pub mod join;
 pub mod run;

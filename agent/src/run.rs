@@ -34,7 +34,7 @@ pub struct RunConfig {
 
 /// Writes the newest accepted plan generation durably (replay protection survives restarts).
 fn persist(path: &std::path::Path, generation: u64) {
-    if let Err(e) = crate::fsutil::write_durable(path, generation.to_string().as_bytes(), 0o600) {
+    if let Err(e) = berth_files::write_durable(path, generation.to_string().as_bytes(), 0o600) {
         tracing::error!(
             error = format!("{e:#}"),
             "cannot record the accepted plan generation"

@@ -43,7 +43,7 @@ impl Spool {
     pub fn push(&self, e: &ReportEntry) -> Result<()> {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
         // Log chunks and outputs may hold secrets: 0600.
-        crate::fsutil::write_durable(
+        berth_files::write_durable(
             &self.dir.join(format!("{n:020}.json")),
             &serde_json::to_vec(e)?,
             0o600,

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -40,8 +39,6 @@ pub struct Ingested {
     pub size: u64,
     pub manifest: Manifest,
 }
-
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl BlobStore {
     /// Opens the store, removing temp files left by a crash.
@@ -79,12 +76,13 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let tmp = self.root.join("tmp").join(format!(
-            "upload-{}-{}",
-            std::process::id(),
-            TMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let guard = TempGuard(tmp.clone());
+        // Removed when dropped, unless renamed into place first.
+        let guard = tempfile::Builder::new()
+            .prefix("upload-")
+            .tempfile_in(self.root.join("tmp"))
+            .map_err(|e| IngestError::Io(e.into()))?
+            .into_temp_path();
+        let tmp = guard.to_path_buf();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(16);
         let path = tmp.clone();
         // Disk writes and hashing on a blocking thread.
@@ -151,11 +149,13 @@ impl BlobStore {
         }
         let parent = dest.parent().context("blob path has a parent")?;
         std::fs::create_dir_all(parent).context("cannot create the blob directory")?;
-        std::fs::rename(&tmp, &dest).context("cannot move the blob into place")?;
+        guard
+            .persist(&dest)
+            .map_err(|e| e.error)
+            .context("cannot move the blob into place")?;
         if let Ok(d) = std::fs::File::open(parent) {
             let _ = d.sync_all();
         }
-        drop(guard);
         Ok(Ingested {
             digest,
             size,
@@ -169,14 +169,5 @@ impl BlobStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
-    }
-}
-
-/// Removes a temp file when dropped (after a successful rename there is nothing to remove).
-struct TempGuard(PathBuf);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }

@@ -80,10 +80,10 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
             let client = Client::connect(target)?;
             let (file, _tmp) = if path.is_dir() {
                 let tmp = tempdir_for_build()?;
-                let out = tmp.join("bundle.tar.zst");
+                let out = tmp.path().join("bundle.tar.zst");
                 let (p, _) = build(&path, Some(out.clone())).await?;
                 eprintln!("built {} ({} bytes)", p.digest, p.size);
-                (out, Some(TempDir(tmp)))
+                (out, Some(tmp))
             } else {
                 (path.clone(), None)
             };
@@ -132,7 +132,7 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
                                 b.version.clone(),
                                 b.bundle_type.clone(),
                                 b.tags.join(","),
-                                human_bytes(b.size),
+                                indicatif::HumanBytes(b.size).to_string(),
                                 b.digest.to_string()[..19].to_string(),
                                 b.created_at.clone(),
                             ]
@@ -224,37 +224,12 @@ async fn upload(
     result
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-fn tempdir_for_build() -> Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!(
-        "berth-push-{}-{}",
-        std::process::id(),
-        crate::pki::random_token(6)
-    ));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A temp dir for a bundle built before it is pushed; removed when dropped.
+fn tempdir_for_build() -> Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("berth-push-")
+        .tempdir()
+        .context("cannot create a temp dir for the build")
 }
 
 /// Pushes a local bundle directory or file, tagged `name:version` from its manifest;
@@ -262,9 +237,9 @@ impl Drop for TempDir {
 pub async fn push_local(client: &Client, path: &Path) -> Result<String> {
     let (file, manifest, _tmp) = if path.is_dir() {
         let tmp = tempdir_for_build()?;
-        let out = tmp.join("bundle.tar.zst");
+        let out = tmp.path().join("bundle.tar.zst");
         let (packed, _) = build(path, Some(out.clone())).await?;
-        (out, packed.manifest, Some(TempDir(tmp)))
+        (out, packed.manifest, Some(tmp))
     } else {
         // Read the manifest locally (one streaming pass) so the upload happens once, tagged.
         let p = path.to_path_buf();
