@@ -82,7 +82,7 @@ pub async fn reports(
                 st.store
                     .record_agent_event(host.id, "plan_rejected", &reason)
                     .await
-                    .map_err(EngineError::Internal)
+                    .map_err(EngineError::from)
             }
         };
         if let Err(e) = res {

@@ -7,7 +7,7 @@
 use super::error::StoreError;
 use super::Store;
 use crate::time::now_unix;
-use anyhow::Result;
+use super::Result;
 use berth_shared::api::StepReport;
 use berth_shared::state::{ClusterPhase, HostRole, StepKind, StepState};
 use sqlx::Row;

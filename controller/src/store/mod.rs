@@ -1,6 +1,6 @@
 //! The controller's SQLite store. Architecture invariant: only this module knows SQL.
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use berth_shared::api::HostFacts;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -9,6 +9,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::time::now_unix;
+
+/// Store calls fail with a `StoreError` (NotFound / Conflict / Db); only `open` (start-up)
+/// answers with `anyhow` context.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// API roles, most powerful first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -96,7 +100,7 @@ pub struct Store {
 
 /// Creates `berth.db` with mode 0600 when it is missing and sets 0600 on it (and on `-wal`
 /// and `-shm` files left by an earlier run, which SQLite reuses as they are) when it exists.
-fn make_db_files_private(db: &Path) -> Result<()> {
+fn make_db_files_private(db: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     // Not truncating: an existing database is only opened, never changed, here.
     std::fs::OpenOptions::new()
@@ -129,7 +133,7 @@ impl Store {
     /// The database holds token hashes, host identities, Clusterfiles and cluster outputs
     /// (which often carry secrets), so it is made 0600 before SQLite opens it; SQLite gives
     /// the `-wal` and `-shm` files it creates the database file's mode.
-    pub async fn open(data_dir: &Path) -> Result<Store> {
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Store> {
         let path = data_dir.join("berth.db");
         make_db_files_private(&path)?;
         let opts = SqliteConnectOptions::from_str("sqlite://")?
