@@ -15,6 +15,7 @@ pub mod error;
 use crate::blobs::BlobStore;
 use crate::pki::Pki;
 use crate::store::Store;
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use std::sync::Arc;
@@ -77,5 +78,30 @@ pub fn router(state: AppState) -> Router {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(run_to_completion))
         .with_state(state)
+}
+
+/// Requests that change state run to completion on their own task, even when the client
+/// goes away (an agent killed mid-report, a CLI interrupted). A handler future dropped in
+/// the middle of a store transaction (its `COMMIT` sent, the answer never awaited) can
+/// leave sqlx's SQLite worker ignoring the next transaction's rollback, and that
+/// connection then holds the database's write lock for good. Reads and the long-poll
+/// (which only waits) stay cancellable.
+async fn run_to_completion(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mutates = req.method() != axum::http::Method::GET
+        && req.method() != axum::http::Method::HEAD
+        && req.uri().path() != "/v1/agent/poll";
+    if !mutates {
+        return next.run(req).await;
+    }
+    match tokio::spawn(next.run(req)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            error::ApiError::Internal(anyhow::anyhow!("request task failed: {e}")).into_response()
+        }
+    }
 }
