@@ -57,6 +57,21 @@ pub fn agent_bin() -> PathBuf {
     bin_dir().join("berth-agent")
 }
 
+/// The `berth-agent run` command the tests use (short poll and backoff) for `data_dir`.
+pub fn agent_run_command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(agent_bin());
+    cmd.args([
+        "run",
+        "--poll-wait",
+        "2s",
+        "--backoff-max",
+        "2s",
+        "--data-dir",
+    ])
+    .arg(data_dir);
+    cmd
+}
+
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -344,41 +359,41 @@ impl Controller {
         self.dir.path().join("agents").join(name)
     }
 
+    /// The `berth-agent join` command for `name` with data dir `data_dir`.
+    pub fn join_command(&self, name: &str, token: &str, ca_hash: &str, data_dir: &Path) -> Command {
+        let mut cmd = Command::new(agent_bin());
+        cmd.args([
+            "join",
+            "--controller",
+            &self.url(),
+            "--token",
+            token,
+            "--ca-hash",
+            ca_hash,
+            "--name",
+            name,
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "info");
+        cmd
+    }
+
     /// `berth-agent join` for `name` into its own data dir.
     pub fn join(&self, name: &str, token: &str, ca_hash: &str) -> Output {
-        Command::new(agent_bin())
-            .args([
-                "join",
-                "--controller",
-                &self.url(),
-                "--token",
-                token,
-                "--ca-hash",
-                ca_hash,
-                "--name",
-                name,
-            ])
-            .arg("--data-dir")
-            .arg(self.agent_dir(name))
-            .env("RUST_LOG", "info")
+        self.join_command(name, token, ca_hash, &self.agent_dir(name))
             .output()
             .expect("run berth-agent join")
     }
 
     /// Starts `berth-agent run` for an enrolled agent.
     pub fn run_agent(&self, name: &str) -> Proc {
-        let mut cmd = Command::new(agent_bin());
-        cmd.args([
-            "run",
-            "--poll-wait",
-            "2s",
-            "--backoff-max",
-            "2s",
-            "--data-dir",
-        ])
-        .arg(self.agent_dir(name));
         let log = self.dir.path().join(format!("agent-{name}.log"));
-        Proc::spawn(&format!("agent {name}"), cmd, log)
+        Proc::spawn(
+            &format!("agent {name}"),
+            agent_run_command(&self.agent_dir(name)),
+            log,
+        )
     }
 
     /// An HTTPS client presenting the enrolled agent's certificate.

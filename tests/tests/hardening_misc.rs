@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 /// POSTs an enrollment request with `csr_pem` as given; returns (status, body).
@@ -121,23 +120,10 @@ fn an_agent_with_a_relative_data_dir_runs_hooks() {
     fs::create_dir_all(&cwd).unwrap();
 
     let (token, hash) = ctl.create_token(1, "1h");
-    let out = Command::new(agent_bin())
+    let out = ctl
+        .join_command("rel", &token, &hash, Path::new("agentdata"))
         .current_dir(&cwd)
-        .args([
-            "join",
-            "--controller",
-            &ctl.url(),
-            "--token",
-            &token,
-            "--ca-hash",
-            &hash,
-            "--name",
-            "rel",
-            "--data-dir",
-            "agentdata",
-        ])
         .env_remove("BERTH_AGENT_DATA_DIR")
-        .env("RUST_LOG", "info")
         .output()
         .unwrap();
     assert!(out.status.success(), "join: {}", stderr(&out));
@@ -149,18 +135,8 @@ fn an_agent_with_a_relative_data_dir_runs_hooks() {
         "{}",
         stderr(&out)
     );
-    let mut cmd = Command::new(agent_bin());
-    cmd.current_dir(&cwd)
-        .args([
-            "run",
-            "--poll-wait",
-            "2s",
-            "--backoff-max",
-            "2s",
-            "--data-dir",
-            "agentdata",
-        ])
-        .env_remove("BERTH_AGENT_DATA_DIR");
+    let mut cmd = agent_run_command(Path::new("agentdata"));
+    cmd.current_dir(&cwd).env_remove("BERTH_AGENT_DATA_DIR");
     let _agent = Proc::spawn("agent rel", cmd, ctl.dir.path().join("agent-rel.log"));
 
     let env = vec![format!("HELLO_MARKS={}", mk.display())];

@@ -5,9 +5,9 @@
 //! (`WHERE state = ? AND attempt = ?`), so a concurrent change is never overwritten.
 
 use super::error::StoreError;
+use super::Result;
 use super::Store;
 use crate::time::now_unix;
-use super::Result;
 use berth_shared::api::StepReport;
 use berth_shared::state::{ClusterPhase, HostRole, StepKind, StepState};
 use sqlx::Row;
