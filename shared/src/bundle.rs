@@ -329,6 +329,21 @@ mod tests {
     }
 
     #[test]
+    fn outputs_default_to_init_and_follow_the_declaration() {
+        let m = parse(GOOD).unwrap();
+        assert!(m.may_output("init", "JOIN_TOKEN"));
+        assert!(!m.may_output("init", "PATH"));
+        assert!(!m.may_output("join-node", "JOIN_TOKEN"));
+        let m = parse(&format!(
+            "{GOOD}outputs:\n  init: [JOIN_TOKEN]\n  join-master: []\n"
+        ))
+        .unwrap();
+        assert!(m.may_output("init", "JOIN_TOKEN"));
+        assert!(!m.may_output("init", "OTHER"));
+        assert!(!m.may_output("join-master", "JOIN_TOKEN"));
+    }
+
+    #[test]
     fn every_bad_field_gets_an_exact_error() {
         let cases = [
             (GOOD.replace("type: rootfs", "type: kernel"), "bundle.yaml: type: unknown type `kernel`; allowed: rootfs, patch, app"),
@@ -342,6 +357,9 @@ mod tests {
             (GOOD.replace("berth.dev/v1", "berth.dev/v2"), "bundle.yaml: apiVersion: `berth.dev/v2` is not supported; use `berth.dev/v1`"),
             (GOOD.replace("rerunnable: [check, install]", "rerunnable: [deploy]"), "bundle.yaml: rerunnable: unknown hook `deploy`; allowed: check, install, init, join-master, join-node, leave, remove, clean"),
             (format!("{GOOD}cmd: [\"a.sh\"]\n"), "bundle.yaml: cmd: only app bundles run a cmd; set `type: app` or remove cmd"),
+            (format!("{GOOD}outputs:\n  boot: [X]\n"), "bundle.yaml: outputs.boot: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, clean, cmd"),
+            (format!("{GOOD}outputs:\n  init: [LD_PRELOAD]\n"), "bundle.yaml: outputs.init: `LD_PRELOAD` is not an allowed output name (letters, digits, `_`; never BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL)"),
+            (format!("{GOOD}outputs:\n  join-node: [BERTH_MASTER0_IP]\n"), "bundle.yaml: outputs.join-node: `BERTH_MASTER0_IP` is not an allowed output name (letters, digits, `_`; never BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL)"),
         ];
         for (yaml, want) in cases {
             assert_eq!(parse(&yaml).unwrap_err().to_string(), want);
