@@ -4,8 +4,8 @@ use crate::client::{Client, Target};
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
 use berth_shared::api::{
-    codes, ApplyResponse, ClusterView, CreateTokenRequest, CreateTokenResponse, LogChunk,
-    ResetRequest, ResetResponse, RetryResponse,
+    codes, ApplyResponse, ClusterView, CreateTokenRequest, CreateTokenResponse, HostsEdit,
+    LogChunk, ResetRequest, ResetResponse, RetryResponse,
 };
 use berth_shared::state::{ClusterPhase, StepState};
 use std::collections::BTreeMap;
@@ -39,11 +39,13 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
     let start = Instant::now();
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
     let mut last_phase: Option<ClusterPhase> = None;
+    let mut last_change = Instant::now();
     loop {
         let v: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
         for s in &v.steps {
             let key = format!("{}#{}", s.state, s.attempt);
             if seen.get(&s.id) != Some(&key) && s.state != StepState::Pending {
+                last_change = Instant::now();
                 eprintln!(
                     "[{:>6.1}s] {:<14} {:<12} {}{}",
                     start.elapsed().as_secs_f64(),
@@ -67,6 +69,18 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
             );
             last_phase = Some(v.phase);
         }
+        // A quiet minute: say what is still awaited (a host that stopped answering shows
+        // here until its step is declared lost).
+        if last_change.elapsed() >= Duration::from_secs(60) {
+            let line = waiting_for(&v);
+            if !line.is_empty() {
+                eprintln!(
+                    "[{:>6.1}s] still waiting for {line}",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            last_change = Instant::now();
+        }
         let done = matches!(
             v.phase,
             ClusterPhase::Running | ClusterPhase::Failed | ClusterPhase::ResetFailed
@@ -84,6 +98,16 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The steps a cluster waits for, e.g. `clean on n1 (released), install on n2 (running)`.
+fn waiting_for(v: &ClusterView) -> String {
+    v.steps
+        .iter()
+        .filter(|s| s.state.is_active() || s.state == StepState::Pending)
+        .map(|s| format!("{} on {} ({})", s.kind, s.host, s.state))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn print_status(v: &ClusterView, out: Format) -> Result<()> {
@@ -287,13 +311,7 @@ pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Resu
                     );
                 }
                 // Say what the reset waits for, once per change.
-                let waiting: Vec<String> = v
-                    .steps
-                    .iter()
-                    .filter(|s| s.state.is_active() || s.state == StepState::Pending)
-                    .map(|s| format!("{} on {} ({})", s.kind, s.host, s.state))
-                    .collect();
-                let line = waiting.join(", ");
+                let line = waiting_for(&v);
                 if line != last && !line.is_empty() {
                     eprintln!(
                         "[{:>6.1}s] waiting for {line}",
@@ -511,9 +529,16 @@ pub async fn edit_hosts(
     }
     let client = Client::connect(target)?;
     let body = if delete {
-        serde_json::json!({ "remove": masters.iter().chain(nodes.iter()).collect::<Vec<_>>() })
+        HostsEdit {
+            remove: masters.iter().chain(nodes.iter()).cloned().collect(),
+            ..HostsEdit::default()
+        }
     } else {
-        serde_json::json!({ "add_masters": masters, "add_nodes": nodes })
+        HostsEdit {
+            add_masters: masters.to_vec(),
+            add_nodes: nodes.to_vec(),
+            remove: Vec::new(),
+        }
     };
     let r: ApplyResponse = client
         .post(&format!("/v1/clusters/{cluster}/hosts"), &body)
