@@ -30,7 +30,7 @@ trap cleanup EXIT
 setup() {
   echo "==> building release binaries" >&2
   (cd "$root" && cargo build --release --quiet -p berth-controller -p berth-agent)
-  bin=$root/target/release
+  bin=$root/target/x86_64-unknown-linux-gnu/release
   rm -rf "$work/controller" "$work/agent"
   mkdir -p "$work"
   port=$(( 30000 + RANDOM % 20000 ))

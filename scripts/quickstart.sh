@@ -12,7 +12,7 @@ keep=false
 cd "$(dirname "$0")/.."
 echo "==> building berth and berth-agent"
 cargo build --quiet -p berth-controller -p berth-agent
-bin=$PWD/target/debug
+bin=$PWD/target/x86_64-unknown-linux-gnu/debug  # .cargo/config.toml names the target (static build)
 
 work=$(mktemp -d /tmp/berth-quickstart.XXXXXX)
 port=$(( 20000 + RANDOM % 20000 ))

@@ -66,9 +66,14 @@ pub struct JoinArgs {
     /// sha256 of the controller's CA certificate; the join stops if it differs
     #[arg(long)]
     pub ca_hash: String,
-    /// This host's name in berth [default: the hostname]
+    /// This host's name in berth [default: the hostname; with --reenroll, the stored name]
     #[arg(long)]
     pub name: Option<String>,
+    /// Give the already enrolled host a new key and certificate (its certificate expired
+    /// while the agent was stopped, or its data dir was lost), keeping its name and cluster
+    /// membership; needs a token from `berth token create --reenroll NAME`
+    #[arg(long)]
+    pub reenroll: bool,
     #[command(flatten)]
     pub common: Common,
     /// After joining, run the agent loop (for a systemd unit)
@@ -161,10 +166,16 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 &a.ca_hash,
                 a.name.as_deref(),
                 a.common.data_dir.clone(),
+                a.reenroll,
             )?;
             let id = join::join(&cfg).await?;
             eprintln!(
-                "joined {} as host `{}`; identity stored in {}",
+                "{} {} as host `{}`; identity stored in {}",
+                if cfg.reenroll {
+                    "re-enrolled with"
+                } else {
+                    "joined"
+                },
                 id.meta.controller,
                 id.meta.name,
                 crate::identity::dir(&cfg.data_dir).display()
@@ -224,9 +235,10 @@ async fn fetch(a: FetchArgs) -> Result<()> {
         .digest
         .parse()
         .map_err(|e| anyhow::anyhow!("--digest: {e}"))?;
-    let id = crate::identity::Identity::load(&a.common.data_dir)?;
+    let session = crate::session::Session::open(a.common.data_dir.clone())?;
+    let id = session.identity();
     let fetcher = crate::fetch::Fetcher {
-        client: crate::tls::agent_client(&id)?,
+        session,
         controller: id.meta.controller.clone(),
         cache: a.common.data_dir.join("cache"),
         attempts: a.attempts.max(1),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub struct Fetcher {
-    pub client: reqwest::Client,
+    pub session: crate::session::Session,
     pub controller: String,
     pub cache: PathBuf,
     /// Download attempts before giving up (each resumes from the bytes on disk).
@@ -74,7 +74,7 @@ impl Fetcher {
             if offset > 0 {
                 tracing::info!(digest = %digest, offset, "resuming download from the bytes already fetched");
             }
-            let mut req = self.client.get(&url);
+            let mut req = self.session.client().get(&url);
             if offset > 0 {
                 req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
             }

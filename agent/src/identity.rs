@@ -65,15 +65,53 @@ impl Identity {
             .context("agent.key is not a valid PEM key")
     }
 
-    /// Writes the identity into `<data-dir>/identity` atomically.
+    /// The validity of the agent's certificate.
+    pub fn cert_validity(&self) -> Result<berth_shared::cert::Validity> {
+        berth_shared::cert::Validity::of_pem(&self.cert_pem).context("agent.crt")
+    }
+
+    /// Writes the identity into `<data-dir>/identity` atomically; there must be none yet.
     pub fn save(&self, data_dir: &Path) -> Result<()> {
-        fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))?;
         let final_dir = dir(data_dir);
         if final_dir.exists() {
             bail!("{} already exists", final_dir.display());
         }
+        let tmp = self.write_staged(data_dir)?;
+        fs::rename(&tmp, &final_dir)
+            .with_context(|| format!("cannot move identity into {}", final_dir.display()))?;
+        sync_dir(data_dir);
+        Ok(())
+    }
+
+    /// Replaces the stored identity (renewal, re-enrollment) in one atomic exchange of
+    /// directories: a crash leaves the old identity or the new one, never a key of one
+    /// and a certificate of the other.
+    pub fn replace(&self, data_dir: &Path) -> Result<()> {
+        let final_dir = dir(data_dir);
+        if !final_dir.exists() {
+            return self.save(data_dir);
+        }
+        let tmp = self.write_staged(data_dir)?;
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &tmp,
+            nix::fcntl::AT_FDCWD,
+            &final_dir,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .with_context(|| format!("cannot swap the new identity into {}", final_dir.display()))?;
+        sync_dir(data_dir);
+        // `tmp` now holds the old identity.
+        fs::remove_dir_all(&tmp)
+            .with_context(|| format!("cannot remove the old identity {}", tmp.display()))?;
+        Ok(())
+    }
+
+    /// Writes every file into a fresh `<data-dir>/.identity.tmp` and returns it.
+    fn write_staged(&self, data_dir: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        fs::set_permissions(data_dir, fs::Permissions::from_mode(0o700))?;
         let tmp = data_dir.join(".identity.tmp");
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
@@ -89,9 +127,6 @@ impl Identity {
             0o644,
         )?;
         sync_dir(&tmp);
-        fs::rename(&tmp, &final_dir)
-            .with_context(|| format!("cannot move identity into {}", final_dir.display()))?;
-        sync_dir(data_dir);
-        Ok(())
+        Ok(tmp)
     }
 }

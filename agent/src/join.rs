@@ -17,6 +17,8 @@ pub struct JoinConfig {
     pub ca_hash: Digest,
     pub name: HostName,
     pub data_dir: PathBuf,
+    /// Replace the identity of the enrolled host `name`.
+    pub reenroll: bool,
 }
 
 /// Parses and checks the join arguments before any network call.
@@ -26,6 +28,7 @@ pub fn validate(
     ca_hash: &str,
     name: Option<&str>,
     data_dir: PathBuf,
+    reenroll: bool,
 ) -> Result<JoinConfig> {
     let url = reqwest::Url::parse(controller)
         .map_err(|e| anyhow!("--controller `{controller}` is not a URL: {e}"))?;
@@ -34,9 +37,13 @@ pub fn validate(
     }
     let token: BootstrapToken = token.parse().map_err(|e| anyhow!("--token: {e}"))?;
     let ca_hash: Digest = ca_hash.parse().map_err(|e| anyhow!("--ca-hash: {e}"))?;
-    let name = match name {
-        Some(n) => n.parse::<HostName>()?,
-        None => {
+    let stored = reenroll
+        .then(|| Identity::load(&data_dir).ok().map(|i| i.meta.name))
+        .flatten();
+    let name = match (name, stored) {
+        (Some(n), _) => n.parse::<HostName>()?,
+        (None, Some(n)) => n.parse::<HostName>()?,
+        (None, None) => {
             let hn = gethostname::gethostname().to_string_lossy().to_lowercase();
             hn.parse::<HostName>()
                 .map_err(|e| anyhow!("{e}; this machine's hostname cannot be used, pass --name"))?
@@ -48,16 +55,17 @@ pub fn validate(
         ca_hash,
         name,
         data_dir,
+        reenroll,
     })
 }
 
 pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
-    if Identity::exists(&cfg.data_dir) {
+    if Identity::exists(&cfg.data_dir) && !cfg.reenroll {
         let existing = Identity::load(&cfg.data_dir)
             .map(|i| i.meta.name)
             .unwrap_or_else(|_| "?".into());
         bail!(
-            "{} already holds the identity of host `{existing}`; run `berth-agent run --data-dir {}`, or use another --data-dir",
+            "{} already holds the identity of host `{existing}`; run `berth-agent run --data-dir {}`, use another --data-dir, or give it a new identity with --reenroll",
             cfg.data_dir.display(),
             cfg.data_dir.display()
         );
@@ -116,6 +124,7 @@ pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
             name: cfg.name.clone(),
             csr_pem: csr,
             facts: facts::collect(),
+            reenroll: cfg.reenroll,
         })
         .send()
         .await
@@ -147,7 +156,11 @@ pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
         cert_pem: enrolled.certificate_pem,
         key_pem: key.serialize_pem(),
     };
-    id.save(&cfg.data_dir)?;
+    if cfg.reenroll {
+        id.replace(&cfg.data_dir)?;
+    } else {
+        id.save(&cfg.data_dir)?;
+    }
     Ok(id)
 }
 

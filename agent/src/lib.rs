@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod identity;
 pub mod join;
 pub mod run;
+pub mod session;
 pub mod spool;
 pub mod tls;
 

@@ -6,12 +6,12 @@
 
 use crate::backoff::Backoff;
 use crate::executor::Executor;
+use crate::facts;
 use crate::fetch::Fetcher;
-use crate::identity::Identity;
 use crate::join::chain;
 use crate::now_unix;
+use crate::session::Session;
 use crate::spool::Spool;
-use crate::{facts, tls};
 use anyhow::Result;
 use berth_shared::api::{ErrorBody, HostFacts, PollRequest, PollResponse, ReportEntry};
 use berth_shared::plan::{verify, PlanPayload};
@@ -43,15 +43,16 @@ fn persist(path: &std::path::Path, generation: u64) {
 }
 
 pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
-    let id = Identity::load(&cfg.data_dir)?;
-    let client = tls::agent_client(&id)?;
+    let session = Session::open(cfg.data_dir.clone())?;
+    let id = session.identity();
     let url = format!("{}/v1/agent/poll", id.meta.controller);
+    tokio::spawn(session.clone().run_renewer(shutdown.clone()));
     tracing::info!(host = %id.meta.name, controller = %id.meta.controller, "agent starting");
 
     // Reports and log chunks go through the on-disk spool, in order.
     let spool = Spool::open(&cfg.data_dir.join("spool"))?;
     tokio::spawn(spool.clone().run_sender(
-        client.clone(),
+        session.clone(),
         format!("{}/v1/agent/reports", id.meta.controller),
         shutdown.clone(),
     ));
@@ -59,7 +60,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let executor = Executor {
         data_dir: cfg.data_dir.clone(),
         fetcher: Fetcher {
-            client: client.clone(),
+            session: session.clone(),
             controller: id.meta.controller.clone(),
             cache: cfg.data_dir.join("cache"),
             attempts: 20,
@@ -105,7 +106,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             },
             have_generation: have,
         };
-        let send = client
+        let send = session
+            .client()
             .post(&url)
             .json(&body)
             .timeout(cfg.poll_wait + Duration::from_secs(15))
@@ -188,6 +190,13 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     .map(|e| format!("{} ({})", e.message, e.code))
                     .unwrap_or_else(|_| status.to_string());
                 let delay = backoff.next_delay();
+                if (status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN)
+                    && session.reload_if_replaced()
+                {
+                    // Re-enrolled while running: poll again at once with the new identity.
+                    connected = false;
+                    continue;
+                }
                 if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                     tracing::error!(%status, error = %why, retry_in = ?delay,
                         "controller rejected this agent; keeping the identity and retrying");

@@ -61,7 +61,7 @@ impl Spool {
     /// and back off.
     pub async fn run_sender(
         self: Arc<Self>,
-        client: reqwest::Client,
+        session: crate::session::Session,
         url: String,
         shutdown: CancellationToken,
     ) {
@@ -108,7 +108,8 @@ impl Spool {
                 continue;
             }
             body.extend_from_slice(b"]}");
-            let resp = client
+            let resp = session
+                .client()
                 .post(&url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body)

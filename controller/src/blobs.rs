@@ -34,6 +34,19 @@ pub enum IngestError {
     Io(#[from] anyhow::Error),
 }
 
+/// A received upload, hashed, not yet in place.
+pub struct Received {
+    guard: tempfile::TempPath,
+    pub digest: Digest,
+    pub size: u64,
+}
+
+impl Received {
+    pub fn path(&self) -> &Path {
+        &self.guard
+    }
+}
+
 pub struct Ingested {
     pub digest: Digest,
     pub size: u64,
@@ -41,9 +54,13 @@ pub struct Ingested {
 }
 
 impl BlobStore {
-    /// Opens the store, removing temp files left by a crash.
+    /// Opens the bundle store `<data-dir>/blobs`, removing temp files left by a crash.
     pub fn open(data_dir: &Path) -> Result<BlobStore> {
-        let root = data_dir.join("blobs");
+        BlobStore::open_at(data_dir.join("blobs"))
+    }
+
+    /// Opens a content-addressed store rooted at `root` (agent executables have their own).
+    pub fn open_at(root: PathBuf) -> Result<BlobStore> {
         let tmp = root.join("tmp");
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)
@@ -60,6 +77,31 @@ impl BlobStore {
         self.root.join("sha256").join(&hex[..2]).join(hex)
     }
 
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Copies a local file into the store, hashing it on the way (blocking).
+    pub fn import_file(&self, src: &Path) -> Result<(Digest, u64)> {
+        let mut input =
+            std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+        let guard = tempfile::Builder::new()
+            .prefix("import-")
+            .tempfile_in(self.root.join("tmp"))?;
+        let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, guard));
+        std::io::copy(&mut input, &mut w)
+            .with_context(|| format!("cannot copy {}", src.display()))?;
+        let (buf, digest, size) = w.finish();
+        let file = buf.into_inner().map_err(|e| e.into_error())?;
+        file.as_file().sync_all()?;
+        self.commit(Received {
+            guard: file.into_temp_path(),
+            digest,
+            size,
+        })?;
+        Ok((digest, size))
+    }
+
     pub fn exists(&self, digest: &Digest) -> bool {
         self.path(digest).is_file()
     }
@@ -72,6 +114,33 @@ impl BlobStore {
         max_size: u64,
         limits: Limits,
     ) -> Result<Ingested, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let received = self.receive(body, max_size).await?;
+        let check = received.path().to_path_buf();
+        let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, UnpackError> {
+            let f = std::fs::File::open(&check).map_err(|source| UnpackError::Io {
+                path: check.clone(),
+                source,
+            })?;
+            Ok(scan(std::io::BufReader::with_capacity(1 << 20, f), &limits)?.manifest)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("validation task: {e}"))??;
+        let (digest, size) = (received.digest, received.size);
+        self.commit(received)?;
+        Ok(Ingested {
+            digest,
+            size,
+            manifest,
+        })
+    }
+
+    /// Streams `body` (at most `max_size` bytes) to a temp file in this store, hashing it.
+    /// The file disappears when the answer is dropped without `commit`.
+    pub async fn receive<S, E>(&self, body: S, max_size: u64) -> Result<Received, IngestError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -126,41 +195,31 @@ impl BlobStore {
             return Err(f);
         }
         let (digest, size) = written.context("cannot write the upload to disk")?;
-
-        let check = tmp.clone();
-        let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, UnpackError> {
-            let f = std::fs::File::open(&check).map_err(|source| UnpackError::Io {
-                path: check.clone(),
-                source,
-            })?;
-            Ok(scan(std::io::BufReader::with_capacity(1 << 20, f), &limits)?.manifest)
+        Ok(Received {
+            guard,
+            digest,
+            size,
         })
-        .await
-        .map_err(|e| anyhow::anyhow!("validation task: {e}"))??;
+    }
 
-        let dest = self.path(&digest);
+    /// Moves a received file into place under its digest (a no-op when already there).
+    pub fn commit(&self, received: Received) -> Result<()> {
+        let dest = self.path(&received.digest);
         if dest.exists() {
             // Same digest, same bytes: nothing to do.
-            return Ok(Ingested {
-                digest,
-                size,
-                manifest,
-            });
+            return Ok(());
         }
         let parent = dest.parent().context("blob path has a parent")?;
         std::fs::create_dir_all(parent).context("cannot create the blob directory")?;
-        guard
+        received
+            .guard
             .persist(&dest)
             .map_err(|e| e.error)
             .context("cannot move the blob into place")?;
         if let Ok(d) = std::fs::File::open(parent) {
             let _ = d.sync_all();
         }
-        Ok(Ingested {
-            digest,
-            size,
-            manifest,
-        })
+        Ok(())
     }
 
     pub fn remove(&self, digest: &Digest) -> Result<()> {

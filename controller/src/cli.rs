@@ -72,6 +72,9 @@ pub enum Command {
     /// Build, push and manage bundles
     #[command(subcommand)]
     Bundle(crate::bundle_cmd::BundleCmd),
+    /// berth-agent executables served to hosts that install themselves
+    #[command(subcommand, name = "agent-binary")]
+    AgentBinary(crate::agent_binary_cmd::AgentBinaryCmd),
     /// Store a Clusterfile as the cluster's desired state and reconcile to it
     Apply {
         /// The Clusterfile (sealos apps.sealos.io/v1beta1 Cluster + Config documents)
@@ -200,6 +203,31 @@ pub struct ServeArgs {
     /// No single file in a pushed bundle may be larger (K, M, G, T; at most 8G-1)
     #[arg(long, default_value = "4G", value_parser = parse_size)]
     pub max_file_size: u64,
+    /// Lifetime of agent certificates; agents renew theirs at two thirds of it (at least 30s)
+    #[arg(long, default_value = "90d", value_parser = parse_cert_ttl)]
+    pub agent_cert_ttl: Duration,
+    /// Lifetime of the controller's server certificate; renewed at two thirds of it, also
+    /// across restarts (at least 30s)
+    #[arg(long, default_value = "365d", value_parser = parse_cert_ttl)]
+    pub server_cert_ttl: Duration,
+    /// The berth-agent executable served to hosts of this machine's architecture that
+    /// install themselves [default: berth-agent next to this berth, else ../lib/berth/berth-agent]
+    #[arg(long)]
+    pub agent_binary: Option<PathBuf>,
+}
+
+/// A certificate lifetime: a duration of at least 30 seconds, at most 10 years.
+fn parse_cert_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("`{s}`: {e}"))?;
+    if d < crate::pki::MIN_CERT_TTL {
+        return Err(format!("`{s}` is shorter than the minimum of 30s"));
+    }
+    if d > Duration::from_secs(10 * 365 * 86400) {
+        return Err(format!(
+            "`{s}` is longer than the CA's own 10 years; certificates never outlive their CA"
+        ));
+    }
+    Ok(d)
 }
 
 /// `512M`, `20G`, `1048576`.
@@ -273,7 +301,16 @@ pub enum TokenCmd {
         /// Free text stored with the token
         #[arg(long)]
         description: Option<String>,
-        /// `text` prints the join command only; `json` prints token, expiry and command
+        /// Print the line for a host that has only `sh` and `curl`/`wget`: it verifies this
+        /// controller's CA, installs berth-agent (sha256 checked), enrolls and starts it
+        #[arg(long)]
+        install: bool,
+        /// Bind the token to the enrolled host NAME, which may re-enroll with it
+        /// (`berth-agent join --reenroll`: new key, same name and cluster membership)
+        #[arg(long, value_name = "NAME")]
+        reenroll: Option<String>,
+        /// `text` prints the join (or install) command only; `json` prints token, expiry and
+        /// both commands
         #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
         output: TextOrJson,
     },
@@ -350,8 +387,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             ttl,
             uses,
             description,
+            install,
+            reenroll,
             output,
         }) => {
+            let reenroll = reenroll
+                .map(|n| n.parse::<berth_shared::HostName>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--reenroll: {e}"))?;
             let c = Client::connect(&target)?;
             let resp: CreateTokenResponse = c
                 .post(
@@ -360,16 +403,19 @@ pub async fn run(cli: Cli) -> Result<()> {
                         ttl_secs: ttl.as_secs(),
                         uses,
                         description,
+                        reenroll,
                     },
                 )
                 .await?;
             match output {
                 TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&resp)?),
+                TextOrJson::Text if install => println!("{}", resp.install_command),
                 TextOrJson::Text => println!("{}", resp.join_command),
             }
             Ok(())
         }
         Command::Bundle(cmd) => crate::bundle_cmd::run(cmd, &target).await,
+        Command::AgentBinary(cmd) => crate::agent_binary_cmd::run(cmd, &target).await,
         Command::ApiToken(ApiTokenCmd::Create { name, role, output }) => {
             let c = Client::connect(&target)?;
             let r: berth_shared::api::CreateApiTokenResponse = c
@@ -456,7 +502,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             output::print(
                 output,
                 &hosts,
-                &["NAME", "STATE", "ADDRESSES", "ARCH", "LAST SEEN", "VERSION"],
+                &[
+                    "NAME",
+                    "STATE",
+                    "ADDRESSES",
+                    "ARCH",
+                    "LAST SEEN",
+                    "VERSION",
+                    "CERT EXPIRES",
+                ],
                 || {
                     hosts
                         .iter()
@@ -468,6 +522,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 h.arch.clone(),
                                 format!("{} ago", output::ago(h.last_seen_secs_ago)),
                                 h.agent_version.clone(),
+                                h.cert_expires_at.clone().unwrap_or_else(|| "-".into()),
                             ]
                         })
                         .collect()
@@ -527,6 +582,11 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
             max_entries: a.max_entries,
             max_file_bytes: a.max_file_size.min((8 << 30) - 1),
         },
+        lifetimes: crate::pki::Lifetimes {
+            agent: a.agent_cert_ttl,
+            server: a.server_cert_ttl,
+        },
+        agent_binary: a.agent_binary,
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

@@ -79,12 +79,24 @@ impl Client {
         path: &str,
         body: reqwest::Body,
     ) -> Result<T> {
+        self.upload(Method::POST, path, "application/zstd", body)
+            .await
+    }
+
+    /// Sends a streaming body with `method`.
+    pub async fn upload<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: reqwest::Body,
+    ) -> Result<T> {
         let url = format!("{}{}", self.base, path);
         let resp = self
             .http
-            .post(&url)
+            .request(method, &url)
             .bearer_auth(&self.token)
-            .header(reqwest::header::CONTENT_TYPE, "application/zstd")
+            .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
             .await

@@ -450,6 +450,7 @@ async fn ensure_local_agent(target: &Target, client: &Client) -> Result<String> 
             .post(
                 "/v1/tokens",
                 &CreateTokenRequest {
+                    reenroll: None,
                     ttl_secs: 600,
                     uses: 1,
                     description: Some("berth run --single".into()),

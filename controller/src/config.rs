@@ -33,6 +33,11 @@ pub struct ServeConfig {
     pub engine: crate::engine::EngineConfig,
     /// Limits a pushed bundle must respect.
     pub unpack_limits: berth_bundle::Limits,
+    /// Lifetimes of the agent and server certificates this controller issues.
+    pub lifetimes: crate::pki::Lifetimes,
+    /// The `berth-agent` executable served to installing hosts of this machine's
+    /// architecture; `None` looks next to the `berth` executable.
+    pub agent_binary: Option<PathBuf>,
 }
 
 /// The default data dir: `$BERTH_DATA_DIR`, else `/var/lib/berth` for root, else

@@ -1,5 +1,6 @@
 //! The berth controller: PKI, SQLite store, HTTPS API and the operator CLI that talks to it.
 
+pub mod agent_binary_cmd;
 pub mod api;
 pub mod blobs;
 pub mod bundle_cmd;
@@ -8,6 +9,7 @@ pub mod client;
 pub mod cluster_cmd;
 pub mod config;
 pub mod engine;
+pub mod install;
 pub mod output;
 pub mod pki;
 pub mod planner;

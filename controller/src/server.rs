@@ -48,7 +48,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     };
 
     let sans = server_sans(&advertise_url, &cfg.extra_sans);
-    let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &sans)?);
+    let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &sans, cfg.lifetimes)?);
     let store = Store::open(&cfg.data_dir).await?;
     store
         .ensure_admin_token(&hash_secret(&pki.admin_token))
@@ -76,6 +76,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     let reap_every = (cfg.engine.host_lost_after.min(cfg.engine.step_grace) / 4)
         .clamp(Duration::from_millis(500), Duration::from_secs(15));
     tokio::spawn(engine.clone().run_reaper(reap_every, shutdown.clone()));
+    tokio::spawn(renew_server_cert(pki.clone(), shutdown.clone()));
     let state = AppState {
         store: store.clone(),
         pki: pki.clone(),
@@ -88,7 +89,22 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         max_bundle_size: cfg.max_bundle_size,
         unpack_limits: cfg.unpack_limits,
         engine: engine.clone(),
+        agent_binaries: crate::install::open_store(&cfg.data_dir)?,
     };
+    match crate::install::bundled_agent(cfg.agent_binary.as_deref())? {
+        Some(path) => {
+            // Hashing a large executable must not delay serving.
+            let (store, bins) = (store.clone(), state.agent_binaries.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::install::import_bundled(&store, &bins, &path).await {
+                    tracing::error!(error = format!("{e:#}"), "cannot serve the bundled berth-agent");
+                }
+            });
+        }
+        None => tracing::info!(
+            "no berth-agent next to this berth: hosts cannot install themselves until `berth agent-binary add FILE --arch ARCH`"
+        ),
+    }
     let app = api::router(state);
     tracing::info!(
         listen = %bound,
@@ -110,6 +126,37 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     store.close().await;
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Renews the server certificate at two thirds of its lifetime, for as long as the
+/// controller serves. A failed renewal is retried every minute (the old certificate still
+/// has a third of its life).
+async fn renew_server_cert(pki: Arc<Pki>, shutdown: CancellationToken) {
+    loop {
+        let wait = pki
+            .server
+            .until_renewal()
+            .clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let p = pki.clone();
+        match tokio::task::spawn_blocking(move || p.renew_server_cert_if_due()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "cannot renew the server certificate; retrying in a minute"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "server certificate renewal task failed"),
+        }
+    }
 }
 
 /// Every name the server certificate must cover.
@@ -147,7 +194,7 @@ fn tls_config(pki: &Pki) -> Result<ServerConfig> {
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(pki.server_chain.clone(), pki.server_key.clone_key())?;
+        .with_cert_resolver(pki.server.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }

@@ -43,6 +43,11 @@ pub struct CreateTokenRequest {
     pub uses: u32,
     #[serde(default)]
     pub description: Option<String>,
+    /// Bind the token to one enrolled host, which may then re-enroll with it (new key and
+    /// certificate, same name and cluster membership): `berth-agent join --reenroll`.
+    /// Such a token cannot enroll any other host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reenroll: Option<HostName>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,8 +60,16 @@ pub struct CreateTokenResponse {
     pub uses: u32,
     pub controller: String,
     pub ca_hash: Digest,
-    /// The line to paste on a host.
+    /// The line to paste on a host that has `berth-agent` already.
     pub join_command: String,
+    /// The line to paste on a host that has nothing but `sh` and `curl` (or `wget`): it
+    /// carries the controller's CA certificate, so the first byte it downloads is already
+    /// verified; the install script then checks the agent binary's sha256, installs it,
+    /// enrolls and starts it.
+    pub install_command: String,
+    /// The host this token may re-enroll (`--reenroll`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reenroll: Option<HostName>,
 }
 
 /// `POST /v1/enroll`: an agent presents a bootstrap token and a CSR.
@@ -68,6 +81,10 @@ pub struct EnrollRequest {
     /// PKCS#10 certificate signing request, PEM. The private key stays on the host.
     pub csr_pem: String,
     pub facts: HostFacts,
+    /// Replace the identity of the enrolled host `name` (its certificate expired, or its
+    /// disk was lost). Needs a token created with `berth token create --reenroll NAME`.
+    #[serde(default)]
+    pub reenroll: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +97,37 @@ pub struct EnrollResponse {
     pub plan_public_key: String,
     /// Identifies the plan-signing key: the first 16 hex characters of its sha256.
     pub plan_key_id: String,
+}
+
+/// `POST /v1/agent/renew` (mutual TLS): a new certificate for a new key, generated on the
+/// host. The certificate presented for the call stays valid until the agent uses the new
+/// one, so a renewal lost on the way (a crash, a cut connection) costs nothing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub certificate_pem: String,
+    /// RFC 3339.
+    pub not_after: String,
+}
+
+/// An agent executable the controller serves to installing hosts
+/// (`GET /v1/agent-binaries`, `berth agent-binary list`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentBinaryView {
+    /// `linux`.
+    pub os: String,
+    /// `uname -m` spelling: `x86_64`, `aarch64`, …
+    pub arch: String,
+    pub digest: Digest,
+    pub size: u64,
+    /// `bundled` (found next to the controller at start) or `added` (`berth agent-binary add`).
+    pub source: String,
+    /// RFC 3339.
+    pub added_at: String,
 }
 
 /// `POST /v1/agent/poll`: the long-poll that is also the heartbeat.
@@ -122,6 +170,10 @@ pub struct HostView {
     pub last_seen_secs_ago: u64,
     /// RFC 3339.
     pub enrolled_at: String,
+    /// When the host's current client certificate expires (RFC 3339); the agent renews it
+    /// at two thirds of its lifetime. `None` for hosts enrolled before this was recorded.
+    #[serde(default)]
+    pub cert_expires_at: Option<String>,
     pub facts: HostFacts,
 }
 
@@ -172,6 +224,12 @@ pub mod codes {
     pub const BAD_LOG_CHUNK: &str = "bad_log_chunk";
     /// A blob that is not part of any step released to the calling host.
     pub const BLOB_NOT_RELEASED: &str = "blob_not_released";
+    /// `--reenroll` with a token not bound to that host, or a bound token used otherwise.
+    pub const REENROLL_NOT_ALLOWED: &str = "reenroll_not_allowed";
+    /// An agent binary whose ELF header does not match the architecture it is added for.
+    pub const ARCH_MISMATCH: &str = "arch_mismatch";
+    /// No agent binary for the asked OS/architecture.
+    pub const NO_AGENT_BINARY: &str = "no_agent_binary";
 }
 
 /// A stored bundle as `GET /v1/bundles` and `GET /v1/bundles/{ref}` show it.

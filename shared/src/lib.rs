@@ -6,6 +6,7 @@
 pub mod api;
 pub mod bundle;
 pub mod bundle_ref;
+pub mod cert;
 pub mod clusterfile;
 pub mod digest;
 pub mod names;

@@ -32,24 +32,43 @@ pub async fn create_token(
             req.uses
         )));
     }
+    if req.reenroll.is_some() && req.uses != 1 {
+        return Err(ApiError::bad_request(
+            "a re-enrollment token is for one host: uses must be 1",
+        ));
+    }
     let id = random_token(TOKEN_ID_LEN);
     let secret = random_token(TOKEN_SECRET_LEN);
     let expires_at = now_unix() + req.ttl_secs as i64;
     st.store
         .create_bootstrap_token(
-            &id,
-            &hash_secret(&secret),
-            req.uses,
-            expires_at,
-            req.description.as_deref(),
+            crate::store::hosts::NewToken {
+                id: &id,
+                secret_hash: &hash_secret(&secret),
+                uses: req.uses,
+                expires_at,
+                description: req.description.as_deref(),
+                reenroll_host: req.reenroll.as_ref().map(|h| h.as_str()),
+            },
             &caller.actor(),
         )
         .await?;
     let token = format!("{id}.{secret}");
     let ca_hash = st.pki.ca_hash();
+    let reenroll = match &req.reenroll {
+        Some(h) => format!(" --reenroll --name {h}"),
+        None => String::new(),
+    };
     let join_command = format!(
-        "berth-agent join --controller {} --token {token} --ca-hash {ca_hash}",
+        "berth-agent join --controller {} --token {token} --ca-hash {ca_hash}{reenroll}",
         st.advertise_url
+    );
+    let install_command = crate::install::one_liner(
+        &st.advertise_url,
+        &token,
+        &ca_hash,
+        &st.pki.ca_pem,
+        req.reenroll.as_ref(),
     );
     Ok((
         StatusCode::CREATED,
@@ -61,6 +80,8 @@ pub async fn create_token(
             controller: st.advertise_url.clone(),
             ca_hash,
             join_command,
+            install_command,
+            reenroll: req.reenroll,
         }),
     ))
 }
@@ -94,6 +115,7 @@ pub async fn list_hosts(
                     last_seen: rfc3339(h.last_seen),
                     last_seen_secs_ago: ago as u64,
                     enrolled_at: rfc3339(h.enrolled_at),
+                    cert_expires_at: h.cert_not_after.map(rfc3339),
                     facts: h.facts,
                 }
             })

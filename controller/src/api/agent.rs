@@ -15,7 +15,7 @@ use std::time::Duration;
 /// are stored. Beyond `--max-polls` concurrent polls, answers `503` + `Retry-After`.
 pub async fn poll(
     State(st): State<AppState>,
-    AgentHost(host): AgentHost,
+    AgentHost(host, _): AgentHost,
     ApiJson(req): ApiJson<PollRequest>,
 ) -> Result<ApiJson<PollResponse>, ApiError> {
     let Ok(_slot) = st.poll_slots.clone().try_acquire_owned() else {
@@ -54,7 +54,7 @@ pub async fn poll(
 /// applied, it and the ones after it were not. A refused entry changes nothing.
 pub async fn reports(
     State(st): State<AppState>,
-    AgentHost(host): AgentHost,
+    AgentHost(host, _): AgentHost,
     ApiJson(batch): ApiJson<ReportBatch>,
 ) -> Result<StatusCode, ApiError> {
     let mut touched = BTreeSet::new();
@@ -102,4 +102,36 @@ pub async fn reports(
         Some(e) => Err(e),
         None => Ok(StatusCode::NO_CONTENT),
     }
+}
+
+/// `POST /v1/agent/renew`: signs a new certificate for a key the agent generated, for
+/// the same host name. The certificate used for this call stays accepted until the agent
+/// presents the new one.
+pub async fn renew(
+    State(st): State<AppState>,
+    AgentHost(host, presented): AgentHost,
+    ApiJson(req): ApiJson<berth_shared::api::RenewRequest>,
+) -> Result<ApiJson<berth_shared::api::RenewResponse>, ApiError> {
+    let name: berth_shared::HostName = host
+        .name
+        .parse()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored host name: {e}")))?;
+    let cert = st
+        .pki
+        .sign_agent_csr(&req.csr_pem, &name)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    st.store
+        .renew_host_cert(
+            host.id,
+            &presented,
+            &cert.fingerprint,
+            &cert.serial,
+            cert.not_after,
+        )
+        .await?;
+    tracing::info!(host = %host.name, not_after = %crate::time::rfc3339(cert.not_after), "agent certificate renewed");
+    Ok(ApiJson(berth_shared::api::RenewResponse {
+        certificate_pem: cert.pem,
+        not_after: crate::time::rfc3339(cert.not_after),
+    }))
 }

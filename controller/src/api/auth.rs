@@ -73,8 +73,9 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-/// An enrolled, non-revoked agent, identified by its client certificate.
-pub struct AgentHost(pub HostRow);
+/// An enrolled, non-revoked agent, identified by its client certificate (whose sha256
+/// is the second field).
+pub struct AgentHost(pub HostRow, pub String);
 
 impl FromRequestParts<AppState> for AgentHost {
     type Rejection = ApiError;
@@ -98,7 +99,13 @@ impl FromRequestParts<AppState> for AgentHost {
                 codes::HOST_REVOKED,
                 format!("host `{}` has been revoked; delete it and join again to re-enroll", h.name),
             )),
-            Some(h) => Ok(AgentHost(h)),
+            Some(h) => {
+                if h.has_previous_cert && !h.via_previous_cert {
+                    // The host switched to its renewed certificate: retire the old one.
+                    state.store.forget_previous_cert(h.id).await?;
+                }
+                Ok(AgentHost(h, fingerprint))
+            }
         }
     }
 }

@@ -214,7 +214,7 @@ impl FromRequestParts<AppState> for BlobReader {
             .get::<PeerCert>()
             .is_some_and(|p| p.0.is_some());
         if has_cert {
-            let AgentHost(h) = AgentHost::from_request_parts(parts, st).await?;
+            let AgentHost(h, _) = AgentHost::from_request_parts(parts, st).await?;
             Ok(BlobReader::Agent(Box::new(h)))
         } else {
             Caller::from_request_parts(parts, st)

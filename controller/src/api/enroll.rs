@@ -3,6 +3,7 @@
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::pki::hash_secret;
+use crate::store::hosts::Enrolled;
 use crate::store::{EnrollError, NewHost};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -59,12 +60,21 @@ pub async fn enroll(
             token_secret_hash: &secret_hash,
             cert_fingerprint: &cert.fingerprint,
             cert_serial: &cert.serial,
+            cert_not_after: cert.not_after,
             facts: &req.facts,
+            reenroll: req.reenroll,
         })
         .await;
     match result {
-        Ok(_) => {
-            tracing::info!(host = %req.name, token = %token.id, "host enrolled");
+        Ok(outcome) => {
+            match outcome {
+                Enrolled::New(_) => {
+                    tracing::info!(host = %req.name, token = %token.id, "host enrolled")
+                }
+                Enrolled::Reenrolled(_) => {
+                    tracing::info!(host = %req.name, token = %token.id, "host re-enrolled: new key and certificate, the old ones are refused")
+                }
+            }
             Ok(ApiJson(EnrollResponse {
                 name: req.name,
                 certificate_pem: cert.pem,
@@ -92,6 +102,17 @@ fn enroll_error(e: EnrollError) -> ApiError {
         }
         EnrollError::HostExists { .. } => {
             ApiError::new(StatusCode::CONFLICT, codes::HOST_EXISTS, e.to_string())
+        }
+        EnrollError::ReenrollNotAllowed(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            codes::REENROLL_NOT_ALLOWED,
+            e.to_string(),
+        ),
+        EnrollError::HostUnknown { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, codes::HOST_UNKNOWN, e.to_string())
+        }
+        EnrollError::HostRevoked { .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, codes::HOST_REVOKED, e.to_string())
         }
         EnrollError::Db(db) => ApiError::from(db),
     }

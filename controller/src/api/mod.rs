@@ -1,8 +1,9 @@
 //! The `/v1/` HTTP API: routes, shared state and the handlers behind them.
 //!
 //! Agent routes (`/v1/agent/*`) authenticate by client certificate; operator routes by
-//! bearer token; `/v1/enroll*` and `/v1/healthz` are open (enrollment proves itself with a
-//! bootstrap token in the body).
+//! bearer token; `/v1/enroll*`, `/v1/install/*` and `/v1/healthz` are open (enrollment
+//! proves itself with a bootstrap token in the body; the installer and agent executables are
+//! public, and the install line verifies them).
 
 pub mod admin;
 pub mod agent;
@@ -11,6 +12,7 @@ pub mod bundles;
 pub mod clusters;
 pub mod enroll;
 pub mod error;
+pub mod install;
 
 use crate::blobs::BlobStore;
 use crate::pki::Pki;
@@ -43,6 +45,8 @@ pub struct AppState {
     /// Limits a pushed bundle must respect (checked on upload, enforced again by agents).
     pub unpack_limits: berth_bundle::Limits,
     pub engine: Arc<crate::engine::Engine>,
+    /// berth-agent executables served to installing hosts.
+    pub agent_binaries: crate::install::AgentBinaries,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -52,6 +56,20 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/agent/poll", post(agent::poll))
         .route("/v1/agent/reports", post(agent::reports))
+        .route("/v1/agent/renew", post(agent::renew))
+        .route("/v1/install/agent.sh", get(install::script))
+        .route("/v1/install/berth-agent/{os}/{arch}", get(install::binary))
+        .route(
+            "/v1/install/berth-agent/{os}/{arch}/sha256",
+            get(install::binary_sha256),
+        )
+        .route("/v1/agent-binaries", get(install::list))
+        .route(
+            "/v1/agent-binaries/{os}/{arch}",
+            axum::routing::put(install::add)
+                .delete(install::remove)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/v1/clusters", get(clusters::list).post(clusters::apply))
         .route("/v1/clusters/{name}", get(clusters::status))
         .route("/v1/clusters/{name}/retry", post(clusters::retry))

@@ -1,7 +1,6 @@
 //! The controller's SQLite store. Architecture invariant: only this module knows SQL.
 
 use anyhow::Context;
-use berth_shared::api::HostFacts;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::path::Path;
@@ -46,51 +45,6 @@ pub struct ApiPrincipal {
     pub token_id: String,
     pub name: String,
     pub role: Role,
-}
-
-/// An enrolled host row.
-#[derive(Debug, Clone)]
-pub struct HostRow {
-    pub id: i64,
-    pub name: String,
-    pub revoked: bool,
-    pub facts: HostFacts,
-    pub enrolled_at: i64,
-    pub last_seen: i64,
-}
-
-/// A bootstrap token row.
-#[derive(Debug, Clone)]
-pub struct BootstrapRow {
-    pub id: String,
-    pub secret_hash: String,
-    pub uses_left: i64,
-    pub expires_at: i64,
-}
-
-/// Why an enrollment was refused by the store.
-#[derive(Debug, thiserror::Error)]
-pub enum EnrollError {
-    #[error("bootstrap token is not valid")]
-    TokenInvalid,
-    #[error("bootstrap token {id} expired at {at}; create a new one with `berth token create`")]
-    TokenExpired { id: String, at: String },
-    #[error("bootstrap token {id} has no uses left; create a new one with `berth token create --uses N`")]
-    TokenExhausted { id: String },
-    #[error("a host named `{name}` is already enrolled; run `berth host delete {name}` first if it is being replaced")]
-    HostExists { name: String },
-    #[error(transparent)]
-    Db(#[from] sqlx::Error),
-}
-
-/// What an enrollment writes.
-pub struct NewHost<'a> {
-    pub name: &'a str,
-    pub token_id: &'a str,
-    pub token_secret_hash: &'a str,
-    pub cert_fingerprint: &'a str,
-    pub cert_serial: &'a str,
-    pub facts: &'a HostFacts,
 }
 
 #[derive(Clone)]
@@ -245,157 +199,9 @@ impl Store {
         }))
     }
 
-    pub async fn create_bootstrap_token(
-        &self,
-        id: &str,
-        secret_hash: &str,
-        uses: u32,
-        expires_at: i64,
-        description: Option<&str>,
-        actor: &str,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
-            "INSERT INTO bootstrap_tokens (id, secret_hash, description, uses_left, uses_total, expires_at, created_at, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
-        )
-        .bind(id)
-        .bind(secret_hash)
-        .bind(description)
-        .bind(uses as i64)
-        .bind(expires_at)
-        .bind(now_unix())
-        .bind(actor)
-        .execute(&mut *tx)
-        .await?;
-        audit(
-            &mut tx,
-            actor,
-            "token.create",
-            id,
-            Some(&format!("uses={uses}")),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Checks a bootstrap token (exists, secret matches, not expired, uses left) without
-    /// consuming it: enrollment judges the token before it parses or signs anything.
-    pub async fn check_bootstrap_token(
-        &self,
-        token_id: &str,
-        token_secret_hash: &str,
-    ) -> Result<(), EnrollError> {
-        let mut conn = self.pool.acquire().await?;
-        usable_token(&mut conn, token_id, token_secret_hash)
-            .await
-            .map(|_| ())
-    }
-
-    /// Consumes one use of the bootstrap token and records the host, atomically: a refused
-    /// enrollment consumes nothing.
-    pub async fn enroll(&self, h: NewHost<'_>) -> Result<i64, EnrollError> {
-        let now = now_unix();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let token = usable_token(&mut tx, h.token_id, h.token_secret_hash).await?;
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE name = ?1")
-            .bind(h.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(EnrollError::HostExists {
-                name: h.name.to_string(),
-            });
-        }
-        sqlx::query("UPDATE bootstrap_tokens SET uses_left = uses_left - 1 WHERE id = ?1")
-            .bind(&token.id)
-            .execute(&mut *tx)
-            .await?;
-        let facts = serde_json::to_string(h.facts).unwrap_or_else(|_| "{}".into());
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO hosts (name, cert_fingerprint, cert_serial, facts, enrolled_with, enrolled_at, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) RETURNING id",
-        )
-        .bind(h.name)
-        .bind(h.cert_fingerprint)
-        .bind(h.cert_serial)
-        .bind(facts)
-        .bind(&token.id)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await?;
-        audit(
-            &mut tx,
-            &format!("bootstrap-token:{}", token.id),
-            "host.enroll",
-            h.name,
-            Some(&format!("serial={}", h.cert_serial)),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
-    /// The host presenting the client certificate with this fingerprint, if any.
-    pub async fn host_by_fingerprint(&self, fingerprint: &str) -> Result<Option<HostRow>> {
-        let row = sqlx::query(
-            "SELECT id, name, state, facts, enrolled_at, last_seen FROM hosts WHERE cert_fingerprint = ?1",
-        )
-        .bind(fingerprint)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(host_row))
-    }
-
-    pub async fn hosts(&self) -> Result<Vec<HostRow>> {
-        let rows = sqlx::query(
-            "SELECT id, name, state, facts, enrolled_at, last_seen FROM hosts ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(host_row).collect())
-    }
-
-    /// Marks a heartbeat, storing new facts when given.
-    pub async fn touch_host(&self, id: i64, facts: Option<&HostFacts>) -> Result<()> {
-        match facts {
-            Some(f) => {
-                sqlx::query("UPDATE hosts SET last_seen = ?1, facts = ?2 WHERE id = ?3")
-                    .bind(now_unix())
-                    .bind(serde_json::to_string(f)?)
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("UPDATE hosts SET last_seen = ?1 WHERE id = ?2")
-                    .bind(now_unix())
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?
-            }
-        };
-        Ok(())
-    }
-
-    /// Revokes a host; returns false when there is no such host.
-    pub async fn revoke_host(&self, name: &str, actor: &str) -> Result<bool> {
-        let q = sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2")
-            .bind(now_unix())
-            .bind(name);
-        self.change_audited(q, actor, "host.revoke", name).await
-    }
-
-    /// Deletes a host; returns false when there is no such host.
-    pub async fn delete_host(&self, name: &str, actor: &str) -> Result<bool> {
-        let q = sqlx::query("DELETE FROM hosts WHERE name = ?1").bind(name);
-        self.change_audited(q, actor, "host.delete", name).await
-    }
-
     /// Runs one statement and, when it changed a row, records `action` on `target` in the
     /// audit log — in one transaction. Returns whether anything changed.
-    async fn change_audited<'q>(
+    pub(super) async fn change_audited<'q>(
         &self,
         q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
         actor: &str,
@@ -580,54 +386,7 @@ impl Store {
     }
 }
 
-fn host_row(r: sqlx::sqlite::SqliteRow) -> HostRow {
-    HostRow {
-        id: r.get("id"),
-        name: r.get("name"),
-        revoked: r.get::<&str, _>("state") == "revoked",
-        facts: serde_json::from_str(r.get::<&str, _>("facts")).unwrap_or_default(),
-        enrolled_at: r.get("enrolled_at"),
-        last_seen: r.get("last_seen"),
-    }
-}
-
-/// The bootstrap token `id` when its secret matches and it may still enroll a host.
-async fn usable_token(
-    conn: &mut sqlx::SqliteConnection,
-    id: &str,
-    secret_hash: &str,
-) -> Result<BootstrapRow, EnrollError> {
-    let row = sqlx::query(
-        "SELECT id, secret_hash, uses_left, expires_at FROM bootstrap_tokens WHERE id = ?1",
-    )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    let Some(r) = row else {
-        return Err(EnrollError::TokenInvalid);
-    };
-    let token = BootstrapRow {
-        id: r.get("id"),
-        secret_hash: r.get("secret_hash"),
-        uses_left: r.get("uses_left"),
-        expires_at: r.get("expires_at"),
-    };
-    if !constant_time_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
-        return Err(EnrollError::TokenInvalid);
-    }
-    if token.expires_at <= now_unix() {
-        return Err(EnrollError::TokenExpired {
-            id: token.id,
-            at: crate::time::rfc3339(token.expires_at),
-        });
-    }
-    if token.uses_left <= 0 {
-        return Err(EnrollError::TokenExhausted { id: token.id });
-    }
-    Ok(token)
-}
-
-async fn audit(
+pub(super) async fn audit(
     tx: &mut sqlx::SqliteConnection,
     actor: &str,
     action: &str,
@@ -647,12 +406,15 @@ async fn audit(
     Ok(())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Hashes of equal length; compare without an early exit.
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+pub mod agent_binaries;
 pub mod clusters;
 pub mod error;
+pub mod hosts;
 
 pub use error::StoreError;
+pub use hosts::{BootstrapRow, EnrollError, HostRow, NewHost};

@@ -3,28 +3,54 @@
 //!
 //! Nothing here is regenerated silently: the CA, the signing key and the admin token are
 //! created once and only ever loaded afterwards. The server certificate is re-issued (and
-//! logged) when the set of names it must cover changes.
+//! logged) when the set of names it must cover changes and when it is due for renewal
+//! (`server.rs`); agent certificates live `--agent-cert-ttl` and agents renew them.
+
+mod server;
+pub use server::ServerCert;
 
 use crate::secrets::{
     check_secret_mode, create_private_dir, read_secret, write_public, write_secret,
 };
 use anyhow::{anyhow, bail, Context, Result};
+use berth_shared::cert::{backdate, Validity};
 use berth_shared::{Digest, HostName};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::CertificateDer;
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long certificates issued by this controller live.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Agent client certificates (`--agent-cert-ttl`).
+    pub agent: Duration,
+    /// The controller's server certificate (`--server-cert-ttl`).
+    pub server: Duration,
+}
+
+impl Default for Lifetimes {
+    fn default() -> Self {
+        Lifetimes {
+            agent: Duration::from_secs(90 * 24 * 3600),
+            server: Duration::from_secs(365 * 24 * 3600),
+        }
+    }
+}
+
+/// The shortest lifetime accepted for either kind (tests use short ones).
+pub const MIN_CERT_TTL: Duration = Duration::from_secs(30);
 
 /// File names under `<data-dir>/pki`.
+#[derive(Debug, Clone)]
 pub struct PkiPaths {
     pub dir: PathBuf,
 }
@@ -72,8 +98,10 @@ pub struct Pki {
     pub ca_pem: String,
     pub ca_der: CertificateDer<'static>,
     ca_issuer: Issuer<'static, KeyPair>,
-    pub server_chain: Vec<CertificateDer<'static>>,
-    pub server_key: PrivateKeyDer<'static>,
+    ca_validity: Validity,
+    /// The server certificate, renewed in place while the controller serves.
+    pub server: std::sync::Arc<ServerCert>,
+    pub lifetimes: Lifetimes,
     pub plan_key: Ed25519KeyPair,
     pub admin_token: String,
     /// Whether this start created the CA (first start).
@@ -83,7 +111,11 @@ pub struct Pki {
 impl Pki {
     /// Loads the PKI from `data_dir`, creating what a first start needs. `sans` are the
     /// names the server certificate must cover.
-    pub fn load_or_create(data_dir: &Path, sans: &BTreeSet<String>) -> Result<Pki> {
+    pub fn load_or_create(
+        data_dir: &Path,
+        sans: &BTreeSet<String>,
+        lifetimes: Lifetimes,
+    ) -> Result<Pki> {
         let paths = PkiPaths::new(data_dir);
         create_private_dir(&paths.dir)?;
         let created = !paths.ca_cert().exists();
@@ -123,6 +155,15 @@ impl Pki {
         let ca_issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)
             .context("ca.crt is not a valid CA certificate")?;
         let ca_der = pem_to_der(&ca_pem)?;
+        let ca_validity = Validity::of_der(ca_der.as_ref()).context("ca.crt")?;
+        let now = crate::time::now_unix();
+        if ca_validity.expired(now) {
+            bail!(
+                "the CA certificate {} expired at {}; rotate the CA as described in docs/operations.md (\"Rotating the CA\")",
+                paths.ca_cert().display(),
+                crate::time::rfc3339(ca_validity.not_after)
+            );
+        }
 
         let plan_pkcs8 = read_secret(&paths.plan_key())?;
         let plan_key = Ed25519KeyPair::from_pkcs8(&plan_pkcs8)
@@ -132,19 +173,20 @@ impl Pki {
             .trim()
             .to_string();
 
-        ensure_server_cert(&paths, &ca_issuer, sans)?;
-        let server_pem = fs::read_to_string(paths.server_cert())?;
-        let server_key_pem = String::from_utf8(read_secret(&paths.server_key())?)?;
-        let server_chain = vec![pem_to_der(&server_pem)?, ca_der.clone()];
-        let server_key = KeyPair::from_pem(&server_key_pem)
-            .context("server.key is not a valid key")?
-            .serialize_der();
+        let server = std::sync::Arc::new(ServerCert::load(
+            paths,
+            &ca_issuer,
+            &ca_der,
+            sans,
+            lifetimes.server,
+        )?);
         Ok(Pki {
             ca_pem,
             ca_der,
             ca_issuer,
-            server_chain,
-            server_key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(server_key)),
+            ca_validity,
+            server,
+            lifetimes,
             plan_key,
             admin_token,
             created,
@@ -166,8 +208,21 @@ impl Pki {
         Digest::of(self.plan_key.public_key().as_ref()).hex()[..16].to_string()
     }
 
-    /// Signs an agent's CSR as a client certificate for `name`. Only the CSR's public key is
-    /// used; subject, usages and validity are the controller's.
+    /// Re-issues the server certificate when it is due (see `ServerCert::renew_if_due`).
+    pub fn renew_server_cert_if_due(&self) -> Result<bool> {
+        self.server.renew_if_due(&self.ca_issuer, &self.ca_der)
+    }
+
+    /// The end of a new certificate's life: `ttl` from now, never past the CA's own end.
+    fn leaf_not_after(&self, now: SystemTime, ttl: Duration) -> SystemTime {
+        let ca_end =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(self.ca_validity.not_after as u64);
+        (now + ttl).min(ca_end)
+    }
+
+    /// Signs an agent's CSR as a client certificate for `name`, valid for the agent
+    /// lifetime. Only the CSR's public key is used; subject, usages and validity are the
+    /// controller's.
     pub fn sign_agent_csr(&self, csr_pem: &str, name: &HostName) -> Result<AgentCert, CsrError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|_| CsrError)?;
         let mut params = CertificateParams::default();
@@ -180,8 +235,10 @@ impl Pki {
         let serial = random_bytes::<16>();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         let now = SystemTime::now();
-        params.not_before = (now - Duration::from_secs(300)).into();
-        params.not_after = (now + LEAF_VALIDITY).into();
+        let ttl = self.lifetimes.agent;
+        let not_after = self.leaf_not_after(now, ttl);
+        params.not_before = (now - backdate(ttl)).into();
+        params.not_after = not_after.into();
         let signed = CertificateSigningRequestParams {
             params,
             public_key: csr.public_key,
@@ -192,6 +249,10 @@ impl Pki {
             fingerprint: Digest::of(signed.der()).hex(),
             serial: hex::encode(serial),
             pem: signed.pem(),
+            not_after: not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
         })
     }
 }
@@ -202,6 +263,8 @@ pub struct AgentCert {
     /// sha256 of the DER, hex: how the controller recognises the agent on every call.
     pub fingerprint: String,
     pub serial: String,
+    /// Unix seconds.
+    pub not_after: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -232,52 +295,6 @@ fn create_ca(paths: &PkiPaths) -> Result<()> {
     Ok(())
 }
 
-/// Issues the server certificate when missing or when the names it must cover changed.
-fn ensure_server_cert(
-    paths: &PkiPaths,
-    ca: &Issuer<'static, KeyPair>,
-    sans: &BTreeSet<String>,
-) -> Result<()> {
-    let wanted = sans.iter().cloned().collect::<Vec<_>>().join("\n");
-    let have = fs::read_to_string(paths.server_sans()).ok();
-    if paths.server_cert().exists()
-        && paths.server_key().exists()
-        && have.as_deref() == Some(&wanted)
-    {
-        return Ok(());
-    }
-    if have.is_some() {
-        tracing::info!(sans = %wanted.replace('\n', ","), "names changed: re-issuing the server certificate (same CA)");
-    }
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "berth controller");
-    params.distinguished_name = dn;
-    params.subject_alt_names = sans
-        .iter()
-        .map(|s| match s.parse::<std::net::IpAddr>() {
-            Ok(ip) => Ok(SanType::IpAddress(ip)),
-            Err(_) => {
-                Ok(SanType::DnsName(s.clone().try_into().map_err(|_| {
-                    anyhow!("`{s}` is not a valid DNS name for --san")
-                })?))
-            }
-        })
-        .collect::<Result<_>>()?;
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    let now = SystemTime::now();
-    params.not_before = (now - Duration::from_secs(300)).into();
-    params.not_after = (now + LEAF_VALIDITY).into();
-    params.serial_number = Some(SerialNumber::from_slice(&random_bytes::<16>()));
-    let cert = params.signed_by(&key, ca)?;
-    write_secret(&paths.server_key(), key.serialize_pem().as_bytes())?;
-    write_public(&paths.server_cert(), cert.pem().as_bytes())?;
-    write_public(&paths.server_sans(), wanted.as_bytes())?;
-    Ok(())
-}
-
 /// The first certificate in a PEM string, as DER.
 pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
     rustls_pemfile::certs(&mut pem.as_bytes())
@@ -286,7 +303,7 @@ pub fn pem_to_der(pem: &str) -> Result<CertificateDer<'static>> {
         .context("invalid PEM certificate")
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     use rand::RngCore;
     let mut b = [0u8; N];
     rand::rngs::OsRng.fill_bytes(&mut b);

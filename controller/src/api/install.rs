@@ -1,0 +1,163 @@
+//! Self-installing hosts: the install script and agent executables (open, like the CA:
+//! the install line verifies both), and the operator calls that manage the executables.
+
+use super::auth::Caller;
+use super::error::{ApiError, ApiJson};
+use super::AppState;
+use crate::blobs::IngestError;
+use crate::install::{check_elf, check_platform, MAX_AGENT_BINARY, SCRIPT};
+use crate::store::agent_binaries::AgentBinaryRow;
+use crate::store::Role;
+use crate::time::rfc3339;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use berth_shared::api::{codes, AgentBinaryView};
+use berth_shared::Digest;
+use futures_util::TryStreamExt;
+use tower::ServiceExt;
+
+/// `GET /v1/install/agent.sh`.
+pub async fn script() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/x-shellscript")], SCRIPT)
+}
+
+async fn served(st: &AppState, os: &str, arch: &str) -> Result<(AgentBinaryRow, Digest), ApiError> {
+    check_platform(os, arch).map_err(ApiError::bad_request)?;
+    let row = st.store.agent_binary(os, arch).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            codes::NO_AGENT_BINARY,
+            format!("this controller serves no berth-agent for {os}/{arch}; add one with `berth agent-binary add FILE --arch {arch}`"),
+        )
+    })?;
+    let digest: Digest = row
+        .digest
+        .parse()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored digest: {e}")))?;
+    Ok((row, digest))
+}
+
+/// `GET /v1/install/berth-agent/{os}/{arch}`: the executable (supports `Range`).
+pub async fn binary(
+    State(st): State<AppState>,
+    Path((os, arch)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (_, digest) = served(&st, &os, &arch).await?;
+    let svc = tower_http::services::ServeFile::new(st.agent_binaries.path(&digest))
+        .with_buf_chunk_size(256 * 1024);
+    let resp = svc
+        .oneshot(req)
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serving the agent: {e}")))?;
+    Ok(resp.map(Body::new).into_response())
+}
+
+/// `GET /v1/install/berth-agent/{os}/{arch}/sha256`: its hex digest and a newline.
+pub async fn binary_sha256(
+    State(st): State<AppState>,
+    Path((os, arch)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let (_, digest) = served(&st, &os, &arch).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain")],
+        format!("{}\n", digest.hex()),
+    )
+        .into_response())
+}
+
+fn view(r: AgentBinaryRow) -> Result<AgentBinaryView, ApiError> {
+    Ok(AgentBinaryView {
+        digest: r
+            .digest
+            .parse()
+            .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored digest: {e}")))?,
+        os: r.os,
+        arch: r.arch,
+        size: r.size as u64,
+        source: r.source,
+        added_at: rfc3339(r.added_at),
+    })
+}
+
+/// `GET /v1/agent-binaries` (viewer).
+pub async fn list(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<ApiJson<Vec<AgentBinaryView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    let rows = st.store.agent_binaries().await?;
+    Ok(ApiJson(
+        rows.into_iter().map(view).collect::<Result<_, _>>()?,
+    ))
+}
+
+/// `PUT /v1/agent-binaries/{os}/{arch}` (admin): the body is the executable. It must be a
+/// 64-bit ELF for that architecture; it replaces what was served for the pair.
+pub async fn add(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((os, arch)): Path<(String, String)>,
+    body: Body,
+) -> Result<(StatusCode, ApiJson<AgentBinaryView>), ApiError> {
+    caller.require(Role::Admin)?;
+    check_platform(&os, &arch).map_err(ApiError::bad_request)?;
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let received = st
+        .agent_binaries
+        .receive(Box::pin(stream), MAX_AGENT_BINARY)
+        .await
+        .map_err(|e| match e {
+            IngestError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("an agent executable may be at most {MAX_AGENT_BINARY} bytes"),
+            ),
+            IngestError::Io(e) => ApiError::Internal(e),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+    let mut head = [0u8; 20];
+    let read = {
+        use std::io::Read;
+        std::fs::File::open(received.path()).and_then(|mut f| f.read(&mut head))
+    }
+    .map_err(|e| ApiError::Internal(e.into()))?;
+    check_elf(&head[..read], &arch)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, codes::ARCH_MISMATCH, e))?;
+    let row = AgentBinaryRow {
+        os,
+        arch,
+        digest: received.digest.to_string(),
+        size: received.size as i64,
+        source: "added".into(),
+        added_at: crate::time::now_unix(),
+    };
+    st.agent_binaries
+        .commit(received)
+        .map_err(ApiError::Internal)?;
+    st.store.set_agent_binary(&row, &caller.actor()).await?;
+    tracing::info!(os = %row.os, arch = %row.arch, digest = %row.digest, "agent binary added");
+    Ok((StatusCode::CREATED, ApiJson(view(row)?)))
+}
+
+/// `DELETE /v1/agent-binaries/{os}/{arch}` (admin).
+pub async fn remove(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path((os, arch)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Role::Admin)?;
+    if st
+        .store
+        .remove_agent_binary(&os, &arch, &caller.actor())
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!(
+            "no berth-agent is served for {os}/{arch}"
+        )))
+    }
+}

@@ -1,0 +1,195 @@
+#!/bin/sh
+# berth-agent installer, served by the berth controller at /v1/install/agent.sh.
+#
+# Run it through the line `berth token create --install` prints: that line carries the
+# controller's CA certificate, fetched this script over TLS verified against it, and passes
+# the CA on here, so every byte below comes from the controller the line names.
+# Needs: sh, curl or wget, sha256sum (coreutils or busybox), uname, mkdir, mv, chmod.
+#
+# Set by the line:
+#   BERTH_URL             controller URL
+#   BERTH_TOKEN           bootstrap token (unused when this host is already enrolled)
+#   BERTH_CA_HASH         sha256:<hex> of the controller's CA (the agent checks it again)
+#   BERTH_CA_FILE         the CA certificate the line verified the controller with
+# May be set by the operator (like INSTALL_K3S_*):
+#   BERTH_INSTALL_DIR     where berth-agent goes                        [/usr/local/bin]
+#   BERTH_AGENT_DATA_DIR  identity, bundles, journal, logs              [/var/lib/berth-agent]
+#   BERTH_NAME            this host's name in berth                     [its hostname]
+#   BERTH_SKIP_SYSTEMD=1  never install a systemd unit: run in the background, pid file
+#                         in the data dir (also what happens when systemd is not running)
+#   BERTH_SKIP_START=1    install and enroll, start nothing
+#   BERTH_REENROLL=1      replace the identity of an enrolled host (the line of
+#                         `berth token create --install --reenroll NAME` sets it)
+#
+# Re-running it is harmless: an enrolled host is not enrolled again, an identical binary is
+# not replaced, a running agent is left running (restarted only when its binary changed).
+# It installs berth-agent-uninstall.sh next to the binary.
+set -eu
+umask 022
+
+say() { echo "berth-install: $*" >&2; }
+fail() { echo "berth-install: error: $*" >&2; exit 1; }
+
+[ -n "${BERTH_URL:-}" ] || fail "BERTH_URL is not set; run the line \`berth token create --install\` prints"
+[ -n "${BERTH_CA_HASH:-}" ] || fail "BERTH_CA_HASH is not set; run the line \`berth token create --install\` prints"
+[ -r "${BERTH_CA_FILE:-}" ] || fail "BERTH_CA_FILE is not a readable file; run the line \`berth token create --install\` prints"
+
+install_dir=${BERTH_INSTALL_DIR:-/usr/local/bin}
+data_dir=${BERTH_AGENT_DATA_DIR:-/var/lib/berth-agent}
+bin=$install_dir/berth-agent
+uninstall=$install_dir/berth-agent-uninstall.sh
+unit=/etc/systemd/system/berth-agent.service
+pidfile=$data_dir/agent.pid
+
+case $(uname -s) in
+  Linux) os=linux ;;
+  *) fail "berth-agent runs on Linux; this is $(uname -s)" ;;
+esac
+case $(uname -m) in
+  x86_64 | amd64) arch=x86_64 ;;
+  aarch64 | arm64) arch=aarch64 ;;
+  *) arch=$(uname -m) ;;
+esac
+
+# fetch URL FILE: download over TLS verified against the controller's CA only.
+fetch() {
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS --proto =https --cacert "$BERTH_CA_FILE" -o "$2" "$1"
+  elif command -v wget >/dev/null 2>&1; then
+    wget -q --ca-certificate="$BERTH_CA_FILE" -O "$2" "$1"
+  else
+    fail "neither curl nor wget is installed"
+  fi
+}
+
+# sha256 FILE: the hex digest.
+sha256() {
+  if command -v sha256sum >/dev/null 2>&1; then
+    sha256sum "$1" | { read -r h _; echo "$h"; }
+  elif command -v busybox >/dev/null 2>&1; then
+    busybox sha256sum "$1" | { read -r h _; echo "$h"; }
+  elif command -v shasum >/dev/null 2>&1; then
+    shasum -a 256 "$1" | { read -r h _; echo "$h"; }
+  else
+    fail "no sha256 tool (sha256sum, busybox or shasum) to check the agent binary with"
+  fi
+}
+
+# agent_pid: the pid of the background agent this script started, if it still runs.
+agent_pid() {
+  [ -f "$pidfile" ] || return 1
+  read -r p <"$pidfile" || return 1
+  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 1
+  case $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) in
+    *berth-agent*) echo "$p" ;;
+    *) return 1 ;;
+  esac
+}
+
+use_systemd() {
+  [ "${BERTH_SKIP_SYSTEMD:-}" != 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
+}
+
+mkdir -p "$install_dir"
+work=$(mktemp -d "$install_dir/.berth-install.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# 1. The agent binary, checked against the digest the controller publishes.
+base=$BERTH_URL/v1/install/berth-agent/$os/$arch
+fetch "$base/sha256" "$work/sha256" ||
+  fail "the controller has no berth-agent for $os/$arch (add one with \`berth agent-binary add FILE --arch $arch\`)"
+read -r want <"$work/sha256"
+changed=0
+if [ -x "$bin" ] && [ "$(sha256 "$bin")" = "$want" ]; then
+  say "berth-agent $want already installed at $bin"
+else
+  say "downloading berth-agent for $os/$arch"
+  fetch "$base" "$work/berth-agent"
+  got=$(sha256 "$work/berth-agent")
+  [ "$got" = "$want" ] || fail "the downloaded berth-agent has sha256 $got, the controller published $want; nothing was installed"
+  chmod 0755 "$work/berth-agent"
+  mv -f "$work/berth-agent" "$bin"
+  changed=1
+  say "installed $bin (sha256 $want)"
+fi
+
+# 2. The uninstall script, with this installation's paths.
+cat >"$work/uninstall" <<UNINSTALL
+#!/bin/sh
+# Removes what berth-agent's installer put on this host: the agent, its unit or pid file,
+# the binary, this script and (unless BERTH_KEEP_DATA=1) its data dir $data_dir.
+# The controller still lists the host: run \`berth host delete NAME\` there.
+set -u
+if [ -f "$unit" ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl disable --now berth-agent.service 2>/dev/null || true
+  rm -f "$unit"
+  systemctl daemon-reload 2>/dev/null || true
+fi
+if [ -f "$pidfile" ]; then
+  read -r p <"$pidfile" && kill "\$p" 2>/dev/null || true
+  rm -f "$pidfile"
+fi
+rm -f "$bin"
+[ "\${BERTH_KEEP_DATA:-}" = 1 ] || rm -rf "$data_dir"
+rm -f "\$0"
+echo "berth-agent removed"
+UNINSTALL
+chmod 0755 "$work/uninstall"
+mv -f "$work/uninstall" "$uninstall"
+
+# 3. Enrollment: once; again only when asked to re-enroll.
+if [ -f "$data_dir/identity/agent.json" ] && [ "${BERTH_REENROLL:-}" != 1 ]; then
+  say "already enrolled (identity in $data_dir/identity); not joining again"
+else
+  [ -n "${BERTH_TOKEN:-}" ] || fail "BERTH_TOKEN is not set"
+  set -- join --controller "$BERTH_URL" --ca-hash "$BERTH_CA_HASH" --data-dir "$data_dir"
+  [ -z "${BERTH_NAME:-}" ] || set -- "$@" --name "$BERTH_NAME"
+  [ "${BERTH_REENROLL:-}" != 1 ] || set -- "$@" --reenroll
+  BERTH_JOIN_TOKEN=$BERTH_TOKEN "$bin" "$@"
+  changed=1
+fi
+
+# 4. Keep it running.
+if [ "${BERTH_SKIP_START:-}" = 1 ]; then
+  say "not starting the agent (BERTH_SKIP_START=1); start it with: $bin run --data-dir $data_dir"
+elif use_systemd; then
+  cat >"$work/unit" <<UNIT
+[Unit]
+Description=berth agent
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart=$bin run --data-dir $data_dir
+Restart=always
+RestartSec=5
+LimitNOFILE=65536
+UMask=0077
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  mv -f "$work/unit" "$unit"
+  systemctl daemon-reload
+  if [ "$changed" = 1 ]; then
+    systemctl enable berth-agent.service
+    systemctl restart berth-agent.service
+  else
+    systemctl enable --now berth-agent.service
+  fi
+  say "berth-agent runs as the systemd unit berth-agent.service"
+else
+  if p=$(agent_pid); then
+    if [ "$changed" = 0 ]; then
+      say "berth-agent already runs (pid $p)"
+      exit 0
+    fi
+    kill "$p" 2>/dev/null || true
+    i=0
+    while kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+  fi
+  nohup "$bin" run --data-dir "$data_dir" >>"$data_dir/agent.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  say "berth-agent runs in the background (pid $!, log $data_dir/agent.log, pid file $pidfile)"
+fi

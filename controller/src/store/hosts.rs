@@ -1,0 +1,421 @@
+//! Hosts and their identities: bootstrap tokens, enrollment and re-enrollment,
+//! certificate renewal, heartbeats, revocation.
+
+use super::{audit, constant_time_eq, Result, Store};
+use crate::time::now_unix;
+use berth_shared::api::HostFacts;
+use sqlx::Row;
+
+/// An enrolled host row.
+#[derive(Debug, Clone)]
+pub struct HostRow {
+    pub id: i64,
+    pub name: String,
+    pub revoked: bool,
+    pub facts: HostFacts,
+    pub enrolled_at: i64,
+    pub last_seen: i64,
+    /// When the current certificate expires (unix seconds), if recorded.
+    pub cert_not_after: Option<i64>,
+    /// The caller presented the certificate this host renewed from (it has not switched
+    /// to the new one yet).
+    pub via_previous_cert: bool,
+    /// A previous certificate is still accepted.
+    pub has_previous_cert: bool,
+}
+
+/// A bootstrap token row.
+#[derive(Debug, Clone)]
+pub struct BootstrapRow {
+    pub id: String,
+    pub secret_hash: String,
+    pub uses_left: i64,
+    pub expires_at: i64,
+    /// The one host this token may re-enroll, if it is a re-enrollment token.
+    pub reenroll_host: Option<String>,
+}
+
+/// Why an enrollment was refused by the store.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("bootstrap token is not valid")]
+    TokenInvalid,
+    #[error("bootstrap token {id} expired at {at}; create a new one with `berth token create`")]
+    TokenExpired { id: String, at: String },
+    #[error("bootstrap token {id} has no uses left; create a new one with `berth token create --uses N`")]
+    TokenExhausted { id: String },
+    #[error("a host named `{name}` is already enrolled; to give it a new identity create a token with `berth token create --reenroll {name}` and join with `--reenroll`, or run `berth host delete {name}` first if it is being replaced")]
+    HostExists { name: String },
+    #[error("{0}")]
+    ReenrollNotAllowed(String),
+    #[error("no host named `{name}` is enrolled, so there is nothing to re-enroll; join without --reenroll")]
+    HostUnknown { name: String },
+    #[error("host `{name}` is revoked; delete it (`berth host delete {name}`) and join it again")]
+    HostRevoked { name: String },
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// What an enrollment writes.
+pub struct NewHost<'a> {
+    pub name: &'a str,
+    pub token_id: &'a str,
+    pub token_secret_hash: &'a str,
+    pub cert_fingerprint: &'a str,
+    pub cert_serial: &'a str,
+    /// Unix seconds.
+    pub cert_not_after: i64,
+    pub facts: &'a HostFacts,
+    /// Replace the identity of the existing host `name`.
+    pub reenroll: bool,
+}
+
+/// How a host's enrollment went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enrolled {
+    New(i64),
+    Reenrolled(i64),
+}
+
+/// A bootstrap token to record.
+pub struct NewToken<'a> {
+    pub id: &'a str,
+    pub secret_hash: &'a str,
+    pub uses: u32,
+    pub expires_at: i64,
+    pub description: Option<&'a str>,
+    /// Bind it to this enrolled host, for re-enrollment only.
+    pub reenroll_host: Option<&'a str>,
+}
+
+impl Store {
+    pub async fn create_bootstrap_token(&self, t: NewToken<'_>, actor: &str) -> Result<()> {
+        let NewToken {
+            id,
+            secret_hash,
+            uses,
+            expires_at,
+            description,
+            reenroll_host,
+        } = t;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(name) = reenroll_host {
+            let known: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE name = ?1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                return Err(super::StoreError::NotFound(format!(
+                    "no host named `{name}` is enrolled; a re-enrollment token is for an enrolled host"
+                )));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO bootstrap_tokens (id, secret_hash, description, uses_left, uses_total, expires_at, created_at, created_by, reenroll_host)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .bind(id)
+        .bind(secret_hash)
+        .bind(description)
+        .bind(uses as i64)
+        .bind(expires_at)
+        .bind(now_unix())
+        .bind(actor)
+        .bind(reenroll_host)
+        .execute(&mut *tx)
+        .await?;
+        let detail = match reenroll_host {
+            Some(h) => format!("uses={uses} reenroll={h}"),
+            None => format!("uses={uses}"),
+        };
+        audit(&mut tx, actor, "token.create", id, Some(&detail)).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Checks a bootstrap token (exists, secret matches, not expired, uses left) without
+    /// consuming it: enrollment judges the token before it parses or signs anything.
+    pub async fn check_bootstrap_token(
+        &self,
+        token_id: &str,
+        token_secret_hash: &str,
+    ) -> Result<(), EnrollError> {
+        let mut conn = self.pool.acquire().await?;
+        usable_token(&mut conn, token_id, token_secret_hash)
+            .await
+            .map(|_| ())
+    }
+
+    /// Consumes one use of the bootstrap token and records the host (or, re-enrolling,
+    /// replaces its identity), atomically: a refused enrollment consumes nothing.
+    pub async fn enroll(&self, h: NewHost<'_>) -> Result<Enrolled, EnrollError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let token = usable_token(&mut tx, h.token_id, h.token_secret_hash).await?;
+        let existing = sqlx::query("SELECT id, state FROM hosts WHERE name = ?1")
+            .bind(h.name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| (r.get::<i64, _>("id"), r.get::<String, _>("state")));
+        match (&token.reenroll_host, h.reenroll) {
+            (Some(bound), true) if bound == h.name => {}
+            (Some(bound), _) => {
+                return Err(EnrollError::ReenrollNotAllowed(format!(
+                    "this token only re-enrolls host `{bound}` (with `berth-agent join --reenroll --name {bound}`)"
+                )))
+            }
+            (None, true) => {
+                return Err(EnrollError::ReenrollNotAllowed(format!(
+                    "this token does not allow re-enrolling `{}`; create one with `berth token create --reenroll {}`",
+                    h.name, h.name
+                )))
+            }
+            (None, false) => {}
+        }
+        let facts = serde_json::to_string(h.facts).unwrap_or_else(|_| "{}".into());
+        let now = now_unix();
+        let (outcome, action) = match (existing, h.reenroll) {
+            (Some(_), false) => {
+                return Err(EnrollError::HostExists {
+                    name: h.name.to_string(),
+                })
+            }
+            (None, true) => {
+                return Err(EnrollError::HostUnknown {
+                    name: h.name.to_string(),
+                })
+            }
+            (Some((_, state)), true) if state == "revoked" => {
+                return Err(EnrollError::HostRevoked {
+                    name: h.name.to_string(),
+                })
+            }
+            (Some((id, _)), true) => {
+                // The old certificate (and any renewed-from one) is refused from now on.
+                sqlx::query(
+                    "UPDATE hosts SET cert_fingerprint = ?1, cert_serial = ?2, prev_cert_fingerprint = NULL,
+                         cert_not_after = ?3, facts = ?4, last_seen = ?5 WHERE id = ?6",
+                )
+                .bind(h.cert_fingerprint)
+                .bind(h.cert_serial)
+                .bind(h.cert_not_after)
+                .bind(&facts)
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                (Enrolled::Reenrolled(id), "host.reenroll")
+            }
+            (None, false) => {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO hosts (name, cert_fingerprint, cert_serial, cert_not_after, facts, enrolled_with, enrolled_at, last_seen)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
+                )
+                .bind(h.name)
+                .bind(h.cert_fingerprint)
+                .bind(h.cert_serial)
+                .bind(h.cert_not_after)
+                .bind(&facts)
+                .bind(&token.id)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                (Enrolled::New(id), "host.enroll")
+            }
+        };
+        sqlx::query("UPDATE bootstrap_tokens SET uses_left = uses_left - 1 WHERE id = ?1")
+            .bind(&token.id)
+            .execute(&mut *tx)
+            .await?;
+        audit(
+            &mut tx,
+            &format!("bootstrap-token:{}", token.id),
+            action,
+            h.name,
+            Some(&format!("serial={}", h.cert_serial)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Records a renewed certificate for `host_id`, which called with the certificate
+    /// `presented`. The presented one stays accepted (as the previous certificate) until
+    /// the host uses the new one, so an answer lost on the way costs nothing; a host that
+    /// renews again with its previous certificate keeps that one as the previous.
+    pub async fn renew_host_cert(
+        &self,
+        host_id: i64,
+        presented: &str,
+        fingerprint: &str,
+        serial: &str,
+        not_after: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT name, cert_fingerprint, prev_cert_fingerprint FROM hosts WHERE id = ?1",
+        )
+        .bind(host_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| super::StoreError::NotFound("the host was deleted".into()))?;
+        let name: String = row.get("name");
+        let current: String = row.get("cert_fingerprint");
+        let prev: Option<String> = row.get("prev_cert_fingerprint");
+        let keep_prev = if presented == current {
+            Some(current)
+        } else if prev.as_deref() == Some(presented) {
+            prev
+        } else {
+            return Err(super::StoreError::Conflict(
+                "the certificate presented is no longer this host's".into(),
+            ));
+        };
+        sqlx::query(
+            "UPDATE hosts SET cert_fingerprint = ?1, cert_serial = ?2, cert_not_after = ?3,
+                 prev_cert_fingerprint = ?4 WHERE id = ?5",
+        )
+        .bind(fingerprint)
+        .bind(serial)
+        .bind(not_after)
+        .bind(keep_prev)
+        .bind(host_id)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            &format!("host:{name}"),
+            "host.cert.renew",
+            &name,
+            Some(&format!("serial={serial}")),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The host has used its renewed certificate: the one it renewed from is refused now.
+    pub async fn forget_previous_cert(&self, host_id: i64) -> Result<()> {
+        sqlx::query("UPDATE hosts SET prev_cert_fingerprint = NULL WHERE id = ?1")
+            .bind(host_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The host presenting the client certificate with this fingerprint, if any.
+    pub async fn host_by_fingerprint(&self, fingerprint: &str) -> Result<Option<HostRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {HOST_COLUMNS}, prev_cert_fingerprint = ?1 AS via_prev FROM hosts
+             WHERE cert_fingerprint = ?1 OR prev_cert_fingerprint = ?1"
+        ))
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| {
+            let via_prev: bool = r.get::<Option<bool>, _>("via_prev").unwrap_or(false);
+            HostRow {
+                via_previous_cert: via_prev,
+                ..host_row(r)
+            }
+        }))
+    }
+
+    pub async fn hosts(&self) -> Result<Vec<HostRow>> {
+        let rows = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(host_row).collect())
+    }
+
+    /// Marks a heartbeat, storing new facts when given.
+    pub async fn touch_host(&self, id: i64, facts: Option<&HostFacts>) -> Result<()> {
+        match facts {
+            Some(f) => {
+                sqlx::query("UPDATE hosts SET last_seen = ?1, facts = ?2 WHERE id = ?3")
+                    .bind(now_unix())
+                    .bind(serde_json::to_string(f)?)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("UPDATE hosts SET last_seen = ?1 WHERE id = ?2")
+                    .bind(now_unix())
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    /// Revokes a host; returns false when there is no such host.
+    pub async fn revoke_host(&self, name: &str, actor: &str) -> Result<bool> {
+        let q = sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2")
+            .bind(now_unix())
+            .bind(name);
+        self.change_audited(q, actor, "host.revoke", name).await
+    }
+
+    /// Deletes a host; returns false when there is no such host.
+    pub async fn delete_host(&self, name: &str, actor: &str) -> Result<bool> {
+        let q = sqlx::query("DELETE FROM hosts WHERE name = ?1").bind(name);
+        self.change_audited(q, actor, "host.delete", name).await
+    }
+}
+
+fn host_row(r: sqlx::sqlite::SqliteRow) -> HostRow {
+    HostRow {
+        id: r.get("id"),
+        name: r.get("name"),
+        revoked: r.get::<&str, _>("state") == "revoked",
+        facts: serde_json::from_str(r.get::<&str, _>("facts")).unwrap_or_default(),
+        enrolled_at: r.get("enrolled_at"),
+        last_seen: r.get("last_seen"),
+        cert_not_after: r.get("cert_not_after"),
+        via_previous_cert: false,
+        has_previous_cert: r
+            .get::<Option<String>, _>("prev_cert_fingerprint")
+            .is_some(),
+    }
+}
+
+const HOST_COLUMNS: &str =
+    "id, name, state, facts, enrolled_at, last_seen, cert_not_after, prev_cert_fingerprint";
+
+/// The bootstrap token `id` when its secret matches and it may still enroll a host.
+async fn usable_token(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    secret_hash: &str,
+) -> Result<BootstrapRow, EnrollError> {
+    let row = sqlx::query(
+        "SELECT id, secret_hash, uses_left, expires_at, reenroll_host FROM bootstrap_tokens WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    let Some(r) = row else {
+        return Err(EnrollError::TokenInvalid);
+    };
+    let token = BootstrapRow {
+        id: r.get("id"),
+        secret_hash: r.get("secret_hash"),
+        uses_left: r.get("uses_left"),
+        expires_at: r.get("expires_at"),
+        reenroll_host: r.get("reenroll_host"),
+    };
+    if !constant_time_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
+        return Err(EnrollError::TokenInvalid);
+    }
+    if token.expires_at <= now_unix() {
+        return Err(EnrollError::TokenExpired {
+            id: token.id,
+            at: crate::time::rfc3339(token.expires_at),
+        });
+    }
+    if token.uses_left <= 0 {
+        return Err(EnrollError::TokenExhausted { id: token.id });
+    }
+    Ok(token)
+}
