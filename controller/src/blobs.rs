@@ -81,21 +81,24 @@ impl BlobStore {
         &self.root
     }
 
-    /// Copies a local file into the store, hashing it on the way (blocking).
+    /// Brings a local file into the store (blocking): hard-linked when on the same file
+    /// system (a large executable is not copied at every start), else copied; then hashed
+    /// from the store's own link, so what is stored is exactly what was hashed.
     pub fn import_file(&self, src: &Path) -> Result<(Digest, u64)> {
-        let mut input =
-            std::fs::File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
-        let guard = tempfile::Builder::new()
-            .prefix("import-")
-            .tempfile_in(self.root.join("tmp"))?;
-        let mut w = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, guard));
-        std::io::copy(&mut input, &mut w)
-            .with_context(|| format!("cannot copy {}", src.display()))?;
-        let (buf, digest, size) = w.finish();
-        let file = buf.into_inner().map_err(|e| e.into_error())?;
-        file.as_file().sync_all()?;
+        let staged = self.root.join("tmp").join(format!(
+            "import-{}-{}",
+            std::process::id(),
+            crate::pki::random_token(8)
+        ));
+        if std::fs::hard_link(src, &staged).is_err() {
+            std::fs::copy(src, &staged)
+                .with_context(|| format!("cannot copy {}", src.display()))?;
+        }
+        let guard = tempfile::TempPath::try_from_path(staged)?;
+        let (digest, size) = berth_bundle::hashio::digest_file(&guard)
+            .with_context(|| format!("cannot read {}", src.display()))?;
         self.commit(Received {
-            guard: file.into_temp_path(),
+            guard,
             digest,
             size,
         })?;

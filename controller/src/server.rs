@@ -77,6 +77,8 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         .clamp(Duration::from_millis(500), Duration::from_secs(15));
     tokio::spawn(engine.clone().run_reaper(reap_every, shutdown.clone()));
     tokio::spawn(renew_server_cert(pki.clone(), shutdown.clone()));
+    let bundled = crate::install::bundled_agent(cfg.agent_binary.as_deref())?;
+    let (bundled_ready, bundled_ready_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         store: store.clone(),
         pki: pki.clone(),
@@ -90,20 +92,28 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         unpack_limits: cfg.unpack_limits,
         engine: engine.clone(),
         agent_binaries: crate::install::open_store(&cfg.data_dir)?,
+        bundled_agent_ready: bundled_ready_rx,
     };
-    match crate::install::bundled_agent(cfg.agent_binary.as_deref())? {
+    match bundled {
         Some(path) => {
             // Hashing a large executable must not delay serving.
             let (store, bins) = (store.clone(), state.agent_binaries.clone());
             tokio::spawn(async move {
                 if let Err(e) = crate::install::import_bundled(&store, &bins, &path).await {
-                    tracing::error!(error = format!("{e:#}"), "cannot serve the bundled berth-agent");
+                    tracing::error!(
+                        error = format!("{e:#}"),
+                        "cannot serve the bundled berth-agent"
+                    );
                 }
+                let _ = bundled_ready.send(true);
             });
         }
-        None => tracing::info!(
-            "no berth-agent next to this berth: hosts cannot install themselves until `berth agent-binary add FILE --arch ARCH`"
-        ),
+        None => {
+            let _ = bundled_ready.send(true);
+            tracing::info!(
+                "no berth-agent next to this berth: hosts cannot install themselves until `berth agent-binary add FILE --arch ARCH`"
+            )
+        }
     }
     let app = api::router(state);
     tracing::info!(

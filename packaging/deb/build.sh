@@ -63,7 +63,7 @@ unit() {
   mkdir -p "$stage/${name%.service}/lib/systemd/system"
   sed -e "1i # Generated from packaging/systemd/$name by packaging/deb/build.sh." \
     -e 's|/usr/local/bin/|/usr/bin/|g' \
-    -e '/^UMask=/a LimitNOFILE=65536' \
+    -e '/^UMask=/a LimitNOFILE=lots' \
     "$@" "packaging/systemd/$name" >"$stage/${name%.service}/lib/systemd/system/$name"
 }
 
@@ -74,7 +74,8 @@ build_deb() {
   local deb=$out/${pkg}_${deb_version}_${arch}.deb
   install -D -m 0644 "$src/copyright" "$root/usr/share/doc/$pkg/copyright"
   local size
-  size=$(du -sk "$root" | cut -f1)
+  # Apparent sizes: a copy of a sparse binary takes fewer blocks than it will once unpacked.
+  size=$(du -sk --apparent-size "$root" | cut -f1)
 
   install -d -m 0755 "$root/DEBIAN"
   {

@@ -195,64 +195,70 @@ check_deb() {
   if ! [[ $size =~ ^[0-9]+$ ]] || ((size * 1024 < bytes)); then
     fail "$pkg: Installed-Size $size KiB, but the files hold $bytes bytes"
   fi
-  expect_same "control members of $pkg" "$4" "$(dpkg-deb --ctrl-tarfile "$deb" | tar -tvf - | awk '{ print $1, $2, $6 }')"
-  expect_same "file list of $pkg" "$5" "$(dpkg-deb -c "$deb" | awk '{ print $1, $2, $6 }')"
+  expect_same "control members of $pkg" "$4" "$(dpkg-deb --ctrl-tarfile "$deb" | tar -tvf - | awk '{ print $6, $1, $2 }')"
+  expect_same "file list of $pkg" "$5" "$(dpkg-deb -c "$deb" | awk '{ print $6, $1, $2 }')"
 }
 
-check_deb "$deb_berth" berth "Package: berth
+check_deb "$deb_berth" berth "\
+Package: berth
 Version: $deb_version
 Architecture: $arch
 Maintainer: berth developers <berth@localhost>
 Depends: adduser | passwd
 Section: admin
-Priority: optional" "drwxr-xr-x root/root ./
--rw-r--r-- root/root ./conffiles
--rw-r--r-- root/root ./control
--rw-r--r-- root/root ./md5sums
--rwxr-xr-x root/root ./postinst
--rwxr-xr-x root/root ./postrm
--rwxr-xr-x root/root ./prerm" "drwxr-xr-x root/root ./
-drwxr-xr-x root/root ./etc/
-drwxr-xr-x root/root ./etc/default/
--rw-r--r-- root/root ./etc/default/berth
-drwxr-xr-x root/root ./lib/
-drwxr-xr-x root/root ./lib/systemd/
-drwxr-xr-x root/root ./lib/systemd/system/
--rw-r--r-- root/root ./lib/systemd/system/berth.service
-drwxr-xr-x root/root ./usr/
-drwxr-xr-x root/root ./usr/bin/
--rwxr-xr-x root/root ./usr/bin/berth
-drwxr-xr-x root/root ./usr/lib/
-drwxr-xr-x root/root ./usr/lib/berth/
--rwxr-xr-x root/root ./usr/lib/berth/berth-agent
-drwxr-xr-x root/root ./usr/share/
-drwxr-xr-x root/root ./usr/share/doc/
-drwxr-xr-x root/root ./usr/share/doc/berth/
--rw-r--r-- root/root ./usr/share/doc/berth/copyright"
+Priority: optional" "\
+./ drwxr-xr-x root/root
+./conffiles -rw-r--r-- root/root
+./control -rw-r--r-- root/root
+./md5sums -rw-r--r-- root/root
+./postinst -rwxr-xr-x root/root
+./postrm -rwxr-xr-x root/root
+./prerm -rwxr-xr-x root/root" "\
+./ drwxr-xr-x root/root
+./etc/ drwxr-xr-x root/root
+./etc/default/ drwxr-xr-x root/root
+./etc/default/berth -rw-r--r-- root/root
+./lib/ drwxr-xr-x root/root
+./lib/systemd/ drwxr-xr-x root/root
+./lib/systemd/system/ drwxr-xr-x root/root
+./lib/systemd/system/berth.service -rw-r--r-- root/root
+./usr/ drwxr-xr-x root/root
+./usr/bin/ drwxr-xr-x root/root
+./usr/bin/berth -rwxr-xr-x root/root
+./usr/lib/ drwxr-xr-x root/root
+./usr/lib/berth/ drwxr-xr-x root/root
+./usr/lib/berth/berth-agent -rwxr-xr-x root/root
+./usr/share/ drwxr-xr-x root/root
+./usr/share/doc/ drwxr-xr-x root/root
+./usr/share/doc/berth/ drwxr-xr-x root/root
+./usr/share/doc/berth/copyright -rw-r--r-- root/root"
 [[ $(dpkg-deb --info "$deb_berth" conffiles) == /etc/default/berth ]] || fail "berth: conffiles is not /etc/default/berth"
 
-check_deb "$deb_agent" berth-agent "Package: berth-agent
+check_deb "$deb_agent" berth-agent "\
+Package: berth-agent
 Version: $deb_version
 Architecture: $arch
 Maintainer: berth developers <berth@localhost>
 Section: admin
-Priority: optional" "drwxr-xr-x root/root ./
--rw-r--r-- root/root ./control
--rw-r--r-- root/root ./md5sums
--rwxr-xr-x root/root ./postinst
--rwxr-xr-x root/root ./postrm
--rwxr-xr-x root/root ./prerm" "drwxr-xr-x root/root ./
-drwxr-xr-x root/root ./lib/
-drwxr-xr-x root/root ./lib/systemd/
-drwxr-xr-x root/root ./lib/systemd/system/
--rw-r--r-- root/root ./lib/systemd/system/berth-agent.service
-drwxr-xr-x root/root ./usr/
-drwxr-xr-x root/root ./usr/bin/
--rwxr-xr-x root/root ./usr/bin/berth-agent
-drwxr-xr-x root/root ./usr/share/
-drwxr-xr-x root/root ./usr/share/doc/
-drwxr-xr-x root/root ./usr/share/doc/berth-agent/
--rw-r--r-- root/root ./usr/share/doc/berth-agent/copyright"
+Priority: optional" "\
+./ drwxr-xr-x root/root
+./control -rw-r--r-- root/root
+./md5sums -rw-r--r-- root/root
+./postinst -rwxr-xr-x root/root
+./postrm -rwxr-xr-x root/root
+./prerm -rwxr-xr-x root/root" "\
+./ drwxr-xr-x root/root
+./lib/ drwxr-xr-x root/root
+./lib/systemd/ drwxr-xr-x root/root
+./lib/systemd/system/ drwxr-xr-x root/root
+./lib/systemd/system/berth-agent.service -rw-r--r-- root/root
+./usr/ drwxr-xr-x root/root
+./usr/bin/ drwxr-xr-x root/root
+./usr/bin/berth-agent -rwxr-xr-x root/root
+./usr/share/ drwxr-xr-x root/root
+./usr/share/doc/ drwxr-xr-x root/root
+./usr/share/doc/berth-agent/ drwxr-xr-x root/root
+./usr/share/doc/berth-agent/copyright -rw-r--r-- root/root"
 
 tree=$tmp/tree
 dpkg-deb -x "$deb_berth" "$tree"
@@ -273,9 +279,9 @@ check_unit berth.service '> # Generated from packaging/systemd/berth.service by 
 > EnvironmentFile=-/etc/default/berth
 < ExecStart=/usr/bin/berth serve --listen 0.0.0.0:7443
 > ExecStart=/usr/bin/berth serve --listen 0.0.0.0:7443 $BERTH_SERVE_ARGS
-> LimitNOFILE=65536'
+> LimitNOFILE=lots'
 check_unit berth-agent.service '> # Generated from packaging/systemd/berth-agent.service by packaging/deb/build.sh.
-> LimitNOFILE=65536'
+> LimitNOFILE=lots'
 
 echo "== systemd-analyze verify"
 if command -v systemd-analyze >/dev/null; then

@@ -295,7 +295,7 @@ fn revoke_and_delete_cut_an_agent_off_and_keep_its_identity() {
     assert!(!out.status.success());
     assert!(
         stderr(&out)
-            .contains("a host named `h1` is already enrolled; run `berth host delete h1` first"),
+            .contains("a host named `h1` is already enrolled; to give it a new identity create a token with `berth token create --reenroll h1`"),
         "{}",
         stderr(&out)
     );

@@ -23,8 +23,15 @@ pub async fn script() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/x-shellscript")], SCRIPT)
 }
 
+/// Waits (bounded) until the agent found next to the controller has been imported.
+async fn bundled_ready(st: &AppState) {
+    let mut ready = st.bundled_agent_ready.clone();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(120), ready.wait_for(|r| *r)).await;
+}
+
 async fn served(st: &AppState, os: &str, arch: &str) -> Result<(AgentBinaryRow, Digest), ApiError> {
     check_platform(os, arch).map_err(ApiError::bad_request)?;
+    bundled_ready(st).await;
     let row = st.store.agent_binary(os, arch).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -88,6 +95,7 @@ pub async fn list(
     caller: Caller,
 ) -> Result<ApiJson<Vec<AgentBinaryView>>, ApiError> {
     caller.require(Role::Viewer)?;
+    bundled_ready(&st).await;
     let rows = st.store.agent_binaries().await?;
     Ok(ApiJson(
         rows.into_iter().map(view).collect::<Result<_, _>>()?,
@@ -104,6 +112,8 @@ pub async fn add(
 ) -> Result<(StatusCode, ApiJson<AgentBinaryView>), ApiError> {
     caller.require(Role::Admin)?;
     check_platform(&os, &arch).map_err(ApiError::bad_request)?;
+    // An import still running must not replace what the operator adds now.
+    bundled_ready(&st).await;
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let received = st
         .agent_binaries

@@ -47,6 +47,9 @@ pub struct AppState {
     pub engine: Arc<crate::engine::Engine>,
     /// berth-agent executables served to installing hosts.
     pub agent_binaries: crate::install::AgentBinaries,
+    /// Becomes true once the agent found next to the controller was imported (or there
+    /// was none): install calls wait for it rather than answer "none served" at start.
+    pub bundled_agent_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 pub fn router(state: AppState) -> Router {
