@@ -90,6 +90,7 @@ impl Executor {
     pub async fn run_plan(&self, plan: &PlanPayload) -> Result<()> {
         for step in &plan.steps {
             if self.has(step, "end") {
+                self.report_again(step);
                 continue;
             }
             let resumed = self.has(step, "start");
@@ -106,6 +107,26 @@ impl Executor {
         self.journal_file(step, &format!("{idx}.{what}"))
     }
 
+    /// A finished step is in a plan only when the controller lacks its result: a controller
+    /// restored from a backup taken before the result arrived. The final report recorded
+    /// at the end is sent again (the controller takes a repeat as a duplicate).
+    fn report_again(&self, step: &PlanStep) {
+        let Ok(text) = std::fs::read_to_string(self.journal_file(step, "end")) else {
+            return;
+        };
+        let Ok(entry) = serde_json::from_str::<ReportEntry>(&text) else {
+            return; // an end mark from before reports were recorded: nothing to resend
+        };
+        tracing::info!(
+            step = step.id,
+            "step finished earlier; sending its result again"
+        );
+        if let Err(e) = self.spool.push(&entry) {
+            tracing::warn!(error = format!("{e:#}"), "cannot spool a repeated report");
+        }
+    }
+
+    /// Spools a step report and returns it.
     #[allow(clippy::too_many_arguments)]
     fn report(
         &self,
@@ -117,8 +138,8 @@ impl Executor {
         ended_at: Option<i64>,
         log_tail: Option<String>,
         outputs: BTreeMap<String, String>,
-    ) -> Result<()> {
-        self.spool.push(&ReportEntry::Step(StepReport {
+    ) -> Result<ReportEntry> {
+        let entry = ReportEntry::Step(StepReport {
             step_id: step.id,
             attempt: step.attempt,
             state,
@@ -128,7 +149,9 @@ impl Executor {
             ended_at,
             log_tail,
             outputs,
-        }))
+        });
+        self.spool.push(&entry)?;
+        Ok(entry)
     }
 
     async fn run_step(&self, plan: &PlanPayload, step: &PlanStep, resumed: bool) -> Result<()> {
@@ -190,7 +213,7 @@ impl Executor {
         let tail = tail_of(&log_path, 2048);
         // The final report is spooled before the journal says the step ended: a crash in
         // between re-reports the same result (the controller takes it as a duplicate).
-        self.report(
+        let final_report = self.report(
             step,
             outcome.state,
             outcome.exit_code,
@@ -200,7 +223,7 @@ impl Executor {
             Some(tail),
             outcome.outputs,
         )?;
-        self.mark(step, "end", outcome.state.as_str())?;
+        self.mark(step, "end", &serde_json::to_string(&final_report)?)?;
         tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, state = %outcome.state, "step finished");
         if step.kind == "leave" || (step.kind == "clean" && outcome.state == StepState::Succeeded) {
             // The log is shipped and the report spooled: nothing of the cluster stays here.

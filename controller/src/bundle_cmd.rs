@@ -48,10 +48,28 @@ pub enum BundleCmd {
     },
     /// Remove a tag (name:tag) or a bundle and all its tags (sha256:<hex>)
     Rm { reference: String },
+    /// Write bundles (name:tag or sha256:<hex>) with their tags into one file, to carry to
+    /// another controller (`berth bundle load`)
+    Save {
+        #[arg(required = true)]
+        references: Vec<String>,
+        /// The archive to write (replaced only once complete)
+        #[arg(short = 'o', long = "output-file", required = true)]
+        out: PathBuf,
+    },
+    /// Load the bundles of a `berth bundle save` file: every sha256 is checked before
+    /// anything is uploaded; same digests, same tags
+    Load { file: PathBuf },
 }
 
 pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
     match cmd {
+        BundleCmd::Save { references, out } => {
+            crate::bundle_archive::save(&Client::connect(target)?, &references, &out).await
+        }
+        BundleCmd::Load { file } => {
+            crate::bundle_archive::load(&Client::connect(target)?, &file).await
+        }
         BundleCmd::Build { dir, out, format } => {
             let packed = build(&dir, out).await?;
             match format {

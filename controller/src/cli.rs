@@ -72,6 +72,15 @@ pub enum Command {
     /// Build, push and manage bundles
     #[command(subcommand)]
     Bundle(crate::bundle_cmd::BundleCmd),
+    /// Write a consistent backup of the running controller (database, PKI, blobs) to FILE
+    Backup {
+        /// The backup file (mode 0600; replaced only once complete and checked)
+        #[arg(short = 'o', long = "output-file", required = true)]
+        out: PathBuf,
+    },
+    /// Recreate a controller from a backup in a new data dir (--data-dir, required); its
+    /// agents keep working against it
+    Restore { file: PathBuf },
     /// berth-agent executables served to hosts that install themselves
     #[command(subcommand, name = "agent-binary")]
     AgentBinary(crate::agent_binary_cmd::AgentBinaryCmd),
@@ -416,6 +425,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bundle(cmd) => crate::bundle_cmd::run(cmd, &target).await,
         Command::AgentBinary(cmd) => crate::agent_binary_cmd::run(cmd, &target).await,
+        Command::Backup { out } => crate::backup_cmd::backup(&target, &out).await,
+        Command::Restore { file } => {
+            crate::backup_cmd::restore(&file, cli.global.data_dir.as_deref()).await
+        }
         Command::ApiToken(ApiTokenCmd::Create { name, role, output }) => {
             let c = Client::connect(&target)?;
             let r: berth_shared::api::CreateApiTokenResponse = c

@@ -129,6 +129,22 @@ impl Client {
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
     }
 
+    /// A GET whose successful answer is returned unread (to stream a large body).
+    pub async fn get_response(&self, path: &str) -> Result<reqwest::Response> {
+        let resp = self.request(Method::GET, path, None::<&()>).await?;
+        check(resp).await
+    }
+
+    /// A JSON call with `method` and a body (PUT, …).
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
+        self.send(method, path, Some(body)).await
+    }
+
     /// A call whose success has no body (204).
     pub async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
         let resp = self.request(method, path, None::<&()>).await?;

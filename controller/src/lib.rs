@@ -2,7 +2,10 @@
 
 pub mod agent_binary_cmd;
 pub mod api;
+pub mod backup;
+pub mod backup_cmd;
 pub mod blobs;
+pub mod bundle_archive;
 pub mod bundle_cmd;
 pub mod cli;
 pub mod client;

@@ -81,6 +81,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     let (bundled_ready, bundled_ready_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         store: store.clone(),
+        data_dir: cfg.data_dir.clone(),
         pki: pki.clone(),
         advertise_url: advertise_url.clone(),
         host_grace: cfg.host_grace,

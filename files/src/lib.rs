@@ -77,6 +77,19 @@ pub fn read_secret(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).with_context(|| format!("cannot read secret file {}", path.display()))
 }
 
+/// Creates `path` (it must not exist) with mode 0600 exactly, for streaming a private
+/// file into (the caller fsyncs when it needs to).
+pub fn create_new_private(path: &Path) -> Result<fs::File> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(f)
+}
+
 /// Creates `dir` (and parents) with mode 0700 when missing, and sets 0700 on it.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -13,6 +13,8 @@
 set -euo pipefail
 umask 022
 
+# BERTH_BIN_DIR may be relative to the caller's directory.
+bin_dir=${BERTH_BIN_DIR:+$(realpath -m "$BERTH_BIN_DIR")}
 cd "$(dirname "$0")/../.."
 src=packaging/deb
 out=target/deb
@@ -27,9 +29,7 @@ version=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1
 # Debian sorts a pre-release (Cargo's 1.2.0-rc.1) before its release only when spelt 1.2.0~rc.1.
 deb_version=${version//-/\~}
 
-if [[ -n ${BERTH_BIN_DIR:-} ]]; then
-  bin_dir=$BERTH_BIN_DIR
-else
+if [[ -z $bin_dir ]]; then
   # Cargo's JSON messages name the executables wherever the build target (.cargo/config.toml)
   # and the target dir put them.
   bin_dir=$(cargo build --release -p berth-controller -p berth-agent \
@@ -63,17 +63,16 @@ unit() {
   mkdir -p "$stage/${name%.service}/lib/systemd/system"
   sed -e "1i # Generated from packaging/systemd/$name by packaging/deb/build.sh." \
     -e 's|/usr/local/bin/|/usr/bin/|g' \
-    -e '/^UMask=/a LimitNOFILE=lots' \
+    -e '/^UMask=/a LimitNOFILE=65536' \
     "$@" "packaging/systemd/$name" >"$stage/${name%.service}/lib/systemd/system/$name"
 }
 
 # build_deb PACKAGE DEPENDS DESCRIPTION: adds the copyright file, control files and maintainer
 # scripts to the tree $stage/PACKAGE and builds the .deb from it.
 build_deb() {
-  local pkg=$1 depends=$2 description=$3 root=$stage/$1
+  local pkg=$1 depends=$2 description=$3 root=$stage/$1 size script
   local deb=$out/${pkg}_${deb_version}_${arch}.deb
   install -D -m 0644 "$src/copyright" "$root/usr/share/doc/$pkg/copyright"
-  local size
   # Apparent sizes: a copy of a sparse binary takes fewer blocks than it will once unpacked.
   size=$(du -sk --apparent-size "$root" | cut -f1)
 
@@ -100,7 +99,6 @@ build_deb() {
   (cd "$root" && find . \( -path ./DEBIAN -o -path ./etc \) -prune -o -type f -printf '%P\0' |
     LC_ALL=C sort -z | xargs -0 md5sum) >"$root/DEBIAN/md5sums"
 
-  rm -f "$deb"
   dpkg-deb --root-owner-group --build "$root" "$deb" >&2
   echo "$deb"
 }

@@ -12,6 +12,10 @@
 set -euo pipefail
 
 self=$(realpath "$0")
+# build.sh runs from the repository root: BERTH_BIN_DIR may be relative to the caller's.
+if [[ -n ${BERTH_BIN_DIR:-} ]]; then
+  BERTH_BIN_DIR=$(realpath -m "$BERTH_BIN_DIR")
+fi
 cd "$(dirname "$self")/../.."
 
 fail() {
@@ -279,9 +283,9 @@ check_unit berth.service '> # Generated from packaging/systemd/berth.service by 
 > EnvironmentFile=-/etc/default/berth
 < ExecStart=/usr/bin/berth serve --listen 0.0.0.0:7443
 > ExecStart=/usr/bin/berth serve --listen 0.0.0.0:7443 $BERTH_SERVE_ARGS
-> LimitNOFILE=lots'
+> LimitNOFILE=65536'
 check_unit berth-agent.service '> # Generated from packaging/systemd/berth-agent.service by packaging/deb/build.sh.
-> LimitNOFILE=lots'
+> LimitNOFILE=65536'
 
 echo "== systemd-analyze verify"
 if command -v systemd-analyze >/dev/null; then

@@ -248,6 +248,33 @@ pub struct BundleView {
     pub manifest: crate::bundle::Manifest,
 }
 
+/// `PUT /v1/bundles/{name:tag}`: point a tag at a stored bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TagRequest {
+    pub digest: Digest,
+}
+
+/// The index at the start of a `berth bundle save` archive (`berth-bundles.json`),
+/// followed by one `blobs/sha256/<hex>` entry per bundle, in the same order.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BundleArchiveIndex {
+    /// `berth-bundles/v1`.
+    pub format: String,
+    pub bundles: Vec<ArchivedBundle>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivedBundle {
+    pub digest: Digest,
+    pub size: u64,
+    pub name: String,
+    pub version: String,
+    /// `name:tag` refs restored by `berth bundle load`.
+    pub tags: Vec<String>,
+}
+
 /// `POST /v1/bundles[?tag=name:tag]` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PushResponse {

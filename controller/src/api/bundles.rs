@@ -167,6 +167,35 @@ pub async fn inspect(
     Ok(ApiJson(view(row)?))
 }
 
+/// `PUT /v1/bundles/{name:tag}` `{"digest": "sha256:…"}` (operator): points the tag at a
+/// stored bundle (`berth bundle load` tags only what it verified).
+pub async fn tag(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(r): Path<String>,
+    ApiJson(req): ApiJson<berth_shared::api::TagRequest>,
+) -> Result<ApiJson<BundleView>, ApiError> {
+    caller.require(Role::Operator)?;
+    let (name, tag) = match r.parse::<BundleRef>() {
+        Ok(BundleRef::Tag { name, tag }) => (name, tag),
+        Ok(BundleRef::Digest(_)) => {
+            return Err(ApiError::bad_request("tag must be name:tag, not a digest"))
+        }
+        Err(e) => return Err(ApiError::bad_request(e.to_string())),
+    };
+    let digest = req.digest.to_string();
+    let row = st
+        .store
+        .bundle(&digest)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no bundle {digest}; push it first")))?;
+    st.store
+        .set_tag(&name, &tag, &digest, &caller.actor())
+        .await?;
+    let row = st.store.bundle(&row.digest).await?.unwrap_or(row);
+    Ok(ApiJson(view(row)?))
+}
+
 /// `name:tag` removes the tag; a digest removes the blob and every tag pointing at it.
 pub async fn remove(
     State(st): State<AppState>,

@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod agent;
 pub mod auth;
+pub mod backup;
 pub mod bundles;
 pub mod clusters;
 pub mod enroll;
@@ -31,6 +32,8 @@ pub const MAX_JSON_BODY: usize = 1 << 20;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// The controller's data dir (PKI files for backups).
+    pub data_dir: std::path::PathBuf,
     pub pki: Arc<Pki>,
     /// The URL agents are told to use.
     pub advertise_url: String,
@@ -66,6 +69,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/install/berth-agent/{os}/{arch}/sha256",
             get(install::binary_sha256),
         )
+        .route("/v1/backup", get(backup::backup))
         .route("/v1/agent-binaries", get(install::list))
         .route(
             "/v1/agent-binaries/{os}/{arch}",
@@ -92,7 +96,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/bundles/{*reference}",
-            get(bundles::inspect).delete(bundles::remove),
+            get(bundles::inspect)
+                .put(bundles::tag)
+                .delete(bundles::remove),
         )
         .route("/v1/blobs/sha256/{hex}", get(bundles::blob))
         .fallback(|| async {

@@ -412,6 +412,7 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 pub mod agent_binaries;
+pub mod backup;
 pub mod clusters;
 pub mod error;
 pub mod hosts;

@@ -1,0 +1,69 @@
+//! `GET /v1/backup` (admin): the controller's consistent online backup, streamed.
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::AppState;
+use crate::backup::{pki_files, write_archive, Manifest, FORMAT};
+use crate::store::Role;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use berth_shared::Digest;
+use std::collections::BTreeMap;
+
+pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("backup-")
+        .tempdir_in(st.blobs.root().join("tmp"))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let snapshot = tmp.path().join("berth.db");
+    // The database first, then the blob lists from it: every file it names is on disk
+    // (content-addressed files are only removed after their rows).
+    st.store.snapshot_into(&snapshot).await?;
+    let (bundles, agents) = st.store.blob_inventory().await?;
+    let parse = |rows: Vec<(String, i64)>| -> Result<BTreeMap<Digest, u64>, ApiError> {
+        rows.into_iter()
+            .map(|(d, n)| {
+                d.parse::<Digest>()
+                    .map(|d| (d, n as u64))
+                    .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored digest: {e}")))
+            })
+            .collect()
+    };
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        berth_version: berth_shared::VERSION.into(),
+        created_at: crate::time::rfc3339(crate::time::now_unix()),
+        ca_hash: st.pki.ca_hash(),
+        pki: pki_files(&st.data_dir),
+        blobs: parse(bundles)?,
+        agent_binaries: parse(agents)?,
+    };
+    tracing::info!(actor = %caller.actor(), blobs = manifest.blobs.len(), "backup started");
+    let (writer, reader) = tokio::io::duplex(1 << 20);
+    let (data_dir, blobs, agents) = (
+        st.data_dir.clone(),
+        st.blobs.clone(),
+        st.agent_binaries.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let out = tokio_util::io::SyncIoBridge::new(writer);
+        let result = write_archive(out, &data_dir, &snapshot, &manifest, &blobs, &agents);
+        drop(tmp);
+        match result {
+            Ok(()) => tracing::info!("backup sent"),
+            // The client sees a cut stream, and `berth backup` refuses to keep it.
+            Err(e) => tracing::error!(error = format!("{e:#}"), "backup failed"),
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-tar")],
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            reader,
+            256 * 1024,
+        )),
+    )
+        .into_response())
+}

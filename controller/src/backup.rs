@@ -1,0 +1,375 @@
+//! `berth backup` and `berth restore`: a consistent online snapshot of a controller in one
+//! file, and a new data dir made from it that the existing agents keep talking to (same
+//! CA, same keys, same hosts and clusters).
+//!
+//! The archive is a tar: `backup.json` (what is inside, with every blob's digest and size)
+//! first, then `berth.db` (SQLite `VACUUM INTO`, taken while serving), `pki/*` (CA, keys,
+//! admin token — the file is as secret as the data dir) and the content-addressed files,
+//! `blobs/sha256/<hex>` and `agent-binaries/sha256/<hex>`. Both `berth backup` (before it
+//! keeps the file) and `berth restore` (before it writes anything) read the whole archive
+//! and check every digest.
+
+use crate::blobs::BlobStore;
+use crate::pki::PkiPaths;
+use crate::store::Store;
+use anyhow::{bail, Context, Result};
+use berth_bundle::hashio::HashingReader;
+use berth_shared::Digest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+pub const MANIFEST: &str = "backup.json";
+pub const FORMAT: &str = "berth-backup/v1";
+const DB: &str = "berth.db";
+/// The PKI files a backup carries (those present are taken; ca.crt and ca.key must be).
+const PKI_FILES: &[&str] = &[
+    "ca.crt",
+    "ca.key",
+    "server.crt",
+    "server.key",
+    "server.sans",
+    "plan-signing.key",
+    "admin.token",
+];
+const MAX_SMALL: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub berth_version: String,
+    /// RFC 3339.
+    pub created_at: String,
+    pub ca_hash: Digest,
+    pub pki: Vec<String>,
+    /// Bundle blobs, digest → size.
+    pub blobs: BTreeMap<Digest, u64>,
+    /// Agent executables, digest → size.
+    pub agent_binaries: BTreeMap<Digest, u64>,
+}
+
+/// Writes the backup of a running controller into `out` (blocking; run on a blocking
+/// thread). `snapshot` is the database copy taken for it.
+pub fn write_archive(
+    out: impl Write,
+    data_dir: &Path,
+    snapshot: &Path,
+    manifest: &Manifest,
+    blobs: &BlobStore,
+    agents: &BlobStore,
+) -> Result<()> {
+    let mut b = tar::Builder::new(out);
+    b.mode(tar::HeaderMode::Deterministic);
+    let json = serde_json::to_vec_pretty(manifest)?;
+    append(&mut b, MANIFEST, json.len() as u64, 0o600, &json[..])?;
+    let db = std::fs::File::open(snapshot).context("database snapshot")?;
+    append(&mut b, DB, db.metadata()?.len(), 0o600, db)?;
+    let pki = PkiPaths::new(data_dir).dir;
+    for name in &manifest.pki {
+        let f = std::fs::File::open(pki.join(name)).with_context(|| format!("pki/{name}"))?;
+        append(
+            &mut b,
+            &format!("pki/{name}"),
+            f.metadata()?.len(),
+            0o600,
+            f,
+        )?;
+    }
+    for (store, prefix, list) in [
+        (blobs, "blobs", &manifest.blobs),
+        (agents, "agent-binaries", &manifest.agent_binaries),
+    ] {
+        for (digest, size) in list {
+            let f = std::fs::File::open(store.path(digest))
+                .with_context(|| format!("{prefix} {digest}"))?;
+            // Content-addressed files never change; the size is checked on restore.
+            append(
+                &mut b,
+                &format!("{prefix}/sha256/{}", digest.hex()),
+                *size,
+                0o600,
+                f.take(*size),
+            )?;
+        }
+    }
+    b.into_inner()?.flush()?;
+    Ok(())
+}
+
+fn append<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    size: u64,
+    mode: u32,
+    data: impl Read,
+) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(mode);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, path, data)
+        .with_context(|| format!("cannot write {path} into the backup"))
+}
+
+/// The PKI files present in `data_dir` that a backup takes.
+pub fn pki_files(data_dir: &Path) -> Vec<String> {
+    let dir = PkiPaths::new(data_dir).dir;
+    PKI_FILES
+        .iter()
+        .filter(|n| dir.join(n).is_file())
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// Where an archive entry goes under a data dir, or why it is refused.
+fn destination(path: &str, m: &Manifest) -> Result<(PathBuf, Option<(Digest, u64)>), String> {
+    if path == DB {
+        return Ok((PathBuf::from(DB), None));
+    }
+    if let Some(name) = path.strip_prefix("pki/") {
+        if m.pki.iter().any(|p| p == name) && PKI_FILES.contains(&name) {
+            return Ok((PathBuf::from("pki").join(name), None));
+        }
+    }
+    for (prefix, list) in [("blobs", &m.blobs), ("agent-binaries", &m.agent_binaries)] {
+        if let Some(hex) = path.strip_prefix(&format!("{prefix}/sha256/")) {
+            if let Ok(d) = format!("sha256:{hex}").parse::<Digest>() {
+                if let Some(size) = list.get(&d) {
+                    // BlobStore layout: sha256/<2 hex>/<hex>.
+                    let rel = PathBuf::from(prefix)
+                        .join("sha256")
+                        .join(&hex[..2])
+                        .join(hex);
+                    return Ok((rel, Some((d, *size))));
+                }
+            }
+        }
+    }
+    Err(format!(
+        "unexpected entry `{path}`: not listed in {MANIFEST}"
+    ))
+}
+
+/// Reads the whole archive and checks it: manifest first, every entry expected, every
+/// digest and size right, nothing missing. With `into`, also writes the entries under
+/// that directory (which must be new and empty).
+pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manifest> {
+    let mut a = tar::Archive::new(archive);
+    let mut entries = a.entries()?;
+    let mut first = entries.next().context("the backup is empty")??;
+    let p = first.path()?.to_string_lossy().into_owned();
+    if p != MANIFEST || first.size() > MAX_SMALL {
+        bail!("not a berth backup: the first entry must be {MANIFEST}, found `{p}`");
+    }
+    let mut text = Vec::new();
+    first.read_to_end(&mut text)?;
+    let m: Manifest =
+        serde_json::from_slice(&text).with_context(|| format!("{MANIFEST} is not valid"))?;
+    if m.format != FORMAT {
+        bail!("{MANIFEST}: format `{}` is not {FORMAT}", m.format);
+    }
+    for required in ["ca.crt", "ca.key", "plan-signing.key", "admin.token"] {
+        if !m.pki.iter().any(|p| p == required) {
+            bail!("{MANIFEST}: the backup lacks pki/{required}");
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for e in entries {
+        let mut e = e?;
+        let path = e.path()?.to_string_lossy().into_owned();
+        if e.header().entry_type() != tar::EntryType::Regular {
+            bail!("unexpected entry `{path}`: only regular files belong in a backup");
+        }
+        let (rel, blob) = destination(&path, &m).map_err(anyhow::Error::msg)?;
+        if !seen.insert(path.clone()) {
+            bail!("`{path}` appears twice");
+        }
+        if blob.is_none() && path != DB && e.size() > MAX_SMALL {
+            bail!("`{path}` is larger than {MAX_SMALL} bytes");
+        }
+        let mut sink: Box<dyn Write> = match into {
+            Some(dir) => {
+                let dest = dir.join(&rel);
+                if let Some(parent) = dest.parent() {
+                    berth_files::create_private_dir(parent)?;
+                }
+                Box::new(std::io::BufWriter::new(
+                    berth_files::create_new_private(&dest)
+                        .with_context(|| format!("cannot create {}", dest.display()))?,
+                ))
+            }
+            None => Box::new(std::io::sink()),
+        };
+        let mut h = HashingReader::new(&mut e);
+        let n = std::io::copy(&mut h, &mut sink)
+            .with_context(|| format!("cannot read `{path}` (truncated backup?)"))?;
+        sink.flush()?;
+        drop(sink);
+        if let Some(dir) = into {
+            // Durable before the database is opened and the directory moved into place.
+            std::fs::File::open(dir.join(&rel))?.sync_all()?;
+        }
+        let (got, _) = h.finish();
+        if let Some((want, size)) = blob {
+            if n != size || got != want {
+                bail!("`{path}` is {n} bytes with {got}; the backup is corrupt");
+            }
+        }
+    }
+    let mut missing: Vec<String> = Vec::new();
+    if !seen.contains(DB) {
+        missing.push(DB.into());
+    }
+    for p in &m.pki {
+        if !seen.contains(&format!("pki/{p}")) {
+            missing.push(format!("pki/{p}"));
+        }
+    }
+    for (prefix, list) in [("blobs", &m.blobs), ("agent-binaries", &m.agent_binaries)] {
+        for d in list.keys() {
+            let p = format!("{prefix}/sha256/{}", d.hex());
+            if !seen.contains(&p) {
+                missing.push(p);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "the backup is incomplete (truncated?): {} missing, first `{}`",
+            missing.len(),
+            missing[0]
+        );
+    }
+    Ok(m)
+}
+
+/// `berth restore FILE --data-dir DIR`: checks the whole backup, writes it into a new
+/// directory beside DIR, opens the database (migrating it if this berth is newer), makes
+/// plan generations jump ahead, then moves it to DIR.
+pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backup::Inventory> {
+    if data_dir.exists()
+        && std::fs::read_dir(data_dir)
+            .with_context(|| format!("cannot read {}", data_dir.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} is not empty; restore into a new or empty directory (nothing was changed)",
+            data_dir.display()
+        );
+    }
+    let f = file.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        check_or_extract(std::io::BufReader::new(std::fs::File::open(&f)?), None)
+    })
+    .await?
+    .with_context(|| format!("{} is refused; nothing was restored", file.display()))?;
+
+    let parent = data_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)?;
+    let staging = tempfile::Builder::new()
+        .prefix(".berth-restore-")
+        .tempdir_in(parent)?;
+    let (f, dir) = (file.to_path_buf(), staging.path().to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        berth_files::create_private_dir(&dir)?;
+        check_or_extract(
+            std::io::BufReader::new(std::fs::File::open(&f)?),
+            Some(&dir),
+        )
+    })
+    .await??;
+    let store = Store::open(staging.path()).await?;
+    store
+        .mark_restored(&file.display().to_string())
+        .await
+        .map_err(anyhow::Error::from)?;
+    let inventory = store.inventory().await.map_err(anyhow::Error::from)?;
+    store.close().await;
+    if data_dir.exists() {
+        std::fs::remove_dir(data_dir)?;
+    }
+    let staged = staging.keep();
+    std::fs::rename(&staged, data_dir)
+        .with_context(|| format!("cannot move the restored data into {}", data_dir.display()))?;
+    berth_files::sync_dir(parent);
+    Ok(inventory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.as_ustar_mut().unwrap().name[..p.len()].copy_from_slice(p.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_mode(0o600);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn manifest(blob: &[u8]) -> Vec<u8> {
+        serde_json::to_vec(&Manifest {
+            format: FORMAT.into(),
+            berth_version: "0".into(),
+            created_at: "now".into(),
+            ca_hash: Digest::of(b"ca"),
+            pki: ["ca.crt", "ca.key", "plan-signing.key", "admin.token"]
+                .map(String::from)
+                .to_vec(),
+            blobs: [(Digest::of(blob), blob.len() as u64)].into(),
+            agent_binaries: BTreeMap::new(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn hostile_and_damaged_backups_are_refused() {
+        let blob: &[u8] = b"blob";
+        let m = manifest(blob);
+        let bpath = format!("blobs/sha256/{}", Digest::of(blob).hex());
+        let good: Vec<(&str, &[u8])> = vec![
+            (MANIFEST, &m),
+            (DB, b"db"),
+            ("pki/ca.crt", b"c"),
+            ("pki/ca.key", b"k"),
+            ("pki/plan-signing.key", b"p"),
+            ("pki/admin.token", b"t"),
+            (&bpath, blob),
+        ];
+        assert!(check_or_extract(&raw_tar(&good)[..], None).is_ok());
+        let err = |entries: Vec<(&str, &[u8])>| {
+            format!(
+                "{:#}",
+                check_or_extract(&raw_tar(&entries)[..], None).unwrap_err()
+            )
+        };
+        let mut evil = good.clone();
+        evil.push(("../../etc/cron.d/x", b"* * * * * root sh"));
+        assert!(err(evil).contains("unexpected entry `../../etc/cron.d/x`"));
+        let mut evil = good.clone();
+        evil.push(("pki/../../x", b"x"));
+        assert!(err(evil).contains("unexpected entry `pki/../../x`"));
+        let mut bad = good.clone();
+        bad[6] = (&bpath, b"bolb");
+        assert!(err(bad).contains("the backup is corrupt"));
+        let mut cut = good.clone();
+        cut.pop();
+        assert!(err(cut).contains("incomplete"));
+        let mut twice = good.clone();
+        twice.push((DB, b"db"));
+        assert!(err(twice).contains("appears twice"));
+        assert!(err(vec![(DB, b"db")]).contains("the first entry must be backup.json"));
+    }
+}

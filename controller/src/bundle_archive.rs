@@ -1,0 +1,418 @@
+//! `berth bundle save` / `berth bundle load`: bundles moved between controllers as one
+//! file (sneakernet into an air gap), with the same digests and their tags.
+//!
+//! The archive is a plain tar: `berth-bundles.json` (the index: digest, size, name,
+//! version, tags of each bundle) first, then `blobs/sha256/<hex>` per bundle in index
+//! order. Saving streams each blob from the controller into the tar while hashing it.
+//! Loading checks the whole archive first (layout, sizes, every sha256) and only then
+//! uploads; each upload's digest must match, and tags are set last, so a damaged or
+//! hostile archive changes nothing.
+
+use crate::client::Client;
+use anyhow::{anyhow, bail, Context, Result};
+use berth_bundle::hashio::HashingReader;
+use berth_shared::api::{ArchivedBundle, BundleArchiveIndex, BundleView, PushResponse, TagRequest};
+use berth_shared::{BundleRef, Digest};
+use futures_util::TryStreamExt;
+use reqwest::Method;
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub const INDEX: &str = "berth-bundles.json";
+pub const FORMAT: &str = "berth-bundles/v1";
+const MAX_INDEX: u64 = 4 << 20;
+const MAX_BUNDLES: usize = 10_000;
+
+fn blob_entry(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+/// Saves the bundles `refs` name into `out` (written to a temp file beside it, renamed
+/// into place when complete).
+pub async fn save(client: &Client, refs: &[String], out: &Path) -> Result<()> {
+    // Resolve every ref first: a typo fails before anything is written.
+    let mut by_digest: BTreeMap<Digest, ArchivedBundle> = BTreeMap::new();
+    let mut order = Vec::new();
+    for r in refs {
+        let parsed: BundleRef = r.parse().map_err(|e| anyhow!("`{r}`: {e}"))?;
+        let v: BundleView = client.get(&format!("/v1/bundles/{r}")).await?;
+        let entry = by_digest.entry(v.digest).or_insert_with(|| {
+            order.push(v.digest);
+            ArchivedBundle {
+                digest: v.digest,
+                size: v.size,
+                name: v.name.clone(),
+                version: v.version.clone(),
+                tags: Vec::new(),
+            }
+        });
+        if let BundleRef::Tag { name, tag } = parsed {
+            let t = format!("{name}:{tag}");
+            if !entry.tags.contains(&t) {
+                entry.tags.push(t);
+            }
+        }
+    }
+    let index = BundleArchiveIndex {
+        format: FORMAT.into(),
+        bundles: order.iter().filter_map(|d| by_digest.remove(d)).collect(),
+    };
+
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".berth-save-")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    let (file, tmp_path) = tmp.into_parts();
+    let index_json = serde_json::to_vec_pretty(&index)?;
+    let mut builder = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, file));
+    builder.mode(tar::HeaderMode::Deterministic);
+    let (builder_back, total) = {
+        let mut b = builder;
+        append(&mut b, INDEX, index_json.len() as u64, &index_json[..])?;
+        let mut total = 0u64;
+        for item in &index.bundles {
+            let resp = client
+                .get_response(&format!("/v1/blobs/sha256/{}", item.digest.hex()))
+                .await?;
+            let stream = resp.bytes_stream().map_err(std::io::Error::other);
+            let reader = tokio_util::io::StreamReader::new(stream);
+            let (digest, size) = (item.digest, item.size);
+            b = tokio::task::spawn_blocking(move || -> Result<_> {
+                let mut hashing =
+                    HashingReader::new(tokio_util::io::SyncIoBridge::new(reader).take(size));
+                append(&mut b, &blob_entry(&digest), size, &mut hashing)?;
+                let (got, n) = hashing.finish();
+                if got != digest || n != size {
+                    bail!("the controller sent {n} bytes with digest {got} for {digest}");
+                }
+                Ok(b)
+            })
+            .await??;
+            total += size;
+            eprintln!(
+                "saved {} ({}, {})",
+                item.digest,
+                item.tags.join(", "),
+                indicatif::HumanBytes(size)
+            );
+        }
+        (b, total)
+    };
+    let w = builder_back.into_inner()?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    tmp_path
+        .persist(out)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {} bundle(s), {} of blobs, to {}",
+        index.bundles.len(),
+        indicatif::HumanBytes(total),
+        out.display()
+    );
+    Ok(())
+}
+
+fn append<W: std::io::Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    size: u64,
+    data: impl Read,
+) -> Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, path, data)
+        .with_context(|| format!("cannot write {path} into the archive"))
+}
+
+/// What a checked archive holds.
+#[derive(Debug)]
+pub struct Checked {
+    pub index: BundleArchiveIndex,
+}
+
+/// Why an archive is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArchiveError {
+    #[error("not a berth bundle archive: the first entry must be {INDEX}, found `{0}`")]
+    NoIndex(String),
+    #[error("{INDEX}: {0}")]
+    BadIndex(String),
+    #[error(
+        "unexpected entry `{0}`: a bundle archive holds only {INDEX} and blobs/sha256/<hex> files"
+    )]
+    UnexpectedEntry(String),
+    #[error("`{entry}` is {got} bytes, the index says {want}")]
+    SizeMismatch { entry: String, got: u64, want: u64 },
+    #[error("`{entry}` has sha256 {got}; it is corrupt or was altered")]
+    DigestMismatch { entry: String, got: Digest },
+    #[error("the archive ends before {0} (truncated?)")]
+    Missing(String),
+    #[error("cannot read the archive: {0}")]
+    Io(String),
+}
+
+/// Reads the whole archive at `path` and checks it without uploading anything.
+pub fn check(path: &Path) -> Result<Checked, ArchiveError> {
+    let f = std::fs::File::open(path).map_err(|e| ArchiveError::Io(e.to_string()))?;
+    check_reader(std::io::BufReader::with_capacity(1 << 20, f))
+}
+
+pub fn check_reader(r: impl Read) -> Result<Checked, ArchiveError> {
+    let io = |e: std::io::Error| ArchiveError::Io(e.to_string());
+    let mut archive = tar::Archive::new(r);
+    let mut entries = archive.entries().map_err(io)?;
+    let mut first = match entries.next() {
+        Some(e) => e.map_err(io)?,
+        None => return Err(ArchiveError::NoIndex("(empty archive)".into())),
+    };
+    let first_path = entry_path(&first)?;
+    if first_path != INDEX || first.header().entry_type() != tar::EntryType::Regular {
+        return Err(ArchiveError::NoIndex(first_path));
+    }
+    if first.size() > MAX_INDEX {
+        return Err(ArchiveError::BadIndex(format!(
+            "larger than {MAX_INDEX} bytes"
+        )));
+    }
+    let mut text = Vec::new();
+    first.read_to_end(&mut text).map_err(io)?;
+    let index: BundleArchiveIndex =
+        serde_json::from_slice(&text).map_err(|e| ArchiveError::BadIndex(e.to_string()))?;
+    validate_index(&index)?;
+    let mut next = 0usize;
+    for e in entries {
+        let mut e = e.map_err(io)?;
+        let p = entry_path(&e)?;
+        let Some(want) = index.bundles.get(next) else {
+            return Err(ArchiveError::UnexpectedEntry(p));
+        };
+        if p != blob_entry(&want.digest) || e.header().entry_type() != tar::EntryType::Regular {
+            return Err(ArchiveError::UnexpectedEntry(p));
+        }
+        if e.size() != want.size {
+            return Err(ArchiveError::SizeMismatch {
+                entry: p,
+                got: e.size(),
+                want: want.size,
+            });
+        }
+        let mut h = HashingReader::new(&mut e);
+        std::io::copy(&mut h, &mut std::io::sink()).map_err(io)?;
+        let (got, _) = h.finish();
+        if got != want.digest {
+            return Err(ArchiveError::DigestMismatch { entry: p, got });
+        }
+        next += 1;
+    }
+    if let Some(missing) = index.bundles.get(next) {
+        return Err(ArchiveError::Missing(blob_entry(&missing.digest)));
+    }
+    Ok(Checked { index })
+}
+
+fn entry_path<R: Read>(e: &tar::Entry<'_, R>) -> Result<String, ArchiveError> {
+    let p = e.path().map_err(|e| ArchiveError::Io(e.to_string()))?;
+    Ok(p.to_string_lossy().into_owned())
+}
+
+fn validate_index(index: &BundleArchiveIndex) -> Result<(), ArchiveError> {
+    let bad = |m: String| Err(ArchiveError::BadIndex(m));
+    if index.format != FORMAT {
+        return bad(format!(
+            "format `{}` is not {FORMAT} (made by a newer berth?)",
+            index.format
+        ));
+    }
+    if index.bundles.len() > MAX_BUNDLES {
+        return bad(format!("more than {MAX_BUNDLES} bundles"));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for b in &index.bundles {
+        if !seen.insert(b.digest) {
+            return bad(format!("{} is listed twice", b.digest));
+        }
+        for t in &b.tags {
+            match t.parse::<BundleRef>() {
+                Ok(BundleRef::Tag { .. }) => {}
+                _ => return bad(format!("`{t}` is not a name:tag")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks the archive, uploads every bundle (skipping none: a present one is a no-op on
+/// the controller), verifies each digest, then sets the tags.
+pub async fn load(client: &Client, path: &Path) -> Result<()> {
+    let p = path.to_path_buf();
+    let checked = tokio::task::spawn_blocking(move || check(&p))
+        .await?
+        .with_context(|| format!("{} is refused; nothing was loaded", path.display()))?;
+    let index = checked.index;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(Digest, PathBuf, tempfile::TempDir)>(1);
+    // Unpack one blob at a time to a temp file (the tar is read once more, sequentially).
+    let p = path.to_path_buf();
+    let order: Vec<Digest> = index.bundles.iter().map(|b| b.digest).collect();
+    let reader = tokio::task::spawn_blocking(move || -> Result<()> {
+        let f = std::fs::File::open(&p)?;
+        let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, f));
+        let mut entries = archive.entries()?;
+        entries.next(); // the index
+        for (digest, e) in order.into_iter().zip(entries) {
+            let mut e = e?;
+            let dir = tempfile::tempdir()?;
+            let file = dir.path().join("blob");
+            std::io::copy(&mut e, &mut std::fs::File::create(&file)?)?;
+            if tx.blocking_send((digest, file, dir)).is_err() {
+                break;
+            }
+        }
+        Ok(())
+    });
+    while let Some((digest, file, _dir)) = rx.recv().await {
+        let f = tokio::fs::File::open(&file).await?;
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024));
+        let pushed: PushResponse = client.post_body("/v1/bundles", body).await?;
+        if pushed.digest != digest {
+            bail!(
+                "the controller stored {} for {digest}; nothing was tagged",
+                pushed.digest
+            );
+        }
+        eprintln!("loaded {digest}");
+    }
+    reader.await??;
+    for b in &index.bundles {
+        for t in &b.tags {
+            let _: BundleView = client
+                .call(
+                    Method::PUT,
+                    &format!("/v1/bundles/{t}"),
+                    &TagRequest { digest: b.digest },
+                )
+                .await?;
+            eprintln!("tagged {t} → {}", b.digest);
+        }
+    }
+    eprintln!(
+        "loaded {} bundle(s) from {}",
+        index.bundles.len(),
+        path.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar with these entries, names written raw (the builder itself refuses `..`).
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, data) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.as_ustar_mut().unwrap().name[..p.len()].copy_from_slice(p.as_bytes());
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn index_for(blobs: &[&[u8]], tags: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(&BundleArchiveIndex {
+            format: FORMAT.into(),
+            bundles: blobs
+                .iter()
+                .map(|b| ArchivedBundle {
+                    digest: Digest::of(b),
+                    size: b.len() as u64,
+                    name: "x".into(),
+                    version: "1".into(),
+                    tags: tags.iter().map(|t| t.to_string()).collect(),
+                })
+                .collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_whole_archive_checks() {
+        let blob: &[u8] = b"bundle bytes";
+        let idx = index_for(&[blob], &["x:1"]);
+        let t = tar_of(&[(INDEX, &idx), (&blob_entry(&Digest::of(blob)), blob)]);
+        let c = check_reader(&t[..]).unwrap();
+        assert_eq!(c.index.bundles[0].tags, ["x:1"]);
+    }
+
+    #[test]
+    fn damaged_and_hostile_archives_are_refused_with_their_reason() {
+        let blob: &[u8] = b"bundle bytes";
+        let d = Digest::of(blob);
+        let idx = index_for(&[blob], &["x:1"]);
+        let entry = blob_entry(&d);
+        let cases: Vec<(Vec<u8>, ArchiveError)> = vec![
+            (tar_of(&[]), ArchiveError::NoIndex("(empty archive)".into())),
+            (
+                tar_of(&[("evil.sh", b"x"), (INDEX, &idx)]),
+                ArchiveError::NoIndex("evil.sh".into()),
+            ),
+            (
+                tar_of(&[(INDEX, &idx), (&entry, b"bundle bytez")]),
+                ArchiveError::DigestMismatch {
+                    entry: entry.clone(),
+                    got: Digest::of(b"bundle bytez"),
+                },
+            ),
+            (
+                tar_of(&[(INDEX, &idx), (&entry, b"short")]),
+                ArchiveError::SizeMismatch {
+                    entry: entry.clone(),
+                    got: 5,
+                    want: 12,
+                },
+            ),
+            (
+                tar_of(&[(INDEX, &idx)]),
+                ArchiveError::Missing(entry.clone()),
+            ),
+            (
+                tar_of(&[(INDEX, &idx), (&entry, blob), ("../../etc/passwd", b"x")]),
+                ArchiveError::UnexpectedEntry("../../etc/passwd".into()),
+            ),
+            (
+                tar_of(&[
+                    (INDEX, &index_for(&[blob], &["sha256:abc"])),
+                    (&entry, blob),
+                ]),
+                ArchiveError::BadIndex("`sha256:abc` is not a name:tag".into()),
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(check_reader(&t[..]).unwrap_err(), want);
+        }
+        let bad_format =
+            serde_json::to_vec(&serde_json::json!({"format": "other/v9", "bundles": []})).unwrap();
+        assert!(matches!(
+            check_reader(&tar_of(&[(INDEX, &bad_format)])[..]),
+            Err(ArchiveError::BadIndex(m)) if m.contains("other/v9")
+        ));
+        let unknown = br#"{"format":"berth-bundles/v1","bundles":[],"run":"rm -rf /"}"#;
+        assert!(matches!(
+            check_reader(&tar_of(&[(INDEX, unknown)])[..]),
+            Err(ArchiveError::BadIndex(m)) if m.contains("unknown field")
+        ));
+    }
+}

@@ -1,0 +1,70 @@
+//! Consistent online snapshots of the store, and what a restore changes.
+
+use super::{audit, Result, Store};
+use std::path::Path;
+
+/// Counts shown after a restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inventory {
+    pub hosts: i64,
+    pub clusters: i64,
+    pub bundles: i64,
+}
+
+/// Plan generations jump by this much on restore, past anything the controller the
+/// backup came from can have sent after the snapshot, so agents accept the restored
+/// controller's plans (they refuse a generation they have seen).
+pub const RESTORE_GENERATION_JUMP: i64 = 1_000_000;
+
+impl Store {
+    /// Writes a consistent copy of the whole database to `dest` (`VACUUM INTO`: one read
+    /// transaction, while the controller keeps serving).
+    pub async fn snapshot_into(&self, dest: &Path) -> Result<()> {
+        let dest = dest
+            .to_str()
+            .ok_or_else(|| super::StoreError::Conflict("the snapshot path is not UTF-8".into()))?;
+        sqlx::query("VACUUM INTO ?1")
+            .bind(dest)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Digests of every stored bundle and served agent executable, with sizes.
+    pub async fn blob_inventory(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+        let bundles = sqlx::query_as("SELECT digest, size FROM bundles ORDER BY digest")
+            .fetch_all(&self.pool)
+            .await?;
+        let agents =
+            sqlx::query_as("SELECT DISTINCT digest, size FROM agent_binaries ORDER BY digest")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok((bundles, agents))
+    }
+
+    pub async fn inventory(&self) -> Result<Inventory> {
+        let n = |sql: &'static str| async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&self.pool)
+                .await
+        };
+        Ok(Inventory {
+            hosts: n("SELECT COUNT(*) FROM hosts").await?,
+            clusters: n("SELECT COUNT(*) FROM clusters").await?,
+            bundles: n("SELECT COUNT(*) FROM bundles").await?,
+        })
+    }
+
+    /// What a restore changes in the restored database: plan generations jump ahead, and
+    /// the audit log says where the data came from.
+    pub async fn mark_restored(&self, from: &str) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE hosts SET plan_generation = plan_generation + ?1")
+            .bind(RESTORE_GENERATION_JUMP)
+            .execute(&mut *tx)
+            .await?;
+        audit(&mut tx, "berth restore", "controller.restore", from, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
