@@ -207,6 +207,11 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                 delay
             }
             Err(e) => {
+                if session.reload_if_replaced() {
+                    // Re-enrolled (e.g. with a rotated CA) while running: retry at once.
+                    connected = false;
+                    continue;
+                }
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %chain(&e), retry_in = ?delay, "controller unreachable");
                 connected = false;
