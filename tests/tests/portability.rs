@@ -118,9 +118,17 @@ fn a_backup_taken_during_an_apply_restores_a_controller_the_agents_keep_using() 
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    // The old controller goes on a little (results it accepts now are not in the
-    // backup), then is gone.
-    std::thread::sleep(Duration::from_secs(3));
+    // The old controller goes on until both installs succeeded (results that are not in
+    // the backup), then is gone.
+    wait_for("installs done on the old controller", Duration::from_secs(60), || {
+        let st = ctl.status("kept");
+        st["steps"]
+            .as_array()?
+            .iter()
+            .filter(|s| s["kind"] == "install")
+            .all(|s| s["state"] == "succeeded")
+            .then_some(())
+    });
     let hosts_before = stdout(&ctl.cli(&["get", "hosts", "-o", "json"]));
     ctl.stop();
 
@@ -175,6 +183,16 @@ fn a_backup_taken_during_an_apply_restores_a_controller_the_agents_keep_using() 
     let out = ctl.cli(&["status", "kept", "--watch"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     assert_eq!(ctl.status("kept")["phase"], "Running");
+    // The install results the backup lacked came again from the agents' journals.
+    let resent = ["b1", "b2"]
+        .iter()
+        .filter(|h| {
+            std::fs::read_to_string(ctl.dir.path().join(format!("agent-{h}.log")))
+                .unwrap_or_default()
+                .contains("sending its result again")
+        })
+        .count();
+    assert!(resent > 0, "no agent re-sent a result the restored controller lacked");
     for h in ["b1", "b2"] {
         let m = marks(&mk, h);
         assert_eq!(

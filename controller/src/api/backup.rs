@@ -19,10 +19,10 @@ pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Respon
         .tempdir_in(st.blobs.root().join("tmp"))
         .map_err(|e| ApiError::Internal(e.into()))?;
     let snapshot = tmp.path().join("berth.db");
-    // The database first, then the blob lists from it: every file it names is on disk
-    // (content-addressed files are only removed after their rows).
+    // The database first, then the blob lists from that snapshot: the backup carries
+    // exactly the files its database names.
     st.store.snapshot_into(&snapshot).await?;
-    let (bundles, agents) = st.store.blob_inventory().await?;
+    let (bundles, agents) = crate::store::Store::snapshot_blobs(&snapshot).await?;
     let parse = |rows: Vec<(String, i64)>| -> Result<BTreeMap<Digest, u64>, ApiError> {
         rows.into_iter()
             .map(|(d, n)| {

@@ -30,15 +30,24 @@ impl Store {
         Ok(())
     }
 
-    /// Digests of every stored bundle and served agent executable, with sizes.
-    pub async fn blob_inventory(&self) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+    /// Digests (with sizes) of every bundle and agent executable a database snapshot
+    /// names: exactly the files a backup of it must carry.
+    pub async fn snapshot_blobs(
+        snapshot: &Path,
+    ) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+        use sqlx::Connection;
+        let opts = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(snapshot)
+            .read_only(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
         let bundles = sqlx::query_as("SELECT digest, size FROM bundles ORDER BY digest")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut conn)
             .await?;
         let agents =
             sqlx::query_as("SELECT DISTINCT digest, size FROM agent_binaries ORDER BY digest")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut conn)
                 .await?;
+        conn.close().await?;
         Ok((bundles, agents))
     }
 
