@@ -107,7 +107,17 @@ impl Fetcher {
                     }
                     s if s.is_client_error() => {
                         let body = resp.text().await.unwrap_or_default();
-                        bail!("controller refused the download of {digest} ({s}): {body}");
+                        let code = serde_json::from_str::<berth_shared::api::ErrorBody>(&body)
+                            .map(|e| e.code)
+                            .unwrap_or_default();
+                        if code == berth_shared::api::codes::BLOB_NOT_RELEASED {
+                            // The plan came from a controller that released the step; this
+                            // one does not list it (yet): one restored from a backup, which
+                            // releases it once the results before it are sent again.
+                            Err(anyhow!("the controller does not list a step of this host using {digest} (yet)"))
+                        } else {
+                            bail!("controller refused the download of {digest} ({s}): {body}");
+                        }
                     }
                     s => Err(anyhow!("controller answered {s}")),
                 },

@@ -85,9 +85,26 @@ impl Identity {
 
     /// Replaces the stored identity (renewal, re-enrollment) in one atomic exchange of
     /// directories: a crash leaves the old identity or the new one, never a key of one
-    /// and a certificate of the other.
-    pub fn replace(&self, data_dir: &Path) -> Result<()> {
+    /// and a certificate of the other. With `expect` (a renewal), only while the stored
+    /// certificate is still that one: a `join --reenroll` that replaced it meanwhile wins.
+    /// Serialised between processes by `identity.lock`.
+    pub fn replace(&self, data_dir: &Path, expect: Option<&str>) -> Result<()> {
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.join("identity.lock"))?;
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| anyhow::anyhow!("cannot lock the identity: {e}"))?;
         let final_dir = dir(data_dir);
+        if let Some(cert) = expect {
+            let stored = fs::read_to_string(final_dir.join("agent.crt")).unwrap_or_default();
+            if stored != cert {
+                bail!("the identity was replaced meanwhile (re-enrolled); keeping that one");
+            }
+        }
         if !final_dir.exists() {
             return self.save(data_dir);
         }

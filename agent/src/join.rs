@@ -157,7 +157,7 @@ pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
         key_pem: key.serialize_pem(),
     };
     if cfg.reenroll {
-        id.replace(&cfg.data_dir)?;
+        id.replace(&cfg.data_dir, None)?;
     } else {
         id.save(&cfg.data_dir)?;
     }

@@ -12,7 +12,7 @@ use crate::join::chain;
 use crate::now_unix;
 use crate::session::Session;
 use crate::spool::Spool;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use berth_shared::api::{ErrorBody, HostFacts, PollRequest, PollResponse, ReportEntry};
 use berth_shared::plan::{verify, PlanPayload};
 use rand::Rng;
@@ -44,6 +44,22 @@ fn persist(path: &std::path::Path, generation: u64) {
 
 pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let session = Session::open(cfg.data_dir.clone())?;
+    // Two agents on one data dir would run every step twice and mix their spools.
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(cfg.data_dir.join("agent.lock"))
+        .with_context(|| format!("cannot open {}", cfg.data_dir.join("agent.lock").display()))?;
+    let _only_agent =
+        nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(
+            |_| {
+                anyhow::anyhow!(
+                    "another berth-agent runs with the data dir {}; stop it first",
+                    cfg.data_dir.display()
+                )
+            },
+        )?;
     let id = session.identity();
     let url = format!("{}/v1/agent/poll", id.meta.controller);
     tokio::spawn(session.clone().run_renewer(shutdown.clone()));

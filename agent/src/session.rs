@@ -104,14 +104,28 @@ impl Session {
                     return;
                 }
             };
-            let now = now_unix();
-            let wait = validity.until_renewal(now);
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+            // Slept in slices of at most an hour, judged again from the wall clock each
+            // time: a monotonic sleep does not count a suspended host's time.
+            let wait = validity
+                .until_renewal(now_unix())
+                .min(Duration::from_secs(3600));
+            if !wait.is_zero() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                continue;
             }
-            // A replacement may have happened meanwhile (re-enrollment): judge afresh.
-            if self.identity().cert_validity().ok() != Some(validity) {
+            if validity.expired(now_unix()) {
+                tracing::error!(
+                    "the certificate expired before it could be renewed; re-enroll this host (`berth token create --reenroll NAME`, then `berth-agent join --reenroll`)"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(300)) => {}
+                }
+                // A re-enrollment may have replaced it on disk meanwhile.
+                self.reload_if_replaced();
                 continue;
             }
             match self.renew_once().await {
@@ -165,8 +179,13 @@ impl Session {
         next.cert_validity()?;
         // Build the client first: a certificate it cannot use must not replace a good one.
         crate::tls::agent_client(&next)?;
-        let (dir, staged) = (self.data_dir.clone(), next.clone());
-        tokio::task::spawn_blocking(move || staged.replace(&dir)).await??;
+        let (dir, staged, expect) = (self.data_dir.clone(), next.clone(), id.cert_pem.clone());
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || staged.replace(&dir, Some(&expect))).await?
+        {
+            self.reload_if_replaced();
+            return Err(e);
+        }
         self.install(next)?;
         Ok(renewed.not_after)
     }

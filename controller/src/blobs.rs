@@ -85,6 +85,9 @@ impl BlobStore {
     /// system (a large executable is not copied at every start), else copied; then hashed
     /// from the store's own link, so what is stored is exactly what was hashed.
     pub fn import_file(&self, src: &Path) -> Result<(Digest, u64)> {
+        // A symlink is followed here, never linked into the store.
+        let src = &std::fs::canonicalize(src)
+            .with_context(|| format!("cannot resolve {}", src.display()))?;
         let staged = self.root.join("tmp").join(format!(
             "import-{}-{}",
             std::process::id(),

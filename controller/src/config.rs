@@ -75,10 +75,33 @@ pub fn validate_advertise_url(url: &str) -> Result<String> {
             "--advertise-url `{url}` must start with https:// (the controller serves HTTPS only)"
         );
     }
-    if parsed.host_str().is_none() {
+    let Some(host) = parsed.host_str() else {
         bail!("--advertise-url `{url}` has no host");
+    };
+    // It is pasted into shell lines (`token create --install`): nothing but a host and port.
+    if parsed.path() != "/"
+        || parsed.query().is_some()
+        || parsed.fragment().is_some()
+        || !parsed.username().is_empty()
+        || parsed.password().is_some()
+    {
+        bail!("--advertise-url `{url}` must be https://HOST[:PORT] with nothing after it");
     }
-    Ok(url.trim_end_matches('/').to_string())
+    if !safe_host(host) {
+        bail!("--advertise-url `{url}`: the host may hold only letters, digits, `.`, `-`, `:`, `[` and `]`");
+    }
+    Ok(format!(
+        "https://{host}{}",
+        parsed.port().map(|p| format!(":{p}")).unwrap_or_default()
+    ))
+}
+
+/// A host name or IP literal made only of characters that need no quoting in a shell.
+pub fn safe_host(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
 }
 
 /// The URL to advertise when none was given: the listen address when it is specific,
@@ -91,7 +114,8 @@ pub fn derive_advertise_url(bound: SocketAddr) -> String {
             .into_iter()
             .find(|a| a.is_ipv4())
             .map(|a| a.to_string())
-            .unwrap_or_else(hostname)
+            .or_else(|| Some(hostname()).filter(|h| safe_host(h)))
+            .unwrap_or_else(|| "127.0.0.1".to_string())
     };
     let host = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
@@ -132,4 +156,41 @@ pub fn local_addresses() -> Vec<IpAddr> {
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_advertise_url_is_scheme_host_and_port_only() {
+        assert_eq!(
+            validate_advertise_url("https://10.0.0.1:7443/").unwrap(),
+            "https://10.0.0.1:7443"
+        );
+        assert_eq!(
+            validate_advertise_url("https://ctl.example:7443").unwrap(),
+            "https://ctl.example:7443"
+        );
+        assert_eq!(
+            validate_advertise_url("https://[fd00::1]:7443").unwrap(),
+            "https://[fd00::1]:7443"
+        );
+        for bad in [
+            "https://h:7443/x'$(id)'",
+            "https://h:7443/?q=1",
+            "https://user@h:7443",
+            "https://h:7443#frag",
+        ] {
+            let e = validate_advertise_url(bad).unwrap_err().to_string();
+            assert!(
+                e.ends_with("must be https://HOST[:PORT] with nothing after it"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(validate_advertise_url("http://h:7443")
+            .unwrap_err()
+            .to_string()
+            .contains("must start with https://"));
+    }
 }

@@ -12,6 +12,7 @@ pub mod client;
 pub mod cluster_cmd;
 pub mod config;
 pub mod engine;
+pub mod heartbeats;
 pub mod install;
 pub mod output;
 pub mod pki;

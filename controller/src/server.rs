@@ -1,6 +1,7 @@
 //! `berth serve`: opens the store and PKI, then serves the API over HTTPS until shutdown.
 
-use crate::api::{self, auth::PeerCert, AppState};
+use crate::api::auth::{PeerCert, PresentedCert};
+use crate::api::{self, AppState};
 use crate::config::{self, ServeConfig};
 use crate::pki::{hash_secret, Pki};
 use crate::secrets::{create_private_dir, write_public};
@@ -38,6 +39,10 @@ pub const INFO_FILE: &str = "controller.json";
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     create_private_dir(&cfg.data_dir)?;
+    match berth_files::raise_open_files_limit() {
+        Ok(n) => tracing::info!(open_files = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -78,6 +83,12 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     tokio::spawn(engine.clone().run_reaper(reap_every, shutdown.clone()));
     tokio::spawn(renew_server_cert(pki.clone(), shutdown.clone()));
     let bundled = crate::install::bundled_agent(cfg.agent_binary.as_deref())?;
+    let heartbeats = Arc::new(crate::heartbeats::Heartbeats::default());
+    let flusher = tokio::spawn(heartbeats.clone().run_flusher(
+        store.clone(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    ));
     let (bundled_ready, bundled_ready_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         store: store.clone(),
@@ -94,7 +105,9 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         engine: engine.clone(),
         agent_binaries: crate::install::open_store(&cfg.data_dir)?,
         bundled_agent_ready: bundled_ready_rx,
+        heartbeats: heartbeats.clone(),
     };
+    let state_heartbeats = heartbeats;
     match bundled {
         Some(path) => {
             // Hashing a large executable must not delay serving.
@@ -134,6 +147,9 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         cfg.shutdown_grace,
     )
     .await;
+    // The last heartbeats (also those of polls answered during the grace), then the store.
+    let _ = flusher.await;
+    state_heartbeats.flush(&store).await;
     store.close().await;
     tracing::info!("controller stopped");
     Ok(())
@@ -251,7 +267,7 @@ async fn serve(
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .map(|c| Digest::of(c.as_ref()).hex()),
+                    .map(|c| Arc::new(PresentedCert::of(c.as_ref()))),
             );
             let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(peer_cert.clone());

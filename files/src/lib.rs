@@ -90,6 +90,18 @@ pub fn create_new_private(path: &Path) -> Result<fs::File> {
     Ok(f)
 }
 
+/// Raises this process's soft limit of open files to its hard limit and returns the new
+/// soft limit. Every agent connection is a file descriptor on the controller; the default
+/// soft limit (1024 on most systems) caps a controller near a thousand agents.
+pub fn raise_open_files_limit() -> Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
+}
+
 /// Creates `dir` (and parents) with mode 0700 when missing, and sets 0700 on it.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

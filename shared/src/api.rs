@@ -228,6 +228,8 @@ pub mod codes {
     pub const REENROLL_NOT_ALLOWED: &str = "reenroll_not_allowed";
     /// An agent binary whose ELF header does not match the architecture it is added for.
     pub const ARCH_MISMATCH: &str = "arch_mismatch";
+    /// A client certificate past its end (on a connection opened before).
+    pub const CERTIFICATE_EXPIRED: &str = "certificate_expired";
     /// No agent binary for the asked OS/architecture.
     pub const NO_AGENT_BINARY: &str = "no_agent_binary";
 }

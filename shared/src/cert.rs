@@ -61,6 +61,34 @@ impl Validity {
     }
 }
 
+/// What the controller needs of a client certificate: its validity and subject CN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    pub validity: Validity,
+    pub common_name: Option<String>,
+}
+
+impl Leaf {
+    pub fn of_der(der: &[u8]) -> Result<Leaf, CertError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| CertError::Invalid(e.to_string()))?;
+        let v = cert.validity();
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string);
+        Ok(Leaf {
+            validity: Validity {
+                not_before: v.not_before.timestamp(),
+                not_after: v.not_after.timestamp(),
+            },
+            common_name,
+        })
+    }
+}
+
 /// How far a new certificate's `not_before` is set back, to tolerate clocks that lag the
 /// controller's: five minutes, or a tenth of a short lifetime.
 pub fn backdate(ttl: Duration) -> Duration {

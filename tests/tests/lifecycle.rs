@@ -550,3 +550,69 @@ fn the_agent_is_a_static_executable() {
         "ldd berth-agent: {text}"
     );
 }
+
+/// Two agents on one data dir would run every step twice: the second refuses to start.
+#[test]
+fn a_second_agent_on_the_same_data_dir_refuses_to_start() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["d1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = agent_run_command(&ctl.agent_dir("d1")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("another berth-agent runs with the data dir"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A controller restored from a backup older than a host's last renewal accepts that
+/// host's newer certificate (same CA, same name, issued later) once and records it; the
+/// certificate on record before is refused from then on.
+#[test]
+fn a_restore_from_before_a_renewal_keeps_the_host() {
+    let mut ctl = Controller::start(&["--agent-cert-ttl", "30s"]);
+    let _agents = ctl.agents(&["w1"]);
+    let before = ctl.agent_client("w1");
+    let backup = ctl.dir.path().join("b.tar");
+    let out = ctl.cli(&["backup", "-o", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = ctl.dir.path().join("controller.log");
+    wait_for("w1 renewed", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log)
+            .ok()?
+            .contains("agent certificate renewed host=w1")
+            .then_some(())
+    });
+    ctl.stop();
+    let restored = ctl.dir.path().join("restored");
+    let out = Command::new(berth_bin())
+        .arg("--data-dir")
+        .arg(&restored)
+        .args(["restore", backup.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    ctl.data_dir = restored;
+    ctl.spawn().unwrap();
+    wait_for(
+        "w1 polls the restored controller",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .contains("accepted a newer certificate than the one on record")
+                .then_some(())
+        },
+    );
+    assert_eq!(host(&ctl, "w1")["state"], "Ready");
+    // The certificate the backup knew is no longer the host's.
+    let refused = before
+        .post(format!("{}/v1/agent/poll", ctl.url()))
+        .json(&serde_json::json!({"wait_secs": 0, "have_generation": 0}))
+        .send();
+    match refused {
+        Ok(r) => assert_eq!(r.status(), 401),
+        Err(e) => assert!(format!("{e:?}").contains("xpired"), "{e:?}"),
+    }
+}

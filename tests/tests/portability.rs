@@ -120,15 +120,19 @@ fn a_backup_taken_during_an_apply_restores_a_controller_the_agents_keep_using() 
     );
     // The old controller goes on until both installs succeeded (results that are not in
     // the backup), then is gone.
-    wait_for("installs done on the old controller", Duration::from_secs(60), || {
-        let st = ctl.status("kept");
-        st["steps"]
-            .as_array()?
-            .iter()
-            .filter(|s| s["kind"] == "install")
-            .all(|s| s["state"] == "succeeded")
-            .then_some(())
-    });
+    wait_for(
+        "installs done on the old controller",
+        Duration::from_secs(60),
+        || {
+            let st = ctl.status("kept");
+            st["steps"]
+                .as_array()?
+                .iter()
+                .filter(|s| s["kind"] == "install")
+                .all(|s| s["state"] == "succeeded")
+                .then_some(())
+        },
+    );
     let hosts_before = stdout(&ctl.cli(&["get", "hosts", "-o", "json"]));
     ctl.stop();
 
@@ -192,7 +196,10 @@ fn a_backup_taken_during_an_apply_restores_a_controller_the_agents_keep_using() 
                 .contains("sending its result again")
         })
         .count();
-    assert!(resent > 0, "no agent re-sent a result the restored controller lacked");
+    assert!(
+        resent > 0,
+        "no agent re-sent a result the restored controller lacked"
+    );
     for h in ["b1", "b2"] {
         let m = marks(&mk, h);
         assert_eq!(

@@ -97,7 +97,10 @@ pub async fn list_hosts(
     Ok(ApiJson(
         hosts
             .into_iter()
-            .map(|h| {
+            .map(|mut h| {
+                if let Some(t) = st.heartbeats.latest(h.id) {
+                    h.last_seen = h.last_seen.max(t);
+                }
                 let ago = (now - h.last_seen).max(0);
                 let state = if h.revoked {
                     "Revoked"

@@ -24,7 +24,10 @@ pub async fn poll(
         });
     };
     let facts_accepted = req.facts.is_some();
-    st.store.touch_host(host.id, req.facts.as_ref()).await?;
+    match &req.facts {
+        Some(f) => st.store.store_facts(host.id, f).await?,
+        None => st.heartbeats.beat(host.id, crate::time::now_unix()),
+    }
     let hold = Duration::from_secs(req.wait_secs).min(st.poll_hold);
     let waker = st.engine.waker(host.id);
     let notified = waker.notified();
@@ -38,7 +41,7 @@ pub async fn poll(
             _ = st.shutdown.cancelled() => {}
         }
         plan = st.engine.plan_for(&host, req.have_generation).await?;
-        st.store.touch_host(host.id, None).await?;
+        st.heartbeats.beat(host.id, crate::time::now_unix());
     }
     Ok(ApiJson(PollResponse {
         host: host.name,
@@ -97,7 +100,7 @@ pub async fn reports(
     for cid in touched {
         st.engine.tick(cid).await?;
     }
-    st.store.touch_host(host.id, None).await?;
+    st.heartbeats.beat(host.id, crate::time::now_unix());
     match refused {
         Some(e) => Err(e),
         None => Ok(StatusCode::NO_CONTENT),
@@ -126,7 +129,7 @@ pub async fn renew(
             &presented,
             &cert.fingerprint,
             &cert.serial,
-            cert.not_after,
+            (cert.not_before, cert.not_after),
         )
         .await?;
     tracing::info!(host = %host.name, not_after = %crate::time::rfc3339(cert.not_after), "agent certificate renewed");

@@ -9,10 +9,34 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use berth_shared::api::codes;
 
-/// The sha256 (hex) of the client certificate presented in the TLS handshake, if any.
-/// Inserted into every request's extensions by the server's accept loop.
+/// The client certificate presented in the TLS handshake, if any (already verified to
+/// chain to the CA). Inserted into every request's extensions by the server's accept loop.
 #[derive(Debug, Clone, Default)]
-pub struct PeerCert(pub Option<String>);
+pub struct PeerCert(pub Option<std::sync::Arc<PresentedCert>>);
+
+/// What the controller uses of a client certificate, read once per connection.
+#[derive(Debug, Clone)]
+pub struct PresentedCert {
+    /// sha256 of the DER, hex: how a host is found.
+    pub fingerprint: String,
+    /// Unix seconds; 0 when unreadable (then the certificate counts as expired).
+    pub not_before: i64,
+    pub not_after: i64,
+    /// The subject CN: the host name the controller signed it for.
+    pub name: Option<String>,
+}
+
+impl PresentedCert {
+    pub fn of(der: &[u8]) -> PresentedCert {
+        let leaf = berth_shared::cert::Leaf::of_der(der).ok();
+        PresentedCert {
+            fingerprint: berth_shared::Digest::of(der).hex(),
+            not_before: leaf.as_ref().map_or(0, |l| l.validity.not_before),
+            not_after: leaf.as_ref().map_or(0, |l| l.validity.not_after),
+            name: leaf.and_then(|l| l.common_name),
+        }
+    }
+}
 
 /// An API caller, authenticated by `Authorization: Bearer <token>`.
 pub struct Caller(pub ApiPrincipal);
@@ -80,7 +104,7 @@ pub struct AgentHost(pub HostRow, pub String);
 impl FromRequestParts<AppState> for AgentHost {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let fingerprint = parts
+        let presented = parts
             .extensions
             .get::<PeerCert>()
             .and_then(|p| p.0.clone())
@@ -90,7 +114,40 @@ impl FromRequestParts<AppState> for AgentHost {
                     "agent calls need the client certificate issued at enrollment (mutual TLS)",
                 )
             })?;
-        match state.store.host_by_fingerprint(&fingerprint).await? {
+        // The handshake checked the validity; a kept-alive connection can outlive it.
+        if presented.not_after <= crate::time::now_unix() {
+            return Err(ApiError::unauthenticated(
+                codes::CERTIFICATE_EXPIRED,
+                format!(
+                    "this client certificate expired at {}; re-enroll the host (`berth token create --reenroll NAME`, then `berth-agent join --reenroll`)",
+                    crate::time::rfc3339(presented.not_after)
+                ),
+            ));
+        }
+        let fingerprint = presented.fingerprint.clone();
+        let found = match state.store.host_by_fingerprint(&fingerprint).await? {
+            Some(h) => Some(h),
+            // Unknown, but signed by this CA for a host: a certificate issued after the one
+            // on record is one this controller issued before a restore from an older backup.
+            None => match &presented.name {
+                Some(name) => {
+                    let rebound = state
+                        .store
+                        .rebind_newer_cert(
+                            name,
+                            &fingerprint,
+                            (presented.not_before, presented.not_after),
+                        )
+                        .await?;
+                    if rebound.is_some() {
+                        tracing::warn!(host = %name, "accepted a newer certificate than the one on record (controller restored from an older backup)");
+                    }
+                    rebound
+                }
+                None => None,
+            },
+        };
+        match found {
             None => Err(ApiError::unauthenticated(
                 codes::HOST_UNKNOWN,
                 "this client certificate belongs to no enrolled host (was the host deleted?); join again with a new token",
@@ -102,7 +159,7 @@ impl FromRequestParts<AppState> for AgentHost {
             Some(h) => {
                 if h.has_previous_cert && !h.via_previous_cert {
                     // The host switched to its renewed certificate: retire the old one.
-                    state.store.forget_previous_cert(h.id).await?;
+                    state.store.forget_previous_cert(h.id, &fingerprint).await?;
                 }
                 Ok(AgentHost(h, fingerprint))
             }

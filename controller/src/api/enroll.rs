@@ -60,6 +60,7 @@ pub async fn enroll(
             token_secret_hash: &secret_hash,
             cert_fingerprint: &cert.fingerprint,
             cert_serial: &cert.serial,
+            cert_not_before: cert.not_before,
             cert_not_after: cert.not_after,
             facts: &req.facts,
             reenroll: req.reenroll,

@@ -53,6 +53,8 @@ pub struct AppState {
     /// Becomes true once the agent found next to the controller was imported (or there
     /// was none): install calls wait for it rather than answer "none served" at start.
     pub bundled_agent_ready: tokio::sync::watch::Receiver<bool>,
+    /// Heartbeats in memory, written in batches.
+    pub heartbeats: Arc<crate::heartbeats::Heartbeats>,
 }
 
 pub fn router(state: AppState) -> Router {

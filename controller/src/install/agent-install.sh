@@ -36,6 +36,13 @@ fail() { echo "berth-install: error: $*" >&2; exit 1; }
 
 install_dir=${BERTH_INSTALL_DIR:-/usr/local/bin}
 data_dir=${BERTH_AGENT_DATA_DIR:-/var/lib/berth-agent}
+# Both go into a unit file and the uninstall script (which removes the data dir): absolute,
+# plain characters, never `/`.
+for p in "$install_dir" "$data_dir"; do
+  case $p in
+    / | *[!A-Za-z0-9._/-]* | [!/]*) fail "\`$p\` must be an absolute path of letters, digits, . _ - / and not /" ;;
+  esac
+done
 bin=$install_dir/berth-agent
 uninstall=$install_dir/berth-agent-uninstall.sh
 unit=/etc/systemd/system/berth-agent.service
@@ -55,10 +62,10 @@ esac
 fetch() {
   if command -v curl >/dev/null 2>&1; then
     curl -fsS --proto =https --cacert "$BERTH_CA_FILE" -o "$2" "$1"
-  elif command -v wget >/dev/null 2>&1; then
+  elif command -v wget >/dev/null 2>&1 && wget --help 2>&1 | grep -q ca-certificate; then
     wget -q --ca-certificate="$BERTH_CA_FILE" -O "$2" "$1"
   else
-    fail "neither curl nor wget is installed"
+    fail "curl or GNU wget is needed (busybox wget cannot check the controller's certificate)"
   fi
 }
 
@@ -125,8 +132,14 @@ if [ -f "$unit" ] && command -v systemctl >/dev/null 2>&1; then
   rm -f "$unit"
   systemctl daemon-reload 2>/dev/null || true
 fi
-if [ -f "$pidfile" ]; then
-  read -r p <"$pidfile" && kill "\$p" 2>/dev/null || true
+if [ -f "$pidfile" ] && read -r p <"$pidfile"; then
+  case \$(tr '\\0' ' ' <"/proc/\$p/cmdline" 2>/dev/null) in
+    *berth-agent*)
+      kill "\$p" 2>/dev/null || true
+      i=0
+      while kill -0 "\$p" 2>/dev/null && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done
+      ;;
+  esac
   rm -f "$pidfile"
 fi
 rm -f "$bin"
@@ -189,6 +202,8 @@ else
     i=0
     while kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
   fi
+  # The agent needs none of the installer's variables (the token least of all).
+  unset BERTH_TOKEN BERTH_URL BERTH_CA_HASH BERTH_CA_FILE
   nohup "$bin" run --data-dir "$data_dir" >>"$data_dir/agent.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   say "berth-agent runs in the background (pid $!, log $data_dir/agent.log, pid file $pidfile)"

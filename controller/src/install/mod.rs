@@ -189,7 +189,7 @@ pub fn one_liner(
         "sh -c 'set -eu; d=$(mktemp -d); trap \"rm -rf $d\" EXIT; \
 printf \"%s\\n\" {pem} >\"$d/ca.pem\"; u=\"{url}/v1/install/agent.sh\"; \
 if command -v curl >/dev/null 2>&1; then curl -fsS --proto =https --cacert \"$d/ca.pem\" -o \"$d/install.sh\" \"$u\"; \
-else wget -q --ca-certificate=\"$d/ca.pem\" -O \"$d/install.sh\" \"$u\"; fi; \
+else wget -q --ca-certificate=\"$d/ca.pem\" -O \"$d/install.sh\" \"$u\" || {{ echo \"berth: curl or GNU wget is needed\" >&2; exit 1; }}; fi; \
 BERTH_URL=\"{url}\" BERTH_TOKEN={token} BERTH_CA_HASH={ca_hash} BERTH_CA_FILE=\"$d/ca.pem\"{reenroll} sh \"$d/install.sh\"'"
     )
 }

@@ -237,7 +237,8 @@ impl Pki {
         let now = SystemTime::now();
         let ttl = self.lifetimes.agent;
         let not_after = self.leaf_not_after(now, ttl);
-        params.not_before = (now - backdate(ttl)).into();
+        let not_before = now - backdate(ttl);
+        params.not_before = not_before.into();
         params.not_after = not_after.into();
         let signed = CertificateSigningRequestParams {
             params,
@@ -249,10 +250,8 @@ impl Pki {
             fingerprint: Digest::of(signed.der()).hex(),
             serial: hex::encode(serial),
             pem: signed.pem(),
-            not_after: not_after
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0),
+            not_before: unix(not_before),
+            not_after: unix(not_after),
         })
     }
 }
@@ -264,7 +263,15 @@ pub struct AgentCert {
     pub fingerprint: String,
     pub serial: String,
     /// Unix seconds.
+    pub not_before: i64,
+    /// Unix seconds.
     pub not_after: i64,
+}
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]

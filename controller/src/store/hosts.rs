@@ -33,6 +33,8 @@ pub struct BootstrapRow {
     pub expires_at: i64,
     /// The one host this token may re-enroll, if it is a re-enrollment token.
     pub reenroll_host: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
 }
 
 /// Why an enrollment was refused by the store.
@@ -63,6 +65,8 @@ pub struct NewHost<'a> {
     pub token_secret_hash: &'a str,
     pub cert_fingerprint: &'a str,
     pub cert_serial: &'a str,
+    /// Unix seconds.
+    pub cert_not_before: i64,
     /// Unix seconds.
     pub cert_not_after: i64,
     pub facts: &'a HostFacts,
@@ -151,11 +155,28 @@ impl Store {
     pub async fn enroll(&self, h: NewHost<'_>) -> Result<Enrolled, EnrollError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let token = usable_token(&mut tx, h.token_id, h.token_secret_hash).await?;
-        let existing = sqlx::query("SELECT id, state FROM hosts WHERE name = ?1")
+        let existing = sqlx::query("SELECT id, state, enrolled_at FROM hosts WHERE name = ?1")
             .bind(h.name)
             .fetch_optional(&mut *tx)
             .await?
-            .map(|r| (r.get::<i64, _>("id"), r.get::<String, _>("state")));
+            .map(|r| {
+                (
+                    r.get::<i64, _>("id"),
+                    r.get::<String, _>("state"),
+                    r.get::<i64, _>("enrolled_at"),
+                )
+            });
+        // A re-enrollment token is for the host that had the name when it was created, not
+        // for a machine that enrolled under that name after (the old one deleted).
+        if let (Some(_), Some((_, _, enrolled_at))) = (&token.reenroll_host, &existing) {
+            if *enrolled_at > token.created_at {
+                return Err(EnrollError::ReenrollNotAllowed(format!(
+                    "this token was made for the host named `{}` before the current one enrolled; create a new one",
+                    h.name
+                )));
+            }
+        }
+        let existing = existing.map(|(id, state, _)| (id, state));
         match (&token.reenroll_host, h.reenroll) {
             (Some(bound), true) if bound == h.name => {}
             (Some(bound), _) => {
@@ -193,7 +214,7 @@ impl Store {
                 // The old certificate (and any renewed-from one) is refused from now on.
                 sqlx::query(
                     "UPDATE hosts SET cert_fingerprint = ?1, cert_serial = ?2, prev_cert_fingerprint = NULL,
-                         cert_not_after = ?3, facts = ?4, last_seen = ?5 WHERE id = ?6",
+                         cert_not_after = ?3, facts = ?4, last_seen = ?5, cert_not_before = ?7 WHERE id = ?6",
                 )
                 .bind(h.cert_fingerprint)
                 .bind(h.cert_serial)
@@ -201,14 +222,15 @@ impl Store {
                 .bind(&facts)
                 .bind(now)
                 .bind(id)
+                .bind(h.cert_not_before)
                 .execute(&mut *tx)
                 .await?;
                 (Enrolled::Reenrolled(id), "host.reenroll")
             }
             (None, false) => {
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO hosts (name, cert_fingerprint, cert_serial, cert_not_after, facts, enrolled_with, enrolled_at, last_seen)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) RETURNING id",
+                    "INSERT INTO hosts (name, cert_fingerprint, cert_serial, cert_not_after, facts, enrolled_with, enrolled_at, last_seen, cert_not_before)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) RETURNING id",
                 )
                 .bind(h.name)
                 .bind(h.cert_fingerprint)
@@ -217,6 +239,7 @@ impl Store {
                 .bind(&facts)
                 .bind(&token.id)
                 .bind(now)
+                .bind(h.cert_not_before)
                 .fetch_one(&mut *tx)
                 .await?;
                 (Enrolled::New(id), "host.enroll")
@@ -248,7 +271,7 @@ impl Store {
         presented: &str,
         fingerprint: &str,
         serial: &str,
-        not_after: i64,
+        (not_before, not_after): (i64, i64),
     ) -> Result<()> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let row = sqlx::query(
@@ -272,13 +295,14 @@ impl Store {
         };
         sqlx::query(
             "UPDATE hosts SET cert_fingerprint = ?1, cert_serial = ?2, cert_not_after = ?3,
-                 prev_cert_fingerprint = ?4 WHERE id = ?5",
+                 prev_cert_fingerprint = ?4, cert_not_before = ?6 WHERE id = ?5",
         )
         .bind(fingerprint)
         .bind(serial)
         .bind(not_after)
         .bind(keep_prev)
         .bind(host_id)
+        .bind(not_before)
         .execute(&mut *tx)
         .await?;
         audit(
@@ -293,12 +317,68 @@ impl Store {
         Ok(())
     }
 
-    /// The host has used its renewed certificate: the one it renewed from is refused now.
-    pub async fn forget_previous_cert(&self, host_id: i64) -> Result<()> {
-        sqlx::query("UPDATE hosts SET prev_cert_fingerprint = NULL WHERE id = ?1")
-            .bind(host_id)
-            .execute(&self.pool)
+    /// A certificate of this CA for host `name`, issued after the one on record (`not_before`
+    /// later): this controller issued it before it was restored from an older backup. It
+    /// becomes the host's certificate (audited) and the host row is returned. None when
+    /// there is no such host or the certificate is not newer.
+    pub async fn rebind_newer_cert(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        (not_before, not_after): (i64, i64),
+    ) -> Result<Option<HostRow>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let row = sqlx::query(
+            "SELECT id, cert_not_before FROM hosts WHERE name = ?1 AND state = 'active'",
+        )
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.get("id");
+        let on_record: Option<i64> = row.get("cert_not_before");
+        if on_record.is_some_and(|t| not_before <= t) {
+            return Ok(None);
+        }
+        sqlx::query(
+            "UPDATE hosts SET cert_fingerprint = ?1, prev_cert_fingerprint = NULL, cert_not_before = ?2,
+                 cert_not_after = ?3 WHERE id = ?4",
+        )
+        .bind(fingerprint)
+        .bind(not_before)
+        .bind(not_after)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        audit(
+            &mut tx,
+            &format!("host:{name}"),
+            "host.cert.rebind",
+            name,
+            Some("a newer certificate of this CA than the one on record (restored controller)"),
+        )
+        .await?;
+        let host = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ?1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
+        Ok(Some(host_row(host)))
+    }
+
+    /// The host has used its renewed certificate: the one it renewed from is refused now.
+    pub async fn forget_previous_cert(&self, host_id: i64, presented: &str) -> Result<()> {
+        // Only while the presented certificate is still the current one: a renewal that
+        // committed meanwhile made it the previous one, which must stay accepted.
+        sqlx::query(
+            "UPDATE hosts SET prev_cert_fingerprint = NULL WHERE id = ?1 AND cert_fingerprint = ?2",
+        )
+        .bind(host_id)
+        .bind(presented)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -327,25 +407,30 @@ impl Store {
         Ok(rows.into_iter().map(host_row).collect())
     }
 
-    /// Marks a heartbeat, storing new facts when given.
-    pub async fn touch_host(&self, id: i64, facts: Option<&HostFacts>) -> Result<()> {
-        match facts {
-            Some(f) => {
-                sqlx::query("UPDATE hosts SET last_seen = ?1, facts = ?2 WHERE id = ?3")
-                    .bind(now_unix())
-                    .bind(serde_json::to_string(f)?)
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("UPDATE hosts SET last_seen = ?1 WHERE id = ?2")
-                    .bind(now_unix())
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?
-            }
-        };
+    /// Stores new facts of a host (and marks it seen). Plain heartbeats go through
+    /// `crate::heartbeats` instead, in batches.
+    pub async fn store_facts(&self, id: i64, facts: &HostFacts) -> Result<()> {
+        sqlx::query("UPDATE hosts SET last_seen = MAX(last_seen, ?1), facts = ?2 WHERE id = ?3")
+            .bind(now_unix())
+            .bind(serde_json::to_string(facts)?)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Stores a batch of heartbeats (host id, unix seconds) in one transaction; a value
+    /// never moves `last_seen` backwards.
+    pub async fn record_heartbeats(&self, beats: &[(i64, i64)]) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (id, at) in beats {
+            sqlx::query("UPDATE hosts SET last_seen = MAX(last_seen, ?1) WHERE id = ?2")
+                .bind(at)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -390,7 +475,7 @@ async fn usable_token(
     secret_hash: &str,
 ) -> Result<BootstrapRow, EnrollError> {
     let row = sqlx::query(
-        "SELECT id, secret_hash, uses_left, expires_at, reenroll_host FROM bootstrap_tokens WHERE id = ?1",
+        "SELECT id, secret_hash, uses_left, expires_at, reenroll_host, created_at FROM bootstrap_tokens WHERE id = ?1",
     )
     .bind(id)
     .fetch_optional(conn)
@@ -404,6 +489,7 @@ async fn usable_token(
         uses_left: r.get("uses_left"),
         expires_at: r.get("expires_at"),
         reenroll_host: r.get("reenroll_host"),
+        created_at: r.get("created_at"),
     };
     if !constant_time_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
         return Err(EnrollError::TokenInvalid);
