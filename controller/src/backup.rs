@@ -43,7 +43,10 @@ pub struct Manifest {
     /// RFC 3339.
     pub created_at: String,
     pub ca_hash: Digest,
-    pub pki: Vec<String>,
+    /// sha256 of the database snapshot.
+    pub database: Digest,
+    /// PKI file name → sha256.
+    pub pki: BTreeMap<String, Digest>,
     /// Bundle blobs, digest → size.
     pub blobs: BTreeMap<Digest, u64>,
     /// Agent executables, digest → size.
@@ -51,11 +54,12 @@ pub struct Manifest {
 }
 
 /// Writes the backup of a running controller into `out` (blocking; run on a blocking
-/// thread). `snapshot` is the database copy taken for it.
+/// thread). `snapshot` is the database copy taken for it; `pki` the PKI files as read when
+/// the manifest was made (a certificate renewed meanwhile does not tear the backup).
 pub fn write_archive(
     out: impl Write,
-    data_dir: &Path,
     snapshot: &Path,
+    pki: &[(String, Vec<u8>)],
     manifest: &Manifest,
     blobs: &BlobStore,
     agents: &BlobStore,
@@ -66,15 +70,13 @@ pub fn write_archive(
     append(&mut b, MANIFEST, json.len() as u64, 0o600, &json[..])?;
     let db = std::fs::File::open(snapshot).context("database snapshot")?;
     append(&mut b, DB, db.metadata()?.len(), 0o600, db)?;
-    let pki = PkiPaths::new(data_dir).dir;
-    for name in &manifest.pki {
-        let f = std::fs::File::open(pki.join(name)).with_context(|| format!("pki/{name}"))?;
+    for (name, bytes) in pki {
         append(
             &mut b,
             &format!("pki/{name}"),
-            f.metadata()?.len(),
+            bytes.len() as u64,
             0o600,
-            f,
+            &bytes[..],
         )?;
     }
     for (store, prefix, list) in [
@@ -113,24 +115,28 @@ fn append<W: Write>(
         .with_context(|| format!("cannot write {path} into the backup"))
 }
 
-/// The PKI files present in `data_dir` that a backup takes.
-pub fn pki_files(data_dir: &Path) -> Vec<String> {
+/// The PKI files present in `data_dir` that a backup takes, with their bytes.
+pub fn read_pki(data_dir: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let dir = PkiPaths::new(data_dir).dir;
     PKI_FILES
         .iter()
         .filter(|n| dir.join(n).is_file())
-        .map(|n| n.to_string())
+        .map(|n| {
+            let bytes = std::fs::read(dir.join(n)).with_context(|| format!("pki/{n}"))?;
+            Ok((n.to_string(), bytes))
+        })
         .collect()
 }
 
-/// Where an archive entry goes under a data dir, or why it is refused.
+/// Where an archive entry goes under a data dir and the sha256 (and size, `u64::MAX` for
+/// any) it must have, or why it is refused.
 fn destination(path: &str, m: &Manifest) -> Result<(PathBuf, Option<(Digest, u64)>), String> {
     if path == DB {
-        return Ok((PathBuf::from(DB), None));
+        return Ok((PathBuf::from(DB), Some((m.database, u64::MAX))));
     }
     if let Some(name) = path.strip_prefix("pki/") {
-        if m.pki.iter().any(|p| p == name) && PKI_FILES.contains(&name) {
-            return Ok((PathBuf::from("pki").join(name), None));
+        if let (Some(d), true) = (m.pki.get(name), PKI_FILES.contains(&name)) {
+            return Ok((PathBuf::from("pki").join(name), Some((*d, u64::MAX))));
         }
     }
     for (prefix, list) in [("blobs", &m.blobs), ("agent-binaries", &m.agent_binaries)] {
@@ -171,7 +177,7 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
         bail!("{MANIFEST}: format `{}` is not {FORMAT}", m.format);
     }
     for required in ["ca.crt", "ca.key", "plan-signing.key", "admin.token"] {
-        if !m.pki.iter().any(|p| p == required) {
+        if !m.pki.contains_key(required) {
             bail!("{MANIFEST}: the backup lacks pki/{required}");
         }
     }
@@ -186,7 +192,7 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
         if !seen.insert(path.clone()) {
             bail!("`{path}` appears twice");
         }
-        if blob.is_none() && path != DB && e.size() > MAX_SMALL {
+        if path.starts_with("pki/") && e.size() > MAX_SMALL {
             bail!("`{path}` is larger than {MAX_SMALL} bytes");
         }
         let mut sink: Box<dyn Write> = match into {
@@ -202,7 +208,13 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
             }
             None => Box::new(std::io::sink()),
         };
+        // pki/ca.crt is kept to check the manifest's CA hash.
+        let mut ca = Vec::new();
         let mut h = HashingReader::new(&mut e);
+        if path == "pki/ca.crt" {
+            h.read_to_end(&mut ca)?;
+            sink.write_all(&ca)?;
+        }
         let n = std::io::copy(&mut h, &mut sink)
             .with_context(|| format!("cannot read `{path}` (truncated backup?)"))?;
         sink.flush()?;
@@ -211,10 +223,20 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
             // Durable before the database is opened and the directory moved into place.
             std::fs::File::open(dir.join(&rel))?.sync_all()?;
         }
-        let (got, _) = h.finish();
+        let (got, total) = h.finish();
         if let Some((want, size)) = blob {
-            if n != size || got != want {
-                bail!("`{path}` is {n} bytes with {got}; the backup is corrupt");
+            if (size != u64::MAX && n != size) || got != want {
+                bail!("`{path}` is {total} bytes with {got}; the backup is corrupt");
+            }
+        }
+        if path == "pki/ca.crt" {
+            let pem = String::from_utf8_lossy(&ca);
+            let der = crate::pki::pem_to_der(&pem).context("pki/ca.crt")?;
+            if Digest::of(der.as_ref()) != m.ca_hash {
+                bail!(
+                    "pki/ca.crt is not the CA the backup names ({}); the backup is corrupt",
+                    m.ca_hash
+                );
             }
         }
     }
@@ -222,7 +244,7 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
     if !seen.contains(DB) {
         missing.push(DB.into());
     }
-    for p in &m.pki {
+    for p in m.pki.keys() {
         if !seen.contains(&format!("pki/{p}")) {
             missing.push(format!("pki/{p}"));
         }
@@ -319,15 +341,31 @@ mod tests {
         b.into_inner().unwrap()
     }
 
-    fn manifest(blob: &[u8]) -> Vec<u8> {
+    fn ca() -> (String, Digest) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::default()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), Digest::of(cert.der()))
+    }
+
+    fn manifest(blob: &[u8], ca_pem: &str, ca_hash: Digest) -> Vec<u8> {
         serde_json::to_vec(&Manifest {
             format: FORMAT.into(),
             berth_version: "0".into(),
             created_at: "now".into(),
-            ca_hash: Digest::of(b"ca"),
-            pki: ["ca.crt", "ca.key", "plan-signing.key", "admin.token"]
-                .map(String::from)
-                .to_vec(),
+            ca_hash,
+            database: Digest::of(b"db"),
+            pki: [
+                ("ca.crt", ca_pem.as_bytes()),
+                ("ca.key", &b"k"[..]),
+                ("plan-signing.key", b"p"),
+                ("admin.token", b"t"),
+                ("server.sans", b"s"),
+            ]
+            .into_iter()
+            .map(|(n, b)| (n.to_string(), Digest::of(b)))
+            .collect(),
             blobs: [(Digest::of(blob), blob.len() as u64)].into(),
             agent_binaries: BTreeMap::new(),
         })
@@ -337,12 +375,14 @@ mod tests {
     #[test]
     fn hostile_and_damaged_backups_are_refused() {
         let blob: &[u8] = b"blob";
-        let m = manifest(blob);
+        let (ca_pem, ca_hash) = ca();
+        let m = manifest(blob, &ca_pem, ca_hash);
         let bpath = format!("blobs/sha256/{}", Digest::of(blob).hex());
         let good: Vec<(&str, &[u8])> = vec![
             (MANIFEST, &m),
             (DB, b"db"),
-            ("pki/ca.crt", b"c"),
+            ("pki/server.sans", b"s"),
+            ("pki/ca.crt", ca_pem.as_bytes()),
             ("pki/ca.key", b"k"),
             ("pki/plan-signing.key", b"p"),
             ("pki/admin.token", b"t"),
@@ -361,12 +401,27 @@ mod tests {
         let mut evil = good.clone();
         evil.push(("pki/../../x", b"x"));
         assert!(err(evil).contains("unexpected entry `pki/../../x`"));
+        let bi = good.iter().position(|(p, _)| *p == bpath).unwrap();
         let mut bad = good.clone();
-        bad[6] = (&bpath, b"bolb");
+        bad[bi] = (&bpath, b"bolb");
         assert!(err(bad).contains("the backup is corrupt"));
         let mut cut = good.clone();
         cut.pop();
         assert!(err(cut).contains("incomplete"));
+        let mut tampered = good.clone();
+        tampered[1] = (DB, b"dB");
+        assert!(err(tampered).contains("`berth.db` is 2 bytes with"));
+        let mut tampered = good.clone();
+        tampered[4] = ("pki/ca.key", b"K");
+        assert!(err(tampered).contains("`pki/ca.key` is 1 bytes with"));
+        // Another CA than the manifest names (its hash in the manifest matches the file,
+        // the CA hash does not).
+        let (other_pem, _) = ca();
+        let m2 = manifest(blob, &other_pem, ca_hash);
+        let mut other = good.clone();
+        other[0] = (MANIFEST, &m2);
+        other[3] = ("pki/ca.crt", other_pem.as_bytes());
+        assert!(err(other).contains("pki/ca.crt is not the CA the backup names"));
         let mut twice = good.clone();
         twice.push((DB, b"db"));
         assert!(err(twice).contains("appears twice"));

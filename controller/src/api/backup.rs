@@ -3,7 +3,7 @@
 use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
-use crate::backup::{pki_files, write_archive, Manifest, FORMAT};
+use crate::backup::{read_pki, write_archive, Manifest, FORMAT};
 use crate::store::Role;
 use axum::body::Body;
 use axum::extract::State;
@@ -32,25 +32,32 @@ pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Respon
             })
             .collect()
     };
+    let pki = read_pki(&st.data_dir).map_err(ApiError::Internal)?;
+    let snap = snapshot.clone();
+    let database = tokio::task::spawn_blocking(move || berth_bundle::hashio::digest_file(&snap))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .0;
     let manifest = Manifest {
         format: FORMAT.into(),
         berth_version: berth_shared::VERSION.into(),
         created_at: crate::time::rfc3339(crate::time::now_unix()),
         ca_hash: st.pki.ca_hash(),
-        pki: pki_files(&st.data_dir),
+        database,
+        pki: pki
+            .iter()
+            .map(|(n, b)| (n.clone(), Digest::of(b)))
+            .collect(),
         blobs: parse(bundles)?,
         agent_binaries: parse(agents)?,
     };
     tracing::info!(actor = %caller.actor(), blobs = manifest.blobs.len(), "backup started");
     let (writer, reader) = tokio::io::duplex(1 << 20);
-    let (data_dir, blobs, agents) = (
-        st.data_dir.clone(),
-        st.blobs.clone(),
-        st.agent_binaries.clone(),
-    );
+    let (blobs, agents) = (st.blobs.clone(), st.agent_binaries.clone());
     tokio::task::spawn_blocking(move || {
         let out = tokio_util::io::SyncIoBridge::new(writer);
-        let result = write_archive(out, &data_dir, &snapshot, &manifest, &blobs, &agents);
+        let result = write_archive(out, &snapshot, &pki, &manifest, &blobs, &agents);
         drop(tmp);
         match result {
             Ok(()) => tracing::info!("backup sent"),
