@@ -12,6 +12,7 @@
 use crate::blobs::BlobStore;
 use crate::pki::PkiPaths;
 use crate::store::Store;
+use crate::tarfile::append;
 use anyhow::{bail, Context, Result};
 use berth_bundle::hashio::HashingReader;
 use berth_shared::Digest;
@@ -98,21 +99,6 @@ pub fn write_archive(
     }
     b.into_inner()?.flush()?;
     Ok(())
-}
-
-fn append<W: Write>(
-    b: &mut tar::Builder<W>,
-    path: &str,
-    size: u64,
-    mode: u32,
-    data: impl Read,
-) -> Result<()> {
-    let mut h = tar::Header::new_ustar();
-    h.set_size(size);
-    h.set_mode(mode);
-    h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, path, data)
-        .with_context(|| format!("cannot write {path} into the backup"))
 }
 
 /// The PKI files present in `data_dir` that a backup takes, with their bytes.
@@ -327,20 +313,6 @@ pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backu
 mod tests {
     use super::*;
 
-    fn raw_tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (p, data) in entries {
-            let mut h = tar::Header::new_ustar();
-            h.as_ustar_mut().unwrap().name[..p.len()].copy_from_slice(p.as_bytes());
-            h.set_size(data.len() as u64);
-            h.set_mode(0o600);
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
     fn ca() -> (String, Digest) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::default()
@@ -388,11 +360,11 @@ mod tests {
             ("pki/admin.token", b"t"),
             (&bpath, blob),
         ];
-        assert!(check_or_extract(&raw_tar(&good)[..], None).is_ok());
+        assert!(check_or_extract(&crate::tarfile::raw(&good)[..], None).is_ok());
         let err = |entries: Vec<(&str, &[u8])>| {
             format!(
                 "{:#}",
-                check_or_extract(&raw_tar(&entries)[..], None).unwrap_err()
+                check_or_extract(&crate::tarfile::raw(&entries)[..], None).unwrap_err()
             )
         };
         let mut evil = good.clone();

@@ -73,7 +73,13 @@ pub async fn save(client: &Client, refs: &[String], out: &Path) -> Result<()> {
     builder.mode(tar::HeaderMode::Deterministic);
     let (builder_back, total) = {
         let mut b = builder;
-        append(&mut b, INDEX, index_json.len() as u64, &index_json[..])?;
+        crate::tarfile::append(
+            &mut b,
+            INDEX,
+            index_json.len() as u64,
+            0o644,
+            &index_json[..],
+        )?;
         let mut total = 0u64;
         for item in &index.bundles {
             let resp = client
@@ -85,7 +91,7 @@ pub async fn save(client: &Client, refs: &[String], out: &Path) -> Result<()> {
             b = tokio::task::spawn_blocking(move || -> Result<_> {
                 let mut hashing =
                     HashingReader::new(tokio_util::io::SyncIoBridge::new(reader).take(size));
-                append(&mut b, &blob_entry(&digest), size, &mut hashing)?;
+                crate::tarfile::append(&mut b, &blob_entry(&digest), size, 0o644, &mut hashing)?;
                 let (got, n) = hashing.finish();
                 if got != digest || n != size {
                     bail!("the controller sent {n} bytes with digest {got} for {digest}");
@@ -117,20 +123,6 @@ pub async fn save(client: &Client, refs: &[String], out: &Path) -> Result<()> {
         out.display()
     );
     Ok(())
-}
-
-fn append<W: std::io::Write>(
-    b: &mut tar::Builder<W>,
-    path: &str,
-    size: u64,
-    data: impl Read,
-) -> Result<()> {
-    let mut h = tar::Header::new_ustar();
-    h.set_size(size);
-    h.set_mode(0o644);
-    h.set_entry_type(tar::EntryType::Regular);
-    b.append_data(&mut h, path, data)
-        .with_context(|| format!("cannot write {path} into the archive"))
 }
 
 /// What a checked archive holds.
@@ -316,21 +308,6 @@ pub async fn load(client: &Client, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// A tar with these entries, names written raw (the builder itself refuses `..`).
-    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        for (p, data) in entries {
-            let mut h = tar::Header::new_ustar();
-            h.as_ustar_mut().unwrap().name[..p.len()].copy_from_slice(p.as_bytes());
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_entry_type(tar::EntryType::Regular);
-            h.set_cksum();
-            b.append(&h, *data).unwrap();
-        }
-        b.into_inner().unwrap()
-    }
-
     fn index_for(blobs: &[&[u8]], tags: &[&str]) -> Vec<u8> {
         serde_json::to_vec(&BundleArchiveIndex {
             format: FORMAT.into(),
@@ -352,7 +329,7 @@ mod tests {
     fn a_whole_archive_checks() {
         let blob: &[u8] = b"bundle bytes";
         let idx = index_for(&[blob], &["x:1"]);
-        let t = tar_of(&[(INDEX, &idx), (&blob_entry(&Digest::of(blob)), blob)]);
+        let t = crate::tarfile::raw(&[(INDEX, &idx), (&blob_entry(&Digest::of(blob)), blob)]);
         let c = check_reader(&t[..]).unwrap();
         assert_eq!(c.index.bundles[0].tags, ["x:1"]);
     }
@@ -364,20 +341,23 @@ mod tests {
         let idx = index_for(&[blob], &["x:1"]);
         let entry = blob_entry(&d);
         let cases: Vec<(Vec<u8>, ArchiveError)> = vec![
-            (tar_of(&[]), ArchiveError::NoIndex("(empty archive)".into())),
             (
-                tar_of(&[("evil.sh", b"x"), (INDEX, &idx)]),
+                crate::tarfile::raw(&[]),
+                ArchiveError::NoIndex("(empty archive)".into()),
+            ),
+            (
+                crate::tarfile::raw(&[("evil.sh", b"x"), (INDEX, &idx)]),
                 ArchiveError::NoIndex("evil.sh".into()),
             ),
             (
-                tar_of(&[(INDEX, &idx), (&entry, b"bundle bytez")]),
+                crate::tarfile::raw(&[(INDEX, &idx), (&entry, b"bundle bytez")]),
                 ArchiveError::DigestMismatch {
                     entry: entry.clone(),
                     got: Digest::of(b"bundle bytez"),
                 },
             ),
             (
-                tar_of(&[(INDEX, &idx), (&entry, b"short")]),
+                crate::tarfile::raw(&[(INDEX, &idx), (&entry, b"short")]),
                 ArchiveError::SizeMismatch {
                     entry: entry.clone(),
                     got: 5,
@@ -385,15 +365,15 @@ mod tests {
                 },
             ),
             (
-                tar_of(&[(INDEX, &idx)]),
+                crate::tarfile::raw(&[(INDEX, &idx)]),
                 ArchiveError::Missing(entry.clone()),
             ),
             (
-                tar_of(&[(INDEX, &idx), (&entry, blob), ("../../etc/passwd", b"x")]),
+                crate::tarfile::raw(&[(INDEX, &idx), (&entry, blob), ("../../etc/passwd", b"x")]),
                 ArchiveError::UnexpectedEntry("../../etc/passwd".into()),
             ),
             (
-                tar_of(&[
+                crate::tarfile::raw(&[
                     (INDEX, &index_for(&[blob], &["sha256:abc"])),
                     (&entry, blob),
                 ]),
@@ -406,12 +386,12 @@ mod tests {
         let bad_format =
             serde_json::to_vec(&serde_json::json!({"format": "other/v9", "bundles": []})).unwrap();
         assert!(matches!(
-            check_reader(&tar_of(&[(INDEX, &bad_format)])[..]),
+            check_reader(&crate::tarfile::raw(&[(INDEX, &bad_format)])[..]),
             Err(ArchiveError::BadIndex(m)) if m.contains("other/v9")
         ));
         let unknown = br#"{"format":"berth-bundles/v1","bundles":[],"run":"rm -rf /"}"#;
         assert!(matches!(
-            check_reader(&tar_of(&[(INDEX, unknown)])[..]),
+            check_reader(&crate::tarfile::raw(&[(INDEX, unknown)])[..]),
             Err(ArchiveError::BadIndex(m)) if m.contains("unknown field")
         ));
     }

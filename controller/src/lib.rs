@@ -20,4 +20,5 @@ pub mod planner;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod tarfile;
 pub mod time;

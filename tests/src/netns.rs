@@ -29,6 +29,16 @@ pub fn available() -> bool {
             .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
 }
 
+/// For tests selected by BERTH_E2E=1 (`cfg(berth_e2e)`, or `--ignored`): fail loudly when
+/// this process cannot run them rather than pass without running.
+pub fn require() {
+    assert!(
+        available(),
+        "the network-namespace end-to-end tests (selected by BERTH_E2E=1) need root and \
+         iproute2 (ip netns); run them as root, or unset BERTH_E2E to have them ignored"
+    );
+}
+
 pub struct Fleet {
     prefix: String,
     pub subnet: String,

@@ -12,14 +12,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-fn require_netns() {
-    assert!(
-        netns::available(),
-        "the network-namespace end-to-end tests (selected by BERTH_E2E=1) need root and \
-         iproute2 (ip netns); run them as root, or unset BERTH_E2E to have them ignored"
-    );
-}
-
 fn ready_hosts(ctl: &Controller) -> Vec<String> {
     let out = ctl.cli(&["get", "hosts", "-o", "json"]);
     serde_json::from_slice::<Vec<Value>>(&out.stdout)
@@ -50,7 +42,7 @@ fn run_line(ns: &str, name: &str, line: &str, root: &Path) -> Output {
     ignore = "needs root and BERTH_E2E=1 (network namespaces)"
 )]
 fn hosts_with_nothing_install_themselves_with_one_line_then_a_cluster() {
-    require_netns();
+    netns::require();
     let mut fleet = Fleet::new();
     let (cns, cip) = fleet.host("ctl");
     let mut ctl = Controller::start_in(&cns, &cip, &[]);
@@ -123,7 +115,7 @@ fn hosts_with_nothing_install_themselves_with_one_line_then_a_cluster() {
     ignore = "needs root and BERTH_E2E=1 (network namespaces)"
 )]
 fn the_static_agent_runs_hooks_where_root_has_only_a_static_sh() {
-    require_netns();
+    netns::require();
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .map(PathBuf::from)

@@ -10,16 +10,6 @@ use berth_tests::*;
 use serde_json::Value;
 use std::process::Command;
 
-/// The tests were selected (`cfg(berth_e2e)`, or `--ignored`); fail loudly when this
-/// process cannot run them rather than pass without running.
-fn require_netns() {
-    assert!(
-        netns::available(),
-        "the network-namespace end-to-end tests (selected by BERTH_E2E=1) need root and \
-         iproute2 (ip netns); run them as root, or unset BERTH_E2E to have them ignored"
-    );
-}
-
 /// Enrolls an agent named `name` from inside namespace `ns` and starts it there.
 fn enroll(ctl: &Controller, ns: &str, name: &str, token: &str, hash: &str) -> Proc {
     let data = ctl.agent_dir(name);
@@ -111,7 +101,7 @@ fn steps_of(st: &Value, host: &str) -> usize {
     ignore = "needs root and BERTH_E2E=1 (network namespaces)"
 )]
 fn etcd_cluster_in_namespaces_create_scale_delete_reset() {
-    require_netns();
+    netns::require();
     assemble_etcd();
 
     let (_fleet, ctl, hosts, _) = flat_fleet(&["e1", "e2", "e3", "e4", "e5"]);
@@ -261,7 +251,7 @@ fn etcd_cluster_in_namespaces_create_scale_delete_reset() {
     ignore = "needs root and BERTH_E2E=1 (network namespaces)"
 )]
 fn hosts_behind_nat_join_a_cluster_the_controller_cannot_reach_back() {
-    require_netns();
+    netns::require();
     assemble_etcd();
     let mut fleet = Fleet::new();
     let (cns, cip) = fleet.host("ctl");
@@ -373,7 +363,7 @@ fn step<'a>(st: &'a Value, host: &str, kind: &str) -> &'a Value {
     ignore = "needs root and BERTH_E2E=1 (network namespaces)"
 )]
 fn a_host_cut_off_mid_install_catches_up_and_no_report_is_lost() {
-    require_netns();
+    netns::require();
     let (_fleet, ctl, hosts, _) = flat_fleet(&["p1", "p2", "p3"]);
     ctl.push_examples();
     let mk = ctl.dir.path().join("marks");
@@ -421,7 +411,7 @@ fn a_host_cut_off_mid_install_catches_up_and_no_report_is_lost() {
     ignore = "needs root and BERTH_E2E=1 (network namespaces)"
 )]
 fn a_controller_killed_during_join_restarts_and_no_step_runs_twice() {
-    require_netns();
+    netns::require();
     assemble_etcd();
     let (_fleet, mut ctl, hosts, _) = flat_fleet(&["k1", "k2", "k3"]);
     let etcd = repo_root().join("examples/etcd");
@@ -485,7 +475,7 @@ fn a_controller_killed_during_join_restarts_and_no_step_runs_twice() {
     ignore = "needs root and BERTH_E2E=1 (network namespaces)"
 )]
 fn a_bundle_download_cut_mid_way_resumes_and_is_verified() {
-    require_netns();
+    netns::require();
     let (_fleet, ctl, hosts, cns) = flat_fleet(&["d1"]);
     // A bundle big enough to cut mid-way: hello plus 24 MB of incompressible data.
     let src = ctl.dir.path().join("big");
