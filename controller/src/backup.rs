@@ -253,8 +253,8 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
     Ok(m)
 }
 
-/// `berth restore FILE --data-dir DIR`: checks the whole backup, writes it into a new
-/// directory beside DIR, opens the database (migrating it if this berth is newer), makes
+/// `berth restore FILE --data-dir DIR`: checks the whole backup while writing it into a new
+/// directory beside DIR (removed when the check fails), opens the database (migrating it if this berth is newer), makes
 /// plan generations jump ahead, then moves it to DIR.
 pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backup::Inventory> {
     if data_dir.exists()
@@ -268,13 +268,6 @@ pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backu
             data_dir.display()
         );
     }
-    let f = file.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        check_or_extract(std::io::BufReader::new(std::fs::File::open(&f)?), None)
-    })
-    .await?
-    .with_context(|| format!("{} is refused; nothing was restored", file.display()))?;
-
     let parent = data_dir
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -283,6 +276,8 @@ pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backu
     let staging = tempfile::Builder::new()
         .prefix(".berth-restore-")
         .tempdir_in(parent)?;
+    // One pass checks and writes into the staging dir, which is removed (dropped) when
+    // anything in the backup is wrong: DIR is only ever touched by the final rename.
     let (f, dir) = (file.to_path_buf(), staging.path().to_path_buf());
     tokio::task::spawn_blocking(move || {
         berth_files::create_private_dir(&dir)?;
@@ -291,7 +286,8 @@ pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backu
             Some(&dir),
         )
     })
-    .await??;
+    .await?
+    .with_context(|| format!("{} is refused; nothing was restored", file.display()))?;
     let store = Store::open(staging.path()).await?;
     store
         .mark_restored(&file.display().to_string())
