@@ -211,6 +211,8 @@ async fn run_loop(c: Common) -> Result<()> {
             poll_wait: c.poll_wait,
             backoff_max: c.backoff_max,
             limits,
+            connect: Default::default(),
+            probe: Default::default(),
         },
         shutdown,
     )

@@ -30,6 +30,10 @@ pub struct RunConfig {
     pub backoff_max: Duration,
     /// Unpack limits for bundles.
     pub limits: berth_bundle::Limits,
+    /// How the HTTPS client connects (source address).
+    pub connect: crate::tls::Connect,
+    /// Observation points (the fleet simulator's); none for a real agent.
+    pub probe: crate::probe::Probe,
 }
 
 /// Writes the newest accepted plan generation durably (replay protection survives restarts).
@@ -43,7 +47,7 @@ fn persist(path: &std::path::Path, generation: u64) {
 }
 
 pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
-    let session = Session::open(cfg.data_dir.clone())?;
+    let session = Session::open_with(cfg.data_dir.clone(), cfg.connect.clone())?;
     // Two agents on one data dir would run every step twice and mix their spools.
     let lock_file = std::fs::OpenOptions::new()
         .create(true)
@@ -70,6 +74,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     tokio::spawn(spool.clone().run_sender(
         session.clone(),
         format!("{}/v1/agent/reports", id.meta.controller),
+        cfg.probe.clone(),
         shutdown.clone(),
     ));
     // Plans run one after the other on their own task; the poll loop keeps heartbeating.
@@ -138,6 +143,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     if !connected {
                         tracing::info!(host = %p.host, "connected to controller");
                         connected = true;
+                        cfg.probe.connected();
                     }
                     if changed && p.facts_accepted {
                         tracing::info!("facts reported");
@@ -159,6 +165,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                                 steps = plan.steps.len(),
                                 "plan accepted"
                             );
+                            cfg.probe.plan_accepted(plan.generation, plan.steps.len());
                             if plan.generation > last_accepted {
                                 last_accepted = plan.generation;
                                 persist(&gen_file, last_accepted);
@@ -177,11 +184,13 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     }
                 }
                 Err(e) => {
+                    cfg.probe.poll_failed("unreadable_answer");
                     tracing::warn!(error = %chain(&e), "unreadable poll answer; retrying");
                     backoff.next_delay()
                 }
             },
             Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                cfg.probe.poll_failed("http_503");
                 let secs = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -201,6 +210,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             }
             Ok(resp) => {
                 let status = resp.status();
+                cfg.probe.poll_failed(&format!("http_{}", status.as_u16()));
                 let body = resp.bytes().await.unwrap_or_default();
                 let why = serde_json::from_slice::<ErrorBody>(&body)
                     .map(|e| format!("{} ({})", e.message, e.code))
@@ -223,6 +233,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                 delay
             }
             Err(e) => {
+                cfg.probe.poll_failed("unreachable");
                 if session.reload_if_replaced() {
                     // Re-enrolled (e.g. with a rotated CA) while running: retry at once.
                     connected = false;

@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Session {
     data_dir: PathBuf,
+    connect: crate::tls::Connect,
     inner: Arc<RwLock<(Identity, reqwest::Client)>>,
 }
 
@@ -29,6 +30,11 @@ impl Session {
     /// Loads the stored identity. An expired certificate is an error that says how to
     /// re-enroll: no controller accepts it any more.
     pub fn open(data_dir: PathBuf) -> Result<Session> {
+        Session::open_with(data_dir, crate::tls::Connect::default())
+    }
+
+    /// `open`, with the client connecting as `connect` says.
+    pub fn open_with(data_dir: PathBuf, connect: crate::tls::Connect) -> Result<Session> {
         let id = Identity::load(&data_dir)?;
         let validity = id.cert_validity()?;
         if validity.expired(now_unix()) {
@@ -45,9 +51,10 @@ impl Session {
                 dir = data_dir.display(),
             );
         }
-        let client = crate::tls::agent_client(&id)?;
+        let client = crate::tls::agent_client(&id, &connect)?;
         Ok(Session {
             data_dir,
+            connect,
             inner: Arc::new(RwLock::new((id, client))),
         })
     }
@@ -65,7 +72,7 @@ impl Session {
     }
 
     fn install(&self, id: Identity) -> Result<()> {
-        let client = crate::tls::agent_client(&id)?;
+        let client = crate::tls::agent_client(&id, &self.connect)?;
         *self.inner.write().unwrap_or_else(|p| p.into_inner()) = (id, client);
         Ok(())
     }
@@ -178,7 +185,7 @@ impl Session {
         };
         next.cert_validity()?;
         // Build the client first: a certificate it cannot use must not replace a good one.
-        crate::tls::agent_client(&next)?;
+        crate::tls::agent_client(&next, &self.connect)?;
         let (dir, staged, expect) = (self.data_dir.clone(), next.clone(), id.cert_pem.clone());
         if let Err(e) =
             tokio::task::spawn_blocking(move || staged.replace(&dir, Some(&expect))).await?

@@ -63,6 +63,7 @@ impl Spool {
         self: Arc<Self>,
         session: crate::session::Session,
         url: String,
+        probe: crate::probe::Probe,
         shutdown: CancellationToken,
     ) {
         let mut backoff = crate::backoff::Backoff::new(RETRY_BASE, RETRY_MAX);
@@ -108,6 +109,7 @@ impl Spool {
                 continue;
             }
             body.extend_from_slice(b"]}");
+            let started = std::time::Instant::now();
             let resp = session
                 .client()
                 .post(&url)
@@ -116,6 +118,15 @@ impl Spool {
                 .timeout(Duration::from_secs(30))
                 .send()
                 .await;
+            probe.reports_sent(
+                batch.len(),
+                started.elapsed(),
+                &match &resp {
+                    Ok(r) if r.status().is_success() => "ok".to_string(),
+                    Ok(r) => format!("http_{}", r.status().as_u16()),
+                    Err(_) => "unreachable".to_string(),
+                },
+            );
             let drop_upto = match resp {
                 Ok(r) if r.status().is_success() => {
                     limit = (limit * 2).min(BATCH_BYTES);

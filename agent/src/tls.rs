@@ -96,12 +96,29 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// The agent's HTTPS client: mutual TLS with its enrolled identity.
-pub fn agent_client(id: &crate::identity::Identity) -> Result<reqwest::Client> {
+/// How the agent's client connects. The default is what the OS picks; the fleet
+/// simulator spreads its agents over several loopback source addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Connect {
+    pub local_address: Option<std::net::IpAddr>,
+}
+
+/// The agent's HTTPS client: mutual TLS with its enrolled identity, HTTP/2 when the
+/// controller offers it. The poll, the reports and bundle downloads then share one
+/// connection (one socket and one TLS session per host on the controller). Downloads
+/// get large flow-control windows so a bundle streams at link speed.
+pub fn agent_client(id: &crate::identity::Identity, connect: &Connect) -> Result<reqwest::Client> {
+    let mut tls = mutual(&id.ca_pem, &id.cert_pem, id.private_key()?)?;
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     reqwest::Client::builder()
-        .use_preconfigured_tls(mutual(&id.ca_pem, &id.cert_pem, id.private_key()?)?)
+        .use_preconfigured_tls(tls)
+        .local_address(connect.local_address)
         .connect_timeout(std::time::Duration::from_secs(10))
         .read_timeout(std::time::Duration::from_secs(60))
+        .http2_initial_stream_window_size(Some(4 << 20))
+        .http2_initial_connection_window_size(Some(8 << 20))
+        .http2_keep_alive_interval(Some(std::time::Duration::from_secs(60)))
+        .http2_keep_alive_timeout(std::time::Duration::from_secs(20))
         .build()
         .context("cannot build the HTTPS client")
 }
