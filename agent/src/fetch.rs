@@ -25,6 +25,102 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
+    /// The cluster context a plan names: from the cache, else downloaded, its size and
+    /// sha256 checked against the signed reference before it is kept or read. It holds
+    /// the Clusterfile and outputs (secrets), so it is cached 0600.
+    pub async fn context(
+        &self,
+        r: &berth_shared::plan::ContextRef,
+    ) -> Result<berth_shared::plan::ClusterContext> {
+        use berth_shared::plan::MAX_CONTEXT_BYTES;
+        if r.size > MAX_CONTEXT_BYTES {
+            bail!(
+                "the plan names a context of {} bytes; at most {MAX_CONTEXT_BYTES} are accepted",
+                r.size
+            );
+        }
+        let path = self
+            .cache
+            .join("contexts")
+            .join(format!("{}.json", r.digest.hex()));
+        let body = match tokio::fs::read(&path).await {
+            Ok(b) if Digest::of(&b) == r.digest => b,
+            _ => self.download_context(r).await?,
+        };
+        if !path.exists() {
+            let (p, b) = (path.clone(), body.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                std::fs::create_dir_all(p.parent().context("cache dir")?)?;
+                berth_files::write_durable(&p, &b, 0o600)
+            })
+            .await??;
+        }
+        serde_json::from_slice(&body).context("the cluster context is not valid")
+    }
+
+    async fn download_context(&self, r: &berth_shared::plan::ContextRef) -> Result<Vec<u8>> {
+        let url = format!(
+            "{}/v1/agent/contexts/sha256/{}",
+            self.controller,
+            r.digest.hex()
+        );
+        let mut backoff =
+            crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome: Result<Vec<u8>> = async {
+                let resp = self
+                    .session
+                    .client()
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| anyhow!("cannot reach the controller: {}", chain(&e)))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let body = resp.text().await.unwrap_or_default();
+                    bail!("controller answered {status}: {body}");
+                }
+                let mut body = Vec::with_capacity(r.size as usize);
+                let mut stream = resp.bytes_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| anyhow!("download cut: {}", chain(&e)))?;
+                    if (body.len() + chunk.len()) as u64 > r.size {
+                        bail!(
+                            "the controller sent more than the {} bytes the plan names",
+                            r.size
+                        );
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                let got = Digest::of(&body);
+                if got != r.digest {
+                    bail!(
+                        "the context has digest {got}, the signed plan names {}",
+                        r.digest
+                    );
+                }
+                Ok(body)
+            }
+            .await;
+            match outcome {
+                Ok(b) => return Ok(b),
+                Err(e) if attempt >= self.attempts => {
+                    return Err(e.context(format!(
+                        "cannot fetch the cluster context {} after {attempt} attempts",
+                        r.digest
+                    )))
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?delay, "context fetch failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
     fn blob_path(&self, d: &Digest) -> PathBuf {
         self.cache.join("blobs/sha256").join(d.hex())
     }

@@ -24,7 +24,11 @@ pub struct Probe(Option<Arc<dyn Observer>>);
 
 impl std::fmt::Debug for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "Probe(set)" } else { "Probe(none)" })
+        f.write_str(if self.0.is_some() {
+            "Probe(set)"
+        } else {
+            "Probe(none)"
+        })
     }
 }
 

@@ -94,8 +94,25 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         while plan_rx.changed().await.is_ok() {
             let plan = plan_rx.borrow_and_update().clone();
             if let Some(p) = plan {
-                if let Err(e) = executor.run_plan(&p).await {
-                    tracing::error!(error = format!("{e:#}"), "plan execution stopped");
+                // What the plan shares with the cluster comes from its context document.
+                let full = match p.context {
+                    Some(r) => executor
+                        .fetcher
+                        .context(&r)
+                        .await
+                        .map(|c| p.with_context(&c)),
+                    None if p.steps.is_empty() => Ok(p),
+                    None => Err(anyhow::anyhow!(
+                        "the plan has steps but names no cluster context"
+                    )),
+                };
+                match full {
+                    Ok(p) => {
+                        if let Err(e) = executor.run_plan(&p).await {
+                            tracing::error!(error = format!("{e:#}"), "plan execution stopped");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = format!("{e:#}"), "plan not run"),
                 }
             }
         }

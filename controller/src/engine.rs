@@ -16,18 +16,13 @@ use anyhow::Result;
 use berth_shared::api::{codes, StepReport};
 use berth_shared::bundle::BundleType;
 use berth_shared::clusterfile::{strip_port, Clusterfile};
-use berth_shared::plan::{
-    envelope, PlanBundle, PlanConfig, PlanEnvelope, PlanPayload, PlanStep, PLAN_VERSION,
-};
 use berth_shared::state::{transition, ClusterPhase, HostRole, StepKind, StepState, Transition};
 use berth_shared::{BundleRef, Digest};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// How long a signed plan is valid.
-pub const PLAN_TTL_SECS: i64 = 3600;
 /// Largest accepted log chunk (the agent sends at most 64 KiB).
 pub const MAX_LOG_CHUNK: usize = 256 * 1024;
 /// Outputs of one step: at most this many keys, each value at most `MAX_OUTPUT_VALUE` bytes.
@@ -116,10 +111,15 @@ impl From<StoreError> for EngineError {
 
 pub struct Engine {
     pub store: Store,
-    pki: Arc<Pki>,
+    /// Contexts, per-host plans and their signed envelopes.
+    pub plans: crate::plans::Plans,
     cfg: EngineConfig,
     wakers: Mutex<HashMap<i64, Arc<Notify>>>,
     tick_lock: tokio::sync::Mutex<()>,
+    /// Clusters a report changed, ticked by `run_ticker` as soon as it is free: reports
+    /// that land while a tick runs are settled by one tick after it, not one each.
+    dirty: Mutex<std::collections::BTreeSet<i64>>,
+    dirty_notify: Notify,
 }
 
 pub struct Applied {
@@ -134,11 +134,13 @@ fn parse_spec(json: &str) -> Result<ResolvedSpec> {
 impl Engine {
     pub fn new(store: Store, pki: Arc<Pki>, cfg: EngineConfig) -> Engine {
         Engine {
+            plans: crate::plans::Plans::new(store.clone(), pki),
             store,
-            pki,
             cfg,
             wakers: Mutex::new(HashMap::new()),
             tick_lock: tokio::sync::Mutex::new(()),
+            dirty: Mutex::new(Default::default()),
+            dirty_notify: Notify::new(),
         }
     }
 
@@ -272,6 +274,9 @@ impl Engine {
     /// two hosts claim is refused: a host must not become master0 by claiming an IP.
     async fn resolve_hosts(&self, cf: &Clusterfile) -> Result<Vec<DesiredHost>, EngineError> {
         let all_hosts = self.store.hosts().await?;
+        let member_of = self.store.host_clusters().await?;
+        let by_name: HashMap<&str, &HostRow> =
+            all_hosts.iter().map(|h| (h.name.as_str(), h)).collect();
         let mut by_addr: HashMap<&str, Vec<&HostRow>> = HashMap::new();
         for h in &all_hosts {
             for a in &h.facts.addresses {
@@ -287,7 +292,7 @@ impl Engine {
                     g.index
                 );
                 let mut claims: Vec<&HostRow> =
-                    all_hosts.iter().filter(|h| h.name == key).collect();
+                    by_name.get(key.as_str()).copied().into_iter().collect();
                 if key.parse::<std::net::IpAddr>().is_ok() {
                     for h in by_addr.get(key.as_str()).into_iter().flatten() {
                         if !claims.iter().any(|c| c.id == h.id) {
@@ -319,8 +324,8 @@ impl Engine {
                         host.name
                     )));
                 }
-                if let Some((_, other)) = self.store.cluster_of_host(host.id).await? {
-                    if other != cf.name {
+                if let Some(other) = member_of.get(&host.id) {
+                    if *other != cf.name {
                         return Err(EngineError::invalid(format!(
                             "{field}: host `{}` already belongs to cluster `{other}`",
                             host.name
@@ -349,55 +354,49 @@ impl Engine {
         Ok(desired)
     }
 
-    /// Releases what can run, settles the cluster's phase. Idempotent.
+    /// Releases what can run, settles the cluster's phase. Idempotent. Costs a few indexed
+    /// reads plus the steps it releases, however many steps the cluster has (a reset,
+    /// which is rare, reads them all).
     pub async fn tick(&self, cluster_id: i64) -> Result<()> {
         let _guard = self.tick_lock.lock().await;
-        let Some(cluster) = self.store.cluster_by_id(cluster_id).await? else {
+        let Some(head) = self.store.cluster_head(cluster_id).await? else {
             return Ok(());
         };
-        let steps = self.store.steps(cluster_id).await?;
-        if cluster.phase.is_reset() {
+        if head.phase.is_reset() {
+            let Some(cluster) = self.store.cluster_by_id(cluster_id).await? else {
+                return Ok(());
+            };
+            let steps = self.store.steps(cluster_id).await?;
             return self.tick_reset(&cluster, &steps).await;
         }
-        let finished = |s: &StepRow| {
-            s.state == StepState::Succeeded
-                || s.state == StepState::Cancelled
-                || (s.best_effort && matches!(s.state, StepState::Failed | StepState::Interrupted))
-        };
-        if let Some(f) = steps.iter().find(|s| {
-            !s.best_effort && matches!(s.state, StepState::Failed | StepState::Interrupted)
-        }) {
-            if cluster.phase != ClusterPhase::Failed {
+        let view = self.store.tick_view(cluster_id).await?;
+        if let Some(f) = &view.failure {
+            if head.phase != ClusterPhase::Failed {
                 let msg = format!(
                     "step {} failed on host {}: {}",
                     f.kind,
                     f.host_name,
                     outcome(f)
                 );
-                tracing::warn!(cluster = %cluster.name, host = %f.host_name, step = %f.kind, "{msg}");
+                tracing::warn!(cluster = %head.name, host = %f.host_name, step = %f.kind, "{msg}");
                 self.store
                     .set_phase(cluster_id, ClusterPhase::Failed, Some(&msg))
                     .await?;
             }
             return Ok(());
         }
-        let unfinished: Vec<&StepRow> = steps.iter().filter(|s| !finished(s)).collect();
-        let Some(min) = unfinished.iter().map(|s| s.ord).min() else {
+        if view.open_ord.is_none() {
             self.store.drop_left_hosts(cluster_id).await?;
-            if cluster.phase != ClusterPhase::Running {
+            if head.phase != ClusterPhase::Running {
                 self.store
                     .set_phase(cluster_id, ClusterPhase::Running, None)
                     .await?;
-                tracing::info!(cluster = %cluster.name, "cluster is Running");
+                tracing::info!(cluster = %head.name, "cluster is Running");
             }
             return Ok(());
-        };
-        self.release(
-            &cluster.spec,
-            unfinished.iter().filter(|s| s.ord == min).copied(),
-        )
-        .await?;
-        if cluster.phase == ClusterPhase::Failed {
+        }
+        self.release(cluster_id, view.pending.iter()).await?;
+        if head.phase == ClusterPhase::Failed {
             self.store
                 .set_phase(cluster_id, ClusterPhase::Reconciling, None)
                 .await?;
@@ -423,7 +422,7 @@ impl Engine {
             })
             .collect();
         if let Some(min) = open.iter().map(|s| s.ord).min() {
-            self.release(&cluster.spec, open.iter().filter(|s| s.ord == min).copied())
+            self.release(cluster.id, open.iter().filter(|s| s.ord == min).copied())
                 .await?;
             return Ok(());
         }
@@ -462,10 +461,10 @@ impl Engine {
     /// Releases pending steps with their deadlines and wakes their hosts.
     async fn release<'a>(
         &self,
-        spec: &str,
+        cluster_id: i64,
         steps: impl Iterator<Item = &'a StepRow>,
     ) -> Result<()> {
-        let spec = parse_spec(spec).unwrap_or_default();
+        let spec = self.plans.spec(cluster_id).await?.unwrap_or_default();
         let now = now_unix();
         let release: Vec<(i64, i64)> = steps
             .filter(|s| s.state == StepState::Pending)
@@ -482,6 +481,39 @@ impl Engine {
     fn deadline_secs(&self, spec: &ResolvedSpec, s: &StepRow) -> i64 {
         let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
         (spec.step_timeout_secs(s.kind, &sspec) + self.cfg.step_grace.as_secs()) as i64
+    }
+
+    /// Asks `run_ticker` to tick a cluster. Never waits.
+    pub fn schedule_tick(&self, cluster_id: i64) {
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cluster_id);
+        self.dirty_notify.notify_one();
+    }
+
+    /// Ticks the clusters `schedule_tick` named, at once and coalesced, until shutdown.
+    pub async fn run_ticker(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.dirty_notify.notified() => {}
+            }
+            let due = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+            for cid in due {
+                if let Err(e) = self.tick(cid).await {
+                    tracing::error!(
+                        cluster = cid,
+                        error = format!("{e:#}"),
+                        "tick failed; retrying with the next report"
+                    );
+                    self.dirty
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(cid);
+                }
+            }
+        }
     }
 
     /// Ticks every cluster (at start, after a restart).
@@ -555,12 +587,11 @@ impl Engine {
                 })
             }
         };
-        let cluster = self
-            .store
-            .cluster_by_id(step.cluster_id)
+        let spec = self
+            .plans
+            .spec(step.cluster_id)
             .await?
             .ok_or_else(|| EngineError::not_found("the step's cluster is gone"))?;
-        let spec = parse_spec(&cluster.spec)?;
         let sspec: StepSpec = serde_json::from_str(&step.spec).unwrap_or_default();
         let mut r = r.clone();
         if to == StepState::Succeeded {
@@ -682,83 +713,6 @@ impl Engine {
             }
         }
         Ok(false)
-    }
-
-    /// The host's current signed plan when it is newer than `have`.
-    pub async fn plan_for(&self, host: &HostRow, have: u64) -> Result<Option<PlanEnvelope>> {
-        let generation = self.store.plan_generation(host.id).await?;
-        if generation <= have {
-            return Ok(None);
-        }
-        let rows = self.store.host_plan_steps(host.id).await?;
-        let mut steps = Vec::new();
-        let mut cluster_name = String::new();
-        let mut clusterfile = String::new();
-        type Ctx = (
-            crate::store::clusters::ClusterRow,
-            ResolvedSpec,
-            Vec<ClusterHostRow>,
-            BTreeMap<String, String>,
-        );
-        let mut cache: HashMap<i64, Ctx> = HashMap::new();
-        for s in rows {
-            if let std::collections::hash_map::Entry::Vacant(e) = cache.entry(s.cluster_id) {
-                let Some(c) = self.store.cluster_by_id(s.cluster_id).await? else {
-                    continue;
-                };
-                let spec = parse_spec(&c.spec)?;
-                let hosts = self.store.cluster_hosts(c.id).await?;
-                let outputs = self.store.outputs(c.id).await?;
-                e.insert((c, spec, hosts, outputs));
-            }
-            let Some((c, spec, hosts, outputs)) = cache.get(&s.cluster_id) else {
-                continue;
-            };
-            cluster_name = c.name.clone();
-            clusterfile = c.clusterfile.clone();
-            let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
-            let bundles: Vec<PlanBundle> = spec
-                .bundles_of(s.kind, &sspec)
-                .into_iter()
-                .map(plan_bundle)
-                .collect();
-            let env = compose_env(&c.name, spec, hosts, outputs, host, &sspec);
-            steps.push(PlanStep {
-                id: s.id,
-                attempt: s.attempt as u32,
-                kind: s.kind.to_string(),
-                bundles,
-                env,
-                configs: spec
-                    .configs
-                    .iter()
-                    .map(|c| PlanConfig {
-                        path: c.path.clone(),
-                        strategy: c.strategy.clone(),
-                        data: c.data.clone(),
-                        matches: c.matches.clone(),
-                    })
-                    .collect(),
-            });
-        }
-        let now = now_unix();
-        let payload = PlanPayload {
-            version: PLAN_VERSION,
-            cluster: cluster_name,
-            host: host.name.clone(),
-            generation,
-            issued_at: now,
-            expires_at: now + PLAN_TTL_SECS,
-            clusterfile,
-            steps,
-        };
-        let bytes = serde_json::to_vec(&payload)?;
-        let sig = self.pki.plan_key.sign(&bytes);
-        Ok(Some(envelope(
-            &bytes,
-            sig.as_ref(),
-            &self.pki.plan_key_id(),
-        )))
     }
 
     /// `berth reset`: clean hooks on every host, then the cluster is removed. With `force`,
@@ -937,74 +891,4 @@ fn clip(s: &str, max: usize) -> String {
         end -= 1;
     }
     s[..end].to_string()
-}
-
-fn plan_bundle(b: &ResolvedBundle) -> PlanBundle {
-    PlanBundle {
-        reference: b.reference.clone(),
-        digest: b.digest,
-        manifest: b.manifest.clone(),
-    }
-}
-
-/// Env of a step, lowest precedence first: cluster outputs, Clusterfile `spec.env` (which
-/// includes `berth run -e`), per-host env, then the `BERTH_*` values. Outputs never
-/// override what the operator set. (Bundle env, below all of these, and the agent's paths
-/// are added on the host.)
-fn compose_env(
-    cluster: &str,
-    spec: &ResolvedSpec,
-    hosts: &[ClusterHostRow],
-    outputs: &BTreeMap<String, String>,
-    me: &HostRow,
-    step: &StepSpec,
-) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = outputs
-        .iter()
-        .filter(|(k, _)| berth_shared::state::valid_output_name(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    env.extend(spec.env.clone());
-    let mine = hosts.iter().find(|h| h.host_id == me.id);
-    if let Some(h) = mine {
-        if let Ok(e) = serde_json::from_str::<BTreeMap<String, String>>(&h.env) {
-            env.extend(e);
-        }
-    }
-    let active: Vec<&ClusterHostRow> = hosts.iter().filter(|h| h.state == "active").collect();
-    let ips = |role: HostRole| {
-        active
-            .iter()
-            .filter(|h| h.role == role)
-            .map(|h| h.ip.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let master0 = hosts.iter().find(|h| h.ord == 0);
-    env.insert("BERTH_CLUSTER".into(), cluster.into());
-    env.insert("BERTH_HOST".into(), me.name.clone());
-    env.insert(
-        "BERTH_HOST_IP".into(),
-        mine.map(|h| h.ip.clone())
-            .unwrap_or_else(|| me.facts.addresses.first().cloned().unwrap_or_default()),
-    );
-    env.insert(
-        "BERTH_ROLES".into(),
-        mine.map(|h| h.role.to_string()).unwrap_or_default(),
-    );
-    env.insert(
-        "BERTH_MASTER0".into(),
-        master0.map(|h| h.name.clone()).unwrap_or_default(),
-    );
-    env.insert(
-        "BERTH_MASTER0_IP".into(),
-        master0.map(|h| h.ip.clone()).unwrap_or_default(),
-    );
-    env.insert("BERTH_MASTERS".into(), ips(HostRole::Master));
-    env.insert("BERTH_NODES".into(), ips(HostRole::Node));
-    if let Some((name, ip)) = &step.target {
-        env.insert("BERTH_TARGET_HOST".into(), name.clone());
-        env.insert("BERTH_TARGET_IP".into(), ip.clone());
-    }
-    env
 }

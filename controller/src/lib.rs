@@ -17,6 +17,7 @@ pub mod install;
 pub mod output;
 pub mod pki;
 pub mod planner;
+pub mod plans;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -490,7 +490,10 @@ fn print_text(r: &serde_json::Value) {
         serde_json::Value::Null => "-".into(),
         v => v.to_string(),
     };
-    println!("agents                    {}  ({} worker processes)", r["agents"], r["workers"]);
+    println!(
+        "agents                    {}  ({} worker processes)",
+        r["agents"], r["workers"]
+    );
     println!(
         "enroll                    {} new in {} s = {} /s",
         f(&r["enroll"]["new"]),

@@ -132,7 +132,13 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
                     Err(e) if attempt == 4 => {
                         let kind = format!("{e:#}");
                         tracing::error!(error = %kind, "enrollment failed");
-                        out.line(&format!("X {}", kind.split_whitespace().take(4).collect::<Vec<_>>().join("_")));
+                        out.line(&format!(
+                            "X {}",
+                            kind.split_whitespace()
+                                .take(4)
+                                .collect::<Vec<_>>()
+                                .join("_")
+                        ));
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(500 << attempt)).await,
                 }
@@ -171,7 +177,11 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
     // The driver closes our stdin when it is done (or dies).
     tokio::task::spawn_blocking(|| {
         let mut buf = String::new();
-        while std::io::stdin().read_line(&mut buf).map(|n| n > 0).unwrap_or(false) {
+        while std::io::stdin()
+            .read_line(&mut buf)
+            .map(|n| n > 0)
+            .unwrap_or(false)
+        {
             buf.clear();
         }
     })

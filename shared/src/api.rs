@@ -224,6 +224,10 @@ pub mod codes {
     pub const BAD_LOG_CHUNK: &str = "bad_log_chunk";
     /// A blob that is not part of any step released to the calling host.
     pub const BLOB_NOT_RELEASED: &str = "blob_not_released";
+    /// A context digest no plan of this controller named (or one long superseded).
+    pub const CONTEXT_UNKNOWN: &str = "context_unknown";
+    /// A context of a cluster the host has no released step in.
+    pub const CONTEXT_NOT_RELEASED: &str = "context_not_released";
     /// `--reenroll` with a token not bound to that host, or a bound token used otherwise.
     pub const REENROLL_NOT_ALLOWED: &str = "reenroll_not_allowed";
     /// An agent binary whose ELF header does not match the architecture it is added for.

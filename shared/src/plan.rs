@@ -3,12 +3,21 @@
 //! The controller signs the exact payload bytes with ed25519; the agent verifies the
 //! signature over those bytes *before* parsing anything out of them, then checks format
 //! version, host, generation and expiry.
+//!
+//! A plan carries only what is the host's own: its steps, bundle digests and per-host env.
+//! What every host of a cluster shares (the Clusterfile, the master and node lists, outputs,
+//! Configs) is one [`ClusterContext`] document per cluster version, named in the signed plan
+//! by its sha256 and fetched once. So a plan stays a few KB at any cluster size, and the
+//! controller builds the shared part once per change, not once per host.
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const PLAN_VERSION: u32 = 1;
+pub const PLAN_VERSION: u32 = 2;
+
+/// Largest context document an agent accepts.
+pub const MAX_CONTEXT_BYTES: u64 = 64 << 20;
 
 /// What travels: the payload bytes (base64), the signature over them, the signing key's id.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -28,9 +37,52 @@ pub struct PlanPayload {
     /// Unix seconds.
     pub issued_at: i64,
     pub expires_at: i64,
-    /// The stored Clusterfile, handed to hooks as `$BERTH_CLUSTERFILE`.
+    /// The cluster's shared context: the agent fetches it by digest and checks the digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<ContextRef>,
+    /// Filled in by the agent from the context (never sent): the stored Clusterfile, handed
+    /// to hooks as `$BERTH_CLUSTERFILE`.
+    #[serde(skip)]
     pub clusterfile: String,
     pub steps: Vec<PlanStep>,
+}
+
+/// Names a context document: its sha256 and size.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ContextRef {
+    pub digest: crate::Digest,
+    pub size: u64,
+}
+
+/// What every host of a cluster shares at one cluster version.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterContext {
+    pub cluster: String,
+    /// The stored Clusterfile.
+    pub clusterfile: String,
+    /// Lowest precedence: cluster outputs, then the Clusterfile's `spec.env`.
+    pub env: BTreeMap<String, String>,
+    /// Highest precedence: the cluster-wide `BERTH_*` values (master0, masters, nodes).
+    pub berth: BTreeMap<String, String>,
+    /// Configs applied during distribute.
+    pub configs: Vec<PlanConfig>,
+}
+
+impl PlanPayload {
+    /// Fills in what the plan takes from its context: the Clusterfile, each step's env
+    /// (context env, then the step's own, then the cluster's `BERTH_*`) and the Configs.
+    pub fn with_context(mut self, ctx: &ClusterContext) -> PlanPayload {
+        self.clusterfile = ctx.clusterfile.clone();
+        for s in &mut self.steps {
+            let mut env = ctx.env.clone();
+            env.extend(std::mem::take(&mut s.env));
+            env.extend(ctx.berth.clone());
+            s.env = env;
+            s.configs = ctx.configs.clone();
+        }
+        self
+    }
 }
 
 /// One released step.
@@ -42,10 +94,12 @@ pub struct PlanStep {
     pub kind: String,
     /// Bundles in Clusterfile order.
     pub bundles: Vec<PlanBundle>,
-    /// Env composed by the controller (everything but bundle env and the agent's paths).
+    /// The host's own env composed by the controller (per-host env and the host's
+    /// `BERTH_*`); the agent adds the context's around it.
     pub env: BTreeMap<String, String>,
-    /// Configs to apply during distribute.
-    #[serde(default)]
+    /// Filled in by the agent from the context (never sent): Configs to apply during
+    /// distribute.
+    #[serde(skip)]
     pub configs: Vec<PlanConfig>,
 }
 
@@ -74,7 +128,7 @@ pub enum PlanError {
     BadSignature,
     #[error("plan payload is not valid JSON: {0}")]
     Malformed(String),
-    #[error("plan format version {0} is not supported (this agent understands version 1)")]
+    #[error("plan format version {0} is not supported (this agent understands version 2); upgrade the agent to the controller's version")]
     Version(u32),
     #[error("plan is for host `{got}`, not `{want}`")]
     WrongHost { got: String, want: String },
@@ -168,6 +222,7 @@ mod tests {
             generation,
             issued_at: 100,
             expires_at,
+            context: None,
             clusterfile: String::new(),
             steps: vec![],
         })
@@ -182,7 +237,7 @@ mod tests {
     fn accepts_a_good_plan_and_refuses_each_bad_one_with_the_exact_reason() {
         let k = key();
         let pk = k.public_key().as_ref().to_vec();
-        let good = signed(&k, &plan("h1", 5, 1, 1000));
+        let good = signed(&k, &plan("h1", 5, 2, 1000));
         assert_eq!(
             verify(&good, "kid", &pk, "h1", 5, 500).unwrap().generation,
             5
@@ -199,7 +254,7 @@ mod tests {
         );
 
         let other = key();
-        let forged = signed(&other, &plan("h1", 5, 1, 1000));
+        let forged = signed(&other, &plan("h1", 5, 2, 1000));
         assert_eq!(
             verify(&forged, "kid", &pk, "h1", 0, 500),
             Err(PlanError::BadSignature)
@@ -231,12 +286,69 @@ mod tests {
                 .to_string(),
             "plan expired at 1000 (now 1000)"
         );
-        let v2 = signed(&k, &plan("h1", 5, 2, 1000));
+        let v1 = signed(&k, &plan("h1", 5, 1, 1000));
         assert_eq!(
-            verify(&v2, "kid", &pk, "h1", 0, 500)
+            verify(&v1, "kid", &pk, "h1", 0, 500)
                 .unwrap_err()
                 .to_string(),
-            "plan format version 2 is not supported (this agent understands version 1)"
+            "plan format version 1 is not supported (this agent understands version 2); upgrade the agent to the controller's version"
         );
+    }
+
+    #[test]
+    fn the_context_goes_around_the_host_env_with_berth_values_last() {
+        let step = PlanStep {
+            id: 1,
+            attempt: 1,
+            kind: "install".into(),
+            bundles: vec![],
+            env: [
+                ("A", "host"),
+                ("BERTH_HOST", "n1"),
+                ("BERTH_NODES", "forged"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            configs: vec![],
+        };
+        let p = PlanPayload {
+            version: PLAN_VERSION,
+            cluster: "c".into(),
+            host: "n1".into(),
+            generation: 1,
+            issued_at: 0,
+            expires_at: 1,
+            context: None,
+            clusterfile: String::new(),
+            steps: vec![step],
+        };
+        // Never on the wire: the agent fills them in.
+        let wire = serde_json::to_string(&p).unwrap();
+        assert!(!wire.contains("clusterfile") && !wire.contains("configs"));
+        let ctx = ClusterContext {
+            cluster: "c".into(),
+            clusterfile: "kind: Cluster".into(),
+            env: [("A", "cluster"), ("B", "cluster")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            berth: [("BERTH_NODES", "10.0.0.2")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            configs: vec![],
+        };
+        let full = p.with_context(&ctx);
+        assert_eq!(full.clusterfile, "kind: Cluster");
+        let env = &full.steps[0].env;
+        assert_eq!(env["A"], "host");
+        assert_eq!(env["B"], "cluster");
+        assert_eq!(env["BERTH_HOST"], "n1");
+        assert_eq!(env["BERTH_NODES"], "10.0.0.2");
+        assert!(serde_json::from_str::<ClusterContext>(
+            r#"{"cluster":"c","clusterfile":"","env":{},"berth":{},"configs":[],"extra":1}"#
+        )
+        .is_err());
     }
 }

@@ -33,14 +33,14 @@ pub async fn poll(
     let notified = waker.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
-    let mut plan = st.engine.plan_for(&host, req.have_generation).await?;
+    let mut plan = st.engine.plans.plan_for(&host, req.have_generation).await?;
     if plan.is_none() && !hold.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(hold) => {}
             _ = notified => {}
             _ = st.shutdown.cancelled() => {}
         }
-        plan = st.engine.plan_for(&host, req.have_generation).await?;
+        plan = st.engine.plans.plan_for(&host, req.have_generation).await?;
         st.heartbeats.beat(host.id, crate::time::now_unix());
     }
     Ok(ApiJson(PollResponse {
@@ -75,7 +75,7 @@ pub async fn reports(
                 .await
                 .map(|_| ()),
             ReportEntry::Step(r) => {
-                tracing::info!(host = %host.name, step = r.step_id, attempt = r.attempt, state = %r.state, "step report");
+                tracing::debug!(host = %host.name, step = r.step_id, attempt = r.attempt, state = %r.state, "step report");
                 st.engine.report(&host, &r).await.map(|c| {
                     touched.extend(c);
                 })
@@ -98,12 +98,47 @@ pub async fn reports(
         }
     }
     for cid in touched {
-        st.engine.tick(cid).await?;
+        st.engine.schedule_tick(cid);
     }
     st.heartbeats.beat(host.id, crate::time::now_unix());
     match refused {
         Some(e) => Err(e),
         None => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+/// `GET /v1/agent/contexts/sha256/{hex}`: the cluster context a plan names by digest, to a
+/// host with a released step in that cluster. The agent checks the digest.
+pub async fn context(
+    State(st): State<AppState>,
+    AgentHost(host, _): AgentHost,
+    axum::extract::Path(hex): axum::extract::Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::plans::ContextError;
+    use axum::response::IntoResponse;
+    let digest: berth_shared::Digest = format!("sha256:{hex}")
+        .parse()
+        .map_err(|e: berth_shared::digest::DigestError| ApiError::bad_request(e.to_string()))?;
+    match st.engine.plans.context_for_host(&host, &digest).await {
+        Ok(body) => Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()),
+        Err(ContextError::Unknown(d)) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            berth_shared::api::codes::CONTEXT_UNKNOWN,
+            format!("no context {d} is stored; poll again for a current plan"),
+        )),
+        Err(e @ ContextError::NotYours(_)) => {
+            tracing::warn!(host = %host.name, %digest, "refused a context not released to the host");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                berth_shared::api::codes::CONTEXT_NOT_RELEASED,
+                e.to_string(),
+            ))
+        }
+        Err(ContextError::Internal(e)) => Err(ApiError::Internal(e)),
     }
 }
 

@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent/poll", post(agent::poll))
         .route("/v1/agent/reports", post(agent::reports))
         .route("/v1/agent/renew", post(agent::renew))
+        .route("/v1/agent/contexts/sha256/{hex}", get(agent::context))
         .route("/v1/install/agent.sh", get(install::script))
         .route("/v1/install/berth-agent/{os}/{arch}", get(install::binary))
         .route(

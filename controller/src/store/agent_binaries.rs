@@ -41,7 +41,7 @@ impl Store {
     /// Serves `digest` for `os`/`arch`. A `bundled` binary (found next to the controller)
     /// never replaces one an operator `added`.
     pub async fn set_agent_binary(&self, b: &AgentBinaryRow, actor: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let current: Option<(String, String)> =
             sqlx::query("SELECT digest, source FROM agent_binaries WHERE os = ?1 AND arch = ?2")
                 .bind(&b.os)

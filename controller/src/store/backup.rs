@@ -67,7 +67,7 @@ impl Store {
     /// What a restore changes in the restored database: plan generations jump ahead, and
     /// the audit log says where the data came from.
     pub async fn mark_restored(&self, from: &str) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         sqlx::query("UPDATE hosts SET plan_generation = plan_generation + ?1")
             .bind(RESTORE_GENERATION_JUMP)
             .execute(&mut *tx)

@@ -130,7 +130,7 @@ fn cluster_row(r: sqlx::sqlite::SqliteRow) -> ClusterRow {
     }
 }
 
-fn step_row(r: sqlx::sqlite::SqliteRow) -> StepRow {
+pub(super) fn step_row(r: sqlx::sqlite::SqliteRow) -> StepRow {
     StepRow {
         id: r.get("id"),
         cluster_id: r.get("cluster_id"),
@@ -153,7 +153,7 @@ fn step_row(r: sqlx::sqlite::SqliteRow) -> StepRow {
     }
 }
 
-const STEP_COLS: &str = "id, cluster_id, host_id, host_name, kind, ord, spec, best_effort, state, attempt, exit_code, reason, started_at, ended_at, log_tail, deadline, log_len, log_stored";
+pub(super) const STEP_COLS: &str = "id, cluster_id, host_id, host_name, kind, ord, spec, best_effort, state, attempt, exit_code, reason, started_at, ended_at, log_tail, deadline, log_len, log_stored";
 
 impl Store {
     pub async fn cluster(&self, name: &str) -> Result<Option<ClusterRow>> {
@@ -187,6 +187,16 @@ impl Store {
         .bind(host_id)
         .fetch_optional(&self.pool)
         .await?)
+    }
+
+    /// Every cluster member: host id → cluster name.
+    pub async fn host_clusters(&self) -> Result<std::collections::HashMap<i64, String>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT h.host_id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     pub async fn cluster_hosts(&self, cluster_id: i64) -> Result<Vec<ClusterHostRow>> {
@@ -223,7 +233,7 @@ impl Store {
         actor: &str,
     ) -> Result<i64> {
         let now = now_unix();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let existing: Option<(i64, i64)> =
             sqlx::query_as("SELECT id, generation FROM clusters WHERE name = ?1")
                 .bind(name)
@@ -336,7 +346,7 @@ impl Store {
     /// Marks pending steps released with their deadlines and bumps the plan generation of
     /// their hosts. Returns the affected host ids.
     pub async fn release(&self, steps: &[(i64, i64)]) -> Result<Vec<i64>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let mut hosts = Vec::new();
         for (id, deadline) in steps {
             let host: Option<i64> = sqlx::query_scalar(
@@ -352,14 +362,18 @@ impl Store {
                 }
             }
         }
-        commit_bumping(tx, hosts).await
+        commit_bumping(self, tx, hosts).await
     }
 
     pub async fn plan_generation(&self, host_id: i64) -> Result<u64> {
+        if let Some(g) = self.cache.generation(host_id) {
+            return Ok(g);
+        }
         let g: i64 = sqlx::query_scalar("SELECT plan_generation FROM hosts WHERE id = ?1")
             .bind(host_id)
             .fetch_one(&self.pool)
             .await?;
+        self.cache.saw_generation(host_id, g as u64);
         Ok(g as u64)
     }
 
@@ -373,7 +387,7 @@ impl Store {
         r: &StepReport,
         deadline: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let n = sqlx::query(
             "UPDATE steps SET state = ?1, exit_code = ?2, reason = ?3,
                  started_at = COALESCE(?4, started_at), ended_at = ?5, log_tail = COALESCE(?6, log_tail),
@@ -425,7 +439,7 @@ impl Store {
         data: &[u8],
         cap: u64,
     ) -> Result<LogAppend, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let (len, stored): (i64, i64) =
             sqlx::query_as("SELECT log_len, log_stored FROM steps WHERE id = ?1 AND attempt = ?2")
                 .bind(step.id)
@@ -527,13 +541,16 @@ impl Store {
         phase: ClusterPhase,
         message: Option<&str>,
     ) -> Result<()> {
-        sqlx::query("UPDATE clusters SET phase = ?1, message = ?2, updated_at = ?3 WHERE id = ?4")
+        self.write_one(
+            sqlx::query(
+                "UPDATE clusters SET phase = ?1, message = ?2, updated_at = ?3 WHERE id = ?4",
+            )
             .bind(phase)
             .bind(message)
             .bind(now_unix())
-            .bind(cluster_id)
-            .execute(&self.pool)
-            .await?;
+            .bind(cluster_id),
+        )
+        .await?;
         Ok(())
     }
 
@@ -557,7 +574,7 @@ impl Store {
         actor: &str,
         name: &str,
     ) -> Result<u64> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let n = retry_failed(&mut tx, cluster_id).await?;
         sqlx::query("UPDATE clusters SET phase = ?2, message = NULL WHERE id = ?1")
             .bind(cluster_id)
@@ -584,7 +601,7 @@ impl Store {
         actor: &str,
         name: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let hosts: Vec<i64> = sqlx::query_scalar("UPDATE steps SET state = 'cancelled', reason = 'cluster reset' WHERE cluster_id = ?1 AND state IN ('pending', 'released', 'failed', 'interrupted') RETURNING host_id")
             .bind(cluster_id)
             .fetch_all(&mut *tx)
@@ -594,12 +611,18 @@ impl Store {
             .bind(ClusterPhase::Resetting)
             .fetch_one(&mut *tx)
             .await?;
+        let mut bumped = Vec::new();
         for h in hosts {
-            bump_generation(&mut tx, h).await?;
+            bumped.push((h, bump_generation(&mut tx, h).await?));
         }
         insert_steps(&mut tx, cluster_id, generation, steps).await?;
         super::audit(&mut tx, actor, "cluster.reset", name, None).await?;
         tx.commit().await?;
+        for (h, g) in bumped {
+            if let Some(g) = g {
+                self.cache.saw_generation(h, g);
+            }
+        }
         Ok(())
     }
 
@@ -607,7 +630,7 @@ impl Store {
     /// the plan generation of their hosts so the cancelled work leaves their plans.
     /// Returns the host ids affected.
     pub async fn cancel_steps(&self, ids: &[i64], reason: &str, actor: &str) -> Result<Vec<i64>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let mut hosts = Vec::new();
         for id in ids {
             let h: Option<(i64, String)> = sqlx::query_as(
@@ -631,11 +654,11 @@ impl Store {
                 }
             }
         }
-        commit_bumping(tx, hosts).await
+        commit_bumping(self, tx, hosts).await
     }
 
     pub async fn delete_cluster(&self, cluster_id: i64) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         sqlx::query("DELETE FROM cluster_hosts WHERE cluster_id = ?1")
             .bind(cluster_id)
             .execute(&mut *tx)
@@ -649,14 +672,15 @@ impl Store {
     }
 
     pub async fn record_agent_event(&self, host_id: i64, kind: &str, message: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO agent_events (host_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
+        self.write_one(
+            sqlx::query(
+                "INSERT INTO agent_events (host_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(host_id)
+            .bind(now_unix())
+            .bind(kind)
+            .bind(message.chars().take(1024).collect::<String>()),
         )
-        .bind(host_id)
-        .bind(now_unix())
-        .bind(kind)
-        .bind(message.chars().take(1024).collect::<String>())
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -697,7 +721,7 @@ impl Store {
 
     /// Marks a lost step `interrupted` unless it moved meanwhile.
     pub async fn mark_lost(&self, s: &LostStep, reason: &str) -> Result<bool> {
-        Ok(sqlx::query(
+        Ok(self.write_one(sqlx::query(
             "UPDATE steps SET state = 'interrupted', reason = ?1, ended_at = ?2, deadline = NULL
              WHERE id = ?3 AND state = ?4 AND attempt = ?5",
         )
@@ -705,8 +729,7 @@ impl Store {
         .bind(now_unix())
         .bind(s.id)
         .bind(s.state)
-        .bind(s.attempt)
-        .execute(&self.pool)
+        .bind(s.attempt))
         .await?
         .rows_affected()
             > 0)
@@ -715,7 +738,7 @@ impl Store {
     /// `berth host delete --force` of a cluster member: its unfinished steps are cancelled
     /// and it leaves the cluster, in one transaction. Returns the cluster's id.
     pub async fn remove_from_cluster(&self, host_id: i64, actor: &str) -> Result<Option<i64>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let cluster: Option<(i64, String)> = sqlx::query_as(
             "SELECT c.id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id WHERE h.host_id = ?1",
         )
@@ -765,22 +788,35 @@ impl Store {
 
 /// Bumps the plan generation of `hosts` (their plans changed), commits, returns them.
 async fn commit_bumping(
-    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    store: &Store,
+    mut tx: super::WriteTx,
     hosts: Vec<i64>,
 ) -> Result<Vec<i64>> {
+    let mut bumped = Vec::new();
     for h in &hosts {
-        bump_generation(&mut tx, *h).await?;
+        bumped.push(bump_generation(&mut tx, *h).await?);
     }
     tx.commit().await?;
+    for (h, g) in hosts.iter().zip(bumped) {
+        if let Some(g) = g {
+            store.cache.saw_generation(*h, g);
+        }
+    }
     Ok(hosts)
 }
 
-async fn bump_generation(tx: &mut sqlx::SqliteConnection, host_id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE hosts SET plan_generation = plan_generation + 1 WHERE id = ?1")
-        .bind(host_id)
-        .execute(tx)
-        .await?;
-    Ok(())
+/// Returns the host's new plan generation (None: no such host).
+async fn bump_generation(
+    tx: &mut sqlx::SqliteConnection,
+    host_id: i64,
+) -> Result<Option<u64>, sqlx::Error> {
+    let g: Option<i64> = sqlx::query_scalar(
+        "UPDATE hosts SET plan_generation = plan_generation + 1 WHERE id = ?1 RETURNING plan_generation",
+    )
+    .bind(host_id)
+    .fetch_optional(tx)
+    .await?;
+    Ok(g.map(|g| g as u64))
 }
 
 /// Failed and interrupted steps of a cluster get a new attempt (resume, never restart).

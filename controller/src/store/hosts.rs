@@ -102,7 +102,7 @@ impl Store {
             description,
             reenroll_host,
         } = t;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         if let Some(name) = reenroll_host {
             let known: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE name = ?1")
                 .bind(name)
@@ -153,7 +153,7 @@ impl Store {
     /// Consumes one use of the bootstrap token and records the host (or, re-enrolling,
     /// replaces its identity), atomically: a refused enrollment consumes nothing.
     pub async fn enroll(&self, h: NewHost<'_>) -> Result<Enrolled, EnrollError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let token = usable_token(&mut tx, h.token_id, h.token_secret_hash).await?;
         let existing = sqlx::query("SELECT id, state, enrolled_at FROM hosts WHERE name = ?1")
             .bind(h.name)
@@ -258,6 +258,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.cache.hosts_changed();
         Ok(outcome)
     }
 
@@ -273,7 +274,7 @@ impl Store {
         serial: &str,
         (not_before, not_after): (i64, i64),
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let row = sqlx::query(
             "SELECT name, cert_fingerprint, prev_cert_fingerprint FROM hosts WHERE id = ?1",
         )
@@ -314,6 +315,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
+        self.cache.hosts_changed();
         Ok(())
     }
 
@@ -327,7 +329,7 @@ impl Store {
         fingerprint: &str,
         (not_before, not_after): (i64, i64),
     ) -> Result<Option<HostRow>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let row = sqlx::query(
             "SELECT id, cert_not_before FROM hosts WHERE name = ?1 AND state = 'active'",
         )
@@ -365,6 +367,7 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
+        self.cache.hosts_changed();
         Ok(Some(host_row(host)))
     }
 
@@ -372,18 +375,22 @@ impl Store {
     pub async fn forget_previous_cert(&self, host_id: i64, presented: &str) -> Result<()> {
         // Only while the presented certificate is still the current one: a renewal that
         // committed meanwhile made it the previous one, which must stay accepted.
-        sqlx::query(
+        self.write_one(sqlx::query(
             "UPDATE hosts SET prev_cert_fingerprint = NULL WHERE id = ?1 AND cert_fingerprint = ?2",
         )
         .bind(host_id)
-        .bind(presented)
-        .execute(&self.pool)
+        .bind(presented))
         .await?;
+        self.cache.hosts_changed();
         Ok(())
     }
 
     /// The host presenting the client certificate with this fingerprint, if any.
     pub async fn host_by_fingerprint(&self, fingerprint: &str) -> Result<Option<HostRow>> {
+        if let Some(h) = self.cache.host(fingerprint) {
+            return Ok(Some(h));
+        }
+        let epoch = self.cache.epoch();
         let row = sqlx::query(&format!(
             "SELECT {HOST_COLUMNS}, prev_cert_fingerprint = ?1 AS via_prev FROM hosts
              WHERE cert_fingerprint = ?1 OR prev_cert_fingerprint = ?1"
@@ -391,13 +398,17 @@ impl Store {
         .bind(fingerprint)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| {
+        let row = row.map(|r| {
             let via_prev: bool = r.get::<Option<bool>, _>("via_prev").unwrap_or(false);
             HostRow {
                 via_previous_cert: via_prev,
                 ..host_row(r)
             }
-        }))
+        });
+        if let Some(h) = &row {
+            self.cache.put_host(fingerprint, epoch, h);
+        }
+        Ok(row)
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRow>> {
@@ -410,27 +421,32 @@ impl Store {
     /// Stores new facts of a host (and marks it seen). Plain heartbeats go through
     /// `crate::heartbeats` instead, in batches.
     pub async fn store_facts(&self, id: i64, facts: &HostFacts) -> Result<()> {
-        sqlx::query("UPDATE hosts SET last_seen = MAX(last_seen, ?1), facts = ?2 WHERE id = ?3")
+        self.write_one(
+            sqlx::query(
+                "UPDATE hosts SET last_seen = MAX(last_seen, ?1), facts = ?2 WHERE id = ?3",
+            )
             .bind(now_unix())
             .bind(serde_json::to_string(facts)?)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+            .bind(id),
+        )
+        .await?;
+        self.cache.hosts_changed();
         Ok(())
     }
 
     /// Stores a batch of heartbeats (host id, unix seconds) in one transaction; a value
     /// never moves `last_seen` backwards.
     pub async fn record_heartbeats(&self, beats: &[(i64, i64)]) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for (id, at) in beats {
-            sqlx::query("UPDATE hosts SET last_seen = MAX(last_seen, ?1) WHERE id = ?2")
-                .bind(at)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+        // One statement for the whole batch: [[id, at], …] as JSON.
+        let batch = serde_json::to_string(beats)?;
+        self.write_one(
+            sqlx::query(
+                "UPDATE hosts SET last_seen = MAX(last_seen, json_extract(j.value, '$[1]'))
+                 FROM json_each(?1) AS j WHERE hosts.id = json_extract(j.value, '$[0]')",
+            )
+            .bind(batch),
+        )
+        .await?;
         Ok(())
     }
 
@@ -439,13 +455,17 @@ impl Store {
         let q = sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2")
             .bind(now_unix())
             .bind(name);
-        self.change_audited(q, actor, "host.revoke", name).await
+        let changed = self.change_audited(q, actor, "host.revoke", name).await;
+        self.cache.hosts_changed();
+        changed
     }
 
     /// Deletes a host; returns false when there is no such host.
     pub async fn delete_host(&self, name: &str, actor: &str) -> Result<bool> {
         let q = sqlx::query("DELETE FROM hosts WHERE name = ?1").bind(name);
-        self.change_audited(q, actor, "host.delete", name).await
+        let changed = self.change_audited(q, actor, "host.delete", name).await;
+        self.cache.hosts_changed();
+        changed
     }
 }
 

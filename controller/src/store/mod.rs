@@ -50,6 +50,36 @@ pub struct ApiPrincipal {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Writers take turns here, in arrival order, before SQLite's write lock: a queue in
+    /// memory instead of connections sleeping in SQLite's busy handler (whose back-off
+    /// grows to 100 ms a try) while one of them writes.
+    writer: std::sync::Arc<tokio::sync::Mutex<()>>,
+    cache: std::sync::Arc<cache::Cache>,
+}
+
+/// A write transaction (`BEGIN IMMEDIATE`) holding the writers' turn until it ends.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::SqliteConnection;
+    fn deref(&self) -> &sqlx::SqliteConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.tx
+    }
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> std::result::Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
 }
 
 /// Creates `berth.db` with mode 0600 when it is missing and sets 0600 on it (and on `-wal`
@@ -121,12 +151,38 @@ impl Store {
             }
             conn.close().await?;
         }
+        // Connections are not pinged before each use: a round trip to SQLite's worker
+        // thread per query is what a busy controller spends its time on.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .test_before_acquire(false)
             .connect_with(opts.foreign_keys(true))
             .await
             .with_context(|| format!("cannot open database {}", path.display()))?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            writer: Default::default(),
+            cache: Default::default(),
+        })
+    }
+
+    /// Starts a write transaction once it is this writer's turn. A single statement run on
+    /// it without `commit` is rolled back: writes always commit.
+    pub async fn write(&self) -> std::result::Result<WriteTx, sqlx::Error> {
+        let turn = self.writer.clone().lock_owned().await;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Runs one write statement in its own transaction, in the writers' turn.
+    pub async fn write_one<'q>(
+        &self,
+        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    ) -> std::result::Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error> {
+        let mut tx = self.write().await?;
+        let r = q.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(r)
     }
 
     /// Checkpoints the WAL and closes every connection.
@@ -139,15 +195,16 @@ impl Store {
 
     /// Records the admin token (by hash) when it is not there yet.
     pub async fn ensure_admin_token(&self, secret_hash: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO api_tokens (id, name, role, secret_hash, created_at)
+        self.write_one(
+            sqlx::query(
+                "INSERT INTO api_tokens (id, name, role, secret_hash, created_at)
              VALUES ('admin', 'admin', 'admin', ?1, ?2)
              ON CONFLICT(id) DO UPDATE SET secret_hash = excluded.secret_hash
              WHERE api_tokens.revoked_at IS NULL",
+            )
+            .bind(secret_hash)
+            .bind(now_unix()),
         )
-        .bind(secret_hash)
-        .bind(now_unix())
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -161,7 +218,7 @@ impl Store {
         secret_hash: &str,
         actor: &str,
     ) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         sqlx::query("INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
             .bind(id)
             .bind(name)
@@ -208,7 +265,7 @@ impl Store {
         action: &str,
         target: &str,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let n = q.execute(&mut *tx).await?.rows_affected();
         if n > 0 {
             audit(&mut tx, actor, action, target, None).await?;
@@ -249,7 +306,7 @@ impl Store {
             bundle_type,
             manifest_json,
         } = b;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let n = sqlx::query(
             "INSERT INTO bundles (digest, size, name, version, type, manifest, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(digest) DO NOTHING",
@@ -286,7 +343,7 @@ impl Store {
         digest: &str,
         actor: &str,
     ) -> Result<Option<String>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write().await?;
         let old: Option<String> =
             sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = ?1 AND tag = ?2")
                 .bind(name)
@@ -413,9 +470,11 @@ pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub mod agent_binaries;
 pub mod backup;
+mod cache;
 pub mod clusters;
 pub mod error;
 pub mod hosts;
+pub mod plans;
 
 pub use error::StoreError;
 pub use hosts::{BootstrapRow, EnrollError, HostRow, NewHost};
