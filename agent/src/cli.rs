@@ -244,6 +244,7 @@ async fn fetch(a: FetchArgs) -> Result<()> {
         controller: id.meta.controller.clone(),
         cache: a.common.data_dir.join("cache"),
         attempts: a.attempts.max(1),
+        plans: Default::default(),
     };
     let started = std::time::Instant::now();
     let limits = a.common.limits();

@@ -203,6 +203,12 @@ impl Executor {
         ));
         let outcome = match self.execute(plan, step, &cdir, &log, started).await {
             Ok(o) => o,
+            Err(e) if e.is::<crate::fetch::Superseded>() => {
+                // Not an outcome: the newer plan resumes this step (its start mark stays).
+                stop.cancel();
+                let _ = shipper.await;
+                return Err(e);
+            }
             Err(e) => {
                 let _ = writeln!(&log, "berth-agent: {e:#}");
                 Outcome::failed(format!("{e:#}"), None)

@@ -22,7 +22,31 @@ pub struct Fetcher {
     pub cache: PathBuf,
     /// Download attempts before giving up (each resumes from the bytes on disk).
     pub attempts: u32,
+    /// Plan generations: the newest accepted, and the one being run. While a step waits
+    /// for its blob to be released, a newer plan supersedes the wait (see [`Superseded`]).
+    pub plans: PlanGenerations,
 }
+
+/// The newest accepted plan generation and the one the executor runs.
+#[derive(Debug, Clone, Default)]
+pub struct PlanGenerations {
+    pub newest: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub running: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PlanGenerations {
+    fn superseded(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.newest.load(Ordering::SeqCst) > self.running.load(Ordering::SeqCst)
+    }
+}
+
+/// A step stopped waiting because a newer plan arrived: nothing is reported, the newer
+/// plan resumes it. (A controller restored from a backup releases the step only after it
+/// had the results the newer plan makes the agent send again.)
+#[derive(Debug, thiserror::Error)]
+#[error("a newer plan arrived while this step waited for its bundle to be released")]
+pub struct Superseded;
 
 impl Fetcher {
     /// The cluster context a plan names: from the cache, else downloaded, its size and
@@ -206,6 +230,11 @@ impl Fetcher {
                         let code = serde_json::from_str::<berth_shared::api::ErrorBody>(&body)
                             .map(|e| e.code)
                             .unwrap_or_default();
+                        if code == berth_shared::api::codes::BLOB_NOT_RELEASED
+                            && self.plans.superseded()
+                        {
+                            return Err(Superseded.into());
+                        }
                         if code == berth_shared::api::codes::BLOB_NOT_RELEASED {
                             // The plan came from a controller that released the step; this
                             // one does not list it (yet): one restored from a backup, which

@@ -78,6 +78,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     // Plans run one after the other on their own task; the poll loop keeps heartbeating.
+    let generations = crate::fetch::PlanGenerations::default();
     let executor = Executor {
         data_dir: cfg.data_dir.clone(),
         fetcher: Fetcher {
@@ -85,6 +86,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             controller: id.meta.controller.clone(),
             cache: cfg.data_dir.join("cache"),
             attempts: 20,
+            plans: generations.clone(),
         },
         limits: cfg.limits,
         spool: spool.clone(),
@@ -108,8 +110,19 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                 };
                 match full {
                     Ok(p) => {
-                        if let Err(e) = executor.run_plan(&p).await {
-                            tracing::error!(error = format!("{e:#}"), "plan execution stopped");
+                        executor
+                            .fetcher
+                            .plans
+                            .running
+                            .store(p.generation, std::sync::atomic::Ordering::SeqCst);
+                        match executor.run_plan(&p).await {
+                            Ok(()) => {}
+                            Err(e) if e.is::<crate::fetch::Superseded>() => {
+                                tracing::info!("{e}; running the newer plan")
+                            }
+                            Err(e) => {
+                                tracing::error!(error = format!("{e:#}"), "plan execution stopped")
+                            }
                         }
                     }
                     Err(e) => tracing::error!(error = format!("{e:#}"), "plan not run"),
@@ -183,6 +196,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                                 "plan accepted"
                             );
                             cfg.probe.plan_accepted(plan.generation, plan.steps.len());
+                            generations
+                                .newest
+                                .fetch_max(plan.generation, std::sync::atomic::Ordering::SeqCst);
                             if plan.generation > last_accepted {
                                 last_accepted = plan.generation;
                                 persist(&gen_file, last_accepted);

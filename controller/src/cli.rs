@@ -183,8 +183,9 @@ pub struct ServeArgs {
     /// Longest time an agent's long-poll is held open
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub poll_hold: Duration,
-    /// Concurrent long-polls before agents are told to back off (503 + Retry-After)
-    #[arg(long, default_value_t = 10_000)]
+    /// Concurrent long-polls before agents are told to back off (503 + Retry-After);
+    /// each connected agent holds one
+    #[arg(long, default_value_t = 50_000)]
     pub max_polls: usize,
     /// Time in-flight requests get to finish on SIGINT/SIGTERM
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]

@@ -120,6 +120,14 @@ pub struct Engine {
     /// that land while a tick runs are settled by one tick after it, not one each.
     dirty: Mutex<std::collections::BTreeSet<i64>>,
     dirty_notify: Notify,
+    /// Parsed specs by cluster, with the generation they belong to.
+    specs: Mutex<HashMap<i64, (i64, Arc<ResolvedSpec>)>>,
+}
+
+/// What a report batch did: the clusters it changed, and the first entry refused.
+pub struct BatchOutcome {
+    pub touched: std::collections::BTreeSet<i64>,
+    pub refused: Option<(usize, EngineError)>,
 }
 
 pub struct Applied {
@@ -141,6 +149,7 @@ impl Engine {
             tick_lock: tokio::sync::Mutex::new(()),
             dirty: Mutex::new(Default::default()),
             dirty_notify: Notify::new(),
+            specs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -464,7 +473,7 @@ impl Engine {
         cluster_id: i64,
         steps: impl Iterator<Item = &'a StepRow>,
     ) -> Result<()> {
-        let spec = self.plans.spec(cluster_id).await?.unwrap_or_default();
+        let spec = self.spec_of(None, cluster_id).await?.unwrap_or_default();
         let now = now_unix();
         let release: Vec<(i64, i64)> = steps
             .filter(|s| s.state == StepState::Pending)
@@ -481,6 +490,47 @@ impl Engine {
     fn deadline_secs(&self, spec: &ResolvedSpec, s: &StepRow) -> i64 {
         let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
         (spec.step_timeout_secs(s.kind, &sspec) + self.cfg.step_grace.as_secs()) as i64
+    }
+
+    /// The cluster's parsed spec: one small read for its generation, parsed only when it
+    /// changed. Read on `conn` when given (inside a write transaction), else on the pool.
+    async fn spec_of(
+        &self,
+        conn: Option<&mut sqlx::SqliteConnection>,
+        cluster_id: i64,
+    ) -> Result<Option<Arc<ResolvedSpec>>> {
+        let cached = |g: i64| {
+            self.specs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&cluster_id)
+                .filter(|(at, _)| *at == g)
+                .map(|(_, s)| s.clone())
+        };
+        let mut conn = conn;
+        let head = match conn.as_deref_mut() {
+            Some(c) => Store::spec_at(c, cluster_id, false).await?,
+            None => self.store.spec_version(cluster_id, false).await?,
+        };
+        let Some((generation, _)) = head else {
+            return Ok(None);
+        };
+        if let Some(s) = cached(generation) {
+            return Ok(Some(s));
+        }
+        let full = match conn {
+            Some(c) => Store::spec_at(c, cluster_id, true).await?,
+            None => self.store.spec_version(cluster_id, true).await?,
+        };
+        let Some((generation, Some(text))) = full else {
+            return Ok(None);
+        };
+        let spec = Arc::new(parse_spec(&text)?);
+        self.specs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(cluster_id, (generation, spec.clone()));
+        Ok(Some(spec))
     }
 
     /// Asks `run_ticker` to tick a cluster. Never waits.
@@ -570,10 +620,60 @@ impl Engine {
         }
     }
 
-    /// Validates a step report against the state machine and stores it. Returns the
-    /// cluster to tick when it changed something.
-    pub async fn report(&self, host: &HostRow, r: &StepReport) -> Result<Option<i64>, EngineError> {
-        let step = self.owned_step(host, r.step_id).await?;
+    /// Applies a batch of reports and log chunks in one transaction, in order; duplicates
+    /// are no-ops. The first entry refused stops the batch: the entries before it are
+    /// kept, it and the ones after it change nothing.
+    pub async fn report_batch(
+        &self,
+        host: &HostRow,
+        entries: Vec<berth_shared::api::ReportEntry>,
+    ) -> Result<BatchOutcome, EngineError> {
+        use berth_shared::api::ReportEntry;
+        let mut tx = self.store.write().await?;
+        let mut touched = std::collections::BTreeSet::new();
+        let mut refused = None;
+        for (i, e) in entries.into_iter().enumerate() {
+            let res = match e {
+                ReportEntry::Log {
+                    step_id,
+                    attempt,
+                    offset,
+                    data,
+                } => self
+                    .log(&mut tx, host, step_id, attempt, offset, data.as_bytes())
+                    .await
+                    .map(|_| ()),
+                ReportEntry::Step(r) => {
+                    tracing::info!(host = %host.name, step = r.step_id, attempt = r.attempt, state = %r.state, "step report");
+                    self.report(&mut tx, host, &r).await.map(|c| {
+                        touched.extend(c);
+                    })
+                }
+                ReportEntry::PlanRejected { reason } => {
+                    tracing::warn!(host = %host.name, %reason, "agent refused a plan");
+                    Store::record_agent_event(&mut tx, host.id, "plan_rejected", &reason)
+                        .await
+                        .map_err(EngineError::from)
+                }
+            };
+            if let Err(e) = res {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(BatchOutcome { touched, refused })
+    }
+
+    /// Validates a step report against the state machine and stores it on `tx`. Returns
+    /// the cluster to tick when it changed something.
+    async fn report(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        host: &HostRow,
+        r: &StepReport,
+    ) -> Result<Option<i64>, EngineError> {
+        let step = self.owned_step(&mut *tx, host, r.step_id).await?;
         let to = match transition(step.state, step.attempt as u32, r.state, r.attempt) {
             Ok(Transition::Duplicate) => return Ok(None),
             Ok(Transition::Apply(to)) => to,
@@ -588,8 +688,7 @@ impl Engine {
             }
         };
         let spec = self
-            .plans
-            .spec(step.cluster_id)
+            .spec_of(Some(&mut *tx), step.cluster_id)
             .await?
             .ok_or_else(|| EngineError::not_found("the step's cluster is gone"))?;
         let sspec: StepSpec = serde_json::from_str(&step.spec).unwrap_or_default();
@@ -619,11 +718,7 @@ impl Engine {
         r.reason = r.reason.map(|t| clip(&t, 1024));
         let deadline =
             (to == StepState::Running).then(|| now_unix() + self.deadline_secs(&spec, &step));
-        if !self
-            .store
-            .apply_report(&step, step.state, &r, deadline)
-            .await?
-        {
+        if !Store::apply_report(&mut *tx, &step, step.state, &r, deadline).await? {
             return Err(EngineError::Conflict {
                 code: codes::ILLEGAL_TRANSITION,
                 message: format!(
@@ -636,15 +731,16 @@ impl Engine {
     }
 
     /// Stores a log chunk of a step the host owns, at its current attempt.
-    pub async fn log(
+    async fn log(
         &self,
+        tx: &mut sqlx::SqliteConnection,
         host: &HostRow,
         step_id: i64,
         attempt: u32,
         offset: u64,
         data: &[u8],
     ) -> Result<LogAppend, EngineError> {
-        let step = self.owned_step(host, step_id).await?;
+        let step = self.owned_step(&mut *tx, host, step_id).await?;
         if attempt as i64 != step.attempt {
             return Err(EngineError::Conflict {
                 code: codes::STALE_ATTEMPT,
@@ -669,8 +765,7 @@ impl Engine {
                 ),
             });
         }
-        self.store
-            .append_log(&step, offset, data, self.cfg.log_cap)
+        Store::append_log(tx, &step, offset, data, self.cfg.log_cap)
             .await
             .map_err(|e| match e {
                 StoreError::Conflict(message) => EngineError::Conflict {
@@ -681,10 +776,13 @@ impl Engine {
             })
     }
 
-    async fn owned_step(&self, host: &HostRow, step_id: i64) -> Result<StepRow, EngineError> {
-        let step = self
-            .store
-            .step(step_id)
+    async fn owned_step(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        host: &HostRow,
+        step_id: i64,
+    ) -> Result<StepRow, EngineError> {
+        let step = Store::step_on(tx, step_id)
             .await?
             .ok_or_else(|| EngineError::NotFound {
                 code: codes::STEP_UNKNOWN,

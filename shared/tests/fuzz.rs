@@ -285,12 +285,16 @@ const NOW: i64 = 500;
 
 fn good_payload() -> Vec<u8> {
     serde_json::to_vec(&PlanPayload {
-        version: 1,
+        version: berth_shared::plan::PLAN_VERSION,
         cluster: "c".into(),
         host: HOST.into(),
         generation: 5,
         issued_at: 100,
         expires_at: 1000,
+        context: Some(berth_shared::plan::ContextRef {
+            digest: berth_shared::Digest::of(b"context"),
+            size: 7,
+        }),
         clusterfile: GOOD.into(),
         steps: vec![PlanStep {
             id: 1,
@@ -311,7 +315,7 @@ fn good_payload() -> Vec<u8> {
 
 /// What every accepted plan must satisfy.
 fn check_verified(p: &PlanPayload, last_generation: u64, now: i64) {
-    assert_eq!(p.version, 1);
+    assert_eq!(p.version, berth_shared::plan::PLAN_VERSION);
     assert_eq!(p.host, HOST);
     assert!(p.generation >= last_generation);
     assert!(p.expires_at > now);

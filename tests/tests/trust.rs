@@ -129,6 +129,62 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
     });
     let n1_install = step(&st, "n1", "install")["id"].as_i64().unwrap();
     let m0_install = step(&st, "m0", "install")["id"].as_i64().unwrap();
+    // The signed plan carries only the host's own part; the cluster's shared part is one
+    // context document it names by digest, served to hosts with a released step.
+    let plan = ctl
+        .agent_client("n1")
+        .post(format!("{}/v1/agent/poll", ctl.url()))
+        .json(&json!({"wait_secs": 0, "have_generation": 0}))
+        .send()
+        .unwrap()
+        .json::<Value>()
+        .unwrap();
+    use base64::Engine as _;
+    let payload: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(plan["plan"]["payload"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(payload["version"], 2, "{payload}");
+    let text = payload.to_string();
+    assert!(
+        !text.contains("BERTH_NODES") && !text.contains("ClusterConfiguration"),
+        "{text}"
+    );
+    assert_eq!(payload["steps"][0]["env"]["BERTH_HOST"], "n1");
+    let ctx_digest = payload["context"]["digest"].as_str().unwrap().to_string();
+    let ctx_url = format!(
+        "{}/v1/agent/contexts/sha256/{}",
+        ctl.url(),
+        ctx_digest.trim_start_matches("sha256:")
+    );
+    let body = ctl.agent_client("n1").get(&ctx_url).send().unwrap();
+    assert_eq!(body.status().as_u16(), 200);
+    let body = body.bytes().unwrap();
+    use sha2::Digest as _;
+    assert_eq!(
+        format!("sha256:{}", hex::encode(sha2::Sha256::digest(&body))),
+        ctx_digest
+    );
+    assert_eq!(payload["context"]["size"].as_u64(), Some(body.len() as u64));
+    let ctx: Value = serde_json::from_slice(&body).unwrap();
+    assert!(ctx["clusterfile"]
+        .as_str()
+        .unwrap()
+        .contains("kind: ClusterConfiguration"));
+    assert_eq!(ctx["berth"]["BERTH_MASTER0"], "m0");
+    let unknown = ctl
+        .agent_client("n1")
+        .get(format!(
+            "{}/v1/agent/contexts/sha256/{}",
+            ctl.url(),
+            "ab".repeat(32)
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
+    assert_eq!(unknown.json::<Value>().unwrap()["code"], "context_unknown");
     let rep = |id: i64, state: &str, attempt: u32, outputs: Value| {
         json!([{ "type": "step", "step_id": id, "attempt": attempt, "state": state,
                   "exit_code": 0, "reason": null, "started_at": null, "ended_at": null,
@@ -198,6 +254,10 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
     // None of it changed anything: the cluster finishes on its own, with init's token.
     let out = ctl.cli(&["status", "c1", "--watch"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    // With nothing released to it any more, n1 no longer gets the cluster's context.
+    let r = ctl.agent_client("n1").get(&ctx_url).send().unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_eq!(r.json::<Value>().unwrap()["code"], "context_not_released");
     let st = ctl.status("c1");
     assert_eq!(st["phase"], "Running");
     assert_ne!(st["outputs"]["JOIN_TOKEN"], "forged");

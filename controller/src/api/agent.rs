@@ -3,11 +3,9 @@
 use super::auth::AgentHost;
 use super::error::{ApiError, ApiJson};
 use super::AppState;
-use crate::engine::EngineError;
 use axum::extract::State;
 use axum::http::StatusCode;
-use berth_shared::api::{PollRequest, PollResponse, ReportBatch, ReportEntry};
-use std::collections::BTreeSet;
+use berth_shared::api::{PollRequest, PollResponse, ReportBatch};
 use std::time::Duration;
 
 /// Holds the request for up to `wait_secs` (capped by `--poll-hold`) unless a plan newer
@@ -60,46 +58,17 @@ pub async fn reports(
     AgentHost(host, _): AgentHost,
     ApiJson(batch): ApiJson<ReportBatch>,
 ) -> Result<StatusCode, ApiError> {
-    let mut touched = BTreeSet::new();
-    let mut refused = None;
-    for (i, e) in batch.entries.into_iter().enumerate() {
-        let res = match e {
-            ReportEntry::Log {
-                step_id,
-                attempt,
-                offset,
-                data,
-            } => st
-                .engine
-                .log(&host, step_id, attempt, offset, data.as_bytes())
-                .await
-                .map(|_| ()),
-            ReportEntry::Step(r) => {
-                tracing::debug!(host = %host.name, step = r.step_id, attempt = r.attempt, state = %r.state, "step report");
-                st.engine.report(&host, &r).await.map(|c| {
-                    touched.extend(c);
-                })
-            }
-            ReportEntry::PlanRejected { reason } => {
-                tracing::warn!(host = %host.name, %reason, "agent refused a plan");
-                st.store
-                    .record_agent_event(host.id, "plan_rejected", &reason)
-                    .await
-                    .map_err(EngineError::from)
-            }
-        };
-        if let Err(e) = res {
-            let e = ApiError::from(e);
-            if let ApiError::Client { code, message, .. } = &e {
-                tracing::warn!(host = %host.name, entry = i, code, %message, "report refused");
-            }
-            refused = Some(e.with_entry(i));
-            break;
-        }
-    }
-    for cid in touched {
+    let outcome = st.engine.report_batch(&host, batch.entries).await?;
+    for cid in outcome.touched {
         st.engine.schedule_tick(cid);
     }
+    let refused = outcome.refused.map(|(i, e)| {
+        let e = ApiError::from(e);
+        if let ApiError::Client { code, message, .. } = &e {
+            tracing::warn!(host = %host.name, entry = i, code, %message, "report refused");
+        }
+        e.with_entry(i)
+    });
     st.heartbeats.beat(host.id, crate::time::now_unix());
     match refused {
         Some(e) => Err(e),

@@ -269,16 +269,21 @@ impl Store {
                 (id, 1)
             }
         };
-        for h in g.add_hosts {
-            sqlx::query("INSERT INTO cluster_hosts (cluster_id, host_id, role, ord, ip, env) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-                .bind(id)
-                .bind(h.host_id)
-                .bind(h.role)
-                .bind(h.ord)
-                .bind(&h.ip)
-                .bind(&h.env)
-                .execute(&mut *tx)
-                .await?;
+        // All new members in one statement ([[host, role, ord, ip, env], …]).
+        if !g.add_hosts.is_empty() {
+            let rows: Vec<serde_json::Value> = g
+                .add_hosts
+                .iter()
+                .map(|h| serde_json::json!([h.host_id, h.role.to_string(), h.ord, h.ip, h.env]))
+                .collect();
+            sqlx::query(
+                "INSERT INTO cluster_hosts (cluster_id, host_id, role, ord, ip, env)
+                 SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?2)",
+            )
+            .bind(id)
+            .bind(serde_json::Value::Array(rows).to_string())
+            .execute(&mut *tx)
+            .await?;
         }
         for u in &g.host_updates {
             sqlx::query("UPDATE cluster_hosts SET ip = ?1, env = ?2, ord = ?3 WHERE cluster_id = ?4 AND host_id = ?5")
@@ -324,6 +329,39 @@ impl Store {
         Ok(rows.into_iter().map(step_row).collect())
     }
 
+    /// A step, read on `conn` (inside a write transaction, it sees that transaction's writes).
+    pub async fn step_on(conn: &mut sqlx::SqliteConnection, id: i64) -> Result<Option<StepRow>> {
+        let r = sqlx::query(&format!("SELECT {STEP_COLS} FROM steps WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+        Ok(r.map(step_row))
+    }
+
+    /// The cluster's generation (its spec changes only with it), and the spec when asked.
+    pub async fn spec_at<'e, E: sqlx::SqliteExecutor<'e>>(
+        e: E,
+        cluster_id: i64,
+        with_spec: bool,
+    ) -> Result<Option<(i64, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT generation, CASE WHEN ?2 THEN spec END FROM clusters WHERE id = ?1",
+        )
+        .bind(cluster_id)
+        .bind(with_spec)
+        .fetch_optional(e)
+        .await?)
+    }
+
+    /// `spec_at` on the pool.
+    pub async fn spec_version(
+        &self,
+        cluster_id: i64,
+        with_spec: bool,
+    ) -> Result<Option<(i64, Option<String>)>> {
+        Store::spec_at(&self.pool, cluster_id, with_spec).await
+    }
+
     pub async fn step(&self, id: i64) -> Result<Option<StepRow>> {
         let r = sqlx::query(&format!("SELECT {STEP_COLS} FROM steps WHERE id = ?1"))
             .bind(id)
@@ -346,22 +384,26 @@ impl Store {
     /// Marks pending steps released with their deadlines and bumps the plan generation of
     /// their hosts. Returns the affected host ids.
     pub async fn release(&self, steps: &[(i64, i64)]) -> Result<Vec<i64>> {
+        // One statement per distinct deadline (a phase has one or a few).
+        let mut by_deadline: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+        for (id, deadline) in steps {
+            by_deadline.entry(*deadline).or_default().push(*id);
+        }
         let mut tx = self.write().await?;
         let mut hosts = Vec::new();
-        for (id, deadline) in steps {
-            let host: Option<i64> = sqlx::query_scalar(
-                "UPDATE steps SET state = 'released', deadline = ?2 WHERE id = ?1 AND state = 'pending' RETURNING host_id",
+        for (deadline, ids) in by_deadline {
+            let released: Vec<i64> = sqlx::query_scalar(
+                "UPDATE steps SET state = 'released', deadline = ?1
+                 WHERE id IN (SELECT value FROM json_each(?2)) AND state = 'pending' RETURNING host_id",
             )
-            .bind(id)
             .bind(deadline)
-            .fetch_optional(&mut *tx)
+            .bind(serde_json::to_string(&ids)?)
+            .fetch_all(&mut *tx)
             .await?;
-            if let Some(h) = host {
-                if !hosts.contains(&h) {
-                    hosts.push(h);
-                }
-            }
+            hosts.extend(released);
         }
+        hosts.sort_unstable();
+        hosts.dedup();
         commit_bumping(self, tx, hosts).await
     }
 
@@ -381,13 +423,12 @@ impl Store {
     /// (a concurrent change wins; the caller re-validates). Outputs of a succeeded step
     /// become the cluster's. `deadline` replaces the step's deadline when given.
     pub async fn apply_report(
-        &self,
+        tx: &mut sqlx::SqliteConnection,
         step: &StepRow,
         from: StepState,
         r: &StepReport,
         deadline: Option<i64>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.write().await?;
         let n = sqlx::query(
             "UPDATE steps SET state = ?1, exit_code = ?2, reason = ?3,
                  started_at = COALESCE(?4, started_at), ended_at = ?5, log_tail = COALESCE(?6, log_tail),
@@ -424,7 +465,6 @@ impl Store {
                 .await?;
             }
         }
-        tx.commit().await?;
         Ok(true)
     }
 
@@ -433,13 +473,12 @@ impl Store {
     /// chunk), a chunk past the end is a gap (`Conflict`). At most `cap` bytes are stored
     /// per attempt; the rest is counted in `log_len` and dropped.
     pub async fn append_log(
-        &self,
+        tx: &mut sqlx::SqliteConnection,
         step: &StepRow,
         offset: u64,
         data: &[u8],
         cap: u64,
     ) -> Result<LogAppend, StoreError> {
-        let mut tx = self.write().await?;
         let (len, stored): (i64, i64) =
             sqlx::query_as("SELECT log_len, log_stored FROM steps WHERE id = ?1 AND attempt = ?2")
                 .bind(step.id)
@@ -477,7 +516,6 @@ impl Store {
             .bind(step.id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
         Ok(if keep.len() == fresh.len() {
             LogAppend::Stored(keep.len() as u64)
         } else {
@@ -671,16 +709,20 @@ impl Store {
         Ok(())
     }
 
-    pub async fn record_agent_event(&self, host_id: i64, kind: &str, message: &str) -> Result<()> {
-        self.write_one(
-            sqlx::query(
-                "INSERT INTO agent_events (host_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .bind(host_id)
-            .bind(now_unix())
-            .bind(kind)
-            .bind(message.chars().take(1024).collect::<String>()),
+    pub async fn record_agent_event(
+        tx: &mut sqlx::SqliteConnection,
+        host_id: i64,
+        kind: &str,
+        message: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO agent_events (host_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
         )
+        .bind(host_id)
+        .bind(now_unix())
+        .bind(kind)
+        .bind(message.chars().take(1024).collect::<String>())
+        .execute(tx)
         .await?;
         Ok(())
     }
@@ -792,15 +834,21 @@ async fn commit_bumping(
     mut tx: super::WriteTx,
     hosts: Vec<i64>,
 ) -> Result<Vec<i64>> {
-    let mut bumped = Vec::new();
-    for h in &hosts {
-        bumped.push(bump_generation(&mut tx, *h).await?);
-    }
+    // One statement for every host; deleted hosts are simply not returned.
+    let bumped: Vec<(i64, i64)> = if hosts.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "UPDATE hosts SET plan_generation = plan_generation + 1
+             WHERE id IN (SELECT value FROM json_each(?1)) RETURNING id, plan_generation",
+        )
+        .bind(serde_json::to_string(&hosts)?)
+        .fetch_all(&mut *tx)
+        .await?
+    };
     tx.commit().await?;
-    for (h, g) in hosts.iter().zip(bumped) {
-        if let Some(g) = g {
-            store.cache.saw_generation(*h, g);
-        }
+    for (h, g) in bumped {
+        store.cache.saw_generation(h, g as u64);
     }
     Ok(hosts)
 }
@@ -840,20 +888,32 @@ async fn insert_steps(
     generation: i64,
     steps: Vec<NewStep>,
 ) -> Result<(), sqlx::Error> {
-    for s in steps {
-        sqlx::query(
-            "INSERT INTO steps (cluster_id, generation, host_id, host_name, kind, ord, spec, best_effort) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(cluster_id)
-        .bind(generation)
-        .bind(s.host_id)
-        .bind(&s.host_name)
-        .bind(s.kind)
-        .bind(s.ord)
-        .bind(&s.spec)
-        .bind(s.best_effort as i64)
-        .execute(&mut *tx)
-        .await?;
+    if steps.is_empty() {
+        return Ok(());
     }
+    // One statement for all of them, in order ([[host, name, kind, ord, spec, best_effort], …]).
+    let rows: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|s| {
+            serde_json::json!([
+                s.host_id,
+                s.host_name,
+                s.kind.to_string(),
+                s.ord,
+                s.spec,
+                s.best_effort as i64
+            ])
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO steps (cluster_id, generation, host_id, host_name, kind, ord, spec, best_effort)
+         SELECT ?1, ?2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5
+         FROM json_each(?3) ORDER BY key",
+    )
+    .bind(cluster_id)
+    .bind(generation)
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
