@@ -54,6 +54,9 @@ pub struct DriverArgs {
     /// Name of that cluster
     #[arg(long, default_value = "fleet")]
     pub cluster: String,
+    /// Stop the apply once every host has its first plan (do not wait for Running)
+    #[arg(long)]
+    pub fanout_only: bool,
     /// Give up on a phase after this long
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
@@ -371,6 +374,8 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         "errors": idle_errors,
     });
 
+    eprintln!("idle: {idle}");
+
     // 4. One apply.
     let mut apply = serde_json::Value::Null;
     if a.cluster_hosts > 0 {
@@ -410,6 +415,12 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
                     if let Some(s) = sample_ctl() {
                         peak_rss = peak_rss.max(s.rss_bytes);
                     }
+                    if a.fanout_only {
+                        if Instant::now() > deadline {
+                            bail!("not every host got its first plan within {:?}", a.timeout);
+                        }
+                        continue;
+                    }
                     if Instant::now() > deadline {
                         bail!("the cluster did not reach Running within {:?} (phase {phase})", a.timeout);
                     }
@@ -428,6 +439,9 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
             if fanout_ms.is_none() && ev.stats.first_plan.len() == a.cluster_hosts {
                 let at = ev.stats.apply_at_ms.unwrap_or(0);
                 fanout_ms = ev.stats.first_plan.values().max().map(|m| m - at);
+                if a.fanout_only {
+                    break 0;
+                }
             }
         };
         ev.drain();
@@ -443,7 +457,7 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
             "first_plans_received": firsts.len(),
             "first_plan_p50_ms": pct(&firsts, 0.5),
             "first_plan_all_ms": fanout_ms.or(firsts.last().copied()),
-            "running_ms": running_ms,
+            "running_ms": (!a.fanout_only).then_some(running_ms),
             "report_batches": lat.len(),
             "report_p50_ms": pct(&lat, 0.5) as f64 / 1000.0,
             "report_p99_ms": pct(&lat, 0.99) as f64 / 1000.0,
