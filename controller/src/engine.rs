@@ -947,6 +947,7 @@ impl Engine {
             self.tick(cid).await?;
             removed_from = Some(cname);
         }
+        self.plans.forget_host(host.id);
         if !self.store.delete_host(name, actor).await? {
             return Err(EngineError::not_found(format!("no host named `{name}`")));
         }

@@ -40,7 +40,7 @@ pub struct Context {
 }
 
 struct CachedEnvelope {
-    key: (u64, Digest, Vec<(i64, i64)>),
+    key: (String, u64, Digest, Vec<(i64, i64)>),
     issued_at: i64,
     envelope: PlanEnvelope,
 }
@@ -132,11 +132,6 @@ impl Plans {
         Ok(Some(ctx))
     }
 
-    /// The cluster's parsed spec, from the current context.
-    pub async fn spec(&self, cluster_id: i64) -> Result<Option<Arc<ResolvedSpec>>> {
-        Ok(self.context(cluster_id).await?.map(|c| c.spec.clone()))
-    }
-
     /// Forgets what is cached about a host (deleted, revoked).
     pub fn forget_host(&self, host_id: i64) {
         lock(&self.envelopes).remove(&host_id);
@@ -184,7 +179,9 @@ impl Plans {
                 .collect(),
             None => Vec::new(),
         };
+        // The name too: a deleted host's id may be given to the next one enrolled.
         let key = (
+            host.name.clone(),
             generation,
             ctx.as_ref().map(|c| c.digest).unwrap_or(Digest::of(b"")),
             rows.iter().map(|s| (s.id, s.attempt)).collect::<Vec<_>>(),
