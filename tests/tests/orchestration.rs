@@ -480,9 +480,11 @@ fn a_rerunnable_hook_cut_short_with_its_host_runs_again_by_itself() {
         .cli(&["apply", "-f", cf.to_str().unwrap()])
         .status
         .success());
-    wait_for("check running", Duration::from_secs(30), || {
-        let st = ctl.status("c11");
-        (steps(&st, "m0", "check")[0]["state"] == "running").then_some(())
+    // The hook itself must have started (not just the step: it fetches and unpacks first).
+    wait_for("check hook running", Duration::from_secs(30), || {
+        stdout(&ctl.cli(&["logs", "c11", "--host", "m0", "--step", "check"]))
+            .contains("running check of hello:v1")
+            .then_some(())
     });
     kill_agent_and_hooks(&ctl, &mut agents[0], "m0");
     let _again = ctl.run_agent("m0");

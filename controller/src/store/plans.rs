@@ -117,8 +117,12 @@ impl Store {
                 ..TickView::default()
             });
         }
+        // One index seek per state (MIN over an IN list would walk every open step).
         let open_ord: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(ord) FROM steps INDEXED BY steps_cluster_state WHERE cluster_id = ?1 AND state IN ('pending', 'released', 'running')",
+            "SELECT MIN(o) FROM (
+               SELECT (SELECT ord FROM steps INDEXED BY steps_cluster_state WHERE cluster_id = ?1 AND state = 'pending' ORDER BY ord LIMIT 1) AS o
+               UNION ALL SELECT (SELECT ord FROM steps INDEXED BY steps_cluster_state WHERE cluster_id = ?1 AND state = 'released' ORDER BY ord LIMIT 1)
+               UNION ALL SELECT (SELECT ord FROM steps INDEXED BY steps_cluster_state WHERE cluster_id = ?1 AND state = 'running' ORDER BY ord LIMIT 1))",
         )
         .bind(cluster_id)
         .fetch_one(&mut *conn)
