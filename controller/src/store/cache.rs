@@ -34,7 +34,13 @@ impl Cache {
     pub fn hosts_changed(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         lock(&self.hosts).clear();
-        // A deleted host's id may be given to the next one enrolled.
+    }
+
+    /// After a host was deleted or enrolled: a deleted host's id may be given to the next
+    /// one enrolled, so generations are forgotten too (not on every facts change, which
+    /// would empty them at each agent's first poll).
+    pub fn host_ids_changed(&self) {
+        self.hosts_changed();
         lock(&self.generations).clear();
     }
 

@@ -258,7 +258,7 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        self.cache.hosts_changed();
+        self.cache.host_ids_changed();
         Ok(outcome)
     }
 
@@ -464,7 +464,7 @@ impl Store {
     pub async fn delete_host(&self, name: &str, actor: &str) -> Result<bool> {
         let q = sqlx::query("DELETE FROM hosts WHERE name = ?1").bind(name);
         let changed = self.change_audited(q, actor, "host.delete", name).await;
-        self.cache.hosts_changed();
+        self.cache.host_ids_changed();
         changed
     }
 }
