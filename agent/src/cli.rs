@@ -248,25 +248,24 @@ async fn fetch(a: FetchArgs) -> Result<()> {
     };
     let started = std::time::Instant::now();
     let limits = a.common.limits();
-    let blob = fetcher.fetch(&digest).await?;
-    let fetched = started.elapsed();
     match a.into {
-        None => println!("{}", blob.display()),
+        None => {
+            let blob = fetcher.fetch(&digest).await?;
+            println!("{}", blob.display());
+        }
         Some(dest) => {
-            let b = blob.clone();
-            let u = tokio::task::spawn_blocking(move || {
-                crate::fetch::unpack_into(&b, &dest, &limits).map(|u| (u, dest))
-            })
-            .await??;
+            // One pass: unpacked while it streams in, promoted once the digest matched.
+            let staging = crate::fetch::Staging::new(&dest)?;
+            let u = fetcher.fetch_into(&digest, staging.path(), limits).await?;
+            tokio::task::spawn_blocking(move || staging.promote()).await??;
             println!(
-                "{} {} {}: {} entries, {} bytes into {} (fetch {:.2?}, total {:.2?})",
+                "{} {} {}: {} entries, {} bytes into {} (total {:.2?})",
                 digest,
-                u.0.manifest.name,
-                u.0.manifest.version,
-                u.0.entries,
-                u.0.bytes,
-                u.1.display(),
-                fetched,
+                u.manifest.name,
+                u.manifest.version,
+                u.entries,
+                u.bytes,
+                dest.display(),
                 started.elapsed()
             );
         }

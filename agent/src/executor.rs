@@ -10,7 +10,20 @@
 //! hook was cut short: re-run only when declared re-runnable). Two wrappers can never both
 //! run a hook: the second loses the claim.
 
-use crate::fetch::{unpack_all, Fetcher};
+use crate::fetch::{Fetcher, Staging};
+
+/// Where the check step leaves the bundles it unpacked, for distribute to promote.
+const STAGED_DIR: &str = ".staged";
+/// In a rootfs (or staged tree): the digests of the bundles it was built from, one a line.
+const DIGESTS_FILE: &str = ".berth-digests";
+
+fn digests_of(step: &PlanStep) -> String {
+    step.bundles
+        .iter()
+        .map(|b| b.digest.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 use crate::now_unix;
 use crate::spool::Spool;
 use anyhow::{anyhow, Context, Result};
@@ -265,20 +278,27 @@ impl Executor {
                 if std::env::consts::OS != "linux" {
                     return Ok(Outcome::failed("berth hosts must run Linux", None));
                 }
-                let check_dir = cdir.join(".check");
-                self.materialize(step, &check_dir, log, false).await?;
-                let out = self
-                    .run_hooks(plan, step, &check_dir, "check", log, false, started)
-                    .await;
-                let _ = std::fs::remove_dir_all(&check_dir);
-                out
+                if !step
+                    .bundles
+                    .iter()
+                    .any(|b| b.manifest.hooks.contains_key("check"))
+                {
+                    // Nothing to run: distribute fetches and unpacks the bundles.
+                    return Ok(Outcome::ok());
+                }
+                // The check hooks run from the unpacked bundles, which distribute then
+                // promotes to the rootfs instead of unpacking them a second time.
+                let staged = cdir.join(STAGED_DIR);
+                self.materialize(step, &staged, log, false).await?;
+                self.run_hooks(plan, step, &staged, "check", log, false, started)
+                    .await
             }
             "distribute" => {
-                self.materialize(step, &rootfs, log, true).await?;
+                self.distribute(step, cdir, log).await?;
                 Ok(Outcome::ok())
             }
             "leave" | "clean" => {
-                if !rootfs.join(".berth-digests").exists() {
+                if !rootfs.join(DIGESTS_FILE).exists() {
                     // Never distributed here (the host failed or was lost before): there is
                     // nothing of the bundles to run or to clean.
                     writeln!(
@@ -287,6 +307,7 @@ impl Executor {
                         step.kind
                     )?;
                     let _ = std::fs::remove_dir_all(&rootfs);
+                    let _ = std::fs::remove_dir_all(cdir.join(STAGED_DIR));
                     return Ok(Outcome::ok());
                 }
                 let best = self
@@ -332,7 +353,8 @@ impl Executor {
     }
 
     /// Fetches the step's bundles and overlays them into `dest` (atomically), applying
-    /// Configs and templates when `configure`.
+    /// Configs and templates when `configure`. Each blob is unpacked while it streams in;
+    /// `dest` is replaced only once every digest matched.
     async fn materialize(
         &self,
         step: &PlanStep,
@@ -340,49 +362,81 @@ impl Executor {
         log: &std::fs::File,
         configure: bool,
     ) -> Result<()> {
-        let mut blobs = Vec::new();
+        let staging = Staging::new(dest)?;
         for b in &step.bundles {
             writeln!(
                 &*log,
                 "berth-agent: fetching {} ({})",
                 b.reference, b.digest
             )?;
-            blobs.push(self.fetcher.fetch(&b.digest).await?);
+            self.fetcher
+                .fetch_into(&b.digest, staging.path(), self.limits)
+                .await?;
         }
-        let limits = self.limits;
-        let dest = dest.to_path_buf();
+        self.finish(step, staging, log, configure).await
+    }
+
+    /// Applies Configs and templates (when `configure`) to a staged tree, marks it with the
+    /// digests it was built from, and promotes it.
+    async fn finish(
+        &self,
+        step: &PlanStep,
+        staging: Staging,
+        log: &std::fs::File,
+        configure: bool,
+    ) -> Result<()> {
         let configs = step.configs.clone();
         let refs: Vec<String> = step.bundles.iter().map(|b| b.reference.clone()).collect();
         let env = self.env_for(step, None, Path::new(""), Path::new(""), Path::new(""));
-        let digests: Vec<String> = step.bundles.iter().map(|b| b.digest.to_string()).collect();
+        let digests = digests_of(step);
         let log = log.try_clone()?;
         tokio::task::spawn_blocking(move || -> Result<()> {
-            unpack_all(&blobs, &dest, &limits, |staging| {
-                if configure {
-                    for c in &configs {
-                        if c.matches.as_ref().is_some_and(|m| !refs.contains(m)) {
-                            continue;
-                        }
-                        let strategy = Strategy::parse(&c.strategy)
-                            .ok_or_else(|| anyhow!("unknown Config strategy `{}`", c.strategy))?;
-                        apply_config(staging, &c.path, strategy, &c.data)?;
-                        writeln!(
-                            &log,
-                            "berth-agent: applied Config {} ({})",
-                            c.path, c.strategy
-                        )?;
+            let dir = staging.path();
+            if configure {
+                for c in &configs {
+                    if c.matches.as_ref().is_some_and(|m| !refs.contains(m)) {
+                        continue;
                     }
-                    for f in render_templates(staging, &env)? {
-                        writeln!(&log, "berth-agent: rendered {f}")?;
-                    }
+                    let strategy = Strategy::parse(&c.strategy)
+                        .ok_or_else(|| anyhow!("unknown Config strategy `{}`", c.strategy))?;
+                    apply_config(dir, &c.path, strategy, &c.data)?;
+                    writeln!(
+                        &log,
+                        "berth-agent: applied Config {} ({})",
+                        c.path, c.strategy
+                    )?;
                 }
-                std::fs::write(staging.join(".berth-digests"), digests.join("\n"))?;
-                Ok(())
-            })?;
-            Ok(())
+                for f in render_templates(dir, &env)? {
+                    writeln!(&log, "berth-agent: rendered {f}")?;
+                }
+            }
+            std::fs::write(dir.join(DIGESTS_FILE), digests)?;
+            staging.promote()
         })
-        .await??;
-        Ok(())
+        .await?
+    }
+
+    /// Distributes: promotes the tree the check step staged when it was built from the
+    /// same bundles (Configs and templates are applied to it first), else fetches and
+    /// unpacks the bundles.
+    async fn distribute(&self, step: &PlanStep, cdir: &Path, log: &std::fs::File) -> Result<()> {
+        let staged = cdir.join(STAGED_DIR);
+        let rootfs = cdir.join("rootfs");
+        let have = std::fs::read_to_string(staged.join(DIGESTS_FILE)).ok();
+        if have.as_deref() == Some(digests_of(step).as_str()) {
+            writeln!(
+                &*log,
+                "berth-agent: using the bundles the check step unpacked"
+            )?;
+            let staging = Staging::new(&rootfs)?;
+            std::fs::remove_dir(staging.path())?;
+            std::fs::rename(&staged, staging.path())?;
+            return self.finish(step, staging, log, true).await;
+        }
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged)?;
+        }
+        self.materialize(step, &rootfs, log, true).await
     }
 
     /// Re-distributes when the rootfs is missing or was built from other bundles (e.g. a
@@ -394,7 +448,7 @@ impl Executor {
         log: &std::fs::File,
     ) -> Result<()> {
         let want: Vec<String> = step.bundles.iter().map(|b| b.digest.to_string()).collect();
-        let have = std::fs::read_to_string(rootfs.join(".berth-digests")).unwrap_or_default();
+        let have = std::fs::read_to_string(rootfs.join(DIGESTS_FILE)).unwrap_or_default();
         if have != want.join("\n") {
             writeln!(
                 &*log,

@@ -151,31 +151,86 @@ impl Fetcher {
 
     /// Returns the path of the verified blob, downloading what is missing.
     pub async fn fetch(&self, digest: &Digest) -> Result<PathBuf> {
+        self.download(digest, None).await.map(|(p, _)| p)
+    }
+
+    /// Fetches a blob and unpacks it into `dir` in the same pass: the bytes coming off the
+    /// socket are appended to the cache file (so a cut resumes from them), hashed, and fed
+    /// to zstd → tar on a second thread. `dir` holds unverified content until this returns
+    /// `Ok`; the caller owns it (a [`Staging`] directory, deleted on any error). A blob
+    /// already in the cache is unpacked from it.
+    pub async fn fetch_into(
+        &self,
+        digest: &Digest,
+        dir: &Path,
+        limits: Limits,
+    ) -> Result<Unpacked> {
         let done = self.blob_path(digest);
         if done.is_file() {
-            return Ok(done);
+            return unpack_file(done, dir.to_path_buf(), limits).await;
         }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let to = dir.to_path_buf();
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let mut reader = ChannelReader::new(rx);
+            let out = unpack(&mut reader, &to, &limits);
+            // Keep taking bytes to the end, so the download never waits on a failed unpack.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            out
+        });
+        let downloaded = self.download(digest, Some(tx)).await;
+        let unpacked = unpacker.await.context("unpack task")?;
+        let (blob, intact) = downloaded?;
+        if intact {
+            return unpacked.with_context(|| format!("cannot unpack {digest}"));
+        }
+        // The stream restarted from zero (the server ignored a range, or the bytes kept
+        // were junk): what streamed in is not the blob; unpack it again from the cache.
+        tracing::info!(digest = %digest, "the download restarted from zero; unpacking from the cache");
+        unpack_file(blob, dir.to_path_buf(), limits).await
+    }
+
+    /// Downloads what is missing of a blob into the cache, verifying it, and feeds every
+    /// byte of it in order (the bytes already on disk first) to `tee`. The flag says whether
+    /// `tee` saw exactly the blob: false when the download had to start over from zero.
+    async fn download(
+        &self,
+        digest: &Digest,
+        tee: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    ) -> Result<(PathBuf, bool)> {
+        let done = self.blob_path(digest);
+        if done.is_file() {
+            return Ok((done, tee.is_none()));
+        }
+        let mut tee = tee;
+        let mut intact = true;
         let dir = done.parent().context("cache dir")?.to_path_buf();
         tokio::fs::create_dir_all(&dir).await?;
         let partial = dir.join(format!("{}.partial", digest.hex()));
         let url = format!("{}/v1/blobs/sha256/{}", self.controller, digest.hex());
 
-        // Bytes already on disk from an earlier attempt are hashed once, then extended.
+        // Bytes already on disk from an earlier attempt are hashed (and teed) once, then
+        // extended.
         let (mut hasher, mut offset) = {
             let p = partial.clone();
+            let t = tee.clone();
             tokio::task::spawn_blocking(move || -> std::io::Result<(Sha256, u64)> {
                 match std::fs::File::open(&p) {
                     Ok(mut f) => {
                         let mut h = Sha256::new();
                         let mut n = 0u64;
-                        let mut buf = vec![0u8; 1 << 20];
                         loop {
+                            let mut buf = vec![0u8; 1 << 20];
                             let k = f.read(&mut buf)?;
                             if k == 0 {
                                 break;
                             }
-                            h.update(&buf[..k]);
+                            buf.truncate(k);
+                            h.update(&buf);
                             n += k as u64;
+                            if let Some(t) = &t {
+                                let _ = t.blocking_send(Bytes::from(buf));
+                            }
                         }
                         Ok((h, n))
                     }
@@ -207,8 +262,10 @@ impl Fetcher {
                             offset = 0;
                             hasher = Sha256::new();
                             tokio::fs::remove_file(&partial).await.ok();
+                            (tee, intact) = (None, false);
                         }
-                        let (h, n, err) = stream_to(resp, &partial, hasher, offset).await?;
+                        let (h, n, err) =
+                            stream_to(resp, &partial, hasher, offset, tee.clone()).await?;
                         hasher = h;
                         offset = n;
                         match err {
@@ -221,6 +278,7 @@ impl Fetcher {
                         offset = 0;
                         hasher = Sha256::new();
                         tokio::fs::remove_file(&partial).await.ok();
+                        (tee, intact) = (None, false);
                         Err(anyhow!(
                             "partial download was longer than the blob; starting over"
                         ))
@@ -262,21 +320,64 @@ impl Fetcher {
         let got = Digest::from_hasher(hasher);
         if got != *digest {
             tokio::fs::remove_file(&partial).await.ok();
-            bail!("downloaded blob hashes to {got}, not {digest}; discarded it (nothing was unpacked)");
+            bail!("downloaded blob hashes to {got}, not {digest}; discarded it and everything unpacked from it");
         }
         tokio::fs::rename(&partial, &done).await?;
         tracing::info!(digest = %digest, bytes = offset, "blob fetched and verified");
-        Ok(done)
+        Ok((done, intact && tee.is_some()))
     }
 }
 
-/// Appends the response body to `partial`, hashing it on a blocking thread. Returns the
-/// hasher and byte count reached, and the error that cut the body short, if any.
+async fn unpack_file(blob: PathBuf, dir: PathBuf, limits: Limits) -> Result<Unpacked> {
+    tokio::task::spawn_blocking(move || -> Result<Unpacked> {
+        let f = std::fs::File::open(&blob)
+            .with_context(|| format!("cannot open {}", blob.display()))?;
+        unpack(std::io::BufReader::with_capacity(1 << 20, f), &dir, &limits)
+            .with_context(|| format!("cannot unpack {}", blob.display()))
+    })
+    .await?
+}
+
+/// The bytes of a download as a blocking reader: what the unpack thread reads. The end of
+/// the channel is the end of the stream.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        bytes::Buf::advance(&mut self.cur, n);
+        Ok(n)
+    }
+}
+
+/// Appends the response body to `partial`, hashing it (and handing it to `tee`) on a
+/// blocking thread. Returns the hasher and byte count reached, and the error that cut the
+/// body short, if any.
 async fn stream_to(
     resp: reqwest::Response,
     partial: &Path,
     hasher: Sha256,
     offset: u64,
+    tee: Option<tokio::sync::mpsc::Sender<Bytes>>,
 ) -> Result<(Sha256, u64, Option<anyhow::Error>)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(32);
     let path = partial.to_path_buf();
@@ -292,6 +393,11 @@ async fn stream_to(
             w.write_all(&chunk)?;
             h.update(&chunk);
             n += chunk.len() as u64;
+            if let Some(t) = &tee {
+                // The unpacker reads to the end whatever happens; a send fails only if it
+                // died, which its own result reports.
+                let _ = t.blocking_send(chunk);
+            }
         }
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_data()?;
@@ -320,64 +426,75 @@ async fn stream_to(
     Ok((h, n, cut))
 }
 
-/// Unpacks a verified blob into `dest`, replacing it atomically: the archive streams into a
-/// sibling staging directory which is renamed over `dest` only when everything succeeded.
-pub fn unpack_into(blob: &Path, dest: &Path, limits: &Limits) -> Result<Unpacked> {
-    unpack_all(&[blob.to_path_buf()], dest, limits, |_| Ok(())).map(|mut v| v.remove(0))
+/// A fresh sibling directory of `dest` to build it in (`.<name>.staging`), renamed over
+/// `dest` by [`Staging::promote`] and deleted if dropped before that: a failed or cut
+/// unpack, or a digest mismatch, never leaves anything where `dest` is read.
+pub struct Staging {
+    dir: PathBuf,
+    dest: PathBuf,
+    promoted: bool,
 }
 
-/// Overlays several blobs in order (later wins) into a staging directory, lets `finish`
-/// work on it (Configs, templates), and renames it over `dest`.
-pub fn unpack_all(
-    blobs: &[PathBuf],
-    dest: &Path,
-    limits: &Limits,
-    finish: impl FnOnce(&Path) -> Result<()>,
-) -> Result<Vec<Unpacked>> {
-    let parent = dest.parent().context("destination has no parent")?;
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
+impl Staging {
+    pub fn new(dest: &Path) -> Result<Staging> {
+        let parent = dest.parent().context("destination has no parent")?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+        let dir = sibling(dest, "staging");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        }
+        std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Staging {
+            dir,
+            dest: dest.to_path_buf(),
+            promoted: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Renames the staging directory over `dest` (whatever was there is removed).
+    pub fn promote(mut self) -> Result<()> {
+        replace_dir(&self.dir, &self.dest)?;
+        self.promoted = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.promoted {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn sibling(dest: &Path, what: &str) -> PathBuf {
     let name = dest
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or("rootfs");
-    let staging = parent.join(format!(".{name}.staging"));
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)?;
+    dest.with_file_name(format!(".{name}.{what}"))
+}
+
+/// Renames the directory `src` over `dest`: the old `dest` is moved aside first and removed
+/// after, so `dest` is always either the old or the new tree.
+pub fn replace_dir(src: &Path, dest: &Path) -> Result<()> {
+    let old = sibling(dest, "old");
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
     }
-    std::fs::create_dir(&staging)?;
-    let result = (|| -> Result<Vec<Unpacked>> {
-        let mut out = Vec::new();
-        for b in blobs {
-            let f =
-                std::fs::File::open(b).with_context(|| format!("cannot open {}", b.display()))?;
-            out.push(unpack(
-                std::io::BufReader::with_capacity(1 << 20, f),
-                &staging,
-                limits,
-            )?);
-        }
-        finish(&staging)?;
-        Ok(out)
-    })();
-    match result {
-        Ok(out) => {
-            let old = parent.join(format!(".{name}.old"));
-            if dest.exists() {
-                if old.exists() {
-                    std::fs::remove_dir_all(&old)?;
-                }
-                std::fs::rename(dest, &old)?;
-            }
-            std::fs::rename(&staging, dest)?;
-            if old.exists() {
-                std::fs::remove_dir_all(&old)?;
-            }
-            Ok(out)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(e)
-        }
+    if dest.exists() {
+        std::fs::rename(dest, &old)?;
     }
+    std::fs::rename(src, dest)
+        .with_context(|| format!("cannot move {} to {}", src.display(), dest.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
 }

@@ -371,11 +371,18 @@ fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
-            "not {digest}; discarded it (nothing was unpacked)"
+            "not {digest}; discarded it and everything unpacked from it"
         )),
         "{err}"
     );
+    // It streamed into a staging directory while it downloaded; that is gone too.
     assert!(!into.exists(), "nothing unpacked");
+    let leftovers: Vec<_> = fs::read_dir(ctl.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("rootfs"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
     let cache = agent.join("cache/blobs/sha256");
     assert_eq!(
         fs::read_dir(&cache).unwrap().count(),

@@ -106,6 +106,24 @@ fn a_three_host_cluster_is_created_in_phase_order_with_outputs_flowing_to_joins(
         ctl.cli(&["logs", "c1", "--host", "n1", "--step", "distribute"]),
         fs::read_to_string(&cf).unwrap()
     );
+    // One unpack per host: the check step unpacked the bundle to run its check hook, and
+    // distribute promoted that tree (Config and template applied above) instead of
+    // unpacking again.
+    for h in ["m0", "n1", "n2"] {
+        let check = stdout(&ctl.cli(&["logs", "c1", "--host", h, "--step", "check"]));
+        assert_eq!(
+            check.matches("berth-agent: fetching hello:v1").count(),
+            1,
+            "{check}"
+        );
+        let dist = stdout(&ctl.cli(&["logs", "c1", "--host", h, "--step", "distribute"]));
+        assert!(
+            dist.contains("berth-agent: using the bundles the check step unpacked"),
+            "{dist}"
+        );
+        assert!(!dist.contains("fetching"), "{dist}");
+        assert!(!ctl.agent_dir(h).join("clusters/c1/.staged").exists());
+    }
     // Concurrent reports from several agents never hit a busy database.
     for a in &agents {
         assert!(
