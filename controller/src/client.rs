@@ -129,6 +129,40 @@ impl Client {
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
     }
 
+    /// A conditional GET held by the server until the answer differs from `etag` (or the
+    /// server's wait is over: `None`). Returns the answer and its ETag.
+    pub async fn get_changed<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<(T, Option<String>)>> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.get(&url).bearer_auth(&self.token);
+        if let Some(t) = etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach the controller at {}: {}",
+                self.base,
+                error_chain(&e)
+            )
+        })?;
+        if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        let resp = check(resp).await?;
+        let tag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = resp.bytes().await?;
+        let v = serde_json::from_slice(&bytes)
+            .with_context(|| format!("unexpected response from {path}"))?;
+        Ok(Some((v, tag)))
+    }
+
     /// A GET whose successful answer is returned unread (to stream a large body).
     pub async fn get_response(&self, path: &str) -> Result<reqwest::Response> {
         let resp = self.request(Method::GET, path, None::<&()>).await?;

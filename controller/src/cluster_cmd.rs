@@ -40,8 +40,17 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
     let mut last_phase: Option<ClusterPhase> = None;
     let mut last_change = Instant::now();
+    let mut changes = StatusChanges::new(name);
+    let mut last: Option<ClusterView> = None;
     loop {
-        let v: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
+        // Nothing changed for a while: the last status again (for the quiet-minute line).
+        let v = match changes.next(client).await? {
+            Some(v) => v,
+            None => match last.take() {
+                Some(v) => v,
+                None => continue,
+            },
+        };
         for s in &v.steps {
             let key = format!("{}#{}", s.state, s.attempt);
             if seen.get(&s.id) != Some(&key) && s.state != StepState::Pending {
@@ -96,7 +105,40 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
             }
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        last = Some(v);
+    }
+}
+
+/// How long the controller holds one status request waiting for a change.
+const STATUS_WAIT_SECS: u64 = 20;
+
+/// A cluster's status as it changes: each call returns it as soon as it differs from the
+/// last one returned (the controller holds the request until then, see
+/// `GET /v1/clusters/{name}?wait=`), or `None` when nothing changed for a while.
+struct StatusChanges {
+    path: String,
+    etag: Option<String>,
+}
+
+impl StatusChanges {
+    fn new(name: &str) -> Self {
+        StatusChanges {
+            path: format!("/v1/clusters/{name}?wait={STATUS_WAIT_SECS}"),
+            etag: None,
+        }
+    }
+
+    async fn next(&mut self, client: &Client) -> Result<Option<ClusterView>> {
+        match client
+            .get_changed::<ClusterView>(&self.path, self.etag.as_deref())
+            .await?
+        {
+            None => Ok(None),
+            Some((v, tag)) => {
+                self.etag = tag;
+                Ok(Some(v))
+            }
+        }
     }
 }
 
@@ -296,12 +338,11 @@ pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Resu
     }
     let start = Instant::now();
     let mut last = String::new();
+    let mut changes = StatusChanges::new(name);
     loop {
-        match client
-            .get::<ClusterView>(&format!("/v1/clusters/{name}"))
-            .await
-        {
-            Ok(v) => {
+        match changes.next(&client).await {
+            Ok(None) => {}
+            Ok(Some(v)) => {
                 if v.phase == ClusterPhase::ResetFailed {
                     print_status(&v, Format::Table)?;
                     bail!(
@@ -319,7 +360,6 @@ pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Resu
                     );
                     last = line;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await
             }
             Err(e) if crate::client::api_code(&e) == Some(codes::NOT_FOUND) => {
                 println!("cluster {name} reset and removed");

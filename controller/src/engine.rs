@@ -122,6 +122,10 @@ pub struct Engine {
     dirty_notify: Notify,
     /// Parsed specs by cluster, with the generation they belong to.
     specs: Mutex<HashMap<i64, (i64, Arc<ResolvedSpec>)>>,
+    /// Per watched cluster, a counter bumped after every tick: what `GET
+    /// /v1/clusters/{name}?wait=` waits on. Every change of a step or phase is followed by
+    /// a tick of its cluster.
+    changes: Mutex<HashMap<i64, tokio::sync::watch::Sender<u64>>>,
 }
 
 /// What a report batch did: the clusters it changed, and the first entry refused.
@@ -150,6 +154,26 @@ impl Engine {
             dirty: Mutex::new(Default::default()),
             dirty_notify: Notify::new(),
             specs: Mutex::new(HashMap::new()),
+            changes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A receiver that changes after the next tick of the cluster.
+    pub fn changes(&self, cluster_id: i64) -> tokio::sync::watch::Receiver<u64> {
+        let mut c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        c.entry(cluster_id)
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn changed(&self, cluster_id: i64) {
+        let mut c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = c.get(&cluster_id) {
+            if tx.receiver_count() == 0 {
+                c.remove(&cluster_id);
+            } else {
+                tx.send_modify(|v| *v = v.wrapping_add(1));
+            }
         }
     }
 
@@ -367,6 +391,12 @@ impl Engine {
     /// reads plus the steps it releases, however many steps the cluster has (a reset,
     /// which is rare, reads them all).
     pub async fn tick(&self, cluster_id: i64) -> Result<()> {
+        let out = self.tick_locked(cluster_id).await;
+        self.changed(cluster_id);
+        out
+    }
+
+    async fn tick_locked(&self, cluster_id: i64) -> Result<()> {
         let _guard = self.tick_lock.lock().await;
         let Some(head) = self.store.cluster_head(cluster_id).await? else {
             return Ok(());

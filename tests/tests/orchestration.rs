@@ -628,3 +628,82 @@ fn a_released_step_reaches_a_waiting_long_poll_within_100_ms() {
     let median = delays[delays.len() / 2];
     assert!(median < 0.1, "median delivery {median:.3}s, all {delays:?}");
 }
+
+#[test]
+fn a_status_request_with_its_etag_waits_for_the_next_change_or_answers_304() {
+    let (ctl, _agents, mk) = setup(&["m0"]);
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile("c14", &["m0"], &[], &["hello:v1"], &env);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let http = ctl.api_client().unwrap();
+    let url = format!("{}/v1/clusters/c14", ctl.url());
+    let get = |query: &str, etag: Option<&str>| {
+        let mut req = http
+            .get(format!("{url}{query}"))
+            .bearer_auth(ctl.admin_token());
+        if let Some(t) = etag {
+            req = req.header("If-None-Match", t);
+        }
+        let started = std::time::Instant::now();
+        let resp = req.send().unwrap();
+        let tag = resp
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_string());
+        (
+            resp.status().as_u16(),
+            tag,
+            resp.text().unwrap(),
+            started.elapsed(),
+        )
+    };
+    let (code, tag, body, _) = get("", None);
+    assert_eq!(code, 200, "{body}");
+    let tag = tag.expect("an ETag");
+    assert!(body.contains("\"Running\""), "{body}");
+    // The same ETag, nothing changing: held for the wait, then 304 with no body.
+    let (code, again, body, took) = get("?wait=1", Some(&tag));
+    assert_eq!(
+        (code, again.as_deref(), body.as_str()),
+        (304, Some(tag.as_str()), "")
+    );
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    // Another ETag (or none): answered at once, however long the wait.
+    let (code, _, _, took) = get("?wait=30", Some("\"stale\""));
+    assert_eq!(code, 200);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // A change while a request waits: answered with the new status, long before the wait.
+    let waiter = {
+        let (url, token, tag, ca) = (url.clone(), ctl.admin_token(), tag.clone(), ctl.ca_pem());
+        std::thread::spawn(move || {
+            let http = client(&ca, None).unwrap();
+            let started = std::time::Instant::now();
+            let resp = http
+                .get(format!("{url}?wait=60"))
+                .bearer_auth(token)
+                .header("If-None-Match", tag)
+                .send()
+                .unwrap();
+            let code = resp.status().as_u16();
+            (code, resp.text().unwrap(), started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(ctl.cli(&["reset", "c14"]).status.success());
+    let (code, body, took) = waiter.join().unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(!body.contains("\"Running\""), "{body}");
+    assert!(
+        took > Duration::from_secs(1) && took < Duration::from_secs(30),
+        "{took:?}"
+    );
+    // A wait on a cluster that does not exist is not held.
+    let resp = http
+        .get(format!("{}/v1/clusters/c-none?wait=30", ctl.url()))
+        .bearer_auth(ctl.admin_token())
+        .header("If-None-Match", &tag)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+}

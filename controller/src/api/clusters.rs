@@ -8,13 +8,15 @@ use crate::planner::{PlanError, ResolvedSpec};
 use crate::store::Role;
 use crate::time::{now_unix, rfc3339};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use berth_shared::api::{
     ApplyResponse, ClusterHostView, ClusterView, HostsEdit, LogChunk, ResetRequest, ResetResponse,
     RetryResponse, StepView,
 };
 use berth_shared::state::StepState;
 use serde::Deserialize;
+use std::time::Duration;
 
 /// The body is the Clusterfile itself (YAML).
 pub async fn apply(
@@ -34,7 +36,15 @@ pub async fn apply(
 pub struct StatusQuery {
     #[serde(default)]
     pub show_outputs: bool,
+    /// With `If-None-Match`: hold the request up to this many seconds (at most
+    /// [`MAX_STATUS_WAIT_SECS`]) until the status differs from that ETag; `304` if it did
+    /// not.
+    #[serde(default)]
+    pub wait: u64,
 }
+
+/// The longest a status request may be held.
+pub const MAX_STATUS_WAIT_SECS: u64 = 60;
 
 pub async fn list(
     State(st): State<AppState>,
@@ -48,24 +58,89 @@ pub async fn list(
     Ok(ApiJson(out))
 }
 
+/// A cluster's status. Its `ETag` names the content (elapsed times aside); a request with
+/// `If-None-Match` and `?wait=SECS` is answered as soon as the status differs from it —
+/// after the tick that changed it — or with `304 Not Modified` when the wait is over. This
+/// is what `apply --wait` and `status --watch` follow instead of polling.
 pub async fn status(
     State(st): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Query(q): Query<StatusQuery>,
-) -> Result<ApiJson<ClusterView>, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     if q.show_outputs {
         // Outputs often hold secrets (join tokens, passwords).
         caller.require(Role::Admin)?;
     }
-    Ok(ApiJson(view(&st, &name, q.show_outputs).await?))
+    let seen = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_STATUS_WAIT_SECS));
+    loop {
+        let c = cluster_row(&st, &name).await?;
+        // Subscribed before reading, so a tick between the read and the wait is not missed.
+        let mut changes = st.engine.changes(c.id);
+        let v = view_of(&st, c, q.show_outputs).await?;
+        let tag = etag(&v);
+        if q.wait == 0 || seen.as_deref() != Some(tag.as_str()) {
+            let mut resp = ApiJson(v).into_response();
+            if let Ok(h) = HeaderValue::from_str(&tag) {
+                resp.headers_mut().insert(header::ETAG, h);
+            }
+            return Ok(resp);
+        }
+        tokio::select! {
+            r = changes.changed() => {
+                if r.is_err() {
+                    // The cluster stopped being tracked; read it again.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                let mut resp = StatusCode::NOT_MODIFIED.into_response();
+                if let Ok(h) = HeaderValue::from_str(&tag) {
+                    resp.headers_mut().insert(header::ETAG, h);
+                }
+                return Ok(resp);
+            }
+        }
+    }
+}
+
+/// A strong ETag over everything in the view but the elapsed times (which change every
+/// second while a step runs).
+fn etag(v: &ClusterView) -> String {
+    let mut v = v.clone();
+    for s in &mut v.steps {
+        s.elapsed_secs = None;
+    }
+    let bytes = serde_json::to_vec(&v).unwrap_or_default();
+    format!("\"{}\"", &berth_shared::Digest::of(&bytes).hex()[..32])
+}
+
+async fn cluster_row(
+    st: &AppState,
+    name: &str,
+) -> Result<crate::store::clusters::ClusterRow, ApiError> {
+    st.store.cluster(name).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no cluster `{name}`; see `berth get clusters`"))
+    })
 }
 
 async fn view(st: &AppState, name: &str, show_outputs: bool) -> Result<ClusterView, ApiError> {
-    let c = st.store.cluster(name).await?.ok_or_else(|| {
-        ApiError::not_found(format!("no cluster `{name}`; see `berth get clusters`"))
-    })?;
+    let c = cluster_row(st, name).await?;
+    view_of(st, c, show_outputs).await
+}
+
+async fn view_of(
+    st: &AppState,
+    c: crate::store::clusters::ClusterRow,
+    show_outputs: bool,
+) -> Result<ClusterView, ApiError> {
     let spec: Option<ResolvedSpec> = serde_json::from_str(&c.spec).ok();
     let hosts = st.store.cluster_hosts(c.id).await?;
     let steps = st.store.steps(c.id).await?;
