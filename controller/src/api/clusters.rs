@@ -81,10 +81,11 @@ pub async fn status(
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_STATUS_WAIT_SECS));
     loop {
-        let c = cluster_row(&st, &name).await?;
-        // Subscribed before reading, so a tick between the read and the wait is not missed.
-        let mut changes = st.engine.changes(c.id);
-        let v = view_of(&st, c, q.show_outputs).await?;
+        let id = cluster_row(&st, &name).await?.id;
+        // Subscribed before the status is read (the cluster row included), so a tick
+        // between the read and the wait is not missed.
+        let mut changes = st.engine.changes(id);
+        let v = view(&st, &name, q.show_outputs).await?;
         let tag = etag(&v);
         if q.wait == 0 || seen.as_deref() != Some(tag.as_str()) {
             let mut resp = ApiJson(v).into_response();
