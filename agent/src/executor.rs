@@ -31,7 +31,7 @@ use berth_bundle::config::{apply as apply_config, render_templates, Strategy};
 use berth_bundle::Limits;
 use berth_files::write_durable;
 use berth_shared::api::{ReportEntry, StepReport};
-use berth_shared::plan::{PlanBundle, PlanPayload, PlanStep};
+use berth_shared::plan::{ClusterContext, ContextRef, PlanBundle, PlanPayload, PlanStep};
 use berth_shared::state::StepState;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -45,6 +45,16 @@ pub struct Executor {
     pub fetcher: Fetcher,
     pub limits: Limits,
     pub spool: Arc<Spool>,
+    /// The running plan's cluster context: fetched the first time a step needs it.
+    pub context: std::sync::Mutex<PlanContext>,
+}
+
+/// The context a plan names, and where it is written for hooks.
+#[derive(Default)]
+pub struct PlanContext {
+    named: Option<ContextRef>,
+    cdir: PathBuf,
+    loaded: Option<(ContextRef, Arc<ClusterContext>)>,
 }
 
 struct Outcome {
@@ -101,6 +111,11 @@ impl Executor {
     /// started by an earlier agent process is resumed: hooks that finished are not run
     /// again (their recorded status is reported), a hook still running is waited for.
     pub async fn run_plan(&self, plan: &PlanPayload) -> Result<()> {
+        {
+            let mut c = self.context.lock().unwrap_or_else(|e| e.into_inner());
+            c.named = plan.context;
+            c.cdir = self.cluster_dir(plan);
+        }
         for step in &plan.steps {
             if self.has(step, "end") {
                 self.report_again(step);
@@ -257,6 +272,40 @@ impl Executor {
         Ok(())
     }
 
+    /// The cluster context of the running plan, fetched (and its Clusterfile written for
+    /// hooks) the first time a step needs it: for hooks, Configs or templates. A plan of
+    /// steps that need none of them (a bundle without hooks) never downloads it, so the
+    /// context of a 20,000-host cluster is not sent to 20,000 hosts that do not read it.
+    async fn context(&self) -> Result<Arc<ClusterContext>> {
+        let (named, cdir, loaded) = {
+            let c = self.context.lock().unwrap_or_else(|e| e.into_inner());
+            (c.named, c.cdir.clone(), c.loaded.clone())
+        };
+        let named = named.context("the plan has steps but names no cluster context")?;
+        let ctx = match loaded {
+            Some((r, ctx)) if r == named => ctx,
+            _ => {
+                let ctx = Arc::new(self.fetcher.context(&named).await?);
+                let mut c = self.context.lock().unwrap_or_else(|e| e.into_inner());
+                c.loaded = Some((named, ctx.clone()));
+                ctx
+            }
+        };
+        let file = cdir.join("Clusterfile");
+        let fresh = std::fs::read(&file).is_ok_and(|b| b == ctx.clusterfile.as_bytes());
+        if !fresh {
+            std::fs::create_dir_all(&cdir)?;
+            // The Clusterfile may hold secrets (kubeadm tokens, spec.env): 0600.
+            write_durable(&file, ctx.clusterfile.as_bytes(), 0o600)?;
+        }
+        Ok(ctx)
+    }
+
+    fn context_has_configs(&self) -> bool {
+        let c = self.context.lock().unwrap_or_else(|e| e.into_inner());
+        c.named.is_some_and(|r| r.configs > 0)
+    }
+
     async fn execute(
         &self,
         plan: &PlanPayload,
@@ -266,12 +315,6 @@ impl Executor {
         started: i64,
     ) -> Result<Outcome> {
         std::fs::create_dir_all(cdir)?;
-        // The Clusterfile may hold secrets (kubeadm tokens, spec.env): 0600.
-        write_durable(
-            &cdir.join("Clusterfile"),
-            plan.clusterfile.as_bytes(),
-            0o600,
-        )?;
         let rootfs = cdir.join("rootfs");
         match step.kind.as_str() {
             "check" => {
@@ -363,17 +406,20 @@ impl Executor {
         configure: bool,
     ) -> Result<()> {
         let staging = Staging::new(dest)?;
+        let mut templates = false;
         for b in &step.bundles {
             writeln!(
                 &*log,
                 "berth-agent: fetching {} ({})",
                 b.reference, b.digest
             )?;
-            self.fetcher
+            let u = self
+                .fetcher
                 .fetch_into(&b.digest, staging.path(), self.limits)
                 .await?;
+            templates |= u.templates > 0;
         }
-        self.finish(step, staging, log, configure).await
+        self.finish(step, staging, log, configure, templates).await
     }
 
     /// Applies Configs and templates (when `configure`) to a staged tree, marks it with the
@@ -384,10 +430,24 @@ impl Executor {
         staging: Staging,
         log: &std::fs::File,
         configure: bool,
+        templates: bool,
     ) -> Result<()> {
-        let configs = step.configs.clone();
+        let configure = configure && (templates || self.context_has_configs());
+        let (configs, env) = if configure {
+            let ctx = self.context().await?;
+            let env = Self::env_for(
+                &ctx,
+                step,
+                None,
+                Path::new(""),
+                Path::new(""),
+                Path::new(""),
+            );
+            (ctx.configs.clone(), env)
+        } else {
+            Default::default()
+        };
         let refs: Vec<String> = step.bundles.iter().map(|b| b.reference.clone()).collect();
-        let env = self.env_for(step, None, Path::new(""), Path::new(""), Path::new(""));
         let digests = digests_of(step);
         let log = log.try_clone()?;
         tokio::task::spawn_blocking(move || -> Result<()> {
@@ -431,7 +491,8 @@ impl Executor {
             let staging = Staging::new(&rootfs)?;
             std::fs::remove_dir(staging.path())?;
             std::fs::rename(&staged, staging.path())?;
-            return self.finish(step, staging, log, true).await;
+            // Check hooks ran, so the context is at hand (cached): render what there is.
+            return self.finish(step, staging, log, true, true).await;
         }
         if staged.exists() {
             std::fs::remove_dir_all(&staged)?;
@@ -459,8 +520,10 @@ impl Executor {
         Ok(())
     }
 
+    /// A hook's env, lowest precedence first: the bundle's, the context's (outputs, then
+    /// `spec.env`), the host's own from the plan, the cluster's `BERTH_*`, then the paths.
     fn env_for(
-        &self,
+        ctx: &ClusterContext,
         step: &PlanStep,
         bundle: Option<&PlanBundle>,
         rootfs: &Path,
@@ -468,13 +531,14 @@ impl Executor {
         clusterfile: &Path,
     ) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
-        // Bundle env is the lowest precedence.
         for b in &step.bundles {
             if bundle.is_none_or(|x| x.digest == b.digest) {
                 env.extend(b.manifest.env.clone());
             }
         }
+        env.extend(ctx.env.clone());
         env.extend(step.env.clone());
+        env.extend(ctx.berth.clone());
         env.insert("BERTH_ROOTFS".into(), rootfs.display().to_string());
         env.insert("BERTH_OUTPUTS".into(), outputs.display().to_string());
         env.insert(
@@ -506,7 +570,15 @@ impl Executor {
                 continue;
             };
             let outputs = cdir.join(format!("outputs-{}-{}-{idx}", step.id, step.attempt));
-            let env = self.env_for(step, Some(b), dir, &outputs, &cdir.join("Clusterfile"));
+            let ctx = self.context().await?;
+            let env = Self::env_for(
+                &ctx,
+                step,
+                Some(b),
+                dir,
+                &outputs,
+                &cdir.join("Clusterfile"),
+            );
             let program = dir.join(script.as_str());
             let hook_run = HookRun {
                 step,
@@ -562,7 +634,9 @@ impl Executor {
                 self.materialize(&one, &dir, log, true).await?;
             }
             let outputs = cdir.join(format!("outputs-{}-{}-{idx}", step.id, step.attempt));
-            let env = self.env_for(
+            let ctx = self.context().await?;
+            let env = Self::env_for(
+                &ctx,
                 step,
                 Some(b),
                 &cdir.join("rootfs"),

@@ -90,42 +90,28 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         },
         limits: cfg.limits,
         spool: spool.clone(),
+        context: Default::default(),
     };
     let (plan_tx, mut plan_rx) = tokio::sync::watch::channel::<Option<PlanPayload>>(None);
     tokio::spawn(async move {
         while plan_rx.changed().await.is_ok() {
             let plan = plan_rx.borrow_and_update().clone();
             if let Some(p) = plan {
-                // What the plan shares with the cluster comes from its context document.
-                let full = match p.context {
-                    Some(r) => executor
-                        .fetcher
-                        .context(&r)
-                        .await
-                        .map(|c| p.with_context(&c)),
-                    None if p.steps.is_empty() => Ok(p),
-                    None => Err(anyhow::anyhow!(
-                        "the plan has steps but names no cluster context"
-                    )),
-                };
-                match full {
-                    Ok(p) => {
-                        executor
-                            .fetcher
-                            .plans
-                            .running
-                            .store(p.generation, std::sync::atomic::Ordering::SeqCst);
-                        match executor.run_plan(&p).await {
-                            Ok(()) => {}
-                            Err(e) if e.is::<crate::fetch::Superseded>() => {
-                                tracing::info!("{e}; running the newer plan")
-                            }
-                            Err(e) => {
-                                tracing::error!(error = format!("{e:#}"), "plan execution stopped")
-                            }
-                        }
+                // What the plan shares with the cluster (its context document) is fetched
+                // by the executor when a step first needs it.
+                executor
+                    .fetcher
+                    .plans
+                    .running
+                    .store(p.generation, std::sync::atomic::Ordering::SeqCst);
+                match executor.run_plan(&p).await {
+                    Ok(()) => {}
+                    Err(e) if e.is::<crate::fetch::Superseded>() => {
+                        tracing::info!("{e}; running the newer plan")
                     }
-                    Err(e) => tracing::error!(error = format!("{e:#}"), "plan not run"),
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "plan execution stopped")
+                    }
                 }
             }
         }

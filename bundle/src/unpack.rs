@@ -109,6 +109,8 @@ pub struct Unpacked {
     pub manifest: Manifest,
     pub entries: u64,
     pub bytes: u64,
+    /// Regular `*.tmpl` files (hardlinks included): what `render_templates` renders.
+    pub templates: u64,
 }
 
 /// Checks a symlink at `link` (relative to the root) pointing at `target`: the target must
@@ -387,6 +389,10 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
         manifest,
         entries: count,
         bytes: total,
+        templates: regular_files
+            .iter()
+            .filter(|(path, checked)| **checked && template::rendered_path(path).is_some())
+            .count() as u64,
     })
 }
 

@@ -707,3 +707,77 @@ fn a_status_request_with_its_etag_waits_for_the_next_change_or_answers_304() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 404);
 }
+
+/// Writes a bundle with no hooks: one plain file, and a template when `template`.
+fn hookless_bundle(dir: &std::path::Path, name: &str, template: bool) {
+    fs::create_dir_all(dir.join("etc")).unwrap();
+    fs::write(
+        dir.join("bundle.yaml"),
+        format!(
+            "apiVersion: berth.dev/v1\nkind: Bundle\nname: {name}\nversion: v1\ntype: rootfs\n"
+        ),
+    )
+    .unwrap();
+    fs::write(dir.join("etc/plain.txt"), "plain\n").unwrap();
+    if template {
+        fs::write(
+            dir.join("etc/who.conf.tmpl"),
+            "{{ .BERTH_HOST }} of {{ .BERTH_NODES }}\n",
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn hosts_whose_steps_need_no_hook_config_or_template_never_download_the_cluster_context() {
+    let (ctl, _agents, _mk) = setup(&["m0", "n1"]);
+    for (name, template) in [("plain", false), ("plaintmpl", true)] {
+        let src = ctl.dir.path().join(name);
+        hookless_bundle(&src, name, template);
+        let tag = format!("{name}:v1");
+        let out = ctl.cli(&["bundle", "push", src.to_str().unwrap(), "--tag", &tag]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let contexts = |h: &str| -> usize {
+        fs::read_dir(ctl.agent_dir(h).join("cache/contexts"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let cf = ctl.clusterfile("c15", &["m0"], &["n1"], &["plain:v1"], &[]);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    for h in ["m0", "n1"] {
+        let cdir = ctl.agent_dir(h).join("clusters/c15");
+        assert_eq!(
+            fs::read_to_string(cdir.join("rootfs/etc/plain.txt")).unwrap(),
+            "plain\n"
+        );
+        assert_eq!(contexts(h), 0, "{h} fetched a context it did not need");
+        assert!(!cdir.join("Clusterfile").exists());
+    }
+    let out = ctl.cli(&["reset", "c15", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A template needs the cluster's values: that host fetches the context, once.
+    let cf = ctl.clusterfile("c16", &["m0"], &["n1"], &["plaintmpl:v1"], &[]);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let st = ctl.status("c16");
+    let n1_ip = st["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "n1")
+        .unwrap()["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for h in ["m0", "n1"] {
+        let cdir = ctl.agent_dir(h).join("clusters/c16");
+        assert_eq!(
+            fs::read_to_string(cdir.join("rootfs/etc/who.conf")).unwrap(),
+            format!("{h} of {n1_ip}\n")
+        );
+        assert_eq!(contexts(h), 1);
+        assert!(cdir.join("Clusterfile").exists());
+    }
+}
