@@ -170,16 +170,24 @@ impl Fetcher {
             return unpack_file(done, dir.to_path_buf(), limits).await;
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let to = dir.to_path_buf();
-        let unpacker = tokio::task::spawn_blocking(move || {
-            let mut reader = ChannelReader::new(rx);
-            let out = unpack(&mut reader, &to, &limits);
-            // Keep taking bytes to the end, so the download never waits on a failed unpack.
-            let _ = std::io::copy(&mut reader, &mut std::io::sink());
-            out
-        });
+        // Its own thread, not tokio's blocking pool: the download's writer (a blocking
+        // task) waits on it, and a blocking task waiting on another can starve the pool
+        // when many downloads run in one process.
+        std::thread::Builder::new()
+            .name("berth-unpack".into())
+            .spawn(move || {
+                let mut reader = ChannelReader::new(rx);
+                let out = unpack(&mut reader, &to, &limits);
+                // Keep taking bytes to the end, so the download never waits on a failed
+                // unpack.
+                let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                let _ = done_tx.send(out);
+            })
+            .context("cannot start the unpack thread")?;
         let downloaded = self.download(digest, Some(tx)).await;
-        let unpacked = unpacker.await.context("unpack task")?;
+        let unpacked = done_rx.await.context("the unpack thread died")?;
         let (blob, intact) = downloaded?;
         if intact {
             return unpacked.with_context(|| format!("cannot unpack {digest}"));
