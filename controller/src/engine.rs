@@ -126,7 +126,20 @@ pub struct Engine {
     /// /v1/clusters/{name}?wait=` waits on. Every change of a step or phase is followed by
     /// a tick of its cluster.
     changes: Mutex<HashMap<i64, tokio::sync::watch::Sender<u64>>>,
+    /// Report batches waiting for the next group commit, and the turn to run one.
+    report_queue: Mutex<Vec<ReportJob>>,
+    report_turn: tokio::sync::Mutex<()>,
 }
+
+/// One request's report batch, queued for a group commit.
+struct ReportJob {
+    host: HostRow,
+    entries: Vec<berth_shared::api::ReportEntry>,
+    reply: tokio::sync::oneshot::Sender<Result<BatchOutcome, EngineError>>,
+}
+
+/// The most report batches one group commit applies.
+const MAX_GROUP: usize = 512;
 
 /// What a report batch did: the clusters it changed, and the first entry refused.
 pub struct BatchOutcome {
@@ -155,6 +168,8 @@ impl Engine {
             dirty_notify: Notify::new(),
             specs: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
+            report_queue: Mutex::new(Vec::new()),
+            report_turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -653,16 +668,92 @@ impl Engine {
     /// Applies a batch of reports and log chunks in one transaction, in order; duplicates
     /// are no-ops. The first entry refused stops the batch: the entries before it are
     /// kept, it and the ones after it change nothing.
+    ///
+    /// Batches from concurrent requests are applied together (group commit): each request
+    /// queues its batch; the first to get the turn applies every queued batch in one
+    /// transaction and answers them all, so a fleet reporting at once costs one commit
+    /// per group, not one per host.
     pub async fn report_batch(
         &self,
         host: &HostRow,
         entries: Vec<berth_shared::api::ReportEntry>,
     ) -> Result<BatchOutcome, EngineError> {
+        let (reply, mut done) = tokio::sync::oneshot::channel();
+        self.report_queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ReportJob {
+                host: host.clone(),
+                entries,
+                reply,
+            });
+        let _turn = tokio::select! {
+            r = &mut done => return r.map_err(|_| EngineError::Internal(anyhow::anyhow!("report group dropped")))?,
+            t = self.report_turn.lock() => t,
+        };
+        loop {
+            let jobs: Vec<ReportJob> = {
+                let mut q = self.report_queue.lock().unwrap_or_else(|e| e.into_inner());
+                let n = q.len().min(MAX_GROUP);
+                q.drain(..n).collect()
+            };
+            if jobs.is_empty() {
+                break;
+            }
+            self.apply_group(jobs).await;
+            if let Ok(r) = done.try_recv() {
+                return r;
+            }
+        }
+        done.await
+            .map_err(|_| EngineError::Internal(anyhow::anyhow!("report group dropped")))?
+    }
+
+    /// Applies queued report batches in one transaction and answers each. A batch's
+    /// refused entry stops that batch only; a database error fails the whole group
+    /// (nothing of it is kept; agents send again).
+    async fn apply_group(&self, jobs: Vec<ReportJob>) {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let result: Result<(), EngineError> = async {
+            let mut tx = self.store.write().await?;
+            for job in &jobs {
+                let o = self.apply_batch(&mut tx, &job.host, &job.entries).await?;
+                outcomes.push(o);
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                for (job, o) in jobs.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(Ok(o));
+                }
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                tracing::error!(error = %msg, batches = jobs.len(), "a group of report batches failed");
+                for job in jobs {
+                    let _ = job
+                        .reply
+                        .send(Err(EngineError::Internal(anyhow::anyhow!("{msg}"))));
+                }
+            }
+        }
+    }
+
+    /// One batch on `tx`: entries in order until one is refused. Errs only on a database
+    /// error.
+    async fn apply_batch(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        host: &HostRow,
+        entries: &[berth_shared::api::ReportEntry],
+    ) -> Result<BatchOutcome, EngineError> {
         use berth_shared::api::ReportEntry;
-        let mut tx = self.store.write().await?;
         let mut touched = std::collections::BTreeSet::new();
         let mut refused = None;
-        for (i, e) in entries.into_iter().enumerate() {
+        for (i, e) in entries.iter().enumerate() {
             let res = match e {
                 ReportEntry::Log {
                     step_id,
@@ -670,28 +761,31 @@ impl Engine {
                     offset,
                     data,
                 } => self
-                    .log(&mut tx, host, step_id, attempt, offset, data.as_bytes())
+                    .log(&mut *tx, host, *step_id, *attempt, *offset, data.as_bytes())
                     .await
                     .map(|_| ()),
                 ReportEntry::Step(r) => {
                     tracing::info!(host = %host.name, step = r.step_id, attempt = r.attempt, state = %r.state, "step report");
-                    self.report(&mut tx, host, &r).await.map(|c| {
+                    self.report(&mut *tx, host, r).await.map(|c| {
                         touched.extend(c);
                     })
                 }
                 ReportEntry::PlanRejected { reason } => {
                     tracing::warn!(host = %host.name, %reason, "agent refused a plan");
-                    Store::record_agent_event(&mut tx, host.id, "plan_rejected", &reason)
+                    Store::record_agent_event(&mut *tx, host.id, "plan_rejected", reason)
                         .await
                         .map_err(EngineError::from)
                 }
             };
-            if let Err(e) = res {
-                refused = Some((i, e));
-                break;
+            match res {
+                Ok(()) => {}
+                Err(e @ EngineError::Internal(_)) => return Err(e),
+                Err(e) => {
+                    refused = Some((i, e));
+                    break;
+                }
             }
         }
-        tx.commit().await?;
         Ok(BatchOutcome { touched, refused })
     }
 

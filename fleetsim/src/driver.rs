@@ -405,6 +405,44 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         let mut phase = String::new();
         let mut status_every = tokio::time::interval(Duration::from_millis(500));
         let deadline = t0 + a.timeout;
+        // The cluster's phase, followed like `berth apply --wait` does: a status request
+        // held by the controller until the status changes.
+        let (phase_tx, mut phase_rx) = tokio::sync::watch::channel((String::new(), None));
+        let follower = {
+            let (admin, url) = (
+                admin.clone(),
+                format!("{}/v1/clusters/{}?wait=20", a.controller, a.cluster),
+            );
+            tokio::spawn(async move {
+                let mut etag: Option<String> = None;
+                loop {
+                    let mut req = admin.get(&url);
+                    if let Some(t) = &etag {
+                        req = req.header("If-None-Match", t);
+                    }
+                    let Ok(r) = req.send().await else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    if r.status() == reqwest::StatusCode::NOT_MODIFIED {
+                        continue;
+                    }
+                    etag = r
+                        .headers()
+                        .get("etag")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let Ok(v) = r.json::<serde_json::Value>().await else {
+                        continue;
+                    };
+                    let phase = v["phase"].as_str().unwrap_or("?").to_string();
+                    let message = v["message"].as_str().map(str::to_string);
+                    if phase_tx.send((phase, message)).is_err() {
+                        return;
+                    }
+                }
+            })
+        };
         let running_ms = loop {
             tokio::select! {
                 line = ev.rx.recv() => match line {
@@ -424,15 +462,18 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
                     if Instant::now() > deadline {
                         bail!("the cluster did not reach Running within {:?} (phase {phase})", a.timeout);
                     }
-                    let v: serde_json::Value = admin
-                        .get(format!("{}/v1/clusters/{}", a.controller, a.cluster))
-                        .send().await?.json().await?;
-                    phase = v["phase"].as_str().unwrap_or("?").to_string();
+                }
+                r = phase_rx.changed(), if !a.fanout_only => {
+                    if r.is_err() {
+                        bail!("lost the cluster's status");
+                    }
+                    let (p, message) = phase_rx.borrow_and_update().clone();
+                    phase = p;
                     if phase == "Running" {
                         break t0.elapsed().as_millis() as u64;
                     }
                     if phase == "Failed" {
-                        bail!("the cluster failed: {}", v["message"]);
+                        bail!("the cluster failed: {}", message.unwrap_or_default());
                     }
                 }
             }
@@ -444,6 +485,7 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
                 }
             }
         };
+        follower.abort();
         ev.drain();
         let (c1, s1) = (sample_ctl(), procstat::sample_all(&pids));
         let at = ev.stats.apply_at_ms.unwrap_or(0);

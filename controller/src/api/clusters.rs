@@ -80,12 +80,15 @@ pub async fn status(
         .map(str::to_string);
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(q.wait.min(MAX_STATUS_WAIT_SECS));
+    let mut read_took = Duration::ZERO;
     loop {
         let id = cluster_row(&st, &name).await?.id;
         // Subscribed before the status is read (the cluster row included), so a tick
         // between the read and the wait is not missed.
         let mut changes = st.engine.changes(id);
+        let started = tokio::time::Instant::now();
         let v = view(&st, &name, q.show_outputs).await?;
+        read_took = read_took.max(started.elapsed());
         let tag = etag(&v);
         if q.wait == 0 || seen.as_deref() != Some(tag.as_str()) {
             let mut resp = ApiJson(v).into_response();
@@ -100,6 +103,11 @@ pub async fn status(
                     // The cluster stopped being tracked; read it again.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                // A large cluster changes with every report: let the ticks of the next
+                // moment coalesce, so reading its status costs at most ~10 % of a core
+                // per watcher (a one-host cluster is read again within milliseconds).
+                let pause = (read_took * 9).min(Duration::from_secs(1));
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
             }
             _ = tokio::time::sleep_until(deadline) => {
                 let mut resp = StatusCode::NOT_MODIFIED.into_response();
