@@ -53,7 +53,11 @@ setup() {
     "$bin/berth" bundle build "$work/src" -o "$work/bundle.tar.zst" >/dev/null
     echo "$big_mb/$small_files" >"$work/bundle.ok"
   fi
-  digest=$("$bin/berth" bundle push "$work/bundle.tar.zst" -o json | sed -n 's/.*"digest": "\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
+  digest=$("$bin/berth" bundle push "$work/bundle.tar.zst" --tag bench:v1 -o json | sed -n 's/.*"digest": "\(sha256:[0-9a-f]*\)".*/\1/p' | head -1)
+  # Agents may fetch only the blobs of steps released to them: a cluster of the enrolled
+  # host with this bundle releases its first step (no agent runs it here).
+  printf 'apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: bench\nspec:\n  hosts:\n  - ips: [bench]\n    roles: [master]\n  image:\n  - bench:v1\n' >"$work/Clusterfile"
+  "$bin/berth" apply -f "$work/Clusterfile" >/dev/null 2>&1
   blob_url=$url/v1/blobs/sha256/${digest#sha256:}
   blob_size=$(stat -c %s "$work/bundle.tar.zst")
   echo "==> bundle $digest, $((blob_size / 1048576)) MiB packed" >&2
