@@ -255,8 +255,20 @@ async fn fetch(a: FetchArgs) -> Result<()> {
         }
         Some(dest) => {
             // One pass: unpacked while it streams in, promoted once the digest matched.
-            let staging = crate::fetch::Staging::new(&dest)?;
-            let u = fetcher.fetch_into(&digest, staging.path(), limits).await?;
+            let (staging, u) = {
+                let staging = crate::fetch::Staging::new(&dest)?;
+                match fetcher.fetch_into(&digest, staging.path(), limits).await {
+                    // Unpacked bytes that were not the blob: again, from the verified
+                    // cache, into a fresh directory (the first one is removed first).
+                    Err(e) if e.is::<crate::fetch::Restarted>() => {
+                        drop(staging);
+                        let staging = crate::fetch::Staging::new(&dest)?;
+                        let u = fetcher.fetch_into(&digest, staging.path(), limits).await?;
+                        (staging, u)
+                    }
+                    r => (staging, r?),
+                }
+            };
             tokio::task::spawn_blocking(move || staging.promote()).await??;
             println!(
                 "{} {} {}: {} entries, {} bytes into {} (total {:.2?})",

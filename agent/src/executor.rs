@@ -303,7 +303,7 @@ impl Executor {
 
     fn context_has_configs(&self) -> bool {
         let c = self.context.lock().unwrap_or_else(|e| e.into_inner());
-        c.named.is_some_and(|r| r.configs > 0)
+        c.named.is_some_and(|r| r.configs != Some(0))
     }
 
     async fn execute(
@@ -405,21 +405,32 @@ impl Executor {
         log: &std::fs::File,
         configure: bool,
     ) -> Result<()> {
-        let staging = Staging::new(dest)?;
-        let mut templates = false;
-        for b in &step.bundles {
-            writeln!(
-                &*log,
-                "berth-agent: fetching {} ({})",
-                b.reference, b.digest
-            )?;
-            let u = self
-                .fetcher
-                .fetch_into(&b.digest, staging.path(), self.limits)
-                .await?;
-            templates |= u.templates > 0;
+        let mut restarted = false;
+        'again: loop {
+            let staging = Staging::new(dest)?;
+            let mut templates = false;
+            for b in &step.bundles {
+                writeln!(
+                    &*log,
+                    "berth-agent: fetching {} ({})",
+                    b.reference, b.digest
+                )?;
+                match self
+                    .fetcher
+                    .fetch_into(&b.digest, staging.path(), self.limits)
+                    .await
+                {
+                    Ok(u) => templates |= u.templates > 0,
+                    // Every blob is cached by now: the second pass reads the cache.
+                    Err(e) if e.is::<crate::fetch::Restarted>() && !restarted => {
+                        restarted = true;
+                        continue 'again;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return self.finish(step, staging, log, configure, templates).await;
         }
-        self.finish(step, staging, log, configure, templates).await
     }
 
     /// Applies Configs and templates (when `configure`) to a staged tree, marks it with the

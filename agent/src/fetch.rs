@@ -41,6 +41,13 @@ impl PlanGenerations {
     }
 }
 
+/// [`Fetcher::fetch_into`] unpacked bytes that turned out not to be the blob (the download
+/// restarted from zero); the blob is verified and cached now. Start again with a fresh
+/// staging directory.
+#[derive(Debug, thiserror::Error)]
+#[error("the download restarted from zero; unpack again into a fresh directory")]
+pub struct Restarted;
+
 /// A step stopped waiting because a newer plan arrived: nothing is reported, the newer
 /// plan resumes it. (A controller restored from a backup releases the step only after it
 /// had the results the newer plan makes the agent send again.)
@@ -104,6 +111,9 @@ impl Fetcher {
                 let status = resp.status();
                 if !status.is_success() {
                     let body = resp.text().await.unwrap_or_default();
+                    if self.plans.superseded() {
+                        return Err(Superseded.into());
+                    }
                     bail!("controller answered {status}: {body}");
                 }
                 let mut body = Vec::with_capacity(r.size as usize);
@@ -130,7 +140,8 @@ impl Fetcher {
             .await;
             match outcome {
                 Ok(b) => return Ok(b),
-                Err(e) if attempt >= self.attempts => {
+                Err(e) if e.is::<Superseded>() => return Err(e),
+                Err(e) if attempt >= self.attempts || self.plans.superseded() => {
                     return Err(e.context(format!(
                         "cannot fetch the cluster context {} after {attempt} attempts",
                         r.digest
@@ -193,9 +204,11 @@ impl Fetcher {
             return unpacked.with_context(|| format!("cannot unpack {digest}"));
         }
         // The stream restarted from zero (the server ignored a range, or the bytes kept
-        // were junk): what streamed in is not the blob; unpack it again from the cache.
-        tracing::info!(digest = %digest, "the download restarted from zero; unpacking from the cache");
-        unpack_file(blob, dir.to_path_buf(), limits).await
+        // were junk): what was unpacked from the first bytes is not the blob, and `dir`
+        // may hold files of it. The verified blob is cached now; the caller starts over
+        // with a fresh staging directory.
+        tracing::info!(digest = %digest, blob = %blob.display(), "the download restarted from zero");
+        Err(Restarted.into())
     }
 
     /// Downloads what is missing of a blob into the cache, verifying it, and feeds every

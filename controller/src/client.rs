@@ -135,9 +135,15 @@ impl Client {
         &self,
         path: &str,
         etag: Option<&str>,
+        hold: Duration,
     ) -> Result<Option<(T, Option<String>)>> {
         let url = format!("{}{}", self.base, path);
-        let mut req = self.http.get(&url).bearer_auth(&self.token);
+        // A connection that dies during the hold must not hang the command.
+        let mut req = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.token)
+            .timeout(hold + Duration::from_secs(30));
         if let Some(t) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, t);
         }

@@ -129,12 +129,18 @@ impl StatusChanges {
     }
 
     async fn next(&mut self, client: &Client) -> Result<Option<ClusterView>> {
+        let hold = Duration::from_secs(STATUS_WAIT_SECS);
         match client
-            .get_changed::<ClusterView>(&self.path, self.etag.as_deref())
+            .get_changed::<ClusterView>(&self.path, self.etag.as_deref(), hold)
             .await?
         {
             None => Ok(None),
             Some((v, tag)) => {
+                // A controller (or proxy) that does not hold the request answers at once,
+                // without an ETag or with the one sent: ask again in half a second.
+                if tag.is_none() || tag == self.etag {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
                 self.etag = tag;
                 Ok(Some(v))
             }

@@ -128,7 +128,7 @@ pub struct Engine {
     changes: Mutex<HashMap<i64, tokio::sync::watch::Sender<u64>>>,
     /// Report batches waiting for the next group commit, and the turn to run one.
     report_queue: Mutex<Vec<ReportJob>>,
-    report_turn: tokio::sync::Mutex<()>,
+    report_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// One request's report batch, queued for a group commit.
@@ -169,7 +169,7 @@ impl Engine {
             specs: Mutex::new(HashMap::new()),
             changes: Mutex::new(HashMap::new()),
             report_queue: Mutex::new(Vec::new()),
-            report_turn: tokio::sync::Mutex::new(()),
+            report_turn: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -674,7 +674,7 @@ impl Engine {
     /// transaction and answers them all, so a fleet reporting at once costs one commit
     /// per group, not one per host.
     pub async fn report_batch(
-        &self,
+        self: &Arc<Self>,
         host: &HostRow,
         entries: Vec<berth_shared::api::ReportEntry>,
     ) -> Result<BatchOutcome, EngineError> {
@@ -687,24 +687,30 @@ impl Engine {
                 entries,
                 reply,
             });
-        let _turn = tokio::select! {
+        let turn = tokio::select! {
             r = &mut done => return r.map_err(|_| EngineError::Internal(anyhow::anyhow!("report group dropped")))?,
-            t = self.report_turn.lock() => t,
+            t = self.report_turn.clone().lock_owned() => t,
         };
-        loop {
-            let jobs: Vec<ReportJob> = {
-                let mut q = self.report_queue.lock().unwrap_or_else(|e| e.into_inner());
-                let n = q.len().min(MAX_GROUP);
-                q.drain(..n).collect()
-            };
-            if jobs.is_empty() {
-                break;
+        // The groups run on their own task: a request that goes away (its agent timed
+        // out) must not cancel a transaction holding other hosts' reports.
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let _turn = turn;
+            loop {
+                let jobs: Vec<ReportJob> = {
+                    let mut q = engine
+                        .report_queue
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let n = q.len().min(MAX_GROUP);
+                    q.drain(..n).collect()
+                };
+                if jobs.is_empty() {
+                    return;
+                }
+                engine.apply_group(jobs).await;
             }
-            self.apply_group(jobs).await;
-            if let Ok(r) = done.try_recv() {
-                return r;
-            }
-        }
+        });
         done.await
             .map_err(|_| EngineError::Internal(anyhow::anyhow!("report group dropped")))?
     }
@@ -727,19 +733,40 @@ impl Engine {
         match result {
             Ok(()) => {
                 for (job, o) in jobs.into_iter().zip(outcomes) {
-                    let _ = job.reply.send(Ok(o));
+                    self.answer(job, Ok(o));
                 }
             }
             Err(e) => {
-                let msg = format!("{e:#}");
-                tracing::error!(error = %msg, batches = jobs.len(), "a group of report batches failed");
+                // One batch's database error must not fail the others: each is applied
+                // again on its own, and only the failing one is answered with the error.
+                tracing::warn!(error = %format!("{e:#}"), batches = jobs.len(), "a group of report batches failed; applying them one by one");
                 for job in jobs {
-                    let _ = job
-                        .reply
-                        .send(Err(EngineError::Internal(anyhow::anyhow!("{msg}"))));
+                    let one: Result<BatchOutcome, EngineError> = async {
+                        let mut tx = self.store.write().await?;
+                        let o = self.apply_batch(&mut tx, &job.host, &job.entries).await?;
+                        tx.commit().await?;
+                        Ok(o)
+                    }
+                    .await;
+                    if let Err(e) = &one {
+                        tracing::error!(host = %job.host.name, error = %format!("{e:#}"), "a report batch failed");
+                    }
+                    self.answer(job, one);
                 }
             }
         }
+    }
+
+    /// Answers a queued batch and ticks the clusters it changed. The tick is scheduled
+    /// here, not by the request: a request that went away (its agent timed out) still had
+    /// its reports committed, and the agent's resend is only a duplicate.
+    fn answer(&self, job: ReportJob, outcome: Result<BatchOutcome, EngineError>) {
+        if let Ok(o) = &outcome {
+            for cid in &o.touched {
+                self.schedule_tick(*cid);
+            }
+        }
+        let _ = job.reply.send(outcome);
     }
 
     /// One batch on `tx`: entries in order until one is refused. Errs only on a database

@@ -207,7 +207,7 @@ impl Plans {
             context: ctx.as_ref().map(|c| ContextRef {
                 digest: c.digest,
                 size: c.body.len() as u64,
-                configs: c.spec.configs.len() as u32,
+                configs: Some(c.spec.configs.len() as u32),
             }),
             clusterfile: String::new(),
             steps,

@@ -427,6 +427,10 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
                     if r.status() == reqwest::StatusCode::NOT_MODIFIED {
                         continue;
                     }
+                    if !r.status().is_success() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
                     etag = r
                         .headers()
                         .get("etag")

@@ -53,13 +53,10 @@ pub struct ContextRef {
     pub digest: crate::Digest,
     pub size: u64,
     /// How many Configs the context holds: an agent whose bundles have no hooks and no
-    /// templates needs the context only when there are some (for distribute).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub configs: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+    /// templates needs the context only when there are some (for distribute). Absent:
+    /// unknown, so the agent fetches the context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub configs: Option<u32>,
 }
 
 /// What every host of a cluster shares at one cluster version.

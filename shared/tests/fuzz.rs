@@ -294,7 +294,7 @@ fn good_payload() -> Vec<u8> {
         context: Some(berth_shared::plan::ContextRef {
             digest: berth_shared::Digest::of(b"context"),
             size: 7,
-            configs: 0,
+            configs: Some(0),
         }),
         clusterfile: GOOD.into(),
         steps: vec![PlanStep {

@@ -390,3 +390,50 @@ fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
         "the bad download is discarded"
     );
 }
+
+#[test]
+fn junk_kept_from_an_earlier_download_never_reaches_the_unpacked_tree() {
+    let ctl = Controller::start(&[]);
+    let agent = enrolled_agent(&ctl, "j1", &ctl.url());
+    let good = ctl.dir.path().join("good");
+    write_bundle(&good, "demo", "v1", 50_000);
+    let digest = json_out(&ctl.cli(&["bundle", "push", good.to_str().unwrap(), "-o", "json"]))
+        ["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    release_to(&ctl, "j1", &digest);
+    // A valid bundle with an extra file, larger than the real blob, left as the partial
+    // download of the real blob's digest (a proxy once served the wrong file).
+    let other = ctl.dir.path().join("other");
+    write_bundle(&other, "demo", "v1", 400_000);
+    fs::write(other.join("bin/planted"), "not in the real bundle").unwrap();
+    let junk = ctl.dir.path().join("other.tar.zst");
+    let out = ctl.cli(&[
+        "bundle",
+        "build",
+        other.to_str().unwrap(),
+        "-o",
+        junk.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cache = agent.join("cache/blobs/sha256");
+    fs::create_dir_all(&cache).unwrap();
+    let hex = digest.trim_start_matches("sha256:");
+    fs::copy(&junk, cache.join(format!("{hex}.partial"))).unwrap();
+
+    let into = ctl.dir.path().join("rootfs");
+    let out = agent_fetch(&agent, &digest, &into);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("the download restarted from zero"), "{log}");
+    assert!(
+        !into.join("bin/planted").exists(),
+        "a file of the junk survived"
+    );
+    assert_eq!(
+        fs::read(into.join("bin/payload")).unwrap(),
+        fs::read(good.join("bin/payload")).unwrap()
+    );
+    assert!(cache.join(hex).is_file());
+}

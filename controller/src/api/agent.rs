@@ -58,10 +58,8 @@ pub async fn reports(
     AgentHost(host, _): AgentHost,
     ApiJson(batch): ApiJson<ReportBatch>,
 ) -> Result<StatusCode, ApiError> {
+    // Clusters the batch changed are ticked by the engine once it is committed.
     let outcome = st.engine.report_batch(&host, batch.entries).await?;
-    for cid in outcome.touched {
-        st.engine.schedule_tick(cid);
-    }
     let refused = outcome.refused.map(|(i, e)| {
         let e = ApiError::from(e);
         if let ApiError::Client { code, message, .. } = &e {
