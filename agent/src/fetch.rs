@@ -502,20 +502,66 @@ fn sibling(dest: &Path, what: &str) -> PathBuf {
     dest.with_file_name(format!(".{name}.{what}"))
 }
 
-/// Renames the directory `src` over `dest`: the old `dest` is moved aside first and removed
-/// after, so `dest` is always either the old or the new tree.
+/// Puts the directory `src` at `dest`. An existing `dest` is swapped with `src` in one
+/// `renameat2(RENAME_EXCHANGE)` and then removed from where `src` was, so `dest` is the
+/// old or the new tree at every instant, a crash included (the old tree left at `src` is
+/// removed by the next [`Staging::new`]).
 pub fn replace_dir(src: &Path, dest: &Path) -> Result<()> {
-    let old = sibling(dest, "old");
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
+    if !dest.exists() {
+        return std::fs::rename(src, dest)
+            .with_context(|| format!("cannot move {} to {}", src.display(), dest.display()));
     }
-    if dest.exists() {
-        std::fs::rename(dest, &old)?;
-    }
-    std::fs::rename(src, dest)
-        .with_context(|| format!("cannot move {} to {}", src.display(), dest.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        src,
+        nix::fcntl::AT_FDCWD,
+        dest,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .with_context(|| format!("cannot swap {} into {}", src.display(), dest.display()))?;
+    // `src` now holds the old tree.
+    if let Err(e) = std::fs::remove_dir_all(src) {
+        tracing::warn!(path = %src.display(), error = %e, "cannot remove the replaced tree");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("berth-fetch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_promoted_staging_dir_replaces_the_old_tree_whole() {
+        let root = scratch("promote");
+        let dest = root.join("rootfs");
+        std::fs::create_dir_all(dest.join("old-only")).unwrap();
+        std::fs::write(dest.join("shared"), "old").unwrap();
+        let staging = Staging::new(&dest).unwrap();
+        std::fs::write(staging.path().join("shared"), "new").unwrap();
+        let staged = staging.path().to_path_buf();
+        staging.promote().unwrap();
+        assert_eq!(std::fs::read_to_string(dest.join("shared")).unwrap(), "new");
+        assert!(
+            !dest.join("old-only").exists(),
+            "nothing of the old tree is left"
+        );
+        assert!(!staged.exists(), "the old tree went with the staging dir");
+        // Into a place with nothing yet, and a staging dir dropped unpromoted leaves nothing.
+        let fresh = root.join("fresh");
+        let s = Staging::new(&fresh).unwrap();
+        s.promote().unwrap();
+        assert!(fresh.is_dir());
+        let s = Staging::new(&fresh).unwrap();
+        let p = s.path().to_path_buf();
+        drop(s);
+        assert!(!p.exists() && fresh.is_dir());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }
