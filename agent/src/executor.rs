@@ -11,19 +11,6 @@
 //! run a hook: the second loses the claim.
 
 use crate::fetch::{Fetcher, Staging};
-
-/// Where the check step leaves the bundles it unpacked, for distribute to promote.
-const STAGED_DIR: &str = ".staged";
-/// In a rootfs (or staged tree): the digests of the bundles it was built from, one a line.
-const DIGESTS_FILE: &str = ".berth-digests";
-
-fn digests_of(step: &PlanStep) -> String {
-    step.bundles
-        .iter()
-        .map(|b| b.digest.to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
-}
 use crate::now_unix;
 use crate::spool::Spool;
 use anyhow::{anyhow, Context, Result};
@@ -39,6 +26,24 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Where the check step leaves the bundles it unpacked, for distribute to promote.
+const STAGED_DIR: &str = ".staged";
+/// In a rootfs (or staged tree): the digests of the bundles it was built from, one a line.
+const DIGESTS_FILE: &str = ".berth-digests";
+
+fn digests_of(step: &PlanStep) -> String {
+    step.bundles
+        .iter()
+        .map(|b| b.digest.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether the tree at `dir` was built from exactly the step's bundles.
+fn built_from(dir: &Path, step: &PlanStep) -> bool {
+    std::fs::read_to_string(dir.join(DIGESTS_FILE)).is_ok_and(|have| have == digests_of(step))
+}
 
 pub struct Executor {
     pub data_dir: PathBuf,
@@ -493,8 +498,7 @@ impl Executor {
     async fn distribute(&self, step: &PlanStep, cdir: &Path, log: &std::fs::File) -> Result<()> {
         let staged = cdir.join(STAGED_DIR);
         let rootfs = cdir.join("rootfs");
-        let have = std::fs::read_to_string(staged.join(DIGESTS_FILE)).ok();
-        if have.as_deref() == Some(digests_of(step).as_str()) {
+        if built_from(&staged, step) {
             writeln!(
                 &*log,
                 "berth-agent: using the bundles the check step unpacked"
@@ -519,9 +523,7 @@ impl Executor {
         rootfs: &Path,
         log: &std::fs::File,
     ) -> Result<()> {
-        let want: Vec<String> = step.bundles.iter().map(|b| b.digest.to_string()).collect();
-        let have = std::fs::read_to_string(rootfs.join(DIGESTS_FILE)).unwrap_or_default();
-        if have != want.join("\n") {
+        if !built_from(rootfs, step) {
             writeln!(
                 &*log,
                 "berth-agent: rootfs is missing or stale; distributing the bundles again"
@@ -547,9 +549,7 @@ impl Executor {
                 env.extend(b.manifest.env.clone());
             }
         }
-        env.extend(ctx.env.clone());
-        env.extend(step.env.clone());
-        env.extend(ctx.berth.clone());
+        env.extend(ctx.env_around(&step.env));
         env.insert("BERTH_ROOTFS".into(), rootfs.display().to_string());
         env.insert("BERTH_OUTPUTS".into(), outputs.display().to_string());
         env.insert(

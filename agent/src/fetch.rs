@@ -213,7 +213,8 @@ impl Fetcher {
 
     /// Downloads what is missing of a blob into the cache, verifying it, and feeds every
     /// byte of it in order (the bytes already on disk first) to `tee`. The flag says whether
-    /// `tee` saw exactly the blob: false when the download had to start over from zero.
+    /// `tee` saw exactly the blob: false without a tee, for a blob already cached, and when
+    /// the download had to start over from zero (the tee is dropped then).
     async fn download(
         &self,
         digest: &Digest,
@@ -221,10 +222,9 @@ impl Fetcher {
     ) -> Result<(PathBuf, bool)> {
         let done = self.blob_path(digest);
         if done.is_file() {
-            return Ok((done, tee.is_none()));
+            return Ok((done, false));
         }
         let mut tee = tee;
-        let mut intact = true;
         let dir = done.parent().context("cache dir")?.to_path_buf();
         tokio::fs::create_dir_all(&dir).await?;
         let partial = dir.join(format!("{}.partial", digest.hex()));
@@ -283,7 +283,7 @@ impl Fetcher {
                             offset = 0;
                             hasher = Sha256::new();
                             tokio::fs::remove_file(&partial).await.ok();
-                            (tee, intact) = (None, false);
+                            tee = None;
                         }
                         let (h, n, err) =
                             stream_to(resp, &partial, hasher, offset, tee.clone()).await?;
@@ -299,7 +299,7 @@ impl Fetcher {
                         offset = 0;
                         hasher = Sha256::new();
                         tokio::fs::remove_file(&partial).await.ok();
-                        (tee, intact) = (None, false);
+                        tee = None;
                         Err(anyhow!(
                             "partial download was longer than the blob; starting over"
                         ))
@@ -345,7 +345,7 @@ impl Fetcher {
         }
         tokio::fs::rename(&partial, &done).await?;
         tracing::info!(digest = %digest, bytes = offset, "blob fetched and verified");
-        Ok((done, intact && tee.is_some()))
+        Ok((done, tee.is_some()))
     }
 }
 
@@ -506,7 +506,7 @@ fn sibling(dest: &Path, what: &str) -> PathBuf {
 /// `renameat2(RENAME_EXCHANGE)` and then removed from where `src` was, so `dest` is the
 /// old or the new tree at every instant, a crash included (the old tree left at `src` is
 /// removed by the next [`Staging::new`]).
-pub fn replace_dir(src: &Path, dest: &Path) -> Result<()> {
+fn replace_dir(src: &Path, dest: &Path) -> Result<()> {
     if !dest.exists() {
         return std::fs::rename(src, dest)
             .with_context(|| format!("cannot move {} to {}", src.display(), dest.display()));

@@ -209,7 +209,6 @@ impl Plans {
                 size: c.body.len() as u64,
                 configs: Some(c.spec.configs.len() as u32),
             }),
-            clusterfile: String::new(),
             steps,
         };
         let bytes = serde_json::to_vec(&payload)?;
@@ -240,7 +239,6 @@ fn plan_step(ctx: &Context, host: &HostRow, s: &StepRow) -> PlanStep {
             .map(plan_bundle)
             .collect(),
         env: host_env(ctx.hosts.get(&host.id), host, &sspec),
-        configs: Vec::new(),
     }
 }
 

@@ -40,10 +40,6 @@ pub struct PlanPayload {
     /// The cluster's shared context: the agent fetches it by digest and checks the digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<ContextRef>,
-    /// Filled in by the agent from the context (never sent): the stored Clusterfile, handed
-    /// to hooks as `$BERTH_CLUSTERFILE`.
-    #[serde(skip)]
-    pub clusterfile: String,
     pub steps: Vec<PlanStep>,
 }
 
@@ -74,19 +70,14 @@ pub struct ClusterContext {
     pub configs: Vec<PlanConfig>,
 }
 
-impl PlanPayload {
-    /// Fills in what the plan takes from its context: the Clusterfile, each step's env
-    /// (context env, then the step's own, then the cluster's `BERTH_*`) and the Configs.
-    pub fn with_context(mut self, ctx: &ClusterContext) -> PlanPayload {
-        self.clusterfile = ctx.clusterfile.clone();
-        for s in &mut self.steps {
-            let mut env = ctx.env.clone();
-            env.extend(std::mem::take(&mut s.env));
-            env.extend(ctx.berth.clone());
-            s.env = env;
-            s.configs = ctx.configs.clone();
-        }
-        self
+impl ClusterContext {
+    /// A step's env with the context around it: the context's env, then the host's own
+    /// (`host_env`, from the plan), then the cluster's `BERTH_*`, which nothing overrides.
+    pub fn env_around(&self, host_env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        env.extend(host_env.clone());
+        env.extend(self.berth.clone());
+        env
     }
 }
 
@@ -102,10 +93,6 @@ pub struct PlanStep {
     /// The host's own env composed by the controller (per-host env and the host's
     /// `BERTH_*`); the agent adds the context's around it.
     pub env: BTreeMap<String, String>,
-    /// Filled in by the agent from the context (never sent): Configs to apply during
-    /// distribute.
-    #[serde(skip)]
-    pub configs: Vec<PlanConfig>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -228,7 +215,6 @@ mod tests {
             issued_at: 100,
             expires_at,
             context: None,
-            clusterfile: String::new(),
             steps: vec![],
         })
         .unwrap()
@@ -315,7 +301,6 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
-            configs: vec![],
         };
         let p = PlanPayload {
             version: PLAN_VERSION,
@@ -325,10 +310,9 @@ mod tests {
             issued_at: 0,
             expires_at: 1,
             context: None,
-            clusterfile: String::new(),
             steps: vec![step],
         };
-        // Never on the wire: the agent fills them in.
+        // The plan carries neither: they are in the context.
         let wire = serde_json::to_string(&p).unwrap();
         assert!(!wire.contains("clusterfile") && !wire.contains("configs"));
         let ctx = ClusterContext {
@@ -344,9 +328,7 @@ mod tests {
                 .collect(),
             configs: vec![],
         };
-        let full = p.with_context(&ctx);
-        assert_eq!(full.clusterfile, "kind: Cluster");
-        let env = &full.steps[0].env;
+        let env = &ctx.env_around(&p.steps[0].env);
         assert_eq!(env["A"], "host");
         assert_eq!(env["B"], "cluster");
         assert_eq!(env["BERTH_HOST"], "n1");

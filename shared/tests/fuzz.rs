@@ -9,10 +9,7 @@
 
 use base64::Engine as _;
 use berth_shared::clusterfile::{edit_hosts, Clusterfile};
-use berth_shared::plan::{
-    envelope, verify, PlanConfig, PlanEnvelope, PlanError, PlanPayload, PlanStep,
-};
-use berth_shared::SafeRelPath;
+use berth_shared::plan::{envelope, verify, PlanEnvelope, PlanError, PlanPayload, PlanStep};
 use proptest::prelude::*;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::collections::BTreeMap;
@@ -296,19 +293,12 @@ fn good_payload() -> Vec<u8> {
             size: 7,
             configs: Some(0),
         }),
-        clusterfile: GOOD.into(),
         steps: vec![PlanStep {
             id: 1,
             attempt: 1,
             kind: "install".into(),
             bundles: vec![],
             env: BTreeMap::from([("A".to_string(), "1".to_string())]),
-            configs: vec![PlanConfig {
-                path: SafeRelPath::new("etc/a.yaml").unwrap(),
-                strategy: "merge".into(),
-                data: "a: 1".into(),
-                matches: None,
-            }],
         }],
     })
     .unwrap()
