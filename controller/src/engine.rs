@@ -716,38 +716,23 @@ impl Engine {
     }
 
     /// Applies queued report batches in one transaction and answers each. A batch's
-    /// refused entry stops that batch only; a database error fails the whole group
-    /// (nothing of it is kept; agents send again).
+    /// refused entry stops that batch only. On a database error nothing of the group is
+    /// kept and each batch is applied again in its own transaction, so only the failing
+    /// one is answered with the error.
     async fn apply_group(&self, jobs: Vec<ReportJob>) {
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        let result: Result<(), EngineError> = async {
-            let mut tx = self.store.write().await?;
-            for job in &jobs {
-                let o = self.apply_batch(&mut tx, &job.host, &job.entries).await?;
-                outcomes.push(o);
-            }
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
+        match self.commit_batches(&jobs).await {
+            Ok(outcomes) => {
                 for (job, o) in jobs.into_iter().zip(outcomes) {
                     self.answer(job, Ok(o));
                 }
             }
             Err(e) => {
-                // One batch's database error must not fail the others: each is applied
-                // again on its own, and only the failing one is answered with the error.
                 tracing::warn!(error = %format!("{e:#}"), batches = jobs.len(), "a group of report batches failed; applying them one by one");
                 for job in jobs {
-                    let one: Result<BatchOutcome, EngineError> = async {
-                        let mut tx = self.store.write().await?;
-                        let o = self.apply_batch(&mut tx, &job.host, &job.entries).await?;
-                        tx.commit().await?;
-                        Ok(o)
-                    }
-                    .await;
+                    let one = self
+                        .commit_batches(std::slice::from_ref(&job))
+                        .await
+                        .map(|mut o| o.remove(0));
                     if let Err(e) = &one {
                         tracing::error!(host = %job.host.name, error = %format!("{e:#}"), "a report batch failed");
                     }
@@ -755,6 +740,17 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Applies `jobs` in one transaction: their outcomes, in order, once committed.
+    async fn commit_batches(&self, jobs: &[ReportJob]) -> Result<Vec<BatchOutcome>, EngineError> {
+        let mut tx = self.store.write().await?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            outcomes.push(self.apply_batch(&mut tx, &job.host, &job.entries).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
     }
 
     /// Answers a queued batch and ticks the clusters it changed. The tick is scheduled

@@ -91,18 +91,11 @@ pub async fn status(
         read_took = read_took.max(started.elapsed());
         let tag = etag(&v);
         if q.wait == 0 || seen.as_deref() != Some(tag.as_str()) {
-            let mut resp = ApiJson(v).into_response();
-            if let Ok(h) = HeaderValue::from_str(&tag) {
-                resp.headers_mut().insert(header::ETAG, h);
-            }
-            return Ok(resp);
+            return Ok(with_etag(ApiJson(v).into_response(), &tag));
         }
         tokio::select! {
-            r = changes.changed() => {
-                if r.is_err() {
-                    // The cluster stopped being tracked; read it again.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            // The sender outlives every receiver (`Engine::changes`): this ends on a tick.
+            _ = changes.changed() => {
                 // A large cluster changes with every report: let the ticks of the next
                 // moment coalesce, so reading its status costs at most ~10 % of a core
                 // per watcher (a one-host cluster is read again within milliseconds).
@@ -110,14 +103,17 @@ pub async fn status(
                 tokio::time::sleep(pause.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
             }
             _ = tokio::time::sleep_until(deadline) => {
-                let mut resp = StatusCode::NOT_MODIFIED.into_response();
-                if let Ok(h) = HeaderValue::from_str(&tag) {
-                    resp.headers_mut().insert(header::ETAG, h);
-                }
-                return Ok(resp);
+                return Ok(with_etag(StatusCode::NOT_MODIFIED.into_response(), &tag));
             }
         }
     }
+}
+
+fn with_etag(mut resp: Response, tag: &str) -> Response {
+    if let Ok(h) = HeaderValue::from_str(tag) {
+        resp.headers_mut().insert(header::ETAG, h);
+    }
+    resp
 }
 
 /// A strong ETag over everything in the view but the elapsed times (which change every
@@ -142,14 +138,6 @@ async fn cluster_row(
 
 async fn view(st: &AppState, name: &str, show_outputs: bool) -> Result<ClusterView, ApiError> {
     let c = cluster_row(st, name).await?;
-    view_of(st, c, show_outputs).await
-}
-
-async fn view_of(
-    st: &AppState,
-    c: crate::store::clusters::ClusterRow,
-    show_outputs: bool,
-) -> Result<ClusterView, ApiError> {
     let spec: Option<ResolvedSpec> = serde_json::from_str(&c.spec).ok();
     let hosts = st.store.cluster_hosts(c.id).await?;
     let steps = st.store.steps(c.id).await?;
