@@ -237,6 +237,14 @@ fn enrolled_agent(ctl: &Controller, name: &str, controller_url: &str) -> std::pa
 
 /// A host may download only blobs of steps released to it: apply a one-host cluster with
 /// the bundle (the agent is not running, so its check step stays released).
+/// `berth bundle push DIR`: the digest.
+fn push(ctl: &Controller, dir: &std::path::Path) -> String {
+    json_out(&ctl.cli(&["bundle", "push", dir.to_str().unwrap(), "-o", "json"]))["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 fn release_to(ctl: &Controller, host: &str, digest: &str) {
     let cf = ctl.clusterfile(&format!("c-{host}"), &[host], &[], &[digest], &[]);
     let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
@@ -264,11 +272,7 @@ fn an_agent_fetches_verifies_and_unpacks_a_bundle() {
     let agent = enrolled_agent(&ctl, "f1", &ctl.url());
     let dir = ctl.dir.path().join("src");
     write_bundle(&dir, "demo", "v1", 500_000);
-    let digest = json_out(&ctl.cli(&["bundle", "push", dir.to_str().unwrap(), "-o", "json"]))
-        ["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = push(&ctl, &dir);
     release_to(&ctl, "f1", &digest);
     let into = ctl.dir.path().join("rootfs");
     let out = agent_fetch(&agent, &digest, &into);
@@ -310,11 +314,7 @@ fn a_download_cut_mid_body_resumes_from_the_bytes_on_disk() {
     let agent = enrolled_agent(&ctl, "r1", &proxy.url());
     let dir = ctl.dir.path().join("src");
     write_bundle(&dir, "demo", "v1", 3_000_000);
-    let digest = json_out(&ctl.cli(&["bundle", "push", dir.to_str().unwrap(), "-o", "json"]))
-        ["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = push(&ctl, &dir);
     release_to(&ctl, "r1", &digest);
     proxy.cut_next_after(1_200_000);
     let into = ctl.dir.path().join("rootfs");
@@ -352,11 +352,7 @@ fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
     let agent = enrolled_agent(&ctl, "t1", &ctl.url());
     let dir = ctl.dir.path().join("src");
     write_bundle(&dir, "demo", "v1", 100_000);
-    let digest = json_out(&ctl.cli(&["bundle", "push", dir.to_str().unwrap(), "-o", "json"]))
-        ["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = push(&ctl, &dir);
     release_to(&ctl, "t1", &digest);
     let hex = digest.trim_start_matches("sha256:");
     let blob = ctl.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex);
@@ -397,11 +393,7 @@ fn junk_kept_from_an_earlier_download_never_reaches_the_unpacked_tree() {
     let agent = enrolled_agent(&ctl, "j1", &ctl.url());
     let good = ctl.dir.path().join("good");
     write_bundle(&good, "demo", "v1", 50_000);
-    let digest = json_out(&ctl.cli(&["bundle", "push", good.to_str().unwrap(), "-o", "json"]))
-        ["digest"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let digest = push(&ctl, &good);
     release_to(&ctl, "j1", &digest);
     // A valid bundle with an extra file, larger than the real blob, left as the partial
     // download of the real blob's digest (a proxy once served the wrong file).
