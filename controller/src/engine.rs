@@ -9,7 +9,7 @@ use crate::pki::Pki;
 use crate::planner::{
     self, DesiredHost, PlanError, Recorded, RecordedHost, ResolvedBundle, ResolvedSpec, StepSpec,
 };
-use crate::store::clusters::{ClusterHostRow, LogAppend, StepRow};
+use crate::store::clusters::{ClusterHostRow, LogAppend, StepResult, StepRow};
 use crate::store::{HostRow, Store, StoreError};
 use crate::time::now_unix;
 use anyhow::Result;
@@ -18,7 +18,7 @@ use berth_shared::bundle::BundleType;
 use berth_shared::clusterfile::{strip_port, Clusterfile};
 use berth_shared::state::{transition, ClusterPhase, HostRole, StepKind, StepState, Transition};
 use berth_shared::{BundleRef, Digest};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -145,6 +145,89 @@ const MAX_GROUP: usize = 512;
 pub struct BatchOutcome {
     pub touched: std::collections::BTreeSet<i64>,
     pub refused: Option<(usize, EngineError)>,
+}
+
+/// What a group of report batches read and decided inside its transaction: the steps it
+/// names (read once), the specs of their clusters, and the results to write at the end.
+#[derive(Default)]
+struct Group {
+    steps: HashMap<i64, StepRow>,
+    specs: HashMap<i64, Arc<ResolvedSpec>>,
+    results: BTreeMap<i64, StepResult>,
+    outputs: Vec<(i64, String, String)>,
+}
+
+impl Group {
+    /// The step `step_id` as the group's earlier entries left it, when `host` owns it.
+    fn owned_step(&self, host: &HostRow, step_id: i64) -> Result<StepRow, EngineError> {
+        let step = self
+            .steps
+            .get(&step_id)
+            .ok_or_else(|| EngineError::NotFound {
+                code: codes::STEP_UNKNOWN,
+                message: format!("no step {step_id}"),
+            })?;
+        if step.host_id != host.id {
+            return Err(EngineError::Forbidden {
+                code: codes::STEP_NOT_YOURS,
+                message: format!("step {step_id} is not released to host {}", host.name),
+            });
+        }
+        Ok(step.clone())
+    }
+
+    /// A validated report of `step`: its row as the database will hold it (what
+    /// `write_step_results` stores), visible to the group's later entries.
+    fn record(
+        &mut self,
+        step: &StepRow,
+        r: &StepReport,
+        deadline: Option<i64>,
+    ) -> Result<(), EngineError> {
+        let Some(row) = self.steps.get_mut(&step.id) else {
+            return Err(EngineError::Internal(anyhow::anyhow!(
+                "step {} left the group",
+                step.id
+            )));
+        };
+        row.state = r.state;
+        row.exit_code = r.exit_code.map(i64::from);
+        row.reason = r.reason.clone();
+        row.started_at = r.started_at.or(row.started_at);
+        row.ended_at = r.ended_at;
+        row.log_tail = r.log_tail.clone().or(row.log_tail.take());
+        row.deadline = deadline.or(row.deadline);
+        self.results.insert(
+            row.id,
+            StepResult {
+                id: row.id,
+                attempt: row.attempt,
+                state: row.state,
+                exit_code: row.exit_code,
+                reason: row.reason.clone(),
+                started_at: row.started_at,
+                ended_at: row.ended_at,
+                log_tail: row.log_tail.clone(),
+                outputs: serde_json::to_string(&r.outputs).map_err(anyhow::Error::from)?,
+                deadline: row.deadline,
+            },
+        );
+        if r.state == StepState::Succeeded {
+            self.outputs.extend(
+                r.outputs
+                    .iter()
+                    .map(|(k, v)| (row.cluster_id, k.clone(), v.clone())),
+            );
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, tx: &mut sqlx::SqliteConnection) -> Result<(), EngineError> {
+        let results: Vec<StepResult> = std::mem::take(&mut self.results).into_values().collect();
+        let outputs = std::mem::take(&mut self.outputs);
+        Store::write_step_results(tx, &results, &outputs).await?;
+        Ok(())
+    }
 }
 
 pub struct Applied {
@@ -744,11 +827,32 @@ impl Engine {
 
     /// Applies `jobs` in one transaction: their outcomes, in order, once committed.
     async fn commit_batches(&self, jobs: &[ReportJob]) -> Result<Vec<BatchOutcome>, EngineError> {
+        use berth_shared::api::ReportEntry;
         let mut tx = self.store.write().await?;
+        // Every step the group names, in one read; results are validated in memory and
+        // written in one statement at the end (or before a log chunk, which reads and
+        // writes the step itself).
+        let ids: Vec<i64> = jobs
+            .iter()
+            .flat_map(|j| j.entries.iter())
+            .filter_map(|e| match e {
+                ReportEntry::Step(r) => Some(r.step_id),
+                ReportEntry::Log { step_id, .. } => Some(*step_id),
+                ReportEntry::PlanRejected { .. } => None,
+            })
+            .collect();
+        let mut group = Group {
+            steps: Store::steps_on(&mut tx, &ids).await?,
+            ..Group::default()
+        };
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in jobs {
-            outcomes.push(self.apply_batch(&mut tx, &job.host, &job.entries).await?);
+            outcomes.push(
+                self.apply_batch(&mut tx, &mut group, &job.host, &job.entries)
+                    .await?,
+            );
         }
+        group.flush(&mut tx).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -770,6 +874,7 @@ impl Engine {
     async fn apply_batch(
         &self,
         tx: &mut sqlx::SqliteConnection,
+        group: &mut Group,
         host: &HostRow,
         entries: &[berth_shared::api::ReportEntry],
     ) -> Result<BatchOutcome, EngineError> {
@@ -783,13 +888,16 @@ impl Engine {
                     attempt,
                     offset,
                     data,
-                } => self
-                    .log(&mut *tx, host, *step_id, *attempt, *offset, data.as_bytes())
-                    .await
-                    .map(|_| ()),
+                } => match group.owned_step(host, *step_id) {
+                    Ok(step) => self
+                        .log(&mut *tx, &step, *attempt, *offset, data.as_bytes())
+                        .await
+                        .map(|_| ()),
+                    Err(e) => Err(e),
+                },
                 ReportEntry::Step(r) => {
                     tracing::info!(host = %host.name, step = r.step_id, attempt = r.attempt, state = %r.state, "step report");
-                    self.report(&mut *tx, host, r).await.map(|c| {
+                    self.report(&mut *tx, group, host, r).await.map(|c| {
                         touched.extend(c);
                     })
                 }
@@ -817,10 +925,11 @@ impl Engine {
     async fn report(
         &self,
         tx: &mut sqlx::SqliteConnection,
+        group: &mut Group,
         host: &HostRow,
         r: &StepReport,
     ) -> Result<Option<i64>, EngineError> {
-        let step = self.owned_step(&mut *tx, host, r.step_id).await?;
+        let step = group.owned_step(host, r.step_id)?;
         let to = match transition(step.state, step.attempt as u32, r.state, r.attempt) {
             Ok(Transition::Duplicate) => return Ok(None),
             Ok(Transition::Apply(to)) => to,
@@ -834,10 +943,17 @@ impl Engine {
                 })
             }
         };
-        let spec = self
-            .spec_of(Some(&mut *tx), step.cluster_id)
-            .await?
-            .ok_or_else(|| EngineError::not_found("the step's cluster is gone"))?;
+        let spec = match group.specs.get(&step.cluster_id) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self
+                    .spec_of(Some(&mut *tx), step.cluster_id)
+                    .await?
+                    .ok_or_else(|| EngineError::not_found("the step's cluster is gone"))?;
+                group.specs.insert(step.cluster_id, s.clone());
+                s
+            }
+        };
         let sspec: StepSpec = serde_json::from_str(&step.spec).unwrap_or_default();
         let mut r = r.clone();
         if to == StepState::Succeeded {
@@ -865,29 +981,21 @@ impl Engine {
         r.reason = r.reason.map(|t| clip(&t, 1024));
         let deadline =
             (to == StepState::Running).then(|| now_unix() + self.deadline_secs(&spec, &step));
-        if !Store::apply_report(&mut *tx, &step, step.state, &r, deadline).await? {
-            return Err(EngineError::Conflict {
-                code: codes::ILLEGAL_TRANSITION,
-                message: format!(
-                    "step {} changed while the report was applied; send it again",
-                    step.id
-                ),
-            });
-        }
-        Ok(Some(step.cluster_id))
+        let cluster_id = step.cluster_id;
+        group.record(&step, &r, deadline)?;
+        Ok(Some(cluster_id))
     }
 
     /// Stores a log chunk of a step the host owns, at its current attempt.
     async fn log(
         &self,
         tx: &mut sqlx::SqliteConnection,
-        host: &HostRow,
-        step_id: i64,
+        step: &StepRow,
         attempt: u32,
         offset: u64,
         data: &[u8],
     ) -> Result<LogAppend, EngineError> {
-        let step = self.owned_step(&mut *tx, host, step_id).await?;
+        let step_id = step.id;
         if attempt as i64 != step.attempt {
             return Err(EngineError::Conflict {
                 code: codes::STALE_ATTEMPT,
@@ -912,7 +1020,7 @@ impl Engine {
                 ),
             });
         }
-        Store::append_log(tx, &step, offset, data, self.cfg.log_cap)
+        Store::append_log(tx, step, offset, data, self.cfg.log_cap)
             .await
             .map_err(|e| match e {
                 StoreError::Conflict(message) => EngineError::Conflict {
@@ -921,27 +1029,6 @@ impl Engine {
                 },
                 e => e.into(),
             })
-    }
-
-    async fn owned_step(
-        &self,
-        tx: &mut sqlx::SqliteConnection,
-        host: &HostRow,
-        step_id: i64,
-    ) -> Result<StepRow, EngineError> {
-        let step = Store::step_on(tx, step_id)
-            .await?
-            .ok_or_else(|| EngineError::NotFound {
-                code: codes::STEP_UNKNOWN,
-                message: format!("no step {step_id}"),
-            })?;
-        if step.host_id != host.id {
-            return Err(EngineError::Forbidden {
-                code: codes::STEP_NOT_YOURS,
-                message: format!("step {step_id} is not released to host {}", host.name),
-            });
-        }
-        Ok(step)
     }
 
     /// Whether a host may download a blob: it is a bundle of a step released to it.

@@ -5,7 +5,7 @@
 //! flush interval; `berth get hosts` reads the fresh value from here.
 
 use crate::store::Store;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,7 @@ struct State {
     /// Newest heartbeat per host id (unix seconds).
     latest: HashMap<i64, i64>,
     /// Hosts seen since the last flush.
-    dirty: Vec<i64>,
+    dirty: HashSet<i64>,
 }
 
 impl Heartbeats {
@@ -28,10 +28,8 @@ impl Heartbeats {
     pub fn beat(&self, id: i64, now: i64) {
         let mut s = self.lock();
         let prev = s.latest.insert(id, now);
-        if prev != Some(now) && !s.dirty.contains(&id) {
-            // `contains` is on the hosts seen within one flush interval, a short list
-            // relative to polls: a host polls at most a few times a second.
-            s.dirty.push(id);
+        if prev != Some(now) {
+            s.dirty.insert(id);
         }
     }
 
@@ -82,11 +80,7 @@ impl Heartbeats {
         if let Err(e) = store.record_heartbeats(&beats).await {
             tracing::warn!(error = %e, hosts = beats.len(), "cannot store heartbeats; retrying");
             let mut s = self.lock();
-            for (id, _) in beats {
-                if !s.dirty.contains(&id) {
-                    s.dirty.push(id);
-                }
-            }
+            s.dirty.extend(beats.into_iter().map(|(id, _)| id));
         }
     }
 }

@@ -10,6 +10,7 @@
 //! Signed envelopes are cached per host, keyed by everything they say (generation, the
 //! steps and attempts, the context digest), so a re-poll never re-signs.
 
+use crate::coalesce::Coalescer;
 use crate::pki::Pki;
 use crate::planner::{ResolvedBundle, ResolvedSpec, StepSpec};
 use crate::store::clusters::{ClusterHostRow, StepRow};
@@ -69,6 +70,8 @@ pub struct Plans {
     /// One context build at a time: a phase released to thousands of hosts builds it once.
     building: tokio::sync::Mutex<()>,
     envelopes: Mutex<HashMap<i64, CachedEnvelope>>,
+    /// Released and running steps by host, read for many polls at once.
+    open_steps: Arc<Coalescer<i64, Vec<StepRow>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -83,6 +86,7 @@ impl Plans {
             contexts: Mutex::new(HashMap::new()),
             building: tokio::sync::Mutex::new(()),
             envelopes: Mutex::new(HashMap::new()),
+            open_steps: Arc::default(),
         }
     }
 
@@ -166,7 +170,15 @@ impl Plans {
         if generation <= have {
             return Ok(None);
         }
-        let rows = self.store.host_plan_steps(host.id).await?;
+        // Polls woken together (a phase released to the fleet) share one query.
+        let store = self.store.clone();
+        let rows = self
+            .open_steps
+            .load(host.id, move |ids| {
+                let store = store.clone();
+                async move { Ok(store.plan_steps_of_hosts(&ids).await?) }
+            })
+            .await?;
         // A host is in one cluster at a time; its open steps are that cluster's.
         let ctx = match rows.first() {
             Some(s) => self.context(s.cluster_id).await?,

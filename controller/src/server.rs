@@ -83,6 +83,11 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     tokio::spawn(engine.clone().run_reaper(reap_every, shutdown.clone()));
     tokio::spawn(engine.clone().run_ticker(shutdown.clone()));
     tokio::spawn(renew_server_cert(pki.clone(), shutdown.clone()));
+    {
+        // Host changes made by another writer of the database reach the host cache.
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        tokio::spawn(async move { store.run_host_watch(Duration::from_secs(2), shutdown).await });
+    }
     let bundled = crate::install::bundled_agent(cfg.agent_binary.as_deref())?;
     let heartbeats = Arc::new(crate::heartbeats::Heartbeats::default());
     let flusher = tokio::spawn(heartbeats.clone().run_flusher(

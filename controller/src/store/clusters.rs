@@ -8,10 +8,9 @@ use super::error::StoreError;
 use super::Result;
 use super::Store;
 use crate::time::now_unix;
-use berth_shared::api::StepReport;
 use berth_shared::state::{ClusterPhase, HostRole, StepKind, StepState};
 use sqlx::Row;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone)]
 pub struct ClusterRow {
@@ -56,6 +55,22 @@ pub struct StepRow {
     pub deadline: Option<i64>,
     pub log_len: i64,
     pub log_stored: i64,
+}
+
+/// A step's row after validated reports, as `write_step_results` stores it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepResult {
+    pub id: i64,
+    pub attempt: i64,
+    pub state: StepState,
+    pub exit_code: Option<i64>,
+    pub reason: Option<String>,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub log_tail: Option<String>,
+    /// JSON object of the outputs the last report published.
+    pub outputs: String,
+    pub deadline: Option<i64>,
 }
 
 /// A step to create.
@@ -370,15 +385,24 @@ impl Store {
         Ok(r.map(step_row))
     }
 
-    /// Steps released to a host and not finished: what its plan carries.
-    pub async fn host_plan_steps(&self, host_id: i64) -> Result<Vec<StepRow>> {
+    /// Steps released to each of these hosts and not finished: what their plans carry,
+    /// in one query (hosts with none are absent).
+    pub async fn plan_steps_of_hosts(
+        &self,
+        host_ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Vec<StepRow>>> {
         let rows = sqlx::query(&format!(
-            "SELECT {STEP_COLS} FROM steps WHERE host_id = ?1 AND state IN ('released', 'running') ORDER BY ord, id"
+            "SELECT {STEP_COLS} FROM steps WHERE host_id IN (SELECT value FROM json_each(?1))
+             AND state IN ('released', 'running') ORDER BY host_id, ord, id"
         ))
-        .bind(host_id)
+        .bind(serde_json::to_string(host_ids)?)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(step_row).collect())
+        let mut by_host: std::collections::HashMap<i64, Vec<StepRow>> = Default::default();
+        for r in rows.into_iter().map(step_row) {
+            by_host.entry(r.host_id).or_default().push(r);
+        }
+        Ok(by_host)
     }
 
     /// Marks pending steps released with their deadlines and bumps the plan generation of
@@ -419,53 +443,66 @@ impl Store {
         Ok(g as u64)
     }
 
-    /// Stores a validated report, only if the step is still `from` at the report's attempt
-    /// (a concurrent change wins; the caller re-validates). Outputs of a succeeded step
-    /// become the cluster's. `deadline` replaces the step's deadline when given.
-    pub async fn apply_report(
+    /// The steps with these ids, on `conn` (inside a write transaction).
+    pub async fn steps_on(
+        conn: &mut sqlx::SqliteConnection,
+        ids: &[i64],
+    ) -> Result<HashMap<i64, StepRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {STEP_COLS} FROM steps WHERE id IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(serde_json::to_string(ids)?)
+        .fetch_all(conn)
+        .await?;
+        Ok(rows.into_iter().map(step_row).map(|s| (s.id, s)).collect())
+    }
+
+    /// Stores validated reports of many steps in one statement (`steps_on` read them in
+    /// the same write transaction, so they are as the validation saw them), then the
+    /// outputs succeeded steps published, in order.
+    pub async fn write_step_results(
         tx: &mut sqlx::SqliteConnection,
-        step: &StepRow,
-        from: StepState,
-        r: &StepReport,
-        deadline: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let n = sqlx::query(
-            "UPDATE steps SET state = ?1, exit_code = ?2, reason = ?3,
-                 started_at = COALESCE(?4, started_at), ended_at = ?5, log_tail = COALESCE(?6, log_tail),
-                 outputs = ?7, deadline = COALESCE(?8, deadline)
-             WHERE id = ?9 AND state = ?10 AND attempt = ?11",
-        )
-        .bind(r.state)
-        .bind(r.exit_code)
-        .bind(&r.reason)
-        .bind(r.started_at)
-        .bind(r.ended_at)
-        .bind(&r.log_tail)
-        .bind(serde_json::to_string(&r.outputs)?)
-        .bind(deadline)
-        .bind(step.id)
-        .bind(from)
-        .bind(step.attempt)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
-        if r.state == StepState::Succeeded {
-            for (k, v) in &r.outputs {
-                sqlx::query(
-                    "INSERT INTO cluster_outputs (cluster_id, key, value) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(cluster_id, key) DO UPDATE SET value = excluded.value",
-                )
-                .bind(step.cluster_id)
-                .bind(k)
-                .bind(v)
-                .execute(&mut *tx)
-                .await?;
+        steps: &[StepResult],
+        outputs: &[(i64, String, String)],
+    ) -> Result<(), StoreError> {
+        if !steps.is_empty() {
+            let n = sqlx::query(
+                "UPDATE steps SET state = json_extract(j.value, '$.state'),
+                     exit_code = json_extract(j.value, '$.exit_code'),
+                     reason = json_extract(j.value, '$.reason'),
+                     started_at = json_extract(j.value, '$.started_at'),
+                     ended_at = json_extract(j.value, '$.ended_at'),
+                     log_tail = json_extract(j.value, '$.log_tail'),
+                     outputs = json_extract(j.value, '$.outputs'),
+                     deadline = json_extract(j.value, '$.deadline')
+                 FROM json_each(?1) AS j
+                 WHERE steps.id = json_extract(j.value, '$.id')
+                   AND steps.attempt = json_extract(j.value, '$.attempt')",
+            )
+            .bind(serde_json::to_string(steps)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n != steps.len() as u64 {
+                return Err(StoreError::Other(anyhow::anyhow!(
+                    "{} of {} step results stored: the steps changed inside the transaction",
+                    n,
+                    steps.len()
+                )));
             }
         }
-        Ok(true)
+        for (cluster_id, k, v) in outputs {
+            sqlx::query(
+                "INSERT INTO cluster_outputs (cluster_id, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(cluster_id, key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(cluster_id)
+            .bind(k)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Appends a log chunk of the step's current attempt at agent offset `offset`. Chunks

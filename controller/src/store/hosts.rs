@@ -7,7 +7,7 @@ use berth_shared::api::HostFacts;
 use sqlx::Row;
 
 /// An enrolled host row.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HostRow {
     pub id: i64,
     pub name: String,
@@ -430,7 +430,7 @@ impl Store {
             .bind(id),
         )
         .await?;
-        self.cache.hosts_changed();
+        self.cache.host_changed(id);
         Ok(())
     }
 

@@ -185,6 +185,40 @@ impl Store {
         Ok(r)
     }
 
+    /// Follows the `host_auth_version` counter every `every` until shutdown: when it moved
+    /// (a host's name, state or certificates changed, here or by another writer of the
+    /// database), the cached hosts are read again. This bounds how long a change another
+    /// process made can go unseen, without a query per poll.
+    pub async fn run_host_watch(
+        &self,
+        every: std::time::Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let mut seen: Option<i64> = None;
+        loop {
+            match sqlx::query_scalar::<_, i64>("SELECT n FROM host_auth_version WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+            {
+                Ok(n) => {
+                    if seen.is_some_and(|s| s != n) {
+                        self.cache.hosts_changed();
+                    }
+                    seen = Some(n);
+                }
+                Err(e) => {
+                    // Unknown state: trust nothing cached.
+                    tracing::warn!(error = %e, "cannot read host_auth_version; dropping cached hosts");
+                    self.cache.hosts_changed();
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     /// Checkpoints the WAL and closes every connection.
     pub async fn close(&self) {
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
