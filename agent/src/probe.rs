@@ -11,7 +11,8 @@ pub trait Observer: Send + Sync {
     fn connected(&self) {}
     /// A plan verified and accepted (before any of its steps runs).
     fn plan_accepted(&self, _generation: u64, _steps: usize) {}
-    /// A poll that did not succeed, by kind (`unreachable`, `http_503`, `http_500`, …).
+    /// A poll that did not succeed, by kind (`unreachable`, `unreachable_timeout`,
+    /// `unreachable_connect`, `http_503`, `http_500`, …).
     fn poll_failed(&self, _kind: &str) {}
     /// One report batch sent: how long the request took, and its outcome kind
     /// (`ok`, `unreachable` or `http_NNN`).

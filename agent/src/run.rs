@@ -252,7 +252,13 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                 delay
             }
             Err(e) => {
-                cfg.probe.poll_failed("unreachable");
+                cfg.probe.poll_failed(if e.is_timeout() {
+                    "unreachable_timeout"
+                } else if e.is_connect() {
+                    "unreachable_connect"
+                } else {
+                    "unreachable"
+                });
                 if session.reload_if_replaced() {
                     // Re-enrolled (e.g. with a rotated CA) while running: retry at once.
                     connected = false;

@@ -1033,11 +1033,16 @@ impl Engine {
 
     /// Whether a host may download a blob: it is a bundle of a step released to it.
     pub async fn may_fetch(&self, host: &HostRow, digest: &Digest) -> Result<bool> {
-        for (spec, kind, sspec) in self.store.released_specs(host.id).await? {
-            let spec = parse_spec(&spec)?;
-            let sspec: StepSpec = serde_json::from_str(&sspec).unwrap_or_default();
-            if spec
-                .bundles_of(kind, &sspec)
+        // The host's open steps and their clusters' specs, as its plan read them: many
+        // hosts fetching at once share the queries.
+        for s in self.plans.open_steps(host.id).await? {
+            let Some(ctx) = self.plans.context(s.cluster_id).await? else {
+                continue;
+            };
+            let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
+            if ctx
+                .spec
+                .bundles_of(s.kind, &sspec)
                 .iter()
                 .any(|b| &b.digest == digest)
             {

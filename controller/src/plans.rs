@@ -72,6 +72,8 @@ pub struct Plans {
     envelopes: Mutex<HashMap<i64, CachedEnvelope>>,
     /// Released and running steps by host, read for many polls at once.
     open_steps: Arc<Coalescer<i64, Vec<StepRow>>>,
+    /// Context versions by cluster, read for many polls at once.
+    ctx_versions: Arc<Coalescer<i64, Option<i64>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,12 +89,21 @@ impl Plans {
             building: tokio::sync::Mutex::new(()),
             envelopes: Mutex::new(HashMap::new()),
             open_steps: Arc::default(),
+            ctx_versions: Arc::default(),
         }
     }
 
     /// The cluster's current context (None when the cluster is gone).
     pub async fn context(&self, cluster_id: i64) -> Result<Option<Arc<Context>>> {
-        let Some(version) = self.store.ctx_version(cluster_id).await? else {
+        let store = self.store.clone();
+        let version = self
+            .ctx_versions
+            .load(cluster_id, move |ids| {
+                let store = store.clone();
+                async move { Ok(store.ctx_versions(&ids).await?) }
+            })
+            .await?;
+        let Some(version) = version else {
             lock(&self.contexts).remove(&cluster_id);
             return Ok(None);
         };
@@ -136,6 +147,18 @@ impl Plans {
         Ok(Some(ctx))
     }
 
+    /// Steps released to the host and not finished (its plan's steps). Polls woken
+    /// together (a phase released to the fleet) share one query.
+    pub async fn open_steps(&self, host_id: i64) -> Result<Vec<StepRow>> {
+        let store = self.store.clone();
+        self.open_steps
+            .load(host_id, move |ids| {
+                let store = store.clone();
+                async move { Ok(store.plan_steps_of_hosts(&ids).await?) }
+            })
+            .await
+    }
+
     /// Forgets what is cached about a host (deleted, revoked).
     pub fn forget_host(&self, host_id: i64) {
         lock(&self.envelopes).remove(&host_id);
@@ -170,15 +193,7 @@ impl Plans {
         if generation <= have {
             return Ok(None);
         }
-        // Polls woken together (a phase released to the fleet) share one query.
-        let store = self.store.clone();
-        let rows = self
-            .open_steps
-            .load(host.id, move |ids| {
-                let store = store.clone();
-                async move { Ok(store.plan_steps_of_hosts(&ids).await?) }
-            })
-            .await?;
+        let rows = self.open_steps(host.id).await?;
         // A host is in one cluster at a time; its open steps are that cluster's.
         let ctx = match rows.first() {
             Some(s) => self.context(s.cluster_id).await?,

@@ -847,22 +847,6 @@ impl Store {
         tx.commit().await?;
         Ok(Some(cid))
     }
-
-    /// (cluster spec, step kind, step spec) of every step released to a host: what it may
-    /// download.
-    pub async fn released_specs(&self, host_id: i64) -> Result<Vec<(String, StepKind, String)>> {
-        let rows = sqlx::query(
-            "SELECT c.spec, s.kind, s.spec AS step_spec FROM steps s JOIN clusters c ON c.id = s.cluster_id
-             WHERE s.host_id = ?1 AND s.state IN ('released', 'running')",
-        )
-        .bind(host_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get("spec"), r.get("kind"), r.get("step_spec")))
-            .collect())
-    }
 }
 
 /// Bumps the plan generation of `hosts` (their plans changed), commits, returns them.

@@ -39,15 +39,20 @@ impl Store {
         .map(|(name, phase)| ClusterHead { name, phase }))
     }
 
-    /// The version a cluster's context is cached by (bumped by triggers on every change of
-    /// its Clusterfile, hosts and outputs).
-    pub async fn ctx_version(&self, cluster_id: i64) -> Result<Option<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT ctx_version FROM clusters WHERE id = ?1")
-                .bind(cluster_id)
-                .fetch_optional(&self.pool)
-                .await?,
+    /// The versions contexts are cached by (bumped by triggers on every change of a
+    /// cluster's Clusterfile, hosts and outputs), for many clusters in one query; clusters
+    /// that are gone are absent.
+    pub async fn ctx_versions(
+        &self,
+        cluster_ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Option<i64>>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, ctx_version FROM clusters WHERE id IN (SELECT value FROM json_each(?1))",
         )
+        .bind(serde_json::to_string(cluster_ids)?)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, v)| (id, Some(v))).collect())
     }
 
     /// Stores a context document (once per digest) and drops the cluster's oldest beyond
