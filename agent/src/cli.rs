@@ -98,8 +98,8 @@ pub struct Common {
         value_parser = absolute_dir
     )]
     pub data_dir: PathBuf,
-    /// How long the controller may hold each long-poll
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// How long the controller may hold each long-poll (it caps this at its `--poll-hold`)
+    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     pub poll_wait: Duration,
     /// Longest wait between retries when the controller is unreachable
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]

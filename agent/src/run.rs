@@ -21,6 +21,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// How often an agent reads its host's facts again (a change reaches the controller with
+/// the next poll after that).
+const FACTS_EVERY: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub data_dir: PathBuf,
@@ -129,8 +133,15 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let mut reported: Option<HostFacts> = None;
     let mut backoff = Backoff::new(Duration::from_secs(1), cfg.backoff_max);
     let mut connected = false;
+    // Facts are read again at most every FACTS_EVERY (and on every reconnect): a poll
+    // answered at once (a plan, a busy phase) does not re-read /proc and the interfaces.
+    let mut current = facts::collect();
+    let mut collected = std::time::Instant::now();
     loop {
-        let current = facts::collect();
+        if !connected || collected.elapsed() >= FACTS_EVERY {
+            current = facts::collect();
+            collected = std::time::Instant::now();
+        }
         let changed = reported.as_ref() != Some(&current);
         let body = PollRequest {
             facts: changed.then(|| current.clone()),
@@ -163,7 +174,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     }
                     if changed && p.facts_accepted {
                         tracing::info!("facts reported");
-                        reported = Some(current);
+                        reported = Some(current.clone());
                     }
                     backoff.reset();
                     let Some(env) = p.plan else { continue };

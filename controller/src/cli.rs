@@ -180,8 +180,9 @@ pub struct ServeArgs {
     /// A host is NotReady when its last heartbeat is older than this
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub host_grace: Duration,
-    /// Longest time an agent's long-poll is held open
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// Longest time an agent's long-poll is held open (keep it under `--host-grace`, and
+    /// under the idle timeout of any proxy or NAT between agents and controller, often 60s)
+    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     pub poll_hold: Duration,
     /// Concurrent long-polls before agents are told to back off (503 + Retry-After);
     /// each connected agent holds one

@@ -37,7 +37,7 @@ pub struct DriverArgs {
     #[arg(long, default_value_t = 4)]
     pub source_addrs: u8,
     /// How long each agent asks the controller to hold its poll
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "45s", value_parser = humantime::parse_duration)]
     pub poll_wait: Duration,
     /// PID of the controller, to sample its CPU and memory
     #[arg(long)]
