@@ -24,6 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// File descriptors kept out of the connections' reach: the store's SQLite files, blobs
+/// being served or received, bundle and backup work. Connections beyond the open-files
+/// limit minus these wait in the listen queue instead of starving the store.
+const FD_RESERVE: u64 = 512;
 
 /// What `berth serve` writes beside its data so CLI commands on this machine find it.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -39,10 +43,15 @@ pub const INFO_FILE: &str = "controller.json";
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     create_private_dir(&cfg.data_dir)?;
-    match berth_files::raise_open_files_limit() {
-        Ok(n) => tracing::info!(open_files = n, "open-files limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
-    }
+    let open_files = match berth_files::raise_open_files_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-files limit");
+            1024
+        }
+    };
+    let max_connections = open_files.saturating_sub(FD_RESERVE).max(16) as usize;
+    tracing::info!(open_files, max_connections, "open-files limit");
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -151,6 +160,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         app,
         shutdown.clone(),
         cfg.shutdown_grace,
+        max_connections,
     )
     .await;
     // The last heartbeats (also those of polls answered during the grace), then the store.
@@ -238,9 +248,32 @@ async fn serve(
     app: axum::Router,
     shutdown: CancellationToken,
     grace: Duration,
+    max_connections: usize,
 ) {
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut waited_since: Option<std::time::Instant> = None;
     loop {
+        // A slot before accepting: at the limit, new connections wait in the listen queue.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if waited_since.is_none_or(|t| t.elapsed() > Duration::from_secs(60)) {
+                    tracing::warn!(
+                        max_connections,
+                        "connection limit reached (open-files limit minus {FD_RESERVE}); new connections wait until one closes"
+                    );
+                    waited_since = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    s = slots.clone().acquire_owned() => match s {
+                        Ok(s) => s,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
@@ -257,6 +290,7 @@ async fn serve(
         let app = app.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {

@@ -186,11 +186,22 @@ pub struct Controller {
     pub netns: Option<String>,
     /// Address it listens on and advertises.
     pub ip: String,
+    /// Open-files limit (soft and hard) the controller runs under; None = inherited.
+    pub nofile: Option<u64>,
 }
 
 impl Controller {
     /// Starts a controller with short poll/grace times suited to tests, plus `extra` flags.
     pub fn start(extra: &[&str]) -> Controller {
+        Controller::start_local(extra, None)
+    }
+
+    /// Starts a controller under an open-files limit of `nofile` (soft and hard).
+    pub fn start_with_nofile(nofile: u64, extra: &[&str]) -> Controller {
+        Controller::start_local(extra, Some(nofile))
+    }
+
+    fn start_local(extra: &[&str], nofile: Option<u64>) -> Controller {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let data_dir = dir.path().join("controller");
         let mut c = Controller {
@@ -201,6 +212,7 @@ impl Controller {
             proc: None,
             netns: None,
             ip: "127.0.0.1".into(),
+            nofile,
         };
         c.spawn().expect("controller starts");
         c
@@ -218,6 +230,7 @@ impl Controller {
             proc: None,
             netns: Some(netns.to_string()),
             ip: ip.to_string(),
+            nofile: None,
         };
         c.spawn().expect("controller starts");
         c
@@ -240,7 +253,15 @@ impl Controller {
     }
 
     fn command(&self) -> Command {
-        let mut cmd = self.in_ns(&berth_bin());
+        let mut cmd = match self.nofile {
+            None => self.in_ns(&berth_bin()),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\"")])
+                    .arg(berth_bin());
+                c
+            }
+        };
         cmd.arg("--data-dir").arg(&self.data_dir).args([
             "serve",
             "--listen",

@@ -198,3 +198,56 @@ fn berth_run_env_values_with_quotes_colons_and_newlines_reach_the_hosts_unchange
         "{log}"
     );
 }
+
+/// More connections than the open-files limit allows: the controller stops accepting at
+/// its limit minus a reserve (the rest wait in the listen queue) instead of running out of
+/// file descriptors, and serves again once they close.
+#[test]
+fn connections_beyond_the_open_files_limit_wait_and_never_starve_the_controller() {
+    let ctl = Controller::start_with_nofile(600, &[]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", ctl.port).parse().unwrap();
+    // 600 − 512 reserved = 88 accepted; the next ones queue in the kernel's backlog and
+    // the rest wait in SYN retries (without the limit the controller would accept until
+    // it ran out of descriptors, at ~590).
+    let connects: Vec<_> = (0..650)
+        .map(|_| {
+            std::thread::spawn(move || {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).ok()
+            })
+        })
+        .collect();
+    let idle: Vec<std::net::TcpStream> = connects
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+    assert!(idle.len() > 100, "only {} connections opened", idle.len());
+    let log = wait_for(
+        "the connection limit (or running out of descriptors)",
+        Duration::from_secs(10),
+        || {
+            let log = ctl.proc.as_ref().unwrap().log_text();
+            (log.contains("connection limit reached") || log.contains("Too many open files"))
+                .then_some(log)
+        },
+    );
+    assert!(
+        !log.contains("Too many open files"),
+        "the controller ran out of file descriptors:\n{log}"
+    );
+    drop(idle);
+    // Accepted sockets end at the TLS handshake timeout (or when their peer closed).
+    let out = wait_for(
+        "the controller to serve again",
+        Duration::from_secs(30),
+        || {
+            let o = ctl.cli(&["get", "hosts", "-o", "json"]);
+            o.status.success().then_some(o)
+        },
+    );
+    assert_eq!(stdout(&out).trim(), "[]");
+    let log = ctl.proc.as_ref().unwrap().log_text();
+    assert!(
+        !log.contains("Too many open files"),
+        "the controller ran out of file descriptors:\n{log}"
+    );
+}

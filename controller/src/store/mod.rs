@@ -153,8 +153,11 @@ impl Store {
         }
         // Connections are not pinged before each use: a round trip to SQLite's worker
         // thread per query is what a busy controller spends its time on.
+        // All of them opened now: a busy controller never needs a new file descriptor
+        // (or the time to open one) to reach its store.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .min_connections(8)
             .test_before_acquire(false)
             .connect_with(opts.foreign_keys(true))
             .await
