@@ -435,12 +435,27 @@ impl Store {
         if let Some(g) = self.cache.generation(host_id) {
             return Ok(g);
         }
-        let g: i64 = sqlx::query_scalar("SELECT plan_generation FROM hosts WHERE id = ?1")
-            .bind(host_id)
-            .fetch_one(&self.pool)
-            .await?;
-        self.cache.saw_generation(host_id, g as u64);
-        Ok(g as u64)
+        // Misses of concurrent polls (a fleet connecting) share one query.
+        let pool = self.pool.clone();
+        let g = self
+            .generations
+            .load(host_id, move |ids| {
+                let pool = pool.clone();
+                async move {
+                    let rows: Vec<(i64, i64)> = sqlx::query_as(
+                        "SELECT id, plan_generation FROM hosts WHERE id IN (SELECT value FROM json_each(?1))",
+                    )
+                    .bind(serde_json::to_string(&ids)?)
+                    .fetch_all(&pool)
+                    .await?;
+                    Ok(rows.into_iter().map(|(id, g)| (id, Some(g as u64))).collect())
+                }
+            })
+            .await
+            .map_err(StoreError::Other)?
+            .ok_or(StoreError::Db(sqlx::Error::RowNotFound))?;
+        self.cache.saw_generation(host_id, g);
+        Ok(g)
     }
 
     /// The steps with these ids, on `conn` (inside a write transaction).

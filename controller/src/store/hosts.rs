@@ -390,21 +390,17 @@ impl Store {
         if let Some(h) = self.cache.host(fingerprint) {
             return Ok(Some(h));
         }
+        // Read before the database (the query below runs after it, with others').
         let epoch = self.cache.epoch();
-        let row = sqlx::query(&format!(
-            "SELECT {HOST_COLUMNS}, prev_cert_fingerprint = ?1 AS via_prev FROM hosts
-             WHERE cert_fingerprint = ?1 OR prev_cert_fingerprint = ?1"
-        ))
-        .bind(fingerprint)
-        .fetch_optional(&self.pool)
-        .await?;
-        let row = row.map(|r| {
-            let via_prev: bool = r.get::<Option<bool>, _>("via_prev").unwrap_or(false);
-            HostRow {
-                via_previous_cert: via_prev,
-                ..host_row(r)
-            }
-        });
+        let pool = self.pool.clone();
+        let row = self
+            .by_fingerprint
+            .load(fingerprint.to_string(), move |fps| {
+                let pool = pool.clone();
+                async move { hosts_by_fingerprints(&pool, &fps).await }
+            })
+            .await
+            .map_err(super::StoreError::Other)?;
         if let Some(h) = &row {
             self.cache.put_host(fingerprint, epoch, h);
         }
@@ -467,6 +463,37 @@ impl Store {
         self.cache.host_ids_changed();
         changed
     }
+}
+
+/// The hosts presenting these certificate fingerprints (current or previous), by
+/// fingerprint, in one query.
+async fn hosts_by_fingerprints(
+    pool: &sqlx::SqlitePool,
+    fps: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, Option<HostRow>>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {HOST_COLUMNS}, cert_fingerprint FROM hosts
+         WHERE cert_fingerprint IN (SELECT value FROM json_each(?1))
+            OR prev_cert_fingerprint IN (SELECT value FROM json_each(?1))"
+    ))
+    .bind(serde_json::to_string(fps)?)
+    .fetch_all(pool)
+    .await?;
+    let mut found = std::collections::HashMap::new();
+    for r in rows {
+        let current: String = r.get("cert_fingerprint");
+        let previous: Option<String> = r.get("prev_cert_fingerprint");
+        let row = host_row(r);
+        if let Some(p) = previous {
+            let via_prev = HostRow {
+                via_previous_cert: true,
+                ..row.clone()
+            };
+            found.insert(p, Some(via_prev));
+        }
+        found.insert(current, Some(row));
+    }
+    Ok(found)
 }
 
 fn host_row(r: sqlx::sqlite::SqliteRow) -> HostRow {

@@ -55,6 +55,10 @@ pub struct Store {
     /// grows to 100 ms a try) while one of them writes.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     cache: std::sync::Arc<cache::Cache>,
+    /// Cache misses of many concurrent requests (thousands of agents connecting at once)
+    /// read together: hosts by certificate fingerprint, plan generations by host id.
+    by_fingerprint: std::sync::Arc<crate::coalesce::Coalescer<String, Option<HostRow>>>,
+    generations: std::sync::Arc<crate::coalesce::Coalescer<i64, Option<u64>>>,
 }
 
 /// A write transaction (`BEGIN IMMEDIATE`) holding the writers' turn until it ends.
@@ -166,6 +170,8 @@ impl Store {
             pool,
             writer: Default::default(),
             cache: Default::default(),
+            by_fingerprint: Default::default(),
+            generations: Default::default(),
         })
     }
 
