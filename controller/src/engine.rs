@@ -830,8 +830,8 @@ impl Engine {
         use berth_shared::api::ReportEntry;
         let mut tx = self.store.write().await?;
         // Every step the group names, in one read; results are validated in memory and
-        // written in one statement at the end (or before a log chunk, which reads and
-        // writes the step itself).
+        // written in one statement at the end. (Log chunks write only the log columns,
+        // which results never touch, so they go to the database as they come.)
         let ids: Vec<i64> = jobs
             .iter()
             .flat_map(|j| j.entries.iter())
