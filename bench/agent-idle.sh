@@ -23,6 +23,7 @@ export BERTH_DATA_DIR=$work/controller
 pids+=($!)
 for _ in $(seq 100); do "$bin/berth" get hosts >/dev/null 2>&1 && break; sleep 0.1; done
 join=$("$bin/berth" token create --ttl 1h)
+# shellcheck disable=SC2086 # the join command is split into its words on purpose
 "$bin/"$join --name idle1 --data-dir "$work/agent" 2>/dev/null
 "$bin/berth-agent" run --data-dir "$work/agent" >"$work/agent.log" 2>&1 &
 agent=$!
