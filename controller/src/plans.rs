@@ -1,7 +1,7 @@
 //! Building signed plans at fleet scale.
 //!
 //! What all hosts of a cluster share is one [`ClusterContext`] per cluster version
-//! (`clusters.ctx_version`, bumped by triggers whenever the Clusterfile, the hosts or the
+//! (`cluster_ctx_versions`, bumped by triggers whenever the Clusterfile, the hosts or the
 //! outputs change): built once, stored by its sha256 so any controller serves the exact
 //! bytes, and named in each host's plan by digest. A host's plan holds only its steps,
 //! bundle digests and its own env, so it stays a few KB however large the cluster is, and

@@ -47,7 +47,7 @@ impl Store {
         cluster_ids: &[i64],
     ) -> Result<std::collections::HashMap<i64, Option<i64>>> {
         let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT id, ctx_version FROM clusters WHERE id IN (SELECT value FROM json_each(?1))",
+            "SELECT cluster_id, version FROM cluster_ctx_versions WHERE cluster_id IN (SELECT value FROM json_each(?1))",
         )
         .bind(serde_json::to_string(cluster_ids)?)
         .fetch_all(&self.pool)
