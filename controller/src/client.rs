@@ -137,23 +137,14 @@ impl Client {
         etag: Option<&str>,
         hold: Duration,
     ) -> Result<Option<(T, Option<String>)>> {
-        let url = format!("{}{}", self.base, path);
         // A connection that dies during the hold must not hang the command.
         let mut req = self
-            .http
-            .get(&url)
-            .bearer_auth(&self.token)
+            .builder(Method::GET, path)
             .timeout(hold + Duration::from_secs(30));
         if let Some(t) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, t);
         }
-        let resp = req.send().await.map_err(|e| {
-            anyhow!(
-                "cannot reach the controller at {}: {}",
-                self.base,
-                error_chain(&e)
-            )
-        })?;
+        let resp = self.dispatch(req).await?;
         if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
             return Ok(None);
         }
@@ -209,11 +200,22 @@ impl Client {
         path: &str,
         body: Option<&B>,
     ) -> Result<reqwest::Response> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url).bearer_auth(&self.token);
+        let mut req = self.builder(method, path);
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.dispatch(req).await
+    }
+
+    /// An authenticated request to `path`.
+    fn builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token)
+    }
+
+    /// Sends `req`; a transport failure says which controller could not be reached.
+    async fn dispatch(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         req.send().await.map_err(|e| {
             anyhow!(
                 "cannot reach the controller at {}: {}",
