@@ -344,15 +344,6 @@ impl Store {
         Ok(rows.into_iter().map(step_row).collect())
     }
 
-    /// A step, read on `conn` (inside a write transaction, it sees that transaction's writes).
-    pub async fn step_on(conn: &mut sqlx::SqliteConnection, id: i64) -> Result<Option<StepRow>> {
-        let r = sqlx::query(&format!("SELECT {STEP_COLS} FROM steps WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(conn)
-            .await?;
-        Ok(r.map(step_row))
-    }
-
     /// The cluster's generation (its spec changes only with it), and the spec when asked.
     pub async fn spec_at<'e, E: sqlx::SqliteExecutor<'e>>(
         e: E,
@@ -390,7 +381,7 @@ impl Store {
     pub async fn plan_steps_of_hosts(
         &self,
         host_ids: &[i64],
-    ) -> Result<std::collections::HashMap<i64, Vec<StepRow>>> {
+    ) -> Result<HashMap<i64, Vec<StepRow>>> {
         let rows = sqlx::query(&format!(
             "SELECT {STEP_COLS} FROM steps WHERE host_id IN (SELECT value FROM json_each(?1))
              AND state IN ('released', 'running') ORDER BY host_id, ord, id"
@@ -398,7 +389,7 @@ impl Store {
         .bind(serde_json::to_string(host_ids)?)
         .fetch_all(&self.pool)
         .await?;
-        let mut by_host: std::collections::HashMap<i64, Vec<StepRow>> = Default::default();
+        let mut by_host: HashMap<i64, Vec<StepRow>> = HashMap::new();
         for r in rows.into_iter().map(step_row) {
             by_host.entry(r.host_id).or_default().push(r);
         }
