@@ -5,29 +5,13 @@
 # BENCH_RUNS (default 15) applies, each a new cluster, against the target.
 #   bench/apply-latency.sh
 set -euo pipefail
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR=$(mktemp -d /tmp/berth-apply-latency.XXXXXX) BENCH_TEMP=1
+# shellcheck source=bench/common.sh
+source "$(dirname "$0")/common.sh"
 runs=${BENCH_RUNS:-15}
-work=$(mktemp -d /tmp/berth-apply-latency.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [[ -n ${BENCH_KEEP:-} ]] || rm -rf "$work"
-}
-trap cleanup EXIT
-
-(cd "$root" && cargo build --release --quiet -p berth-controller -p berth-agent)
-bin=$root/target/x86_64-unknown-linux-gnu/release
-port=$((30000 + RANDOM % 20000))
-export BERTH_DATA_DIR=$work/controller
-"$bin/berth" serve --listen "127.0.0.1:$port" >"$work/controller.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do "$bin/berth" get hosts >/dev/null 2>&1 && break; sleep 0.1; done
-join=$("$bin/berth" token create --ttl 1h)
-"$bin/"$join --name h1 --data-dir "$work/agent" 2>/dev/null
-"$bin/berth-agent" run --data-dir "$work/agent" >"$work/agent.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do "$bin/berth" get hosts -o json | grep -q '"Ready"' && break; sleep 0.1; done
+start_controller
+enroll_agent h1
+run_agent
 
 mkdir -p "$work/src/etc"
 printf 'apiVersion: berth.dev/v1\nkind: Bundle\nname: tiny\nversion: v1\ntype: rootfs\n' >"$work/src/bundle.yaml"

@@ -24,10 +24,13 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # A work dir the script made for this run only (BENCH_TEMP=1) goes with it.
+  if [[ ${BENCH_TEMP:-} == 1 && -z ${BENCH_KEEP:-} ]]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
-setup() {
+# Release build and a controller on a random loopback port with its data in $work/controller.
+start_controller() {
   echo "==> building release binaries" >&2
   (cd "$root" && cargo build --release --quiet -p berth-controller -p berth-agent)
   bin=$root/target/x86_64-unknown-linux-gnu/release
@@ -41,8 +44,26 @@ setup() {
   url=https://127.0.0.1:$port
   token=$(cat "$BERTH_DATA_DIR/pki/admin.token")
   ca=$BERTH_DATA_DIR/pki/ca.crt
+}
+
+# Enrolls host NAME with its data in $work/agent.
+enroll_agent() {
+  local join
   join=$("$bin/berth" token create --ttl 1h)
-  "$bin/"$join --name bench --data-dir "$work/agent" 2>/dev/null
+  # shellcheck disable=SC2086 # the join command is split into its words on purpose
+  "$bin/"$join --name "$1" --data-dir "$work/agent" 2>/dev/null
+}
+
+# Runs the enrolled agent (`berth-agent run`, log in $work/agent.log) until it is Ready.
+run_agent() {
+  "$bin/berth-agent" run --data-dir "$work/agent" >"$work/agent.log" 2>&1 &
+  agent_pid=$!; pids+=("$agent_pid")
+  for _ in $(seq 100); do "$bin/berth" get hosts -o json | grep -q '"Ready"' && break; sleep 0.1; done
+}
+
+setup() {
+  start_controller
+  enroll_agent bench
 
   if [[ ! -f $work/bundle.ok || $(cat "$work/bundle.ok") != "$big_mb/$small_files" ]]; then
     echo "==> generating the bundle: 4 x ${big_mb} MB binaries + $small_files small files" >&2
