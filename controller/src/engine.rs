@@ -109,12 +109,26 @@ impl From<StoreError> for EngineError {
     }
 }
 
+/// What a host's held polls wait on.
+#[derive(Default)]
+pub struct HostWaker {
+    pub notify: Notify,
+    /// When the engine last woke the host (its steps released or cancelled, committed).
+    woken: Mutex<Option<std::time::Instant>>,
+}
+
+impl HostWaker {
+    pub fn woken_at(&self) -> Option<std::time::Instant> {
+        *self.woken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 pub struct Engine {
     pub store: Store,
     /// Contexts, per-host plans and their signed envelopes.
     pub plans: crate::plans::Plans,
     cfg: EngineConfig,
-    wakers: Mutex<HashMap<i64, Arc<Notify>>>,
+    wakers: Mutex<HashMap<i64, Arc<HostWaker>>>,
     tick_lock: tokio::sync::Mutex<()>,
     /// Clusters a report changed, ticked by `run_ticker` as soon as it is free: reports
     /// that land while a tick runs are settled by one tick after it, not one each.
@@ -276,15 +290,15 @@ impl Engine {
     }
 
     /// The Notify a host's long-poll waits on.
-    pub fn waker(&self, host_id: i64) -> Arc<Notify> {
+    pub fn waker(&self, host_id: i64) -> Arc<HostWaker> {
         let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
-        w.entry(host_id)
-            .or_insert_with(|| Arc::new(Notify::new()))
-            .clone()
+        w.entry(host_id).or_default().clone()
     }
 
     fn wake(&self, host_id: i64) {
-        self.waker(host_id).notify_waiters();
+        let w = self.waker(host_id);
+        *w.woken.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        w.notify.notify_waiters();
     }
 
     /// Stores a Clusterfile as the cluster's next generation and schedules what differs.

@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod heartbeats;
 pub mod install;
+pub mod metrics;
 pub mod output;
 pub mod pki;
 pub mod planner;

@@ -105,6 +105,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     let (bundled_ready, bundled_ready_rx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let state = AppState {
         store: store.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -121,6 +122,8 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         agent_binaries: crate::install::open_store(&cfg.data_dir)?,
         bundled_agent_ready: bundled_ready_rx,
         heartbeats: heartbeats.clone(),
+        metrics: metrics.clone(),
+        max_polls: cfg.max_polls,
     };
     let state_heartbeats = heartbeats;
     match bundled {
@@ -161,6 +164,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
         cfg.shutdown_grace,
         max_connections,
+        metrics,
     )
     .await;
     // The last heartbeats (also those of polls answered during the grace), then the store.
@@ -249,6 +253,7 @@ async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
     max_connections: usize,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
@@ -289,19 +294,23 @@ async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let watcher = graceful.watcher();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    metrics.handshake_failed("error");
                     return;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake timed out");
+                    metrics.handshake_failed("timeout");
                     return;
                 }
             };
+            let _open = crate::metrics::OpenConnection::new(metrics);
             let peer_cert = PeerCert(
                 tls.get_ref()
                     .1

@@ -2,6 +2,7 @@
 //! the cluster and prints the figures.
 
 use crate::procstat::{self, Sample};
+use crate::scrape::Scrape;
 use crate::worker::agent_name;
 use anyhow::{anyhow, bail, Context, Result};
 use berth_shared::api::{CreateTokenRequest, CreateTokenResponse};
@@ -222,6 +223,21 @@ async fn admin_client(a: &DriverArgs) -> Result<reqwest::Client> {
         .build()?)
 }
 
+/// The controller's metrics now (empty when it cannot be read: the run goes on).
+async fn scrape(c: &reqwest::Client, a: &DriverArgs) -> Scrape {
+    match c.get(format!("{}/metrics", a.controller)).send().await {
+        Ok(r) if r.status().is_success() => Scrape::parse(&r.text().await.unwrap_or_default()),
+        Ok(r) => {
+            tracing::warn!(status = %r.status(), "cannot read the controller's metrics");
+            Scrape::default()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the controller's metrics");
+            Scrape::default()
+        }
+    }
+}
+
 async fn join_token(c: &reqwest::Client, a: &DriverArgs, uses: usize) -> Result<String> {
     let r = c
         .post(format!("{}/v1/tokens", a.controller))
@@ -385,6 +401,7 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         ev.stats.cluster_hosts = a.cluster_hosts;
         ev.stats.report_us.clear();
         let (c0, s0) = (sample_ctl(), procstat::sample_all(&pids));
+        let m0 = scrape(&admin, &a).await;
         let t0 = Instant::now();
         ev.stats.apply_at_ms = Some(unix_ms());
         let r = admin
@@ -408,7 +425,9 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         // The cluster's phase, followed like `berth apply --wait` does: a status request
         // held by the controller until the status changes.
         let (phase_tx, mut phase_rx) = tokio::sync::watch::channel((String::new(), None));
-        let follower = {
+        // Not with --fanout-only: reading a large cluster's status while its plans go out
+        // would add to what is measured.
+        let follower = (!a.fanout_only).then(|| {
             let (admin, url) = (
                 admin.clone(),
                 format!("{}/v1/clusters/{}?wait=20", a.controller, a.cluster),
@@ -446,7 +465,7 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
                     }
                 }
             })
-        };
+        });
         let running_ms = loop {
             tokio::select! {
                 line = ev.rx.recv() => match line {
@@ -489,9 +508,28 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
                 }
             }
         };
-        follower.abort();
+        if let Some(f) = follower {
+            f.abort();
+        }
         ev.drain();
         let (c1, s1) = (sample_ctl(), procstat::sample_all(&pids));
+        let m = m0.delta(&scrape(&admin, &a).await);
+        let ms = |name: &str, q: f64| m.quantile_bound(name, q).map(|s| s * 1000.0);
+        let reports = m.get("berth_agent_report_duration_seconds_count");
+        let inside = json!({
+            "reports": reports as u64,
+            "report_p50_ms_at_most": ms("berth_agent_report_duration_seconds", 0.5),
+            "report_p99_ms_at_most": ms("berth_agent_report_duration_seconds", 0.99),
+            "reports_within_100ms_percent": if reports > 0.0 {
+                100.0 * m.get("berth_agent_report_duration_seconds_bucket{le=\"0.1\"}") / reports
+            } else { 0.0 },
+            "plan_deliveries": m.get("berth_plan_delivery_seconds_count") as u64,
+            "plan_delivery_p50_ms_at_most": ms("berth_plan_delivery_seconds", 0.5),
+            "plan_delivery_all_ms_at_most": ms("berth_plan_delivery_seconds", 1.0),
+            "connections_accepted": m.get("berth_connections_accepted_total") as u64,
+            "tls_handshake_failures": (m.get("berth_tls_handshake_failures_total{kind=\"error\"}")
+                + m.get("berth_tls_handshake_failures_total{kind=\"timeout\"}")) as u64,
+        });
         let at = ev.stats.apply_at_ms.unwrap_or(0);
         let mut firsts: Vec<u64> = ev.stats.first_plan.values().map(|m| m - at).collect();
         firsts.sort_unstable();
@@ -511,6 +549,7 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
             "controller_cpu_percent": cpu(&c0, &c1),
             "controller_peak_rss_mib": a.controller_pid.map(|_| peak_rss as f64 / (1 << 20) as f64),
             "simulator_cpu_percent": cpu(&s0, &s1),
+            "controller_side": inside,
         });
     }
     let result = json!({
@@ -588,6 +627,25 @@ fn print_text(r: &serde_json::Value) {
             f(&p["report_p50_ms"]),
             f(&p["report_p99_ms"]),
             f(&p["report_max_ms"])
+        );
+        let c = &p["controller_side"];
+        println!(
+            "inside the controller     reports: {} requests, p50 <= {} ms, p99 <= {} ms, {} % within 100 ms",
+            f(&c["reports"]),
+            f(&c["report_p50_ms_at_most"]),
+            f(&c["report_p99_ms_at_most"]),
+            f(&c["reports_within_100ms_percent"])
+        );
+        println!(
+            "                          held polls woken with a plan: {}, answered p50 <= {} ms, all <= {} ms after the release",
+            f(&c["plan_deliveries"]),
+            f(&c["plan_delivery_p50_ms_at_most"]),
+            f(&c["plan_delivery_all_ms_at_most"])
+        );
+        println!(
+            "                          new connections {}, failed TLS handshakes {}",
+            f(&c["connections_accepted"]),
+            f(&c["tls_handshake_failures"])
         );
         println!(
             "during the apply          controller {} % CPU, peak {} MiB RSS; simulator {} % CPU",

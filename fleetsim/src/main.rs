@@ -8,6 +8,7 @@
 
 mod driver;
 mod procstat;
+mod scrape;
 mod worker;
 
 use clap::{Parser, Subcommand};

@@ -781,3 +781,65 @@ fn hosts_whose_steps_need_no_hook_config_or_template_never_download_the_cluster_
         assert!(cdir.join("Clusterfile").exists());
     }
 }
+
+/// A sample's value in OpenMetrics text, e.g. `berth_connections_open`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_count_reports_and_plan_deliveries_for_viewers_only() {
+    let (ctl, agents, mk) = setup(&["m0"]);
+    let url = format!("{}/metrics", ctl.url());
+    let http = ctl.api_client().unwrap();
+    let r = http.get(&url).send().unwrap();
+    assert_eq!(r.status(), 401, "metrics need a token");
+    let r = http.get(&url).bearer_auth("berth_viewer_nope").send().unwrap();
+    assert_eq!(r.status(), 401, "a made-up token is refused");
+
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile("c30", &["m0"], &[], &["hello:v1"], &env);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st = ctl.status("c30");
+    let steps = st["steps"].as_array().unwrap().len() as f64;
+
+    let viewer = stdout(&ctl.cli(&[
+        "api-token",
+        "create",
+        "--name",
+        "prometheus",
+        "--role",
+        "viewer",
+    ]))
+    .trim()
+    .to_string();
+    let r = http.get(&url).bearer_auth(&viewer).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = r.text().unwrap();
+    assert!(text.trim_end().ends_with("# EOF"), "{text}");
+    // Every step reported at least its start and its end (some batched together).
+    let reports = sample(&text, "berth_agent_report_duration_seconds_count").unwrap();
+    assert!(reports >= steps, "{reports} report requests for {steps} steps\n{text}");
+    // Each step after the first was released while the agent waited in its poll.
+    let deliveries = sample(&text, "berth_plan_delivery_seconds_count").unwrap();
+    assert!(
+        deliveries >= steps - 1.0,
+        "{deliveries} woken polls for {steps} steps\n{text}"
+    );
+    let within_100ms = sample(&text, "berth_plan_delivery_seconds_bucket{le=\"0.1\"}").unwrap();
+    assert!(within_100ms >= deliveries - 1.0, "{text}");
+    // The agent's connection and this one; the agent's poll is held right now.
+    assert!(sample(&text, "berth_connections_open").unwrap() >= 2.0, "{text}");
+    assert!(sample(&text, "berth_connections_accepted_total").unwrap() >= 2.0, "{text}");
+    wait_for("the agent's poll to be held", Duration::from_secs(10), || {
+        let t = http.get(&url).bearer_auth(&viewer).send().ok()?.text().ok()?;
+        (sample(&t, "berth_agent_polls_held")? >= 1.0).then_some(())
+    });
+    drop(agents);
+}

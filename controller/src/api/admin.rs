@@ -202,3 +202,21 @@ pub async fn create_api_token(
         }),
     ))
 }
+
+/// `GET /metrics` (viewer): the controller's Prometheus metrics, OpenMetrics text.
+pub async fn metrics(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    caller.require(Role::Viewer)?;
+    let held = st.max_polls.saturating_sub(st.poll_slots.available_permits()) as i64;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.render(held),
+    )
+        .into_response())
+}

@@ -28,18 +28,21 @@ pub async fn poll(
     }
     let hold = Duration::from_secs(req.wait_secs).min(st.poll_hold);
     let waker = st.engine.waker(host.id);
-    let notified = waker.notified();
+    let notified = waker.notify.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
     let mut plan = st.engine.plans.plan_for(&host, req.have_generation).await?;
     if plan.is_none() && !hold.is_zero() {
-        tokio::select! {
-            _ = tokio::time::sleep(hold) => {}
-            _ = notified => {}
-            _ = st.shutdown.cancelled() => {}
-        }
+        let woken = tokio::select! {
+            _ = tokio::time::sleep(hold) => false,
+            _ = notified => true,
+            _ = st.shutdown.cancelled() => false,
+        };
         plan = st.engine.plans.plan_for(&host, req.have_generation).await?;
         st.heartbeats.beat(host.id, crate::time::now_unix());
+        if let (true, Some(_), Some(at)) = (woken, &plan, waker.woken_at()) {
+            crate::metrics::Metrics::observe(&st.metrics.plan_delivery_seconds, at.elapsed());
+        }
     }
     Ok(ApiJson(PollResponse {
         host: host.name,

@@ -55,15 +55,25 @@ pub struct AppState {
     pub bundled_agent_ready: tokio::sync::watch::Receiver<bool>,
     /// Heartbeats in memory, written in batches.
     pub heartbeats: Arc<crate::heartbeats::Heartbeats>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// The size of `poll_slots` (polls held = this minus the free slots).
+    pub max_polls: usize,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/healthz", get(enroll::healthz))
+        .route("/metrics", get(admin::metrics))
         .route("/v1/enroll/ca", get(enroll::ca))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/agent/poll", post(agent::poll))
-        .route("/v1/agent/reports", post(agent::reports))
+        .route(
+            "/v1/agent/reports",
+            post(agent::reports).route_layer(axum::middleware::from_fn_with_state(
+                state.metrics.clone(),
+                time_reports,
+            )),
+        )
         .route("/v1/agent/renew", post(agent::renew))
         .route("/v1/agent/contexts/sha256/{hex}", get(agent::context))
         .route("/v1/install/agent.sh", get(install::script))
@@ -110,6 +120,18 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn(run_to_completion))
         .with_state(state)
+}
+
+/// Times agent reports for `berth_agent_report_duration_seconds`.
+async fn time_reports(
+    axum::extract::State(m): axum::extract::State<Arc<crate::metrics::Metrics>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    crate::metrics::Metrics::observe(&m.report_seconds, started.elapsed());
+    resp
 }
 
 /// Requests that change state run to completion on their own task, even when the client
