@@ -44,6 +44,6 @@ mkdir -p "$work/bundle/etc" && echo "fleet" >"$work/bundle/etc/motd"
 
 echo "==> $agents agents, one apply over $hosts of them (controller pid $pid, log $work/controller.log)" >&2
 # shellcheck disable=SC2086
-"$bin/berth-fleetsim" run --controller "https://127.0.0.1:$port" --ca-hash "$ca_hash" \
+nice -n "${SIM_NICE:-10}" "$bin/berth-fleetsim" run --controller "https://127.0.0.1:$port" --ca-hash "$ca_hash" \
   --agents "$agents" --cluster-hosts "$hosts" --bundle nohooks:v1 --controller-pid "$pid" \
   --work-dir "$sim_dir" ${FLEET_ARGS:-}

@@ -15,8 +15,8 @@ pub type HandshakeLabels = Vec<(String, String)>;
 
 pub struct Metrics {
     registry: Registry,
-    /// Agent report requests, from the request reaching the router (certificate checked,
-    /// body not yet read) to its answer being handed to HTTP.
+    /// Agent report requests, from the request received (certificate checked, body read)
+    /// to its answer being handed to HTTP.
     pub report_seconds: Histogram,
     /// Held polls answered with a plan: from the engine waking the host (its steps were
     /// released and committed) to the answer being handed to HTTP.
@@ -28,10 +28,10 @@ pub struct Metrics {
     polls_held: Gauge,
 }
 
-/// Bucket bounds, seconds: 1 ms … 60 s.
-const BUCKETS: [f64; 18] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0,
-    30.0, 60.0,
+/// Bucket bounds, seconds: 1 ms … 60 s, finer around the 100 ms and 1–5 s marks.
+const BUCKETS: [f64; 22] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0,
+    4.0, 5.0, 7.5, 10.0, 30.0, 60.0,
 ];
 
 impl Default for Metrics {
@@ -48,7 +48,7 @@ impl Default for Metrics {
         let r = &mut m.registry;
         r.register(
             "agent_report_duration_seconds",
-            "Agent report requests: time from reaching the router to the answer",
+            "Agent report requests: time from the whole request received to the answer",
             m.report_seconds.clone(),
         );
         r.register(
@@ -130,13 +130,19 @@ mod tests {
         m.handshake_failed("timeout");
         let conn = OpenConnection::new(m.clone());
         let text = m.render(7);
-        assert!(text.contains("berth_agent_report_duration_seconds_count 2"), "{text}");
+        assert!(
+            text.contains("berth_agent_report_duration_seconds_count 2"),
+            "{text}"
+        );
         assert!(
             text.contains("berth_agent_report_duration_seconds_bucket{le=\"0.05\"} 1"),
             "{text}"
         );
         assert!(text.contains("berth_connections_open 1"), "{text}");
-        assert!(text.contains("berth_connections_accepted_total 1"), "{text}");
+        assert!(
+            text.contains("berth_connections_accepted_total 1"),
+            "{text}"
+        );
         assert!(
             text.contains("berth_tls_handshake_failures_total{kind=\"timeout\"} 1"),
             "{text}"

@@ -402,6 +402,7 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         ev.stats.report_us.clear();
         let (c0, s0) = (sample_ctl(), procstat::sample_all(&pids));
         let m0 = scrape(&admin, &a).await;
+        let errors_before = ev.stats.errors.clone();
         let t0 = Instant::now();
         ev.stats.apply_at_ms = Some(unix_ms());
         let r = admin
@@ -550,6 +551,10 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
             "controller_peak_rss_mib": a.controller_pid.map(|_| peak_rss as f64 / (1 << 20) as f64),
             "simulator_cpu_percent": cpu(&s0, &s1),
             "controller_side": inside,
+            "errors": ev.stats.errors.iter().filter_map(|(k, n)| {
+                let d = n - errors_before.get(k).copied().unwrap_or(0);
+                (d > 0).then(|| (k.clone(), d))
+            }).collect::<BTreeMap<_, _>>(),
         });
     }
     let result = json!({
@@ -648,10 +653,11 @@ fn print_text(r: &serde_json::Value) {
             f(&c["tls_handshake_failures"])
         );
         println!(
-            "during the apply          controller {} % CPU, peak {} MiB RSS; simulator {} % CPU",
+            "during the apply          controller {} % CPU, peak {} MiB RSS; simulator {} % CPU; errors {}",
             f(&p["controller_cpu_percent"]),
             f(&p["controller_peak_rss_mib"]),
-            f(&p["simulator_cpu_percent"])
+            f(&p["simulator_cpu_percent"]),
+            p["errors"]
         );
     }
     println!("errors by kind            {}", r["errors"]);

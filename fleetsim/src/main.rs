@@ -13,6 +13,10 @@ mod worker;
 
 use clap::{Parser, Subcommand};
 
+/// The controller's allocator: the simulator's thousands of agents allocate as much.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "berth-fleetsim", version, about)]
 struct Cli {

@@ -795,7 +795,11 @@ fn metrics_count_reports_and_plan_deliveries_for_viewers_only() {
     let http = ctl.api_client().unwrap();
     let r = http.get(&url).send().unwrap();
     assert_eq!(r.status(), 401, "metrics need a token");
-    let r = http.get(&url).bearer_auth("berth_viewer_nope").send().unwrap();
+    let r = http
+        .get(&url)
+        .bearer_auth("berth_viewer_nope")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 401, "a made-up token is refused");
 
     let env = vec![format!("HELLO_MARKS={}", mk.display())];
@@ -825,7 +829,10 @@ fn metrics_count_reports_and_plan_deliveries_for_viewers_only() {
     assert!(text.trim_end().ends_with("# EOF"), "{text}");
     // Every step reported at least its start and its end (some batched together).
     let reports = sample(&text, "berth_agent_report_duration_seconds_count").unwrap();
-    assert!(reports >= steps, "{reports} report requests for {steps} steps\n{text}");
+    assert!(
+        reports >= steps,
+        "{reports} report requests for {steps} steps\n{text}"
+    );
     // Each step after the first was released while the agent waited in its poll.
     let deliveries = sample(&text, "berth_plan_delivery_seconds_count").unwrap();
     assert!(
@@ -835,11 +842,27 @@ fn metrics_count_reports_and_plan_deliveries_for_viewers_only() {
     let within_100ms = sample(&text, "berth_plan_delivery_seconds_bucket{le=\"0.1\"}").unwrap();
     assert!(within_100ms >= deliveries - 1.0, "{text}");
     // The agent's connection and this one; the agent's poll is held right now.
-    assert!(sample(&text, "berth_connections_open").unwrap() >= 2.0, "{text}");
-    assert!(sample(&text, "berth_connections_accepted_total").unwrap() >= 2.0, "{text}");
-    wait_for("the agent's poll to be held", Duration::from_secs(10), || {
-        let t = http.get(&url).bearer_auth(&viewer).send().ok()?.text().ok()?;
-        (sample(&t, "berth_agent_polls_held")? >= 1.0).then_some(())
-    });
+    assert!(
+        sample(&text, "berth_connections_open").unwrap() >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "berth_connections_accepted_total").unwrap() >= 2.0,
+        "{text}"
+    );
+    wait_for(
+        "the agent's poll to be held",
+        Duration::from_secs(10),
+        || {
+            let t = http
+                .get(&url)
+                .bearer_auth(&viewer)
+                .send()
+                .ok()?
+                .text()
+                .ok()?;
+            (sample(&t, "berth_agent_polls_held")? >= 1.0).then_some(())
+        },
+    );
     drop(agents);
 }

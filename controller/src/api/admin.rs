@@ -210,7 +210,9 @@ pub async fn metrics(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     caller.require(Role::Viewer)?;
-    let held = st.max_polls.saturating_sub(st.poll_slots.available_permits()) as i64;
+    let held = st
+        .max_polls
+        .saturating_sub(st.poll_slots.available_permits()) as i64;
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -61,6 +61,19 @@ pub async fn reports(
     AgentHost(host, _): AgentHost,
     ApiJson(batch): ApiJson<ReportBatch>,
 ) -> Result<StatusCode, ApiError> {
+    // Timed from here: an agent starved of CPU can send its body seconds after the
+    // headers, and that wait is the agent's, not the controller's.
+    let started = std::time::Instant::now();
+    let answer = report(&st, host, batch).await;
+    crate::metrics::Metrics::observe(&st.metrics.report_seconds, started.elapsed());
+    answer
+}
+
+async fn report(
+    st: &AppState,
+    host: crate::store::hosts::HostRow,
+    batch: ReportBatch,
+) -> Result<StatusCode, ApiError> {
     // Clusters the batch changed are ticked by the engine once it is committed.
     let outcome = st.engine.report_batch(&host, batch.entries).await?;
     let refused = outcome.refused.map(|(i, e)| {

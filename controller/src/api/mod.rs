@@ -67,13 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/enroll/ca", get(enroll::ca))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/agent/poll", post(agent::poll))
-        .route(
-            "/v1/agent/reports",
-            post(agent::reports).route_layer(axum::middleware::from_fn_with_state(
-                state.metrics.clone(),
-                time_reports,
-            )),
-        )
+        .route("/v1/agent/reports", post(agent::reports))
         .route("/v1/agent/renew", post(agent::renew))
         .route("/v1/agent/contexts/sha256/{hex}", get(agent::context))
         .route("/v1/install/agent.sh", get(install::script))
@@ -120,18 +114,6 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn(run_to_completion))
         .with_state(state)
-}
-
-/// Times agent reports for `berth_agent_report_duration_seconds`.
-async fn time_reports(
-    axum::extract::State(m): axum::extract::State<Arc<crate::metrics::Metrics>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let started = std::time::Instant::now();
-    let resp = next.run(req).await;
-    crate::metrics::Metrics::observe(&m.report_seconds, started.elapsed());
-    resp
 }
 
 /// Requests that change state run to completion on their own task, even when the client
