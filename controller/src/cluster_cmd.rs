@@ -250,6 +250,17 @@ pub async fn status(
     print_status(&v, out)
 }
 
+/// Host names for a table cell: all of a small cluster, the first few and the count of a
+/// large one (`-o json` has them all).
+fn host_list(hosts: &[berth_shared::api::ClusterHostView]) -> String {
+    const SHOWN: usize = 5;
+    let names: Vec<&str> = hosts.iter().take(SHOWN).map(|h| h.name.as_str()).collect();
+    match hosts.len() {
+        n if n <= SHOWN => names.join(","),
+        n => format!("{},… ({n} hosts)", names.join(",")),
+    }
+}
+
 pub async fn list(target: &Target, out: Format) -> Result<()> {
     let client = Client::connect(target)?;
     let all: Vec<ClusterView> = client.get("/v1/clusters").await?;
@@ -259,11 +270,7 @@ pub async fn list(target: &Target, out: Format) -> Result<()> {
                 vec![
                     c.name.clone(),
                     c.phase.to_string(),
-                    c.hosts
-                        .iter()
-                        .map(|h| h.name.clone())
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    host_list(&c.hosts),
                     c.generation.to_string(),
                 ]
             })

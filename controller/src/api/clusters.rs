@@ -87,9 +87,9 @@ pub async fn status(
         // between the read and the wait is not missed.
         let mut changes = st.engine.changes(id);
         let started = tokio::time::Instant::now();
-        let v = view(&st, &name, q.show_outputs).await?;
+        let mut v = view(&st, &name, q.show_outputs).await?;
+        let tag = etag(&mut v);
         read_took = read_took.max(started.elapsed());
-        let tag = etag(&v);
         if q.wait == 0 || seen.as_deref() != Some(tag.as_str()) {
             return Ok(with_etag(ApiJson(v).into_response(), &tag));
         }
@@ -117,14 +117,32 @@ fn with_etag(mut resp: Response, tag: &str) -> Response {
 }
 
 /// A strong ETag over everything in the view but the elapsed times (which change every
-/// second while a step runs).
-fn etag(v: &ClusterView) -> String {
-    let mut v = v.clone();
-    for s in &mut v.steps {
-        s.elapsed_secs = None;
+/// second while a step runs). Hashed as it serializes: a large cluster's view is tens of
+/// MB, and neither a copy of it nor a second buffer is made.
+fn etag(v: &mut ClusterView) -> String {
+    struct Hasher(ring::digest::Context);
+    impl std::io::Write for Hasher {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    let bytes = serde_json::to_vec(&v).unwrap_or_default();
-    format!("\"{}\"", &berth_shared::Digest::of(&bytes).hex()[..32])
+    let elapsed: Vec<Option<i64>> = v.steps.iter_mut().map(|s| s.elapsed_secs.take()).collect();
+    let mut h = std::io::BufWriter::with_capacity(
+        64 << 10,
+        Hasher(ring::digest::Context::new(&ring::digest::SHA256)),
+    );
+    let _ = serde_json::to_writer(&mut h, &*v);
+    // The hasher never fails: flushing hands it the rest of the buffer.
+    let _ = std::io::Write::flush(&mut h);
+    let digest = h.into_parts().0 .0.finish();
+    for (s, e) in v.steps.iter_mut().zip(elapsed) {
+        s.elapsed_secs = e;
+    }
+    format!("\"{}\"", &hex::encode(digest.as_ref())[..32])
 }
 
 async fn cluster_row(
