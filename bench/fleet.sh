@@ -8,7 +8,10 @@
 # Prints enroll rate, idle controller CPU/RSS, first-plan fan-out, time to Running, report
 # latency p50/p99 and errors by kind, with the simulator's own CPU beside the
 # controller's. FLEET_ARGS adds berth-fleetsim flags (e.g. "-o json --idle 30s");
-# SERVE_ARGS adds `berth serve` flags.
+# SERVE_ARGS adds `berth serve` flags. The simulator runs at nice SIM_NICE (default 10): on
+# shared cores the controller gets the CPU it asks for, as on its own machine, and the
+# simulator what is left; it prints the controller's own latencies (from GET /metrics)
+# beside its own.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 agents=${1:-1000}
@@ -22,7 +25,7 @@ bin=$root/target/x86_64-unknown-linux-gnu/release
 
 pid=
 cleanup() {
-  [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  if [[ -n $pid ]] && kill "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
   rm -rf "$sim_dir"
 }
 trap cleanup EXIT

@@ -1,7 +1,7 @@
 //! The `/v1/` HTTP API: routes, shared state and the handlers behind them.
 //!
-//! Agent routes (`/v1/agent/*`) authenticate by client certificate; operator routes by
-//! bearer token; `/v1/enroll*`, `/v1/install/*` and `/v1/healthz` are open (enrollment
+//! Agent routes (`/v1/agent/*`) authenticate by client certificate; operator routes (and
+//! `/metrics`, for Prometheus with a viewer token) by bearer token; `/v1/enroll*`, `/v1/install/*` and `/v1/healthz` are open (enrollment
 //! proves itself with a bootstrap token in the body; the installer and agent executables are
 //! public, and the install line verifies them).
 
