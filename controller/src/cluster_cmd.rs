@@ -4,8 +4,8 @@ use crate::client::{Client, Target};
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
 use berth_shared::api::{
-    codes, ApplyResponse, ClusterView, CreateTokenRequest, CreateTokenResponse, HostsEdit,
-    LogChunk, ResetRequest, ResetResponse, RetryResponse,
+    codes, ApplyResponse, ClusterSummary, ClusterView, CreateTokenRequest, CreateTokenResponse,
+    HostsEdit, LogChunk, ResetRequest, ResetResponse, RetryResponse,
 };
 use berth_shared::state::{ClusterPhase, StepState};
 use std::collections::BTreeMap;
@@ -228,7 +228,7 @@ pub async fn status(
     let name = match name {
         Some(n) => n,
         None => {
-            let all: Vec<ClusterView> = client.get("/v1/clusters").await?;
+            let all: Vec<ClusterSummary> = client.get("/v1/clusters").await?;
             match all.len() {
                 0 => bail!(
                     "no clusters; create one with `berth apply -f Clusterfile` or `berth run`"
@@ -252,30 +252,48 @@ pub async fn status(
 
 /// Host names for a table cell: all of a small cluster, the first few and the count of a
 /// large one (`-o json` has them all).
-fn host_list(hosts: &[berth_shared::api::ClusterHostView]) -> String {
+fn host_list(hosts: &[String]) -> String {
     const SHOWN: usize = 5;
-    let names: Vec<&str> = hosts.iter().take(SHOWN).map(|h| h.name.as_str()).collect();
+    let names = hosts[..hosts.len().min(SHOWN)].join(",");
     match hosts.len() {
-        n if n <= SHOWN => names.join(","),
-        n => format!("{},… ({n} hosts)", names.join(",")),
+        n if n <= SHOWN => names,
+        n => format!("{names},… ({n} hosts)"),
     }
+}
+
+/// Step counts for a table cell, e.g. `3 succeeded, 1 running`.
+fn step_counts(steps: &BTreeMap<StepState, u64>) -> String {
+    if steps.is_empty() {
+        return "-".into();
+    }
+    steps
+        .iter()
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub async fn list(target: &Target, out: Format) -> Result<()> {
     let client = Client::connect(target)?;
-    let all: Vec<ClusterView> = client.get("/v1/clusters").await?;
-    output::print(out, &all, &["NAME", "PHASE", "HOSTS", "GENERATION"], || {
-        all.iter()
-            .map(|c| {
-                vec![
-                    c.name.clone(),
-                    c.phase.to_string(),
-                    host_list(&c.hosts),
-                    c.generation.to_string(),
-                ]
-            })
-            .collect()
-    })
+    let all: Vec<ClusterSummary> = client.get("/v1/clusters").await?;
+    output::print(
+        out,
+        &all,
+        &["NAME", "PHASE", "HOSTS", "STEPS", "GENERATION"],
+        || {
+            all.iter()
+                .map(|c| {
+                    vec![
+                        c.name.clone(),
+                        c.phase.to_string(),
+                        host_list(&c.hosts),
+                        step_counts(&c.steps),
+                        c.generation.to_string(),
+                    ]
+                })
+                .collect()
+        },
+    )
 }
 
 pub async fn logs(

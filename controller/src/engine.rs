@@ -289,7 +289,7 @@ impl Engine {
         }
     }
 
-    /// The Notify a host's long-poll waits on.
+    /// What a host's long-polls wait on (created on first use).
     pub fn waker(&self, host_id: i64) -> Arc<HostWaker> {
         let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
         w.entry(host_id).or_default().clone()

@@ -346,6 +346,20 @@ pub struct ClusterView {
     pub warnings: Vec<String>,
 }
 
+/// One cluster in `GET /v1/clusters`: what a list needs, the same size for a cluster of
+/// any number of steps (`GET /v1/clusters/{name}` has them all).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClusterSummary {
+    pub name: String,
+    pub phase: crate::state::ClusterPhase,
+    pub message: Option<String>,
+    pub generation: i64,
+    /// Member host names, master0 first.
+    pub hosts: Vec<String>,
+    /// How many steps are in each state.
+    pub steps: std::collections::BTreeMap<crate::state::StepState, u64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClusterHostView {
     pub name: String,

@@ -53,6 +53,25 @@ fn a_three_host_cluster_is_created_in_phase_order_with_outputs_flowing_to_joins(
 
     let st = ctl.status("c1");
     assert_eq!(st["phase"], "Running");
+    // The list carries members and step counts, not the steps.
+    let list: Value =
+        serde_json::from_slice(&ctl.cli(&["get", "clusters", "-o", "json"]).stdout).unwrap();
+    let all = st["steps"].as_array().unwrap().len() as u64;
+    assert_eq!(
+        list[0]["hosts"],
+        serde_json::json!(["m0", "n1", "n2"]),
+        "{list}"
+    );
+    assert_eq!(
+        list[0]["steps"],
+        serde_json::json!({ "succeeded": all }),
+        "{list}"
+    );
+    let table = stdout(&ctl.cli(&["get", "clusters"]));
+    assert!(
+        table.contains("m0,n1,n2") && table.contains(&format!("{all} succeeded")),
+        "{table}"
+    );
     let init = steps(&st, "m0", "init")[0];
     for n in ["n1", "n2"] {
         let join = steps(&st, n, "join-node")[0];

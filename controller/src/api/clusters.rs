@@ -11,8 +11,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_shared::api::{
-    ApplyResponse, ClusterHostView, ClusterView, HostsEdit, LogChunk, ResetRequest, ResetResponse,
-    RetryResponse, StepView,
+    ApplyResponse, ClusterHostView, ClusterSummary, ClusterView, HostsEdit, LogChunk, ResetRequest,
+    ResetResponse, RetryResponse, StepView,
 };
 use berth_shared::state::StepState;
 use serde::Deserialize;
@@ -46,14 +46,28 @@ pub struct StatusQuery {
 /// The longest a status request may be held.
 pub const MAX_STATUS_WAIT_SECS: u64 = 60;
 
+/// Every cluster with its members and step counts; a cluster's steps are in its status.
 pub async fn list(
     State(st): State<AppState>,
     caller: Caller,
-) -> Result<ApiJson<Vec<ClusterView>>, ApiError> {
+) -> Result<ApiJson<Vec<ClusterSummary>>, ApiError> {
     caller.require(Role::Viewer)?;
     let mut out = Vec::new();
     for c in st.store.clusters().await? {
-        out.push(view(&st, &c.name, false).await?);
+        out.push(ClusterSummary {
+            hosts: st
+                .store
+                .cluster_hosts(c.id)
+                .await?
+                .into_iter()
+                .map(|h| h.name)
+                .collect(),
+            steps: st.store.step_counts(c.id).await?,
+            name: c.name,
+            phase: c.phase,
+            message: c.message,
+            generation: c.generation,
+        });
     }
     Ok(ApiJson(out))
 }

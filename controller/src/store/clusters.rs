@@ -237,6 +237,20 @@ impl Store {
             .collect())
     }
 
+    /// How many steps of the cluster are in each state (an index-only count).
+    pub async fn step_counts(
+        &self,
+        cluster_id: i64,
+    ) -> Result<std::collections::BTreeMap<StepState, u64>> {
+        let rows: Vec<(StepState, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM steps INDEXED BY steps_cluster_state WHERE cluster_id = ?1 GROUP BY state",
+        )
+        .bind(cluster_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(s, n)| (s, n as u64)).collect())
+    }
+
     /// Stores a new generation of a cluster: spec, hosts added, hosts marked leaving,
     /// failed steps reset for a new attempt, and new steps — in one transaction.
     pub async fn apply_generation(
