@@ -21,6 +21,9 @@ pub async fn apply(target: &Target, file: &Path, wait: bool, out: Format) -> Res
 }
 
 async fn apply_text(client: &Client, text: &str, wait: bool, out: Format) -> Result<()> {
+    if wait {
+        summary_progress(0)?;
+    }
     let r: ApplyResponse = client.post_text("/v1/clusters", text.to_string()).await?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
@@ -40,7 +43,7 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
     let mut last_phase: Option<ClusterPhase> = None;
     let mut last_change = Instant::now();
-    let mut changes = StatusChanges::new(name);
+    let mut changes = StatusChanges::<ClusterView>::new(name, false);
     let mut last: Option<ClusterView> = None;
     loop {
         // Nothing changed for a while: the last status again (for the quiet-minute line).
@@ -51,6 +54,9 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
                 None => continue,
             },
         };
+        if summary_progress(v.steps.len())? {
+            return watch_summary(client, name, until_done, out, start).await;
+        }
         for s in &v.steps {
             let key = format!("{}#{}", s.state, s.attempt);
             if seen.get(&s.id) != Some(&key) && s.state != StepState::Pending {
@@ -114,24 +120,30 @@ const STATUS_WAIT_SECS: u64 = 20;
 
 /// A cluster's status as it changes: each call returns it as soon as it differs from the
 /// last one returned (the controller holds the request until then, see
-/// `GET /v1/clusters/{name}?wait=`), or `None` when nothing changed for a while.
-struct StatusChanges {
+/// `GET /v1/clusters/{name}?wait=`), or `None` when nothing changed for a while. `T` is
+/// `ClusterView`, or `ClusterSummary` with `summary`.
+struct StatusChanges<T> {
     path: String,
     etag: Option<String>,
+    _answer: std::marker::PhantomData<T>,
 }
 
-impl StatusChanges {
-    fn new(name: &str) -> Self {
+impl<T: serde::de::DeserializeOwned> StatusChanges<T> {
+    fn new(name: &str, summary: bool) -> Self {
         StatusChanges {
-            path: format!("/v1/clusters/{name}?wait={STATUS_WAIT_SECS}"),
+            path: format!(
+                "/v1/clusters/{name}?wait={STATUS_WAIT_SECS}{}",
+                if summary { "&summary=true" } else { "" }
+            ),
             etag: None,
+            _answer: std::marker::PhantomData,
         }
     }
 
-    async fn next(&mut self, client: &Client) -> Result<Option<ClusterView>> {
+    async fn next(&mut self, client: &Client) -> Result<Option<T>> {
         let hold = Duration::from_secs(STATUS_WAIT_SECS);
         match client
-            .get_changed::<ClusterView>(&self.path, self.etag.as_deref(), hold)
+            .get_changed::<T>(&self.path, self.etag.as_deref(), hold)
             .await?
         {
             None => Ok(None),
@@ -148,14 +160,91 @@ impl StatusChanges {
     }
 }
 
-/// The steps a cluster waits for, e.g. `clean on n1 (released), install on n2 (running)`.
+/// Steps beyond which a watch prints the cluster's progress (step counts by state) instead
+/// of a line per step, and follows the summary instead of every step's status.
+const LARGE_CLUSTER_STEPS: usize = 200;
+
+/// Whether a watch prints step counts rather than a line per step: `BERTH_PROGRESS=summary`
+/// or `steps` says; unset, above [`LARGE_CLUSTER_STEPS`] steps. Commands that change a
+/// cluster and then watch it check the variable first, so a bad value changes nothing.
+fn summary_progress(steps: usize) -> Result<bool> {
+    match std::env::var("BERTH_PROGRESS").as_deref() {
+        Ok("summary") => Ok(true),
+        Ok("steps") => Ok(false),
+        Ok("") | Err(std::env::VarError::NotPresent) => Ok(steps > LARGE_CLUSTER_STEPS),
+        Ok(other) => bail!("BERTH_PROGRESS={other}: use `summary` or `steps`"),
+        Err(e) => bail!("BERTH_PROGRESS: {e}"),
+    }
+}
+
+/// `watch` for a large cluster: a progress line whenever the step counts change; the full
+/// status once at the end.
+async fn watch_summary(
+    client: &Client,
+    name: &str,
+    until_done: bool,
+    out: Format,
+    start: Instant,
+) -> Result<()> {
+    let mut changes = StatusChanges::<ClusterSummary>::new(name, true);
+    let mut last: Option<ClusterSummary> = None;
+    let mut last_change = Instant::now();
+    loop {
+        let v = match changes.next(client).await? {
+            Some(v) => v,
+            None => match last.clone() {
+                Some(v) => v,
+                None => continue,
+            },
+        };
+        let moved = last
+            .as_ref()
+            .is_none_or(|l| l.steps != v.steps || l.phase != v.phase);
+        let done = matches!(
+            v.phase,
+            ClusterPhase::Running | ClusterPhase::Failed | ClusterPhase::ResetFailed
+        );
+        if moved || last_change.elapsed() >= Duration::from_secs(60) {
+            eprintln!(
+                "[{:>6.1}s] cluster {} is {}: {}",
+                start.elapsed().as_secs_f64(),
+                v.name,
+                v.phase,
+                step_counts(&v.steps)
+            );
+            last_change = Instant::now();
+        }
+        if done && until_done {
+            let full: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
+            print_status(&full, out)?;
+            if full.phase != ClusterPhase::Running {
+                bail!(
+                    "cluster {} failed: {}",
+                    full.name,
+                    full.message.unwrap_or_default()
+                );
+            }
+            return Ok(());
+        }
+        last = Some(v);
+    }
+}
+
+/// The steps a cluster waits for, e.g. `clean on n1 (released), install on n2 (running)`;
+/// past ten, their count.
 fn waiting_for(v: &ClusterView) -> String {
-    v.steps
+    const SHOWN: usize = 10;
+    let waiting: Vec<String> = v
+        .steps
         .iter()
         .filter(|s| s.state.is_active() || s.state == StepState::Pending)
         .map(|s| format!("{} on {} ({})", s.kind, s.host, s.state))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    let mut line = waiting[..waiting.len().min(SHOWN)].join(", ");
+    if waiting.len() > SHOWN {
+        line.push_str(&format!(" and {} more", waiting.len() - SHOWN));
+    }
+    line
 }
 
 pub fn print_status(v: &ClusterView, out: Format) -> Result<()> {
@@ -337,6 +426,9 @@ pub async fn logs(
 }
 
 pub async fn retry(target: &Target, name: &str, wait: bool, out: Format) -> Result<()> {
+    if wait {
+        summary_progress(0)?;
+    }
     let client = Client::connect(target)?;
     let r: RetryResponse = client
         .post(
@@ -369,7 +461,7 @@ pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Resu
     }
     let start = Instant::now();
     let mut last = String::new();
-    let mut changes = StatusChanges::new(name);
+    let mut changes = StatusChanges::<ClusterView>::new(name, false);
     loop {
         match changes.next(&client).await {
             Ok(None) => {}
@@ -612,6 +704,9 @@ pub async fn edit_hosts(
             remove: Vec::new(),
         }
     };
+    if wait {
+        summary_progress(0)?;
+    }
     let r: ApplyResponse = client
         .post(&format!("/v1/clusters/{cluster}/hosts"), &body)
         .await?;

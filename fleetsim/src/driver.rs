@@ -431,7 +431,10 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         let follower = (!a.fanout_only).then(|| {
             let (admin, url) = (
                 admin.clone(),
-                format!("{}/v1/clusters/{}?wait=20", a.controller, a.cluster),
+                format!(
+                    "{}/v1/clusters/{}?wait=20&summary=true",
+                    a.controller, a.cluster
+                ),
             );
             tokio::spawn(async move {
                 let mut etag: Option<String> = None;

@@ -692,14 +692,27 @@ fn a_status_request_with_its_etag_waits_for_the_next_change_or_answers_304() {
     let (code, _, _, took) = get("?wait=30", Some("\"stale\""));
     assert_eq!(code, 200);
     assert!(took < Duration::from_secs(10), "{took:?}");
-    // A change while a request waits: answered with the new status, long before the wait.
-    let waiter = {
-        let (url, token, tag, ca) = (url.clone(), ctl.admin_token(), tag.clone(), ctl.ca_pem());
+    // The summary (members and step counts) has an ETag of its own and waits the same way.
+    let (code, stag, body, _) = get("?summary=true", None);
+    assert_eq!(code, 200, "{body}");
+    let summary: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(summary["hosts"], serde_json::json!(["m0"]), "{body}");
+    assert!(
+        summary["steps"]["succeeded"].as_u64().unwrap() >= 4,
+        "{body}"
+    );
+    let stag = stag.expect("an ETag");
+    assert_ne!(stag, tag);
+    let (code, _, body, _) = get("?summary=true&wait=1", Some(&stag));
+    assert_eq!((code, body.as_str()), (304, ""));
+    // A change while requests wait: answered with the new status, long before the wait.
+    let wait_for_change = |query: &'static str, tag: String| {
+        let (url, token, ca) = (url.clone(), ctl.admin_token(), ctl.ca_pem());
         std::thread::spawn(move || {
             let http = client(&ca, None).unwrap();
             let started = std::time::Instant::now();
             let resp = http
-                .get(format!("{url}?wait=60"))
+                .get(format!("{url}?wait=60{query}"))
                 .bearer_auth(token)
                 .header("If-None-Match", tag)
                 .send()
@@ -708,15 +721,19 @@ fn a_status_request_with_its_etag_waits_for_the_next_change_or_answers_304() {
             (code, resp.text().unwrap(), started.elapsed())
         })
     };
+    let waiter = wait_for_change("", tag.clone());
+    let summary_waiter = wait_for_change("&summary=true", stag);
     std::thread::sleep(Duration::from_secs(2));
     assert!(ctl.cli(&["reset", "c14"]).status.success());
-    let (code, body, took) = waiter.join().unwrap();
-    assert_eq!(code, 200, "{body}");
-    assert!(!body.contains("\"Running\""), "{body}");
-    assert!(
-        took > Duration::from_secs(1) && took < Duration::from_secs(30),
-        "{took:?}"
-    );
+    for w in [waiter, summary_waiter] {
+        let (code, body, took) = w.join().unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(!body.contains("\"Running\""), "{body}");
+        assert!(
+            took > Duration::from_secs(1) && took < Duration::from_secs(30),
+            "{took:?}"
+        );
+    }
     // A wait on a cluster that does not exist is not held.
     let resp = http
         .get(format!("{}/v1/clusters/c-none?wait=30", ctl.url()))
@@ -884,4 +901,45 @@ fn metrics_count_reports_and_plan_deliveries_for_viewers_only() {
         },
     );
     drop(agents);
+}
+
+#[test]
+fn a_summary_watch_prints_step_counts_and_ends_with_the_full_status() {
+    let (ctl, _agents, mk) = setup(&["m0"]);
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile("c31", &["m0"], &[], &["hello:v1"], &env);
+    let apply = |progress: &str| {
+        ctl.in_ns(&berth_bin())
+            .arg("--data-dir")
+            .arg(&ctl.data_dir)
+            .args(["apply", "-f", cf.to_str().unwrap(), "--wait"])
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .env("BERTH_PROGRESS", progress)
+            .output()
+            .unwrap()
+    };
+    let out = apply("bogus");
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: BERTH_PROGRESS=bogus: use `summary` or `steps`"
+    );
+    let out = apply("summary");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let steps = ctl.status("c31")["steps"].as_array().unwrap().len();
+    // Progress lines of counts, the last one all succeeded; no line per step.
+    assert!(
+        err.lines()
+            .any(|l| l.ends_with(&format!("cluster c31 is Running: {steps} succeeded"))),
+        "{err}"
+    );
+    assert!(!err.lines().any(|l| l.contains(" m0 ")), "{err}");
+    // Then the full status, as without it.
+    assert!(
+        stdout(&out).contains("cluster c31: Running"),
+        "{}",
+        stdout(&out)
+    );
 }

@@ -41,6 +41,10 @@ pub struct StatusQuery {
     /// not.
     #[serde(default)]
     pub wait: u64,
+    /// Answer with the cluster's summary (`ClusterSummary`: members and step counts)
+    /// instead of every step: what a watcher of a large cluster needs.
+    #[serde(default)]
+    pub summary: bool,
 }
 
 /// The longest a status request may be held.
@@ -54,22 +58,29 @@ pub async fn list(
     caller.require(Role::Viewer)?;
     let mut out = Vec::new();
     for c in st.store.clusters().await? {
-        out.push(ClusterSummary {
-            hosts: st
-                .store
-                .cluster_hosts(c.id)
-                .await?
-                .into_iter()
-                .map(|h| h.name)
-                .collect(),
-            steps: st.store.step_counts(c.id).await?,
-            name: c.name,
-            phase: c.phase,
-            message: c.message,
-            generation: c.generation,
-        });
+        out.push(summary(&st, c).await?);
     }
     Ok(ApiJson(out))
+}
+
+async fn summary(
+    st: &AppState,
+    c: crate::store::clusters::ClusterRow,
+) -> Result<ClusterSummary, ApiError> {
+    Ok(ClusterSummary {
+        hosts: st
+            .store
+            .cluster_hosts(c.id)
+            .await?
+            .into_iter()
+            .map(|h| h.name)
+            .collect(),
+        steps: st.store.step_counts(c.id).await?,
+        name: c.name,
+        phase: c.phase,
+        message: c.message,
+        generation: c.generation,
+    })
 }
 
 /// A cluster's status. Its `ETag` names the content (elapsed times aside); a request with
@@ -101,11 +112,19 @@ pub async fn status(
         // between the read and the wait is not missed.
         let mut changes = st.engine.changes(id);
         let started = tokio::time::Instant::now();
-        let mut v = view(&st, &name, q.show_outputs).await?;
-        let tag = etag(&mut v);
+        let (answer, tag) = if q.summary {
+            // Read again after subscribing, like the full view.
+            let v = summary(&st, cluster_row(&st, &name).await?).await?;
+            let tag = etag_of(&v);
+            (ApiJson(v).into_response(), tag)
+        } else {
+            let mut v = view(&st, &name, q.show_outputs).await?;
+            let tag = etag(&mut v);
+            (ApiJson(v).into_response(), tag)
+        };
         read_took = read_took.max(started.elapsed());
         if q.wait == 0 || seen.as_deref() != Some(tag.as_str()) {
-            return Ok(with_etag(ApiJson(v).into_response(), &tag));
+            return Ok(with_etag(answer, &tag));
         }
         tokio::select! {
             // The sender outlives every receiver (`Engine::changes`): this ends on a tick.
@@ -131,9 +150,19 @@ fn with_etag(mut resp: Response, tag: &str) -> Response {
 }
 
 /// A strong ETag over everything in the view but the elapsed times (which change every
-/// second while a step runs). Hashed as it serializes: a large cluster's view is tens of
-/// MB, and neither a copy of it nor a second buffer is made.
+/// second while a step runs).
 fn etag(v: &mut ClusterView) -> String {
+    let elapsed: Vec<Option<i64>> = v.steps.iter_mut().map(|s| s.elapsed_secs.take()).collect();
+    let tag = etag_of(&*v);
+    for (s, e) in v.steps.iter_mut().zip(elapsed) {
+        s.elapsed_secs = e;
+    }
+    tag
+}
+
+/// A strong ETag over a value's JSON, hashed as it serializes: a large cluster's view is
+/// tens of MB, and neither a copy of it nor a second buffer is made.
+fn etag_of<T: serde::Serialize>(v: &T) -> String {
     struct Hasher(ring::digest::Context);
     impl std::io::Write for Hasher {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
@@ -144,18 +173,14 @@ fn etag(v: &mut ClusterView) -> String {
             Ok(())
         }
     }
-    let elapsed: Vec<Option<i64>> = v.steps.iter_mut().map(|s| s.elapsed_secs.take()).collect();
     let mut h = std::io::BufWriter::with_capacity(
         64 << 10,
         Hasher(ring::digest::Context::new(&ring::digest::SHA256)),
     );
-    let _ = serde_json::to_writer(&mut h, &*v);
+    let _ = serde_json::to_writer(&mut h, v);
     // The hasher never fails: flushing hands it the rest of the buffer.
     let _ = std::io::Write::flush(&mut h);
     let digest = h.into_parts().0 .0.finish();
-    for (s, e) in v.steps.iter_mut().zip(elapsed) {
-        s.elapsed_secs = e;
-    }
     format!("\"{}\"", &hex::encode(digest.as_ref())[..32])
 }
 
