@@ -22,7 +22,7 @@ pub async fn apply(target: &Target, file: &Path, wait: bool, out: Format) -> Res
 
 async fn apply_text(client: &Client, text: &str, wait: bool, out: Format) -> Result<()> {
     if wait {
-        summary_progress(0)?;
+        progress_choice()?;
     }
     let r: ApplyResponse = client.post_text("/v1/clusters", text.to_string()).await?;
     for w in &r.warnings {
@@ -40,6 +40,20 @@ async fn apply_text(client: &Client, text: &str, wait: bool, out: Format) -> Res
 /// change as a line; then prints the status. Exit status: Ok only when Running.
 pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -> Result<()> {
     let start = Instant::now();
+    // A large cluster is followed by its summary: decided from the step counts, without
+    // reading every step once.
+    let summary = match progress_choice()? {
+        Some(s) => s,
+        None => {
+            let s: ClusterSummary = client
+                .get(&format!("/v1/clusters/{name}?summary=true"))
+                .await?;
+            s.steps.values().sum::<u64>() > LARGE_CLUSTER_STEPS as u64
+        }
+    };
+    if summary {
+        return watch_summary(client, name, until_done, out, start).await;
+    }
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
     let mut last_phase: Option<ClusterPhase> = None;
     let mut last_change = Instant::now();
@@ -54,9 +68,6 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
                 None => continue,
             },
         };
-        if summary_progress(v.steps.len())? {
-            return watch_summary(client, name, until_done, out, start).await;
-        }
         for s in &v.steps {
             let key = format!("{}#{}", s.state, s.attempt);
             if seen.get(&s.id) != Some(&key) && s.state != StepState::Pending {
@@ -101,15 +112,7 @@ pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -
             ClusterPhase::Running | ClusterPhase::Failed | ClusterPhase::ResetFailed
         );
         if done && until_done {
-            print_status(&v, out)?;
-            if v.phase != ClusterPhase::Running {
-                bail!(
-                    "cluster {} failed: {}",
-                    v.name,
-                    v.message.unwrap_or_default()
-                );
-            }
-            return Ok(());
+            return finish(v, out);
         }
         last = Some(v);
     }
@@ -164,17 +167,30 @@ impl<T: serde::de::DeserializeOwned> StatusChanges<T> {
 /// of a line per step, and follows the summary instead of every step's status.
 const LARGE_CLUSTER_STEPS: usize = 200;
 
-/// Whether a watch prints step counts rather than a line per step: `BERTH_PROGRESS=summary`
-/// or `steps` says; unset, above [`LARGE_CLUSTER_STEPS`] steps. Commands that change a
-/// cluster and then watch it check the variable first, so a bad value changes nothing.
-fn summary_progress(steps: usize) -> Result<bool> {
+/// `BERTH_PROGRESS`: `summary` (step counts) or `steps` (a line per step); `None` when
+/// unset (step counts above [`LARGE_CLUSTER_STEPS`] steps). Commands that change a cluster
+/// and then watch it read it first, so a bad value changes nothing.
+fn progress_choice() -> Result<Option<bool>> {
     match std::env::var("BERTH_PROGRESS").as_deref() {
-        Ok("summary") => Ok(true),
-        Ok("steps") => Ok(false),
-        Ok("") | Err(std::env::VarError::NotPresent) => Ok(steps > LARGE_CLUSTER_STEPS),
+        Ok("summary") => Ok(Some(true)),
+        Ok("steps") => Ok(Some(false)),
+        Ok("") | Err(std::env::VarError::NotPresent) => Ok(None),
         Ok(other) => bail!("BERTH_PROGRESS={other}: use `summary` or `steps`"),
         Err(e) => bail!("BERTH_PROGRESS: {e}"),
     }
+}
+
+/// Prints the final status; Ok only when the cluster is Running.
+fn finish(v: ClusterView, out: Format) -> Result<()> {
+    print_status(&v, out)?;
+    if v.phase != ClusterPhase::Running {
+        bail!(
+            "cluster {} failed: {}",
+            v.name,
+            v.message.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 /// `watch` for a large cluster: a progress line whenever the step counts change; the full
@@ -215,16 +231,7 @@ async fn watch_summary(
             last_change = Instant::now();
         }
         if done && until_done {
-            let full: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
-            print_status(&full, out)?;
-            if full.phase != ClusterPhase::Running {
-                bail!(
-                    "cluster {} failed: {}",
-                    full.name,
-                    full.message.unwrap_or_default()
-                );
-            }
-            return Ok(());
+            return finish(client.get(&format!("/v1/clusters/{name}")).await?, out);
         }
         last = Some(v);
     }
@@ -427,7 +434,7 @@ pub async fn logs(
 
 pub async fn retry(target: &Target, name: &str, wait: bool, out: Format) -> Result<()> {
     if wait {
-        summary_progress(0)?;
+        progress_choice()?;
     }
     let client = Client::connect(target)?;
     let r: RetryResponse = client
@@ -705,7 +712,7 @@ pub async fn edit_hosts(
         }
     };
     if wait {
-        summary_progress(0)?;
+        progress_choice()?;
     }
     let r: ApplyResponse = client
         .post(&format!("/v1/clusters/{cluster}/hosts"), &body)
