@@ -34,7 +34,7 @@ pub async fn poll(
     let mut plan = st.engine.plans.plan_for(&host, req.have_generation).await?;
     if plan.is_none() && !hold.is_zero() {
         let woken = tokio::select! {
-            _ = tokio::time::sleep(hold) => false,
+            _ = tokio::time::sleep_until(hold_deadline(tokio::time::Instant::now(), hold)) => false,
             _ = notified => true,
             _ = st.shutdown.cancelled() => false,
         };
@@ -49,6 +49,25 @@ pub async fn poll(
         facts_accepted,
         plan,
     }))
+}
+
+/// Held polls expire on whole ticks of this, counted from the process start.
+const HOLD_TICK: Duration = Duration::from_secs(1);
+
+/// When a hold of `hold` that starts at `now` ends: at the last tick boundary before
+/// `now + hold` (never later, at most one tick earlier). Idle agents' polls expire spread
+/// over the hold; on ticks, those of one second are answered in one wake-up of the
+/// runtime, and their next polls arrive together, instead of one wake-up each.
+fn hold_deadline(now: tokio::time::Instant, hold: Duration) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| now);
+    let end = now + hold;
+    let since = end.saturating_duration_since(epoch);
+    let into_tick = Duration::from_nanos((since.as_nanos() % HOLD_TICK.as_nanos()) as u64);
+    if hold <= HOLD_TICK {
+        return end;
+    }
+    end - into_tick
 }
 
 /// Log chunks and step reports, applied in order; duplicates are no-ops. The first entry
@@ -155,4 +174,35 @@ pub async fn renew(
         certificate_pem: cert.pem,
         not_after: crate::time::rfc3339(cert.not_after),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_end_on_ticks_never_later_and_at_most_one_tick_early() {
+        let start = tokio::time::Instant::now();
+        let _ = hold_deadline(start, Duration::from_secs(45));
+        let hold = Duration::from_secs(45);
+        let mut ends = std::collections::BTreeSet::new();
+        for ms in (0..5000).step_by(7) {
+            let now = start + Duration::from_millis(ms);
+            let end = hold_deadline(now, hold);
+            assert!(end <= now + hold, "never later than asked");
+            assert!(end > now + hold - HOLD_TICK, "at most one tick early");
+            assert_eq!(
+                end.duration_since(start).as_nanos() % HOLD_TICK.as_nanos(),
+                0
+            );
+            ends.insert(end);
+        }
+        assert_eq!(ends.len(), 5, "5 s of polls expire on 5 ticks");
+        let short = Duration::from_millis(300);
+        assert_eq!(
+            hold_deadline(start + short, short),
+            start + short * 2,
+            "a hold of a tick or less is kept"
+        );
+    }
 }
