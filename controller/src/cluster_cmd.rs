@@ -40,18 +40,7 @@ async fn apply_text(client: &Client, text: &str, wait: bool, out: Format) -> Res
 /// change as a line; then prints the status. Exit status: Ok only when Running.
 pub async fn watch(client: &Client, name: &str, until_done: bool, out: Format) -> Result<()> {
     let start = Instant::now();
-    // A large cluster is followed by its summary: decided from the step counts, without
-    // reading every step once.
-    let summary = match progress_choice()? {
-        Some(s) => s,
-        None => {
-            let s: ClusterSummary = client
-                .get(&format!("/v1/clusters/{name}?summary=true"))
-                .await?;
-            s.steps.values().sum::<u64>() > LARGE_CLUSTER_STEPS as u64
-        }
-    };
-    if summary {
+    if follows_summary(client, name, progress_choice()?).await? {
         return watch_summary(client, name, until_done, out, start).await;
     }
     let mut seen: BTreeMap<i64, String> = BTreeMap::new();
@@ -178,6 +167,19 @@ fn progress_choice() -> Result<Option<bool>> {
         Ok(other) => bail!("BERTH_PROGRESS={other}: use `summary` or `steps`"),
         Err(e) => bail!("BERTH_PROGRESS: {e}"),
     }
+}
+
+/// Whether a watch of `name` follows its summary: as `choice` (`BERTH_PROGRESS`) says, else
+/// when it has more than [`LARGE_CLUSTER_STEPS`] steps, decided from the step counts without
+/// reading every step once.
+async fn follows_summary(client: &Client, name: &str, choice: Option<bool>) -> Result<bool> {
+    if let Some(s) = choice {
+        return Ok(s);
+    }
+    let s: ClusterSummary = client
+        .get(&format!("/v1/clusters/{name}?summary=true"))
+        .await?;
+    Ok(s.steps.values().sum::<u64>() > LARGE_CLUSTER_STEPS as u64)
 }
 
 /// Prints the final status; Ok only when the cluster is Running.
@@ -453,6 +455,8 @@ pub async fn retry(target: &Target, name: &str, wait: bool, out: Format) -> Resu
 
 pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Result<()> {
     let client = Client::connect(target)?;
+    // Decided before the reset is sent, so a bad BERTH_PROGRESS changes nothing.
+    let summary = wait && follows_summary(&client, name, progress_choice()?).await?;
     let r: ResetResponse = client
         .post(
             &format!("/v1/clusters/{name}/reset"),
@@ -468,26 +472,39 @@ pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Resu
     }
     let start = Instant::now();
     let mut last = String::new();
-    let mut changes = StatusChanges::<ClusterView>::new(name, false);
+    // A large cluster: its step counts; else the steps the reset waits for.
+    let mut counts = StatusChanges::<ClusterSummary>::new(name, true);
+    let mut steps = StatusChanges::<ClusterView>::new(name, false);
     loop {
-        match changes.next(&client).await {
-            Ok(None) => {}
-            Ok(Some(v)) => {
-                if v.phase == ClusterPhase::ResetFailed {
-                    print_status(&v, Format::Table)?;
-                    bail!(
-                        "{}",
-                        v.message
-                            .unwrap_or_else(|| format!("reset of {name} failed"))
-                    );
-                }
-                // Say what the reset waits for, once per change.
-                let line = waiting_for(&v);
-                if line != last && !line.is_empty() {
-                    eprintln!(
-                        "[{:>6.1}s] waiting for {line}",
-                        start.elapsed().as_secs_f64()
-                    );
+        let next = match summary {
+            true => counts.next(&client).await.map(|v| {
+                v.map(|v| {
+                    let line = format!("cluster {name} is {}: {}", v.phase, step_counts(&v.steps));
+                    (v.phase, Some(line))
+                })
+            }),
+            false => steps.next(&client).await.map(|v| {
+                v.map(|v| {
+                    let w = waiting_for(&v);
+                    (v.phase, (!w.is_empty()).then(|| format!("waiting for {w}")))
+                })
+            }),
+        };
+        match next {
+            Ok(Some((ClusterPhase::ResetFailed, _))) => {
+                let v: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
+                print_status(&v, Format::Table)?;
+                bail!(
+                    "{}",
+                    v.message
+                        .unwrap_or_else(|| format!("reset of {name} failed"))
+                );
+            }
+            Ok(None) | Ok(Some((_, None))) => {}
+            // Say what the reset waits for, once per change.
+            Ok(Some((_, Some(line)))) => {
+                if line != last {
+                    eprintln!("[{:>6.1}s] {line}", start.elapsed().as_secs_f64());
                     last = line;
                 }
             }

@@ -9,7 +9,7 @@ use crate::pki::Pki;
 use crate::planner::{
     self, DesiredHost, PlanError, Recorded, RecordedHost, ResolvedBundle, ResolvedSpec, StepSpec,
 };
-use crate::store::clusters::{ClusterHostRow, LogAppend, StepResult, StepRow};
+use crate::store::clusters::{ClusterHostRow, LogAppend, NewStep, StepResult, StepRow};
 use crate::store::{HostRow, Store, StoreError};
 use crate::time::now_unix;
 use anyhow::Result;
@@ -352,10 +352,16 @@ impl Engine {
         let generation = planner::diff(&cf.name, &hosts, &spec, &recorded)?;
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.into()))?;
-        let id = self
+        let now = now_unix();
+        let deadline = |s: &NewStep| now + self.step_deadline_secs(&spec, s.kind, &s.spec);
+        let stored = self
             .store
-            .apply_generation(&cf.name, text, &spec_json, generation, actor)
+            .apply_generation(&cf.name, text, &spec_json, generation, actor, &deadline)
             .await?;
+        let id = stored.id;
+        for h in stored.released {
+            self.wake(h);
+        }
         drop(_guard);
         self.tick(id).await?;
         tracing::info!(cluster = %cf.name, "applied");
@@ -630,8 +636,13 @@ impl Engine {
     }
 
     fn deadline_secs(&self, spec: &ResolvedSpec, s: &StepRow) -> i64 {
-        let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
-        (spec.step_timeout_secs(s.kind, &sspec) + self.cfg.step_grace.as_secs()) as i64
+        self.step_deadline_secs(spec, s.kind, &s.spec)
+    }
+
+    /// How long a step of `kind` with `step_spec` may take once released, grace included.
+    fn step_deadline_secs(&self, spec: &ResolvedSpec, kind: StepKind, step_spec: &str) -> i64 {
+        let sspec: StepSpec = serde_json::from_str(step_spec).unwrap_or_default();
+        (spec.step_timeout_secs(kind, &sspec) + self.cfg.step_grace.as_secs()) as i64
     }
 
     /// The cluster's parsed spec: one small read for its generation, parsed only when it

@@ -61,15 +61,20 @@ pub struct DriverArgs {
     /// Give up on a phase after this long
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Also time the first plans on the wire: a tcpdump on `lo` (root, tcpdump on PATH)
+    /// timestamps in the kernel the first plan packet on each connection, which does not
+    /// wait for the simulator's own CPU
+    #[arg(long)]
+    pub wire: bool,
     /// Output format: text or json
     #[arg(short = 'o', long, default_value = "text")]
     pub output: String,
 }
 
-fn unix_ms() -> u64 {
+fn unix_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
@@ -403,8 +408,19 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         let (c0, s0) = (sample_ctl(), procstat::sample_all(&pids));
         let m0 = scrape(&admin, &a).await;
         let errors_before = ev.stats.errors.clone();
+        let capture = match a.wire {
+            true => {
+                let port = reqwest::Url::parse(&a.controller)?
+                    .port_or_known_default()
+                    .context("--controller has no port")?;
+                let out = a.work_dir.join("wire.txt");
+                Some(crate::wire::Capture::start(port, &out).await?)
+            }
+            false => None,
+        };
         let t0 = Instant::now();
-        ev.stats.apply_at_ms = Some(unix_ms());
+        let apply_at_us = unix_us();
+        ev.stats.apply_at_ms = Some(apply_at_us / 1000);
         let r = admin
             .post(format!("{}/v1/clusters", a.controller))
             .body(text)
@@ -515,6 +531,19 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         if let Some(f) = follower {
             f.abort();
         }
+        let wire = match capture {
+            Some(c) => {
+                let seen = c.stop(apply_at_us).await?;
+                let ms = |q: f64| pct(&seen.first_us, q) as f64 / 1000.0;
+                json!({
+                    "connections": seen.first_us.len(),
+                    "first_plan_p50_ms": ms(0.5),
+                    "first_plan_all_ms": ms(1.0),
+                    "dropped_packets": seen.dropped,
+                })
+            }
+            None => serde_json::Value::Null,
+        };
         ev.drain();
         let (c1, s1) = (sample_ctl(), procstat::sample_all(&pids));
         let m = m0.delta(&scrape(&admin, &a).await);
@@ -554,6 +583,7 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
             "controller_peak_rss_mib": a.controller_pid.map(|_| peak_rss as f64 / (1 << 20) as f64),
             "simulator_cpu_percent": cpu(&s0, &s1),
             "controller_side": inside,
+            "wire": wire,
             "errors": ev.stats.errors.iter().filter_map(|(k, n)| {
                 let d = n - errors_before.get(k).copied().unwrap_or(0);
                 (d > 0).then(|| (k.clone(), d))
@@ -655,6 +685,16 @@ fn print_text(r: &serde_json::Value) {
             f(&c["connections_accepted"]),
             f(&c["tls_handshake_failures"])
         );
+        let w = &p["wire"];
+        if !w.is_null() {
+            println!(
+                "on the wire (tcpdump)     first plans on {} connections, p50 {} ms, all {} ms after the apply started; {} packets dropped",
+                f(&w["connections"]),
+                f(&w["first_plan_p50_ms"]),
+                f(&w["first_plan_all_ms"]),
+                f(&w["dropped_packets"])
+            );
+        }
         println!(
             "during the apply          controller {} % CPU, peak {} MiB RSS; simulator {} % CPU; errors {}",
             f(&p["controller_cpu_percent"]),

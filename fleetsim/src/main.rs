@@ -9,6 +9,7 @@
 mod driver;
 mod procstat;
 mod scrape;
+mod wire;
 mod worker;
 
 use clap::{Parser, Subcommand};

@@ -942,4 +942,38 @@ fn a_summary_watch_prints_step_counts_and_ends_with_the_full_status() {
         "{}",
         stdout(&out)
     );
+
+    // `reset --wait` follows the same choice, read before the reset is sent.
+    let reset = |progress: &str| {
+        ctl.in_ns(&berth_bin())
+            .arg("--data-dir")
+            .arg(&ctl.data_dir)
+            .args(["reset", "c31", "--wait"])
+            .env_remove("BERTH_SERVER")
+            .env_remove("BERTH_TOKEN")
+            .env("BERTH_PROGRESS", progress)
+            .output()
+            .unwrap()
+    };
+    let out = reset("bogus");
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: BERTH_PROGRESS=bogus: use `summary` or `steps`"
+    );
+    assert_eq!(ctl.status("c31")["phase"], "Running", "nothing was reset");
+    let out = reset("summary");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .any(|l| l.contains("] cluster c31 is Resetting: ")),
+        "{err}"
+    );
+    assert!(!err.lines().any(|l| l.contains("waiting for")), "{err}");
+    assert!(
+        stdout(&out).contains("cluster c31 reset and removed"),
+        "{}",
+        stdout(&out)
+    );
 }
