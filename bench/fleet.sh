@@ -8,10 +8,13 @@
 # Prints enroll rate, idle controller CPU/RSS, first-plan fan-out, time to Running, report
 # latency p50/p99 and errors by kind, with the simulator's own CPU beside the
 # controller's. FLEET_ARGS adds berth-fleetsim flags (e.g. "-o json --idle 30s");
-# SERVE_ARGS adds `berth serve` flags. The simulator runs at nice SIM_NICE (default 10): on
+# SERVE_ARGS adds `berth serve` flags. The simulator runs at nice SIM_NICE (default 19): on
 # shared cores the controller gets the CPU it asks for, as on its own machine, and the
-# simulator what is left; it prints the controller's own latencies (from GET /metrics)
-# beside its own.
+# simulator what is left (at nice 10 its 8 runtime threads still took about a third of
+# the cores from the controller in a fan-out); it prints the controller's own latencies (from
+# GET /metrics) beside its own. FLEET_ARGS=--wire also times the first plans on the wire
+# (tcpdump on lo, kernel timestamps: what the agents would receive, without the
+# simulator's own CPU queue).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 agents=${1:-1000}
@@ -47,6 +50,6 @@ mkdir -p "$work/bundle/etc" && echo "fleet" >"$work/bundle/etc/motd"
 
 echo "==> $agents agents, one apply over $hosts of them (controller pid $pid, log $work/controller.log)" >&2
 # shellcheck disable=SC2086
-nice -n "${SIM_NICE:-10}" "$bin/berth-fleetsim" run --controller "https://127.0.0.1:$port" --ca-hash "$ca_hash" \
+nice -n "${SIM_NICE:-19}" "$bin/berth-fleetsim" run --controller "https://127.0.0.1:$port" --ca-hash "$ca_hash" \
   --agents "$agents" --cluster-hosts "$hosts" --bundle nohooks:v1 --controller-pid "$pid" \
   --work-dir "$sim_dir" ${FLEET_ARGS:-}

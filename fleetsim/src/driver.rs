@@ -538,6 +538,8 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
                 json!({
                     "connections": seen.first_us.len(),
                     "first_plan_p50_ms": ms(0.5),
+                    "first_plan_p99_ms": ms(0.99),
+                    "first_plan_p999_ms": ms(0.999),
                     "first_plan_all_ms": ms(1.0),
                     "dropped_packets": seen.dropped,
                 })
@@ -688,9 +690,11 @@ fn print_text(r: &serde_json::Value) {
         let w = &p["wire"];
         if !w.is_null() {
             println!(
-                "on the wire (tcpdump)     first plans on {} connections, p50 {} ms, all {} ms after the apply started; {} packets dropped",
+                "on the wire (tcpdump)     first plans on {} connections, p50 {} ms, p99 {} ms, p99.9 {} ms, all {} ms after the apply started; {} packets dropped",
                 f(&w["connections"]),
                 f(&w["first_plan_p50_ms"]),
+                f(&w["first_plan_p99_ms"]),
+                f(&w["first_plan_p999_ms"]),
                 f(&w["first_plan_all_ms"]),
                 f(&w["dropped_packets"])
             );
