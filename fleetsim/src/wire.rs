@@ -4,7 +4,8 @@
 //! apply started is that host's plan: a held poll's empty answer (about 140 bytes), window
 //! updates and pings are far smaller, and the bundle and report answers come only after the
 //! plan. These times do not wait for the simulator's CPU, which the agents' own timestamps
-//! do when the simulator shares the controller's cores.
+//! do when the simulator shares the controller's cores. The driver's own connections
+//! (apply, status, metrics) come from 127.0.0.1 and are left out; agents use .2 and up.
 
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -123,7 +124,8 @@ fn first_large_packets(text: &str, since_unix_us: u64) -> Seen {
         let (Some(at), Ok(len)) = (unix_us(ts), len.parse::<u64>()) else {
             continue;
         };
-        if len < MIN_PLAN_BYTES || at < since_unix_us {
+        // 127.0.0.1 is the driver's own (apply, status, metrics); agents use .2 and up.
+        if len < MIN_PLAN_BYTES || at < since_unix_us || dst.starts_with("127.0.0.1.") {
             continue;
         }
         first.entry(dst.trim_end_matches(':')).or_insert(at);
@@ -167,6 +169,7 @@ mod tests {
 1795687108.650000 IP 127.0.0.1.8443 > 127.0.0.4.5000: tcp 1133
 tcpdump: some chatter that is not a packet
 1795687108.9 IP 127.0.0.1.8443 > 127.0.0.5.5000: tcp 1137
+1795687108.700000 IP 127.0.0.1.8443 > 127.0.0.1.5000: tcp 4000
 ";
         let seen = first_large_packets(text, 1_795_687_108_000_000);
         assert_eq!(seen.first_us, vec![600_000, 650_000]);
