@@ -2,7 +2,7 @@
 
 use crate::join::{self, JoinConfig};
 use crate::run::{self, RunConfig};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -255,20 +255,10 @@ async fn fetch(a: FetchArgs) -> Result<()> {
         }
         Some(dest) => {
             // One pass: unpacked while it streams in, promoted once the digest matched.
-            let (staging, u) = {
-                let staging = crate::fetch::Staging::new(&dest)?;
-                match fetcher.fetch_into(&digest, staging.path(), limits).await {
-                    // Unpacked bytes that were not the blob: again, from the verified
-                    // cache, into a fresh directory (the first one is removed first).
-                    Err(e) if e.is::<crate::fetch::Restarted>() => {
-                        drop(staging);
-                        let staging = crate::fetch::Staging::new(&dest)?;
-                        let u = fetcher.fetch_into(&digest, staging.path(), limits).await?;
-                        (staging, u)
-                    }
-                    r => (staging, r?),
-                }
-            };
+            let (staging, mut unpacked) = fetcher
+                .stage(std::slice::from_ref(&digest), &dest, limits, |_| Ok(()))
+                .await?;
+            let u = unpacked.pop().context("nothing was unpacked")?;
             tokio::task::spawn_blocking(move || staging.promote()).await??;
             println!(
                 "{} {} {}: {} entries, {} bytes into {} (total {:.2?})",

@@ -410,32 +410,21 @@ impl Executor {
         log: &std::fs::File,
         configure: bool,
     ) -> Result<()> {
-        let mut restarted = false;
-        'again: loop {
-            let staging = Staging::new(dest)?;
-            let mut templates = false;
-            for b in &step.bundles {
+        let digests: Vec<_> = step.bundles.iter().map(|b| b.digest).collect();
+        let (staging, unpacked) = self
+            .fetcher
+            .stage(&digests, dest, self.limits, |i| {
+                let b = &step.bundles[i];
                 writeln!(
                     &*log,
                     "berth-agent: fetching {} ({})",
                     b.reference, b.digest
                 )?;
-                match self
-                    .fetcher
-                    .fetch_into(&b.digest, staging.path(), self.limits)
-                    .await
-                {
-                    Ok(u) => templates |= u.templates > 0,
-                    // Every blob is cached by now: the second pass reads the cache.
-                    Err(e) if e.is::<crate::fetch::Restarted>() && !restarted => {
-                        restarted = true;
-                        continue 'again;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            return self.finish(step, staging, log, configure, templates).await;
-        }
+                Ok(())
+            })
+            .await?;
+        let templates = unpacked.iter().any(|u| u.templates > 0);
+        self.finish(step, staging, log, configure, templates).await
     }
 
     /// Applies Configs and templates (when `configure`) to a staged tree, marks it with the

@@ -170,6 +170,37 @@ impl Fetcher {
     /// to zstd → tar on a second thread. `dir` holds unverified content until this returns
     /// `Ok`; the caller owns it (a [`Staging`] directory, deleted on any error). A blob
     /// already in the cache is unpacked from it.
+    /// Unpacks `blobs` in order into one fresh staging directory for `dest`, each while it
+    /// streams in (`fetch_into`). When a download restarted from zero ([`Restarted`]) every
+    /// blob is cached and verified by then, so the directory is dropped and the blobs are
+    /// unpacked once more, from the cache, into a fresh one. `before(i)` runs before blob
+    /// `i` (to log it).
+    pub async fn stage(
+        &self,
+        blobs: &[Digest],
+        dest: &Path,
+        limits: Limits,
+        mut before: impl FnMut(usize) -> Result<()>,
+    ) -> Result<(Staging, Vec<Unpacked>)> {
+        let mut restarted = false;
+        'again: loop {
+            let staging = Staging::new(dest)?;
+            let mut unpacked = Vec::with_capacity(blobs.len());
+            for (i, digest) in blobs.iter().enumerate() {
+                before(i)?;
+                match self.fetch_into(digest, staging.path(), limits).await {
+                    Ok(u) => unpacked.push(u),
+                    Err(e) if e.is::<Restarted>() && !restarted => {
+                        restarted = true;
+                        continue 'again;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            return Ok((staging, unpacked));
+        }
+    }
+
     pub async fn fetch_into(
         &self,
         digest: &Digest,

@@ -340,15 +340,19 @@ impl Controller {
 
     /// Runs `berth --data-dir <controller data> ARGS`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.in_ns(&berth_bin())
-            .arg("--data-dir")
+        self.cli_command(args).output().expect("run berth")
+    }
+
+    /// The command `cli` runs, for a caller that adds to it (an environment variable).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = self.in_ns(&berth_bin());
+        c.arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
             .env_remove("BERTH_SERVER")
             .env_remove("BERTH_TOKEN")
-            .env_remove("BERTH_CA")
-            .output()
-            .expect("run berth")
+            .env_remove("BERTH_CA");
+        c
     }
 
     /// `berth token create --uses N --ttl TTL -o json` → (token, join ca-hash).

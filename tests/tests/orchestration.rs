@@ -909,12 +909,7 @@ fn a_summary_watch_prints_step_counts_and_ends_with_the_full_status() {
     let env = vec![format!("HELLO_MARKS={}", mk.display())];
     let cf = ctl.clusterfile("c31", &["m0"], &[], &["hello:v1"], &env);
     let apply = |progress: &str| {
-        ctl.in_ns(&berth_bin())
-            .arg("--data-dir")
-            .arg(&ctl.data_dir)
-            .args(["apply", "-f", cf.to_str().unwrap(), "--wait"])
-            .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_TOKEN")
+        ctl.cli_command(&["apply", "-f", cf.to_str().unwrap(), "--wait"])
             .env("BERTH_PROGRESS", progress)
             .output()
             .unwrap()
@@ -945,12 +940,7 @@ fn a_summary_watch_prints_step_counts_and_ends_with_the_full_status() {
 
     // `reset --wait` follows the same choice, read before the reset is sent.
     let reset = |progress: &str| {
-        ctl.in_ns(&berth_bin())
-            .arg("--data-dir")
-            .arg(&ctl.data_dir)
-            .args(["reset", "c31", "--wait"])
-            .env_remove("BERTH_SERVER")
-            .env_remove("BERTH_TOKEN")
+        ctl.cli_command(&["reset", "c31", "--wait"])
             .env("BERTH_PROGRESS", progress)
             .output()
             .unwrap()
