@@ -165,11 +165,6 @@ impl Fetcher {
         self.download(digest, None).await.map(|(p, _)| p)
     }
 
-    /// Fetches a blob and unpacks it into `dir` in the same pass: the bytes coming off the
-    /// socket are appended to the cache file (so a cut resumes from them), hashed, and fed
-    /// to zstd → tar on a second thread. `dir` holds unverified content until this returns
-    /// `Ok`; the caller owns it (a [`Staging`] directory, deleted on any error). A blob
-    /// already in the cache is unpacked from it.
     /// Unpacks `blobs` in order into one fresh staging directory for `dest`, each while it
     /// streams in (`fetch_into`). When a download restarted from zero ([`Restarted`]) every
     /// blob is cached and verified by then, so the directory is dropped and the blobs are
@@ -201,6 +196,11 @@ impl Fetcher {
         }
     }
 
+    /// Fetches a blob and unpacks it into `dir` in the same pass: the bytes coming off the
+    /// socket are appended to the cache file (so a cut resumes from them), hashed, and fed
+    /// to zstd → tar on a second thread. `dir` holds unverified content until this returns
+    /// `Ok`; the caller owns it (a [`Staging`] directory, deleted on any error). A blob
+    /// already in the cache is unpacked from it.
     pub async fn fetch_into(
         &self,
         digest: &Digest,

@@ -908,19 +908,24 @@ fn a_summary_watch_prints_step_counts_and_ends_with_the_full_status() {
     let (ctl, _agents, mk) = setup(&["m0"]);
     let env = vec![format!("HELLO_MARKS={}", mk.display())];
     let cf = ctl.clusterfile("c31", &["m0"], &[], &["hello:v1"], &env);
-    let apply = |progress: &str| {
-        ctl.cli_command(&["apply", "-f", cf.to_str().unwrap(), "--wait"])
+    // `berth ARGS` with BERTH_PROGRESS=progress; a bad value is refused first.
+    let with_progress = |args: &[&str], progress: &str| {
+        ctl.cli_command(args)
             .env("BERTH_PROGRESS", progress)
             .output()
             .unwrap()
     };
-    let out = apply("bogus");
-    assert!(!out.status.success());
-    assert_eq!(
-        stderr(&out).trim(),
-        "error: BERTH_PROGRESS=bogus: use `summary` or `steps`"
-    );
-    let out = apply("summary");
+    let refused = |args: &[&str]| {
+        let out = with_progress(args, "bogus");
+        assert!(!out.status.success());
+        assert_eq!(
+            stderr(&out).trim(),
+            "error: BERTH_PROGRESS=bogus: use `summary` or `steps`"
+        );
+    };
+    let apply = ["apply", "-f", cf.to_str().unwrap(), "--wait"];
+    refused(&apply);
+    let out = with_progress(&apply, "summary");
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     let steps = ctl.status("c31")["steps"].as_array().unwrap().len();
@@ -939,20 +944,10 @@ fn a_summary_watch_prints_step_counts_and_ends_with_the_full_status() {
     );
 
     // `reset --wait` follows the same choice, read before the reset is sent.
-    let reset = |progress: &str| {
-        ctl.cli_command(&["reset", "c31", "--wait"])
-            .env("BERTH_PROGRESS", progress)
-            .output()
-            .unwrap()
-    };
-    let out = reset("bogus");
-    assert!(!out.status.success());
-    assert_eq!(
-        stderr(&out).trim(),
-        "error: BERTH_PROGRESS=bogus: use `summary` or `steps`"
-    );
+    let reset = ["reset", "c31", "--wait"];
+    refused(&reset);
     assert_eq!(ctl.status("c31")["phase"], "Running", "nothing was reset");
-    let out = reset("summary");
+    let out = with_progress(&reset, "summary");
     assert!(out.status.success(), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(

@@ -62,12 +62,11 @@ fn hold_deadline(now: tokio::time::Instant, hold: Duration) -> tokio::time::Inst
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| now);
     let end = now + hold;
-    let since = end.saturating_duration_since(epoch);
-    let into_tick = Duration::from_nanos((since.as_nanos() % HOLD_TICK.as_nanos()) as u64);
     if hold <= HOLD_TICK {
         return end;
     }
-    end - into_tick
+    let since = end.saturating_duration_since(epoch);
+    end - Duration::from_nanos((since.as_nanos() % HOLD_TICK.as_nanos()) as u64)
 }
 
 /// Log chunks and step reports, applied in order; duplicates are no-ops. The first entry

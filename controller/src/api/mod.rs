@@ -1,9 +1,10 @@
 //! The `/v1/` HTTP API: routes, shared state and the handlers behind them.
 //!
 //! Agent routes (`/v1/agent/*`) authenticate by client certificate; operator routes (and
-//! `/metrics`, for Prometheus with a viewer token) by bearer token; `/v1/enroll*`, `/v1/install/*` and `/v1/healthz` are open (enrollment
-//! proves itself with a bootstrap token in the body; the installer and agent executables are
-//! public, and the install line verifies them).
+//! `/metrics`, for Prometheus with a viewer token) by bearer token; `/v1/enroll*`,
+//! `/v1/install/*` and `/v1/healthz` are open (enrollment proves itself with a bootstrap
+//! token in the body; the installer and agent executables are public, and the install line
+//! verifies them).
 
 pub mod admin;
 pub mod agent;

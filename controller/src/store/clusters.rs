@@ -741,8 +741,7 @@ impl Store {
         for h in hosts {
             bumped.push((h, bump_generation(&mut tx, h).await?));
         }
-        let pending = vec![None; steps.len()];
-        insert_steps(&mut tx, cluster_id, generation, steps, &pending).await?;
+        insert_steps(&mut tx, cluster_id, generation, steps, &[]).await?;
         super::audit(&mut tx, actor, "cluster.reset", name, None).await?;
         tx.commit().await?;
         for (h, g) in bumped {
@@ -966,7 +965,8 @@ async fn insert_steps(
         return Ok(());
     }
     // One statement for all of them, in order ([[host, name, kind, ord, spec, best_effort,
-    // deadline], …]); a step with a deadline is stored released.
+    // deadline], …]); a step with a deadline in `released_until` is stored released, the
+    // rest (also those past its end) pending.
     let rows: Vec<serde_json::Value> = steps
         .iter()
         .zip(released_until.iter().chain(std::iter::repeat(&None)))
