@@ -96,11 +96,13 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// How the agent's client connects. The default is what the OS picks; the fleet
-/// simulator spreads its agents over several loopback source addresses.
+/// How the agent's client connects. The default is what the OS picks and no key log; the
+/// fleet simulator spreads its agents over several loopback source addresses and, to time
+/// requests on the wire, logs its TLS secrets. `berth-agent` never sets a key log.
 #[derive(Debug, Clone, Default)]
 pub struct Connect {
     pub local_address: Option<std::net::IpAddr>,
+    pub key_log: Option<Arc<dyn rustls::KeyLog>>,
 }
 
 /// The agent's HTTPS client: mutual TLS with its enrolled identity, HTTP/2 when the
@@ -110,6 +112,9 @@ pub struct Connect {
 pub fn agent_client(id: &crate::identity::Identity, connect: &Connect) -> Result<reqwest::Client> {
     let mut tls = mutual(&id.ca_pem, &id.cert_pem, id.private_key()?)?;
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if let Some(log) = &connect.key_log {
+        tls.key_log = log.clone();
+    }
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .local_address(connect.local_address)

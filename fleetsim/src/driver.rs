@@ -61,9 +61,11 @@ pub struct DriverArgs {
     /// Give up on a phase after this long
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Also time the first plans on the wire: a tcpdump on `lo` (root, tcpdump on PATH)
-    /// timestamps in the kernel the first plan packet on each connection, which does not
-    /// wait for the simulator's own CPU
+    /// Also time the apply on the wire: a tcpdump on `lo` records the controller's port
+    /// from the start, the agents log their TLS secrets, and tshark decrypts the capture
+    /// afterwards; the first plans and the report round trips are then timed by the
+    /// kernel, without waiting for the simulator's own CPU (root; tcpdump and tshark on
+    /// PATH)
     #[arg(long)]
     pub wire: bool,
     /// Output format: text or json
@@ -293,6 +295,17 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
     let admin = admin_client(&a).await?;
     let sample_ctl = || a.controller_pid.and_then(procstat::sample);
 
+    // The capture starts before the first agent connects: decrypting a connection needs
+    // its handshake, and reading its HTTP/2 headers needs every header block before.
+    let mut capture = match a.wire {
+        true => {
+            let port = reqwest::Url::parse(&a.controller)?
+                .port_or_known_default()
+                .context("--controller has no port")?;
+            Some(crate::wire::Capture::start(port, &a.work_dir).await?)
+        }
+        false => None,
+    };
     let (tx, rx) = mpsc::unbounded_channel();
     let mut children = Vec::new();
     let mut pids = Vec::new();
@@ -301,8 +314,12 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
     while from < a.agents {
         let to = (from + a.per_worker).min(a.agents);
         let token = join_token(&admin, &a, to - from).await?;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .arg("worker")
+        let mut worker = tokio::process::Command::new(std::env::current_exe()?);
+        worker.arg("worker");
+        if let Some(c) = &capture {
+            worker.arg("--key-log").arg(c.key_log());
+        }
+        let mut child = worker
             .args(["--controller", &a.controller, "--ca-hash", &a.ca_hash])
             .args(["--from", &from.to_string(), "--to", &to.to_string()])
             .arg("--work-dir")
@@ -408,16 +425,6 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         let (c0, s0) = (sample_ctl(), procstat::sample_all(&pids));
         let m0 = scrape(&admin, &a).await;
         let errors_before = ev.stats.errors.clone();
-        let capture = match a.wire {
-            true => {
-                let port = reqwest::Url::parse(&a.controller)?
-                    .port_or_known_default()
-                    .context("--controller has no port")?;
-                let out = a.work_dir.join("wire.txt");
-                Some(crate::wire::Capture::start(port, &out).await?)
-            }
-            false => None,
-        };
         let t0 = Instant::now();
         let apply_at_us = unix_us();
         ev.stats.apply_at_ms = Some(apply_at_us / 1000);
@@ -531,24 +538,33 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         if let Some(f) = follower {
             f.abort();
         }
-        let wire = match capture {
+        ev.drain();
+        let (c1, s1) = (sample_ctl(), procstat::sample_all(&pids));
+        let m = m0.delta(&scrape(&admin, &a).await);
+        // After the samples: decrypting takes a while and is no part of the apply.
+        let wire = match capture.take() {
             Some(c) => {
+                eprintln!("decrypting the capture with tshark");
                 let seen = c.stop(apply_at_us).await?;
-                let ms = |q: f64| pct(&seen.first_us, q) as f64 / 1000.0;
+                let ms = |v: &[u64], q: f64| pct(v, q) as f64 / 1000.0;
+                let (plans, reports) = (&seen.first_plan_us, &seen.report_us);
                 json!({
-                    "connections": seen.first_us.len(),
-                    "first_plan_p50_ms": ms(0.5),
-                    "first_plan_p99_ms": ms(0.99),
-                    "first_plan_p999_ms": ms(0.999),
-                    "first_plan_all_ms": ms(1.0),
+                    "connections": plans.len(),
+                    "first_plan_p50_ms": ms(plans, 0.5),
+                    "first_plan_p99_ms": ms(plans, 0.99),
+                    "first_plan_p999_ms": ms(plans, 0.999),
+                    "first_plan_all_ms": ms(plans, 1.0),
+                    "report_batches": reports.len(),
+                    "report_p50_ms": ms(reports, 0.5),
+                    "report_p99_ms": ms(reports, 0.99),
+                    "report_p999_ms": ms(reports, 0.999),
+                    "report_max_ms": ms(reports, 1.0),
+                    "reports_unanswered": seen.reports_unanswered,
                     "dropped_packets": seen.dropped,
                 })
             }
             None => serde_json::Value::Null,
         };
-        ev.drain();
-        let (c1, s1) = (sample_ctl(), procstat::sample_all(&pids));
-        let m = m0.delta(&scrape(&admin, &a).await);
         let ms = |name: &str, q: f64| m.quantile_bound(name, q).map(|s| s * 1000.0);
         let reports = m.get("berth_agent_report_duration_seconds_count");
         let inside = json!({
@@ -697,6 +713,15 @@ fn print_text(r: &serde_json::Value) {
                 f(&w["first_plan_p999_ms"]),
                 f(&w["first_plan_all_ms"]),
                 f(&w["dropped_packets"])
+            );
+            println!(
+                "                          reports: {} batches, p50 {} ms, p99 {} ms, p99.9 {} ms, max {} ms from request to answer; {} unanswered",
+                f(&w["report_batches"]),
+                f(&w["report_p50_ms"]),
+                f(&w["report_p99_ms"]),
+                f(&w["report_p999_ms"]),
+                f(&w["report_max_ms"]),
+                f(&w["reports_unanswered"])
             );
         }
         println!(

@@ -10,6 +10,7 @@ use berth_agent::probe::{Observer, Probe};
 use berth_agent::run::{run, RunConfig};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +41,29 @@ pub struct WorkerArgs {
     /// Concurrent enrollments.
     #[arg(long, default_value_t = 16)]
     pub enroll_concurrency: usize,
+    /// Append the agents' TLS secrets to this file (NSS key log format), so a capture of
+    /// their traffic can be decrypted to time each request on the wire.
+    #[arg(long)]
+    pub key_log: Option<PathBuf>,
+}
+
+/// Writes TLS secrets as `LABEL CLIENT_RANDOM SECRET` lines, the format `tshark` reads
+/// (`-o tls.keylog_file:`). Only the simulator has one; `berth-agent` never logs secrets.
+#[derive(Debug)]
+struct KeyLogFile(Mutex<std::fs::File>);
+
+impl rustls::KeyLog for KeyLogFile {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        let line = format!(
+            "{label} {} {}\n",
+            hex::encode(client_random),
+            hex::encode(secret)
+        );
+        let mut f = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = f.write_all(line.as_bytes()) {
+            tracing::error!(error = %e, "cannot write the TLS key log");
+        }
+    }
 }
 
 /// The host name of virtual agent `i`.
@@ -150,6 +174,18 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
     }
     out.line("ENROLLED");
 
+    let key_log: Option<Arc<dyn rustls::KeyLog>> = match &a.key_log {
+        Some(p) => {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?;
+            Some(Arc::new(KeyLogFile(Mutex::new(f))))
+        }
+        None => None,
+    };
     let shutdown = CancellationToken::new();
     let mut agents = Vec::new();
     for i in a.from..a.to {
@@ -160,6 +196,7 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
             limits: berth_bundle::Limits::default(),
             connect: berth_agent::tls::Connect {
                 local_address: Some(source_addr(i, a.source_addrs)),
+                key_log: key_log.clone(),
             },
             probe: Probe::new(Arc::new(AgentProbe {
                 index: i,
