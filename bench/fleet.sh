@@ -12,9 +12,10 @@
 # shared cores the controller gets the CPU it asks for, as on its own machine, and the
 # simulator what is left (at nice 10 its 8 runtime threads still took about a third of
 # the cores from the controller in a fan-out); it prints the controller's own latencies (from
-# GET /metrics) beside its own. FLEET_ARGS=--wire also times the first plans on the wire
-# (tcpdump on lo, kernel timestamps: what the agents would receive, without the
-# simulator's own CPU queue).
+# GET /metrics) beside its own. FLEET_ARGS=--wire also times the first plans and every
+# report on the wire (tcpdump on lo from the start, the agents' TLS secrets, decrypted by
+# tshark afterwards; kernel timestamps: what the agents would see, without the simulator's
+# own CPU queue; needs `apt-get install tcpdump tshark`).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 agents=${1:-1000}

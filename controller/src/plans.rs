@@ -29,11 +29,6 @@ use std::sync::{Arc, Mutex};
 /// How long a signed plan is valid.
 pub const PLAN_TTL_SECS: i64 = 3600;
 
-/// Plans built at once. A phase released to thousands of hosts wakes all their polls
-/// together; past this many they wait their turn outside the runtime's run queue, so a
-/// report arriving during the wave queues behind a few plan builds, not thousands.
-const PLAN_BUILDS: usize = 32;
-
 /// A cluster's context at one version, with what per-host plans need from it.
 pub struct Context {
     pub cluster_id: i64,
@@ -75,7 +70,6 @@ pub struct Plans {
     /// One context build at a time: a phase released to thousands of hosts builds it once.
     building: tokio::sync::Mutex<()>,
     envelopes: Mutex<HashMap<i64, CachedEnvelope>>,
-    builds: tokio::sync::Semaphore,
     /// Released and running steps by host, read for many polls at once.
     open_steps: Arc<Coalescer<i64, Vec<StepRow>>>,
     /// Context versions by cluster, read for many polls at once.
@@ -94,7 +88,6 @@ impl Plans {
             contexts: Mutex::new(HashMap::new()),
             building: tokio::sync::Mutex::new(()),
             envelopes: Mutex::new(HashMap::new()),
-            builds: tokio::sync::Semaphore::new(PLAN_BUILDS),
             open_steps: Arc::default(),
             ctx_versions: Arc::default(),
         }
@@ -200,7 +193,6 @@ impl Plans {
         if generation <= have {
             return Ok(None);
         }
-        let _turn = self.builds.acquire().await?;
         let rows = self.open_steps(host.id).await?;
         // A host is in one cluster at a time; its open steps are that cluster's.
         let ctx = match rows.first() {

@@ -416,6 +416,7 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
 
     // 4. One apply.
     let mut apply = serde_json::Value::Null;
+    let mut recorded = None;
     if a.cluster_hosts > 0 {
         let bundle = a.bundle.as_deref().unwrap_or_default();
         let text = clusterfile(&a.cluster, bundle, a.cluster_hosts);
@@ -541,30 +542,10 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
         ev.drain();
         let (c1, s1) = (sample_ctl(), procstat::sample_all(&pids));
         let m = m0.delta(&scrape(&admin, &a).await);
-        // After the samples: decrypting takes a while and is no part of the apply.
-        let wire = match capture.take() {
-            Some(c) => {
-                eprintln!("decrypting the capture with tshark");
-                let seen = c.stop(apply_at_us).await?;
-                let ms = |v: &[u64], q: f64| pct(v, q) as f64 / 1000.0;
-                let (plans, reports) = (&seen.first_plan_us, &seen.report_us);
-                json!({
-                    "connections": plans.len(),
-                    "first_plan_p50_ms": ms(plans, 0.5),
-                    "first_plan_p99_ms": ms(plans, 0.99),
-                    "first_plan_p999_ms": ms(plans, 0.999),
-                    "first_plan_all_ms": ms(plans, 1.0),
-                    "report_batches": reports.len(),
-                    "report_p50_ms": ms(reports, 0.5),
-                    "report_p99_ms": ms(reports, 0.99),
-                    "report_p999_ms": ms(reports, 0.999),
-                    "report_max_ms": ms(reports, 1.0),
-                    "reports_unanswered": seen.reports_unanswered,
-                    "dropped_packets": seen.dropped,
-                })
-            }
-            None => serde_json::Value::Null,
-        };
+        // After the samples; it is decrypted once the workers are gone.
+        if let Some(c) = capture.take() {
+            recorded = Some((c.finish().await, apply_at_us));
+        }
         let ms = |name: &str, q: f64| m.quantile_bound(name, q).map(|s| s * 1000.0);
         let reports = m.get("berth_agent_report_duration_seconds_count");
         let inside = json!({
@@ -601,14 +582,14 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
             "controller_peak_rss_mib": a.controller_pid.map(|_| peak_rss as f64 / (1 << 20) as f64),
             "simulator_cpu_percent": cpu(&s0, &s1),
             "controller_side": inside,
-            "wire": wire,
+            "wire": serde_json::Value::Null,
             "errors": ev.stats.errors.iter().filter_map(|(k, n)| {
                 let d = n - errors_before.get(k).copied().unwrap_or(0);
                 (d > 0).then(|| (k.clone(), d))
             }).collect::<BTreeMap<_, _>>(),
         });
     }
-    let result = json!({
+    let mut result = json!({
         "agents": n,
         "workers": workers,
         "enroll": {
@@ -627,6 +608,26 @@ pub async fn drive(a: DriverArgs) -> Result<()> {
     }
     for mut c in children {
         let _ = tokio::time::timeout(Duration::from_secs(15), c.wait()).await;
+    }
+    if let Some((r, since)) = recorded {
+        eprintln!("decrypting the capture with tshark");
+        let seen = r.decode(since).await?;
+        let ms = |v: &[u64], q: f64| pct(v, q) as f64 / 1000.0;
+        let (plans, reports) = (&seen.first_plan_us, &seen.report_us);
+        result["apply"]["wire"] = json!({
+            "connections": plans.len(),
+            "first_plan_p50_ms": ms(plans, 0.5),
+            "first_plan_p99_ms": ms(plans, 0.99),
+            "first_plan_p999_ms": ms(plans, 0.999),
+            "first_plan_all_ms": ms(plans, 1.0),
+            "report_batches": reports.len(),
+            "report_p50_ms": ms(reports, 0.5),
+            "report_p99_ms": ms(reports, 0.99),
+            "report_p999_ms": ms(reports, 0.999),
+            "report_max_ms": ms(reports, 1.0),
+            "reports_unanswered": seen.reports_unanswered,
+            "dropped_packets": seen.dropped,
+        });
     }
     if a.output == "json" {
         println!("{}", serde_json::to_string_pretty(&result)?);

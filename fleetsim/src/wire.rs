@@ -53,6 +53,16 @@ impl Capture {
     /// returns once it listens. The agents must write their TLS secrets to
     /// [`Capture::key_log`].
     pub async fn start(port: u16, dir: &Path) -> Result<Capture> {
+        // Decrypting comes last, after every other figure: find out now whether it can.
+        let tshark = tokio::process::Command::new("tshark")
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        if !matches!(tshark, Ok(s) if s.success()) {
+            bail!("--wire needs tshark to decrypt the capture (install it, e.g. `apt-get install tshark`)");
+        }
         let (pcap, keys) = (dir.join("wire.pcap"), dir.join("tls-keys.log"));
         std::fs::create_dir_all(dir)?;
         let _ = std::fs::remove_file(&keys);
@@ -107,8 +117,8 @@ impl Capture {
         &self.keys
     }
 
-    /// Stops the capture, decrypts it and times what happened at or after `since_unix_us`.
-    pub async fn stop(mut self, since_unix_us: u64) -> Result<Seen> {
+    /// Stops the capture.
+    pub async fn finish(mut self) -> Recorded {
         if let Some(pid) = self.child.id() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
@@ -121,6 +131,26 @@ impl Capture {
             .ok()
             .and_then(|r| r.ok())
             .unwrap_or_default();
+        Recorded {
+            pcap: self.pcap,
+            keys: self.keys,
+            port: self.port,
+            dropped: said.iter().find_map(|l| dropped(l)).unwrap_or(0),
+        }
+    }
+}
+
+/// A finished capture and the secrets to read it.
+pub struct Recorded {
+    pcap: PathBuf,
+    keys: PathBuf,
+    port: u16,
+    dropped: u64,
+}
+
+impl Recorded {
+    /// Decrypts the capture and times what happened at or after `since_unix_us`.
+    pub async fn decode(&self, since_unix_us: u64) -> Result<Seen> {
         let out = tokio::process::Command::new("tshark")
             .arg("-r")
             .arg(&self.pcap)
@@ -146,7 +176,7 @@ impl Capture {
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let mut seen = timings(&exchanges(&text, self.port), since_unix_us);
-        seen.dropped = said.iter().find_map(|l| dropped(l)).unwrap_or(0);
+        seen.dropped = self.dropped;
         Ok(seen)
     }
 }
