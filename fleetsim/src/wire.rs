@@ -183,8 +183,8 @@ impl Recorded {
 
 /// The fields `tshark` prints per packet, in this order; the HTTP/2 ones list one entry
 /// per frame (`type`, `streamid`, `flags`, `length`) or per header block that has the
-/// pseudo-header (`method`, `path` in requests, `status` in answers).
-const FIELDS: [&str; 10] = [
+/// pseudo-header (`path` in requests, `status` in answers).
+const FIELDS: [&str; 9] = [
     "frame.time_epoch",
     "tcp.srcport",
     "tcp.stream",
@@ -192,7 +192,6 @@ const FIELDS: [&str; 10] = [
     "http2.streamid",
     "http2.flags",
     "http2.length",
-    "http2.headers.method",
     "http2.headers.path",
     "http2.headers.status",
 ];
@@ -236,11 +235,7 @@ fn exchanges(text: &str, port: u16) -> Vec<Exchange> {
                 .unwrap_or_default()
         };
         let (types, ids, flags, lens) = (list(3), list(4), list(5), list(6));
-        let (mut methods, mut paths, mut statuses) = (
-            list(7).into_iter(),
-            list(8).into_iter(),
-            list(9).into_iter(),
-        );
+        let (mut paths, mut statuses) = (list(7).into_iter(), list(8).into_iter());
         let from_server = src == port;
         for (k, ty) in types.iter().enumerate() {
             let (Ok(ty), Some(Ok(id))) = (ty.parse::<u8>(), ids.get(k).map(|v| v.parse::<u64>()))
@@ -262,7 +257,6 @@ fn exchanges(text: &str, port: u16) -> Vec<Exchange> {
             let e = &mut all[slot];
             match (from_server, ty) {
                 (false, HEADERS) => {
-                    let _ = methods.next();
                     if let Some(p) = paths.next() {
                         e.path = p.to_string();
                     }
@@ -339,24 +333,24 @@ mod tests {
 
     /// Lines as `tshark` prints them for one agent connection (server port 43361).
     const TSHARK: &str = "\
-1795696785.288867000\t56909\t65\t1\t1\t0x04\t51\tPOST\t/v1/agent/poll\t
-1795696785.288898000\t56909\t65\t0\t1\t0x01\t238\t\t\t
-1795696785.309712000\t43361\t65\t1|0\t1|1\t0x04|0x01\t44|54\t\t\t200
-1795696785.310672000\t56909\t65\t1\t3\t0x04\t22\tPOST\t/v1/agent/poll\t
-1795696785.310697000\t56909\t65\t0\t3\t0x01\t49\t\t\t
-1795696785.311000000\t56909\t65\t4|8\t0|0\t0x00|0x00\t24|4\t\t\t
-1795696795.448689000\t43361\t65\t1|0\t3|3\t0x04|0x01\t33|1060\t\t\t200
-1795696795.530738000\t56909\t65\t1\t7\t0x04\t25\tPOST\t/v1/agent/reports\t
-1795696795.530823000\t56909\t65\t0\t7\t0x01\t334\t\t\t
-1795696795.531950000\t43361\t65\t1\t7\t0x05\t6\t\t\t204
-1795696795.561879000\t56909\t65\t1\t9\t0x04\t22\tPOST\t/v1/agent/poll\t
-1795696795.605897000\t56909\t65\t1|1|0\t11|13|9\t0x05|0x04|0x01\t64|24|49\tGET|POST\t/v1/blobs/sha256/82|/v1/agent/reports\t
-1795696795.608655000\t56909\t65\t0\t13\t0x01\t172\t\t\t
-1795696795.615145000\t43361\t65\t1|1\t11|13\t0x04|0x05\t140|6\t\t\t200|204
-1795696795.615726000\t43361\t65\t0\t11\t0x00\t229\t\t\t
-1795696795.698828000\t43361\t65\t1|0\t9|9\t0x04|0x01\t9|1060\t\t\t200
-1795696795.700000000\t56909\t66\t1\t1\t0x05\t25\tPOST\t/v1/agent/reports\t
-1795696795.700000000\t56909\t66\t\t\t\t\t\t\t
+1795696785.288867000\t56909\t65\t1\t1\t0x04\t51\t/v1/agent/poll\t
+1795696785.288898000\t56909\t65\t0\t1\t0x01\t238\t\t
+1795696785.309712000\t43361\t65\t1|0\t1|1\t0x04|0x01\t44|54\t\t200
+1795696785.310672000\t56909\t65\t1\t3\t0x04\t22\t/v1/agent/poll\t
+1795696785.310697000\t56909\t65\t0\t3\t0x01\t49\t\t
+1795696785.311000000\t56909\t65\t4|8\t0|0\t0x00|0x00\t24|4\t\t
+1795696795.448689000\t43361\t65\t1|0\t3|3\t0x04|0x01\t33|1060\t\t200
+1795696795.530738000\t56909\t65\t1\t7\t0x04\t25\t/v1/agent/reports\t
+1795696795.530823000\t56909\t65\t0\t7\t0x01\t334\t\t
+1795696795.531950000\t43361\t65\t1\t7\t0x05\t6\t\t204
+1795696795.561879000\t56909\t65\t1\t9\t0x04\t22\t/v1/agent/poll\t
+1795696795.605897000\t56909\t65\t1|1|0\t11|13|9\t0x05|0x04|0x01\t64|24|49\t/v1/blobs/sha256/82|/v1/agent/reports\t
+1795696795.608655000\t56909\t65\t0\t13\t0x01\t172\t\t
+1795696795.615145000\t43361\t65\t1|1\t11|13\t0x04|0x05\t140|6\t\t200|204
+1795696795.615726000\t43361\t65\t0\t11\t0x00\t229\t\t
+1795696795.698828000\t43361\t65\t1|0\t9|9\t0x04|0x01\t9|1060\t\t200
+1795696795.700000000\t56909\t66\t1\t1\t0x05\t25\t/v1/agent/reports\t
+1795696795.700000000\t56909\t66\t\t\t\t\t\t
 not a tshark line
 ";
 
