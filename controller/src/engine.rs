@@ -126,7 +126,7 @@ impl HostWaker {
 pub struct Engine {
     pub store: Store,
     /// Contexts, per-host plans and their signed envelopes.
-    pub plans: crate::plans::Plans,
+    pub plans: Arc<crate::plans::Plans>,
     cfg: EngineConfig,
     wakers: Mutex<HashMap<i64, Arc<HostWaker>>>,
     tick_lock: tokio::sync::Mutex<()>,
@@ -254,9 +254,9 @@ fn parse_spec(json: &str) -> Result<ResolvedSpec> {
 }
 
 impl Engine {
-    pub fn new(store: Store, pki: Arc<Pki>, cfg: EngineConfig) -> Engine {
-        Engine {
-            plans: crate::plans::Plans::new(store.clone(), pki),
+    pub fn new(store: Store, pki: Arc<Pki>, cfg: EngineConfig) -> std::io::Result<Engine> {
+        Ok(Engine {
+            plans: Arc::new(crate::plans::Plans::new(store.clone(), pki)?),
             store,
             cfg,
             wakers: Mutex::new(HashMap::new()),
@@ -267,7 +267,7 @@ impl Engine {
             changes: Mutex::new(HashMap::new()),
             report_queue: Mutex::new(Vec::new()),
             report_turn: Arc::new(tokio::sync::Mutex::new(())),
-        }
+        })
     }
 
     /// A receiver that changes after the next tick of the cluster.

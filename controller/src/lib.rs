@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod heartbeats;
 pub mod install;
+pub mod lane;
 pub mod metrics;
 pub mod output;
 pub mod pki;

@@ -8,9 +8,12 @@
 //! a phase released to N hosts costs N small signatures, not N copies of the cluster.
 //!
 //! Signed envelopes are cached per host, keyed by everything they say (generation, the
-//! steps and attempts, the context digest), so a re-poll never re-signs.
+//! steps and attempts, the context digest), so a re-poll never re-signs. New plans are
+//! built on the plan [`Lane`], below the priority of reports and I/O: a wave of plans
+//! gets the CPU the rest leaves, and does not queue the reports that arrive during it.
 
 use crate::coalesce::Coalescer;
+use crate::lane::Lane;
 use crate::pki::Pki;
 use crate::planner::{ResolvedBundle, ResolvedSpec, StepSpec};
 use crate::store::clusters::{ClusterHostRow, StepRow};
@@ -28,6 +31,9 @@ use std::sync::{Arc, Mutex};
 
 /// How long a signed plan is valid.
 pub const PLAN_TTL_SECS: i64 = 3600;
+
+/// How many nice steps below the rest of the controller plans are built.
+const PLAN_LANE_NICE: i32 = 10;
 
 /// A cluster's context at one version, with what per-host plans need from it.
 pub struct Context {
@@ -74,6 +80,7 @@ pub struct Plans {
     open_steps: Arc<Coalescer<i64, Vec<StepRow>>>,
     /// Context versions by cluster, read for many polls at once.
     ctx_versions: Arc<Coalescer<i64, Option<i64>>>,
+    lane: Lane,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -81,8 +88,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Plans {
-    pub fn new(store: Store, pki: Arc<Pki>) -> Plans {
-        Plans {
+    /// Starts the plan lane: as many threads as the main runtime has.
+    pub fn new(store: Store, pki: Arc<Pki>) -> std::io::Result<Plans> {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Ok(Plans {
             store,
             pki,
             contexts: Mutex::new(HashMap::new()),
@@ -90,7 +99,8 @@ impl Plans {
             envelopes: Mutex::new(HashMap::new()),
             open_steps: Arc::default(),
             ctx_versions: Arc::default(),
-        }
+            lane: Lane::start("plans", threads, PLAN_LANE_NICE)?,
+        })
     }
 
     /// The cluster's current context (None when the cluster is gone).
@@ -187,12 +197,28 @@ impl Plans {
         Ok(body)
     }
 
-    /// The host's current signed plan when it is newer than `have`.
-    pub async fn plan_for(&self, host: &HostRow, have: u64) -> Result<Option<PlanEnvelope>> {
+    /// The host's current signed plan when it is newer than `have`. The generation is read
+    /// here (cached: a poll with nothing new costs no hop); the plan is read, built and
+    /// signed on the plan lane.
+    pub async fn plan_for(
+        self: &Arc<Self>,
+        host: &HostRow,
+        have: u64,
+    ) -> Result<Option<PlanEnvelope>> {
         let generation = self.store.plan_generation(host.id).await?;
         if generation <= have {
             return Ok(None);
         }
+        let (this, host) = (self.clone(), host.clone());
+        let env = self
+            .lane
+            .run(async move { this.build(&host, generation).await })
+            .await??;
+        Ok(Some(env))
+    }
+
+    /// The host's signed plan at `generation`, from the cache when nothing in it changed.
+    async fn build(&self, host: &HostRow, generation: u64) -> Result<PlanEnvelope> {
         let rows = self.open_steps(host.id).await?;
         // A host is in one cluster at a time; its open steps are that cluster's.
         let ctx = match rows.first() {
@@ -217,7 +243,7 @@ impl Plans {
         if let Some(e) = lock(&self.envelopes).get(&host.id) {
             // Re-issued once half its lifetime is gone, so an agent never gets one about to expire.
             if e.key == key && now - e.issued_at < PLAN_TTL_SECS / 2 {
-                return Ok(Some(e.envelope.clone()));
+                return Ok(e.envelope.clone());
             }
         }
         let steps = match &ctx {
@@ -249,7 +275,7 @@ impl Plans {
                 envelope: env.clone(),
             },
         );
-        Ok(Some(env))
+        Ok(env)
     }
 }
 

@@ -83,7 +83,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         store.clone(),
         pki.clone(),
         cfg.engine,
-    ));
+    )?);
     // Continue whatever was in flight before a restart.
     engine.tick_all().await?;
     // Declare lost what no host will finish; checked a few times per grace period.
