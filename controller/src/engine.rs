@@ -5,7 +5,6 @@
 //!
 //! All state lives in SQLite, so a restarted controller simply ticks every cluster again.
 
-use crate::pki::Pki;
 use crate::planner::{
     self, DesiredHost, PlanError, Recorded, RecordedHost, ResolvedBundle, ResolvedSpec, StepSpec,
 };
@@ -254,9 +253,9 @@ fn parse_spec(json: &str) -> Result<ResolvedSpec> {
 }
 
 impl Engine {
-    pub fn new(store: Store, pki: Arc<Pki>, cfg: EngineConfig) -> std::io::Result<Engine> {
-        Ok(Engine {
-            plans: Arc::new(crate::plans::Plans::new(store.clone(), pki)?),
+    pub fn new(store: Store, plans: crate::plans::Plans, cfg: EngineConfig) -> Engine {
+        Engine {
+            plans: Arc::new(plans),
             store,
             cfg,
             wakers: Mutex::new(HashMap::new()),
@@ -267,7 +266,7 @@ impl Engine {
             changes: Mutex::new(HashMap::new()),
             report_queue: Mutex::new(Vec::new()),
             report_turn: Arc::new(tokio::sync::Mutex::new(())),
-        })
+        }
     }
 
     /// A receiver that changes after the next tick of the cluster.
@@ -303,7 +302,9 @@ impl Engine {
 
     /// Stores a Clusterfile as the cluster's next generation and schedules what differs.
     pub async fn apply(&self, text: &str, actor: &str) -> Result<Applied, EngineError> {
+        let started = std::time::Instant::now();
         let cf = Clusterfile::parse(text).map_err(|e| EngineError::invalid(e.to_string()))?;
+        let parsed = started.elapsed();
         let _guard = self.tick_lock.lock().await;
         let existing = self.store.cluster(&cf.name).await?;
         let mut recorded = Recorded::default();
@@ -349,11 +350,13 @@ impl Engine {
             warnings: cf.warnings.clone(),
         };
         let hosts = self.resolve_hosts(&cf).await?;
+        let resolved = started.elapsed();
         let generation = planner::diff(&cf.name, &hosts, &spec, &recorded)?;
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.into()))?;
         let now = now_unix();
         let deadline = |s: &NewStep| now + self.step_deadline_secs(&spec, s.kind, &s.spec);
+        let planned = started.elapsed();
         let stored = self
             .store
             .apply_generation(&cf.name, text, &spec_json, generation, actor, &deadline)
@@ -362,9 +365,20 @@ impl Engine {
         for h in stored.released {
             self.wake(h);
         }
+        let committed = started.elapsed();
         drop(_guard);
         self.tick(id).await?;
-        tracing::info!(cluster = %cf.name, "applied");
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        tracing::info!(
+            cluster = %cf.name,
+            hosts = hosts.len(),
+            parse_ms = ms(parsed),
+            resolve_ms = ms(resolved - parsed),
+            plan_ms = ms(planned - resolved),
+            store_ms = ms(committed - planned),
+            tick_ms = ms(started.elapsed() - committed),
+            "applied"
+        );
         Ok(Applied {
             name: cf.name,
             warnings: cf.warnings,

@@ -32,8 +32,11 @@ use std::sync::{Arc, Mutex};
 /// How long a signed plan is valid.
 pub const PLAN_TTL_SECS: i64 = 3600;
 
-/// How many nice steps below the rest of the controller plans are built.
+/// How many nice steps below the rest of the controller plans are built and read.
 const PLAN_LANE_NICE: i32 = 10;
+
+/// Store connections of the plan lane's own (its reads are coalesced: a few suffice).
+const PLAN_LANE_READERS: u32 = 3;
 
 /// A cluster's context at one version, with what per-host plans need from it.
 pub struct Context {
@@ -88,9 +91,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Plans {
-    /// Starts the plan lane: as many threads as the main runtime has.
-    pub fn new(store: Store, pki: Arc<Pki>) -> std::io::Result<Plans> {
+    /// Starts the plan lane (as many threads as the main runtime has) and its store
+    /// connections, opened from the lane so their threads share its priority.
+    pub async fn start(store: Store, pki: Arc<Pki>) -> Result<Plans> {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let lane = Lane::start("plans", threads, PLAN_LANE_NICE)?;
+        let store = lane
+            .run(async move { store.with_own_reads(PLAN_LANE_READERS).await })
+            .await??;
         Ok(Plans {
             store,
             pki,
@@ -99,7 +107,7 @@ impl Plans {
             envelopes: Mutex::new(HashMap::new()),
             open_steps: Arc::default(),
             ctx_versions: Arc::default(),
-            lane: Lane::start("plans", threads, PLAN_LANE_NICE)?,
+            lane,
         })
     }
 

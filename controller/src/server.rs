@@ -79,11 +79,8 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     )?;
 
     let tls = Arc::new(tls_config(&pki)?);
-    let engine = Arc::new(crate::engine::Engine::new(
-        store.clone(),
-        pki.clone(),
-        cfg.engine,
-    )?);
+    let plans = crate::plans::Plans::start(store.clone(), pki.clone()).await?;
+    let engine = Arc::new(crate::engine::Engine::new(store.clone(), plans, cfg.engine));
     // Continue whatever was in flight before a restart.
     engine.tick_all().await?;
     // Declare lost what no host will finish; checked a few times per grace period.

@@ -49,7 +49,10 @@ pub struct ApiPrincipal {
 
 #[derive(Clone)]
 pub struct Store {
+    /// Reads. A view from [`Store::with_own_reads`] has a pool of its own here.
     pool: SqlitePool,
+    /// Write transactions: always the controller's shared pool.
+    writes: SqlitePool,
     /// Writers take turns here, in arrival order, before SQLite's write lock: a queue in
     /// memory instead of connections sleeping in SQLite's busy handler (whose back-off
     /// grows to 100 ms a try) while one of them writes.
@@ -155,18 +158,11 @@ impl Store {
             }
             conn.close().await?;
         }
-        // Connections are not pinged before each use: a round trip to SQLite's worker
-        // thread per query is what a busy controller spends its time on.
-        // All of them opened now: a busy controller never needs a new file descriptor
-        // (or the time to open one) to reach its store.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .min_connections(8)
-            .test_before_acquire(false)
-            .connect_with(opts.foreign_keys(true))
+        let pool = open_pool(opts.foreign_keys(true), 8)
             .await
             .with_context(|| format!("cannot open database {}", path.display()))?;
         Ok(Store {
+            writes: pool.clone(),
             pool,
             writer: Default::default(),
             cache: Default::default(),
@@ -175,11 +171,31 @@ impl Store {
         })
     }
 
+    /// A view of the store whose reads go through `connections` connections of their own,
+    /// opened now by the calling thread: SQLite runs each connection on a thread of its own,
+    /// which inherits the caller's CPU priority, so the plan lane's reads run at the lane's
+    /// priority instead of queueing with the report path's. Writes, the writers' turn and
+    /// the caches stay shared.
+    pub async fn with_own_reads(
+        &self,
+        connections: u32,
+    ) -> std::result::Result<Store, sqlx::Error> {
+        let opts = (*self.pool.connect_options()).clone();
+        Ok(Store {
+            pool: open_pool(opts, connections).await?,
+            writes: self.writes.clone(),
+            writer: self.writer.clone(),
+            cache: self.cache.clone(),
+            by_fingerprint: self.by_fingerprint.clone(),
+            generations: self.generations.clone(),
+        })
+    }
+
     /// Starts a write transaction once it is this writer's turn. A single statement run on
     /// it without `commit` is rolled back: writes always commit.
     pub async fn write(&self) -> std::result::Result<WriteTx, sqlx::Error> {
         let turn = self.writer.clone().lock_owned().await;
-        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx { tx, _turn: turn })
     }
 
@@ -231,9 +247,10 @@ impl Store {
     /// Checkpoints the WAL and closes every connection.
     pub async fn close(&self) {
         let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await;
         self.pool.close().await;
+        self.writes.close().await;
     }
 
     /// Records the admin token (by hash) when it is not there yet.
@@ -521,3 +538,125 @@ pub mod plans;
 
 pub use error::StoreError;
 pub use hosts::{BootstrapRow, EnrollError, HostRow, NewHost};
+
+/// A pool of `n` connections, all opened now and kept for the controller's lifetime: a busy
+/// controller never needs a new file descriptor (or the time to open one) to reach its
+/// store, and no connection is re-opened later from another runtime's thread (with that
+/// thread's priority). Connections are not pinged before each use: a round trip to
+/// SQLite's worker thread per query is what a busy controller spends its time on.
+async fn open_pool(
+    opts: SqliteConnectOptions,
+    n: u32,
+) -> std::result::Result<SqlitePool, sqlx::Error> {
+    SqlitePoolOptions::new()
+        .max_connections(n)
+        .min_connections(n)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .test_before_acquire(false)
+        .connect_with(opts)
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nice values of this process's SQLite connection threads.
+    fn sqlite_thread_nices() -> Vec<i32> {
+        let mut nices = Vec::new();
+        for t in std::fs::read_dir("/proc/self/task")
+            .expect("tasks")
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // Fields after the parenthesised name; the nice value is field 19 of stat.
+            let nice = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(16))
+                .and_then(|n| n.parse().ok());
+            if let (true, Some(n)) = (comm.starts_with("sqlx-sqlite"), nice) {
+                nices.push(n);
+            }
+        }
+        nices
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_view_with_its_own_reads_reads_at_its_openers_priority_and_writes_through_the_shared_pool(
+    ) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).await.expect("open");
+        let base = rustix::process::getpriority_process(None).expect("getpriority");
+        let lane = crate::lane::Lane::start("store-test", 1, 6).expect("lane");
+        let shared = store.clone();
+        let view = lane
+            .run(async move { shared.with_own_reads(2).await })
+            .await
+            .expect("ran")
+            .expect("view");
+        let lowered = (base + 6).min(19);
+        assert!(
+            sqlite_thread_nices()
+                .iter()
+                .filter(|n| **n == lowered)
+                .count()
+                >= 2,
+            "the view's connection threads run at the lane's priority: {:?}",
+            sqlite_thread_nices()
+        );
+
+        let none = |_: &clusters::NewStep| 0;
+        view.apply_generation("c", "text", "{}", Default::default(), "test", &none)
+            .await
+            .expect("a write through the view");
+        assert!(store.cluster("c").await.expect("read").is_some());
+        store
+            .apply_generation("d", "text", "{}", Default::default(), "test", &none)
+            .await
+            .expect("a write through the store");
+        assert!(view.cluster("d").await.expect("read").is_some());
+    }
+
+    #[tokio::test]
+    async fn heartbeats_of_more_hosts_than_a_chunk_all_land_and_never_move_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).await.expect("open");
+        let n = hosts::HEARTBEAT_CHUNK as i64 * 2 + 7;
+        sqlx::query(
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1)
+             INSERT INTO hosts (name, cert_fingerprint, cert_serial, facts, enrolled_with, enrolled_at, last_seen, cert_not_after)
+             SELECT 'h' || i, 'fp' || i, 's' || i, '{}', 'test', 0, 0, 0 FROM k",
+        )
+        .bind(n)
+        .execute(&store.pool)
+        .await
+        .expect("hosts");
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM hosts ORDER BY id")
+            .fetch_all(&store.pool)
+            .await
+            .expect("ids");
+        let at = |id: i64, base: i64| (id, base + id);
+        let seen_at = |base: i64| {
+            let pool = store.pool.clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM hosts WHERE last_seen = ?1 + id")
+                    .bind(base)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count")
+            }
+        };
+        let newer: Vec<(i64, i64)> = ids.iter().map(|id| at(*id, 100_000)).collect();
+        store.record_heartbeats(&newer).await.expect("record");
+        assert_eq!(seen_at(100_000).await, n, "every chunk landed");
+        let older: Vec<(i64, i64)> = ids.iter().map(|id| at(*id, 50_000)).collect();
+        store.record_heartbeats(&older).await.expect("record");
+        assert_eq!(
+            seen_at(100_000).await,
+            n,
+            "an older beat never moves last_seen back"
+        );
+    }
+}
