@@ -727,8 +727,13 @@ fn a_status_request_with_its_etag_waits_for_the_next_change_or_answers_304() {
     assert!(ctl.cli(&["reset", "c14"]).status.success());
     for w in [waiter, summary_waiter] {
         let (code, body, took) = w.join().unwrap();
-        assert_eq!(code, 200, "{body}");
-        assert!(!body.contains("\"Running\""), "{body}");
+        // The new status, or — when the one-host reset finished while a busy controller
+        // spaced the re-read after the change — the cluster is gone.
+        match code {
+            200 => assert!(!body.contains("\"Running\""), "{body}"),
+            404 => assert!(body.contains("\"code\":\"not_found\""), "{body}"),
+            _ => panic!("{code}: {body}"),
+        }
         assert!(
             took > Duration::from_secs(1) && took < Duration::from_secs(30),
             "{took:?}"
