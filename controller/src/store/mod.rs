@@ -175,7 +175,7 @@ impl Store {
     /// opened now by the calling thread: SQLite runs each connection on a thread of its own,
     /// which inherits the caller's CPU priority, so the plan lane's reads run at the lane's
     /// priority instead of queueing with the report path's. Writes, the writers' turn and
-    /// the caches stay shared.
+    /// the caches stay shared, so [`Store::close`] belongs to the store the view came from.
     pub async fn with_own_reads(
         &self,
         connections: u32,
