@@ -183,11 +183,7 @@ impl Store {
         let opts = (*self.pool.connect_options()).clone();
         Ok(Store {
             pool: open_pool(opts, connections).await?,
-            writes: self.writes.clone(),
-            writer: self.writer.clone(),
-            cache: self.cache.clone(),
-            by_fingerprint: self.by_fingerprint.clone(),
-            generations: self.generations.clone(),
+            ..self.clone()
         })
     }
 
@@ -570,12 +566,10 @@ mod tests {
             .flatten()
         {
             let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            // Fields after the parenthesised name; the nice value is field 19 of stat.
-            let nice = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(16))
-                .and_then(|n| n.parse().ok());
+            let tid = t.file_name().to_str().and_then(|n| n.parse().ok());
+            let nice = tid
+                .and_then(rustix::process::Pid::from_raw)
+                .and_then(|tid| rustix::process::getpriority_process(Some(tid)).ok());
             if let (true, Some(n)) = (comm.starts_with("sqlx-sqlite"), nice) {
                 nices.push(n);
             }
