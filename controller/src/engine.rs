@@ -142,6 +142,10 @@ pub struct Engine {
     /// Report batches waiting for the next group commit, and the turn to run one.
     report_queue: Mutex<Vec<ReportJob>>,
     report_turn: Arc<tokio::sync::Mutex<()>>,
+    /// Where report groups, ticks and heartbeat flushes run: a run queue of their own, so
+    /// a transaction holding the writers' turn resumes after each query without waiting
+    /// behind a wave of polls on the main runtime.
+    writer: crate::lane::Lane,
 }
 
 /// One request's report batch, queued for a group commit.
@@ -253,8 +257,12 @@ fn parse_spec(json: &str) -> Result<ResolvedSpec> {
 }
 
 impl Engine {
-    pub fn new(store: Store, plans: crate::plans::Plans, cfg: EngineConfig) -> Engine {
-        Engine {
+    pub fn new(
+        store: Store,
+        plans: crate::plans::Plans,
+        cfg: EngineConfig,
+    ) -> std::io::Result<Engine> {
+        Ok(Engine {
             plans: Arc::new(plans),
             store,
             cfg,
@@ -266,7 +274,17 @@ impl Engine {
             changes: Mutex::new(HashMap::new()),
             report_queue: Mutex::new(Vec::new()),
             report_turn: Arc::new(tokio::sync::Mutex::new(())),
-        }
+            writer: crate::lane::Lane::start("writer", 1, 0)?,
+        })
+    }
+
+    /// Starts `task` on the writer lane, where write transactions others wait for run.
+    pub fn spawn_writer<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.writer.spawn(task)
     }
 
     /// A receiver that changes after the next tick of the cluster.
@@ -816,7 +834,7 @@ impl Engine {
         // The groups run on their own task: a request that goes away (its agent timed
         // out) must not cancel a transaction holding other hosts' reports.
         let engine = self.clone();
-        tokio::spawn(async move {
+        self.writer.spawn(async move {
             let _turn = turn;
             loop {
                 let jobs: Vec<ReportJob> = {

@@ -10,6 +10,12 @@
 //!
 //! The priority is a nice value of the lane's own threads (Linux applies `setpriority` on a
 //! thread id to that thread only), relative to the rest of the process.
+//!
+//! A lane at the process's own priority is still a run queue of its own. The engine's writer
+//! lane holds the write transactions that others wait for (report groups, ticks, heartbeat
+//! flushes): every query of a transaction is a round trip to SQLite's connection thread,
+//! and on the main runtime each resumption queued behind thousands of woken polls while the
+//! writers' turn was held.
 
 use std::future::Future;
 
@@ -29,12 +35,16 @@ pub struct Lane {
 
 impl Lane {
     /// Starts `threads` worker threads named `berth-{name}` at nice `nice` (0 to 19; above
-    /// the process's own nice value, so never a raise).
+    /// the process's own nice value, so never a raise; 0 keeps the process's priority).
     pub fn start(name: &'static str, threads: usize, nice: i32) -> std::io::Result<Lane> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name(format!("berth-{name}"))
-            .on_thread_start(move || lower_priority(name, nice))
+            .on_thread_start(move || {
+                if nice > 0 {
+                    lower_priority(name, nice)
+                }
+            })
             .enable_all()
             .build()?;
         Ok(Lane {
@@ -56,6 +66,16 @@ impl Lane {
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Err(LaneError::Stopped(self.name)),
         }
+    }
+
+    /// Starts `task` on the lane without waiting for it; it runs to its end even if the
+    /// handle is dropped.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(task)
     }
 }
 
@@ -124,5 +144,25 @@ mod tests {
         }
         let err = lane.run(async { 1 }).await.expect_err("stopped");
         assert_eq!(err.to_string(), "the test lane is shutting down");
+    }
+
+    #[tokio::test]
+    async fn a_spawned_task_runs_on_the_lane_to_its_end_when_its_handle_is_dropped() {
+        let lane = Lane::start("writer", 1, 0).expect("lane");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        drop(lane.spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            let _ = tx.send((
+                std::thread::current().name().map(str::to_string),
+                nice_of(rustix::thread::gettid()),
+            ));
+        }));
+        let (name, nice) = rx.await.expect("the task finished");
+        assert_eq!(name.as_deref(), Some("berth-writer"));
+        assert_eq!(
+            nice,
+            nice_of(rustix::thread::gettid()),
+            "nice 0 keeps the process's priority"
+        );
     }
 }

@@ -80,14 +80,18 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
 
     let tls = Arc::new(tls_config(&pki)?);
     let plans = crate::plans::Plans::start(store.clone(), pki.clone()).await?;
-    let engine = Arc::new(crate::engine::Engine::new(store.clone(), plans, cfg.engine));
+    let engine = Arc::new(crate::engine::Engine::new(
+        store.clone(),
+        plans,
+        cfg.engine,
+    )?);
     // Continue whatever was in flight before a restart.
     engine.tick_all().await?;
     // Declare lost what no host will finish; checked a few times per grace period.
     let reap_every = (cfg.engine.host_lost_after.min(cfg.engine.step_grace) / 4)
         .clamp(Duration::from_millis(500), Duration::from_secs(15));
     tokio::spawn(engine.clone().run_reaper(reap_every, shutdown.clone()));
-    tokio::spawn(engine.clone().run_ticker(shutdown.clone()));
+    engine.spawn_writer(engine.clone().run_ticker(shutdown.clone()));
     tokio::spawn(renew_server_cert(pki.clone(), shutdown.clone()));
     {
         // Host changes made by another writer of the database reach the host cache.
@@ -96,7 +100,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     }
     let bundled = crate::install::bundled_agent(cfg.agent_binary.as_deref())?;
     let heartbeats = Arc::new(crate::heartbeats::Heartbeats::default());
-    let flusher = tokio::spawn(heartbeats.clone().run_flusher(
+    let flusher = engine.spawn_writer(heartbeats.clone().run_flusher(
         store.clone(),
         Duration::from_secs(1),
         shutdown.clone(),
