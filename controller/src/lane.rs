@@ -34,15 +34,17 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// Starts `threads` worker threads named `berth-{name}` at nice `nice` (0 to 19; above
-    /// the process's own nice value, so never a raise; 0 keeps the process's priority).
+    /// Starts `threads` worker threads named `berth-{name}` at `nice` steps from the
+    /// process's own nice value: above 0 lowers their priority, 0 keeps it, below 0 raises
+    /// it where the process may (root, `CAP_SYS_NICE`, or an `RLIMIT_NICE` such as
+    /// systemd's `LimitNICE=`; elsewhere the threads keep the process's priority).
     pub fn start(name: &'static str, threads: usize, nice: i32) -> std::io::Result<Lane> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name(format!("berth-{name}"))
             .on_thread_start(move || {
-                if nice > 0 {
-                    lower_priority(name, nice)
+                if nice != 0 {
+                    shift_priority(name, nice)
                 }
             })
             .enable_all()
@@ -87,14 +89,19 @@ impl Drop for Lane {
     }
 }
 
-/// Lowers the calling thread's priority by `nice` steps (the nice value is per thread on
+/// Moves the calling thread's nice value by `nice` steps (the nice value is per thread on
 /// Linux). A refusal only costs the priority, so it is logged, not fatal.
-fn lower_priority(lane: &'static str, nice: i32) {
+fn shift_priority(lane: &'static str, nice: i32) {
     let tid = rustix::thread::gettid();
     let current = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
-    let target = (current + nice).min(19);
+    let target = (current + nice).clamp(-20, 19);
     if let Err(e) = rustix::process::setpriority_process(Some(tid), target) {
-        tracing::warn!(lane, error = %e, "cannot lower the lane's thread priority");
+        tracing::warn!(
+            lane,
+            nice = target,
+            error = %e,
+            "cannot change the lane's thread priority; it runs at the process's"
+        );
     }
 }
 
@@ -144,6 +151,23 @@ mod tests {
         }
         let err = lane.run(async { 1 }).await.expect_err("stopped");
         assert_eq!(err.to_string(), "the test lane is shutting down");
+    }
+
+    #[tokio::test]
+    async fn a_raise_takes_where_the_process_may_raise_and_else_keeps_its_priority() {
+        let lane = Lane::start("raise", 1, -3).expect("lane");
+        let base = rustix::process::getpriority_process(None).expect("getpriority");
+        let theirs = lane
+            .run(async { nice_of(rustix::thread::gettid()) })
+            .await
+            .expect("ran");
+        // Root may always raise (CAP_SYS_NICE); others only within RLIMIT_NICE.
+        let may = rustix::process::geteuid().is_root()
+            || rustix::process::getrlimit(rustix::process::Resource::Nice)
+                .current
+                .is_some_and(|l| 20 - l as i32 <= (base - 3).max(-20));
+        let want = if may { (base - 3).max(-20) } else { base };
+        assert_eq!(theirs, want);
     }
 
     #[tokio::test]

@@ -63,7 +63,16 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
 
     let sans = server_sans(&advertise_url, &cfg.extra_sans);
     let pki = Arc::new(Pki::load_or_create(&cfg.data_dir, &sans, cfg.lifetimes)?);
-    let store = Store::open(&cfg.data_dir).await?;
+    // Report groups, ticks and heartbeat flushes run on the writer lane, and every write
+    // goes through a connection opened from it (SQLite's connection thread shares its
+    // priority), before anything clones the store.
+    let writer = crate::lane::Lane::start("writer", 1, crate::engine::WRITER_NICE)?;
+    let store = {
+        let store = Store::open(&cfg.data_dir).await?;
+        writer
+            .run(async move { store.with_own_writes(1).await })
+            .await??
+    };
     store
         .ensure_admin_token(&hash_secret(&pki.admin_token))
         .await?;
@@ -83,8 +92,9 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     let engine = Arc::new(crate::engine::Engine::new(
         store.clone(),
         plans,
+        writer,
         cfg.engine,
-    )?);
+    ));
     // Continue whatever was in flight before a restart.
     engine.tick_all().await?;
     // Declare lost what no host will finish; checked a few times per grace period.

@@ -187,6 +187,21 @@ impl Store {
         })
     }
 
+    /// The store with its writes on `connections` connections of their own, opened now by
+    /// the calling thread (whose CPU priority SQLite's connection threads inherit, as for
+    /// [`Store::with_own_reads`]). Meant for the store every part of the controller clones,
+    /// before any clone is made: writes then always run at the opener's priority.
+    pub async fn with_own_writes(
+        &self,
+        connections: u32,
+    ) -> std::result::Result<Store, sqlx::Error> {
+        let opts = (*self.writes.connect_options()).clone();
+        Ok(Store {
+            writes: open_pool(opts, connections).await?,
+            ..self.clone()
+        })
+    }
+
     /// Starts a write transaction once it is this writer's turn. A single statement run on
     /// it without `commit` is rolled back: writes always commit.
     pub async fn write(&self) -> std::result::Result<WriteTx, sqlx::Error> {
@@ -611,6 +626,40 @@ mod tests {
             .await
             .expect("a write through the store");
         assert!(view.cluster("d").await.expect("read").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_store_with_its_own_writes_writes_on_one_connection_at_its_openers_priority() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).await.expect("open");
+        let base = rustix::process::getpriority_process(None).expect("getpriority");
+        let lane = crate::lane::Lane::start("store-writes", 1, 4).expect("lane");
+        let shared = store.clone();
+        let writing = lane
+            .run(async move { shared.with_own_writes(1).await })
+            .await
+            .expect("ran")
+            .expect("store");
+        let lowered = (base + 4).min(19);
+        assert!(
+            sqlite_thread_nices().contains(&lowered),
+            "the write connection's thread runs at the lane's priority: {:?}",
+            sqlite_thread_nices()
+        );
+        assert_eq!(writing.writes.size(), 1);
+        assert_eq!(
+            store.writes.size(),
+            8,
+            "the store it came from keeps its pool"
+        );
+
+        let none = |_: &clusters::NewStep| 0;
+        writing
+            .apply_generation("c", "text", "{}", Default::default(), "test", &none)
+            .await
+            .expect("a write on the own connection");
+        assert!(store.cluster("c").await.expect("read").is_some());
+        assert!(writing.cluster("c").await.expect("read").is_some());
     }
 
     #[tokio::test]
