@@ -1,21 +1,19 @@
-//! A lane: a runtime of its own, on threads of lower CPU priority, for work that comes in
-//! waves and can wait a moment.
+//! A lane: a runtime of its own, on threads of their own CPU priority, for work that must not
+//! share the main runtime's run queue.
 //!
 //! A phase released to a fleet wakes thousands of held polls at once, and each builds and
 //! signs a plan. On the main runtime those tasks fill its run queue, and a report that
 //! arrives during the wave waits behind all of them (its p99 went from ~50 ms to 155 ms in a
-//! 19,000-host fan-out). On a lane the wave still gets every core the main runtime leaves
-//! idle, but the kernel runs the main runtime's threads first whenever both want the CPU,
-//! so reports, TLS and HTTP/2 framing are not queued behind plan builds.
+//! 19,000-host fan-out). On the plan lane (lower priority) the wave still gets every core the
+//! main runtime leaves idle, but the kernel runs the main runtime's threads first whenever
+//! both want the CPU, so reports, TLS and HTTP/2 framing are not queued behind plan builds.
+//! The engine's writer lane (higher priority where the process may raise it) holds the write
+//! transactions that others wait for (report groups, ticks, heartbeat flushes): every query
+//! of a transaction is a round trip to SQLite's connection thread, and on the main runtime
+//! each resumption queued behind the woken polls while the writers' turn was held.
 //!
 //! The priority is a nice value of the lane's own threads (Linux applies `setpriority` on a
 //! thread id to that thread only), relative to the rest of the process.
-//!
-//! A lane at the process's own priority is still a run queue of its own. The engine's writer
-//! lane holds the write transactions that others wait for (report groups, ticks, heartbeat
-//! flushes): every query of a transaction is a round trip to SQLite's connection thread,
-//! and on the main runtime each resumption queued behind thousands of woken polls while the
-//! writers' turn was held.
 
 use std::future::Future;
 
@@ -162,11 +160,12 @@ mod tests {
             .await
             .expect("ran");
         // Root may always raise (CAP_SYS_NICE); others only within RLIMIT_NICE.
+        let raised = (base - 3).max(-20);
         let may = rustix::process::geteuid().is_root()
             || rustix::process::getrlimit(rustix::process::Resource::Nice)
                 .current
-                .is_some_and(|l| 20 - l as i32 <= (base - 3).max(-20));
-        let want = if may { (base - 3).max(-20) } else { base };
+                .is_some_and(|l| 20 - l as i32 <= raised);
+        let want = if may { raised } else { base };
         assert_eq!(theirs, want);
     }
 

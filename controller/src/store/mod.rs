@@ -51,7 +51,8 @@ pub struct ApiPrincipal {
 pub struct Store {
     /// Reads. A view from [`Store::with_own_reads`] has a pool of its own here.
     pool: SqlitePool,
-    /// Write transactions: always the controller's shared pool.
+    /// Write transactions, shared by every clone and read view; [`Store::with_own_writes`]
+    /// gives them connections of their own.
     writes: SqlitePool,
     /// Writers take turns here, in arrival order, before SQLite's write lock: a queue in
     /// memory instead of connections sleeping in SQLite's busy handler (whose back-off
@@ -592,20 +593,36 @@ mod tests {
         nices
     }
 
+    /// A new store and what `derive` makes of it on a lane at nice +`nice`, with the nice
+    /// value the lane's threads have, and the lane (kept while the test runs, as the
+    /// controller keeps its lanes).
+    async fn derived_on_a_lane<F, Fut>(
+        dir: &Path,
+        nice: i32,
+        derive: F,
+    ) -> (Store, Store, i32, crate::lane::Lane)
+    where
+        F: FnOnce(Store) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = std::result::Result<Store, sqlx::Error>> + Send,
+    {
+        let store = Store::open(dir).await.expect("open");
+        let base = rustix::process::getpriority_process(None).expect("getpriority");
+        let lane = crate::lane::Lane::start("store-test", 1, nice).expect("lane");
+        let shared = store.clone();
+        let derived = lane
+            .run(async move { derive(shared).await })
+            .await
+            .expect("ran")
+            .expect("derived store");
+        (store, derived, (base + nice).min(19), lane)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_view_with_its_own_reads_reads_at_its_openers_priority_and_writes_through_the_shared_pool(
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).await.expect("open");
-        let base = rustix::process::getpriority_process(None).expect("getpriority");
-        let lane = crate::lane::Lane::start("store-test", 1, 6).expect("lane");
-        let shared = store.clone();
-        let view = lane
-            .run(async move { shared.with_own_reads(2).await })
-            .await
-            .expect("ran")
-            .expect("view");
-        let lowered = (base + 6).min(19);
+        let (store, view, lowered, _lane) =
+            derived_on_a_lane(dir.path(), 6, |s| async move { s.with_own_reads(2).await }).await;
         assert!(
             sqlite_thread_nices()
                 .iter()
@@ -631,16 +648,8 @@ mod tests {
     #[tokio::test]
     async fn a_store_with_its_own_writes_writes_on_one_connection_at_its_openers_priority() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).await.expect("open");
-        let base = rustix::process::getpriority_process(None).expect("getpriority");
-        let lane = crate::lane::Lane::start("store-writes", 1, 4).expect("lane");
-        let shared = store.clone();
-        let writing = lane
-            .run(async move { shared.with_own_writes(1).await })
-            .await
-            .expect("ran")
-            .expect("store");
-        let lowered = (base + 4).min(19);
+        let (store, writing, lowered, _lane) =
+            derived_on_a_lane(dir.path(), 4, |s| async move { s.with_own_writes(1).await }).await;
         assert!(
             sqlite_thread_nices().contains(&lowered),
             "the write connection's thread runs at the lane's priority: {:?}",
