@@ -60,9 +60,20 @@ pub struct JoinArgs {
     /// Controller URL, e.g. https://10.0.0.1:7443
     #[arg(long)]
     pub controller: String,
-    /// Bootstrap token ID.SECRET
-    #[arg(long, env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// Bootstrap token ID.SECRET (a command line is visible to every local user: prefer
+    /// --token-file or the BERTH_JOIN_TOKEN environment variable)
+    #[arg(
+        long,
+        env = "BERTH_JOIN_TOKEN",
+        hide_env_values = true,
+        required_unless_present = "token_file",
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// Read the bootstrap token from this file (mode 0600 or stricter; the install line
+    /// passes it this way, so it never shows in a process list)
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// sha256 of the controller's CA certificate; the join stops if it differs
     #[arg(long)]
     pub ca_hash: String,
@@ -160,9 +171,14 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Join(a) => {
+            let token = match (&a.token, &a.token_file) {
+                (Some(t), _) => t.clone(),
+                (None, Some(f)) => join::read_token_file(f)?,
+                (None, None) => anyhow::bail!("pass --token or --token-file"),
+            };
             let cfg: JoinConfig = join::validate(
                 &a.controller,
-                &a.token,
+                &token,
                 &a.ca_hash,
                 a.name.as_deref(),
                 a.common.data_dir.clone(),

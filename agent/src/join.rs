@@ -21,6 +21,24 @@ pub struct JoinConfig {
     pub reenroll: bool,
 }
 
+/// Reads a bootstrap token from `path`: one line, the file private to its owner (a token
+/// readable by other users could enroll hosts of theirs).
+pub fn read_token_file(path: &std::path::Path) -> Result<String> {
+    let bytes = berth_files::read_secret(path)
+        .with_context(|| format!("--token-file {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow!("--token-file {}: not text", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    match (lines.next(), lines.next()) {
+        (Some(t), None) => Ok(t.trim().to_string()),
+        (None, _) => bail!("--token-file {}: the file is empty", path.display()),
+        (Some(_), Some(_)) => bail!(
+            "--token-file {}: more than one line; the file holds only the token ID.SECRET",
+            path.display()
+        ),
+    }
+}
+
 /// Parses and checks the join arguments before any network call.
 pub fn validate(
     controller: &str,

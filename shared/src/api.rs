@@ -62,10 +62,12 @@ pub struct CreateTokenResponse {
     pub ca_hash: Digest,
     /// The line to paste on a host that has `berth-agent` already.
     pub join_command: String,
-    /// The line to paste on a host that has nothing but `sh` and `curl` (or `wget`): it
-    /// carries the controller's CA certificate, so the first byte it downloads is already
-    /// verified; the install script then checks the agent binary's sha256, installs it,
-    /// enrolls and starts it.
+    /// The line to paste on a host that has nothing but `sh` and `curl` (or GNU wget on
+    /// GnuTLS): it carries the controller's CA certificate, trusted alone (never the
+    /// system's CA store), and the install script's sha256, so nothing runs that did not
+    /// come from this controller; the token reaches the host through a pipe into a 0600
+    /// file, never a command line. The script checks the agent binary's sha256, installs
+    /// it, enrolls and starts it.
     pub install_command: String,
     /// The host this token may re-enroll (`--reenroll`), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

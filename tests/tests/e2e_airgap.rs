@@ -49,7 +49,10 @@ fn hosts_with_nothing_install_themselves_with_one_line_then_a_cluster() {
     let out = ctl.cli(&["token", "create", "--install", "--uses", "3"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let line = stdout(&out).trim().to_string();
-    assert!(line.starts_with("sh -c '"), "{line}");
+    assert!(
+        line.starts_with("echo ") && line.contains(" | sh -c '"),
+        "{line}"
+    );
 
     let names = ["h1", "h2", "h3"];
     let mut addrs = Vec::new();

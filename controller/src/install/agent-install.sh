@@ -1,17 +1,22 @@
 #!/bin/sh
 # berth-agent installer, served by the berth controller at /v1/install/agent.sh.
 #
-# Run it through the line `berth token create --install` prints: that line carries the
-# controller's CA certificate, fetched this script over TLS verified against it, and passes
-# the CA on here, so every byte below comes from the controller the line names.
-# Needs: sh, curl or wget, sha256sum (coreutils or busybox), uname, mkdir, mv, chmod.
+# Run it through the line `berth token create --install` prints. That line carries the
+# controller's CA certificate and this script's sha256: it fetched the script over TLS
+# that trusts that CA and nothing else (the system's CA store is not consulted), and ran
+# it only after its digest matched. This script downloads the same way, so every byte
+# below comes from the controller the line names.
+# Needs: sh, curl (or GNU wget built with GnuTLS), sha256sum (coreutils or busybox),
+# uname, mkdir, mv, chmod, tr, sed, readlink.
 #
 # Set by the line:
 #   BERTH_URL             controller URL
-#   BERTH_TOKEN           bootstrap token (unused when this host is already enrolled)
+#   BERTH_TOKEN_FILE      file holding the bootstrap token (the line writes it 0600, so
+#                         the token never appears in a command line or an environment)
 #   BERTH_CA_HASH         sha256:<hex> of the controller's CA (the agent checks it again)
 #   BERTH_CA_FILE         the CA certificate the line verified the controller with
 # May be set by the operator (like INSTALL_K3S_*):
+#   BERTH_TOKEN           the bootstrap token itself, when there is no BERTH_TOKEN_FILE
 #   BERTH_INSTALL_DIR     where berth-agent goes                        [/usr/local/bin]
 #   BERTH_AGENT_DATA_DIR  identity, bundles, journal, logs              [/var/lib/berth-agent]
 #   BERTH_NAME            this host's name in berth                     [its hostname]
@@ -23,6 +28,7 @@
 #
 # Re-running it is harmless: an enrolled host is not enrolled again, an identical binary is
 # not replaced, a running agent is left running (restarted only when its binary changed).
+# A host enrolled with another controller is refused before anything changes.
 # It installs berth-agent-uninstall.sh next to the binary.
 set -eu
 umask 022
@@ -37,10 +43,12 @@ fail() { echo "berth-install: error: $*" >&2; exit 1; }
 install_dir=${BERTH_INSTALL_DIR:-/usr/local/bin}
 data_dir=${BERTH_AGENT_DATA_DIR:-/var/lib/berth-agent}
 # Both go into a unit file and the uninstall script (which removes the data dir): absolute,
-# plain characters, never `/`.
+# plain characters, already normal (no `.` or `..` parts, no `//`, no trailing `/`), so
+# that no spelling of `/` (`//`, `/.`, `/usr/..`) passes for another directory.
 for p in "$install_dir" "$data_dir"; do
   case $p in
-    / | *[!A-Za-z0-9._/-]* | [!/]*) fail "\`$p\` must be an absolute path of letters, digits, . _ - / and not /" ;;
+    *[!A-Za-z0-9._/-]* | [!/]*) fail "\`$p\` must be an absolute path of letters, digits, . _ - /" ;;
+    / | */ | *//* | */./* | */. | */../* | */..) fail "\`$p\` must be a normal absolute path other than / (no \`.\` or \`..\` parts, no \`//\`, no trailing /)" ;;
   esac
 done
 bin=$install_dir/berth-agent
@@ -58,15 +66,30 @@ case $(uname -m) in
   *) arch=$(uname -m) ;;
 esac
 
+# An empty directory given to the clients as their CA directory, so that the controller's
+# CA is the only one trusted: curl with --cacert alone still consults its built-in CA
+# path (/etc/ssl/certs on Debian), and GNU wget loads the system store unless it is given
+# a CA directory. (Created below, inside the work dir.)
+no_system_cas=
+
 # fetch URL FILE: download over TLS verified against the controller's CA only.
 fetch() {
   if command -v curl >/dev/null 2>&1; then
-    curl -fsS --proto =https --cacert "$BERTH_CA_FILE" -o "$2" "$1"
-  elif command -v wget >/dev/null 2>&1 && wget --help 2>&1 | grep -q ca-certificate; then
-    wget -q --ca-certificate="$BERTH_CA_FILE" -O "$2" "$1"
+    curl -fsS --proto =https --cacert "$BERTH_CA_FILE" --capath "$no_system_cas" -o "$2" "$1"
+  elif gnutls_wget; then
+    wget -q --ca-certificate="$BERTH_CA_FILE" --ca-directory="$no_system_cas" -O "$2" "$1"
   else
-    fail "curl or GNU wget is needed (busybox wget cannot check the controller's certificate)"
+    fail "this host needs curl, or GNU wget built with GnuTLS: other wget builds (OpenSSL, busybox) also trust the system's CA store, so a server with a certificate from any CA there could answer for the controller"
   fi
+}
+
+# gnutls_wget: whether `wget` is GNU wget on GnuTLS, which trusts only the CA file and the
+# CA directory it is given (checked with an empty directory against a system store).
+gnutls_wget() {
+  case $(wget --version 2>/dev/null) in
+    *+ssl/gnutls*) return 0 ;;
+    *) return 1 ;;
+  esac
 }
 
 # sha256 FILE: the hex digest.
@@ -82,13 +105,15 @@ sha256() {
   fi
 }
 
-# agent_pid: the pid of the background agent this script started, if it still runs.
+# agent_pid: the pid of the background agent this script started, if it still runs: the
+# pid file's process must be running $bin itself (or the $bin it replaced), not merely a
+# process whose command line mentions berth-agent.
 agent_pid() {
   [ -f "$pidfile" ] || return 1
   read -r p <"$pidfile" || return 1
-  [ -n "$p" ] && kill -0 "$p" 2>/dev/null || return 1
-  case $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) in
-    *berth-agent*) echo "$p" ;;
+  case $p in '' | *[!0-9]*) return 1 ;; esac
+  case $(readlink "/proc/$p/exe" 2>/dev/null) in
+    "$bin" | "$bin (deleted)") echo "$p" ;;
     *) return 1 ;;
   esac
 }
@@ -97,9 +122,23 @@ use_systemd() {
   [ "${BERTH_SKIP_SYSTEMD:-}" != 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1
 }
 
+# 0. A host enrolled with another controller stays with it: say so before changing anything.
+enrolled=0
+if [ -f "$data_dir/identity/agent.json" ]; then
+  enrolled=1
+  if [ "${BERTH_REENROLL:-}" != 1 ] &&
+    [ "$(tr -d ' \t\r\n' <"$data_dir/identity/ca.crt" 2>/dev/null)" != "$(tr -d ' \t\r\n' <"$BERTH_CA_FILE")" ]; then
+    other=$(sed -n 's/.*"controller" *: *"\([^"]*\)".*/\1/p' "$data_dir/identity/agent.json" | head -n 1)
+    name=$(sed -n 's/.*"name" *: *"\([^"]*\)".*/\1/p' "$data_dir/identity/agent.json" | head -n 1)
+    fail "this host is enrolled as \`${name:-?}\` with another controller (${other:-unknown}, identity in $data_dir/identity); this line is for $BERTH_URL. Nothing was changed. To move the host: run $uninstall here (stops the agent, removes $data_dir), \`berth host delete ${name:-NAME}\` on the old controller, then this line again; or give BERTH_AGENT_DATA_DIR and BERTH_INSTALL_DIR other paths to run a second agent"
+  fi
+fi
+
 mkdir -p "$install_dir"
 work=$(mktemp -d "$install_dir/.berth-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+no_system_cas=$work/no-system-cas
+mkdir "$no_system_cas"
 
 # 1. The agent binary, checked against the digest the controller publishes.
 base=$BERTH_URL/v1/install/berth-agent/$os/$arch
@@ -133,8 +172,9 @@ if [ -f "$unit" ] && command -v systemctl >/dev/null 2>&1; then
   systemctl daemon-reload 2>/dev/null || true
 fi
 if [ -f "$pidfile" ] && read -r p <"$pidfile"; then
-  case \$(tr '\\0' ' ' <"/proc/\$p/cmdline" 2>/dev/null) in
-    *berth-agent*)
+  # Only the agent itself: the pid file's process must run $bin.
+  case \$(readlink "/proc/\$p/exe" 2>/dev/null) in
+    "$bin" | "$bin (deleted)")
       kill "\$p" 2>/dev/null || true
       i=0
       while kill -0 "\$p" 2>/dev/null && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done
@@ -150,15 +190,21 @@ UNINSTALL
 chmod 0755 "$work/uninstall"
 mv -f "$work/uninstall" "$uninstall"
 
-# 3. Enrollment: once; again only when asked to re-enroll.
-if [ -f "$data_dir/identity/agent.json" ] && [ "${BERTH_REENROLL:-}" != 1 ]; then
-  say "already enrolled (identity in $data_dir/identity); not joining again"
+# 3. Enrollment: once; again only when asked to re-enroll. The token goes to the agent in
+# a file (0600), never on a command line.
+if [ "$enrolled" = 1 ] && [ "${BERTH_REENROLL:-}" != 1 ]; then
+  say "already enrolled with this controller (identity in $data_dir/identity); not joining again"
 else
-  [ -n "${BERTH_TOKEN:-}" ] || fail "BERTH_TOKEN is not set"
-  set -- join --controller "$BERTH_URL" --ca-hash "$BERTH_CA_HASH" --data-dir "$data_dir"
+  token_file=${BERTH_TOKEN_FILE:-}
+  if [ -z "$token_file" ]; then
+    [ -n "${BERTH_TOKEN:-}" ] || fail "neither BERTH_TOKEN_FILE nor BERTH_TOKEN is set; run the line \`berth token create --install\` prints"
+    token_file=$work/token
+    (umask 077 && printf '%s\n' "$BERTH_TOKEN" >"$token_file")
+  fi
+  set -- join --controller "$BERTH_URL" --ca-hash "$BERTH_CA_HASH" --data-dir "$data_dir" --token-file "$token_file"
   [ -z "${BERTH_NAME:-}" ] || set -- "$@" --name "$BERTH_NAME"
   [ "${BERTH_REENROLL:-}" != 1 ] || set -- "$@" --reenroll
-  BERTH_JOIN_TOKEN=$BERTH_TOKEN "$bin" "$@"
+  env -u BERTH_TOKEN -u BERTH_JOIN_TOKEN "$bin" "$@"
   changed=1
 fi
 
@@ -203,7 +249,7 @@ else
     while kill -0 "$p" 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
   fi
   # The agent needs none of the installer's variables (the token least of all).
-  unset BERTH_TOKEN BERTH_URL BERTH_CA_HASH BERTH_CA_FILE
+  unset BERTH_TOKEN BERTH_TOKEN_FILE BERTH_URL BERTH_CA_HASH BERTH_CA_FILE
   nohup "$bin" run --data-dir "$data_dir" >>"$data_dir/agent.log" 2>&1 </dev/null &
   echo $! >"$pidfile"
   say "berth-agent runs in the background (pid $!, log $data_dir/agent.log, pid file $pidfile)"

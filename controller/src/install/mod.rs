@@ -164,9 +164,24 @@ pub async fn import_bundled(store: &Store, bins: &AgentBinaries, path: &Path) ->
     Ok(())
 }
 
+/// The sha256 of [`SCRIPT`], which the install line pins.
+pub fn script_digest() -> Digest {
+    Digest::of(SCRIPT.as_bytes())
+}
+
 /// The line `berth token create --install` prints. Everything in it is either fixed text,
-/// the controller's URL, the token, the CA hash, or the CA certificate's base64 lines —
-/// none of which can hold a quote.
+/// the controller's URL, the token, the CA hash, the script's digest, or the CA
+/// certificate's base64 lines — none of which can hold a quote.
+///
+/// What it guarantees, in order:
+/// - the token reaches the host through a pipe from the pasting shell's `echo` builtin
+///   into a 0600 file, so it never appears in a command line or an environment;
+/// - the script is downloaded over TLS that trusts the controller's CA and nothing else:
+///   curl gets `--cacert` and an empty `--capath` (its built-in CA path is otherwise still
+///   read), GNU wget on GnuTLS `--ca-certificate` and an empty `--ca-directory`; any
+///   other wget is refused, saying why;
+/// - the script runs only when its sha256 is the one the line carries, so a script from
+///   any other server is refused before it runs.
 pub fn one_liner(
     url: &str,
     token: &str,
@@ -185,12 +200,20 @@ pub fn one_liner(
         Some(h) => format!(" BERTH_REENROLL=1 BERTH_NAME={h}"),
         None => String::new(),
     };
+    let script = script_digest().hex();
     format!(
-        "sh -c 'set -eu; d=$(mktemp -d); trap \"rm -rf $d\" EXIT; \
+        "echo {token} | sh -c 'set -eu; umask 077; d=$(mktemp -d); trap \"rm -rf $d\" EXIT; \
+if [ -t 0 ]; then echo \"berth: paste the whole line, from echo on\" >&2; exit 1; fi; cat >\"$d/token\"; mkdir \"$d/no-system-cas\"; \
 printf \"%s\\n\" {pem} >\"$d/ca.pem\"; u=\"{url}/v1/install/agent.sh\"; \
-if command -v curl >/dev/null 2>&1; then curl -fsS --proto =https --cacert \"$d/ca.pem\" -o \"$d/install.sh\" \"$u\"; \
-else wget -q --ca-certificate=\"$d/ca.pem\" -O \"$d/install.sh\" \"$u\" || {{ echo \"berth: curl or GNU wget is needed\" >&2; exit 1; }}; fi; \
-BERTH_URL=\"{url}\" BERTH_TOKEN={token} BERTH_CA_HASH={ca_hash} BERTH_CA_FILE=\"$d/ca.pem\"{reenroll} sh \"$d/install.sh\"'"
+if command -v curl >/dev/null 2>&1; then curl -fsS --proto =https --cacert \"$d/ca.pem\" --capath \"$d/no-system-cas\" -o \"$d/install.sh\" \"$u\" || \
+{{ echo \"berth: cannot download $u trusting only the controller CA this line carries (see above); nothing was run\" >&2; exit 1; }}; \
+elif case $(wget --version 2>/dev/null) in *+ssl/gnutls*) true;; *) false;; esac; then \
+wget -q --ca-certificate=\"$d/ca.pem\" --ca-directory=\"$d/no-system-cas\" -O \"$d/install.sh\" \"$u\" || \
+{{ echo \"berth: cannot download $u trusting only the controller CA this line carries (wget exit $?); nothing was run\" >&2; exit 1; }}; \
+else echo \"berth: this host needs curl, or GNU wget built with GnuTLS (other wget builds also trust the system CA store); nothing was run\" >&2; exit 1; fi; \
+h=$({{ sha256sum || busybox sha256sum || shasum -a 256; }} <\"$d/install.sh\" 2>/dev/null || :); \
+case $h in \"{script} \"*) ;; *) echo \"berth: the script from $u is not the one this line pins (sha256 {script}), or no sha256sum is installed; nothing was run. Print a new line with: berth token create --install\" >&2; exit 1;; esac; \
+BERTH_URL=\"{url}\" BERTH_TOKEN_FILE=\"$d/token\" BERTH_CA_HASH={ca_hash} BERTH_CA_FILE=\"$d/ca.pem\"{reenroll} sh \"$d/install.sh\" </dev/null'"
     )
 }
 
@@ -251,11 +274,15 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nMIIBAB+/=\n-----END CERTIFICATE-----\n",
             None,
         );
-        assert!(line.starts_with("sh -c '"));
+        assert!(line.starts_with("echo abcdef.0123456789abcdef | sh -c '"));
         assert!(line.ends_with('\''));
         assert_eq!(line.matches('\'').count(), 2, "{line}");
         assert!(line.contains("\"-----BEGIN CERTIFICATE-----\" \"MIIBAB+/=\""));
         assert!(line.contains("--cacert"));
+        assert!(line.contains("--capath"));
+        assert!(line.contains("--ca-directory"));
+        assert!(line.contains(&format!("\"{} \"*)", script_digest().hex())));
+        assert_eq!(line.matches("abcdef.0123456789abcdef").count(), 1);
         assert!(!line.contains("BERTH_REENROLL"));
     }
 }
