@@ -772,16 +772,27 @@ impl Executor {
                 Some(code),
             )));
         }
-        let text = read_capped(h.outputs, 64 * 1024);
-        let mut outputs = BTreeMap::new();
-        for (k, v) in parse_outputs(&text) {
-            if h.bundle.manifest.may_output(h.hook, &k) {
-                outputs.insert(k, v);
-            } else {
-                writeln!(&*log, "berth-agent: output `{k}` dropped: the bundle does not declare it for {} (see `outputs:` in bundle.yaml; BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL are never allowed)", h.hook)?;
+        // One byte past the limit is enough to know the file is over it.
+        let bytes = read_capped(
+            h.outputs,
+            berth_shared::outputs::MAX_OUTPUTS_FILE as u64 + 1,
+        );
+        let may = |k: &str| h.bundle.manifest.may_output(h.hook, k);
+        match berth_shared::outputs::parse_file(&bytes, may) {
+            Ok((outputs, dropped)) => {
+                for k in dropped {
+                    writeln!(&*log, "berth-agent: output `{k}` dropped: bundle {} does not declare it for {} (declare it under `outputs:` in bundle.yaml; {})", h.bundle.manifest.name, h.hook, berth_shared::outputs::FORBIDDEN)?;
+                }
+                Ok(Ok(outputs))
+            }
+            Err(e) => {
+                writeln!(
+                    &*log,
+                    "berth-agent: {e}; the step fails and publishes nothing"
+                )?;
+                Ok(Err(Outcome::failed(format!("outputs: {e}"), None)))
             }
         }
-        Ok(Ok(outputs))
     }
 }
 
@@ -828,12 +839,12 @@ fn read_status(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn read_capped(path: &Path, max: u64) -> String {
+fn read_capped(path: &Path, max: u64) -> Vec<u8> {
     let mut buf = Vec::new();
     if let Ok(f) = std::fs::File::open(path) {
         let _ = f.take(max).read_to_end(&mut buf);
     }
-    String::from_utf8_lossy(&buf).into_owned()
+    buf
 }
 
 fn group_alive(pgid: i32) -> bool {
@@ -957,17 +968,6 @@ fn base_env() -> Vec<(String, String)> {
         }
     }
     v
-}
-
-/// `KEY=VALUE` lines; blank lines and `#` comments are skipped.
-pub fn parse_outputs(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .filter(|(k, _)| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn tail_of(path: &Path, max: u64) -> String {

@@ -24,9 +24,6 @@ use tokio::sync::Notify;
 
 /// Largest accepted log chunk (the agent sends at most 64 KiB).
 pub const MAX_LOG_CHUNK: usize = 256 * 1024;
-/// Outputs of one step: at most this many keys, each value at most `MAX_OUTPUT_VALUE` bytes.
-pub const MAX_OUTPUTS: usize = 64;
-pub const MAX_OUTPUT_VALUE: usize = 16 * 1024;
 
 /// The engine's knobs (from `berth serve` flags).
 #[derive(Debug, Clone, Copy)]
@@ -1046,19 +1043,23 @@ impl Engine {
         let sspec: StepSpec = serde_json::from_str(&step.spec).unwrap_or_default();
         let mut r = r.clone();
         if to == StepState::Succeeded {
-            if r.outputs.len() > MAX_OUTPUTS {
+            if let Err(e) = berth_shared::outputs::check(&r.outputs) {
                 return Err(EngineError::Invalid {
                     code: codes::OUTPUT_NOT_ALLOWED,
-                    message: format!("{} outputs; at most {MAX_OUTPUTS}", r.outputs.len()),
+                    message: format!(
+                        "step {} ({} on {}): {e}",
+                        step.id, step.kind, step.host_name
+                    ),
                 });
             }
-            for (k, v) in &r.outputs {
-                if !spec.may_output(step.kind, &sspec, k) || v.len() > MAX_OUTPUT_VALUE {
+            for k in r.outputs.keys() {
+                if !spec.may_output(step.kind, &sspec, k) {
                     return Err(EngineError::Invalid {
                         code: codes::OUTPUT_NOT_ALLOWED,
                         message: format!(
-                            "step {} ({} on {}) may not publish output `{}`: only hooks a bundle declares under `outputs:` may, with declared names (never BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL), values up to {MAX_OUTPUT_VALUE} bytes",
-                            step.id, step.kind, step.host_name, k.chars().take(64).collect::<String>()
+                            "step {} ({} on {}) may not publish output `{}`: a hook publishes only the names its bundle declares for it under `outputs:` ({})",
+                            step.id, step.kind, step.host_name, k.chars().take(64).collect::<String>(),
+                            berth_shared::outputs::FORBIDDEN
                         ),
                     });
                 }

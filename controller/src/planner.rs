@@ -649,7 +649,16 @@ mod tests {
             60 + DISTRIBUTE_TIMEOUT_SECS
         );
         assert_eq!(s.step_timeout_secs(StepKind::Clean, &none), 0);
+        // Nothing declared: nothing published.
+        assert!(!s.may_output(StepKind::Init, &none, "JOIN_TOKEN"));
+        let mut b = bundle("hello", "rootfs", 1);
+        b.manifest
+            .outputs
+            .insert("init".into(), vec!["JOIN_TOKEN".into(), "PATH".into()]);
+        let s = spec(vec![b]);
         assert!(s.may_output(StepKind::Init, &none, "JOIN_TOKEN"));
+        assert!(!s.may_output(StepKind::Init, &none, "OTHER"));
+        // Never, declared or not.
         assert!(!s.may_output(StepKind::Init, &none, "PATH"));
         assert!(!s.may_output(StepKind::JoinNode, &none, "JOIN_TOKEN"));
     }

@@ -325,7 +325,7 @@ fn shared_context(
 ) -> ClusterContext {
     let mut env: BTreeMap<String, String> = outputs
         .iter()
-        .filter(|(k, _)| berth_shared::state::valid_output_name(k))
+        .filter(|(k, _)| berth_shared::outputs::valid_name(k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     env.extend(spec.env.clone());

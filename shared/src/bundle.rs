@@ -56,7 +56,7 @@ pub struct RawManifest {
     /// Keep setuid/setgid bits when unpacking (default: strip them).
     #[serde(default)]
     pub allow_setuid: bool,
-    /// Which hooks may publish outputs, and which keys (default: `init`, any valid key).
+    /// Which hooks may publish outputs, and which names (default: none publishes any).
     #[serde(default)]
     pub outputs: Option<BTreeMap<String, Vec<String>>>,
 }
@@ -75,14 +75,20 @@ pub struct Manifest {
     pub cmd: Vec<String>,
     pub rerunnable: Vec<String>,
     pub allow_setuid: bool,
-    /// Hooks that may publish outputs → the keys each may publish (`None`: any valid key).
-    /// Without `outputs:` in bundle.yaml: `init` only, any valid key.
-    #[serde(default = "default_outputs")]
-    pub outputs: BTreeMap<String, Option<Vec<String>>>,
+    /// Hooks that may publish outputs → the names each may publish: an allow-list. Without
+    /// `outputs:` in bundle.yaml no hook publishes any. (Manifests stored before outputs
+    /// were an allow-list may hold `null`, "any name": read as none.)
+    #[serde(default, deserialize_with = "declared_outputs")]
+    pub outputs: BTreeMap<String, Vec<String>>,
 }
 
-fn default_outputs() -> BTreeMap<String, Option<Vec<String>>> {
-    BTreeMap::from([("init".to_string(), None)])
+fn declared_outputs<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<String>>, D::Error> {
+    let m: BTreeMap<String, Option<Vec<String>>> = Deserialize::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(hook, keys)| (hook, keys.unwrap_or_default()))
+        .collect())
 }
 
 /// What is wrong with a manifest: the file, the field, and what is allowed.
@@ -250,30 +256,38 @@ impl RawManifest {
                 ));
             }
         }
-        let outputs = match self.outputs {
-            None => default_outputs(),
-            Some(m) => {
-                let mut out = BTreeMap::new();
-                for (hook, keys) in m {
-                    if !HOOKS.contains(&hook.as_str()) && hook != "cmd" {
-                        return Err(err(
-                            format!("outputs.{hook}"),
-                            format!("unknown hook; allowed: {}, cmd", HOOKS.join(", ")),
-                        ));
-                    }
-                    for k in &keys {
-                        if !crate::state::valid_output_name(k) {
-                            return Err(err(
-                                format!("outputs.{hook}"),
-                                format!("`{k}` is not an allowed output name (letters, digits, `_`; never BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL)"),
-                            ));
-                        }
-                    }
-                    out.insert(hook, Some(keys));
-                }
-                out
+        let mut outputs = BTreeMap::new();
+        for (hook, keys) in self.outputs.unwrap_or_default() {
+            if !HOOKS.contains(&hook.as_str()) && hook != "cmd" {
+                return Err(err(
+                    format!("outputs.{hook}"),
+                    format!("unknown hook; allowed: {}, cmd", HOOKS.join(", ")),
+                ));
             }
-        };
+            if keys.len() > crate::outputs::MAX_OUTPUTS {
+                return Err(err(
+                    format!("outputs.{hook}"),
+                    format!(
+                        "{} names; a hook publishes at most {}",
+                        keys.len(),
+                        crate::outputs::MAX_OUTPUTS
+                    ),
+                ));
+            }
+            for k in &keys {
+                if !crate::outputs::valid_name(k) {
+                    return Err(err(
+                        format!("outputs.{hook}"),
+                        format!(
+                            "`{}` is not an allowed output name (letters, digits, `_`; {})",
+                            k.chars().take(64).collect::<String>(),
+                            crate::outputs::FORBIDDEN
+                        ),
+                    ));
+                }
+            }
+            outputs.insert(hook, keys);
+        }
         Ok(Manifest {
             outputs,
             name: self.name,
@@ -290,14 +304,14 @@ impl RawManifest {
 }
 
 impl Manifest {
-    /// Whether `hook` of this bundle may publish the output `key`.
+    /// Whether `hook` of this bundle may publish the output `key`: declared for that hook,
+    /// and not a name that is never allowed.
     pub fn may_output(&self, hook: &str, key: &str) -> bool {
-        crate::state::valid_output_name(key)
-            && match self.outputs.get(hook) {
-                Some(None) => true,
-                Some(Some(keys)) => keys.iter().any(|k| k == key),
-                None => false,
-            }
+        crate::outputs::valid_name(key)
+            && self
+                .outputs
+                .get(hook)
+                .is_some_and(|keys| keys.iter().any(|k| k == key))
     }
 
     /// The timeout of a hook (default 10 minutes).
@@ -329,11 +343,21 @@ mod tests {
     }
 
     #[test]
-    fn outputs_default_to_init_and_follow_the_declaration() {
+    fn outputs_are_an_allow_list() {
+        // Nothing declared: nothing published, by init or any other hook.
         let m = parse(GOOD).unwrap();
-        assert!(m.may_output("init", "JOIN_TOKEN"));
-        assert!(!m.may_output("init", "PATH"));
+        assert!(!m.may_output("init", "JOIN_TOKEN"));
+        assert!(!m.may_output("init", "PERL5OPT"));
         assert!(!m.may_output("join-node", "JOIN_TOKEN"));
+        // A manifest stored before the allow-list (`init: null`, any name) publishes none.
+        let mut old = serde_json::to_value(&m).unwrap();
+        old["outputs"] = serde_json::json!({"init": null});
+        let old: Manifest = serde_json::from_value(old).unwrap();
+        assert!(!old.may_output("init", "JOIN_TOKEN"));
+        let mut older = serde_json::to_value(&m).unwrap();
+        older.as_object_mut().unwrap().remove("outputs");
+        let older: Manifest = serde_json::from_value(older).unwrap();
+        assert!(older.outputs.is_empty());
         let m = parse(&format!(
             "{GOOD}outputs:\n  init: [JOIN_TOKEN]\n  join-master: []\n"
         ))
@@ -358,8 +382,9 @@ mod tests {
             (GOOD.replace("rerunnable: [check, install]", "rerunnable: [deploy]"), "bundle.yaml: rerunnable: unknown hook `deploy`; allowed: check, install, init, join-master, join-node, leave, remove, clean"),
             (format!("{GOOD}cmd: [\"a.sh\"]\n"), "bundle.yaml: cmd: only app bundles run a cmd; set `type: app` or remove cmd"),
             (format!("{GOOD}outputs:\n  boot: [X]\n"), "bundle.yaml: outputs.boot: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, clean, cmd"),
-            (format!("{GOOD}outputs:\n  init: [LD_PRELOAD]\n"), "bundle.yaml: outputs.init: `LD_PRELOAD` is not an allowed output name (letters, digits, `_`; never BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL)"),
-            (format!("{GOOD}outputs:\n  join-node: [BERTH_MASTER0_IP]\n"), "bundle.yaml: outputs.join-node: `BERTH_MASTER0_IP` is not an allowed output name (letters, digits, `_`; never BERTH_*, PATH, LD_*, BASH_ENV, ENV, IFS, HOME, SHELL)"),
+            (format!("{GOOD}outputs:\n  init: [LD_PRELOAD]\n"), format!("bundle.yaml: outputs.init: `LD_PRELOAD` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
+            (format!("{GOOD}outputs:\n  join-node: [BERTH_MASTER0_IP]\n"), format!("bundle.yaml: outputs.join-node: `BERTH_MASTER0_IP` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
+            (format!("{GOOD}outputs:\n  init: [PERL5OPT]\n"), format!("bundle.yaml: outputs.init: `PERL5OPT` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
         ];
         for (yaml, want) in cases {
             assert_eq!(parse(&yaml).unwrap_err().to_string(), want);

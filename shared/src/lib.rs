@@ -10,6 +10,7 @@ pub mod cert;
 pub mod clusterfile;
 pub mod digest;
 pub mod names;
+pub mod outputs;
 pub mod plan;
 pub mod relpath;
 pub mod state;

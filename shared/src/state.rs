@@ -230,23 +230,6 @@ pub fn transition(
     }
 }
 
-/// Names a hook output may never take: they would steer how later hooks run (`PATH`,
-/// `LD_PRELOAD`, `BASH_ENV`, …) or forge berth's own values.
-pub fn forbidden_output_name(name: &str) -> bool {
-    name.starts_with("BERTH_")
-        || name.starts_with("LD_")
-        || matches!(name, "PATH" | "BASH_ENV" | "ENV" | "IFS" | "HOME" | "SHELL")
-}
-
-/// A valid output name: `[A-Za-z_][A-Za-z0-9_]*`, at most 128 bytes, not forbidden.
-pub fn valid_output_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.as_bytes()[0].is_ascii_digit()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !forbidden_output_name(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::StepState::*;
@@ -318,28 +301,5 @@ mod tests {
             transition(Running, 2, Succeeded, 1).map_err(|e| e.code()),
             Err("stale_attempt")
         );
-    }
-
-    #[test]
-    fn output_names_that_steer_hooks_are_forbidden() {
-        for bad in [
-            "PATH",
-            "LD_PRELOAD",
-            "LD_LIBRARY_PATH",
-            "BASH_ENV",
-            "ENV",
-            "IFS",
-            "HOME",
-            "SHELL",
-            "BERTH_MASTER0_IP",
-            "",
-            "1X",
-            "A-B",
-        ] {
-            assert!(!valid_output_name(bad), "{bad}");
-        }
-        for good in ["JOIN_TOKEN", "CA_HASH", "_x1"] {
-            assert!(valid_output_name(good), "{good}");
-        }
     }
 }

@@ -711,3 +711,67 @@ pub fn marks(dir: &Path, host: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The newest step of `kind` on `host` in a status document.
+pub fn step_of<'a>(st: &'a serde_json::Value, host: &str, kind: &str) -> &'a serde_json::Value {
+    st["steps"]
+        .as_array()
+        .expect("a status document")
+        .iter()
+        .rev()
+        .find(|s| s["host"] == host && s["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} on {host}: {st}"))
+}
+
+/// A bundle with the given hooks (name → shell script body) and extra bundle.yaml lines.
+pub fn hook_bundle(dir: &Path, name: &str, hooks: &[(&str, &str)], extra: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(d.join("scripts")).expect("test input");
+    let mut y = format!(
+        "apiVersion: berth.dev/v1\nkind: Bundle\nname: {name}\nversion: v1\ntype: rootfs\nhooks:\n"
+    );
+    for (h, body) in hooks {
+        y.push_str(&format!("  {h}: scripts/{h}.sh\n"));
+        std::fs::write(
+            d.join(format!("scripts/{h}.sh")),
+            format!("#!/bin/sh\nset -eu\n{body}\n"),
+        )
+        .expect("test input");
+    }
+    y.push_str(extra);
+    std::fs::write(d.join("bundle.yaml"), y).expect("test input");
+    d
+}
+
+/// `berth bundle push DIR --tag TAG`, which must succeed.
+pub fn push_dir(ctl: &Controller, dir: &Path, tag: &str) {
+    let out = ctl.cli(&[
+        "bundle",
+        "push",
+        dir.to_str().expect("test input"),
+        "--tag",
+        tag,
+    ]);
+    assert!(out.status.success(), "push: {}", stderr(&out));
+}
+
+/// `berth apply -f CF --wait`.
+pub fn apply_file(ctl: &Controller, cf: &Path) -> Output {
+    ctl.cli(&["apply", "-f", cf.to_str().expect("test input"), "--wait"])
+}
+
+/// POSTs a report batch as an enrolled host; returns (status, body).
+pub fn agent_report(
+    ctl: &Controller,
+    host: &str,
+    entries: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = ctl
+        .agent_client(host)
+        .post(format!("{}/v1/agent/reports", ctl.url()))
+        .json(&serde_json::json!({ "entries": entries }))
+        .send()
+        .expect("test input");
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(serde_json::Value::Null))
+}

@@ -18,70 +18,19 @@ fn setup(extra: &[&str], names: &[&str]) -> (Controller, Vec<Proc>, PathBuf) {
     (ctl, agents, marks)
 }
 
-fn step<'a>(st: &'a Value, host: &str, kind: &str) -> &'a Value {
-    st["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .find(|s| s["host"] == host && s["kind"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} on {host}: {st}"))
-}
-
-/// A bundle with the given hooks (name → shell script body) and extra bundle.yaml lines.
-fn bundle(dir: &Path, name: &str, hooks: &[(&str, &str)], extra: &str) -> PathBuf {
-    let d = dir.join(name);
-    fs::create_dir_all(d.join("scripts")).unwrap();
-    let mut y = format!(
-        "apiVersion: berth.dev/v1\nkind: Bundle\nname: {name}\nversion: v1\ntype: rootfs\nhooks:\n"
-    );
-    for (h, body) in hooks {
-        y.push_str(&format!("  {h}: scripts/{h}.sh\n"));
-        fs::write(
-            d.join(format!("scripts/{h}.sh")),
-            format!("#!/bin/sh\nset -eu\n{body}\n"),
-        )
-        .unwrap();
-    }
-    y.push_str(extra);
-    fs::write(d.join("bundle.yaml"), y).unwrap();
-    d
-}
-
-fn push(ctl: &Controller, dir: &Path, tag: &str) {
-    let out = ctl.cli(&["bundle", "push", dir.to_str().unwrap(), "--tag", tag]);
-    assert!(out.status.success(), "push: {}", stderr(&out));
-}
-
-fn apply(ctl: &Controller, cf: &Path) -> std::process::Output {
-    ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"])
-}
-
-/// POSTs a report batch as an enrolled host; returns (status, body).
-fn report(ctl: &Controller, host: &str, entries: Value) -> (u16, Value) {
-    let r = ctl
-        .agent_client(host)
-        .post(format!("{}/v1/agent/reports", ctl.url()))
-        .json(&json!({ "entries": entries }))
-        .send()
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().unwrap_or(Value::Null))
-}
-
 #[test]
 fn a_noisy_hook_does_not_wedge_its_host_and_its_log_is_capped() {
     let (ctl, agents, _mk) = setup(&["--log-cap", "1M"], &["m0"]);
     // ~3 MB of output in a moment (apt, kubeadm, tar -v do this).
-    let b = bundle(
+    let b = hook_bundle(
         ctl.dir.path(),
         "noisy",
         &[("install", "i=0; while [ $i -lt 60 ]; do yes 'noise noise noise noise noise noise noise noise noise noise' | head -c 50000; i=$((i+1)); done; echo done-installing")],
         "",
     );
-    push(&ctl, &b, "noisy:v1");
+    push_dir(&ctl, &b, "noisy:v1");
     let cf = ctl.clusterfile("noisy", &["m0"], &[], &["noisy:v1"], &[]);
-    let out = apply(&ctl, &cf);
+    let out = apply_file(&ctl, &cf);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let log = ctl.cli(&["logs", "noisy", "--host", "m0", "--step", "install"]);
     let text = stdout(&log);
@@ -105,7 +54,7 @@ fn a_noisy_hook_does_not_wedge_its_host_and_its_log_is_capped() {
     );
     // The host still takes work.
     let cf = ctl.clusterfile("noisy", &["m0"], &[], &["noisy:v1", "hello-app:v1"], &[]);
-    let out = apply(&ctl, &cf);
+    let out = apply_file(&ctl, &cf);
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -123,12 +72,12 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
         .success());
     let st = wait_for("installs running", Duration::from_secs(60), || {
         let st = ctl.status("c1");
-        (step(&st, "n1", "install")["state"] == "running"
-            && step(&st, "m0", "install")["state"] == "running")
+        (step_of(&st, "n1", "install")["state"] == "running"
+            && step_of(&st, "m0", "install")["state"] == "running")
             .then_some(st)
     });
-    let n1_install = step(&st, "n1", "install")["id"].as_i64().unwrap();
-    let m0_install = step(&st, "m0", "install")["id"].as_i64().unwrap();
+    let n1_install = step_of(&st, "n1", "install")["id"].as_i64().unwrap();
+    let m0_install = step_of(&st, "m0", "install")["id"].as_i64().unwrap();
     // The signed plan carries only the host's own part; the cluster's shared part is one
     // context document it names by digest, served to hosts with a released step.
     let plan = ctl
@@ -191,23 +140,23 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
                   "log_tail": null, "outputs": outputs }])
     };
     // An unknown state is refused by the wire type.
-    let (s, b) = report(&ctl, "n1", rep(n1_install, "banana", 1, json!({})));
+    let (s, b) = agent_report(&ctl, "n1", rep(n1_install, "banana", 1, json!({})));
     assert_eq!((s, b["code"].as_str()), (422, Some("bad_request")), "{b}");
     // Another host's step.
-    let (s, b) = report(&ctl, "n1", rep(m0_install, "succeeded", 1, json!({})));
+    let (s, b) = agent_report(&ctl, "n1", rep(m0_install, "succeeded", 1, json!({})));
     assert_eq!(
         (s, b["code"].as_str(), b["entry"].as_u64()),
         (403, Some("step_not_yours"), Some(0)),
         "{b}"
     );
     // No such step.
-    let (s, b) = report(&ctl, "n1", rep(999_999, "succeeded", 1, json!({})));
+    let (s, b) = agent_report(&ctl, "n1", rep(999_999, "succeeded", 1, json!({})));
     assert_eq!((s, b["code"].as_str()), (404, Some("step_unknown")), "{b}");
     // A stale attempt.
-    let (s, b) = report(&ctl, "n1", rep(n1_install, "succeeded", 7, json!({})));
+    let (s, b) = agent_report(&ctl, "n1", rep(n1_install, "succeeded", 7, json!({})));
     assert_eq!((s, b["code"].as_str()), (409, Some("stale_attempt")), "{b}");
     // States an agent may not report.
-    let (s, b) = report(&ctl, "n1", rep(n1_install, "pending", 1, json!({})));
+    let (s, b) = agent_report(&ctl, "n1", rep(n1_install, "pending", 1, json!({})));
     assert_eq!(
         (s, b["code"].as_str()),
         (409, Some("illegal_transition")),
@@ -220,7 +169,7 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
         json!({"JOIN_TOKEN": "forged"}),
         json!({"BERTH_MASTER0_IP": "6.6.6.6"}),
     ] {
-        let (s, b) = report(&ctl, "n1", rep(n1_install, "succeeded", 1, outputs.clone()));
+        let (s, b) = agent_report(&ctl, "n1", rep(n1_install, "succeeded", 1, outputs.clone()));
         assert_eq!(
             (s, b["code"].as_str()),
             (422, Some("output_not_allowed")),
@@ -229,9 +178,9 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
     }
     // A log offset that does not fit, and a gap.
     let log = |offset: u64| json!([{ "type": "log", "step_id": n1_install, "attempt": 1, "offset": offset, "data": "x" }]);
-    let (s, b) = report(&ctl, "n1", log(u64::MAX));
+    let (s, b) = agent_report(&ctl, "n1", log(u64::MAX));
     assert_eq!((s, b["code"].as_str()), (422, Some("bad_log_chunk")), "{b}");
-    let (s, b) = report(&ctl, "n1", log(1 << 40));
+    let (s, b) = agent_report(&ctl, "n1", log(1 << 40));
     assert_eq!((s, b["code"].as_str()), (409, Some("bad_log_chunk")), "{b}");
     // A blob of a step not released to n1 (the app bundle goes to master0 only).
     let app = serde_json::from_slice::<Value>(
@@ -262,20 +211,20 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
     assert_eq!(st["phase"], "Running");
     assert_ne!(st["outputs"]["JOIN_TOKEN"], "forged");
     assert!(st["outputs"].get("PATH").is_none(), "{st}");
-    assert_eq!(step(&st, "n1", "install")["attempt"], 1);
+    assert_eq!(step_of(&st, "n1", "install")["attempt"], 1);
     let token = st["outputs"]["JOIN_TOKEN"].as_str().unwrap();
     assert!(marks(&mk, "n1").contains(&format!("join {token}")));
     // A report sent twice is a duplicate, accepted, changing nothing.
-    let (s, _) = report(&ctl, "n1", rep(n1_install, "succeeded", 1, json!({})));
+    let (s, _) = agent_report(&ctl, "n1", rep(n1_install, "succeeded", 1, json!({})));
     assert_eq!(s, 204);
-    let (s, b) = report(&ctl, "n1", rep(n1_install, "failed", 1, json!({})));
+    let (s, b) = agent_report(&ctl, "n1", rep(n1_install, "failed", 1, json!({})));
     assert_eq!(
         (s, b["code"].as_str()),
         (409, Some("illegal_transition")),
         "{b}"
     );
     assert_eq!(
-        step(&ctl.status("c1"), "n1", "install")["state"],
+        step_of(&ctl.status("c1"), "n1", "install")["state"],
         "succeeded"
     );
 }
@@ -283,7 +232,7 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
 #[test]
 fn a_hook_output_cannot_override_the_operators_env_or_set_path() {
     let (ctl, _agents, _mk) = setup(&[], &["m0", "n1"]);
-    let b = bundle(
+    let b = hook_bundle(
         ctl.dir.path(),
         "outs",
         &[
@@ -293,7 +242,7 @@ fn a_hook_output_cannot_override_the_operators_env_or_set_path() {
         ],
         "outputs:\n  init: [GREETING]\n",
     );
-    push(&ctl, &b, "outs:v1");
+    push_dir(&ctl, &b, "outs:v1");
     let cf = ctl.clusterfile(
         "c1",
         &["m0"],
@@ -301,7 +250,7 @@ fn a_hook_output_cannot_override_the_operators_env_or_set_path() {
         &["outs:v1"],
         &["GREETING=from-operator".to_string()],
     );
-    let out = apply(&ctl, &cf);
+    let out = apply_file(&ctl, &cf);
     assert!(out.status.success(), "{}", stderr(&out));
     let st = ctl.status("c1");
     let keys: Vec<&String> = st["outputs"].as_object().unwrap().keys().collect();
@@ -352,7 +301,7 @@ fn a_step_on_a_host_that_is_gone_becomes_lost_and_every_way_out_works() {
     agents[1].kill9();
     let env = vec![format!("HELLO_MARKS={}", mk.display())];
     let cf = ctl.clusterfile("c1", &["m0"], &["n1"], &["hello:v1"], &env);
-    let out = apply(&ctl, &cf);
+    let out = apply_file(&ctl, &cf);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(
@@ -389,7 +338,7 @@ fn a_step_on_a_host_that_is_gone_becomes_lost_and_every_way_out_works() {
 
     // host delete --force of a member takes it out of its cluster first.
     let cf = ctl.clusterfile("c2", &["m0"], &[], &["hello:v1"], &env);
-    assert!(apply(&ctl, &cf).status.success());
+    assert!(apply_file(&ctl, &cf).status.success());
     let out = ctl.cli(&["host", "delete", "m0", "--force"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let st = ctl.status("c2");
@@ -401,7 +350,7 @@ fn a_failed_clean_is_reported_not_thrown_away() {
     let (ctl, _agents, mk) = setup(&[], &["m0"]);
     let env = vec![format!("HELLO_MARKS={}", mk.display())];
     let cf = ctl.clusterfile("c1", &["m0"], &[], &["hello:v1"], &env);
-    assert!(apply(&ctl, &cf).status.success());
+    assert!(apply_file(&ctl, &cf).status.success());
     fs::write(mk.join("fail-clean-m0"), "").unwrap();
     let out = ctl.cli(&["reset", "c1", "--wait"]);
     assert!(!out.status.success());
@@ -433,7 +382,7 @@ fn a_changed_rootfs_and_deleting_master0_are_refused_with_what_to_do() {
     let (ctl, _agents, mk) = setup(&[], &["m0", "n1"]);
     let env = vec![format!("HELLO_MARKS={}", mk.display())];
     let cf = ctl.clusterfile("c1", &["m0"], &["n1"], &["hello:v1"], &env);
-    assert!(apply(&ctl, &cf).status.success());
+    assert!(apply_file(&ctl, &cf).status.success());
     // hello:v1 moves to another digest.
     let copy = ctl.dir.path().join("hello2");
     let src = repo_root().join("examples/hello");
@@ -445,7 +394,7 @@ fn a_changed_rootfs_and_deleting_master0_are_refused_with_what_to_do() {
         .unwrap();
     assert!(out.status.success());
     fs::write(copy.join("etc/extra"), "v2\n").unwrap();
-    push(&ctl, &copy, "hello:v1");
+    push_dir(&ctl, &copy, "hello:v1");
     let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
@@ -480,7 +429,7 @@ fn a_hook_that_finished_while_the_agent_was_down_is_not_run_again() {
         .status
         .success());
     wait_for("install running", Duration::from_secs(60), || {
-        (step(&ctl.status("c1"), "m0", "install")["state"] == "running").then_some(())
+        (step_of(&ctl.status("c1"), "m0", "install")["state"] == "running").then_some(())
     });
     agents[0].kill9();
     // The hook outlives the agent and finishes.
@@ -491,7 +440,11 @@ fn a_hook_that_finished_while_the_agent_was_down_is_not_run_again() {
     let out = ctl.cli(&["status", "c1", "--watch"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     let st = ctl.status("c1");
-    assert_eq!(step(&st, "m0", "install")["attempt"], 1, "no retry needed");
+    assert_eq!(
+        step_of(&st, "m0", "install")["attempt"],
+        1,
+        "no retry needed"
+    );
     assert_eq!(count(&mk, "m0", "install"), 1, "{:?}", marks(&mk, "m0"));
     let log = stdout(&ctl.cli(&["logs", "c1", "--host", "m0", "--step", "install"]));
     assert!(
