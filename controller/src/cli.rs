@@ -525,6 +525,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "LAST SEEN",
                     "VERSION",
                     "CERT EXPIRES",
+                    "EVENTS",
                 ],
                 || {
                     hosts
@@ -538,6 +539,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                                 format!("{} ago", output::ago(h.last_seen_secs_ago)),
                                 h.agent_version.clone(),
                                 h.cert_expires_at.clone().unwrap_or_else(|| "-".into()),
+                                events_cell(&h.events),
                             ]
                         })
                         .collect()
@@ -641,4 +643,24 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// The EVENTS cell of `get hosts`: each kind with its count and age (`-o json` has the
+/// messages).
+fn events_cell(events: &[berth_shared::api::HostEventView]) -> String {
+    if events.is_empty() {
+        return "-".into();
+    }
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} x{} ({} ago)",
+                e.kind,
+                e.count,
+                output::ago(e.last_secs_ago)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

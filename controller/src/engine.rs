@@ -970,6 +970,8 @@ impl Engine {
         use berth_shared::api::ReportEntry;
         let mut touched = std::collections::BTreeSet::new();
         let mut refused = None;
+        // Plan refusals are counted into one row per host, whatever the batch holds.
+        let mut rejected: Option<(u32, &str)> = None;
         for (i, e) in entries.iter().enumerate() {
             let res = match e {
                 ReportEntry::Log {
@@ -988,10 +990,9 @@ impl Engine {
                     touched.extend(c);
                 }),
                 ReportEntry::PlanRejected { reason } => {
-                    tracing::warn!(host = %host.name, %reason, "agent refused a plan");
-                    Store::record_agent_event(&mut *tx, host.id, "plan_rejected", reason)
-                        .await
-                        .map_err(EngineError::from)
+                    let n = rejected.map_or(0, |(n, _)| n);
+                    rejected = Some((n.saturating_add(1), reason.as_str()));
+                    Ok(())
                 }
             };
             match res {
@@ -1001,6 +1002,13 @@ impl Engine {
                     refused = Some((i, e));
                     break;
                 }
+            }
+        }
+        if let Some((n, reason)) = rejected {
+            if Store::record_host_event(&mut *tx, host.id, "plan_rejected", reason, n).await? {
+                let reason =
+                    berth_shared::text::one_line(reason, crate::store::hosts::MAX_EVENT_MESSAGE);
+                tracing::warn!(host = %host.name, %reason, count = n, "agent refused a plan (logged at most once a minute per host; `berth get hosts` counts them)");
             }
         }
         Ok(BatchOutcome { touched, refused })
@@ -1067,8 +1075,12 @@ impl Engine {
         } else {
             r.outputs.clear();
         }
-        r.log_tail = r.log_tail.map(|t| clip(&t, 4096));
-        r.reason = r.reason.map(|t| clip(&t, 1024));
+        r.log_tail = r
+            .log_tail
+            .map(|t| berth_shared::text::clip(&t, 4096).to_string());
+        r.reason = r
+            .reason
+            .map(|t| berth_shared::text::clip(&t, 1024).to_string());
         let deadline =
             (to == StepState::Running).then(|| now_unix() + self.deadline_secs(&spec, &step));
         let cluster_id = step.cluster_id;
@@ -1308,15 +1320,4 @@ fn outcome(s: &StepRow) -> String {
             .map(|r| format!(" ({r})"))
             .unwrap_or_default()
     )
-}
-
-fn clip(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }

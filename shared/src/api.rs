@@ -177,6 +177,24 @@ pub struct HostView {
     #[serde(default)]
     pub cert_expires_at: Option<String>,
     pub facts: HostFacts,
+    /// What the host's agent reported going wrong (e.g. `plan_rejected`: a plan it
+    /// refused), one entry per kind with a count and the last message, newest first.
+    #[serde(default)]
+    pub events: Vec<HostEventView>,
+}
+
+/// Events of one kind from one host: how many, when, and the last message (one line,
+/// at most 512 bytes).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostEventView {
+    pub kind: String,
+    pub count: u64,
+    /// RFC 3339.
+    pub first_at: String,
+    /// RFC 3339.
+    pub last_at: String,
+    pub last_secs_ago: u64,
+    pub message: String,
 }
 
 /// `GET /v1/healthz`.

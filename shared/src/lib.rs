@@ -14,6 +14,7 @@ pub mod outputs;
 pub mod plan;
 pub mod relpath;
 pub mod state;
+pub mod text;
 pub mod token;
 
 pub use bundle_ref::BundleRef;

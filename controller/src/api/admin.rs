@@ -8,7 +8,7 @@ use crate::store::Role;
 use crate::time::{now_unix, rfc3339};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use berth_shared::api::{CreateTokenRequest, CreateTokenResponse, HostView};
+use berth_shared::api::{CreateTokenRequest, CreateTokenResponse, HostEventView, HostView};
 use berth_shared::token::{TOKEN_ID_LEN, TOKEN_SECRET_LEN};
 
 const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
@@ -94,6 +94,17 @@ pub async fn list_hosts(
     let now = now_unix();
     let grace = st.host_grace.as_secs() as i64;
     let hosts = st.store.hosts().await?;
+    let mut events: std::collections::HashMap<i64, Vec<HostEventView>> = Default::default();
+    for e in st.store.host_events().await? {
+        events.entry(e.host_id).or_default().push(HostEventView {
+            kind: e.kind,
+            count: e.count.max(0) as u64,
+            first_at: rfc3339(e.first_at),
+            last_at: rfc3339(e.last_at),
+            last_secs_ago: (now - e.last_at).max(0) as u64,
+            message: e.message,
+        });
+    }
     Ok(ApiJson(
         hosts
             .into_iter()
@@ -119,6 +130,7 @@ pub async fn list_hosts(
                     last_seen_secs_ago: ago as u64,
                     enrolled_at: rfc3339(h.enrolled_at),
                     cert_expires_at: h.cert_not_after.map(rfc3339),
+                    events: events.remove(&h.id).unwrap_or_default(),
                     facts: h.facts,
                 }
             })

@@ -797,24 +797,6 @@ impl Store {
         Ok(())
     }
 
-    pub async fn record_agent_event(
-        tx: &mut sqlx::SqliteConnection,
-        host_id: i64,
-        kind: &str,
-        message: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO agent_events (host_id, at, kind, message) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .bind(host_id)
-        .bind(now_unix())
-        .bind(kind)
-        .bind(message.chars().take(1024).collect::<String>())
-        .execute(tx)
-        .await?;
-        Ok(())
-    }
-
     /// Digests referenced by any cluster's spec (a bundle in use cannot be removed).
     pub async fn cluster_specs(&self) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as("SELECT name, spec FROM clusters")

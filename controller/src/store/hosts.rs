@@ -559,3 +559,77 @@ async fn usable_token(
     }
     Ok(token)
 }
+
+/// An agent-caused event as stored: one row per host and kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostEventRow {
+    pub host_id: i64,
+    pub kind: String,
+    pub count: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+    pub message: String,
+}
+
+/// The longest event message stored or logged, in bytes.
+pub const MAX_EVENT_MESSAGE: usize = 512;
+
+impl Store {
+    /// Counts `n` events of `kind` for a host into its one row for that kind, keeping the
+    /// last message (one line, at most [`MAX_EVENT_MESSAGE`] bytes). Whatever an agent
+    /// sends, the table holds at most one row per host and kind, gone with the host.
+    /// Returns whether the event is news for a log line: the first of its kind, or the
+    /// first after a minute without one.
+    pub async fn record_host_event(
+        tx: &mut sqlx::SqliteConnection,
+        host_id: i64,
+        kind: &str,
+        message: &str,
+        n: u32,
+    ) -> Result<bool> {
+        let now = now_unix();
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT last_at FROM host_events WHERE host_id = ?1 AND kind = ?2")
+                .bind(host_id)
+                .bind(kind)
+                .fetch_optional(&mut *tx)
+                .await?;
+        sqlx::query(
+            "INSERT INTO host_events (host_id, kind, count, first_at, last_at, message) \
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5) \
+             ON CONFLICT (host_id, kind) DO UPDATE SET count = count + excluded.count, \
+             last_at = excluded.last_at, message = excluded.message",
+        )
+        .bind(host_id)
+        .bind(kind)
+        .bind(i64::from(n))
+        .bind(now)
+        .bind(berth_shared::text::one_line(message, MAX_EVENT_MESSAGE))
+        .execute(&mut *tx)
+        .await?;
+        Ok(last.is_none_or(|t| now - t >= 60))
+    }
+
+    /// Every host's events, by host.
+    pub async fn host_events(&self) -> Result<Vec<HostEventRow>> {
+        let rows: Vec<(i64, String, i64, i64, i64, String)> = sqlx::query_as(
+            "SELECT host_id, kind, count, first_at, last_at, message FROM host_events \
+             ORDER BY host_id, last_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(host_id, kind, count, first_at, last_at, message)| HostEventRow {
+                    host_id,
+                    kind,
+                    count,
+                    first_at,
+                    last_at,
+                    message,
+                },
+            )
+            .collect())
+    }
+}
