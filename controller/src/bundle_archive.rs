@@ -4,9 +4,12 @@
 //! The archive is a plain tar: `berth-bundles.json` (the index: digest, size, name,
 //! version, tags of each bundle) first, then `blobs/sha256/<hex>` per bundle in index
 //! order. Saving streams each blob from the controller into the tar while hashing it.
-//! Loading checks the whole archive first (layout, sizes, every sha256) and only then
-//! uploads; each upload's digest must match, and tags are set last, so a damaged or
-//! hostile archive changes nothing.
+//! Loading is all or nothing. It checks the whole archive first — layout, sizes, every
+//! sha256, and that every blob is a valid bundle within the target controller's limits
+//! (`GET /v1/limits`) — and that no tag it sets already names another digest (unless
+//! `--force`); only then it uploads the bundles the controller lacks, checks each
+//! digest, and sets the tags last. If anything fails after the first upload, what it
+//! uploaded is removed and the tags it moved are put back.
 
 use crate::client::Client;
 use anyhow::{anyhow, bail, Context, Result};
@@ -131,6 +134,36 @@ pub struct Checked {
     pub index: BundleArchiveIndex,
 }
 
+/// What the controller a load goes to accepts.
+#[derive(Debug, Clone, Copy)]
+pub struct Accepts {
+    pub max_bundle_size: u64,
+    pub limits: berth_bundle::Limits,
+}
+
+impl Default for Accepts {
+    /// A controller started with the default flags.
+    fn default() -> Self {
+        Accepts {
+            max_bundle_size: crate::config::DEFAULT_MAX_BUNDLE_SIZE,
+            limits: berth_bundle::Limits::default(),
+        }
+    }
+}
+
+impl From<&berth_shared::api::ServerLimits> for Accepts {
+    fn from(l: &berth_shared::api::ServerLimits) -> Self {
+        Accepts {
+            max_bundle_size: l.max_bundle_size,
+            limits: berth_bundle::Limits {
+                max_total_bytes: l.max_unpacked_bytes,
+                max_entries: l.max_entries,
+                max_file_bytes: l.max_file_bytes,
+            },
+        }
+    }
+}
+
 /// Why an archive is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArchiveError {
@@ -146,19 +179,24 @@ pub enum ArchiveError {
     SizeMismatch { entry: String, got: u64, want: u64 },
     #[error("`{entry}` has sha256 {got}; it is corrupt or was altered")]
     DigestMismatch { entry: String, got: Digest },
+    #[error("`{entry}` is {size} bytes; the controller accepts bundles up to {max} bytes (its --max-bundle-size)")]
+    TooLarge { entry: String, size: u64, max: u64 },
+    #[error("`{entry}` is not a bundle the controller accepts: {why}")]
+    NotABundle { entry: String, why: String },
     #[error("the archive ends before {0} (truncated?)")]
     Missing(String),
     #[error("cannot read the archive: {0}")]
     Io(String),
 }
 
-/// Reads the whole archive at `path` and checks it without uploading anything.
-pub fn check(path: &Path) -> Result<Checked, ArchiveError> {
+/// Reads the whole archive at `path` and checks it without uploading anything: layout,
+/// sizes, digests, and that each blob is a bundle `accepts` allows.
+pub fn check(path: &Path, accepts: &Accepts) -> Result<Checked, ArchiveError> {
     let f = std::fs::File::open(path).map_err(|e| ArchiveError::Io(e.to_string()))?;
-    check_reader(std::io::BufReader::with_capacity(1 << 20, f))
+    check_reader(std::io::BufReader::with_capacity(1 << 20, f), accepts)
 }
 
-pub fn check_reader(r: impl Read) -> Result<Checked, ArchiveError> {
+pub fn check_reader(r: impl Read, accepts: &Accepts) -> Result<Checked, ArchiveError> {
     let io = |e: std::io::Error| ArchiveError::Io(e.to_string());
     let mut archive = tar::Archive::new(r);
     let mut entries = archive.entries().map_err(io)?;
@@ -197,11 +235,31 @@ pub fn check_reader(r: impl Read) -> Result<Checked, ArchiveError> {
                 want: want.size,
             });
         }
+        if e.size() > accepts.max_bundle_size {
+            return Err(ArchiveError::TooLarge {
+                entry: p,
+                size: e.size(),
+                max: accepts.max_bundle_size,
+            });
+        }
+        // One pass: the bundle walk (what the controller does on upload) reads through
+        // the hash; whatever it leaves (zstd's end of frame, padding) is hashed after.
         let mut h = HashingReader::new(&mut e);
+        let scanned = berth_bundle::scan(&mut h, &accepts.limits);
         std::io::copy(&mut h, &mut std::io::sink()).map_err(io)?;
         let (got, _) = h.finish();
         if got != want.digest {
             return Err(ArchiveError::DigestMismatch { entry: p, got });
+        }
+        let scanned = scanned.map_err(|e| ArchiveError::NotABundle {
+            entry: p.clone(),
+            why: e.to_string(),
+        })?;
+        if scanned.manifest.name != want.name || scanned.manifest.version != want.version {
+            return Err(ArchiveError::BadIndex(format!(
+                "`{p}` holds {} {}, the index says {} {}",
+                scanned.manifest.name, scanned.manifest.version, want.name, want.version
+            )));
         }
         next += 1;
     }
@@ -242,24 +300,115 @@ fn validate_index(index: &BundleArchiveIndex) -> Result<(), ArchiveError> {
     Ok(())
 }
 
-/// Checks the archive, uploads every bundle (skipping none: a present one is a no-op on
-/// the controller), verifies each digest, then sets the tags.
-pub async fn load(client: &Client, path: &Path) -> Result<()> {
+/// Loads a `bundle save` archive, all or nothing (see the module doc). `force` lets
+/// tags that name another digest on the controller move to the archive's.
+pub async fn load(client: &Client, path: &Path, force: bool) -> Result<()> {
+    let refused =
+        |e: anyhow::Error| e.context(format!("{} is refused; nothing was loaded", path.display()));
+    crate::tarfile::sniff(path, "a bundle archive is written by `berth bundle save`")
+        .map_err(refused)?;
+    let accepts = match client
+        .get::<berth_shared::api::ServerLimits>("/v1/limits")
+        .await
+    {
+        Ok(l) => Accepts::from(&l),
+        Err(e) if crate::client::api_code(&e) == Some("not_found") => {
+            eprintln!("the controller does not publish its limits (older than this berth); checking against the defaults");
+            Accepts::default()
+        }
+        Err(e) => return Err(e.context("cannot read the controller's limits; nothing was loaded")),
+    };
     let p = path.to_path_buf();
-    let checked = tokio::task::spawn_blocking(move || check(&p))
+    let checked = tokio::task::spawn_blocking(move || check(&p, &accepts))
         .await?
-        .with_context(|| format!("{} is refused; nothing was loaded", path.display()))?;
+        .map_err(|e| refused(e.into()))?;
     let index = checked.index;
+
+    // What the controller has already, and tags that would move.
+    let mut present = std::collections::BTreeSet::new();
+    for b in &index.bundles {
+        match client
+            .get::<BundleView>(&format!("/v1/bundles/{}", b.digest))
+            .await
+        {
+            Ok(_) => {
+                present.insert(b.digest);
+            }
+            Err(e) if crate::client::api_code(&e) == Some("not_found") => {}
+            Err(e) => return Err(e.context("nothing was loaded")),
+        }
+    }
+    let mut moves: Vec<(String, Digest, Digest)> = Vec::new();
+    for b in &index.bundles {
+        for t in &b.tags {
+            match client.get::<BundleView>(&format!("/v1/bundles/{t}")).await {
+                Ok(v) if v.digest != b.digest => moves.push((t.clone(), v.digest, b.digest)),
+                Ok(_) => {}
+                Err(e) if crate::client::api_code(&e) == Some("not_found") => {}
+                Err(e) => return Err(e.context("nothing was loaded")),
+            }
+        }
+    }
+    if !moves.is_empty() && !force {
+        let list: Vec<String> = moves
+            .iter()
+            .map(|(t, old, new)| format!("{t} is {old} there, {new} in the archive"))
+            .collect();
+        bail!(
+            "{} would move tags the controller has: {}; nothing was loaded (pass --force to move them)",
+            path.display(),
+            list.join("; ")
+        );
+    }
+
+    let mut uploaded = Vec::new();
+    let mut tagged: Vec<(String, Option<Digest>)> = Vec::new();
+    let result = upload_and_tag(client, path, &index, &present, &mut uploaded, &mut tagged).await;
+    if let Err(e) = result {
+        let undone = undo(client, &uploaded, &tagged).await;
+        return Err(e.context(format!("loading {} failed; {undone}", path.display())));
+    }
+    eprintln!(
+        "loaded {} bundle(s) from {} ({} new{})",
+        index.bundles.len(),
+        path.display(),
+        uploaded.len(),
+        if moves.is_empty() {
+            String::new()
+        } else {
+            format!(", {} tag(s) moved", moves.len())
+        }
+    );
+    Ok(())
+}
+
+/// Uploads the bundles the controller lacks (recording each in `uploaded`), then sets
+/// every tag (recording what each named before in `tagged`).
+async fn upload_and_tag(
+    client: &Client,
+    path: &Path,
+    index: &BundleArchiveIndex,
+    present: &std::collections::BTreeSet<Digest>,
+    uploaded: &mut Vec<Digest>,
+    tagged: &mut Vec<(String, Option<Digest>)>,
+) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Digest, PathBuf, tempfile::TempDir)>(1);
-    // Unpack one blob at a time to a temp file (the tar is read once more, sequentially).
+    // Unpack one missing blob at a time to a temp file (the tar is read once more).
     let p = path.to_path_buf();
-    let order: Vec<Digest> = index.bundles.iter().map(|b| b.digest).collect();
+    let order: Vec<(Digest, bool)> = index
+        .bundles
+        .iter()
+        .map(|b| (b.digest, !present.contains(&b.digest)))
+        .collect();
     let reader = tokio::task::spawn_blocking(move || -> Result<()> {
         let f = std::fs::File::open(&p)?;
         let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, f));
         let mut entries = archive.entries()?;
         entries.next(); // the index
-        for (digest, e) in order.into_iter().zip(entries) {
+        for ((digest, wanted), e) in order.into_iter().zip(entries) {
+            if !wanted {
+                continue;
+            }
             let mut e = e?;
             let dir = tempfile::tempdir()?;
             let file = dir.path().join("blob");
@@ -275,17 +424,22 @@ pub async fn load(client: &Client, path: &Path) -> Result<()> {
         let body =
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024));
         let pushed: PushResponse = client.post_body("/v1/bundles", body).await?;
+        if pushed.created {
+            uploaded.push(pushed.digest);
+        }
         if pushed.digest != digest {
-            bail!(
-                "the controller stored {} for {digest}; nothing was tagged",
-                pushed.digest
-            );
+            bail!("the controller stored {} for {digest}", pushed.digest);
         }
         eprintln!("loaded {digest}");
     }
     reader.await??;
     for b in &index.bundles {
         for t in &b.tags {
+            let before = match client.get::<BundleView>(&format!("/v1/bundles/{t}")).await {
+                Ok(v) => Some(v.digest),
+                Err(e) if crate::client::api_code(&e) == Some("not_found") => None,
+                Err(e) => return Err(e),
+            };
             let _: BundleView = client
                 .call(
                     Method::PUT,
@@ -293,15 +447,58 @@ pub async fn load(client: &Client, path: &Path) -> Result<()> {
                     &TagRequest { digest: b.digest },
                 )
                 .await?;
+            tagged.push((t.clone(), before));
             eprintln!("tagged {t} → {}", b.digest);
         }
     }
-    eprintln!(
-        "loaded {} bundle(s) from {}",
-        index.bundles.len(),
-        path.display()
-    );
     Ok(())
+}
+
+/// Puts back the tags a failed load set (newest first) and removes the bundles it
+/// uploaded; says what it did, or what is left for the operator.
+async fn undo(client: &Client, uploaded: &[Digest], tagged: &[(String, Option<Digest>)]) -> String {
+    let mut left = Vec::new();
+    for (t, before) in tagged.iter().rev() {
+        let r = match before {
+            Some(d) => client
+                .call::<_, BundleView>(
+                    Method::PUT,
+                    &format!("/v1/bundles/{t}"),
+                    &TagRequest { digest: *d },
+                )
+                .await
+                .map(|_| ()),
+            None => {
+                client
+                    .call_empty(Method::DELETE, &format!("/v1/bundles/{t}"))
+                    .await
+            }
+        };
+        if r.is_err() {
+            left.push(format!("tag {t}"));
+        }
+    }
+    for d in uploaded {
+        if client
+            .call_empty(Method::DELETE, &format!("/v1/bundles/{d}"))
+            .await
+            .is_err()
+        {
+            left.push(d.to_string());
+        }
+    }
+    if left.is_empty() {
+        format!(
+            "rolled back: {} uploaded bundle(s) removed, {} tag(s) restored; the controller is as before",
+            uploaded.len(),
+            tagged.len()
+        )
+    } else {
+        format!(
+            "rolling back left these behind (remove them with `berth bundle rm`): {}",
+            left.join(", ")
+        )
+    }
 }
 
 #[cfg(test)]
@@ -330,7 +527,7 @@ mod tests {
         let blob: &[u8] = b"bundle bytes";
         let idx = index_for(&[blob], &["x:1"]);
         let t = crate::tarfile::raw(&[(INDEX, &idx), (&blob_entry(&Digest::of(blob)), blob)]);
-        let c = check_reader(&t[..]).unwrap();
+        let c = check_reader(&t[..], &Accepts::default()).unwrap();
         assert_eq!(c.index.bundles[0].tags, ["x:1"]);
     }
 
@@ -381,17 +578,17 @@ mod tests {
             ),
         ];
         for (t, want) in cases {
-            assert_eq!(check_reader(&t[..]).unwrap_err(), want);
+            assert_eq!(check_reader(&t[..], &Accepts::default()).unwrap_err(), want);
         }
         let bad_format =
             serde_json::to_vec(&serde_json::json!({"format": "other/v9", "bundles": []})).unwrap();
         assert!(matches!(
-            check_reader(&crate::tarfile::raw(&[(INDEX, &bad_format)])[..]),
+            check_reader(&crate::tarfile::raw(&[(INDEX, &bad_format)])[..], &Accepts::default()),
             Err(ArchiveError::BadIndex(m)) if m.contains("other/v9")
         ));
         let unknown = br#"{"format":"berth-bundles/v1","bundles":[],"run":"rm -rf /"}"#;
         assert!(matches!(
-            check_reader(&crate::tarfile::raw(&[(INDEX, unknown)])[..]),
+            check_reader(&crate::tarfile::raw(&[(INDEX, unknown)])[..], &Accepts::default()),
             Err(ArchiveError::BadIndex(m)) if m.contains("unknown field")
         ));
     }

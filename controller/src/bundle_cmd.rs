@@ -57,9 +57,16 @@ pub enum BundleCmd {
         #[arg(short = 'o', long = "output-file", required = true)]
         out: PathBuf,
     },
-    /// Load the bundles of a `berth bundle save` file: every sha256 is checked before
-    /// anything is uploaded; same digests, same tags
-    Load { file: PathBuf },
+    /// Load the bundles of a `berth bundle save` file, all or nothing: every sha256, every
+    /// bundle and the controller's limits are checked before anything is uploaded; same
+    /// digests, same tags
+    Load {
+        file: PathBuf,
+        /// Move tags the controller already has on another digest (without it, such a
+        /// load is refused and changes nothing)
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
@@ -67,8 +74,8 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
         BundleCmd::Save { references, out } => {
             crate::bundle_archive::save(&Client::connect(target)?, &references, &out).await
         }
-        BundleCmd::Load { file } => {
-            crate::bundle_archive::load(&Client::connect(target)?, &file).await
+        BundleCmd::Load { file, force } => {
+            crate::bundle_archive::load(&Client::connect(target)?, &file, force).await
         }
         BundleCmd::Build { dir, out, format } => {
             let packed = build(&dir, out).await?;

@@ -194,3 +194,6 @@ mod tests {
             .contains("must start with https://"));
     }
 }
+
+/// `--max-bundle-size` when not given (the flag's default, `20G`).
+pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 20 << 30;

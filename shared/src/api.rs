@@ -290,6 +290,22 @@ pub struct BundleArchiveIndex {
     pub bundles: Vec<ArchivedBundle>,
 }
 
+/// `GET /v1/limits` (viewer): what this controller accepts, so a client can check a
+/// whole batch (`bundle load`) before it uploads any of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// `--max-bundle-size`: the largest bundle blob accepted, in bytes.
+    pub max_bundle_size: u64,
+    /// `--max-unpacked-bytes`: what one bundle may unpack to.
+    pub max_unpacked_bytes: u64,
+    /// `--max-entries`: entries in one bundle.
+    pub max_entries: u64,
+    /// `--max-file-bytes`: one file in a bundle.
+    pub max_file_bytes: u64,
+    /// The largest JSON request body.
+    pub max_json_body: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ArchivedBundle {

@@ -101,6 +101,21 @@ pub async fn push(
     ))
 }
 
+/// `GET /v1/limits` (viewer).
+pub async fn limits(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<ApiJson<berth_shared::api::ServerLimits>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(ApiJson(berth_shared::api::ServerLimits {
+        max_bundle_size: st.max_bundle_size,
+        max_unpacked_bytes: st.unpack_limits.max_total_bytes,
+        max_entries: st.unpack_limits.max_entries,
+        max_file_bytes: st.unpack_limits.max_file_bytes,
+        max_json_body: super::MAX_JSON_BODY as u64,
+    }))
+}
+
 fn view(row: BundleRow) -> Result<BundleView, ApiError> {
     let manifest: berth_shared::bundle::Manifest =
         serde_json::from_str(&row.manifest).map_err(|e| ApiError::Internal(e.into()))?;

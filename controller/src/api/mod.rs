@@ -109,6 +109,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(bundles::remove),
         )
         .route("/v1/blobs/sha256/{hex}", get(bundles::blob))
+        .route("/v1/limits", get(bundles::limits))
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
         })
