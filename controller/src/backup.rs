@@ -183,6 +183,10 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
         }
         let mut sink: Box<dyn Write> = match into {
             Some(dir) => {
+                // Never re-create a staging dir removed under us (an interrupted restore).
+                if !dir.is_dir() {
+                    bail!("the restore's staging dir {} is gone", dir.display());
+                }
                 let dest = dir.join(&rel);
                 if let Some(parent) = dest.parent() {
                     berth_files::create_private_dir(parent)?;
@@ -194,12 +198,21 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
             }
             None => Box::new(std::io::sink()),
         };
-        // pki/ca.crt is kept to check the manifest's CA hash.
+        // pki/ca.crt is kept to check the manifest's CA hash; the database's header is
+        // checked before the rest of it is copied.
         let mut ca = Vec::new();
         let mut h = HashingReader::new(&mut e);
         if path == "pki/ca.crt" {
             h.read_to_end(&mut ca)?;
             sink.write_all(&ca)?;
+        }
+        if path == DB {
+            let mut head = Vec::with_capacity(16);
+            (&mut h).take(16).read_to_end(&mut head)?;
+            if head != b"SQLite format 3\0" {
+                bail!("`{DB}` in the backup is not an SQLite database");
+            }
+            sink.write_all(&head)?;
         }
         let n = std::io::copy(&mut h, &mut sink)
             .with_context(|| format!("cannot read `{path}` (truncated backup?)"))?;
@@ -253,10 +266,49 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
     Ok(m)
 }
 
+/// The prefix of a restore's staging dir beside the data dir; the restoring process's pid
+/// follows, so a later restore or controller start can tell a dead one's leftovers (it
+/// holds the CA key) from a restore still running.
+pub const STAGING_PREFIX: &str = ".berth-restore-";
+
+/// Removes the staging dirs in `parent` whose restore is gone (its process no longer
+/// runs; dirs of a berth that did not name its pid are taken as gone). Returns how many.
+pub fn remove_stale_staging(parent: &Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(STAGING_PREFIX) else {
+            continue;
+        };
+        let alive = rest
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| {
+                pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists()
+            });
+        if !alive
+            && e.file_type().is_ok_and(|t| t.is_dir())
+            && std::fs::remove_dir_all(e.path()).is_ok()
+        {
+            tracing::info!(path = %e.path().display(), "removed the staging dir of an interrupted restore");
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// `berth restore FILE --data-dir DIR`: checks the whole backup while writing it into a new
 /// directory beside DIR (removed when the check fails), opens the database (migrating it if this berth is newer), makes
-/// plan generations jump ahead, then moves it to DIR.
-pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backup::Inventory> {
+/// plan generations jump ahead, then moves it to DIR. The staging dir's path is put in
+/// `staging` while it exists, so a caller stopped by a signal can remove it.
+pub async fn restore(
+    file: &Path,
+    data_dir: &Path,
+    staging_dir: &std::sync::Mutex<Option<PathBuf>>,
+) -> Result<crate::store::backup::Inventory> {
     if data_dir.exists()
         && std::fs::read_dir(data_dir)
             .with_context(|| format!("cannot read {}", data_dir.display()))?
@@ -272,10 +324,22 @@ pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backu
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    let refused = |e: anyhow::Error| {
+        e.context(format!(
+            "{} is refused; nothing was restored",
+            file.display()
+        ))
+    };
+    crate::tarfile::sniff(file, "a backup is written by `berth backup -o FILE`")
+        .map_err(refused)?;
     std::fs::create_dir_all(parent)?;
+    remove_stale_staging(parent);
     let staging = tempfile::Builder::new()
-        .prefix(".berth-restore-")
+        .prefix(&format!("{STAGING_PREFIX}{}-", std::process::id()))
         .tempdir_in(parent)?;
+    if let Ok(mut s) = staging_dir.lock() {
+        *s = Some(staging.path().to_path_buf());
+    }
     // One pass checks and writes into the staging dir, which is removed (dropped) when
     // anything in the backup is wrong: DIR is only ever touched by the final rename.
     let (f, dir) = (file.to_path_buf(), staging.path().to_path_buf());
@@ -287,13 +351,23 @@ pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backu
         )
     })
     .await?
-    .with_context(|| format!("{} is refused; nothing was restored", file.display()))?;
-    let store = Store::open(staging.path()).await?;
+    .map_err(refused)?;
+    // The staging dir's name means nothing to the operator: errors name the backup's
+    // database instead.
+    let staged_name = staging.path().display().to_string();
+    let db_error = |e: anyhow::Error| {
+        anyhow::anyhow!(
+            "{} is refused; nothing was restored: its database cannot be opened: {}",
+            file.display(),
+            format!("{e:#}").replace(&staged_name, "<backup>")
+        )
+    };
+    let store = Store::open(staging.path()).await.map_err(db_error)?;
     store
         .mark_restored(&file.display().to_string())
         .await
-        .map_err(anyhow::Error::from)?;
-    let inventory = store.inventory().await.map_err(anyhow::Error::from)?;
+        .map_err(|e| db_error(e.into()))?;
+    let inventory = store.inventory().await.map_err(|e| db_error(e.into()))?;
     store.close().await;
     if data_dir.exists() {
         std::fs::remove_dir(data_dir)?;
@@ -301,6 +375,9 @@ pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backu
     let staged = staging.keep();
     std::fs::rename(&staged, data_dir)
         .with_context(|| format!("cannot move the restored data into {}", data_dir.display()))?;
+    if let Ok(mut s) = staging_dir.lock() {
+        *s = None;
+    }
     berth_files::sync_dir(parent);
     Ok(inventory)
 }
@@ -308,6 +385,9 @@ pub async fn restore(file: &Path, data_dir: &Path) -> Result<crate::store::backu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database as far as the header check goes.
+    const TEST_DB: &[u8] = b"SQLite format 3\0db";
 
     fn ca() -> (String, Digest) {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -323,7 +403,7 @@ mod tests {
             berth_version: "0".into(),
             created_at: "now".into(),
             ca_hash,
-            database: Digest::of(b"db"),
+            database: Digest::of(TEST_DB),
             pki: [
                 ("ca.crt", ca_pem.as_bytes()),
                 ("ca.key", &b"k"[..]),
@@ -348,7 +428,7 @@ mod tests {
         let bpath = format!("blobs/sha256/{}", Digest::of(blob).hex());
         let good: Vec<(&str, &[u8])> = vec![
             (MANIFEST, &m),
-            (DB, b"db"),
+            (DB, TEST_DB),
             ("pki/server.sans", b"s"),
             ("pki/ca.crt", ca_pem.as_bytes()),
             ("pki/ca.key", b"k"),
@@ -366,6 +446,9 @@ mod tests {
         let mut evil = good.clone();
         evil.push(("../../etc/cron.d/x", b"* * * * * root sh"));
         assert!(err(evil).contains("unexpected entry `../../etc/cron.d/x`"));
+        let mut not_db = good.clone();
+        not_db[1] = (DB, b"db");
+        assert!(err(not_db).contains("`berth.db` in the backup is not an SQLite database"));
         let mut evil = good.clone();
         evil.push(("pki/../../x", b"x"));
         assert!(err(evil).contains("unexpected entry `pki/../../x`"));
@@ -377,8 +460,8 @@ mod tests {
         cut.pop();
         assert!(err(cut).contains("incomplete"));
         let mut tampered = good.clone();
-        tampered[1] = (DB, b"dB");
-        assert!(err(tampered).contains("`berth.db` is 2 bytes with"));
+        tampered[1] = (DB, b"SQLite format 3\0dB");
+        assert!(err(tampered).contains("`berth.db` is 18 bytes with"));
         let mut tampered = good.clone();
         tampered[4] = ("pki/ca.key", b"K");
         assert!(err(tampered).contains("`pki/ca.key` is 1 bytes with"));
@@ -391,8 +474,8 @@ mod tests {
         other[3] = ("pki/ca.crt", other_pem.as_bytes());
         assert!(err(other).contains("pki/ca.crt is not the CA the backup names"));
         let mut twice = good.clone();
-        twice.push((DB, b"db"));
+        twice.push((DB, TEST_DB));
         assert!(err(twice).contains("appears twice"));
-        assert!(err(vec![(DB, b"db")]).contains("the first entry must be backup.json"));
+        assert!(err(vec![(DB, TEST_DB)]).contains("the first entry must be backup.json"));
     }
 }

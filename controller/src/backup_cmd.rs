@@ -56,7 +56,22 @@ pub async fn restore(file: &Path, data_dir: Option<&Path>) -> Result<()> {
     let data_dir = data_dir.context(
         "restore needs --data-dir DIR: a new or empty directory for the restored controller",
     )?;
-    let inv = crate::backup::restore(file, data_dir).await?;
+    // Stopped by a signal, the restore removes its staging dir (it holds the CA key)
+    // before it exits; a restore killed outright leaves it to the next restore or start.
+    let staging = std::sync::Mutex::new(None::<std::path::PathBuf>);
+    let inv = tokio::select! {
+        r = crate::backup::restore(file, data_dir, &staging) => r?,
+        sig = terminated() => {
+            let left = staging.lock().ok().and_then(|mut s| s.take());
+            if let Some(p) = left {
+                // The extracting thread may still be writing: exit right after.
+                let _ = std::fs::remove_dir_all(&p);
+                let _ = std::fs::remove_dir_all(&p);
+            }
+            eprintln!("error: interrupted by {sig}; nothing was restored (the partial copy was removed)");
+            std::process::exit(if sig == "SIGINT" { 130 } else { 143 });
+        }
+    };
     eprintln!(
         "restored {} hosts, {} clusters and {} bundles into {}. Start it where the agents \
          expect their controller (the same address as before, or add the new one with --san):\n  \
@@ -68,4 +83,19 @@ pub async fn restore(file: &Path, data_dir: Option<&Path>) -> Result<()> {
         data_dir.display()
     );
     Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; says which.
+async fn terminated() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => std::future::pending().await,
+    }
 }

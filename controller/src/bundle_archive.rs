@@ -522,9 +522,26 @@ mod tests {
         .unwrap()
     }
 
+    /// A packed bundle named `x`, version `1`.
+    fn real_bundle() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bundle.yaml"),
+            "apiVersion: berth.dev/v1\nkind: Bundle\nname: x\nversion: \"1\"\ntype: rootfs\n",
+        )
+        .unwrap();
+        let out = dir.path().join("x.tar.zst");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::rename(dir.path().join("bundle.yaml"), src.join("bundle.yaml")).unwrap();
+        berth_bundle::pack::pack(&src, &out).unwrap();
+        std::fs::read(out).unwrap()
+    }
+
     #[test]
     fn a_whole_archive_checks() {
-        let blob: &[u8] = b"bundle bytes";
+        let real = real_bundle();
+        let blob: &[u8] = &real;
         let idx = index_for(&[blob], &["x:1"]);
         let t = crate::tarfile::raw(&[(INDEX, &idx), (&blob_entry(&Digest::of(blob)), blob)]);
         let c = check_reader(&t[..], &Accepts::default()).unwrap();
@@ -533,7 +550,11 @@ mod tests {
 
     #[test]
     fn damaged_and_hostile_archives_are_refused_with_their_reason() {
-        let blob: &[u8] = b"bundle bytes";
+        let real = real_bundle();
+        let blob: &[u8] = &real;
+        let mut altered = real.clone();
+        let last = altered.len() - 1;
+        altered[last] ^= 0xff;
         let d = Digest::of(blob);
         let idx = index_for(&[blob], &["x:1"]);
         let entry = blob_entry(&d);
@@ -547,10 +568,20 @@ mod tests {
                 ArchiveError::NoIndex("evil.sh".into()),
             ),
             (
-                crate::tarfile::raw(&[(INDEX, &idx), (&entry, b"bundle bytez")]),
+                crate::tarfile::raw(&[(INDEX, &idx), (&entry, &altered)]),
                 ArchiveError::DigestMismatch {
                     entry: entry.clone(),
-                    got: Digest::of(b"bundle bytez"),
+                    got: Digest::of(&altered),
+                },
+            ),
+            (
+                crate::tarfile::raw(&[
+                    (INDEX, &index_for(&[b"not a bundle"], &["x:1"])),
+                    (&blob_entry(&Digest::of(b"not a bundle")), b"not a bundle"),
+                ]),
+                ArchiveError::NotABundle {
+                    entry: blob_entry(&Digest::of(b"not a bundle")),
+                    why: "archive: corrupt or truncated: Unknown frame descriptor".into(),
                 },
             ),
             (
@@ -558,7 +589,7 @@ mod tests {
                 ArchiveError::SizeMismatch {
                     entry: entry.clone(),
                     got: 5,
-                    want: 12,
+                    want: real.len() as u64,
                 },
             ),
             (

@@ -158,6 +158,9 @@ pub fn local_addresses() -> Vec<IpAddr> {
     out
 }
 
+/// `--max-bundle-size` when not given (the flag's default, `20G`).
+pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 20 << 30;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +197,3 @@ mod tests {
             .contains("must start with https://"));
     }
 }
-
-/// `--max-bundle-size` when not given (the flag's default, `20G`).
-pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 20 << 30;

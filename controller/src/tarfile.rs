@@ -25,6 +25,12 @@ pub fn append<W: Write>(
 /// header block must carry the `ustar` magic and a valid checksum). `made_by` says where
 /// the right file comes from.
 pub fn sniff(path: &std::path::Path, made_by: &str) -> Result<()> {
+    // A pipe or a FIFO is read once: its bytes are left to the archive's reader.
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    if !meta.is_file() {
+        return Ok(());
+    }
     let mut head = Vec::with_capacity(512);
     std::fs::File::open(path)
         .with_context(|| format!("cannot open {}", path.display()))?
