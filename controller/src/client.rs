@@ -92,18 +92,51 @@ impl Client {
         body: reqwest::Body,
     ) -> Result<T> {
         let url = format!("{}{}", self.base, path);
-        let resp = self
+        let sent = self
             .http
-            .request(method, &url)
+            .request(method.clone(), &url)
             .bearer_auth(&self.token)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
-            .await
-            .map_err(|e| anyhow!("upload to {} failed: {}", self.base, error_chain(&e)))?;
+            .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                // The controller refuses some uploads (a role, a platform) before it reads
+                // the body, and closes the connection: the client then sees a broken pipe
+                // where the answer was. Ask again with no body to learn that answer.
+                if let Some(refusal) = self.refusal_before_body(method, path, content_type).await {
+                    return Err(refusal);
+                }
+                bail!("upload to {} failed: {}", self.base, error_chain(&e));
+            }
+        };
         let resp = check(resp).await?;
         let bytes = resp.bytes().await?;
         serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
+    }
+
+    /// The answer to `method path` with an empty body, when it is a refusal the server
+    /// gives before reading a body (401, 403, 400, 404); `None` for anything else (e.g.
+    /// 422 for the empty body itself, which says nothing about the real upload).
+    async fn refusal_before_body(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+    ) -> Option<anyhow::Error> {
+        let resp = self
+            .builder(method, path)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(Vec::new())
+            .send()
+            .await
+            .ok()?;
+        if !matches!(resp.status().as_u16(), 400 | 401 | 403 | 404) {
+            return None;
+        }
+        check(resp).await.err()
     }
 
     /// POSTs a text body (a Clusterfile).

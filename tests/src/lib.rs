@@ -452,6 +452,22 @@ impl Drop for Controller {
 
 /// A blocking HTTPS client that trusts `ca_pem` and optionally presents a client cert.
 pub fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<reqwest::blocking::Client> {
+    client_with_alpn(ca_pem, identity, Vec::new())
+}
+
+/// The same client speaking HTTP/2 only (ALPN `h2`), as the agent does.
+pub fn client_h2(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<reqwest::blocking::Client> {
+    client_with_alpn(ca_pem, identity, vec![b"h2".to_vec()])
+}
+
+fn client_with_alpn(
+    ca_pem: &str,
+    identity: Option<(&str, &str)>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<reqwest::blocking::Client> {
     use rustls_pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -471,6 +487,8 @@ pub fn client(ca_pem: &str, identity: Option<(&str, &str)>) -> Result<reqwest::b
             b.with_client_auth_cert(chain, key)?
         }
     };
+    let mut cfg = cfg;
+    cfg.alpn_protocols = alpn;
     Ok(reqwest::blocking::Client::builder()
         .use_preconfigured_tls(cfg)
         .timeout(Duration::from_secs(30))

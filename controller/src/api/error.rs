@@ -93,6 +93,16 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "the request body is larger than {} bytes (1 MiB), the most this API accepts",
+                    super::MAX_JSON_BODY
+                ),
+            );
+        }
         ApiError::new(
             e.status(),
             codes::BAD_REQUEST,

@@ -114,8 +114,78 @@ pub fn router(state: AppState) -> Router {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(bounded_body))
         .layer(axum::middleware::from_fn(run_to_completion))
         .with_state(state)
+}
+
+/// How much of a body over [`MAX_JSON_BODY`] is read (and dropped) before it is answered.
+const DRAIN_OVERSIZED: usize = 16 << 20;
+
+/// Whether a request streams a large body to its handler (bundle and agent uploads).
+fn is_upload(req: &axum::extract::Request) -> bool {
+    let path = req.uri().path();
+    (req.method() == axum::http::Method::POST && path == "/v1/bundles")
+        || (req.method() == axum::http::Method::PUT && path.starts_with("/v1/agent-binaries/"))
+}
+
+/// Every other request body is read here, up to [`MAX_JSON_BODY`]. One over it is read on
+/// to its end (at most [`DRAIN_OVERSIZED`] more) and then answered `413 too_large`: a
+/// client that streams its body — an HTTP/2 one above all — gets that answer once it has
+/// sent everything, instead of a stream reset while it is still sending.
+async fn bounded_body(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use futures_util::StreamExt;
+    if is_upload(&req) {
+        return next.run(req).await;
+    }
+    let too_large = || {
+        error::ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the request body is larger than {MAX_JSON_BODY} bytes (1 MiB), the most this API accepts"
+            ),
+        )
+        .into_response()
+    };
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > (MAX_JSON_BODY + DRAIN_OVERSIZED) as u64) {
+        return too_large();
+    }
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                return error::ApiError::bad_request(format!("cannot read the request body: {e}"))
+                    .into_response()
+            }
+        };
+        total += chunk.len();
+        if total <= MAX_JSON_BODY {
+            buf.extend_from_slice(&chunk);
+        } else if total > MAX_JSON_BODY + DRAIN_OVERSIZED {
+            break;
+        }
+    }
+    if total > MAX_JSON_BODY {
+        return too_large();
+    }
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(buf.freeze()),
+    ))
+    .await
 }
 
 /// Requests that change state run to completion on their own task, even when the client
