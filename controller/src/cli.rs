@@ -344,6 +344,14 @@ pub enum GetCmd {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// The audit log, newest first: every change and every read of secrets (admin token)
+    Audit {
+        /// How many entries (1 to 10000)
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -510,6 +518,29 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Get(GetCmd::Bundles { output }) => {
             crate::bundle_cmd::run(crate::bundle_cmd::BundleCmd::List { output }, &target).await
+        }
+        Command::Get(GetCmd::Audit { limit, output }) => {
+            let c = Client::connect(&target)?;
+            let rows: Vec<berth_shared::api::AuditEntryView> =
+                c.get(&format!("/v1/audit?limit={limit}")).await?;
+            output::print(
+                output,
+                &rows,
+                &["AT", "ACTOR", "ACTION", "TARGET", "DETAIL"],
+                || {
+                    rows.iter()
+                        .map(|r| {
+                            vec![
+                                r.at.clone(),
+                                r.actor.clone(),
+                                r.action.clone(),
+                                r.target.clone(),
+                                r.detail.clone().unwrap_or_default(),
+                            ]
+                        })
+                        .collect()
+                },
+            )
         }
         Command::Get(GetCmd::Hosts { output }) => {
             let c = Client::connect(&target)?;

@@ -136,6 +136,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         engine: engine.clone(),
         agent_binaries: crate::install::open_store(&cfg.data_dir)?,
         bundled_agent_ready: bundled_ready_rx,
+        bundled_agent: bundled.clone(),
         heartbeats: heartbeats.clone(),
         metrics: metrics.clone(),
         max_polls: cfg.max_polls,

@@ -197,6 +197,21 @@ pub struct HostEventView {
     pub message: String,
 }
 
+/// `GET /v1/audit` (admin): one audited action — every change, and every read of
+/// secrets (a backup, cluster outputs) — newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntryView {
+    /// RFC 3339.
+    pub at: String,
+    /// `api-token:ID` (`api-token:admin` for the admin token), `controller`, or the
+    /// host for what an agent did.
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    #[serde(default)]
+    pub detail: Option<String>,
+}
+
 /// `GET /v1/healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {

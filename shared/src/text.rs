@@ -27,6 +27,25 @@ pub fn control_char(s: &str) -> Option<char> {
     s.chars().find(|c| c.is_control())
 }
 
+/// Checks a label a caller chooses (a token's name, a description): `min` to `max`
+/// characters, none of them a control character (a newline or an escape sequence would
+/// forge log lines or repaint the terminal of whoever lists it).
+pub fn check_label(what: &str, s: &str, min: usize, max: usize) -> Result<(), String> {
+    let n = s.chars().count();
+    if n < min || n > max {
+        return Err(format!(
+            "{what} must be {min} to {max} characters; it has {n}"
+        ));
+    }
+    if let Some(c) = control_char(s) {
+        return Err(format!(
+            "{what} holds the control character {:?}; use printable characters only",
+            c
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +59,14 @@ mod tests {
         assert_eq!(one_line(&"x".repeat(2000), 512).len(), 512);
         assert_eq!(control_char("ok name"), None);
         assert_eq!(control_char("bad\u{1b}"), Some('\u{1b}'));
+        assert_eq!(check_label("name", "ci-bot", 1, 64), Ok(()));
+        assert_eq!(
+            check_label("name", "a\nb", 1, 64),
+            Err("name holds the control character '\\n'; use printable characters only".into())
+        );
+        assert_eq!(
+            check_label("name", "", 1, 64),
+            Err("name must be 1 to 64 characters; it has 0".into())
+        );
     }
 }

@@ -32,6 +32,9 @@ pub async fn create_token(
             req.uses
         )));
     }
+    if let Some(d) = &req.description {
+        berth_shared::text::check_label("description", d, 0, 256).map_err(ApiError::bad_request)?;
+    }
     if req.reenroll.is_some() && req.uses != 1 {
         return Err(ApiError::bad_request(
             "a re-enrollment token is for one host: uses must be 1",
@@ -196,9 +199,7 @@ pub async fn create_api_token(
             req.role
         ))
     })?;
-    if req.name.is_empty() || req.name.len() > 64 {
-        return Err(ApiError::bad_request("name must be 1 to 64 characters"));
-    }
+    berth_shared::text::check_label("name", &req.name, 1, 64).map_err(ApiError::bad_request)?;
     let id = random_token(8);
     let token = format!("berth_{}_{}", role.as_str(), random_token(32));
     st.store
@@ -233,4 +234,42 @@ pub async fn metrics(
         st.metrics.render(held),
     )
         .into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub struct AuditQuery {
+    /// At most this many rows (1 to 10,000; default 100).
+    #[serde(default = "default_audit_limit")]
+    pub limit: u32,
+}
+
+fn default_audit_limit() -> u32 {
+    100
+}
+
+/// `GET /v1/audit` (admin): the newest audit rows.
+pub async fn audit(
+    State(st): State<AppState>,
+    caller: Caller,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Result<ApiJson<Vec<berth_shared::api::AuditEntryView>>, ApiError> {
+    caller.require(Role::Admin)?;
+    if q.limit == 0 || q.limit > 10_000 {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and 10000, got {}",
+            q.limit
+        )));
+    }
+    let rows = st.store.audit_entries(q.limit).await?;
+    Ok(ApiJson(
+        rows.into_iter()
+            .map(|r| berth_shared::api::AuditEntryView {
+                at: rfc3339(r.at),
+                actor: r.actor,
+                action: r.action,
+                target: r.target,
+                detail: r.detail,
+            })
+            .collect(),
+    ))
 }

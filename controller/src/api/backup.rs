@@ -52,6 +52,15 @@ pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Respon
         blobs: parse(bundles)?,
         agent_binaries: parse(agents)?,
     };
+    // The backup holds the CA key and the admin token: audited before a byte is sent.
+    st.store
+        .audit_read(
+            &caller.actor(),
+            "backup.download",
+            "controller",
+            Some("database, PKI (CA key, admin token), blobs"),
+        )
+        .await?;
     tracing::info!(actor = %caller.actor(), blobs = manifest.blobs.len(), "backup started");
     let (writer, reader) = tokio::io::duplex(1 << 20);
     let (blobs, agents) = (st.blobs.clone(), st.agent_binaries.clone());

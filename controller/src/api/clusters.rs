@@ -96,8 +96,12 @@ pub async fn status(
 ) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     if q.show_outputs {
-        // Outputs often hold secrets (join tokens, passwords).
+        // Outputs often hold secrets (join tokens, passwords): admins only, audited.
         caller.require(Role::Admin)?;
+        cluster_row(&st, &name).await?;
+        st.store
+            .audit_read(&caller.actor(), "cluster.outputs.read", &name, None)
+            .await?;
     }
     let seen = headers
         .get(header::IF_NONE_MATCH)

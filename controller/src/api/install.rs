@@ -5,7 +5,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson};
 use super::AppState;
 use crate::blobs::IngestError;
-use crate::install::{check_elf, check_platform, MAX_AGENT_BINARY, SCRIPT};
+use crate::install::{check_executable, check_platform, MAX_AGENT_BINARY, SCRIPT};
 use crate::store::agent_binaries::AgentBinaryRow;
 use crate::store::Role;
 use crate::time::rfc3339;
@@ -128,13 +128,10 @@ pub async fn add(
             IngestError::Io(e) => ApiError::Internal(e),
             other => ApiError::bad_request(other.to_string()),
         })?;
-    let mut head = [0u8; 20];
-    let read = {
-        use std::io::Read;
-        std::fs::File::open(received.path()).and_then(|mut f| f.read(&mut head))
-    }
-    .map_err(|e| ApiError::Internal(e.into()))?;
-    check_elf(&head[..read], &arch)
+    let (file, a) = (received.path().to_path_buf(), arch.clone());
+    tokio::task::spawn_blocking(move || check_executable(&file, &a))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, codes::ARCH_MISMATCH, e))?;
     let row = AgentBinaryRow {
         os,
@@ -159,11 +156,29 @@ pub async fn remove(
     Path((os, arch)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Role::Admin)?;
+    bundled_ready(&st).await;
+    let was_added = st
+        .store
+        .agent_binary(&os, &arch)
+        .await?
+        .is_some_and(|r| r.source == "added");
     if st
         .store
         .remove_agent_binary(&os, &arch, &caller.actor())
         .await?
     {
+        // An added agent gone, the one built with this controller takes its place again
+        // at once (as it would at the next start).
+        if let (true, Some(path), "linux", true) = (
+            was_added,
+            st.bundled_agent.as_deref(),
+            os.as_str(),
+            arch == crate::install::this_arch(),
+        ) {
+            crate::install::import_bundled(&st.store, &st.agent_binaries, path)
+                .await
+                .map_err(ApiError::Internal)?;
+        }
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!(

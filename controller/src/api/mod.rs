@@ -54,6 +54,9 @@ pub struct AppState {
     /// Becomes true once the agent found next to the controller was imported (or there
     /// was none): install calls wait for it rather than answer "none served" at start.
     pub bundled_agent_ready: tokio::sync::watch::Receiver<bool>,
+    /// The berth-agent found next to the controller, served again when an operator
+    /// removes the one they added for this machine's architecture.
+    pub bundled_agent: Option<std::path::PathBuf>,
     /// Heartbeats in memory, written in batches.
     pub heartbeats: Arc<crate::heartbeats::Heartbeats>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -110,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/blobs/sha256/{hex}", get(bundles::blob))
         .route("/v1/limits", get(bundles::limits))
+        .route("/v1/audit", get(admin::audit))
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
         })

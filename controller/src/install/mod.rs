@@ -82,6 +82,55 @@ pub fn check_elf(head: &[u8], arch: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that the file at `path` is a program a host of `arch` can run: a 64-bit ELF for
+/// that machine (`check_elf`) of type `ET_EXEC`, or `ET_DYN` with an interpreter or the
+/// PIE flag (a static-pie like berth-agent), with a loadable segment and an entry point.
+/// A core dump, an object file or a shared library is refused, saying which it is.
+pub fn check_executable(path: &Path, arch: &str) -> Result<(), String> {
+    use object::elf;
+    use object::read::elf::{Dyn as _, FileHeader as _, ProgramHeader as _};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let mut head = Vec::with_capacity(64);
+    (&mut f)
+        .take(64)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    check_elf(&head, arch)?;
+    let cache = object::ReadCache::new(f);
+    let data = &cache;
+    let damaged = |e: object::Error| format!("a damaged ELF executable ({e})");
+    let hdr = elf::FileHeader64::<object::Endianness>::parse(data).map_err(damaged)?;
+    let endian = hdr.endian().map_err(damaged)?;
+    let kind = hdr.e_type(endian);
+    match kind {
+        elf::ET_EXEC | elf::ET_DYN => {}
+        elf::ET_CORE => return Err("a core dump, not an executable".into()),
+        elf::ET_REL => return Err("an object file (.o), not an executable".into()),
+        other => return Err(format!("an ELF file of type {other}, not an executable")),
+    }
+    let phdrs = hdr.program_headers(endian, data).map_err(damaged)?;
+    if kind == elf::ET_DYN {
+        let interp = phdrs.iter().any(|p| p.p_type(endian) == elf::PT_INTERP);
+        let mut pie = false;
+        for p in phdrs {
+            if let Some(dynamic) = p.dynamic(endian, data).map_err(damaged)? {
+                pie |= dynamic.iter().any(|d| {
+                    d.d_tag(endian) == u64::from(elf::DT_FLAGS_1)
+                        && d.d_val(endian) & u64::from(elf::DF_1_PIE) != 0
+                });
+            }
+        }
+        if !interp && !pie {
+            return Err("a shared library, not an executable".into());
+        }
+    }
+    if !phdrs.iter().any(|p| p.p_type(endian) == elf::PT_LOAD) || hdr.e_entry(endian) == 0 {
+        return Err("an ELF file with nothing to run (no loadable segment or entry point)".into());
+    }
+    Ok(())
+}
+
 /// Where the agent executables live: `<data-dir>/agent-binaries/sha256/…`.
 pub type AgentBinaries = BlobStore;
 
@@ -136,12 +185,7 @@ pub async fn import_bundled(store: &Store, bins: &AgentBinaries, path: &Path) ->
     let src = path.to_path_buf();
     let root = bins.clone();
     let (digest, size) = tokio::task::spawn_blocking(move || root.import_file(&src)).await??;
-    let mut head = [0u8; 20];
-    {
-        use std::io::Read;
-        std::fs::File::open(bins.path(&digest))?.read_exact(&mut head)?;
-    }
-    if let Err(e) = check_elf(&head, arch) {
+    if let Err(e) = check_executable(&bins.path(&digest), arch) {
         anyhow::bail!("{} cannot be served to {arch} hosts: {e}", path.display());
     }
     let changed = store

@@ -347,6 +347,53 @@ impl Store {
     }
 }
 
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: Option<String>,
+}
+
+impl Store {
+    /// Audits a read of secrets (a backup, cluster outputs): one row, committed before
+    /// the secrets are sent.
+    pub async fn audit_read(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        audit(&mut tx, actor, action, target, detail).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit rows, newest first.
+    pub async fn audit_entries(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(at, actor, action, target, detail)| AuditRow {
+                at,
+                actor,
+                action,
+                target,
+                detail,
+            })
+            .collect())
+    }
+}
+
 /// What a push records.
 pub struct NewBundle<'a> {
     pub digest: &'a str,
