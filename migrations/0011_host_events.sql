@@ -10,5 +10,8 @@ CREATE TABLE host_events (
     first_at  INTEGER NOT NULL,
     last_at   INTEGER NOT NULL,
     message   TEXT NOT NULL,
+    -- When the controller last logged this host's events of this kind (at most once a
+    -- minute).
+    logged_at INTEGER NOT NULL,
     PRIMARY KEY (host_id, kind)
 ) WITHOUT ROWID;

@@ -66,12 +66,12 @@ pub struct JoinArgs {
         long,
         env = "BERTH_JOIN_TOKEN",
         hide_env_values = true,
-        required_unless_present = "token_file",
-        conflicts_with = "token_file"
+        required_unless_present = "token_file"
     )]
     pub token: Option<String>,
     /// Read the bootstrap token from this file (mode 0600 or stricter; the install line
-    /// passes it this way, so it never shows in a process list)
+    /// passes it this way, so it never shows in a process list); wins over --token and
+    /// BERTH_JOIN_TOKEN
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// sha256 of the controller's CA certificate; the join stops if it differs
@@ -171,10 +171,10 @@ pub fn main(cli: Cli) -> ExitCode {
 async fn dispatch(cmd: Command) -> Result<()> {
     match cmd {
         Command::Join(a) => {
-            let token = match (&a.token, &a.token_file) {
-                (Some(t), _) => t.clone(),
-                (None, Some(f)) => join::read_token_file(f)?,
-                (None, None) => anyhow::bail!("pass --token or --token-file"),
+            let token = match (&a.token_file, &a.token) {
+                (Some(f), _) => join::read_token_file(f)?,
+                (None, Some(t)) => t.clone(),
+                (None, None) => anyhow::bail!("pass --token-file or --token"),
             };
             let cfg: JoinConfig = join::validate(
                 &a.controller,

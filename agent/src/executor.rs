@@ -86,6 +86,25 @@ impl Outcome {
             outputs: BTreeMap::new(),
         }
     }
+
+    /// The step's outputs, all its bundles' together, held to the limits the controller
+    /// holds them to: over them the step fails with the reason here, rather than its
+    /// report being refused there (and the step left to time out).
+    fn within_limits(self, log: &std::fs::File) -> Result<Outcome> {
+        if self.state != StepState::Succeeded {
+            return Ok(self);
+        }
+        match berth_shared::outputs::check(&self.outputs) {
+            Ok(()) => Ok(self),
+            Err(e) => {
+                writeln!(
+                    &*log,
+                    "berth-agent: the step's outputs, all bundles together: {e}; the step fails and publishes nothing"
+                )?;
+                Ok(Outcome::failed(format!("outputs: {e}"), None))
+            }
+        }
+    }
 }
 
 impl Executor {
@@ -609,7 +628,7 @@ impl Executor {
                 }
             }
         }
-        Ok(outcome)
+        outcome.within_limits(log)
     }
 
     async fn run_apps(
@@ -666,7 +685,7 @@ impl Executor {
                 Err(o) => return Ok(o),
             }
         }
-        Ok(outcome)
+        outcome.within_limits(log)
     }
 
     /// Runs one bundle's hook of a step exactly once across agent restarts (see the module

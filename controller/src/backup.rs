@@ -188,8 +188,8 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
                     bail!("the restore's staging dir {} is gone", dir.display());
                 }
                 let dest = dir.join(&rel);
-                if let Some(parent) = dest.parent() {
-                    berth_files::create_private_dir(parent)?;
+                if let Some(parent) = rel.parent() {
+                    create_below(dir, parent)?;
                 }
                 Box::new(std::io::BufWriter::new(
                     berth_files::create_new_private(&dest)
@@ -264,6 +264,24 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
         );
     }
     Ok(m)
+}
+
+/// Creates `rel` (and the directories leading to it) under `root`, mode 0700, one level at
+/// a time: never `root` itself, so a staging dir removed under a restore (a signal) is not
+/// brought back, with a copy of the CA key in it, by a thread still extracting.
+fn create_below(root: &Path, rel: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut at = root.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match std::fs::create_dir(&at) {
+            Ok(()) => std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot set mode 0700 on {}", at.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", at.display())),
+        }
+    }
+    Ok(())
 }
 
 /// The prefix of a restore's staging dir beside the data dir; the restoring process's pid

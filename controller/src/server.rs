@@ -44,8 +44,11 @@ pub const INFO_FILE: &str = "controller.json";
 pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     create_private_dir(&cfg.data_dir)?;
     // What a restore killed beside this data dir left (a copy of a CA key among it).
-    if let Some(parent) = cfg.data_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        crate::backup::remove_stale_staging(parent);
+    if let Some(parent) = std::fs::canonicalize(&cfg.data_dir)
+        .ok()
+        .and_then(|d| d.parent().map(std::path::Path::to_path_buf))
+    {
+        crate::backup::remove_stale_staging(&parent);
     }
     let open_files = match berth_files::raise_open_files_limit() {
         Ok(n) => n,

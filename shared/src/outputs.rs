@@ -22,13 +22,16 @@ pub const LIMITS: &str =
     "at most 64 outputs, each value at most 16 KiB, 64 KiB in all (names, `=` and newlines included)";
 
 /// The names never allowed, in words, for messages and docs.
-pub const FORBIDDEN: &str = "never BERTH_*, PATH, LD_*, BASH_*, ENV, IFS, HOME, SHELL, SHELLOPTS, PS4, TMPDIR, GLIBC_TUNABLES, GCONV_PATH, *_PROXY/*_proxy, or an interpreter's code-loading variable (PERL5*, PERLLIB, PYTHON*, NODE_OPTIONS, NODE_PATH, RUBYOPT, RUBYLIB, JAVA_TOOL_OPTIONS, _JAVA_OPTIONS, JDK_JAVA_OPTIONS, GIT_*)";
+pub const FORBIDDEN: &str = "never BERTH_*, PATH, LD_*, BASH*, ENV, IFS, HOME, SHELL, SHELLOPTS, PS4, CDPATH, TMPDIR, GLIBC_TUNABLES, GCONV_PATH, *_PROXY/*_proxy, TLS trust (SSL_*, OPENSSL_*, CURL_*, REQUESTS_CA_BUNDLE, WGETRC), or an interpreter's code-loading variable (PERL5*, PERLLIB, PYTHON*, NODE_*, RUBYOPT, RUBYLIB, LUA_*, ERL_*, DOTNET_*, CLASSPATH, JAVA_TOOL_OPTIONS, _JAVA_OPTIONS, JDK_JAVA_OPTIONS, GIT_*)";
 
 /// Names an output may never take, declared or not: they would steer how later hooks run
 /// (`PATH`, `LD_PRELOAD`, `BASH_ENV`, `PERL5OPT`, a proxy, …) or forge berth's own values.
 /// This is a backstop behind the allow-list, not a replacement for it.
 pub fn forbidden_name(name: &str) -> bool {
-    const PREFIXES: &[&str] = &["BERTH_", "LD_", "BASH_", "PERL5", "PYTHON", "GIT_"];
+    const PREFIXES: &[&str] = &[
+        "BERTH_", "LD_", "BASH", "PERL5", "PYTHON", "GIT_", "NODE_", "LUA_", "ERL_", "DOTNET_",
+        "OPENSSL_", "SSL_", "CURL_",
+    ];
     const EXACT: &[&str] = &[
         "PATH",
         "ENV",
@@ -42,13 +45,14 @@ pub fn forbidden_name(name: &str) -> bool {
         "GLIBC_TUNABLES",
         "GCONV_PATH",
         "PERLLIB",
-        "NODE_OPTIONS",
-        "NODE_PATH",
         "RUBYOPT",
         "RUBYLIB",
         "JAVA_TOOL_OPTIONS",
         "_JAVA_OPTIONS",
         "JDK_JAVA_OPTIONS",
+        "CLASSPATH",
+        "REQUESTS_CA_BUNDLE",
+        "WGETRC",
     ];
     PREFIXES.iter().any(|p| name.starts_with(p))
         || EXACT.contains(&name)
@@ -82,6 +86,8 @@ pub enum OutputsError {
     ValueTooLong { key: String, len: usize },
     #[error("outputs of {0} bytes in all; {LIMITS}")]
     TooLarge(usize),
+    #[error("output `{0}` holds a control character (a NUL, a carriage return, an escape …); values are one line of text (tabs allowed)")]
+    ControlCharacter(String),
 }
 
 /// What a hook wrote to `$BERTH_OUTPUTS`, read whole (the caller reads at most one byte
@@ -128,6 +134,11 @@ pub fn check(outputs: &BTreeMap<String, String>) -> Result<(), OutputsError> {
     }
     let mut total = 0;
     for (k, v) in outputs {
+        // A value becomes env of every later hook on every host: a NUL would make every
+        // spawn fail, a carriage return or escape would forge what logs show.
+        if v.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(OutputsError::ControlCharacter(k.chars().take(64).collect()));
+        }
         if v.len() > MAX_OUTPUT_VALUE {
             return Err(OutputsError::ValueTooLong {
                 key: k.chars().take(64).collect(),
@@ -172,6 +183,15 @@ mod tests {
             "PS4",
             "GIT_SSH_COMMAND",
             "GLIBC_TUNABLES",
+            "BASHOPTS",
+            "LUA_INIT",
+            "ERL_AFLAGS",
+            "DOTNET_STARTUP_HOOKS",
+            "OPENSSL_CONF",
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "NODE_TLS_REJECT_UNAUTHORIZED",
+            "CLASSPATH",
             "",
             "9LIVES",
             "A-B",
@@ -242,6 +262,18 @@ mod tests {
             Err(OutputsError::Malformed { line: 1 })
         );
         assert_eq!(parse_file(b"A=\xff\n", any), Err(OutputsError::NotText));
+        assert_eq!(
+            parse_file(b"A=x\0y\n", any),
+            Err(OutputsError::ControlCharacter("A".into()))
+        );
+        assert_eq!(
+            parse_file(b"A=x\x1b[2Jy\n", any),
+            Err(OutputsError::ControlCharacter("A".into()))
+        );
+        assert!(
+            parse_file(b"A=x\ty\r\n", any).is_ok(),
+            "a tab, and CRLF line ends"
+        );
         assert_eq!(
             OutputsError::FileTooLarge(70000).to_string(),
             "$BERTH_OUTPUTS holds 70000 bytes; at most 64 outputs, each value at most 16 KiB, 64 KiB in all (names, `=` and newlines included)"

@@ -112,6 +112,15 @@ fn shell_trusting(store: &Path) -> Command {
     c
 }
 
+/// A home whose `.curlrc` turns certificate checks off, and a wgetrc that does the same.
+fn careless_config(c: &mut Command, dir: &Path) {
+    let home = dir.join("careless-home");
+    std::fs::create_dir_all(&home).unwrap();
+    std::fs::write(home.join(".curlrc"), "insecure\n").unwrap();
+    std::fs::write(home.join(".wgetrc"), "check_certificate = off\n").unwrap();
+    c.env("HOME", &home).env("WGETRC", home.join(".wgetrc"));
+}
+
 /// A script that leaves proof that it ran.
 fn hostile_script(proof: &Path) -> HashMap<String, Vec<u8>> {
     HashMap::from([(
@@ -121,8 +130,9 @@ fn hostile_script(proof: &Path) -> HashMap<String, Vec<u8>> {
 }
 
 /// The line's controller is gone and a server with a certificate from a CA in the
-/// host's system store answers at its address: with curl, and with GNU wget alone,
-/// nothing is asked for over a trusted connection and nothing runs.
+/// host's system store answers at its address: with curl, and with GNU wget alone (and a
+/// `.curlrc`/wgetrc that turn certificate checks off), nothing is asked for over a
+/// trusted connection and nothing runs.
 #[test]
 fn the_install_line_trusts_only_the_controllers_ca_not_the_system_store() {
     let mut ctl = Controller::start(&[]);
@@ -156,6 +166,8 @@ fn the_install_line_trusts_only_the_controllers_ca_not_the_system_store() {
         let root = dir.join(format!("host-{client}"));
         let mut c = shell_trusting(&store);
         host_env(&mut c, &root, "h1");
+        // A curlrc or wgetrc that turns checks off changes nothing either.
+        careless_config(&mut c, &dir);
         if let Some(p) = path {
             c.env("PATH", p);
         }
@@ -419,4 +431,40 @@ fn the_line_of_another_controller_is_refused_on_an_enrolled_host() {
     wait_for("agent stopped", Duration::from_secs(10), || {
         (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
     });
+}
+
+/// An install dir reached through a symlink (`/bin` on a merged-/usr system): the running
+/// agent's `/proc/PID/exe` names the resolved path, and the line run again still knows it.
+#[test]
+fn a_symlinked_install_dir_still_knows_its_agent() {
+    let ctl = Controller::start(&[]);
+    let root = ctl.dir.path().join("host");
+    std::fs::create_dir_all(root.join("real-bin")).unwrap();
+    std::os::unix::fs::symlink(root.join("real-bin"), root.join("bin")).unwrap();
+    let mut c = Command::new("sh");
+    host_env(&mut c, &root, "linked");
+    let out = paste(c, &install_line(&ctl, &["--uses", "1"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pid = std::fs::read_to_string(root.join("data/agent.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut c = Command::new("sh");
+    host_env(&mut c, &root, "linked");
+    let out = paste(c, &install_line(&ctl, &[]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("already runs (pid {pid})")),
+        "{}",
+        stderr(&out)
+    );
+    let out = Command::new(root.join("bin/berth-agent-uninstall.sh"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    wait_for(
+        "the agent stopped by the uninstaller",
+        Duration::from_secs(10),
+        || (!Path::new(&format!("/proc/{pid}")).exists()).then_some(()),
+    );
 }

@@ -193,3 +193,69 @@ fn outputs_over_the_limits_fail_the_step_and_outputs_that_fit_are_whole() {
         assert_eq!(outs[&format!("K{i}")], json!("v".repeat(16_000)));
     }
 }
+
+/// The limits hold for a step's outputs all together: two bundles of 40 outputs each fail
+/// the step on the agent with the reason (not a report the controller refuses and a step
+/// left to time out); a value with a NUL in it (it would break every later hook's start)
+/// fails its step too.
+#[test]
+fn a_steps_outputs_are_held_to_the_limits_together_and_values_are_text() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["t0", "t1"]);
+    let forty = |prefix: &str| {
+        let names: Vec<String> = (0..40).map(|i| format!("{prefix}{i}")).collect();
+        (
+            format!("outputs:\n  init: [{}]\n", names.join(", ")),
+            format!(
+                "i=0\nwhile [ $i -lt 40 ]; do echo \"{prefix}$i=v\" >>\"$BERTH_OUTPUTS\"; i=$((i + 1)); done"
+            ),
+        )
+    };
+    for p in ["A", "B"] {
+        let (declare, hook) = forty(p);
+        let b = hook_bundle(
+            ctl.dir.path(),
+            &format!("forty{}", p.to_lowercase()),
+            &[("init", &hook)],
+            &declare,
+        );
+        // Rootfs bundles merge into one tree: each hook needs a path of its own.
+        let own = format!("scripts/init-{p}.sh");
+        std::fs::rename(b.join("scripts/init.sh"), b.join(&own)).unwrap();
+        let y = std::fs::read_to_string(b.join("bundle.yaml")).unwrap();
+        std::fs::write(b.join("bundle.yaml"), y.replace("scripts/init.sh", &own)).unwrap();
+        push_dir(&ctl, &b, &format!("forty{}:v1", p.to_lowercase()));
+    }
+    let cf = ctl.clusterfile("two", &["t0"], &[], &["fortya:v1", "fortyb:v1"], &[]);
+    let out = apply_file(&ctl, &cf);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let st = ctl.status("two");
+    let init = step_of(&st, "t0", "init");
+    assert_eq!(init["state"], "failed", "{init}");
+    assert_eq!(
+        init["reason"],
+        "outputs: 80 outputs; at most 64 outputs, each value at most 16 KiB, 64 KiB in all (names, `=` and newlines included)"
+    );
+    assert_eq!(st["outputs"], json!({}));
+
+    let nul = hook_bundle(
+        ctl.dir.path(),
+        "nul",
+        &[(
+            "init",
+            "printf 'JOIN_TOKEN=abc\\000def\\n' >>\"$BERTH_OUTPUTS\"",
+        )],
+        "outputs:\n  init: [JOIN_TOKEN]\n",
+    );
+    push_dir(&ctl, &nul, "nul:v1");
+    let cf = ctl.clusterfile("nul", &["t1"], &[], &["nul:v1"], &[]);
+    let out = apply_file(&ctl, &cf);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    let st = ctl.status("nul");
+    let init = step_of(&st, "t1", "init");
+    assert_eq!(
+        init["reason"],
+        "outputs: output `JOIN_TOKEN` holds a control character (a NUL, a carriage return, an escape …); values are one line of text (tabs allowed)",
+        "{init}"
+    );
+}

@@ -175,9 +175,15 @@ pub async fn remove(
             os.as_str(),
             arch == crate::install::this_arch(),
         ) {
-            crate::install::import_bundled(&st.store, &st.agent_binaries, path)
-                .await
-                .map_err(ApiError::Internal)?;
+            if let Err(e) =
+                crate::install::import_bundled(&st.store, &st.agent_binaries, path).await
+            {
+                // The removal stands; the bundled agent is imported again at the next start.
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "cannot serve the bundled berth-agent again"
+                );
+            }
         }
         Ok(StatusCode::NO_CONTENT)
     } else {

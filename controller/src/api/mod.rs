@@ -133,18 +133,35 @@ fn is_upload(req: &axum::extract::Request) -> bool {
         || (req.method() == axum::http::Method::PUT && path.starts_with("/v1/agent-binaries/"))
 }
 
-/// Every other request body is read here, up to [`MAX_JSON_BODY`]. One over it is read on
-/// to its end (at most [`DRAIN_OVERSIZED`] more) and then answered `413 too_large`: a
-/// client that streams its body — an HTTP/2 one above all — gets that answer once it has
-/// sent everything, instead of a stream reset while it is still sending.
+/// Every other request body is read here, up to [`MAX_JSON_BODY`]. One over it from a
+/// caller that presents credentials (a bearer token or a client certificate) is read on to
+/// its end (at most [`DRAIN_OVERSIZED`] more) and then answered `413 too_large`: a client
+/// that streams its body — an HTTP/2 one above all — gets that answer once it has sent
+/// everything, instead of a stream reset while it is still sending. Anyone else gets the
+/// 413 at the limit, with nothing drained for them.
 async fn bounded_body(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use futures_util::StreamExt;
-    if is_upload(&req) {
+    if is_upload(&req)
+        || req.method() == axum::http::Method::GET
+        || req.method() == axum::http::Method::HEAD
+    {
         return next.run(req).await;
     }
+    let drain = if req
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+        || req
+            .extensions()
+            .get::<auth::PeerCert>()
+            .is_some_and(|p| p.0.is_some())
+    {
+        DRAIN_OVERSIZED
+    } else {
+        0
+    };
     let too_large = || {
         error::ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -160,7 +177,7 @@ async fn bounded_body(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > (MAX_JSON_BODY + DRAIN_OVERSIZED) as u64) {
+    if declared.is_some_and(|n| n > (MAX_JSON_BODY + drain) as u64) {
         return too_large();
     }
     let (parts, body) = req.into_parts();
@@ -178,7 +195,7 @@ async fn bounded_body(
         total += chunk.len();
         if total <= MAX_JSON_BODY {
             buf.extend_from_slice(&chunk);
-        } else if total > MAX_JSON_BODY + DRAIN_OVERSIZED {
+        } else if total > MAX_JSON_BODY + drain {
             break;
         }
     }

@@ -75,9 +75,11 @@ no_system_cas=
 # fetch URL FILE: download over TLS verified against the controller's CA only.
 fetch() {
   if command -v curl >/dev/null 2>&1; then
-    curl -fsS --proto =https --cacert "$BERTH_CA_FILE" --capath "$no_system_cas" -o "$2" "$1"
+    # -q first: no ~/.curlrc (an `insecure` there would undo all of this).
+    curl -q -fsS --proto =https --cacert "$BERTH_CA_FILE" --capath "$no_system_cas" -o "$2" "$1"
   elif gnutls_wget; then
-    wget -q --ca-certificate="$BERTH_CA_FILE" --ca-directory="$no_system_cas" -O "$2" "$1"
+    # --no-config: no wgetrc (check_certificate=off there would undo all of this).
+    wget --no-config -q --ca-certificate="$BERTH_CA_FILE" --ca-directory="$no_system_cas" -O "$2" "$1"
   else
     fail "this host needs curl, or GNU wget built with GnuTLS: other wget builds (OpenSSL, busybox) also trust the system's CA store, so a server with a certificate from any CA there could answer for the controller"
   fi
@@ -107,13 +109,15 @@ sha256() {
 
 # agent_pid: the pid of the background agent this script started, if it still runs: the
 # pid file's process must be running $bin itself (or the $bin it replaced), not merely a
-# process whose command line mentions berth-agent.
+# process whose command line mentions berth-agent. /proc/PID/exe names the resolved path,
+# so $real_bin is $bin with the install dir's symlinks resolved (set once it exists).
+real_bin=$bin
 agent_pid() {
   [ -f "$pidfile" ] || return 1
   read -r p <"$pidfile" || return 1
   case $p in '' | *[!0-9]*) return 1 ;; esac
   case $(readlink "/proc/$p/exe" 2>/dev/null) in
-    "$bin" | "$bin (deleted)") echo "$p" ;;
+    "$real_bin" | "$real_bin (deleted)") echo "$p" ;;
     *) return 1 ;;
   esac
 }
@@ -126,6 +130,8 @@ use_systemd() {
 enrolled=0
 if [ -f "$data_dir/identity/agent.json" ]; then
   enrolled=1
+  [ "${BERTH_REENROLL:-}" = 1 ] || [ -r "$data_dir/identity/ca.crt" ] ||
+    fail "the identity in $data_dir/identity is incomplete (no readable ca.crt); nothing was changed. Move that directory aside and run this line again to enroll anew"
   if [ "${BERTH_REENROLL:-}" != 1 ] &&
     [ "$(tr -d ' \t\r\n' <"$data_dir/identity/ca.crt" 2>/dev/null)" != "$(tr -d ' \t\r\n' <"$BERTH_CA_FILE")" ]; then
     other=$(sed -n 's/.*"controller" *: *"\([^"]*\)".*/\1/p' "$data_dir/identity/agent.json" | head -n 1)
@@ -135,8 +141,11 @@ if [ -f "$data_dir/identity/agent.json" ]; then
 fi
 
 mkdir -p "$install_dir"
+real_bin=$(cd "$install_dir" && pwd -P)/berth-agent
 work=$(mktemp -d "$install_dir/.berth-install.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# dash and busybox ash skip the EXIT trap when a signal ends them: exit instead.
+trap 'exit 130' INT TERM HUP
 no_system_cas=$work/no-system-cas
 mkdir "$no_system_cas"
 
@@ -172,9 +181,9 @@ if [ -f "$unit" ] && command -v systemctl >/dev/null 2>&1; then
   systemctl daemon-reload 2>/dev/null || true
 fi
 if [ -f "$pidfile" ] && read -r p <"$pidfile"; then
-  # Only the agent itself: the pid file's process must run $bin.
+  # Only the agent itself: the pid file's process must run $real_bin.
   case \$(readlink "/proc/\$p/exe" 2>/dev/null) in
-    "$bin" | "$bin (deleted)")
+    "$real_bin" | "$real_bin (deleted)")
       kill "\$p" 2>/dev/null || true
       i=0
       while kill -0 "\$p" 2>/dev/null && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i + 1)); done

@@ -222,8 +222,8 @@ pub fn script_digest() -> Digest {
 ///   into a 0600 file, so it never appears in a command line or an environment;
 /// - the script is downloaded over TLS that trusts the controller's CA and nothing else:
 ///   curl gets `--cacert` and an empty `--capath` (its built-in CA path is otherwise still
-///   read), GNU wget on GnuTLS `--ca-certificate` and an empty `--ca-directory`; any
-///   other wget is refused, saying why;
+///   read) and `-q` (no `.curlrc`), GNU wget on GnuTLS `--ca-certificate`, an empty
+///   `--ca-directory` and `--no-config`; any other wget is refused, saying why;
 /// - the script runs only when its sha256 is the one the line carries, so a script from
 ///   any other server is refused before it runs.
 pub fn one_liner(
@@ -246,13 +246,13 @@ pub fn one_liner(
     };
     let script = script_digest().hex();
     format!(
-        "echo {token} | sh -c 'set -eu; umask 077; d=$(mktemp -d); trap \"rm -rf $d\" EXIT; \
+        "echo {token} | sh -c 'set -eu; umask 077; d=$(mktemp -d); trap \"rm -rf $d\" EXIT; trap \"exit 130\" INT TERM HUP; \
 if [ -t 0 ]; then echo \"berth: paste the whole line, from echo on\" >&2; exit 1; fi; cat >\"$d/token\"; mkdir \"$d/no-system-cas\"; \
 printf \"%s\\n\" {pem} >\"$d/ca.pem\"; u=\"{url}/v1/install/agent.sh\"; \
-if command -v curl >/dev/null 2>&1; then curl -fsS --proto =https --cacert \"$d/ca.pem\" --capath \"$d/no-system-cas\" -o \"$d/install.sh\" \"$u\" || \
+if command -v curl >/dev/null 2>&1; then curl -q -fsS --proto =https --cacert \"$d/ca.pem\" --capath \"$d/no-system-cas\" -o \"$d/install.sh\" \"$u\" || \
 {{ echo \"berth: cannot download $u trusting only the controller CA this line carries (see above); nothing was run\" >&2; exit 1; }}; \
 elif case $(wget --version 2>/dev/null) in *+ssl/gnutls*) true;; *) false;; esac; then \
-wget -q --ca-certificate=\"$d/ca.pem\" --ca-directory=\"$d/no-system-cas\" -O \"$d/install.sh\" \"$u\" || \
+wget --no-config -q --ca-certificate=\"$d/ca.pem\" --ca-directory=\"$d/no-system-cas\" -O \"$d/install.sh\" \"$u\" || \
 {{ echo \"berth: cannot download $u trusting only the controller CA this line carries (wget exit $?); nothing was run\" >&2; exit 1; }}; \
 else echo \"berth: this host needs curl, or GNU wget built with GnuTLS (other wget builds also trust the system CA store); nothing was run\" >&2; exit 1; fi; \
 h=$({{ sha256sum || busybox sha256sum || shasum -a 256; }} <\"$d/install.sh\" 2>/dev/null || :); \

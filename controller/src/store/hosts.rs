@@ -579,7 +579,7 @@ impl Store {
     /// last message (one line, at most [`MAX_EVENT_MESSAGE`] bytes). Whatever an agent
     /// sends, the table holds at most one row per host and kind, gone with the host.
     /// Returns whether the event is news for a log line: the first of its kind, or the
-    /// first after a minute without one.
+    /// first a minute or more after the last one logged.
     pub async fn record_host_event(
         tx: &mut sqlx::SqliteConnection,
         host_id: i64,
@@ -588,26 +588,30 @@ impl Store {
         n: u32,
     ) -> Result<bool> {
         let now = now_unix();
-        let last: Option<i64> =
-            sqlx::query_scalar("SELECT last_at FROM host_events WHERE host_id = ?1 AND kind = ?2")
-                .bind(host_id)
-                .bind(kind)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let logged: Option<i64> = sqlx::query_scalar(
+            "SELECT logged_at FROM host_events WHERE host_id = ?1 AND kind = ?2",
+        )
+        .bind(host_id)
+        .bind(kind)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let news = logged.is_none_or(|t| now - t >= 60);
+        let logged_at = if news { now } else { logged.unwrap_or(now) };
         sqlx::query(
-            "INSERT INTO host_events (host_id, kind, count, first_at, last_at, message) \
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5) \
+            "INSERT INTO host_events (host_id, kind, count, first_at, last_at, message, logged_at) \
+             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
              ON CONFLICT (host_id, kind) DO UPDATE SET count = count + excluded.count, \
-             last_at = excluded.last_at, message = excluded.message",
+             last_at = excluded.last_at, message = excluded.message, logged_at = excluded.logged_at",
         )
         .bind(host_id)
         .bind(kind)
         .bind(i64::from(n))
         .bind(now)
         .bind(berth_shared::text::one_line(message, MAX_EVENT_MESSAGE))
+        .bind(logged_at)
         .execute(&mut *tx)
         .await?;
-        Ok(last.is_none_or(|t| now - t >= 60))
+        Ok(news)
     }
 
     /// Every host's events, by host.
