@@ -328,6 +328,10 @@ impl Engine {
     pub async fn apply(&self, text: &str, actor: &str) -> Result<Applied, EngineError> {
         let started = std::time::Instant::now();
         let cf = Clusterfile::parse(text).map_err(|e| EngineError::invalid(e.to_string()))?;
+        // SSH credentials are never stored: the stored text reaches every host.
+        let stripped = berth_shared::clusterfile::without_ssh(text)
+            .map_err(|e| EngineError::invalid(e.to_string()))?;
+        let text = stripped.as_deref().unwrap_or(text);
         let parsed = started.elapsed();
         let _guard = self.tick_lock.lock().await;
         let existing = self.store.cluster(&cf.name).await?;

@@ -1,4 +1,7 @@
-//! How users name a stored bundle: `name:tag` or `sha256:<hex>`.
+//! How users name a stored bundle: `name:tag` or `sha256:<hex>`, written the way container
+//! image names are: a name may start with a registry host and port
+//! (`sealos.hub:5000/pause:3.6`, `docker.io/labring/calico:v3.24.1`), and a name without a
+//! tag means `:latest`.
 
 use crate::Digest;
 use std::fmt;
@@ -11,18 +14,56 @@ pub enum BundleRef {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{0}` is not a bundle reference; use name:tag (name of a-z 0-9 - _ . /, tag of A-Z a-z 0-9 - _ .) or sha256:<64 hex>")]
+#[error("`{0}` is not a bundle reference; use [registry[:port]/]name[:tag] (name of a-z 0-9 - _ . /, tag of A-Z a-z 0-9 - _ .; no tag means latest) or sha256:<64 hex>")]
 pub struct BundleRefError(pub String);
 
+/// A name: path components of `a-z 0-9 - _ .`, separated by `/`, the first of which may be
+/// a registry host with a port (`localhost:5000`, `sealos.hub:5000`, `docker.io`).
 pub fn valid_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 128
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_./".contains(&b))
-        && !n.starts_with('/')
-        && !n.ends_with('/')
-        && !n.contains("//")
-        && !n.split('/').any(|c| c == "." || c == "..")
+    if n.is_empty() || n.len() > 128 || n.starts_with('/') || n.ends_with('/') || n.contains("//") {
+        return false;
+    }
+    let mut parts = n.split('/').peekable();
+    let first = parts.next().unwrap_or("");
+    let is_registry = parts.peek().is_some()
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    let path_ok = |c: &str| {
+        c != "."
+            && c != ".."
+            && c.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+    };
+    (if is_registry {
+        valid_registry(first)
+    } else {
+        path_ok(first)
+    }) && parts.all(path_ok)
+}
+
+/// `host[:port]`: a DNS name or address of `a-z 0-9 - .`, and a port of 1 to 5 digits.
+fn valid_registry(r: &str) -> bool {
+    let (host, port) = match r.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (r, None),
+    };
+    !host.is_empty()
+        && !host.starts_with(['-', '.'])
+        && !host.ends_with(['-', '.'])
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b))
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The name and tag of `s`: the tag follows the last `:` after the last `/` (a `:` before
+/// it is a registry's port), `latest` when there is none.
+fn split_tag(s: &str) -> (&str, &str) {
+    let last = s.rfind('/').map_or(0, |i| i + 1);
+    match s[last..].rfind(':') {
+        Some(i) => (&s[..last + i], &s[last + i + 1..]),
+        None => (s, "latest"),
+    }
 }
 
 pub fn valid_tag(t: &str) -> bool {
@@ -41,7 +82,7 @@ impl FromStr for BundleRef {
                 .map(BundleRef::Digest)
                 .map_err(|_| BundleRefError(s.into()));
         }
-        let (name, tag) = s.rsplit_once(':').ok_or_else(|| BundleRefError(s.into()))?;
+        let (name, tag) = split_tag(s);
         if !valid_name(name) || !valid_tag(tag) {
             return Err(BundleRefError(s.into()));
         }
@@ -76,9 +117,43 @@ mod tests {
         );
         let d = format!("sha256:{}", "a".repeat(64));
         assert!(matches!(d.parse::<BundleRef>(), Ok(BundleRef::Digest(_))));
+        // Written as sealos users write image names.
+        for (s, name, tag) in [
+            ("labring/helm", "labring/helm", "latest"),
+            ("sealos.hub:5000/pause:3.6", "sealos.hub:5000/pause", "3.6"),
+            (
+                "localhost:5000/labring/helm:v3.8.2",
+                "localhost:5000/labring/helm",
+                "v3.8.2",
+            ),
+            (
+                "localhost:5000/labring/helm",
+                "localhost:5000/labring/helm",
+                "latest",
+            ),
+            (
+                "docker.io/labring/calico:v3.24.1",
+                "docker.io/labring/calico",
+                "v3.24.1",
+            ),
+            ("etcd", "etcd", "latest"),
+        ] {
+            assert_eq!(
+                s.parse::<BundleRef>(),
+                Ok(BundleRef::Tag {
+                    name: name.into(),
+                    tag: tag.into()
+                }),
+                "{s}"
+            );
+        }
         for bad in [
-            "etcd",
             "Etcd:v1",
+            "host:port/x:v1",
+            "-bad.host:5000/x:v1",
+            "reg.io:123456/x:v1",
+            "reg.io:/x:v1",
+            "a:b:c",
             "etcd:",
             ":v1",
             "../x:v1",

@@ -327,7 +327,7 @@ impl Clusterfile {
         }
         let mut warnings = Vec::new();
         if c.spec.ssh.is_some() || c.spec.hosts.iter().any(|h| h.ssh.is_some()) {
-            warnings.push("spec.ssh and hosts[].ssh are ignored: berth agents pull their work, nothing connects over SSH".to_string());
+            warnings.push("spec.ssh and hosts[].ssh are ignored and were not stored (they hold credentials): berth agents pull their work, nothing connects over SSH".to_string());
         }
         if c.spec.image.is_empty() {
             return Err(cerr(
@@ -403,6 +403,89 @@ impl Clusterfile {
             warnings,
         })
     }
+}
+
+/// The Clusterfile text with `spec.ssh` and `spec.hosts[].ssh` removed from its Cluster
+/// document, or `None` when it has none. They hold passwords and keys that nothing in berth
+/// uses, and the stored text reaches every host (`$BERTH_CLUSTERFILE`, the cluster
+/// context): they must never be stored. Other documents keep their text as written (the
+/// Cluster document is written anew, without its comments); a file whose documents cannot
+/// be told apart line by line is written anew whole.
+pub fn without_ssh(text: &str) -> Result<Option<String>, ClusterfileError> {
+    let strip = |mut v: Value| -> (Value, bool) {
+        let is_cluster = v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a.starts_with("apps.sealos.io/"))
+            && v.get("kind").and_then(Value::as_str) == Some("Cluster");
+        let mut changed = false;
+        if is_cluster {
+            if let Some(spec) = v.get_mut("spec").and_then(Value::as_mapping_mut) {
+                changed |= spec.remove("ssh").is_some();
+                if let Some(hosts) = spec.get_mut("hosts").and_then(Value::as_sequence_mut) {
+                    for h in hosts.iter_mut().filter_map(Value::as_mapping_mut) {
+                        changed |= h.remove("ssh").is_some();
+                    }
+                }
+            }
+        }
+        (v, changed)
+    };
+    let mut values = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        values.push(
+            Value::deserialize(doc).map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?,
+        );
+    }
+    let stripped: Vec<(Value, bool)> = values.into_iter().map(strip).collect();
+    if !stripped.iter().any(|(_, c)| *c) {
+        return Ok(None);
+    }
+    let write = |v: &Value| {
+        serde_norway::to_string(v).map_err(|e| cerr(0, "file", "(document)", e.to_string()))
+    };
+    // The documents' own text, split at `---` lines; used when it splits into as many
+    // documents as the parser saw.
+    let mut pieces: Vec<String> = vec![String::new()];
+    let mut inline = false;
+    for line in text.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\n', '\r']);
+        if bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t") {
+            // `--- |` and the like start a document on the separator's own line.
+            inline |= !bare[3..].trim().is_empty() && !bare[3..].trim_start().starts_with('#');
+            pieces.push(String::new());
+        } else if let Some(last) = pieces.last_mut() {
+            last.push_str(line);
+        }
+    }
+    let pieces: Vec<String> = pieces
+        .into_iter()
+        .filter(|p| {
+            p.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect();
+    let mut out = Vec::new();
+    if pieces.len() == stripped.len() && !inline {
+        for (piece, (v, changed)) in pieces.iter().zip(&stripped) {
+            out.push(if *changed { write(v)? } else { piece.clone() });
+        }
+    } else {
+        for (v, _) in &stripped {
+            out.push(write(v)?);
+        }
+    }
+    let mut text = String::new();
+    for (i, doc) in out.iter().enumerate() {
+        if i > 0 {
+            text.push_str("---\n");
+        }
+        text.push_str(doc);
+        if !doc.ends_with('\n') {
+            text.push('\n');
+        }
+    }
+    Ok(Some(text))
 }
 
 /// Edits the hosts of the Cluster document in a Clusterfile: removes `remove` entries
@@ -518,6 +601,36 @@ spec:
         assert_eq!(c.env["B"], "x=y");
         assert_eq!(c.configs[0].doc, 3);
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn ssh_credentials_are_removed_and_other_documents_kept_as_written() {
+        let text = GOOD.replace(
+            "podSubnet: 10.160.0.0/12",
+            "podSubnet: 10.160.0.0/12 # a comment kept",
+        );
+        let out = without_ssh(&text).unwrap().unwrap();
+        assert!(!out.contains("hunter2") && !out.contains("ssh"), "{out}");
+        assert!(
+            out.contains("podSubnet: 10.160.0.0/12 # a comment kept"),
+            "{out}"
+        );
+        let c = Clusterfile::parse(&out).unwrap();
+        let orig = Clusterfile::parse(&text).unwrap();
+        assert_eq!(
+            (c.hosts, c.images, c.env, c.configs),
+            (orig.hosts, orig.images, orig.env, orig.configs)
+        );
+        assert!(c.warnings.is_empty());
+        // Nothing to remove: the text is kept as it is.
+        assert_eq!(without_ssh(&out).unwrap(), None);
+        // A document that starts on its separator's line (`--- |`) cannot be split line by
+        // line: the whole file is written anew, still without the credentials.
+        let odd = format!("{text}--- |\n  a scalar document\n");
+        let out = without_ssh(&odd).unwrap().unwrap();
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(out.contains("a scalar document"), "{out}");
+        assert!(Clusterfile::parse(&out).is_ok(), "{out}");
     }
 
     #[test]

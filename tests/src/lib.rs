@@ -793,3 +793,12 @@ pub fn agent_report(
     let status = r.status().as_u16();
     (status, r.json().unwrap_or(serde_json::Value::Null))
 }
+
+/// Moves `hook`'s script of a bundle made by [`hook_bundle`] to `rel` (rootfs bundles merge
+/// into one tree, so two of them in a cluster need hook scripts at paths of their own).
+pub fn move_hook(bundle: &Path, hook: &str, rel: &str) {
+    let from = format!("scripts/{hook}.sh");
+    std::fs::rename(bundle.join(&from), bundle.join(rel)).expect("move the hook script");
+    let y = std::fs::read_to_string(bundle.join("bundle.yaml")).expect("bundle.yaml");
+    std::fs::write(bundle.join("bundle.yaml"), y.replace(&from, rel)).expect("bundle.yaml");
+}

@@ -220,10 +220,7 @@ fn a_steps_outputs_are_held_to_the_limits_together_and_values_are_text() {
             &declare,
         );
         // Rootfs bundles merge into one tree: each hook needs a path of its own.
-        let own = format!("scripts/init-{p}.sh");
-        std::fs::rename(b.join("scripts/init.sh"), b.join(&own)).unwrap();
-        let y = std::fs::read_to_string(b.join("bundle.yaml")).unwrap();
-        std::fs::write(b.join("bundle.yaml"), y.replace("scripts/init.sh", &own)).unwrap();
+        move_hook(&b, "init", &format!("scripts/init-{p}.sh"));
         push_dir(&ctl, &b, &format!("forty{}:v1", p.to_lowercase()));
     }
     let cf = ctl.clusterfile("two", &["t0"], &[], &["fortya:v1", "fortyb:v1"], &[]);

@@ -1,0 +1,100 @@
+//! sealos Clusterfiles as they are (issue 23, in progress): image names as sealos users
+//! write them (a registry host and port in the name, no tag meaning `:latest`), and SSH
+//! credentials that never leave the apply call.
+#![allow(clippy::unwrap_used)]
+
+use berth_tests::*;
+use std::process::Command;
+
+/// Files under `dir` holding `needle`, as `grep -rl` lists them.
+fn files_with(dir: &std::path::Path, needle: &str) -> String {
+    let out = Command::new("grep")
+        .args(["-rla", needle])
+        .arg(dir)
+        .output()
+        .unwrap();
+    stdout(&out)
+}
+
+/// A Clusterfile with a root password under `spec.ssh` and a key under `hosts[].ssh`, as
+/// sealos users keep them: applied to a real agent, the credentials are in no stored byte
+/// of the controller and reach no host (not the hook's `$BERTH_CLUSTERFILE`, not the
+/// cluster's files or cached context on the host).
+#[test]
+fn ssh_credentials_are_never_stored_or_sent_to_hosts() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["s0"]);
+    let b = hook_bundle(
+        ctl.dir.path(),
+        "sshcheck",
+        &[(
+            "install",
+            "if grep -q \"hunter\"\"2\" \"$BERTH_CLUSTERFILE\"; then echo leaked; exit 1; fi\ngrep -q ClusterConfiguration \"$BERTH_CLUSTERFILE\"\necho clusterfile-clean",
+        )],
+        "",
+    );
+    push_dir(&ctl, &b, "sshcheck:v1");
+    let cf = ctl.dir.path().join("with-ssh.yaml");
+    std::fs::write(
+        &cf,
+        "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: sshy\nspec:\n  hosts:\n  - ips: [s0]\n    roles: [master, amd64]\n    ssh:\n      user: root\n      pk: /root/.ssh/id_rsa\n      pkPasswd: hunter2-key-passphrase\n  image: [sshcheck:v1]\n  ssh:\n    user: root\n    passwd: hunter2-root-password\n    port: 22\nstatus: {}\n---\napiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nnetworking:\n  podSubnet: 10.244.0.0/16 # kept as written\n",
+    )
+    .unwrap();
+    let out = apply_file(&ctl, &cf);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stderr(&out).contains("were not stored (they hold credentials)")
+            || stdout(&out).contains("were not stored (they hold credentials)"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let log = stdout(&ctl.cli(&["logs", "sshy", "--host", "s0", "--step", "install"]));
+    assert!(log.contains("clusterfile-clean"), "{log}");
+    // Everything the controller keeps, and everything on the host.
+    ctl.cli(&["get", "clusters"]);
+    assert_eq!(files_with(&ctl.data_dir, "hunter2"), "");
+    assert_eq!(files_with(&ctl.agent_dir("s0"), "hunter2"), "");
+    let stored = std::fs::read_to_string(ctl.agent_dir("s0").join("clusters/sshy/Clusterfile"))
+        .unwrap_or_default();
+    assert!(
+        stored.contains("podSubnet: 10.244.0.0/16 # kept as written"),
+        "{stored}"
+    );
+}
+
+/// Images named the way sealos users name them: with a registry host and port, and
+/// without a tag (`:latest`). Bundles pushed under those names are what the Clusterfile
+/// resolves, and the cluster runs.
+#[test]
+fn image_names_with_a_registry_port_or_no_tag_resolve() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["r0"]);
+    // Rootfs bundles merge into one tree: each hook gets a path of its own.
+    for (dir, word, tag) in [
+        ("stub-a", "a", "sealos.hub:5000/labring/stub:v1"),
+        ("stub-b", "b", "labring/plain"),
+    ] {
+        let d = hook_bundle(
+            ctl.dir.path(),
+            dir,
+            &[("install", &format!("echo {word}-ran"))],
+            "",
+        );
+        move_hook(&d, "install", &format!("scripts/install-{word}.sh"));
+        push_dir(&ctl, &d, tag);
+    }
+    let out = ctl.cli(&["bundle", "inspect", "labring/plain:latest", "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cf = ctl.clusterfile(
+        "refs",
+        &["r0"],
+        &[],
+        &["sealos.hub:5000/labring/stub:v1", "labring/plain"],
+        &[],
+    );
+    let out = apply_file(&ctl, &cf);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let log = stdout(&ctl.cli(&["logs", "refs", "--host", "r0", "--step", "install"]));
+    assert!(log.contains("a-ran") && log.contains("b-ran"), "{log}");
+}
