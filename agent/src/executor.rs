@@ -483,6 +483,18 @@ impl Executor {
                     }
                     let strategy = Strategy::parse(&c.strategy)
                         .ok_or_else(|| anyhow!("unknown Config strategy `{}`", c.strategy))?;
+                    // Without `match` a Config goes to every image that has the file
+                    // (sealos): a tree without it is not its target.
+                    if c.matches.is_none()
+                        && std::fs::symlink_metadata(dir.join(c.path.as_str())).is_err()
+                    {
+                        writeln!(
+                            &log,
+                            "berth-agent: Config {} ({}) skipped: no such file here, and it names no image",
+                            c.path, c.strategy
+                        )?;
+                        continue;
+                    }
                     apply_config(dir, &c.path, strategy, &c.data)?;
                     writeln!(
                         &log,

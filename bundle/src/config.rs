@@ -136,12 +136,10 @@ fn merge_documents(rel: &SafeRelPath, existing: &[u8], data: &str) -> Result<Str
         why: e.to_string(),
     })?;
     let mut docs = Vec::new();
-    for doc in serde_norway::Deserializer::from_str(text) {
-        let v = <Value as serde::Deserialize>::deserialize(doc).map_err(|e| {
-            ConfigError::TargetNotYaml {
-                path: rel.to_string(),
-                why: e.to_string(),
-            }
+    for doc in berth_shared::yaml::documents(text) {
+        let v = doc.map_err(|e| ConfigError::TargetNotYaml {
+            path: rel.to_string(),
+            why: e.to_string(),
         })?;
         docs.push(v);
     }

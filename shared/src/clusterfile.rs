@@ -235,10 +235,9 @@ impl Clusterfile {
         }
         let mut cluster: Option<(usize, ClusterDoc)> = None;
         let mut configs = Vec::new();
-        for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        for (i, doc) in crate::yaml::documents(text).enumerate() {
             let n = i + 1;
-            let value =
-                Value::deserialize(doc).map_err(|e| cerr(n, "?", "(document)", e.to_string()))?;
+            let value = doc.map_err(|e| cerr(n, "?", "(document)", e.to_string()))?;
             let expanded = serde_json::to_vec(&value)
                 .map(|v| v.len())
                 .unwrap_or(usize::MAX);
@@ -276,7 +275,8 @@ impl Clusterfile {
                         .map_err(|e| cerr(n, "Config", "(document)", e.to_string()))?;
                     let path = SafeRelPath::new(&c.spec.path)
                         .map_err(|e| cerr(n, "Config", "spec.path", e.to_string()))?;
-                    let strategy = c.spec.strategy.unwrap_or_else(|| "merge".into());
+                    // sealos writes `data` as the whole file when no strategy is given.
+                    let strategy = c.spec.strategy.unwrap_or_else(|| "override".into());
                     if !["merge", "override", "insert", "append"].contains(&strategy.as_str()) {
                         return Err(cerr(n, "Config", "spec.strategy", format!("unknown strategy `{strategy}`; allowed: merge, override, insert, append")));
                     }
@@ -432,10 +432,8 @@ pub fn without_ssh(text: &str) -> Result<Option<String>, ClusterfileError> {
         (v, changed)
     };
     let mut values = Vec::new();
-    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        values.push(
-            Value::deserialize(doc).map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?,
-        );
+    for (i, doc) in crate::yaml::documents(text).enumerate() {
+        values.push(doc.map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?);
     }
     let stripped: Vec<(Value, bool)> = values.into_iter().map(strip).collect();
     if !stripped.iter().any(|(_, c)| *c) {
@@ -499,10 +497,8 @@ pub fn edit_hosts(
     remove: &[String],
 ) -> Result<String, ClusterfileError> {
     let mut docs = Vec::new();
-    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
-        docs.push(
-            Value::deserialize(doc).map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?,
-        );
+    for (i, doc) in crate::yaml::documents(text).enumerate() {
+        docs.push(doc.map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?);
     }
     let idx = docs
         .iter()

@@ -16,6 +16,7 @@ pub mod relpath;
 pub mod state;
 pub mod text;
 pub mod token;
+pub mod yaml;
 
 pub use bundle_ref::BundleRef;
 pub use digest::Digest;

@@ -98,3 +98,138 @@ fn image_names_with_a_registry_port_or_no_tag_resolve() {
     let log = stdout(&ctl.cli(&["logs", "refs", "--host", "r0", "--step", "install"]));
     assert!(log.contains("a-ran") && log.contains("b-ran"), "{log}");
 }
+
+/// A bundle of `kind` (`rootfs` or `app`) named `name`, with `files` (path → content) and
+/// bundle.yaml lines `extra`.
+fn bundle_with(
+    dir: &std::path::Path,
+    name: &str,
+    kind: &str,
+    files: &[(&str, &str)],
+    extra: &str,
+) -> std::path::PathBuf {
+    let d = dir.join(name.replace('/', "_"));
+    for (p, content) in files {
+        let f = d.join(p);
+        std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+        std::fs::write(&f, content).unwrap();
+        if p.ends_with(".sh") {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+    }
+    std::fs::write(
+        d.join("bundle.yaml"),
+        format!("apiVersion: berth.dev/v1\nkind: Bundle\nname: {name}\nversion: v1\ntype: {kind}\n{extra}"),
+    )
+    .unwrap();
+    d
+}
+
+/// The shapes of sealos's "custom configuration" examples: a Config without `match`
+/// merging into a chart's values.yaml that only the app image carries (the rootfs lacks
+/// it: skipped there), a Config without `strategy` writing a whole file, and a kube-proxy
+/// document repeating `clusterCIDR` (kept as written; kubeadm reads the last). The
+/// cluster runs, and the app sees the merged values.
+#[test]
+fn sealos_custom_configuration_shapes_run_as_written() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["c0"]);
+    let k8s = bundle_with(
+        ctl.dir.path(),
+        "labring/kubernetes",
+        "rootfs",
+        &[
+            ("etc/kubelet-extra.conf", "old\n"),
+            ("scripts/k8s-install.sh", "#!/bin/sh\necho \"extra=$(cat etc/kubelet-extra.conf)\"\ngrep -c clusterCIDR \"$BERTH_CLUSTERFILE\"\n"),
+        ],
+        "hooks:\n  install: scripts/k8s-install.sh\n",
+    );
+    push_dir(&ctl, &k8s, "labring/kubernetes:v1.27.7");
+    let calico = bundle_with(
+        ctl.dir.path(),
+        "labring/calico",
+        "app",
+        &[
+            (
+                "charts/calico/values.yaml",
+                "installation:\n  cni: {type: Calico}\n  mtu: 1440\n",
+            ),
+            (
+                "show.sh",
+                "#!/bin/sh\necho \"values: $(tr '\\n' ' ' < charts/calico/values.yaml)\"\n",
+            ),
+        ],
+        "cmd: [\"sh\", \"show.sh\"]\n",
+    );
+    push_dir(&ctl, &calico, "labring/calico:v3.24.1");
+    let cf = ctl.dir.path().join("custom.yaml");
+    std::fs::write(
+        &cf,
+        "apiVersion: apps.sealos.io/v1beta1
+kind: Cluster
+metadata:
+  name: custom
+spec:
+  hosts:
+  - ips: [c0]
+    roles: [master, amd64]
+  image:
+  - labring/kubernetes:v1.27.7
+  - labring/calico:v3.24.1
+---
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+mode: ipvs
+clusterCIDR: 100.64.0.0/10
+clusterCIDR: 100.64.0.0/10,fd85:ee78:d8a6:8607::1:0000/112
+---
+apiVersion: apps.sealos.io/v1beta1
+kind: Config
+metadata:
+  name: calico
+spec:
+  path: charts/calico/values.yaml
+  strategy: merge
+  data: |
+    installation:
+      calicoNetwork:
+        ipPools:
+        - blockSize: 26
+          cidr: 100.64.0.0/10
+---
+apiVersion: apps.sealos.io/v1beta1
+kind: Config
+metadata:
+  name: kubelet-extra
+spec:
+  path: etc/kubelet-extra.conf
+  data: |
+    --max-pods=200
+",
+    )
+    .unwrap();
+    let out = apply_file(&ctl, &cf);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let log = stdout(&ctl.cli(&["logs", "custom", "--host", "c0", "--step", "install"]));
+    assert!(
+        log.contains("extra=--max-pods=200"),
+        "the whole file, overridden: {log}"
+    );
+    assert!(
+        log.contains("\n2\n"),
+        "both clusterCIDR lines reach hooks as written: {log}"
+    );
+    let log = stdout(&ctl.cli(&["logs", "custom", "--host", "c0", "--step", "apps"]));
+    assert!(
+        log.contains("calicoNetwork:")
+            && log.contains("cidr: 100.64.0.0/10")
+            && log.contains("mtu: 1440"),
+        "merged into the app's values: {log}"
+    );
+    let log = stdout(&ctl.cli(&["logs", "custom", "--host", "c0", "--step", "distribute"]));
+    assert!(
+        log.contains("Config charts/calico/values.yaml (merge) skipped"),
+        "{log}"
+    );
+}
