@@ -14,10 +14,28 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub async fn apply(target: &Target, file: &Path, wait: bool, out: Format) -> Result<()> {
-    let text =
+    let mut text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let client = Client::connect(target)?;
+    // No hosts, or only 127.0.0.1/localhost: this machine, as sealos reads it — the local
+    // agent `berth run --single` sets up.
+    if berth_shared::clusterfile::means_this_machine(&text) {
+        let name = ensure_local_agent(target, &client).await.context(
+            "a Clusterfile without hosts (or with only 127.0.0.1/localhost) means this machine; run `berth apply` on the controller's machine, or list the hosts",
+        )?;
+        text = this_machine(&text, &name)?;
+    }
     apply_text(&client, &text, wait, out).await
+}
+
+/// `text` with its loopback hosts (if any) replaced by the local agent `name`, a master.
+fn this_machine(text: &str, name: &str) -> Result<String> {
+    let loopback: Vec<String> = ["127.0.0.1", "localhost", "::1"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    berth_shared::clusterfile::edit_hosts(text, &[name.to_string()], &[], &loopback)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn apply_text(client: &Client, text: &str, wait: bool, out: Format) -> Result<()> {
@@ -644,9 +662,14 @@ async fn ensure_local_agent(target: &Target, client: &Client) -> Result<String> 
                 },
             )
             .await?;
-        let info: crate::server::ControllerInfo = serde_json::from_slice(&std::fs::read(
-            target.data_dir.join(crate::server::INFO_FILE),
-        )?)?;
+        let info_file = target.data_dir.join(crate::server::INFO_FILE);
+        let info: crate::server::ControllerInfo =
+            serde_json::from_slice(&std::fs::read(&info_file).with_context(|| {
+                format!(
+                    "no controller's data dir here ({} is missing)",
+                    info_file.display()
+                )
+            })?)?;
         let out = std::process::Command::new(&agent_bin)
             .args([
                 "join",

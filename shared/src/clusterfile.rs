@@ -405,6 +405,38 @@ impl Clusterfile {
     }
 }
 
+/// Whether the Clusterfile means "this machine", as sealos reads it: its Cluster document
+/// has no `spec.hosts` (or an empty list), or every address in them is `127.0.0.1`,
+/// `localhost` or `::1` (a `:port` ignored). `false` when there is no Cluster document.
+pub fn means_this_machine(text: &str) -> bool {
+    let Some(cluster) = crate::yaml::documents(text)
+        .filter_map(Result::ok)
+        .find(|v| {
+            v.get("apiVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|a| a.starts_with("apps.sealos.io/"))
+                && v.get("kind").and_then(Value::as_str) == Some("Cluster")
+        })
+    else {
+        return false;
+    };
+    let hosts = cluster
+        .get("spec")
+        .and_then(|s| s.get("hosts"))
+        .and_then(Value::as_sequence)
+        .cloned()
+        .unwrap_or_default();
+    hosts.iter().all(|h| {
+        h.get("ips").and_then(Value::as_sequence).is_none_or(|ips| {
+            ips.iter().all(|ip| {
+                ip.as_str()
+                    .map(strip_port)
+                    .is_some_and(|a| matches!(a.as_str(), "127.0.0.1" | "localhost" | "::1"))
+            })
+        })
+    })
+}
+
 /// The Clusterfile text with `spec.ssh` and `spec.hosts[].ssh` removed from its Cluster
 /// document, or `None` when it has none. They hold passwords and keys that nothing in berth
 /// uses, and the stored text reaches every host (`$BERTH_CLUSTERFILE`, the cluster
@@ -504,11 +536,20 @@ pub fn edit_hosts(
         .iter()
         .position(|d| d.get("kind").and_then(Value::as_str) == Some("Cluster"))
         .ok_or_else(|| cerr(0, "file", "kind", "no Cluster document"))?;
-    let hosts = docs[idx]
-        .get_mut("spec")
-        .and_then(|s| s.get_mut("hosts"))
-        .and_then(Value::as_sequence_mut)
-        .ok_or_else(|| cerr(idx + 1, "Cluster", "spec.hosts", "missing"))?;
+    let doc = docs[idx]
+        .as_mapping_mut()
+        .ok_or_else(|| cerr(idx + 1, "Cluster", "(document)", "not a mapping"))?;
+    let spec = doc
+        .entry("spec".into())
+        .or_insert_with(|| Value::Mapping(Default::default()))
+        .as_mapping_mut()
+        .ok_or_else(|| cerr(idx + 1, "Cluster", "spec", "not a mapping"))?;
+    // A Clusterfile may have no hosts yet (sealos: this machine).
+    let hosts = spec
+        .entry("hosts".into())
+        .or_insert_with(|| Value::Sequence(Vec::new()))
+        .as_sequence_mut()
+        .ok_or_else(|| cerr(idx + 1, "Cluster", "spec.hosts", "not a list"))?;
     for g in hosts.iter_mut() {
         if let Some(ips) = g.get_mut("ips").and_then(Value::as_sequence_mut) {
             ips.retain(|ip| {
@@ -597,6 +638,23 @@ spec:
         assert_eq!(c.env["B"], "x=y");
         assert_eq!(c.configs[0].doc, 3);
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn no_hosts_or_only_loopback_means_this_machine() {
+        let base = "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata: {name: one}\nspec:\n  image: [labring/kubernetes:v1.27.7]\n";
+        assert!(means_this_machine(base));
+        assert!(means_this_machine(&format!(
+            "{base}  hosts:\n  - ips: [127.0.0.1:22]\n    roles: [master, amd64]\n"
+        )));
+        assert!(means_this_machine(&format!(
+            "{base}  hosts:\n  - ips: [localhost]\n    roles: [master]\n"
+        )));
+        assert!(!means_this_machine(&format!(
+            "{base}  hosts:\n  - ips: [127.0.0.1, 10.0.0.2]\n    roles: [master]\n"
+        )));
+        assert!(!means_this_machine(GOOD));
+        assert!(!means_this_machine("apiVersion: v1\nkind: ConfigMap\n"));
     }
 
     #[test]

@@ -233,3 +233,54 @@ spec:
         "{log}"
     );
 }
+
+/// Stops the local agent `berth apply` started under a controller's data dir.
+struct LocalAgent(std::path::PathBuf);
+impl Drop for LocalAgent {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("local-agent/agent.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// A Clusterfile with no hosts, then one whose only host is 127.0.0.1: this machine, as in
+/// sealos — `berth apply` enrolls and starts the local agent (as `berth run --single`
+/// does) and the cluster runs on it.
+#[test]
+fn a_clusterfile_without_hosts_or_with_only_loopback_runs_on_this_machine() {
+    let ctl = Controller::start(&[]);
+    let _local = LocalAgent(ctl.data_dir.clone());
+    let b = hook_bundle(ctl.dir.path(), "here", &[("install", "echo ran-here")], "");
+    push_dir(&ctl, &b, "labring/here:v1");
+    for (name, hosts) in [
+        ("nohosts", ""),
+        (
+            "loopback",
+            "  hosts:\n  - ips: [127.0.0.1:22]\n    roles: [master, amd64]\n",
+        ),
+    ] {
+        let cf = ctl.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &cf,
+            format!("apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: {name}\nspec:\n{hosts}  image: [labring/here:v1]\n"),
+        )
+        .unwrap();
+        let out = apply_file(&ctl, &cf);
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            stdout(&out),
+            stderr(&out)
+        );
+        let st = ctl.status(name);
+        assert_eq!(
+            step_of(&st, "local", "install")["state"],
+            "succeeded",
+            "{st}"
+        );
+        // One cluster per host: reset it before the next shape.
+        let out = ctl.cli(&["reset", name, "--wait"]);
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    }
+}
