@@ -3,7 +3,11 @@
 //! Supported: `{{ .KEY }}`, pipelines (`{{ .KEY | default "x" }}`), parentheses,
 //! `if` / `else if` / `else` / `end`, comments `{{/* */}}`, trim markers `{{-` and `-}}`,
 //! string, raw-string, number and boolean literals, and the functions `default`, `eq`, `ne`,
-//! `not`, `and`, `or`, `lower`, `upper`, `trim` and `quote`. A missing key renders empty
+//! `not`, `and`, `or`, `lower`, `upper`, `trim` and `quote`, and the sprig functions real
+//! cluster images use: `contains`, `hasPrefix`, `hasSuffix`, `trimPrefix`, `trimSuffix`,
+//! `replace`, `squote`, `b64enc`, `b64dec`, `indent`, `nindent`, `toYaml` and
+//! `semverCompare` (Masterminds constraints: `>=1.25.0-0`, `^1.2`, `~1.2`, `1.2.x`, `,` for
+//! and, `||` for or; a leading `v` in the version is ignored). A missing key renders empty
 //! (Go's `missingkey=zero` for string maps) unless `default` gives a value. Unknown
 //! functions and wrong argument counts are parse errors (Go finds the latter only when the
 //! action runs), so [`check`] finds every mistake that does not depend on the env.
@@ -374,8 +378,30 @@ enum Node {
     },
 }
 
-const FUNCS: [&str; 10] = [
-    "default", "eq", "ne", "not", "and", "or", "lower", "upper", "trim", "quote",
+const FUNCS: [&str; 23] = [
+    "default",
+    "eq",
+    "ne",
+    "not",
+    "and",
+    "or",
+    "lower",
+    "upper",
+    "trim",
+    "quote",
+    "contains",
+    "hasPrefix",
+    "hasSuffix",
+    "trimPrefix",
+    "trimSuffix",
+    "replace",
+    "squote",
+    "b64enc",
+    "b64dec",
+    "indent",
+    "nindent",
+    "toYaml",
+    "semverCompare",
 ];
 
 /// Parses until `end`/`else` (returned) or the end of input. `depth` is the number of
@@ -577,8 +603,11 @@ fn arity(f: &str, got: usize, line: usize) -> Result<(), TemplateError> {
         }
     };
     match f {
-        "default" => exactly(2),
-        "not" | "lower" | "upper" | "trim" | "quote" => exactly(1),
+        "default" | "contains" | "hasPrefix" | "hasSuffix" | "trimPrefix" | "trimSuffix"
+        | "indent" | "nindent" | "semverCompare" => exactly(2),
+        "replace" => exactly(3),
+        "not" | "lower" | "upper" | "trim" | "quote" | "squote" | "b64enc" | "b64dec"
+        | "toYaml" => exactly(1),
         "eq" | "ne" if got < 2 => Err(terr(line, format!("`{f}` needs at least 2 arguments"))),
         "and" | "or" if got == 0 => Err(terr(line, format!("`{f}` needs arguments"))),
         "eq" | "ne" | "and" | "or" => Ok(()),
@@ -761,8 +790,140 @@ fn call(f: &str, args: Vec<Value>, line: usize) -> Result<Value, TemplateError> 
         "upper" => Value::Str(args[0].text().to_uppercase()),
         "trim" => Value::Str(args[0].text().trim().to_string()),
         "quote" => Value::Str(format!("{:?}", args[0].text())),
+        // sprig: the pipeline's value is the last argument.
+        "contains" => Value::Bool(args[1].text().contains(args[0].text())),
+        "hasPrefix" => Value::Bool(args[1].text().starts_with(args[0].text())),
+        "hasSuffix" => Value::Bool(args[1].text().ends_with(args[0].text())),
+        "trimPrefix" => Value::Str(
+            args[1]
+                .text()
+                .strip_prefix(args[0].text())
+                .unwrap_or(args[1].text())
+                .to_string(),
+        ),
+        "trimSuffix" => Value::Str(
+            args[1]
+                .text()
+                .strip_suffix(args[0].text())
+                .unwrap_or(args[1].text())
+                .to_string(),
+        ),
+        "replace" => {
+            let (old, new, s) = (args[0].text(), args[1].text(), args[2].text());
+            if old.is_empty() {
+                Value::Str(s.to_string())
+            } else {
+                // The result is charged by the caller; bound it before building it.
+                let grows = new.len().saturating_sub(old.len());
+                if s.matches(old).count().saturating_mul(grows) > MAX_EVAL_BYTES {
+                    return Err(terr(
+                        line,
+                        "`replace` would produce more than the evaluation limit",
+                    ));
+                }
+                Value::Str(s.replace(old, new))
+            }
+        }
+        "squote" => Value::Str(format!("'{}'", args[0].text())),
+        "b64enc" => {
+            use base64::Engine as _;
+            Value::Str(base64::engine::general_purpose::STANDARD.encode(args[0].text()))
+        }
+        "b64dec" => {
+            use base64::Engine as _;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(args[0].text())
+                .map_err(|e| terr(line, format!("`b64dec`: not base64: {e}")))?;
+            Value::Str(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        "indent" | "nindent" => {
+            let n: usize = args[0].text().trim().parse().map_err(|_| {
+                terr(
+                    line,
+                    format!("`{f}` needs a number of spaces, got `{}`", args[0].text()),
+                )
+            })?;
+            let text = args[1].text();
+            if n > 256 || text.len().saturating_mul(n + 1) > MAX_EVAL_BYTES {
+                return Err(terr(
+                    line,
+                    format!("`{f} {n}` would produce more than the evaluation limit"),
+                ));
+            }
+            let pad = " ".repeat(n);
+            let body = text
+                .split('\n')
+                .map(|l| format!("{pad}{l}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            Value::Str(if f == "nindent" {
+                format!("\n{body}")
+            } else {
+                body
+            })
+        }
+        "toYaml" => {
+            // Values are strings here: YAML's spelling of one (quoted when it must be).
+            let y = serde_norway::to_string(args[0].text())
+                .map_err(|e| terr(line, format!("`toYaml`: {e}")))?;
+            Value::Str(y.trim_end_matches('\n').to_string())
+        }
+        "semverCompare" => Value::Bool(semver_matches(args[0].text(), args[1].text(), line)?),
         other => return Err(terr(line, format!("function `{other}` not defined"))),
     })
+}
+
+/// Whether `version` satisfies `constraint`, read as Masterminds/semver (what sprig's
+/// `semverCompare` uses): `||` separates alternatives, `,` or spaces the comparators that
+/// must all hold, `x`/`*` are wildcards; a leading `v` and missing minor or patch numbers
+/// are allowed in the version.
+fn semver_matches(constraint: &str, version: &str, line: usize) -> Result<bool, TemplateError> {
+    let bad =
+        |what: &str, e: &dyn fmt::Display| terr(line, format!("`semverCompare`: {what}: {e}"));
+    let v = version.trim().trim_start_matches('v');
+    let (core, rest) = match v.find(['-', '+']) {
+        Some(i) => v.split_at(i),
+        None => (v, ""),
+    };
+    let mut parts: Vec<&str> = core.split('.').collect();
+    while parts.len() < 3 {
+        parts.push("0");
+    }
+    let version = semver::Version::parse(&format!("{}{rest}", parts.join(".")))
+        .map_err(|e| bad(&format!("`{v}` is not a version"), &e))?;
+    for alt in constraint.split("||") {
+        // Comparators: `>= 1.2` may carry a space after its operator.
+        let mut comps: Vec<String> = Vec::new();
+        let mut pending = String::new();
+        for tok in alt.split([',', ' ']).filter(|t| !t.is_empty()) {
+            if tok.chars().all(|c| "<>=~^!".contains(c)) {
+                pending.push_str(tok);
+                continue;
+            }
+            let tok = format!("{pending}{tok}");
+            pending.clear();
+            let tok = tok.replacen(
+                'v',
+                "",
+                usize::from(
+                    tok.trim_start_matches(|c| "<>=~^".contains(c))
+                        .starts_with('v'),
+                ),
+            );
+            // A bare version is an exact one in Masterminds (Cargo would read a caret).
+            let bare = !tok.starts_with(|c| "<>=~^".contains(c)) && !tok.contains(['x', 'X', '*']);
+            comps.push(if bare { format!("={tok}") } else { tok });
+        }
+        if comps.is_empty() {
+            return Err(bad(&format!("`{constraint}`"), &"an empty constraint"));
+        }
+        let req = semver::VersionReq::parse(&comps.join(", "))
+            .map_err(|e| bad(&format!("`{constraint}` is not a constraint"), &e))?;
+        if req.matches(&version) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -770,10 +931,18 @@ mod tests {
     use super::*;
 
     fn env() -> BTreeMap<String, String> {
-        [("A", "x"), ("PORT", "2379"), ("EMPTY", "")]
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        [
+            ("A", "x"),
+            ("PORT", "2379"),
+            ("EMPTY", ""),
+            ("CRI", "containerd"),
+            ("VER", "v1.27.7"),
+            ("LINES", "a\nb"),
+            ("COLON", "a: b"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
     }
 
     #[test]
@@ -799,6 +968,21 @@ mod tests {
             ("{{/* a comment */}}k", "k"),
             ("{{ .A | upper | quote }}", "\"X\""),
             ("{{ `raw}}` }}", "raw}}"),
+            // sprig, as labring's images use it.
+            ("{{ if contains \"containerd\" .CRI }}c{{ end }}", "c"),
+            ("{{ if hasPrefix \"v1.2\" .VER }}p{{ end }}{{ if hasSuffix \".7\" .VER }}s{{ end }}", "ps"),
+            ("{{ .VER | trimPrefix \"v\" }} {{ trimSuffix \".7\" .VER }}", "1.27.7 v1.27"),
+            ("{{ replace \".\" \"-\" .VER }} {{ .A | squote }}", "v1-27-7 'x'"),
+            ("{{ .A | b64enc }} {{ \"eA==\" | b64dec }}", "eA== x"),
+            ("k:{{ .LINES | nindent 2 }}\n{{ indent 1 .A }}", "k:\n  a\n  b\n x"),
+            ("{{ .A | toYaml }} {{ .COLON | toYaml }}", "x 'a: b'"),
+            ("{{ if semverCompare \">=1.26.0-0\" .VER }}new{{ else }}old{{ end }}", "new"),
+            ("{{ if semverCompare \"<1.26\" .VER }}old{{ else }}new{{ end }}", "new"),
+            ("{{ if semverCompare \"^1.27\" .VER }}1{{ end }}{{ if semverCompare \"~1.27.2\" .VER }}2{{ end }}{{ if semverCompare \"1.27.x\" .VER }}3{{ end }}", "123"),
+            ("{{ if semverCompare \">= 1.20, < 1.27\" .VER }}in{{ else }}out{{ end }}", "out"),
+            ("{{ if semverCompare \"<1.20 || >=1.27\" .VER }}either{{ end }}", "either"),
+            ("{{ if semverCompare \"1.27.7\" .VER }}exact{{ end }}{{ if semverCompare \"1.27.6\" .VER }}no{{ end }}", "exact"),
+            ("{{ if semverCompare \">=1.25\" (default \"1.24\" .NONE) }}y{{ else }}n{{ end }}", "n"),
         ];
         for (src, want) in cases {
             assert_eq!(render(src, &env()).unwrap(), want, "{src}");
@@ -811,11 +995,16 @@ mod tests {
             ("a\nb\n{{ .A ", "line 3: unclosed action: `{{` without `}}`"),
             ("l1\n{{ if .A }}x", "line 2: `if` without a matching `end`"),
             ("x\n\n{{ end }}", "line 3: unexpected `end` without a matching `if`"),
-            ("{{ .A }}\n{{ nosuch .A }}", "line 2: function `nosuch` not defined; available: default, eq, ne, not, and, or, lower, upper, trim, quote"),
+            ("{{ .A }}\n{{ nosuch .A }}", "line 2: function `nosuch` not defined; available: default, eq, ne, not, and, or, lower, upper, trim, quote, contains, hasPrefix, hasSuffix, trimPrefix, trimSuffix, replace, squote, b64enc, b64dec, indent, nindent, toYaml, semverCompare"),
             ("{{ range .A }}{{ end }}", "line 1: `range` is not supported in berth templates"),
             ("{{ default .A }}", "line 1: `default` takes 2 argument(s), got 1"),
             ("{{ \"abc }}", "line 1: unclosed action: `{{` without `}}`"),
             ("{{ .A.B }}", "line 1: nested field `.A.…` is not supported; keys are flat"),
+            ("{{ indent .A .A }}", "line 1: `indent` needs a number of spaces, got `x`"),
+            ("{{ semverCompare \">=1\" .A }}", "line 1: `semverCompare`: `x` is not a version: unexpected character 'x' while parsing major version number"),
+            ("{{ semverCompare \"!!\" .PORT }}", "line 1: `semverCompare`: `!!`: an empty constraint"),
+            ("{{ replace \"a\" }}", "line 1: `replace` takes 3 argument(s), got 1"),
+            ("{{ \"%%\" | b64dec }}", "line 1: `b64dec`: not base64: Invalid symbol 37, offset 0."),
         ];
         for (src, want) in cases {
             assert_eq!(render(src, &env()).unwrap_err().to_string(), want, "{src}");
