@@ -27,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// In a cluster's dir: the digests (hex, one a line) of the cached contexts it fetched.
+const CONTEXTS_LIST: &str = "contexts.list";
 /// Where the check step leaves the bundles it unpacked, for distribute to promote.
 const STAGED_DIR: &str = ".staged";
 /// In a rootfs (or staged tree): the digests of the bundles it was built from, one a line.
@@ -284,7 +286,14 @@ impl Executor {
         self.mark(step, "end", &serde_json::to_string(&final_report)?)?;
         tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, state = %outcome.state, "step finished");
         if step.kind == "leave" || (step.kind == "clean" && outcome.state == StepState::Succeeded) {
-            // The log is shipped and the report spooled: nothing of the cluster stays here.
+            // The log is shipped and the report spooled: nothing of the cluster stays here,
+            // its cached contexts (Clusterfile, outputs) included.
+            for hex in std::fs::read_to_string(cdir.join(CONTEXTS_LIST))
+                .unwrap_or_default()
+                .lines()
+            {
+                self.fetcher.forget_context(hex)?;
+            }
             match std::fs::remove_dir_all(&cdir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -315,6 +324,14 @@ impl Executor {
                 ctx
             }
         };
+        // Which cached contexts are this cluster's, so removing the cluster removes them.
+        let listed = cdir.join(CONTEXTS_LIST);
+        let hex = named.digest.hex();
+        let known = std::fs::read_to_string(&listed).unwrap_or_default();
+        if !known.lines().any(|l| l == hex) {
+            std::fs::create_dir_all(&cdir)?;
+            write_durable(&listed, format!("{known}{hex}\n").as_bytes(), 0o600)?;
+        }
         let file = cdir.join("Clusterfile");
         let fresh = std::fs::read(&file).is_ok_and(|b| b == ctx.clusterfile.as_bytes());
         if !fresh {
@@ -393,7 +410,11 @@ impl Executor {
                 // Everything but the step log now; the log goes once it has been shipped.
                 for e in std::fs::read_dir(cdir)? {
                     let p = e?.path();
-                    if p.file_name().is_some_and(|n| n == "logs") {
+                    // The log goes once shipped; the list of cached contexts once they are
+                    // removed with the dir (after the step's report).
+                    if p.file_name()
+                        .is_some_and(|n| n == "logs" || n == CONTEXTS_LIST)
+                    {
                         continue;
                     }
                     if p.file_name()

@@ -89,6 +89,21 @@ impl Fetcher {
         serde_json::from_slice(&body).context("the cluster context is not valid")
     }
 
+    /// Removes the cached context with digest `hex` (a cluster's, when it is removed from
+    /// this host). Anything but 64 hex digits is ignored.
+    pub fn forget_context(&self, hex: &str) -> Result<()> {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        let path = self.cache.join("contexts").join(format!("{hex}.json"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
     async fn download_context(&self, r: &berth_shared::plan::ContextRef) -> Result<Vec<u8>> {
         let url = format!(
             "{}/v1/agent/contexts/sha256/{}",

@@ -61,6 +61,19 @@ fn ssh_credentials_are_never_stored_or_sent_to_hosts() {
         stored.contains("podSubnet: 10.244.0.0/16 # kept as written"),
         "{stored}"
     );
+    // A reset leaves nothing of the cluster on the host: its cached contexts (the
+    // Clusterfile and outputs) go with its dir.
+    let contexts = ctl.agent_dir("s0").join("cache/contexts");
+    assert_ne!(std::fs::read_dir(&contexts).unwrap().count(), 0);
+    let out = ctl.cli(&["reset", "sshy", "--wait"]);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(!ctl.agent_dir("s0").join("clusters/sshy").exists());
+    let left: Vec<_> = std::fs::read_dir(&contexts)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Images named the way sealos users name them: with a registry host and port, and
