@@ -38,6 +38,22 @@ fn line_and_token(ctl: &Controller, args: &[&str]) -> (String, String) {
     )
 }
 
+/// Stops the background agent an install into `root` started (its pid file names it), when
+/// the test ends — also when it fails.
+struct StopsAgent(PathBuf);
+impl Drop for StopsAgent {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("data/agent.pid")) {
+            let pid = pid.trim();
+            let ours = std::fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|e| e.to_string_lossy().contains("berth-agent"));
+            if ours {
+                let _ = Command::new("kill").arg(pid).status();
+            }
+        }
+    }
+}
+
 /// What a host needs for an install into `root`: its dirs, no systemd.
 fn host_env(c: &mut Command, root: &Path, name: &str) {
     c.env("BERTH_INSTALL_DIR", root.join("bin"))
@@ -295,6 +311,7 @@ fn a_stale_pid_file_names_no_process_for_the_installer_or_the_uninstaller() {
     let line = install_line(&ctl, &["--uses", "1"]);
     let root = ctl.dir.path().join("host");
     std::fs::create_dir_all(root.join("data")).unwrap();
+    let _stop = StopsAgent(root.clone());
     let mut impostor = Command::new("sh")
         .args(["-c", "sleep 120; :", "/usr/local/bin/berth-agent"])
         .spawn()
@@ -382,6 +399,7 @@ fn the_line_of_another_controller_is_refused_on_an_enrolled_host() {
     let first = Controller::start(&[]);
     let second = Controller::start(&[]);
     let root = first.dir.path().join("host");
+    let _stop = StopsAgent(root.clone());
     let mut c = Command::new("sh");
     host_env(&mut c, &root, "mover");
     let out = paste(c, &install_line(&first, &["--uses", "1"]));
@@ -439,6 +457,7 @@ fn the_line_of_another_controller_is_refused_on_an_enrolled_host() {
 fn a_symlinked_install_dir_still_knows_its_agent() {
     let ctl = Controller::start(&[]);
     let root = ctl.dir.path().join("host");
+    let _stop = StopsAgent(root.clone());
     std::fs::create_dir_all(root.join("real-bin")).unwrap();
     std::os::unix::fs::symlink(root.join("real-bin"), root.join("bin")).unwrap();
     let mut c = Command::new("sh");
