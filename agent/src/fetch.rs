@@ -70,10 +70,7 @@ impl Fetcher {
                 r.size
             );
         }
-        let path = self
-            .cache
-            .join("contexts")
-            .join(format!("{}.json", r.digest.hex()));
+        let path = self.context_path(&r.digest.hex());
         let body = match tokio::fs::read(&path).await {
             Ok(b) if Digest::of(&b) == r.digest => b,
             _ => self.download_context(r).await?,
@@ -89,13 +86,18 @@ impl Fetcher {
         serde_json::from_slice(&body).context("the cluster context is not valid")
     }
 
+    /// Where the context with digest `hex` is cached.
+    fn context_path(&self, hex: &str) -> std::path::PathBuf {
+        self.cache.join("contexts").join(format!("{hex}.json"))
+    }
+
     /// Removes the cached context with digest `hex` (a cluster's, when it is removed from
     /// this host). Anything but 64 hex digits is ignored.
     pub fn forget_context(&self, hex: &str) -> Result<()> {
         if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Ok(());
         }
-        let path = self.cache.join("contexts").join(format!("{hex}.json"));
+        let path = self.context_path(hex);
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(e).with_context(|| format!("cannot remove {}", path.display()))

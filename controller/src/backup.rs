@@ -183,10 +183,6 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
         }
         let mut sink: Box<dyn Write> = match into {
             Some(dir) => {
-                // Never re-create a staging dir removed under us (an interrupted restore).
-                if !dir.is_dir() {
-                    bail!("the restore's staging dir {} is gone", dir.display());
-                }
                 let dest = dir.join(&rel);
                 if let Some(parent) = rel.parent() {
                     create_below(dir, parent)?;

@@ -61,7 +61,7 @@ pub async fn restore(file: &Path, data_dir: Option<&Path>) -> Result<()> {
     let staging = std::sync::Mutex::new(None::<std::path::PathBuf>);
     let inv = tokio::select! {
         r = crate::backup::restore(file, data_dir, &staging) => r?,
-        sig = terminated() => {
+        sig = crate::cli::wait_for_signal() => {
             let left = staging.lock().ok().and_then(|mut s| s.take());
             if let Some(p) = left {
                 // The extracting thread may still be writing: exit right after.
@@ -83,19 +83,4 @@ pub async fn restore(file: &Path, data_dir: Option<&Path>) -> Result<()> {
         data_dir.display()
     );
     Ok(())
-}
-
-/// Waits for SIGTERM or SIGINT; says which.
-async fn terminated() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => std::future::pending().await,
-    }
 }

@@ -324,29 +324,30 @@ pub async fn load(client: &Client, path: &Path, force: bool) -> Result<()> {
         .map_err(|e| refused(e.into()))?;
     let index = checked.index;
 
-    // What the controller has already, and tags that would move.
+    // What the controller has already, and what each tag names there now (what a failed
+    // load puts back).
     let mut present = std::collections::BTreeSet::new();
     for b in &index.bundles {
-        match client
-            .get::<BundleView>(&format!("/v1/bundles/{}", b.digest))
+        let reference = b.digest.to_string();
+        if stored_digest(client, &reference)
             .await
+            .context("nothing was loaded")?
+            .is_some()
         {
-            Ok(_) => {
-                present.insert(b.digest);
-            }
-            Err(e) if crate::client::api_code(&e) == Some("not_found") => {}
-            Err(e) => return Err(e.context("nothing was loaded")),
+            present.insert(b.digest);
         }
     }
+    let mut before: BTreeMap<String, Option<Digest>> = BTreeMap::new();
     let mut moves: Vec<(String, Digest, Digest)> = Vec::new();
     for b in &index.bundles {
         for t in &b.tags {
-            match client.get::<BundleView>(&format!("/v1/bundles/{t}")).await {
-                Ok(v) if v.digest != b.digest => moves.push((t.clone(), v.digest, b.digest)),
-                Ok(_) => {}
-                Err(e) if crate::client::api_code(&e) == Some("not_found") => {}
-                Err(e) => return Err(e.context("nothing was loaded")),
+            let now = stored_digest(client, t)
+                .await
+                .context("nothing was loaded")?;
+            if let Some(d) = now.filter(|d| *d != b.digest) {
+                moves.push((t.clone(), d, b.digest));
             }
+            before.insert(t.clone(), now);
         }
     }
     if !moves.is_empty() && !force {
@@ -362,10 +363,10 @@ pub async fn load(client: &Client, path: &Path, force: bool) -> Result<()> {
     }
 
     let mut uploaded = Vec::new();
-    let mut tagged: Vec<(String, Option<Digest>)> = Vec::new();
+    let mut tagged = Vec::new();
     let result = upload_and_tag(client, path, &index, &present, &mut uploaded, &mut tagged).await;
     if let Err(e) = result {
-        let undone = undo(client, &uploaded, &tagged).await;
+        let undone = undo(client, &uploaded, &tagged, &before).await;
         return Err(e.context(format!("loading {} failed; {undone}", path.display())));
     }
     eprintln!(
@@ -382,15 +383,27 @@ pub async fn load(client: &Client, path: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// The digest `reference` (a tag or a digest) names on the controller, if any.
+async fn stored_digest(client: &Client, reference: &str) -> Result<Option<Digest>> {
+    match client
+        .get::<BundleView>(&format!("/v1/bundles/{reference}"))
+        .await
+    {
+        Ok(v) => Ok(Some(v.digest)),
+        Err(e) if crate::client::api_code(&e) == Some("not_found") => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Uploads the bundles the controller lacks (recording each in `uploaded`), then sets
-/// every tag (recording what each named before in `tagged`).
+/// every tag (recording each in `tagged`).
 async fn upload_and_tag(
     client: &Client,
     path: &Path,
     index: &BundleArchiveIndex,
     present: &std::collections::BTreeSet<Digest>,
     uploaded: &mut Vec<Digest>,
-    tagged: &mut Vec<(String, Option<Digest>)>,
+    tagged: &mut Vec<String>,
 ) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(Digest, PathBuf, tempfile::TempDir)>(1);
     // Unpack one missing blob at a time to a temp file (the tar is read once more).
@@ -435,11 +448,6 @@ async fn upload_and_tag(
     reader.await??;
     for b in &index.bundles {
         for t in &b.tags {
-            let before = match client.get::<BundleView>(&format!("/v1/bundles/{t}")).await {
-                Ok(v) => Some(v.digest),
-                Err(e) if crate::client::api_code(&e) == Some("not_found") => None,
-                Err(e) => return Err(e),
-            };
             let _: BundleView = client
                 .call(
                     Method::PUT,
@@ -447,24 +455,30 @@ async fn upload_and_tag(
                     &TagRequest { digest: b.digest },
                 )
                 .await?;
-            tagged.push((t.clone(), before));
+            tagged.push(t.clone());
             eprintln!("tagged {t} → {}", b.digest);
         }
     }
     Ok(())
 }
 
-/// Puts back the tags a failed load set (newest first) and removes the bundles it
-/// uploaded; says what it did, or what is left for the operator.
-async fn undo(client: &Client, uploaded: &[Digest], tagged: &[(String, Option<Digest>)]) -> String {
+/// Puts back the tags a failed load set (newest first) to what they named `before` it,
+/// and removes the bundles it uploaded; says what it did, or what is left for the
+/// operator.
+async fn undo(
+    client: &Client,
+    uploaded: &[Digest],
+    tagged: &[String],
+    before: &BTreeMap<String, Option<Digest>>,
+) -> String {
     let mut left = Vec::new();
-    for (t, before) in tagged.iter().rev() {
-        let r = match before {
+    for t in tagged.iter().rev() {
+        let r = match before.get(t).copied().flatten() {
             Some(d) => client
                 .call::<_, BundleView>(
                     Method::PUT,
                     &format!("/v1/bundles/{t}"),
-                    &TagRequest { digest: *d },
+                    &TagRequest { digest: d },
                 )
                 .await
                 .map(|_| ()),
@@ -525,15 +539,14 @@ mod tests {
     /// A packed bundle named `x`, version `1`.
     fn real_bundle() -> Vec<u8> {
         let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
         std::fs::write(
-            dir.path().join("bundle.yaml"),
+            src.join("bundle.yaml"),
             "apiVersion: berth.dev/v1\nkind: Bundle\nname: x\nversion: \"1\"\ntype: rootfs\n",
         )
         .unwrap();
         let out = dir.path().join("x.tar.zst");
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::rename(dir.path().join("bundle.yaml"), src.join("bundle.yaml")).unwrap();
         berth_bundle::pack::pack(&src, &out).unwrap();
         std::fs::read(out).unwrap()
     }

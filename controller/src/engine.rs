@@ -328,9 +328,14 @@ impl Engine {
     pub async fn apply(&self, text: &str, actor: &str) -> Result<Applied, EngineError> {
         let started = std::time::Instant::now();
         let cf = Clusterfile::parse(text).map_err(|e| EngineError::invalid(e.to_string()))?;
-        // SSH credentials are never stored: the stored text reaches every host.
-        let stripped = berth_shared::clusterfile::without_ssh(text)
-            .map_err(|e| EngineError::invalid(e.to_string()))?;
+        // SSH credentials are never stored: the stored text reaches every host. (Parsed
+        // again only when there are some.)
+        let stripped = if cf.ssh {
+            berth_shared::clusterfile::without_ssh(text)
+                .map_err(|e| EngineError::invalid(e.to_string()))?
+        } else {
+            None
+        };
         let text = stripped.as_deref().unwrap_or(text);
         let parsed = started.elapsed();
         let _guard = self.tick_lock.lock().await;

@@ -27,6 +27,8 @@ pub struct Clusterfile {
     pub configs: Vec<ConfigDoc>,
     /// Things accepted but ignored (e.g. `ssh`), said once.
     pub warnings: Vec<String>,
+    /// `spec.ssh` or a `hosts[].ssh` is present: [`without_ssh`] has work to do.
+    pub ssh: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -326,7 +328,8 @@ impl Clusterfile {
             ));
         }
         let mut warnings = Vec::new();
-        if c.spec.ssh.is_some() || c.spec.hosts.iter().any(|h| h.ssh.is_some()) {
+        let ssh = c.spec.ssh.is_some() || c.spec.hosts.iter().any(|h| h.ssh.is_some());
+        if ssh {
             warnings.push("spec.ssh and hosts[].ssh are ignored and were not stored (they hold credentials): berth agents pull their work, nothing connects over SSH".to_string());
         }
         if c.spec.image.is_empty() {
@@ -401,8 +404,25 @@ impl Clusterfile {
             command: c.spec.command,
             configs,
             warnings,
+            ssh,
         })
     }
+}
+
+/// Whether `v` is a sealos `Cluster` document (`apps.sealos.io/*`, `kind: Cluster`).
+fn is_sealos_cluster(v: &Value) -> bool {
+    v.get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|a| a.starts_with("apps.sealos.io/"))
+        && v.get("kind").and_then(Value::as_str) == Some("Cluster")
+}
+
+/// Every document of `text`, or the first that does not parse, numbered.
+fn all_documents(text: &str) -> Result<Vec<Value>, ClusterfileError> {
+    crate::yaml::documents(text)
+        .enumerate()
+        .map(|(i, doc)| doc.map_err(|e| cerr(i + 1, "?", "(document)", e.to_string())))
+        .collect()
 }
 
 /// Whether the Clusterfile means "this machine", as sealos reads it: its Cluster document
@@ -411,12 +431,7 @@ impl Clusterfile {
 pub fn means_this_machine(text: &str) -> bool {
     let Some(cluster) = crate::yaml::documents(text)
         .filter_map(Result::ok)
-        .find(|v| {
-            v.get("apiVersion")
-                .and_then(Value::as_str)
-                .is_some_and(|a| a.starts_with("apps.sealos.io/"))
-                && v.get("kind").and_then(Value::as_str) == Some("Cluster")
-        })
+        .find(is_sealos_cluster)
     else {
         return false;
     };
@@ -445,13 +460,8 @@ pub fn means_this_machine(text: &str) -> bool {
 /// be told apart line by line is written anew whole.
 pub fn without_ssh(text: &str) -> Result<Option<String>, ClusterfileError> {
     let strip = |mut v: Value| -> (Value, bool) {
-        let is_cluster = v
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .is_some_and(|a| a.starts_with("apps.sealos.io/"))
-            && v.get("kind").and_then(Value::as_str) == Some("Cluster");
         let mut changed = false;
-        if is_cluster {
+        if is_sealos_cluster(&v) {
             if let Some(spec) = v.get_mut("spec").and_then(Value::as_mapping_mut) {
                 changed |= spec.remove("ssh").is_some();
                 if let Some(hosts) = spec.get_mut("hosts").and_then(Value::as_sequence_mut) {
@@ -463,11 +473,7 @@ pub fn without_ssh(text: &str) -> Result<Option<String>, ClusterfileError> {
         }
         (v, changed)
     };
-    let mut values = Vec::new();
-    for (i, doc) in crate::yaml::documents(text).enumerate() {
-        values.push(doc.map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?);
-    }
-    let stripped: Vec<(Value, bool)> = values.into_iter().map(strip).collect();
+    let stripped: Vec<(Value, bool)> = all_documents(text)?.into_iter().map(strip).collect();
     if !stripped.iter().any(|(_, c)| *c) {
         return Ok(None);
     }
@@ -528,10 +534,7 @@ pub fn edit_hosts(
     add_nodes: &[String],
     remove: &[String],
 ) -> Result<String, ClusterfileError> {
-    let mut docs = Vec::new();
-    for (i, doc) in crate::yaml::documents(text).enumerate() {
-        docs.push(doc.map_err(|e| cerr(i + 1, "?", "(document)", e.to_string()))?);
-    }
+    let mut docs = all_documents(text)?;
     let idx = docs
         .iter()
         .position(|d| d.get("kind").and_then(Value::as_str) == Some("Cluster"))

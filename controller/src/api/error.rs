@@ -91,17 +91,24 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A request body over [`super::MAX_JSON_BODY`].
+    pub fn body_too_large() -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the request body is larger than {} bytes (1 MiB), the most this API accepts",
+                super::MAX_JSON_BODY
+            ),
+        )
+    }
+}
+
 impl From<axum::extract::rejection::JsonRejection> for ApiError {
     fn from(e: axum::extract::rejection::JsonRejection) -> Self {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "the request body is larger than {} bytes (1 MiB), the most this API accepts",
-                    super::MAX_JSON_BODY
-                ),
-            );
+            return ApiError::body_too_large();
         }
         ApiError::new(
             e.status(),

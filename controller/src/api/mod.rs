@@ -162,16 +162,7 @@ async fn bounded_body(
     } else {
         0
     };
-    let too_large = || {
-        error::ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!(
-                "the request body is larger than {MAX_JSON_BODY} bytes (1 MiB), the most this API accepts"
-            ),
-        )
-        .into_response()
-    };
+    let too_large = || error::ApiError::body_too_large().into_response();
     let declared = req
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
