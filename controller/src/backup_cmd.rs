@@ -61,7 +61,7 @@ pub async fn restore(file: &Path, data_dir: Option<&Path>) -> Result<()> {
     let staging = std::sync::Mutex::new(None::<std::path::PathBuf>);
     let inv = tokio::select! {
         r = crate::backup::restore(file, data_dir, &staging) => r?,
-        sig = crate::cli::wait_for_signal() => {
+        sig = crate::signals::wait_for_stop() => {
             let left = staging.lock().ok().and_then(|mut s| s.take());
             if let Some(p) = left {
                 // The extracting thread may still be writing: exit right after.

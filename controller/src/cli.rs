@@ -639,28 +639,13 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        crate::signals::wait_for_stop().await;
         tracing::info!("signal received: shutting down");
         signals.cancel();
     });
     crate::server::run(cfg, shutdown)
         .await
         .context("controller failed")
-}
-
-/// Waits for SIGINT or SIGTERM; says which.
-pub(crate) async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -23,6 +23,7 @@ pub mod planner;
 pub mod plans;
 pub mod secrets;
 pub mod server;
+pub mod signals;
 pub mod store;
 pub mod tarfile;
 pub mod time;
