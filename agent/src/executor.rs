@@ -18,6 +18,7 @@ use berth_bundle::config::{apply as apply_config, render_templates, Strategy};
 use berth_bundle::Limits;
 use berth_files::write_durable;
 use berth_shared::api::{ReportEntry, StepReport};
+use berth_shared::bundle::BundleType;
 use berth_shared::plan::{ClusterContext, ContextRef, PlanBundle, PlanPayload, PlanStep};
 use berth_shared::state::StepState;
 use std::collections::BTreeMap;
@@ -664,6 +665,11 @@ impl Executor {
         outcome.within_limits(log)
     }
 
+    /// Runs the step's bundles' commands in Clusterfile order: an app bundle's in its own
+    /// tree (`apps/<name>`, unpacked here), a rootfs or patch bundle's in the rootfs the
+    /// install step left. `cmd` is a program and its arguments; sealos-style `commands`
+    /// are `$(VAR)`-expanded from the env and run by `bash -c` as sealos's guest runs them
+    /// (`cd <dir> && <command>`, joined by `; `).
     async fn run_apps(
         &self,
         step: &PlanStep,
@@ -672,33 +678,63 @@ impl Executor {
         started: i64,
     ) -> Result<Outcome> {
         let mut outcome = Outcome::ok();
+        let rootfs = cdir.join("rootfs");
         for (idx, b) in step.bundles.iter().enumerate() {
-            let name = b.manifest.name.replace('/', "_");
-            let dir = cdir.join("apps").join(&name);
-            let Some((cmd, args)) = b.manifest.cmd.split_first() else {
+            if b.manifest.cmd.is_empty() && b.manifest.commands.is_empty() {
                 continue;
-            };
-            if !self.hook_file(step, idx, "status").exists() {
-                let one = PlanStep {
-                    bundles: vec![b.clone()],
-                    ..step.clone()
-                };
-                self.materialize(&one, &dir, log, true).await?;
             }
+            let dir = if b.manifest.bundle_type == BundleType::App {
+                let dir = cdir.join("apps").join(b.manifest.name.replace('/', "_"));
+                if !self.hook_file(step, idx, "status").exists() {
+                    let one = PlanStep {
+                        bundles: vec![b.clone()],
+                        ..step.clone()
+                    };
+                    self.materialize(&one, &dir, log, true).await?;
+                }
+                dir
+            } else {
+                if !rootfs.is_dir() {
+                    anyhow::bail!(
+                        "the rootfs of {} is missing; its install step did not leave one",
+                        b.reference
+                    );
+                }
+                rootfs.clone()
+            };
             let outputs = cdir.join(format!("outputs-{}-{}-{idx}", step.id, step.attempt));
             let ctx = self.context().await?;
             let env = Self::env_for(
                 &ctx,
                 step,
                 Some(b),
-                &cdir.join("rootfs"),
+                &rootfs,
                 &outputs,
                 &cdir.join("Clusterfile"),
             );
-            let program = if cmd.contains('/') {
-                dir.join(cmd)
+            let (program, args) = if b.manifest.commands.is_empty() {
+                let (cmd, args) = b.manifest.cmd.split_first().expect("checked above");
+                let program = if cmd.contains('/') {
+                    dir.join(cmd)
+                } else {
+                    PathBuf::from(cmd)
+                };
+                (program, args.to_vec())
             } else {
-                PathBuf::from(cmd)
+                let cd = format!(
+                    "cd '{}' && ",
+                    dir.display().to_string().replace('\'', "'\\''")
+                );
+                let script = b
+                    .manifest
+                    .commands
+                    .iter()
+                    .map(|c| {
+                        cd.clone() + &berth_shared::text::expand_refs(c, |k| env.get(k).cloned())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (PathBuf::from("bash"), vec!["-c".to_string(), script])
             };
             let hook_run = HookRun {
                 step,
@@ -707,7 +743,7 @@ impl Executor {
                 hook: "cmd",
                 cwd: &dir,
                 program: &program,
-                args,
+                args: &args,
                 env: &env,
                 outputs: &outputs,
                 timeout: b.manifest.timeout("cmd"),

@@ -5,7 +5,11 @@
 
 pub mod config;
 pub mod hashio;
+pub mod image;
+pub mod kubefile;
+pub mod layer;
 pub mod pack;
+pub mod sealos;
 pub mod template;
 pub mod unpack;
 

@@ -89,14 +89,14 @@ pub enum UnpackError {
     },
 }
 
-fn entry_err(entry: &str, why: impl Into<String>) -> UnpackError {
+pub(crate) fn entry_err(entry: &str, why: impl Into<String>) -> UnpackError {
     UnpackError::Entry {
         entry: entry.to_string(),
         why: why.into(),
     }
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
     move |source| UnpackError::Io {
         path: path.to_path_buf(),
         source,
@@ -165,7 +165,13 @@ pub fn unpack<R: Read>(reader: R, dest: &Path, limits: &Limits) -> Result<Unpack
 }
 
 fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpacked, UnpackError> {
-    let decoder = zstd::Decoder::new(reader)
+    let mut reader = io::BufReader::with_capacity(1 << 16, reader);
+    let head = io::BufRead::fill_buf(&mut reader)
+        .map_err(|e| UnpackError::Archive(format!("cannot read: {e}")))?;
+    if let Some(what) = not_a_bundle(head) {
+        return Err(UnpackError::Archive(what));
+    }
+    let decoder = zstd::Decoder::with_buffer(reader)
         .map_err(|e| UnpackError::Archive(format!("not a zstd stream: {e}")))?;
     let mut archive = tar::Archive::new(decoder);
     let mut entries = archive
@@ -280,30 +286,12 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
                 regular_files.insert(rel.as_str().to_string(), template.is_some());
                 if let Some(dest) = dest {
                     let target = prepare(dest, &rel, false)?;
-                    let mut f = fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .open(&target)
-                        .map_err(io_at(&target))?;
-                    let mut written = 0u64;
-                    if let Some(bytes) = &template {
-                        io::Write::write_all(&mut f, bytes).map_err(io_at(&target))?;
-                        written = bytes.len() as u64;
-                    } else {
-                        loop {
-                            let n = entry.read(&mut buf).map_err(arc)?;
-                            if n == 0 {
-                                break;
-                            }
-                            io::Write::write_all(&mut f, &buf[..n]).map_err(io_at(&target))?;
-                            written += n as u64;
+                    match &template {
+                        Some(bytes) => {
+                            write_file(&mut &bytes[..], &target, &name, size, mode, &mut buf)?
                         }
+                        None => write_file(&mut entry, &target, &name, size, mode, &mut buf)?,
                     }
-                    if written != size {
-                        return Err(UnpackError::Archive(format!("entry `{name}` is truncated")));
-                    }
-                    f.set_permissions(fs::Permissions::from_mode(mode))
-                        .map_err(io_at(&target))?;
                 }
             }
             tar::EntryType::Directory => {
@@ -396,6 +384,63 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
     })
 }
 
+/// What a stream that does not start like a bundle (zstd) is, and what to run instead.
+fn not_a_bundle(head: &[u8]) -> Option<String> {
+    const BUNDLE: &str = "a bundle is a zstd-compressed tar starting with bundle.yaml, made by `berth bundle build DIR`";
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return None;
+    }
+    if head.is_empty() {
+        return Some(format!("empty; {BUNDLE}"));
+    }
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Some(format!(
+            "this is gzip-compressed data, not a bundle; {BUNDLE} (a container or sealos image archive is imported with `berth bundle import FILE`)"
+        ));
+    }
+    if head.len() >= 262 && &head[257..262] == b"ustar" {
+        return Some(format!(
+            "this is a plain tar archive, not a bundle; if it is a container or sealos image archive (`sealos save`, `docker save`, an OCI archive), import it with `berth bundle import FILE`; {BUNDLE}"
+        ));
+    }
+    Some(format!(
+        "this is not a zstd stream, so not a bundle; {BUNDLE}"
+    ))
+}
+
+/// Writes `size` bytes of `data` to a new file at `target` (prepared by [`prepare`]) with
+/// `mode`; fewer bytes is a truncated archive.
+pub(crate) fn write_file<R: Read>(
+    data: &mut R,
+    target: &Path,
+    name: &str,
+    size: u64,
+    mode: u32,
+    buf: &mut [u8],
+) -> Result<(), UnpackError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)
+        .map_err(io_at(target))?;
+    let mut written = 0u64;
+    loop {
+        let n = data
+            .read(buf)
+            .map_err(|e| UnpackError::Archive(format!("corrupt or truncated: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        io::Write::write_all(&mut f, &buf[..n]).map_err(io_at(target))?;
+        written += n as u64;
+    }
+    if written != size {
+        return Err(UnpackError::Archive(format!("entry `{name}` is truncated")));
+    }
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_at(target))
+}
+
 /// Reads a `*.tmpl` entry of `size` bytes (at most [`MAX_TEMPLATE_BYTES`]) and parses it.
 fn read_template<R: Read>(entry: &mut R, name: &str, size: u64) -> Result<Vec<u8>, UnpackError> {
     if size > MAX_TEMPLATE_BYTES as u64 {
@@ -424,7 +469,7 @@ fn read_template<R: Read>(entry: &mut R, name: &str, size: u64) -> Result<Vec<u8
     Ok(bytes)
 }
 
-fn no_data(name: &str, size: u64) -> Result<(), UnpackError> {
+pub(crate) fn no_data(name: &str, size: u64) -> Result<(), UnpackError> {
     if size != 0 {
         return Err(entry_err(
             name,
@@ -437,7 +482,11 @@ fn no_data(name: &str, size: u64) -> Result<(), UnpackError> {
 /// Makes sure every ancestor of `rel` under `dest` is a real directory (creating missing
 /// ones, refusing symlinks), and clears whatever sits at `rel` unless it is a directory and
 /// a directory is wanted. Returns the full path.
-fn prepare(dest: &Path, rel: &SafeRelPath, want_dir: bool) -> Result<PathBuf, UnpackError> {
+pub(crate) fn prepare(
+    dest: &Path,
+    rel: &SafeRelPath,
+    want_dir: bool,
+) -> Result<PathBuf, UnpackError> {
     let mut cur = dest.to_path_buf();
     let comps: Vec<&str> = rel.components().collect();
     for (i, c) in comps.iter().enumerate() {
@@ -487,7 +536,7 @@ fn prepare(dest: &Path, rel: &SafeRelPath, want_dir: bool) -> Result<PathBuf, Un
 }
 
 /// The full path of an existing regular file at `rel`, reached without symlinks.
-fn checked_existing(dest: &Path, rel: &SafeRelPath) -> Result<PathBuf, UnpackError> {
+pub(crate) fn checked_existing(dest: &Path, rel: &SafeRelPath) -> Result<PathBuf, UnpackError> {
     let mut cur = dest.to_path_buf();
     for c in rel.components() {
         cur.push(c);

@@ -369,8 +369,26 @@ fn archive_not_starting_with_the_manifest() {
 
 #[test]
 fn not_zstd_at_all() {
+    let bundle = "a bundle is a zstd-compressed tar starting with bundle.yaml, made by `berth bundle build DIR`";
     let err = refused(b"this is not an archive", Limits::default());
-    assert!(err.starts_with("archive: corrupt or truncated:"), "{err}");
+    assert_eq!(
+        err,
+        format!("archive: this is not a zstd stream, so not a bundle; {bundle}")
+    );
+    assert_eq!(
+        refused(b"", Limits::default()),
+        format!("archive: empty; {bundle}")
+    );
+    assert_eq!(
+        refused(&[0x1f, 0x8b, 8, 0], Limits::default()),
+        format!("archive: this is gzip-compressed data, not a bundle; {bundle} (a container or sealos image archive is imported with `berth bundle import FILE`)")
+    );
+    let mut plain_tar = vec![0u8; 512];
+    plain_tar[257..262].copy_from_slice(b"ustar");
+    assert_eq!(
+        refused(&plain_tar, Limits::default()),
+        format!("archive: this is a plain tar archive, not a bundle; if it is a container or sealos image archive (`sealos save`, `docker save`, an OCI archive), import it with `berth bundle import FILE`; {bundle}")
+    );
 }
 
 #[test]

@@ -151,6 +151,24 @@ impl Default for Accepts {
     }
 }
 
+impl Accepts {
+    /// What the controller `client` talks to accepts (`GET /v1/limits`; the defaults for a
+    /// controller older than that endpoint).
+    pub async fn of(client: &Client) -> Result<Accepts> {
+        match client
+            .get::<berth_shared::api::ServerLimits>("/v1/limits")
+            .await
+        {
+            Ok(l) => Ok(Accepts::from(&l)),
+            Err(e) if crate::client::api_code(&e) == Some("not_found") => {
+                eprintln!("the controller does not publish its limits (older than this berth); checking against the defaults");
+                Ok(Accepts::default())
+            }
+            Err(e) => Err(e.context("cannot read the controller's limits")),
+        }
+    }
+}
+
 impl From<&berth_shared::api::ServerLimits> for Accepts {
     fn from(l: &berth_shared::api::ServerLimits) -> Self {
         Accepts {
@@ -307,17 +325,7 @@ pub async fn load(client: &Client, path: &Path, force: bool) -> Result<()> {
         |e: anyhow::Error| e.context(format!("{} is refused; nothing was loaded", path.display()));
     crate::tarfile::sniff(path, "a bundle archive is written by `berth bundle save`")
         .map_err(refused)?;
-    let accepts = match client
-        .get::<berth_shared::api::ServerLimits>("/v1/limits")
-        .await
-    {
-        Ok(l) => Accepts::from(&l),
-        Err(e) if crate::client::api_code(&e) == Some("not_found") => {
-            eprintln!("the controller does not publish its limits (older than this berth); checking against the defaults");
-            Accepts::default()
-        }
-        Err(e) => return Err(e.context("cannot read the controller's limits; nothing was loaded")),
-    };
+    let accepts = Accepts::of(client).await.context("nothing was loaded")?;
     let p = path.to_path_buf();
     let checked = tokio::task::spawn_blocking(move || check(&p, &accepts))
         .await?
@@ -594,7 +602,7 @@ mod tests {
                 ]),
                 ArchiveError::NotABundle {
                     entry: blob_entry(&Digest::of(b"not a bundle")),
-                    why: "archive: corrupt or truncated: Unknown frame descriptor".into(),
+                    why: "archive: this is not a zstd stream, so not a bundle; a bundle is a zstd-compressed tar starting with bundle.yaml, made by `berth bundle build DIR`".into(),
                 },
             ),
             (

@@ -1,4 +1,4 @@
-//! `berth bundle build|push|list|inspect|rm`.
+//! `berth bundle build|push|import|list|inspect|rm|save|load`.
 
 use crate::client::{Client, Target};
 use crate::output::TextOrJson;
@@ -14,12 +14,19 @@ use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
 pub enum BundleCmd {
-    /// Validate DIR/bundle.yaml and pack DIR into a reproducible tar.zst; prints its digest
+    /// Validate DIR/bundle.yaml and pack DIR into a reproducible tar.zst; prints its digest.
+    /// A sealos build directory (a Kubefile or Sealfile of FROM scratch, COPY, LABEL, ENV,
+    /// CMD, ENTRYPOINT and no bundle.yaml) is built as sealos would, without a container
+    /// runtime
     Build {
         dir: PathBuf,
         /// Output file [default: <name>-<version>.tar.zst in the current directory]
         #[arg(short = 'o', long = "output-file")]
         out: Option<PathBuf>,
+        /// name:tag of a Kubefile build [default: the directory's name, latest]; a
+        /// bundle.yaml names its bundle itself
+        #[arg(long)]
+        tag: Option<String>,
         /// `text` prints the digest; `json` prints digest, size, file and manifest
         #[arg(long = "format", value_enum, default_value_t = TextOrJson::Text)]
         format: TextOrJson,
@@ -31,6 +38,21 @@ pub enum BundleCmd {
         /// name:tag to point at the uploaded digest (moves an existing tag)
         #[arg(long)]
         tag: Option<String>,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
+        output: TextOrJson,
+    },
+    /// Make bundles of sealos cluster images and store them: an oci-archive (what `sealos
+    /// save` writes), a docker archive (`sealos save -m`, `docker save`; several images
+    /// make several bundles) or an OCI layout directory. Layers are applied with their
+    /// whiteouts and held to the bundle unpack rules; labels, Env and Cmd follow sealos's
+    /// rules (docs/bundles.md, "sealos images")
+    Import {
+        /// The archive file or layout directory
+        path: PathBuf,
+        /// name:tag for the images, one per image in the archive's order [default: the
+        /// names the archive gives them]
+        #[arg(long)]
+        tag: Vec<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
         output: TextOrJson,
     },
@@ -77,8 +99,16 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
         BundleCmd::Load { file, force } => {
             crate::bundle_archive::load(&Client::connect(target)?, &file, force).await
         }
-        BundleCmd::Build { dir, out, format } => {
-            let packed = build(&dir, out).await?;
+        BundleCmd::Import { path, tag, output } => {
+            crate::image_import::import(&Client::connect(target)?, &path, &tag, output).await
+        }
+        BundleCmd::Build {
+            dir,
+            out,
+            format,
+            tag,
+        } => {
+            let packed = build(&dir, out, tag.as_deref()).await?;
             match format {
                 TextOrJson::Text => println!("{}", packed.0.digest),
                 TextOrJson::Json => println!(
@@ -106,10 +136,11 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
             let (file, _tmp) = if path.is_dir() {
                 let tmp = tempdir_for_build()?;
                 let out = tmp.path().join("bundle.tar.zst");
-                let (p, _) = build(&path, Some(out.clone())).await?;
+                let (p, _) = build(&path, Some(out.clone()), tag.as_deref()).await?;
                 eprintln!("built {} ({} bytes)", p.digest, p.size);
                 (out, Some(tmp))
             } else {
+                not_an_image_archive(&path)?;
                 (path.clone(), None)
             };
             let resp = upload(
@@ -189,17 +220,38 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
     }
 }
 
-async fn build(dir: &Path, out: Option<PathBuf>) -> Result<(berth_bundle::Packed, PathBuf)> {
+async fn build(
+    dir: &Path,
+    out: Option<PathBuf>,
+    tag: Option<&str>,
+) -> Result<(berth_bundle::Packed, PathBuf)> {
     let dir = dir.to_path_buf();
+    let tag = tag.map(str::to_string);
     tokio::task::spawn_blocking(move || -> Result<_> {
+        let default_out = |m: &berth_shared::bundle::Manifest| {
+            PathBuf::from(format!("{}-{}.tar.zst", m.name.replace('/', "_"), m.version))
+        };
+        let has_manifest = dir.join(berth_shared::bundle::MANIFEST_FILE).exists();
+        if let (false, Some(kubefile)) = (has_manifest, berth_bundle::kubefile::find(&dir)) {
+            let work = tempdir_for_build()?;
+            let tmp_out = work.path().join("bundle.tar.zst");
+            let packed = crate::image_import::make_from_kubefile(
+                &dir,
+                &kubefile,
+                tag.as_deref(),
+                work.path(),
+                &tmp_out,
+            )?;
+            let out = out.unwrap_or_else(|| default_out(&packed.manifest));
+            std::fs::copy(&tmp_out, &out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            return Ok((packed, out));
+        }
+        if tag.is_some() && has_manifest {
+            bail!("--tag names a Kubefile build; {} has a bundle.yaml, which names the bundle (push it with `berth bundle push DIR --tag name:tag` to tag it otherwise)", dir.display());
+        }
         let manifest = berth_bundle::pack::read_manifest(&dir)?;
-        let out = out.unwrap_or_else(|| {
-            PathBuf::from(format!(
-                "{}-{}.tar.zst",
-                manifest.name.replace('/', "_"),
-                manifest.version
-            ))
-        });
+        let out = out.unwrap_or_else(|| default_out(&manifest));
         let packed = berth_bundle::pack(&dir, &out)?;
         Ok((packed, out))
     })
@@ -207,7 +259,27 @@ async fn build(dir: &Path, out: Option<PathBuf>) -> Result<(berth_bundle::Packed
     .context("build task failed")?
 }
 
-async fn upload(
+/// Refuses, before uploading, a file that is an image archive or a plain tar rather than a
+/// bundle, saying what to run instead.
+fn not_an_image_archive(path: &Path) -> Result<()> {
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if n == 4 && head == [0x28, 0xb5, 0x2f, 0xfd] {
+        return Ok(());
+    }
+    match berth_bundle::image::describe_archive(path) {
+        Some(what) if what.contains("image archive") => bail!(
+            "{} is {what}, not a berth bundle; import it with `berth bundle import {}`",
+            path.display(),
+            path.display()
+        ),
+        _ => Ok(()), // the controller says what is wrong with it
+    }
+}
+
+pub(crate) async fn upload(
     client: &Client,
     file: &Path,
     tag: Option<&str>,
@@ -263,7 +335,7 @@ pub async fn push_local(client: &Client, path: &Path) -> Result<String> {
     let (file, manifest, _tmp) = if path.is_dir() {
         let tmp = tempdir_for_build()?;
         let out = tmp.path().join("bundle.tar.zst");
-        let (packed, _) = build(path, Some(out.clone())).await?;
+        let (packed, _) = build(path, Some(out.clone()), None).await?;
         (out, packed.manifest, Some(tmp))
     } else {
         // Read the manifest locally (one streaming pass) so the upload happens once, tagged.

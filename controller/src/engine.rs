@@ -376,8 +376,14 @@ impl Engine {
                     .any(|s| s.kind == StepKind::Install && s.state == StepState::Succeeded),
             };
         }
+        let mut bundles = self.resolve_bundles(&cf).await?;
+        // sealos: `spec.command` replaces the first image's Cmd.
+        if let (false, Some(first)) = (cf.command.is_empty(), bundles.first_mut()) {
+            first.manifest.cmd.clear();
+            first.manifest.commands = cf.command.clone();
+        }
         let spec = ResolvedSpec {
-            bundles: self.resolve_bundles(&cf).await?,
+            bundles,
             env: cf.env.clone(),
             configs: cf.configs.clone(),
             warnings: cf.warnings.clone(),

@@ -14,6 +14,7 @@ pub mod coalesce;
 pub mod config;
 pub mod engine;
 pub mod heartbeats;
+pub mod image_import;
 pub mod install;
 pub mod lane;
 pub mod metrics;

@@ -303,7 +303,33 @@ pub fn diff(
             &target,
         ));
     }
-    // App bundles run once each, on master0.
+    // After the cluster is up, commands run as sealos's guest runs them: a rootfs or patch
+    // bundle's on every host (here: every host that is new to the cluster), then app
+    // bundles' once each, on master0; in Clusterfile order.
+    let base_cmds: Vec<usize> = spec
+        .bundles
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.manifest.bundle_type != BundleType::App && b.manifest.runs_commands())
+        .map(|(i, _)| i)
+        .collect();
+    let new_hosts: Vec<i64> = g.add_hosts.iter().map(|h| h.host_id).collect();
+    if !base_cmds.is_empty() {
+        for d in desired
+            .iter()
+            .filter(|d| d.host_id != master0.host_id && new_hosts.contains(&d.host_id))
+        {
+            g.steps.push(new_step(
+                d,
+                StepKind::Apps,
+                StepKind::Apps.base_ord(),
+                &StepSpec {
+                    apps: base_cmds.clone(),
+                    target: None,
+                },
+            ));
+        }
+    }
     let old_apps: Vec<Digest> = recorded
         .spec
         .iter()
@@ -318,13 +344,18 @@ pub fn diff(
         .filter(|(_, b)| b.manifest.bundle_type == BundleType::App && !old_apps.contains(&b.digest))
         .map(|(i, _)| i)
         .collect();
-    if !new_apps.is_empty() {
+    let mut master0_runs = new_apps;
+    if new_hosts.contains(&master0.host_id) {
+        master0_runs.extend(&base_cmds);
+        master0_runs.sort_unstable();
+    }
+    if !master0_runs.is_empty() {
         g.steps.push(new_step(
             master0,
             StepKind::Apps,
             StepKind::Apps.base_ord(),
             &StepSpec {
-                apps: new_apps,
+                apps: master0_runs,
                 target: None,
             },
         ));
@@ -364,6 +395,7 @@ mod tests {
             hooks: BTreeMap::new(),
             timeouts: BTreeMap::new(),
             cmd: if t == "app" { vec!["x".into()] } else { vec![] },
+            commands: vec![],
             rerunnable: vec![],
             allow_setuid: false,
             outputs: None,

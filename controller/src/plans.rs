@@ -391,10 +391,10 @@ fn host_env(
         mine.map(|h| h.ip.clone())
             .unwrap_or_else(|| me.facts.addresses.first().cloned().unwrap_or_default()),
     );
-    env.insert(
-        "BERTH_ROLES".into(),
-        mine.map(|h| h.role.to_string()).unwrap_or_default(),
-    );
+    let role = mine.map(|h| h.role.to_string()).unwrap_or_default();
+    // What sealos tells an image's scripts about the host they run on.
+    env.insert("SEALOS_SYS_RUN_MODE".into(), role.clone());
+    env.insert("BERTH_ROLES".into(), role);
     if let Some((name, ip)) = &step.target {
         env.insert("BERTH_TARGET_HOST".into(), name.clone());
         env.insert("BERTH_TARGET_IP".into(), ip.clone());

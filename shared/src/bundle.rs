@@ -51,6 +51,11 @@ pub struct RawManifest {
     pub timeouts: BTreeMap<String, String>,
     #[serde(default)]
     pub cmd: Vec<String>,
+    /// sealos-style shell commands (an imported image's `Entrypoint` and `Cmd`), instead of
+    /// `cmd`: each `$(VAR)`-expanded from the env and run by `bash -c` in the bundle's
+    /// directory, one after the other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
     #[serde(default)]
     pub rerunnable: Vec<String>,
     /// Keep setuid/setgid bits when unpacking (default: strip them).
@@ -73,6 +78,9 @@ pub struct Manifest {
     /// Per-hook timeouts in seconds.
     pub timeouts: BTreeMap<String, u64>,
     pub cmd: Vec<String>,
+    /// sealos-style shell commands run instead of `cmd` (see [`RawManifest::commands`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<String>,
     pub rerunnable: Vec<String>,
     pub allow_setuid: bool,
     /// Hooks that may publish outputs → the names each may publish: an allow-list. Without
@@ -242,11 +250,19 @@ impl RawManifest {
                 return Err(err(format!("cmd[{i}]"), "empty command"));
             }
         }
-        if !self.cmd.is_empty() && bundle_type != BundleType::App {
+        if !self.cmd.is_empty() && !self.commands.is_empty() {
             return Err(err(
-                "cmd",
-                "only app bundles run a cmd; set `type: app` or remove cmd",
+                "commands",
+                "a bundle runs either `cmd` (a program and its arguments) or `commands` (shell command lines), not both",
             ));
+        }
+        for (i, c) in self.commands.iter().enumerate() {
+            if c.trim().is_empty() || c.contains('\0') {
+                return Err(err(
+                    format!("commands[{i}]"),
+                    "empty command or a NUL in it",
+                ));
+            }
         }
         for r in &self.rerunnable {
             if !HOOKS.contains(&r.as_str()) {
@@ -297,6 +313,7 @@ impl RawManifest {
             hooks,
             timeouts,
             cmd: self.cmd,
+            commands: self.commands,
             rerunnable: self.rerunnable,
             allow_setuid: self.allow_setuid,
         })
@@ -312,6 +329,12 @@ impl Manifest {
                 .outputs
                 .get(hook)
                 .is_some_and(|keys| keys.iter().any(|k| k == key))
+    }
+
+    /// Whether the bundle has something to run after the cluster is up (`cmd` or
+    /// `commands`).
+    pub fn runs_commands(&self) -> bool {
+        !self.cmd.is_empty() || !self.commands.is_empty()
     }
 
     /// The timeout of a hook (default 10 minutes).
@@ -380,7 +403,7 @@ mod tests {
             (GOOD.replace("  init: scripts/init.sh", "  start: scripts/init.sh"), "bundle.yaml: hooks.start: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, clean"),
             (GOOD.replace("berth.dev/v1", "berth.dev/v2"), "bundle.yaml: apiVersion: `berth.dev/v2` is not supported; use `berth.dev/v1`"),
             (GOOD.replace("rerunnable: [check, install]", "rerunnable: [deploy]"), "bundle.yaml: rerunnable: unknown hook `deploy`; allowed: check, install, init, join-master, join-node, leave, remove, clean"),
-            (format!("{GOOD}cmd: [\"a.sh\"]\n"), "bundle.yaml: cmd: only app bundles run a cmd; set `type: app` or remove cmd"),
+            (format!("{GOOD}cmd: [\"a.sh\"]\ncommands: [\"b\"]\n"), "bundle.yaml: commands: a bundle runs either `cmd` (a program and its arguments) or `commands` (shell command lines), not both"),
             (format!("{GOOD}outputs:\n  boot: [X]\n"), "bundle.yaml: outputs.boot: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, clean, cmd"),
             (format!("{GOOD}outputs:\n  init: [LD_PRELOAD]\n"), format!("bundle.yaml: outputs.init: `LD_PRELOAD` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
             (format!("{GOOD}outputs:\n  join-node: [BERTH_MASTER0_IP]\n"), format!("bundle.yaml: outputs.join-node: `BERTH_MASTER0_IP` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),

@@ -70,3 +70,74 @@ mod tests {
         );
     }
 }
+
+/// Kubernetes-style `$(NAME)` references in `s` replaced by `lookup(NAME)` (as sealos
+/// expands an image's `Cmd`): a reference to an unknown name stays as written, `$$` is a
+/// literal `$`, and any other `$` is left alone.
+pub fn expand_refs(s: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('(') {
+            match body.find(')') {
+                Some(end) => {
+                    let name = &body[..end];
+                    match lookup(name) {
+                        Some(v) => out.push_str(&v),
+                        None => {
+                            out.push_str("$(");
+                            out.push_str(name);
+                            out.push(')');
+                        }
+                    }
+                    rest = &body[end + 1..];
+                }
+                None => {
+                    out.push_str("$(");
+                    rest = body;
+                }
+            }
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod expand_tests {
+    use super::expand_refs;
+
+    #[test]
+    fn references_expand_like_kubernetes_and_sealos() {
+        let env = |n: &str| match n {
+            "NAME" => Some("calico".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        for (input, want) in [
+            (
+                "helm install $(NAME) charts/$(NAME)",
+                "helm install calico charts/calico",
+            ),
+            ("$(UNKNOWN) stays", "$(UNKNOWN) stays"),
+            ("$$(NAME) is escaped", "$(NAME) is escaped"),
+            (
+                "shell $NAME and ${NAME} untouched",
+                "shell $NAME and ${NAME} untouched",
+            ),
+            ("[$(EMPTY)]", "[]"),
+            ("unterminated $(NAME", "unterminated $(NAME"),
+            ("trailing $", "trailing $"),
+        ] {
+            assert_eq!(expand_refs(input, env), want, "{input}");
+        }
+    }
+}

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod oci;
 pub mod rogue;
 
 /// The directory holding the built `berth` and `berth-agent` (built once per test run).

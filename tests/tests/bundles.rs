@@ -138,7 +138,7 @@ fn invalid_or_oversized_uploads_store_nothing() {
     assert!(!out.status.success());
     assert_eq!(
         stderr(&out).trim(),
-        "error: not a valid bundle: archive: corrupt or truncated: Unknown frame descriptor (invalid_bundle)"
+        "error: not a valid bundle: archive: this is not a zstd stream, so not a bundle; a bundle is a zstd-compressed tar starting with bundle.yaml, made by `berth bundle build DIR` (invalid_bundle)"
     );
 
     let dir = ctl.dir.path().join("big");
