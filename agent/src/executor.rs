@@ -481,7 +481,7 @@ impl Executor {
         let configure = configure && (templates || self.context_has_configs());
         let (configs, env) = if configure {
             let ctx = self.context().await?;
-            let env = Self::env_for(
+            let env = self.env_for(
                 &ctx,
                 step,
                 None,
@@ -578,6 +578,7 @@ impl Executor {
     /// A hook's env, lowest precedence first: the bundle's, the context's (outputs, then
     /// `spec.env`), the host's own from the plan, the cluster's `BERTH_*`, then the paths.
     fn env_for(
+        &self,
         ctx: &ClusterContext,
         step: &PlanStep,
         bundle: Option<&PlanBundle>,
@@ -592,6 +593,20 @@ impl Executor {
             }
         }
         env.extend(ctx.env_around(&step.env));
+        // The controller is the cluster's registry: where this host reaches it, and the CA
+        // that signs its certificate (what containerd's hosts.toml needs).
+        if let Ok(url) = reqwest::Url::parse(&self.fetcher.controller) {
+            if let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) {
+                env.insert("BERTH_REGISTRY".into(), format!("{host}:{port}"));
+            }
+        }
+        env.insert(
+            "BERTH_REGISTRY_CA".into(),
+            crate::identity::dir(&self.data_dir)
+                .join("ca.crt")
+                .display()
+                .to_string(),
+        );
         env.insert("BERTH_ROOTFS".into(), rootfs.display().to_string());
         env.insert("BERTH_OUTPUTS".into(), outputs.display().to_string());
         env.insert(
@@ -624,7 +639,7 @@ impl Executor {
             };
             let outputs = cdir.join(format!("outputs-{}-{}-{idx}", step.id, step.attempt));
             let ctx = self.context().await?;
-            let env = Self::env_for(
+            let env = self.env_for(
                 &ctx,
                 step,
                 Some(b),
@@ -704,7 +719,7 @@ impl Executor {
             };
             let outputs = cdir.join(format!("outputs-{}-{}-{idx}", step.id, step.attempt));
             let ctx = self.context().await?;
-            let env = Self::env_for(
+            let env = self.env_for(
                 &ctx,
                 step,
                 Some(b),

@@ -61,8 +61,10 @@ pub struct Image {
     pub names: Vec<String>,
     pub config: RunConfig,
     pub layers: Vec<Layer>,
-    /// `manifest N` of the archive, for messages.
+    /// `image N of index.json`, for messages.
     pub label: String,
+    /// The image config's file (its bytes are the config blob).
+    pub config_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +221,10 @@ fn read_oci(dir: &Path, arch: &str) -> Result<Vec<Image>, UnpackError> {
         }
         let manifest: Manifest = parse_json(&bytes, &label)?;
         let config_bytes = oci_blob(dir, &manifest.config.digest, &format!("{label}: config"))?;
+        let config_file = dir.join(format!(
+            "blobs/sha256/{}",
+            parse_digest(&manifest.config.digest, &label)?.hex()
+        ));
         let config: ImageConfig = parse_json(&config_bytes, &format!("{label}: config"))?;
         let diff_ids = diff_ids(&config, manifest.layers.len(), &label)?;
         let mut layers = Vec::new();
@@ -250,6 +256,7 @@ fn read_oci(dir: &Path, arch: &str) -> Result<Vec<Image>, UnpackError> {
             config: config.config.unwrap_or_default(),
             layers,
             label,
+            config_file,
         });
     }
     Ok(images)
@@ -309,7 +316,7 @@ fn read_docker(dir: &Path) -> Result<Vec<Image>, UnpackError> {
     let mut images = Vec::new();
     for (i, e) in entries.iter().enumerate() {
         let label = format!("image {} of manifest.json", i + 1);
-        let (_, config_bytes) = read_rel(dir, &e.config, &format!("{label}: config"))?;
+        let (config_file, config_bytes) = read_rel(dir, &e.config, &format!("{label}: config"))?;
         // The config's name is its digest (`<hex>.json`, or `blobs/sha256/<hex>`).
         let stem = e
             .config
@@ -348,6 +355,7 @@ fn read_docker(dir: &Path) -> Result<Vec<Image>, UnpackError> {
             config: config.config.unwrap_or_default(),
             layers,
             label,
+            config_file,
         });
     }
     Ok(images)

@@ -108,6 +108,33 @@ impl BlobStore {
         Ok((digest, size))
     }
 
+    /// Stores what `data` yields when it hashes to `want` (blocking); returns its size. A
+    /// blob already stored is not read again.
+    pub fn put_verified(&self, data: &mut impl std::io::Read, want: &Digest) -> Result<u64> {
+        if let Ok(m) = std::fs::metadata(self.path(want)) {
+            return Ok(m.len());
+        }
+        let staged = self.root.join("tmp").join(format!(
+            "put-{}-{}",
+            std::process::id(),
+            crate::pki::random_token(8)
+        ));
+        let guard = tempfile::TempPath::try_from_path(staged)?;
+        let mut w = HashingWriter::new(std::io::BufWriter::new(std::fs::File::create(&guard)?));
+        std::io::copy(data, &mut w)?;
+        let (f, digest, size) = w.finish();
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        if &digest != want {
+            anyhow::bail!("its bytes hash to {digest}, not {want}");
+        }
+        self.commit(Received {
+            guard,
+            digest,
+            size,
+        })?;
+        Ok(size)
+    }
+
     pub fn exists(&self, digest: &Digest) -> bool {
         self.path(digest).is_file()
     }

@@ -136,7 +136,10 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
             let (file, _tmp) = if path.is_dir() {
                 let tmp = tempdir_for_build()?;
                 let out = tmp.path().join("bundle.tar.zst");
-                let (p, _) = build(&path, Some(out.clone()), tag.as_deref()).await?;
+                // --tag names a Kubefile build's manifest too; a bundle.yaml names its own.
+                let has_manifest = path.join(berth_shared::bundle::MANIFEST_FILE).exists();
+                let kubefile_tag = tag.as_deref().filter(|_| !has_manifest);
+                let (p, _) = build(&path, Some(out.clone()), kubefile_tag).await?;
                 eprintln!("built {} ({} bytes)", p.digest, p.size);
                 (out, Some(tmp))
             } else {
@@ -166,6 +169,12 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
                         }
                         (Some(t), None) => println!("{what} {} as {t}", resp.digest),
                         _ => println!("{what} {}", resp.digest),
+                    }
+                    for i in &resp.images {
+                        println!("serving image {i}");
+                    }
+                    for w in &resp.warnings {
+                        eprintln!("warning: {w}");
                     }
                 }
             }

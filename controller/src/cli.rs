@@ -72,6 +72,9 @@ pub enum Command {
     /// Build, push and manage bundles
     #[command(subcommand)]
     Bundle(crate::bundle_cmd::BundleCmd),
+    /// Container images the controller's registry serves (`/v2/`)
+    #[command(subcommand)]
+    Image(crate::image_cmd::ImageCmd),
     /// Write a consistent backup of the running controller (database, PKI, blobs) to FILE
     Backup {
         /// The backup file (mode 0600; replaced only once complete and checked)
@@ -205,6 +208,11 @@ pub struct ServeArgs {
     /// Largest bundle upload accepted, in bytes (suffixes K, M, G, T)
     #[arg(long, default_value = "20G", value_parser = parse_size)]
     pub max_bundle_size: u64,
+    /// Make the registry (`/v2/`, the images bundles carry) need an agent's client
+    /// certificate or an API token; by default reads are open, as a registry inside an
+    /// air-gapped cluster is
+    #[arg(long)]
+    pub registry_auth: bool,
     /// A pushed bundle may unpack to at most this many bytes in all (K, M, G, T)
     #[arg(long, default_value = "16G", value_parser = parse_size)]
     pub max_unpacked_size: u64,
@@ -434,6 +442,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bundle(cmd) => crate::bundle_cmd::run(cmd, &target).await,
+        Command::Image(cmd) => crate::image_cmd::run(cmd, &target).await,
         Command::AgentBinary(cmd) => crate::agent_binary_cmd::run(cmd, &target).await,
         Command::Backup { out } => crate::backup_cmd::backup(&target, &out).await,
         Command::Restore { file } => {
@@ -620,6 +629,7 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
         max_polls: a.max_polls,
         shutdown_grace: a.shutdown_grace,
         max_bundle_size: a.max_bundle_size,
+        registry_auth: a.registry_auth,
         engine: crate::engine::EngineConfig {
             step_grace: a.step_grace,
             host_lost_after: a.host_lost_after,

@@ -29,6 +29,8 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Largest accepted bundle upload, bytes.
     pub max_bundle_size: u64,
+    /// Registry reads need a client certificate or a token.
+    pub registry_auth: bool,
     /// Step deadlines, lost hosts, the log cap.
     pub engine: crate::engine::EngineConfig,
     /// Limits a pushed bundle must respect.

@@ -135,6 +135,8 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown: shutdown.clone(),
         blobs: crate::blobs::BlobStore::open(&cfg.data_dir)?,
         max_bundle_size: cfg.max_bundle_size,
+        images: crate::registry::open(&cfg.data_dir)?,
+        registry_auth: cfg.registry_auth,
         unpack_limits: cfg.unpack_limits,
         engine: engine.clone(),
         agent_binaries: crate::install::open_store(&cfg.data_dir)?,

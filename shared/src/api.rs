@@ -343,6 +343,31 @@ pub struct PushResponse {
     /// The digest the tag pointed at before, when it moved.
     pub previous: Option<Digest>,
     pub manifest: crate::bundle::Manifest,
+    /// Container images the bundle carries that the controller's registry now serves
+    /// (`repo:tag`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
+    /// What of the bundle's `registry/` and `images/` was not served, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/images`: what an image load stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImagesLoaded {
+    /// `repo:tag`s now served.
+    pub images: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// An image the controller's registry serves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ImageView {
+    pub repo: String,
+    pub tag: String,
+    pub digest: String,
+    /// What brought it: `bundle:sha256:…` or `load:sha256:…` (the archive's digest).
+    pub source: String,
 }
 
 /// Agent → controller, in order: log chunks and step reports (spooled on the host).

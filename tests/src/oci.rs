@@ -88,7 +88,7 @@ pub struct Image {
 }
 
 impl Image {
-    fn config_json(&self) -> Vec<u8> {
+    pub fn config_json(&self) -> Vec<u8> {
         let diff_ids: Vec<String> = self.layers.iter().map(|(t, _)| sha(t)).collect();
         serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64",
@@ -202,4 +202,52 @@ pub fn write_dir(dir: &Path, files: &Files) {
         std::fs::create_dir_all(p.parent().expect("parent")).expect("dir");
         std::fs::write(p, data).expect("file");
     }
+}
+
+/// Writes `img` as `repo:tag` into a docker-distribution storage tree under `root` (what a
+/// sealos image's `registry/` holds: `docker/registry/v2/{blobs,repositories}`); returns
+/// the manifest digest.
+pub fn distribution_tree(root: &Path, repo: &str, tag: &str, img: &Image) -> String {
+    let v2 = root.join("docker/registry/v2");
+    let put = |bytes: &[u8]| {
+        let d = sha(bytes);
+        let hex = &d[7..];
+        let dir = v2.join(format!("blobs/sha256/{}/{hex}", &hex[..2]));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("data"), bytes).expect("blob");
+        d
+    };
+    let link = |rel: String, d: &str| {
+        let p = v2.join(format!("repositories/{repo}/{rel}"));
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("dir");
+        std::fs::write(p, d).expect("link");
+    };
+    let config = img.config_json();
+    let config_d = put(&config);
+    link(format!("_layers/sha256/{}/link", &config_d[7..]), &config_d);
+    let mut layers = Vec::new();
+    for (tar, zip) in &img.layers {
+        let blob = compress(tar, *zip);
+        let d = put(&blob);
+        link(format!("_layers/sha256/{}/link", &d[7..]), &d);
+        layers.push(serde_json::json!({"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": d, "size": blob.len()}));
+    }
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config_d, "size": config.len()},
+        "layers": layers,
+    }))
+    .expect("json");
+    let md = put(&manifest);
+    link(
+        format!("_manifests/revisions/sha256/{}/link", &md[7..]),
+        &md,
+    );
+    link(format!("_manifests/tags/{tag}/current/link"), &md);
+    link(
+        format!("_manifests/tags/{tag}/index/sha256/{}/link", &md[7..]),
+        &md,
+    );
+    md
 }

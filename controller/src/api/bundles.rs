@@ -83,7 +83,24 @@ pub async fn push(
             .await?
             .and_then(|d| d.parse::<Digest>().ok());
     }
-    tracing::info!(%digest, size = ingested.size, created, tag = ?q.tag, "bundle pushed");
+    // The container images it carries, served by the registry (read once more from disk).
+    let (mut images, mut warnings) = (Vec::new(), Vec::new());
+    if created {
+        let (store, blob) = (st.images.clone(), st.blobs.path(&ingested.digest));
+        match tokio::task::spawn_blocking(move || crate::registry::from_bundle(&store, &blob)).await
+        {
+            Ok(Ok(found)) => {
+                st.store
+                    .add_images(&format!("bundle:{digest}"), &found.refs, None)
+                    .await?;
+                images = found.served;
+                warnings = found.warnings;
+            }
+            Ok(Err(e)) => warnings.push(format!("the images it carries are not served: {e:#}")),
+            Err(e) => return Err(ApiError::Internal(e.into())),
+        }
+    }
+    tracing::info!(%digest, size = ingested.size, created, tag = ?q.tag, images = images.len(), "bundle pushed");
     Ok((
         if created {
             StatusCode::CREATED
@@ -97,6 +114,8 @@ pub async fn push(
             tag: tag.map(|(n, t)| format!("{n}:{t}")),
             previous,
             manifest: ingested.manifest,
+            images,
+            warnings,
         }),
     ))
 }
@@ -237,6 +256,7 @@ pub async fn remove(
         BundleRef::Digest(d) => {
             st.store.delete_bundle(&digest, &caller.actor()).await?;
             st.blobs.remove(&d)?;
+            remove_images(&st, &format!("bundle:{digest}")).await?;
         }
     }
     tracing::info!(bundle = %r, "bundle removed");
@@ -314,4 +334,84 @@ pub async fn blob(
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     Ok(resp)
+}
+
+/// Forgets the images `source` brought and deletes the blobs nothing else names.
+async fn remove_images(st: &AppState, source: &str) -> Result<(), ApiError> {
+    for d in st.store.remove_image_source(source).await? {
+        if let Ok(d) = d.parse::<Digest>() {
+            st.images.remove(&d)?;
+        }
+    }
+    Ok(())
+}
+
+/// `GET /v1/images` (viewer): what the registry serves.
+pub async fn list_images(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<ApiJson<Vec<berth_shared::api::ImageView>>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(ApiJson(
+        st.store
+            .image_tags()
+            .await?
+            .into_iter()
+            .map(|r| berth_shared::api::ImageView {
+                repo: r.repo,
+                tag: r.tag,
+                digest: r.digest,
+                source: r.source,
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /v1/images` (operator): an OCI or docker image archive whose images the registry
+/// serves from now on (`berth image load`). Bounded by `--max-bundle-size`.
+pub async fn load_images(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<(StatusCode, ApiJson<berth_shared::api::ImagesLoaded>), ApiError> {
+    caller.require(Role::Operator)?;
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let received = st
+        .images
+        .receive(Box::pin(stream), st.max_bundle_size)
+        .await
+        .map_err(|e| match e {
+            IngestError::TooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
+            IngestError::Io(e) => ApiError::Internal(e),
+            other => ApiError::bad_request(other.to_string()),
+        })?;
+    let source = format!("load:{}", received.digest);
+    let store = st.images.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        let r = crate::registry::from_archive(&store, received.path());
+        drop(received);
+        r
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.into()))?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_image_archive",
+            format!("not an image archive berth can serve: {e:#}"),
+        )
+    })?;
+    st.store
+        .add_images(&source, &found.refs, Some(&caller.actor()))
+        .await?;
+    tracing::info!(%source, images = found.served.len(), "images loaded");
+    Ok((
+        StatusCode::CREATED,
+        ApiJson(berth_shared::api::ImagesLoaded {
+            images: found.served,
+            warnings: found.warnings,
+        }),
+    ))
 }

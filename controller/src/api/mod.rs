@@ -46,6 +46,10 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// Largest accepted bundle upload, bytes.
     pub max_bundle_size: u64,
+    /// Container image blobs the registry serves (`crate::registry`).
+    pub images: BlobStore,
+    /// Registry reads need a client certificate or a token (`berth serve --registry-auth`).
+    pub registry_auth: bool,
     /// Limits a pushed bundle must respect (checked on upload, enforced again by agents).
     pub unpack_limits: berth_bundle::Limits,
     pub engine: Arc<crate::engine::Engine>,
@@ -113,6 +117,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/blobs/sha256/{hex}", get(bundles::blob))
         .route("/v1/limits", get(bundles::limits))
+        .route(
+            "/v1/images",
+            get(bundles::list_images)
+                .post(bundles::load_images)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v2", get(crate::registry::serve::base))
+        .route("/v2/", get(crate::registry::serve::base))
+        .route(
+            "/v2/{*rest}",
+            axum::routing::any(crate::registry::serve::route),
+        )
         .route("/v1/audit", get(admin::audit))
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
@@ -129,7 +145,7 @@ const DRAIN_OVERSIZED: usize = 16 << 20;
 /// Whether a request streams a large body to its handler (bundle and agent uploads).
 fn is_upload(req: &axum::extract::Request) -> bool {
     let path = req.uri().path();
-    (req.method() == axum::http::Method::POST && path == "/v1/bundles")
+    (req.method() == axum::http::Method::POST && (path == "/v1/bundles" || path == "/v1/images"))
         || (req.method() == axum::http::Method::PUT && path.starts_with("/v1/agent-binaries/"))
 }
 

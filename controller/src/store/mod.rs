@@ -593,6 +593,7 @@ mod cache;
 pub mod clusters;
 pub mod error;
 pub mod hosts;
+pub mod images;
 pub mod plans;
 
 pub use error::StoreError;
