@@ -52,6 +52,21 @@ pub struct Manifest {
     pub blobs: BTreeMap<Digest, u64>,
     /// Agent executables, digest → size.
     pub agent_binaries: BTreeMap<Digest, u64>,
+    /// Blobs of the images the registry serves, digest → size (none in backups made
+    /// before the registry).
+    #[serde(default)]
+    pub images: BTreeMap<Digest, u64>,
+}
+
+impl Manifest {
+    /// The content-addressed files, by directory: bundles, agent executables, images.
+    fn lists(&self) -> [(&'static str, &BTreeMap<Digest, u64>); 3] {
+        [
+            ("blobs", &self.blobs),
+            ("agent-binaries", &self.agent_binaries),
+            ("images", &self.images),
+        ]
+    }
 }
 
 /// Writes the backup of a running controller into `out` (blocking; run on a blocking
@@ -62,8 +77,7 @@ pub fn write_archive(
     snapshot: &Path,
     pki: &[(String, Vec<u8>)],
     manifest: &Manifest,
-    blobs: &BlobStore,
-    agents: &BlobStore,
+    stores: &[BlobStore; 3],
 ) -> Result<()> {
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Deterministic);
@@ -80,10 +94,7 @@ pub fn write_archive(
             &bytes[..],
         )?;
     }
-    for (store, prefix, list) in [
-        (blobs, "blobs", &manifest.blobs),
-        (agents, "agent-binaries", &manifest.agent_binaries),
-    ] {
+    for (store, (prefix, list)) in stores.iter().zip(manifest.lists()) {
         for (digest, size) in list {
             let f = std::fs::File::open(store.path(digest))
                 .with_context(|| format!("{prefix} {digest}"))?;
@@ -125,7 +136,7 @@ fn destination(path: &str, m: &Manifest) -> Result<(PathBuf, Option<(Digest, u64
             return Ok((PathBuf::from("pki").join(name), Some((*d, u64::MAX))));
         }
     }
-    for (prefix, list) in [("blobs", &m.blobs), ("agent-binaries", &m.agent_binaries)] {
+    for (prefix, list) in m.lists() {
         if let Some(hex) = path.strip_prefix(&format!("{prefix}/sha256/")) {
             if let Ok(d) = format!("sha256:{hex}").parse::<Digest>() {
                 if let Some(size) = list.get(&d) {
@@ -244,7 +255,7 @@ pub fn check_or_extract(archive: impl Read, into: Option<&Path>) -> Result<Manif
             missing.push(format!("pki/{p}"));
         }
     }
-    for (prefix, list) in [("blobs", &m.blobs), ("agent-binaries", &m.agent_binaries)] {
+    for (prefix, list) in m.lists() {
         for d in list.keys() {
             let p = format!("{prefix}/sha256/{}", d.hex());
             if !seen.contains(&p) {
@@ -430,6 +441,7 @@ mod tests {
             .collect(),
             blobs: [(Digest::of(blob), blob.len() as u64)].into(),
             agent_binaries: BTreeMap::new(),
+            images: BTreeMap::new(),
         })
         .unwrap()
     }

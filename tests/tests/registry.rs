@@ -323,10 +323,11 @@ fn registry_clients_pull_the_images_bundles_carry() {
 }
 
 /// With `--registry-auth`, reads need an agent certificate or an API token (basic auth's
-/// password, as registry clients send it).
+/// password, as registry clients send it). A backup carries the registry's blobs: the
+/// restored controller serves the same image.
 #[test]
-fn registry_reads_can_require_credentials() {
-    let ctl = Controller::start(&["--registry-auth"]);
+fn registry_reads_can_require_credentials_and_survive_a_restore() {
+    let mut ctl = Controller::start(&["--registry-auth"]);
     let archive = ctl.dir.path().join("one.tar");
     oci::write_tar(
         &archive,
@@ -358,4 +359,29 @@ fn registry_reads_can_require_credentials() {
         &format!("berth:{}", ctl.admin_token()),
         &image,
     ]));
+
+    let backup = ctl.dir.path().join("backup.tar");
+    let out = ctl.cli(&["backup", "-o", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    ctl.stop();
+    let restored = ctl.dir.path().join("restored");
+    let out = Command::new(berth_bin())
+        .arg("--data-dir")
+        .arg(&restored)
+        .args(["restore", backup.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    ctl.data_dir = restored;
+    ctl.spawn().unwrap();
+    let out = run(Command::new("skopeo").args([
+        "inspect",
+        "--cert-dir",
+        certs.to_str().unwrap(),
+        "--creds",
+        &format!("berth:{}", ctl.admin_token()),
+        "--raw",
+        &image,
+    ]));
+    assert!(stdout(&out).contains("application/vnd.oci.image.manifest.v1+json"));
 }

@@ -22,7 +22,7 @@ pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Respon
     // The database first, then the blob lists from that snapshot: the backup carries
     // exactly the files its database names.
     st.store.snapshot_into(&snapshot).await?;
-    let (bundles, agents) = crate::store::Store::snapshot_blobs(&snapshot).await?;
+    let [bundles, agents, images] = crate::store::Store::snapshot_blobs(&snapshot).await?;
     let parse = |rows: Vec<(String, i64)>| -> Result<BTreeMap<Digest, u64>, ApiError> {
         rows.into_iter()
             .map(|(d, n)| {
@@ -51,6 +51,7 @@ pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Respon
             .collect(),
         blobs: parse(bundles)?,
         agent_binaries: parse(agents)?,
+        images: parse(images)?,
     };
     // The backup holds the CA key and the admin token: audited before a byte is sent.
     st.store
@@ -63,10 +64,14 @@ pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Respon
         .await?;
     tracing::info!(actor = %caller.actor(), blobs = manifest.blobs.len(), "backup started");
     let (writer, reader) = tokio::io::duplex(1 << 20);
-    let (blobs, agents) = (st.blobs.clone(), st.agent_binaries.clone());
+    let stores = [
+        st.blobs.clone(),
+        st.agent_binaries.clone(),
+        st.images.clone(),
+    ];
     tokio::task::spawn_blocking(move || {
         let out = tokio_util::io::SyncIoBridge::new(writer);
-        let result = write_archive(out, &snapshot, &pki, &manifest, &blobs, &agents);
+        let result = write_archive(out, &snapshot, &pki, &manifest, &stores);
         drop(tmp);
         match result {
             Ok(()) => tracing::info!("backup sent"),

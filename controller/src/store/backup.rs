@@ -30,11 +30,9 @@ impl Store {
         Ok(())
     }
 
-    /// Digests (with sizes) of every bundle and agent executable a database snapshot
-    /// names: exactly the files a backup of it must carry.
-    pub async fn snapshot_blobs(
-        snapshot: &Path,
-    ) -> Result<(Vec<(String, i64)>, Vec<(String, i64)>)> {
+    /// Digests (with sizes) of every bundle, agent executable and registry blob a
+    /// database snapshot names: exactly the files a backup of it must carry.
+    pub async fn snapshot_blobs(snapshot: &Path) -> Result<[Vec<(String, i64)>; 3]> {
         use sqlx::Connection;
         let opts = sqlx::sqlite::SqliteConnectOptions::new()
             .filename(snapshot)
@@ -47,8 +45,13 @@ impl Store {
             sqlx::query_as("SELECT DISTINCT digest, size FROM agent_binaries ORDER BY digest")
                 .fetch_all(&mut conn)
                 .await?;
+        let images = sqlx::query_as(
+            "SELECT digest, size FROM image_blobs UNION SELECT digest, size FROM image_manifests ORDER BY digest",
+        )
+        .fetch_all(&mut conn)
+        .await?;
         conn.close().await?;
-        Ok((bundles, agents))
+        Ok([bundles, agents, images])
     }
 
     pub async fn inventory(&self) -> Result<Inventory> {
