@@ -111,6 +111,9 @@ pub struct Unpacked {
     pub bytes: u64,
     /// Regular `*.tmpl` files (hardlinks included): what `render_templates` renders.
     pub templates: u64,
+    /// Every entry that is not a directory (files, links), in archive order, bundle.yaml
+    /// left out: what a Clusterfile `Config` can target.
+    pub files: Vec<String>,
 }
 
 /// Checks a symlink at `link` (relative to the root) pointing at `target`: the target must
@@ -215,6 +218,7 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
     let manifest = raw.clone().validate(|_| true)?;
     // Regular files so far, and whether their content was checked as a template.
     let mut regular_files: BTreeMap<String, bool> = BTreeMap::new();
+    let mut files: Vec<String> = Vec::new();
 
     let mut count = 1u64;
     let mut total = 0u64;
@@ -256,6 +260,9 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
         }
         if rel.as_str() == MANIFEST_FILE {
             return Err(entry_err(&name, "bundle.yaml appears twice"));
+        }
+        if kind != tar::EntryType::Directory {
+            files.push(rel.as_str().to_string());
         }
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
@@ -381,6 +388,7 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
             .iter()
             .filter(|(path, checked)| **checked && template::rendered_path(path).is_some())
             .count() as u64,
+        files,
     })
 }
 

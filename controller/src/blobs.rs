@@ -51,6 +51,8 @@ pub struct Ingested {
     pub digest: Digest,
     pub size: u64,
     pub manifest: Manifest,
+    /// The bundle's files (not directories), what Configs may target.
+    pub files: Vec<String>,
 }
 
 impl BlobStore {
@@ -153,12 +155,12 @@ impl BlobStore {
     {
         let received = self.receive(body, max_size).await?;
         let check = received.path().to_path_buf();
-        let manifest = tokio::task::spawn_blocking(move || -> Result<Manifest, UnpackError> {
+        let scanned = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&check).map_err(|source| UnpackError::Io {
                 path: check.clone(),
                 source,
             })?;
-            Ok(scan(std::io::BufReader::with_capacity(1 << 20, f), &limits)?.manifest)
+            scan(std::io::BufReader::with_capacity(1 << 20, f), &limits)
         })
         .await
         .map_err(|e| anyhow::anyhow!("validation task: {e}"))??;
@@ -167,7 +169,8 @@ impl BlobStore {
         Ok(Ingested {
             digest,
             size,
-            manifest,
+            manifest: scanned.manifest,
+            files: scanned.files,
         })
     }
 

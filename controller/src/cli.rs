@@ -89,12 +89,25 @@ pub enum Command {
     AgentBinary(crate::agent_binary_cmd::AgentBinaryCmd),
     /// Store a Clusterfile as the cluster's desired state and reconcile to it
     Apply {
-        /// The Clusterfile (sealos apps.sealos.io/v1beta1 Cluster + Config documents)
+        /// The Clusterfile (sealos apps.sealos.io/v1beta1 Cluster + Config documents); one
+        /// with `{{ }}` is a Go template, rendered here first as `sealos apply` does
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
         /// Follow the apply until the cluster is Running (exit 0) or Failed (exit 1)
         #[arg(long)]
         wait: bool,
+        /// A values file for a templated Clusterfile (`.Values`); repeatable, later files
+        /// win
+        #[arg(long = "values")]
+        values: Vec<PathBuf>,
+        /// key.path=value for `.Values` (helm's --set: comma-separated, true/false/integers
+        /// typed); repeatable, applied after --values
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// NAME=VALUE answered by `env "NAME"` in a templated Clusterfile (before this
+        /// process's environment; BERTH_* names are never read from it); repeatable
+        #[arg(long = "env")]
+        env: Vec<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -462,8 +475,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Apply { file, wait, output } => {
-            crate::cluster_cmd::apply(&target, &file, wait, output).await
+        Command::Apply {
+            file,
+            wait,
+            values,
+            set,
+            env,
+            output,
+        } => {
+            let inputs = crate::clusterfile_template::Inputs { values, set, env };
+            crate::cluster_cmd::apply(&target, &file, &inputs, wait, output).await
         }
         Command::Run {
             bundles,

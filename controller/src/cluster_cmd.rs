@@ -13,9 +13,16 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub async fn apply(target: &Target, file: &Path, wait: bool, out: Format) -> Result<()> {
-    let mut text =
+pub async fn apply(
+    target: &Target,
+    file: &Path,
+    inputs: &crate::clusterfile_template::Inputs,
+    wait: bool,
+    out: Format,
+) -> Result<()> {
+    let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut text = crate::clusterfile_template::render(file, &text, inputs)?;
     let client = Client::connect(target)?;
     // No hosts, or only 127.0.0.1/localhost: this machine, as sealos reads it — the local
     // agent `berth run --single` sets up.

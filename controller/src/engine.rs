@@ -434,7 +434,18 @@ impl Engine {
                 .map_err(|e| EngineError::invalid(format!("{field}: {e}")))?;
             let digest = match &r {
                 BundleRef::Digest(d) => Some(d.to_string()),
-                BundleRef::Tag { name, tag } => self.store.resolve_tag(name, tag).await?,
+                // `docker.io/labring/calico` and `labring/calico` are one image, as in sealos.
+                BundleRef::Tag { name, tag } => match self.store.resolve_tag(name, tag).await? {
+                    Some(d) => Some(d),
+                    None => {
+                        let short = berth_shared::bundle_ref::short_name(name);
+                        let long = format!("docker.io/{short}");
+                        match self.store.resolve_tag(short, tag).await? {
+                            Some(d) => Some(d),
+                            None => self.store.resolve_tag(&long, tag).await?,
+                        }
+                    }
+                },
             };
             let row = match digest {
                 Some(d) => self.store.bundle(&d).await?,
@@ -471,7 +482,61 @@ impl Engine {
                 }
             }
         }
+        self.check_configs_land(cf, &bundles).await?;
         Ok(bundles)
+    }
+
+    /// A Config goes to every image that has its file (or to the one it `match`es, which
+    /// must have it unless the Config writes the whole file): one that no image can take
+    /// is refused here rather than skipped on every host. Bundles pushed before their
+    /// files were recorded are taken to have every file.
+    async fn check_configs_land(
+        &self,
+        cf: &Clusterfile,
+        bundles: &[ResolvedBundle],
+    ) -> Result<(), EngineError> {
+        let mut files: Vec<Option<std::collections::HashSet<String>>> = Vec::new();
+        for b in bundles {
+            files.push(
+                self.store
+                    .bundle_files(&b.digest.to_string())
+                    .await?
+                    .map(|f| f.into_iter().collect()),
+            );
+        }
+        for c in &cf.configs {
+            if c.matches.is_some() && c.strategy == "override" {
+                continue;
+            }
+            let path = c.path.as_str();
+            let candidates: Vec<usize> = (0..bundles.len())
+                .filter(|i| {
+                    c.matches
+                        .as_ref()
+                        .is_none_or(|m| &bundles[*i].reference == m)
+                })
+                .collect();
+            let lands = candidates.iter().any(|i| match &files[*i] {
+                None => true,
+                Some(f) => f.contains(path),
+            });
+            if !lands {
+                let names: Vec<&str> = candidates
+                    .iter()
+                    .map(|i| bundles[*i].reference.as_str())
+                    .collect();
+                return Err(EngineError::invalid(format!(
+                    "Clusterfile document {} (Config {}): spec.path: no image has `{path}` ({}: {}), so this {} Config would change nothing on any host; check the path (relative to the image's root, e.g. charts/calico/values.yaml){}",
+                    c.doc,
+                    c.name,
+                    if c.matches.is_some() { "the image it matches" } else { "images" },
+                    names.join(", "),
+                    c.strategy,
+                    if c.matches.is_some() { ", or use strategy override to write the whole file" } else { ", or name the image with spec.match" },
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Hosts by agent name, else by the one host reporting that address. An address that

@@ -27,13 +27,9 @@ pub struct Made {
     pub from: String,
 }
 
-/// How an image name is written in a Clusterfile: sealos users write `labring/calico`
-/// for what docker and buildah record as `docker.io/labring/calico` (or
-/// `docker.io/library/x`, `localhost/x` for a local build).
+/// How an image name is written in a Clusterfile (`berth_shared::bundle_ref::short_name`).
 pub fn as_users_write_it(name: &str) -> String {
-    let n = name.strip_prefix("docker.io/").unwrap_or(name);
-    let n = n.strip_prefix("library/").unwrap_or(n);
-    n.strip_prefix("localhost/").unwrap_or(n).to_string()
+    berth_shared::bundle_ref::short_name(name).to_string()
 }
 
 fn check_tags(tags: &[String]) -> Result<()> {

@@ -10,6 +10,7 @@ pub mod bundle_cmd;
 pub mod cli;
 pub mod client;
 pub mod cluster_cmd;
+pub mod clusterfile_template;
 pub mod coalesce;
 pub mod config;
 pub mod engine;

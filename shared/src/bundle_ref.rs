@@ -66,6 +66,15 @@ fn split_tag(s: &str) -> (&str, &str) {
     }
 }
 
+/// A name as sealos users write it: what docker and buildah record as
+/// `docker.io/labring/calico` (or `docker.io/library/x`, `localhost/x` for a local build)
+/// is written `labring/calico` (`x`). Other names are returned as they are.
+pub fn short_name(name: &str) -> &str {
+    let n = name.strip_prefix("docker.io/").unwrap_or(name);
+    let n = n.strip_prefix("library/").unwrap_or(n);
+    n.strip_prefix("localhost/").unwrap_or(n)
+}
+
 pub fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128

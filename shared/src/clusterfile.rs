@@ -138,7 +138,26 @@ struct RawConfigSpec {
     data: String,
 }
 
-/// `K=V` strings into a map.
+/// Drops `SEALOS_SYS_*` names from a Clusterfile's env, as sealos does (they are what the
+/// system tells images), with a warning naming them.
+fn without_sys_env(env: &mut BTreeMap<String, String>, field: &str, warnings: &mut Vec<String>) {
+    let sys: Vec<String> = env
+        .keys()
+        .filter(|k| k.starts_with("SEALOS_SYS"))
+        .cloned()
+        .collect();
+    if !sys.is_empty() {
+        for k in &sys {
+            env.remove(k);
+        }
+        warnings.push(format!(
+            "{field}: {} ignored: SEALOS_SYS_* names are set by the system, as in sealos",
+            sys.join(", ")
+        ));
+    }
+}
+
+/// `K=V` strings into a map; a repeated name keeps its last value (as sealos reads it).
 pub fn parse_env(items: &[String]) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     for item in items {
@@ -344,7 +363,8 @@ impl Clusterfile {
             img.parse::<BundleRef>()
                 .map_err(|e| cerr(n, k, format!("spec.image[{i}]"), e.to_string()))?;
         }
-        let env = parse_env(&c.spec.env).map_err(|e| cerr(n, k, "spec.env", e))?;
+        let mut env = parse_env(&c.spec.env).map_err(|e| cerr(n, k, "spec.env", e))?;
+        without_sys_env(&mut env, "spec.env", &mut warnings);
         if c.spec.hosts.is_empty() {
             return Err(cerr(n, k, "spec.hosts", "no hosts"));
         }
@@ -379,8 +399,9 @@ impl Clusterfile {
                 }
                 ips.push(key);
             }
-            let env =
+            let mut env =
                 parse_env(&h.env).map_err(|e| cerr(n, k, format!("spec.hosts[{i}].env"), e))?;
+            without_sys_env(&mut env, &format!("spec.hosts[{i}].env"), &mut warnings);
             hosts.push(HostGroup {
                 ips,
                 roles: h.roles,

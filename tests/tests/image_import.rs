@@ -279,7 +279,11 @@ fn a_multi_image_docker_archive_becomes_bundles_and_runs_like_sealos() {
     let cf = clusterfile(
         &ctl,
         "mixed",
-        &["labring/kubernetes:v1.27.7", "labring/demo-app:v1"],
+        // Written the long way, as docker and buildah record it: the same image.
+        &[
+            "labring/kubernetes:v1.27.7",
+            "docker.io/labring/demo-app:v1",
+        ],
         &marks,
         Some("echo \"replaced $(GREETING)\" > \"$MARKS/$BERTH_HOST.cmd\""),
     );

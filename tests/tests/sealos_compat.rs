@@ -297,3 +297,188 @@ fn a_clusterfile_without_hosts_or_with_only_loopback_runs_on_this_machine() {
         assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
     }
 }
+
+/// A Clusterfile that is a Go template, in the shape sealos's `--values` examples take:
+/// hosts and images from `range` over values, `with`, `toYaml | nindent`, `default`,
+/// `env "SSH_PASSWORD"`; rendered by `berth apply --values --set --env` before it is sent.
+/// Repeated `spec.env` names keep the last value and `SEALOS_SYS_*` names are dropped with a
+/// warning (sealos's meaning); `BERTH_*` variables of the client never reach the template.
+#[test]
+fn a_go_template_clusterfile_renders_with_values_set_and_env() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["t0", "t1"]);
+    let k8s = bundle_with(
+        ctl.dir.path(),
+        "labring/kubernetes",
+        "rootfs",
+        &[(
+            "scripts/show.sh",
+            "#!/bin/sh\necho \"greeting=$GREETING pods=$POD_CIDR dup=$DUP sys=${SEALOS_SYS_KUBE_VERSION:-unset} leak=[$LEAK]\"\n",
+        )],
+        "hooks:\n  install: scripts/show.sh\n",
+    );
+    push_dir(&ctl, &k8s, "labring/kubernetes:v1.27.7");
+    let values = ctl.dir.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        "name: tmpl\nmasters: [t0]\nnodes: [t1]\nimages:\n  - labring/kubernetes:v1.27.7\nnetworking:\n  podSubnet: 100.64.0.0/10\n  serviceSubnet: 10.96.0.0/22\nssh:\n  user: root\n",
+    )
+    .unwrap();
+    let cf = ctl.dir.path().join("Clusterfile.tmpl");
+    std::fs::write(
+        &cf,
+        r#"apiVersion: apps.sealos.io/v1beta1
+kind: Cluster
+metadata:
+  name: {{ .Values.name }}
+spec:
+  hosts:
+  - ips:
+{{- range .Values.masters }}
+    - {{ . }}
+{{- end }}
+    roles: [master, amd64]
+{{- with .Values.nodes }}
+  - ips:
+  {{- range . }}
+    - {{ . }}
+  {{- end }}
+    roles: [node, amd64]
+{{- end }}
+  image:
+{{- range .Values.images }}
+  - {{ . }}
+{{- end }}
+  env:
+  - GREETING={{ .Values.greeting | default "hi" }}
+  - POD_CIDR={{ .Values.networking.podSubnet }}
+  - DUP=first
+  - DUP=last
+  - SEALOS_SYS_KUBE_VERSION=forged
+  - LEAK={{ env "BERTH_TEST_SECRET" }}
+{{- with .Values.ssh }}
+  ssh:
+    user: {{ .user }}
+    passwd: {{ env "SSH_PASSWORD" | quote }}
+{{- end }}
+---
+apiVersion: kubeadm.k8s.io/v1beta3
+kind: ClusterConfiguration
+networking: {{ toYaml .Values.networking | nindent 2 }}
+"#,
+    )
+    .unwrap();
+    let out = ctl
+        .cli_command(&[
+            "apply",
+            "-f",
+            cf.to_str().unwrap(),
+            "--values",
+            values.to_str().unwrap(),
+            "--set",
+            "greeting=hello",
+            "--env",
+            "SSH_PASSWORD=hunter2",
+            "--wait",
+        ])
+        .env("BERTH_TEST_SECRET", "s3cret")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: Clusterfile document 1 (Cluster): spec.env: SEALOS_SYS_KUBE_VERSION ignored")
+            || err.contains("spec.env: SEALOS_SYS_KUBE_VERSION ignored: SEALOS_SYS_* names are set by the system, as in sealos"),
+        "{err}"
+    );
+    let st = ctl.status("tmpl");
+    assert_eq!(st["phase"], "Running", "{st}");
+    for h in ["t0", "t1"] {
+        let log = stdout(&ctl.cli(&["logs", "tmpl", "--host", h, "--step", "install"]));
+        assert!(
+            log.contains("greeting=hello pods=100.64.0.0/10 dup=last sys=unset leak=[]"),
+            "{h}: {log}"
+        );
+    }
+    // The rendered ClusterConfiguration reached the hosts; the password did not.
+    let stored =
+        std::fs::read_to_string(ctl.agent_dir("t1").join("clusters/tmpl/Clusterfile")).unwrap();
+    assert!(stored.contains("podSubnet: 100.64.0.0/10"), "{stored}");
+    assert!(!stored.contains("hunter2"), "{stored}");
+
+    // A template error names the file and line; nothing is applied.
+    std::fs::write(&cf, "metadata:\n  name: {{ .Values.name \n").unwrap();
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            "error: {} (a Go template): line 2: unclosed action: `{{{{` without `}}}}`",
+            cf.display()
+        )
+    );
+    // Values for a file that is not a template would change nothing: refused.
+    let plain = ctl.dir.path().join("plain.yaml");
+    std::fs::write(
+        &plain,
+        "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\n",
+    )
+    .unwrap();
+    let out = ctl.cli(&["apply", "-f", plain.to_str().unwrap(), "--set", "a=b"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out)
+            .contains("is not a template (no `{{`), so --values/--set would change nothing"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A Config that no image of the cluster can take is refused when the Clusterfile is
+/// applied, naming the document, the path and the images, and nothing is stored.
+#[test]
+fn a_config_no_image_can_take_is_refused_at_apply_time() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["x0"]);
+    let k8s = bundle_with(
+        ctl.dir.path(),
+        "labring/kubernetes",
+        "rootfs",
+        &[("etc/kubeadm.yml", "a: 1\n")],
+        "",
+    );
+    push_dir(&ctl, &k8s, "labring/kubernetes:v1.27.7");
+    let calico = bundle_with(
+        ctl.dir.path(),
+        "labring/calico",
+        "app",
+        &[("charts/calico/values.yaml", "mtu: 1440\n")],
+        "",
+    );
+    push_dir(&ctl, &calico, "labring/calico:v3.24.1");
+    let head = "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: cfg\nspec:\n  hosts:\n  - ips: [x0]\n    roles: [master]\n  image: [labring/kubernetes:v1.27.7, labring/calico:v3.24.1]\n";
+    let cases = [
+        (
+            "---\napiVersion: apps.sealos.io/v1beta1\nkind: Config\nmetadata:\n  name: flannel\nspec:\n  path: charts/flannel/values.yaml\n  strategy: merge\n  data: |\n    a: 1\n",
+            "error: Clusterfile document 2 (Config flannel): spec.path: no image has `charts/flannel/values.yaml` (images: labring/kubernetes:v1.27.7, labring/calico:v3.24.1), so this merge Config would change nothing on any host; check the path (relative to the image's root, e.g. charts/calico/values.yaml), or name the image with spec.match (invalid_clusterfile)",
+        ),
+        (
+            "---\napiVersion: apps.sealos.io/v1beta1\nkind: Config\nmetadata:\n  name: wrong-image\nspec:\n  path: charts/calico/values.yaml\n  match: labring/kubernetes:v1.27.7\n  strategy: merge\n  data: |\n    a: 1\n",
+            "error: Clusterfile document 2 (Config wrong-image): spec.path: no image has `charts/calico/values.yaml` (the image it matches: labring/kubernetes:v1.27.7), so this merge Config would change nothing on any host; check the path (relative to the image's root, e.g. charts/calico/values.yaml), or use strategy override to write the whole file (invalid_clusterfile)",
+        ),
+    ];
+    for (config, want) in cases {
+        let cf = ctl.dir.path().join("cfg.yaml");
+        std::fs::write(&cf, format!("{head}{config}")).unwrap();
+        let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
+        assert!(!out.status.success());
+        assert_eq!(stderr(&out).trim(), want);
+    }
+    let clusters = stdout(&ctl.cli(&["get", "clusters", "-o", "json"]));
+    assert_eq!(clusters.trim(), "[]");
+    // The same Config on a path an image has is taken.
+    let cf = ctl.dir.path().join("ok.yaml");
+    std::fs::write(&cf, format!("{head}---\napiVersion: apps.sealos.io/v1beta1\nkind: Config\nmetadata:\n  name: calico\nspec:\n  path: charts/calico/values.yaml\n  strategy: merge\n  data: |\n    a: 1\n")).unwrap();
+    let out = apply_file(&ctl, &cf);
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+}

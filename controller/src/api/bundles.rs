@@ -71,6 +71,8 @@ pub async fn push(
                 version: &m.version,
                 bundle_type: &bundle_type,
                 manifest_json: &manifest_json,
+                files: &serde_json::to_string(&ingested.files)
+                    .map_err(|e| ApiError::Internal(e.into()))?,
             },
             &caller.actor(),
         )

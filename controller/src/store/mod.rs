@@ -402,6 +402,8 @@ pub struct NewBundle<'a> {
     pub version: &'a str,
     pub bundle_type: &'a str,
     pub manifest_json: &'a str,
+    /// Its files, a JSON list of paths (what Configs may target).
+    pub files: &'a str,
 }
 
 /// A stored bundle row.
@@ -424,11 +426,12 @@ impl Store {
             version,
             bundle_type,
             manifest_json,
+            files,
         } = b;
         let mut tx = self.write().await?;
         let n = sqlx::query(
-            "INSERT INTO bundles (digest, size, name, version, type, manifest, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT(digest) DO NOTHING",
+            "INSERT INTO bundles (digest, size, name, version, type, manifest, created_at, files)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(digest) DO NOTHING",
         )
         .bind(digest)
         .bind(size as i64)
@@ -437,6 +440,7 @@ impl Store {
         .bind(bundle_type)
         .bind(manifest_json)
         .bind(now_unix())
+        .bind(files)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -511,6 +515,17 @@ impl Store {
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    /// The files of bundle `digest`, when they were recorded (bundles pushed before they
+    /// were have none).
+    pub async fn bundle_files(&self, digest: &str) -> Result<Option<Vec<String>>> {
+        let files: Option<Option<String>> =
+            sqlx::query_scalar("SELECT files FROM bundles WHERE digest = ?1")
+                .bind(digest)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(files.flatten().and_then(|f| serde_json::from_str(&f).ok()))
     }
 
     pub async fn bundle(&self, digest: &str) -> Result<Option<BundleRow>> {
