@@ -571,7 +571,7 @@ enum Stop {
     Else(usize, Vec<Tok>),
 }
 
-const FUNCS: [&str; 36] = [
+const FUNCS: [&str; 41] = [
     "default",
     "eq",
     "ne",
@@ -608,6 +608,11 @@ const FUNCS: [&str; 36] = [
     "list",
     "dict",
     "toJson",
+    "int",
+    "int64",
+    "printf",
+    "ipAt",
+    "ipNet",
 ];
 
 fn undefined(line: usize, name: &str) -> TemplateError {
@@ -980,12 +985,16 @@ fn arity(f: &str, got: usize, line: usize) -> Result<(), TemplateError> {
     match f {
         "default" | "contains" | "hasPrefix" | "hasSuffix" | "trimPrefix" | "trimSuffix"
         | "indent" | "nindent" | "semverCompare" | "split" | "splitList" | "join" | "required"
-        | "hasKey" => exactly(2),
+        | "hasKey" | "ipAt" => exactly(2),
         "replace" => exactly(3),
         "not" | "lower" | "upper" | "trim" | "quote" | "squote" | "b64enc" | "b64dec"
-        | "toYaml" | "env" | "len" | "toString" | "empty" | "toJson" => exactly(1),
+        | "toYaml" | "env" | "len" | "toString" | "empty" | "toJson" | "int" | "int64"
+        | "ipNet" => exactly(1),
         "eq" | "ne" if got < 2 => Err(terr(line, format!("`{f}` needs at least 2 arguments"))),
-        "and" | "or" | "index" if got == 0 => Err(terr(line, format!("`{f}` needs arguments"))),
+        "and" | "or" | "index" | "printf" if got == 0 => {
+            Err(terr(line, format!("`{f}` needs arguments")))
+        }
+        "printf" => Ok(()),
         "eq" | "ne" | "and" | "or" | "index" | "list" | "dict" => Ok(()),
         other => Err(terr(line, format!("function `{other}` not defined"))),
     }
@@ -1804,6 +1813,21 @@ fn call(
             .to_string(),
         ),
         "toString" => Value::Str(text(0).into_owned()),
+        // sprig (cast.ToInt): numbers truncated, numeric strings parsed, anything else 0.
+        "int" | "int64" => Value::Num(
+            match &args[0] {
+                Value::Num(n) | Value::Str(n) => {
+                    let n = n.trim();
+                    n.parse::<i64>()
+                        .ok()
+                        .or_else(|| n.parse::<f64>().ok().map(|f| f.trunc() as i64))
+                        .unwrap_or(0)
+                }
+                Value::Bool(b) => i64::from(*b),
+                _ => 0,
+            }
+            .to_string(),
+        ),
         "empty" => Value::Bool(!args[0].truthy()),
         // sprig: only a missing value and the empty string fail.
         "required" => match &args[1] {
@@ -1814,6 +1838,22 @@ fn call(
         "hasKey" => {
             Value::Bool(matches!(&args[0], Value::Map(m) if m.contains_key(text(1).as_ref())))
         }
+        "printf" => Value::Str(printf(&text(0), &args[1..])),
+        // sealos's own: the address `idx` into an IPv4 network, the network of a CIDR; as
+        // sealos, a bad CIDR renders as its error text.
+        "ipAt" => Value::Str(match text(0).parse::<Ipv4Cidr>() {
+            Ok(net) => {
+                let idx: u32 = text(1).trim().parse().unwrap_or(u32::MAX);
+                net.at(idx)
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_else(|| "out of ip address range".into())
+            }
+            Err(e) => format!("invalid cidr: {e}"),
+        }),
+        "ipNet" => Value::Str(match text(0).parse::<Ipv4Cidr>() {
+            Ok(net) => net.to_string(),
+            Err(e) => format!("invalid cidr: {e}"),
+        }),
         "list" => Value::List(Rc::new(args)),
         "dict" => {
             // sprig: a key without a value maps to the empty string.
@@ -1827,6 +1867,82 @@ fn call(
         }
         other => return Err(terr(line, format!("function `{other}` not defined"))),
     })
+}
+
+/// Go's `printf` for the verbs templates use: `%s`, `%v`, `%d` (the value's text), `%q`
+/// (quoted) and `%%`; a verb without a value prints `%!v(MISSING)` as Go does, and any other
+/// verb prints its value's text.
+fn printf(format: &str, args: &[Value]) -> String {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some(verb) => match args.next() {
+                Some(v) if verb == 'q' => out.push_str(&format!("{:?}", v.text())),
+                Some(v) => out.push_str(&v.text()),
+                None => out.push_str(&format!("%!{verb}(MISSING)")),
+            },
+            None => out.push_str("%!(NOVERB)"),
+        }
+    }
+    out
+}
+
+/// An IPv4 network, for `ipAt` and `ipNet`.
+struct Ipv4Cidr {
+    base: u32,
+    mask: u32,
+    prefix: u32,
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, prefix) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("invalid CIDR address: {s}"))?;
+        let ip: std::net::Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("invalid CIDR address: {s}"))?;
+        let prefix: u32 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("invalid CIDR address: {s}"))?;
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        };
+        Ok(Ipv4Cidr {
+            base: u32::from(ip) & mask,
+            mask,
+            prefix,
+        })
+    }
+}
+
+impl Ipv4Cidr {
+    fn at(&self, idx: u32) -> Option<std::net::Ipv4Addr> {
+        let last = self.base | !self.mask;
+        self.base
+            .checked_add(idx)
+            .filter(|ip| *ip <= last)
+            .map(std::net::Ipv4Addr::from)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", std::net::Ipv4Addr::from(self.base), self.prefix)
+    }
 }
 
 /// Whether `version` satisfies `constraint`, read as Masterminds/semver (what sprig's
@@ -1965,7 +2081,7 @@ mod tests {
             ("a\nb\n{{ .A ", "line 3: unclosed action: `{{` without `}}`"),
             ("l1\n{{ if .A }}x", "line 2: `if` without a matching `end`"),
             ("x\n\n{{ end }}", "line 3: unexpected `end` without a matching `if`"),
-            ("{{ .A }}\n{{ nosuch .A }}", "line 2: function `nosuch` not defined; available: default, eq, ne, not, and, or, lower, upper, trim, quote, contains, hasPrefix, hasSuffix, trimPrefix, trimSuffix, replace, squote, b64enc, b64dec, indent, nindent, toYaml, semverCompare, env, split, splitList, join, index, len, toString, empty, required, hasKey, list, dict, toJson"),
+            ("{{ .A }}\n{{ nosuch .A }}", "line 2: function `nosuch` not defined; available: default, eq, ne, not, and, or, lower, upper, trim, quote, contains, hasPrefix, hasSuffix, trimPrefix, trimSuffix, replace, squote, b64enc, b64dec, indent, nindent, toYaml, semverCompare, env, split, splitList, join, index, len, toString, empty, required, hasKey, list, dict, toJson, int, int64, printf, ipAt, ipNet"),
             ("{{ define \"x\" }}{{ end }}", "line 1: `define` is not supported in berth templates"),
             ("{{ range }}{{ end }}", "line 1: missing value for `range`"),
             ("x\n{{ with .A }}y", "line 2: `with` without a matching `end`"),
@@ -2049,6 +2165,19 @@ mod tests {
             ("{{ index .Values.hosts 0 \"roles\" 1 }}|{{ index .Values \"missing\" }}|", "amd64||"),
             ("{{ len .Values.images }} {{ len .Values.ssh }} {{ len .Values.nodes }}", "2 2 0"),
             ("{{ join \",\" .Values.masters }}", "10.0.0.1,10.0.0.2"),
+            (
+                "{{ printf \"%s:53\" .Values.podCIDR }} {{ printf \"%d%% %q %v\" 5 \"a\" .Values.enabled }} {{ printf \"%s\" }}",
+                "100.64.0.0/10:53 5% \"a\" true %!s(MISSING)",
+            ),
+            (
+                "{{ ipAt \"10.96.0.0/18\" 10 }} {{ ipAt (default \"10.96.0.0/18\" .Values.none) 10 }} {{ ipNet \"10.96.3.4/18\" }} {{ ipAt \"10.0.0.0/30\" 9 }} {{ ipNet \"bad\" }}",
+                "10.96.0.10 10.96.0.10 10.96.0.0/18 out of ip address range invalid cidr: invalid CIDR address: bad",
+            ),
+            // sealos's own Clusterfile template: `default 22 .Values.ssh.port | int`.
+            (
+                "{{ default 22 .Values.ssh.port | int }} {{ \"2.9\" | int }} {{ int \"x\" }} {{ int true }} {{ default 22 .Values.nope | int64 }}",
+                "22 2 0 1 22",
+            ),
             ("{{ (split \":\" (index .Values.images 0))._1 }}", "v1.27.7"),
             (
                 "{{ $p := split \":\" (index .Values.images 0) }}{{ $p._0 }}",

@@ -84,6 +84,7 @@ fn cerr(
 
 #[derive(Deserialize)]
 struct ClusterDoc {
+    #[serde(default)]
     metadata: Meta,
     #[serde(default)]
     spec: ClusterSpec,
@@ -91,8 +92,15 @@ struct ClusterDoc {
 
 #[derive(Deserialize, Default)]
 struct Meta {
-    #[serde(default)]
+    /// Missing, null or empty (a template's unset value): a Cluster is named `default`, as
+    /// sealos names one.
+    #[serde(default, deserialize_with = "name_or_default")]
     name: String,
+}
+
+fn name_or_default<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let n: Option<String> = Deserialize::deserialize(d)?;
+    Ok(n.unwrap_or_default())
 }
 
 #[derive(Deserialize, Default)]
@@ -326,7 +334,7 @@ impl Clusterfile {
                 }
             }
         }
-        let (n, c) = cluster.ok_or_else(|| {
+        let (n, mut c) = cluster.ok_or_else(|| {
             cerr(
                 0,
                 "file",
@@ -335,6 +343,9 @@ impl Clusterfile {
             )
         })?;
         let k = "Cluster";
+        if c.metadata.name.is_empty() {
+            c.metadata.name = "default".into();
+        }
         if !valid_cluster_name(&c.metadata.name) {
             return Err(cerr(
                 n,
@@ -662,6 +673,18 @@ spec:
         assert_eq!(c.env["B"], "x=y");
         assert_eq!(c.configs[0].doc, 3);
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_cluster_without_a_name_is_default_as_in_sealos() {
+        // What a template leaves when `.Values.clusterName` is unset, and no name at all.
+        for text in [
+            GOOD.replace("name: default", "name:"),
+            GOOD.replace("name: default", "name: \"\""),
+            GOOD.replace("metadata:\n  name: default\n", ""),
+        ] {
+            assert_eq!(Clusterfile::parse(&text).unwrap().name, "default", "{text}");
+        }
     }
 
     #[test]
