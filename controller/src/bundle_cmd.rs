@@ -4,12 +4,10 @@ use crate::client::{Client, Target};
 use crate::output::TextOrJson;
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
-use berth_shared::api::{BundleView, PushResponse};
+use berth_shared::api::BundleView;
 use berth_shared::BundleRef;
 use clap::Subcommand;
-use futures_util::StreamExt;
 use reqwest::Method;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
@@ -146,7 +144,7 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
                 not_an_image_archive(&path)?;
                 (path.clone(), None)
             };
-            let resp = upload(
+            let resp = crate::client::upload_bundle(
                 &client,
                 &file,
                 tag.as_deref(),
@@ -288,48 +286,6 @@ fn not_an_image_archive(path: &Path) -> Result<()> {
     }
 }
 
-pub(crate) async fn upload(
-    client: &Client,
-    file: &Path,
-    tag: Option<&str>,
-    bar: bool,
-) -> Result<PushResponse> {
-    let f = tokio::fs::File::open(file)
-        .await
-        .with_context(|| format!("cannot open {}", file.display()))?;
-    let len = f.metadata().await?.len();
-    let pb = if bar && std::io::stdout().is_terminal() {
-        let pb = indicatif::ProgressBar::new(len);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        Some(pb)
-    } else {
-        None
-    };
-    let counter = pb.clone();
-    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024).inspect(move |chunk| {
-        if let (Some(pb), Ok(c)) = (&counter, chunk) {
-            pb.inc(c.len() as u64);
-        }
-    });
-    let path = match tag {
-        Some(t) => format!("/v1/bundles?tag={t}"),
-        None => "/v1/bundles".to_string(),
-    };
-    let result = client
-        .post_body(&path, reqwest::Body::wrap_stream(stream))
-        .await;
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
-    result
-}
-
 /// A temp dir for a bundle built before it is pushed; removed when dropped.
 fn tempdir_for_build() -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
@@ -361,7 +317,7 @@ pub async fn push_local(client: &Client, path: &Path) -> Result<String> {
         (path.to_path_buf(), manifest, None)
     };
     let tag = format!("{}:{}", manifest.name, manifest.version);
-    let resp = upload(client, &file, Some(&tag), true).await?;
+    let resp = crate::client::upload_bundle(client, &file, Some(&tag), true).await?;
     eprintln!("pushed {} as {tag}", resp.digest);
     Ok(tag)
 }

@@ -311,3 +311,50 @@ pub fn tls_client_config(ca_pem: &[u8], ca_path: &Path) -> Result<rustls::Client
 }
 
 pub use berth_shared::error_chain;
+
+/// Uploads the bundle file `file` (`POST /v1/bundles`, tagged `tag`), with a progress bar
+/// when `bar` and stdout is a terminal.
+pub async fn upload_bundle(
+    client: &Client,
+    file: &Path,
+    tag: Option<&str>,
+    bar: bool,
+) -> Result<berth_shared::api::PushResponse> {
+    let f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("cannot open {}", file.display()))?;
+    let len = f.metadata().await?.len();
+    let pb = if bar && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        let pb = indicatif::ProgressBar::new(len);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        Some(pb)
+    } else {
+        None
+    };
+    let counter = pb.clone();
+    let stream = futures_util::StreamExt::inspect(
+        tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024),
+        move |chunk| {
+            if let (Some(pb), Ok(c)) = (&counter, chunk) {
+                pb.inc(c.len() as u64);
+            }
+        },
+    );
+    let path = match tag {
+        Some(t) => format!("/v1/bundles?tag={t}"),
+        None => "/v1/bundles".to_string(),
+    };
+    let result = client
+        .post_body(&path, reqwest::Body::wrap_stream(stream))
+        .await;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    result
+}

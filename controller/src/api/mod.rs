@@ -15,6 +15,7 @@ pub mod clusters;
 pub mod enroll;
 pub mod error;
 pub mod install;
+pub mod registry;
 
 use crate::blobs::BlobStore;
 use crate::pki::Pki;
@@ -123,12 +124,9 @@ pub fn router(state: AppState) -> Router {
                 .post(bundles::load_images)
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
-        .route("/v2", get(crate::registry::serve::base))
-        .route("/v2/", get(crate::registry::serve::base))
-        .route(
-            "/v2/{*rest}",
-            axum::routing::any(crate::registry::serve::route),
-        )
+        .route("/v2", get(registry::base))
+        .route("/v2/", get(registry::base))
+        .route("/v2/{*rest}", axum::routing::any(registry::route))
         .route("/v1/audit", get(admin::audit))
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")

@@ -1,6 +1,6 @@
 //! The controller as the cluster's air-gapped registry: container images that bundles
 //! carry, and images loaded with `berth image load`, served read-only over the OCI
-//! Distribution API (`serve`) with the same TLS as the API.
+//! Distribution API (`api::registry`) with the same TLS as the API.
 //!
 //! Images come from:
 //! - a bundle's `registry/` directory in docker-distribution storage layout
@@ -15,8 +15,6 @@
 //! tags and blobs, and what brought them) is in the store. Images are named as clients
 //! pull them from the controller: the registry host of the name they were saved under is
 //! dropped (`docker.io/library/nginx:1.25` is served as `library/nginx:1.25`).
-
-pub mod serve;
 
 use crate::blobs::BlobStore;
 use crate::store::images::ImageRefs;

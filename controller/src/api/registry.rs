@@ -130,7 +130,7 @@ pub async fn route(
             format!("no such registry route: /v2/{rest}"),
         );
     };
-    if !super::valid_repo(repo) {
+    if !crate::registry::valid_repo(repo) {
         return error(
             StatusCode::BAD_REQUEST,
             "NAME_INVALID",
