@@ -11,8 +11,8 @@
 
 use crate::layer::{decompressed, verify_blob};
 use crate::unpack::{
-    check_symlink_target, checked_existing, entry_err, io_at, no_data, prepare, write_file, Limits,
-    UnpackError,
+    checked_existing, entry_err, io_at, no_data, prepare, symlink_target, write_file, Budget,
+    Limits, UnpackError,
 };
 use berth_shared::{Digest, SafeRelPath};
 use serde::Deserialize;
@@ -378,53 +378,19 @@ pub fn extract(archive: &Path, into: &Path, limits: &Limits) -> Result<(), Unpac
     let f = fs::File::open(archive).map_err(io_at(archive))?;
     let arc = |e: io::Error| bad(format!("{}: corrupt or truncated: {e}", archive.display()));
     let mut tar = tar::Archive::new(decompressed(f).map_err(arc)?);
-    let mut entries = 0u64;
-    let mut total = 0u64;
+    let mut budget = Budget::new(*limits);
     let mut links: Vec<(SafeRelPath, String)> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     for entry in tar.entries().map_err(arc)? {
         let mut entry = entry.map_err(arc)?;
-        let raw = entry.path().map_err(arc)?;
-        let name = raw
-            .to_str()
-            .ok_or_else(|| entry_err(&raw.to_string_lossy(), "path is not UTF-8"))?
-            .to_string();
-        entries += 1;
-        if entries > limits.max_entries {
-            return Err(entry_err(
-                &name,
-                format!(
-                    "archive has more than {} entries (the limit)",
-                    limits.max_entries
-                ),
-            ));
-        }
+        let (name, size) = budget.entry(&entry)?;
         if name.split('/').all(|c| c.is_empty() || c == ".") {
             continue;
         }
         let rel = SafeRelPath::new(&name).map_err(|e| entry_err(&name, e.to_string()))?;
-        let size = entry.size();
         match entry.header().entry_type() {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if size > limits.max_file_bytes {
-                    return Err(entry_err(
-                        &name,
-                        format!(
-                            "file of {size} bytes exceeds the per-file limit of {} bytes",
-                            limits.max_file_bytes
-                        ),
-                    ));
-                }
-                total = total.saturating_add(size);
-                if total > limits.max_total_bytes {
-                    return Err(entry_err(
-                        &name,
-                        format!(
-                            "unpacked size exceeds the limit of {} bytes",
-                            limits.max_total_bytes
-                        ),
-                    ));
-                }
+                budget.file(&name, size)?;
                 let target = prepare(into, &rel, false)?;
                 write_file(&mut entry, &target, &name, size, 0o600, &mut buf)?;
             }
@@ -440,8 +406,7 @@ pub fn extract(archive: &Path, into: &Path, limits: &Limits) -> Result<(), Unpac
                     .map(|t| t.to_string_lossy().into_owned())
                     .ok_or_else(|| entry_err(&name, "link without a target"))?;
                 let resolved = if entry.header().entry_type() == tar::EntryType::Symlink {
-                    check_symlink_target(rel.as_str(), &target)
-                        .map_err(|why| entry_err(&name, why))?;
+                    let target = symlink_target(&entry, &name, &rel)?;
                     let parent = rel.parent().map(|p| p.as_str().to_string());
                     lexical_join(parent.as_deref(), &target)
                 } else {

@@ -12,7 +12,7 @@
 
 use crate::hashio::HashingReader;
 use crate::unpack::{
-    check_symlink_target, checked_existing, entry_err, io_at, no_data, prepare, write_file, Limits,
+    checked_existing, corrupt, entry_err, io_at, no_data, prepare, symlink_target, write_file,
     UnpackError,
 };
 use berth_shared::{Digest, SafeRelPath};
@@ -26,23 +26,8 @@ const WHITEOUT: &str = ".wh.";
 /// The name of an opaque-directory marker.
 const OPAQUE: &str = ".wh..wh..opq";
 
-/// What the layers of one image have used of the limits so far.
-#[derive(Debug, Clone, Copy)]
-pub struct Budget {
-    pub limits: Limits,
-    pub entries: u64,
-    pub bytes: u64,
-}
-
-impl Budget {
-    pub fn new(limits: Limits) -> Self {
-        Budget {
-            limits,
-            entries: 0,
-            bytes: 0,
-        }
-    }
-}
+/// What the layers of one image have used of the limits, together.
+pub use crate::unpack::Budget;
 
 /// How a layer's bytes are compressed, from their first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,29 +101,13 @@ pub fn apply(
 }
 
 fn apply_tar<R: Read>(r: R, dest: &Path, budget: &mut Budget) -> Result<(), UnpackError> {
-    let arc = |e: io::Error| UnpackError::Archive(format!("corrupt or truncated layer: {e}"));
     let mut archive = tar::Archive::new(r);
     // What this layer wrote: whiteouts and opaque markers hide only the layers below.
     let mut created: HashSet<String> = HashSet::new();
     let mut buf = vec![0u8; 1 << 20];
-    let limits = budget.limits;
-    for entry in archive.entries().map_err(arc)? {
-        let mut entry = entry.map_err(arc)?;
-        let raw_path = entry.path().map_err(arc)?;
-        let name = raw_path
-            .to_str()
-            .ok_or_else(|| entry_err(&raw_path.to_string_lossy(), "path is not UTF-8"))?
-            .to_string();
-        budget.entries += 1;
-        if budget.entries > limits.max_entries {
-            return Err(entry_err(
-                &name,
-                format!(
-                    "archive has more than {} entries (the limit)",
-                    limits.max_entries
-                ),
-            ));
-        }
+    for entry in archive.entries().map_err(corrupt)? {
+        let mut entry = entry.map_err(corrupt)?;
+        let (name, size) = budget.entry(&entry)?;
         // The layer's root directory (`./`) is the destination itself.
         if name.split('/').all(|c| c.is_empty() || c == ".") {
             continue;
@@ -146,17 +115,7 @@ fn apply_tar<R: Read>(r: R, dest: &Path, budget: &mut Budget) -> Result<(), Unpa
         let rel = SafeRelPath::new(&name).map_err(|e| entry_err(&name, e.to_string()))?;
         let header = entry.header();
         let kind = header.entry_type();
-        let ustar_size = header.entry_size().map_err(arc)?;
-        let size = entry.size();
-        if ustar_size != size {
-            return Err(entry_err(
-                &name,
-                format!(
-                    "PAX size {size} disagrees with the header size {ustar_size}; tar implementations would read this archive differently"
-                ),
-            ));
-        }
-        let mode = header.mode().map_err(arc)? & 0o7777 & !0o6000;
+        let mode = header.mode().map_err(corrupt)? & 0o7777 & !0o6000;
         let base = rel.as_str().rsplit('/').next().unwrap_or_default();
         if let Some(hidden) = base.strip_prefix(WHITEOUT) {
             let parent = rel.parent();
@@ -176,25 +135,7 @@ fn apply_tar<R: Read>(r: R, dest: &Path, budget: &mut Budget) -> Result<(), Unpa
         }
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if size > limits.max_file_bytes {
-                    return Err(entry_err(
-                        &name,
-                        format!(
-                            "file of {size} bytes exceeds the per-file limit of {} bytes",
-                            limits.max_file_bytes
-                        ),
-                    ));
-                }
-                budget.bytes = budget.bytes.saturating_add(size);
-                if budget.bytes > limits.max_total_bytes {
-                    return Err(entry_err(
-                        &name,
-                        format!(
-                            "unpacked size exceeds the limit of {} bytes",
-                            limits.max_total_bytes
-                        ),
-                    ));
-                }
+                budget.file(&name, size)?;
                 let target = prepare(dest, &rel, false)?;
                 write_file(&mut entry, &target, &name, size, mode, &mut buf)?;
             }
@@ -208,15 +149,7 @@ fn apply_tar<R: Read>(r: R, dest: &Path, budget: &mut Budget) -> Result<(), Unpa
             }
             tar::EntryType::Symlink => {
                 no_data(&name, size)?;
-                let link = entry
-                    .link_name()
-                    .map_err(arc)?
-                    .ok_or_else(|| entry_err(&name, "symlink without a target"))?;
-                let link = link
-                    .to_str()
-                    .ok_or_else(|| entry_err(&name, "symlink target is not UTF-8"))?
-                    .to_string();
-                check_symlink_target(rel.as_str(), &link).map_err(|why| entry_err(&name, why))?;
+                let link = symlink_target(&entry, &name, &rel)?;
                 let target = prepare(dest, &rel, false)?;
                 std::os::unix::fs::symlink(&link, &target).map_err(io_at(&target))?;
             }
@@ -224,7 +157,7 @@ fn apply_tar<R: Read>(r: R, dest: &Path, budget: &mut Budget) -> Result<(), Unpa
                 no_data(&name, size)?;
                 let link = entry
                     .link_name()
-                    .map_err(arc)?
+                    .map_err(corrupt)?
                     .ok_or_else(|| entry_err(&name, "hardlink without a target"))?;
                 let link_str = link.to_string_lossy().into_owned();
                 let link_rel = SafeRelPath::new(&link_str)

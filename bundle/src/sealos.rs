@@ -193,18 +193,6 @@ fn write_hook(root: &Path, rel: &str, lines: &[String]) -> Result<(), SealosErro
 /// registry host is dropped from the manifest's name (the tag the bundle is stored under
 /// keeps it), no tag means `latest`.
 pub fn name_and_version(reference: &str) -> (String, String) {
-    let last = reference.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match reference[last..].rfind(':') {
-        Some(i) => (&reference[..last + i], &reference[last + i + 1..]),
-        None => (reference, "latest"),
-    };
-    let name = match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            rest
-        }
-        _ => name,
-    };
+    let (_, name, tag) = berth_shared::bundle_ref::split_reference(reference);
     (name.to_string(), tag.to_string())
 }

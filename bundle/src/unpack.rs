@@ -103,6 +103,106 @@ pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> UnpackError + '_ {
     }
 }
 
+/// What the entries of one archive — or of one image's layers together — have used of the
+/// limits. Every walker (bundle unpack, image layers, image archives) counts through it, so
+/// the rules and their messages are one.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    pub limits: Limits,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl Budget {
+    pub fn new(limits: Limits) -> Self {
+        Budget {
+            limits,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Counts `entry` against the entry limit; returns its UTF-8 name and its size, once the
+    /// PAX and ustar sizes are seen to agree.
+    pub(crate) fn entry<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+    ) -> Result<(String, u64), UnpackError> {
+        let raw = entry.path().map_err(corrupt)?;
+        let name = raw
+            .to_str()
+            .ok_or_else(|| entry_err(&raw.to_string_lossy(), "path is not UTF-8"))?
+            .to_string();
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            return Err(entry_err(
+                &name,
+                format!(
+                    "archive has more than {} entries (the limit)",
+                    self.limits.max_entries
+                ),
+            ));
+        }
+        let ustar_size = entry.header().entry_size().map_err(corrupt)?;
+        let size = entry.size();
+        if ustar_size != size {
+            return Err(entry_err(
+                &name,
+                format!(
+                    "PAX size {size} disagrees with the header size {ustar_size}; tar implementations would read this archive differently"
+                ),
+            ));
+        }
+        Ok((name, size))
+    }
+
+    /// A regular file of `size` bytes, against the per-file and total limits.
+    pub(crate) fn file(&mut self, name: &str, size: u64) -> Result<(), UnpackError> {
+        if size > self.limits.max_file_bytes {
+            return Err(entry_err(
+                name,
+                format!(
+                    "file of {size} bytes exceeds the per-file limit of {} bytes",
+                    self.limits.max_file_bytes
+                ),
+            ));
+        }
+        self.bytes = self.bytes.saturating_add(size);
+        if self.bytes > self.limits.max_total_bytes {
+            return Err(entry_err(
+                name,
+                format!(
+                    "unpacked size exceeds the limit of {} bytes",
+                    self.limits.max_total_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn corrupt(e: io::Error) -> UnpackError {
+    UnpackError::Archive(format!("corrupt or truncated: {e}"))
+}
+
+/// The target of the symlink entry `name` at `rel`, checked to stay inside the root.
+pub(crate) fn symlink_target<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    name: &str,
+    rel: &SafeRelPath,
+) -> Result<String, UnpackError> {
+    let link = entry
+        .link_name()
+        .map_err(corrupt)?
+        .ok_or_else(|| entry_err(name, "symlink without a target"))?;
+    let link = link
+        .to_str()
+        .ok_or_else(|| entry_err(name, "symlink target is not UTF-8"))?
+        .to_string();
+    check_symlink_target(rel.as_str(), &link).map_err(|why| entry_err(name, why))?;
+    Ok(link)
+}
+
 /// What an unpack produced.
 #[derive(Debug, Clone)]
 pub struct Unpacked {
@@ -220,40 +320,16 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
     let mut regular_files: BTreeMap<String, bool> = BTreeMap::new();
     let mut files: Vec<String> = Vec::new();
 
-    let mut count = 1u64;
-    let mut total = 0u64;
+    let mut budget = Budget::new(*limits);
+    budget.entries = 1; // the manifest
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     for entry in entries {
         let mut entry = entry.map_err(arc)?;
-        count += 1;
-        let raw_path = entry.path().map_err(arc)?;
-        let name = raw_path
-            .to_str()
-            .ok_or_else(|| entry_err(&raw_path.to_string_lossy(), "path is not UTF-8"))?
-            .to_string();
-        if count > limits.max_entries {
-            return Err(entry_err(
-                &name,
-                format!(
-                    "archive has more than {} entries (the limit)",
-                    limits.max_entries
-                ),
-            ));
-        }
+        let (name, size) = budget.entry(&entry)?;
         let rel = SafeRelPath::new(&name).map_err(|e| entry_err(&name, e.to_string()))?;
         let header = entry.header();
         let kind = header.entry_type();
-        let ustar_size = header.entry_size().map_err(arc)?;
-        let size = entry.size();
-        if ustar_size != size {
-            return Err(entry_err(
-                &name,
-                format!(
-                    "PAX size {size} disagrees with the header size {ustar_size}; tar implementations would read this archive differently"
-                ),
-            ));
-        }
         let mut mode = header.mode().map_err(arc)? & 0o7777;
         if !manifest.allow_setuid {
             mode &= !0o6000;
@@ -266,25 +342,7 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
         }
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if size > limits.max_file_bytes {
-                    return Err(entry_err(
-                        &name,
-                        format!(
-                            "file of {size} bytes exceeds the per-file limit of {} bytes",
-                            limits.max_file_bytes
-                        ),
-                    ));
-                }
-                total = total.saturating_add(size);
-                if total > limits.max_total_bytes {
-                    return Err(entry_err(
-                        &name,
-                        format!(
-                            "unpacked size exceeds the limit of {} bytes",
-                            limits.max_total_bytes
-                        ),
-                    ));
-                }
+                budget.file(&name, size)?;
                 let template = if template::rendered_path(rel.as_str()).is_some() {
                     Some(read_template(&mut entry, &name, size)?)
                 } else {
@@ -310,15 +368,7 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
             }
             tar::EntryType::Symlink => {
                 no_data(&name, size)?;
-                let link = entry
-                    .link_name()
-                    .map_err(arc)?
-                    .ok_or_else(|| entry_err(&name, "symlink without a target"))?;
-                let link = link
-                    .to_str()
-                    .ok_or_else(|| entry_err(&name, "symlink target is not UTF-8"))?
-                    .to_string();
-                check_symlink_target(rel.as_str(), &link).map_err(|why| entry_err(&name, why))?;
+                let link = symlink_target(&entry, &name, &rel)?;
                 if let Some(dest) = dest {
                     let target = prepare(dest, &rel, false)?;
                     std::os::unix::fs::symlink(&link, &target).map_err(io_at(&target))?;
@@ -382,8 +432,8 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
     }
     Ok(Unpacked {
         manifest,
-        entries: count,
-        bytes: total,
+        entries: budget.entries,
+        bytes: budget.bytes,
         templates: regular_files
             .iter()
             .filter(|(path, checked)| **checked && template::rendered_path(path).is_some())

@@ -66,6 +66,22 @@ fn split_tag(s: &str) -> (&str, &str) {
     }
 }
 
+/// `[registry[:port]/]name[:tag][@digest]` split into the registry host (when the first
+/// component is one: it has a `.` or a `:`, or is `localhost`), the name below it, and the
+/// tag (`latest` when there is none). Nothing is validated.
+pub fn split_reference(s: &str) -> (Option<&str>, &str, &str) {
+    let s = s.split('@').next().unwrap_or(s);
+    let (name, tag) = split_tag(s);
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (Some(first), rest, tag)
+        }
+        _ => (None, name, tag),
+    }
+}
+
 /// A name as sealos users write it: what docker and buildah record as
 /// `docker.io/labring/calico` (or `docker.io/library/x`, `localhost/x` for a local build)
 /// is written `labring/calico` (`x`). Other names are returned as they are.

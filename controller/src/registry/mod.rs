@@ -69,20 +69,7 @@ pub fn valid_repo(repo: &str) -> bool {
 
 /// `[registry/]repo[:tag]` → (repo, tag) as served here; `None` when it is not a name.
 pub fn repo_and_tag(reference: &str) -> Option<(String, String)> {
-    let reference = reference.split('@').next()?;
-    let last = reference.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match reference[last..].rfind(':') {
-        Some(i) => (&reference[..last + i], &reference[last + i + 1..]),
-        None => (reference, "latest"),
-    };
-    let name = match name.split_once('/') {
-        Some((first, rest))
-            if first.contains('.') || first.contains(':') || first == "localhost" =>
-        {
-            rest
-        }
-        _ => name,
-    };
+    let (_, name, tag) = berth_shared::bundle_ref::split_reference(reference);
     let tag_ok = !tag.is_empty()
         && tag.len() <= 128
         && tag
