@@ -251,3 +251,47 @@ pub fn distribution_tree(root: &Path, repo: &str, tag: &str, img: &Image) -> Str
     );
     md
 }
+
+/// An OCI layout whose one image is a multi-arch index named `name`: the `amd64` image is
+/// carried, an `arm64` one is only named (as `skopeo copy` without `--all` leaves it).
+/// Returns the files and the index's digest.
+pub fn multi_arch_layout(name: &str, amd64: &Image) -> (Files, String) {
+    let mut files = oci_layout(std::slice::from_ref(amd64));
+    let index_at = files
+        .iter()
+        .position(|(n, _)| n == "index.json")
+        .expect("index");
+    let (_, index) = files.remove(index_at);
+    let index: serde_json::Value = serde_json::from_slice(&index).expect("json");
+    let mut carried = index["manifests"][0].clone();
+    carried["platform"] = serde_json::json!({"architecture": "amd64", "os": "linux"});
+    carried
+        .as_object_mut()
+        .expect("object")
+        .remove("annotations");
+    let missing = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha(b"an arm64 manifest not carried"),
+        "size": 29,
+        "platform": {"architecture": "arm64", "os": "linux"},
+    });
+    let multi = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [carried, missing],
+    }))
+    .expect("json");
+    let d = sha(&multi);
+    files.push((format!("blobs/sha256/{}", &d[7..]), multi.clone()));
+    files.push((
+        "index.json".into(),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": d,
+            "size": multi.len(),
+            "annotations": {"org.opencontainers.image.ref.name": name},
+        }]}))
+        .expect("json"),
+    ));
+    (files, d)
+}

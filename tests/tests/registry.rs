@@ -127,17 +127,27 @@ fn registry_clients_pull_the_images_bundles_carry() {
             "extra",
         )]),
     );
+    // A multi-arch index carried for one architecture: served as stored.
+    let (multi, index_digest) =
+        oci::multi_arch_layout("docker.io/docs/multi:v1", &small_image(None, "multi"));
+    oci::write_dir(&b.join("images/multi"), &multi);
     let out = ctl.cli(&["bundle", "push", b.to_str().unwrap(), "--tag", "carrier:v1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    for i in ["library/pause:3.9", "docs/demo:v1", "team/extra:v2"] {
+    for i in [
+        "library/pause:3.9",
+        "docs/demo:v1",
+        "team/extra:v2",
+        "docs/multi:v1",
+    ] {
         assert!(text.contains(&format!("serving image {i}")), "{text}");
     }
-    assert_eq!(
-        stderr(&out).matches("warning").count(),
-        0,
-        "{}",
-        stderr(&out)
+    let warnings = stderr(&out);
+    assert_eq!(warnings.matches("warning").count(), 1, "{warnings}");
+    assert!(
+        warnings.contains("of index ")
+            && warnings.contains("is not carried; clients of that platform will not find it"),
+        "{warnings}"
     );
 
     // skopeo: inspect shows the stored digest; copy pulls every blob.
@@ -148,6 +158,20 @@ fn registry_clients_pull_the_images_bundles_carry() {
         format!("{}/docs/demo", host(&ctl))
     );
     skopeo_inspect(&ctl, "team/extra:v2");
+    // The index as stored, and this platform's image through it.
+    let raw = run(Command::new("skopeo").args([
+        "inspect",
+        "--raw",
+        "--cert-dir",
+        cert_dir(&ctl).to_str().unwrap(),
+        &format!("docker://{}/docs/multi:v1", host(&ctl)),
+    ]));
+    assert_eq!(oci::sha(&raw.stdout), index_digest);
+    assert!(stdout(&raw).contains("arm64"));
+    assert_eq!(
+        skopeo_inspect(&ctl, "docs/multi:v1")["Architecture"],
+        "amd64"
+    );
     let certs = cert_dir(&ctl);
     let copied = ctl.dir.path().join("copied");
     run(Command::new("skopeo").args([
@@ -264,7 +288,7 @@ fn registry_clients_pull_the_images_bundles_carry() {
     skopeo_inspect(&ctl, "tools/busy:1.0");
     let list = stdout(&ctl.cli(&["image", "list", "-o", "json"]));
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
+    assert_eq!(list.as_array().unwrap().len(), 5, "{list}");
 
     // containerd pulls `sealos.hub:5000/library/pause:3.9` from the controller, through
     // the hosts.toml the example bundle wrote on the host with BERTH_REGISTRY and its CA.
