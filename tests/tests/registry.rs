@@ -368,6 +368,15 @@ fn registry_reads_can_require_credentials_and_survive_a_restore() {
     assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"berth\"");
     let body: serde_json::Value = r.json().unwrap();
     assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    // An agent's certificate is enough, until its host is revoked.
+    let _agent = ctl.agents(&["r0"]);
+    let manifest_url = format!("{}/v2/tools/one/manifests/1", ctl.url());
+    let r = ctl.agent_client("r0").get(&manifest_url).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let out = ctl.cli(&["host", "revoke", "r0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = ctl.agent_client("r0").get(&manifest_url).send().unwrap();
+    assert_eq!(r.status(), 401);
     let certs = cert_dir(&ctl);
     let image = format!("docker://{}/tools/one:1", host(&ctl));
     let out = Command::new("skopeo")

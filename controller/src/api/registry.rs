@@ -6,11 +6,12 @@
 //! `berth serve --registry-auth` they need an agent's client certificate or an API token
 //! (as a bearer token, or as the password of HTTP basic auth, which registry clients send).
 
-use crate::api::auth::PeerCert;
+use crate::api::auth::{AgentHost, PeerCert};
 use crate::api::AppState;
 use axum::body::Body;
+use axum::extract::FromRequestParts;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_shared::Digest;
 use tower::ServiceExt;
@@ -44,17 +45,29 @@ fn internal(e: impl std::fmt::Display) -> Response {
 
 /// Whether the caller may read: always, unless `--registry-auth` asks for a client
 /// certificate or a token.
-async fn allowed(
-    st: &AppState,
-    headers: &HeaderMap,
-    peer: Option<&PeerCert>,
-) -> Result<(), Response> {
+async fn allowed(st: &AppState, req: Request) -> Result<Request, Response> {
     if !st.registry_auth {
-        return Ok(());
+        return Ok(req);
     }
-    if peer.is_some_and(|p| p.0.is_some()) {
-        return Ok(());
+    let (mut parts, body) = req.into_parts();
+    // An agent: its certificate must belong to an enrolled host that is not revoked, as
+    // for every agent call.
+    if parts
+        .extensions
+        .get::<PeerCert>()
+        .is_some_and(|p| p.0.is_some())
+    {
+        return match AgentHost::from_request_parts(&mut parts, st).await {
+            Ok(_) => Ok(Request::from_parts(parts, body)),
+            Err(crate::api::error::ApiError::Client { message, .. }) => Err(error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                format!("client certificate refused: {message}"),
+            )),
+            Err(other) => Err(internal(format!("{other:?}"))),
+        };
     }
+    let headers = &parts.headers;
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -71,7 +84,7 @@ async fn allowed(
         });
     if let Some(t) = token {
         match st.store.api_principal(&crate::pki::hash_secret(&t)).await {
-            Ok(Some(_)) => return Ok(()),
+            Ok(Some(_)) => return Ok(Request::from_parts(parts, body)),
             Ok(None) => {}
             Err(e) => return Err(internal(e)),
         }
@@ -85,7 +98,7 @@ async fn allowed(
 
 /// `GET /v2/`: the API is here.
 pub async fn base(State(st): State<AppState>, req: Request) -> Response {
-    if let Err(r) = allowed(&st, req.headers(), req.extensions().get::<PeerCert>()).await {
+    if let Err(r) = allowed(&st, req).await {
         return r;
     }
     let mut r = (StatusCode::OK, axum::Json(serde_json::json!({}))).into_response();
@@ -107,9 +120,10 @@ pub async fn route(
     Query(q): Query<TagsQuery>,
     req: Request,
 ) -> Response {
-    if let Err(r) = allowed(&st, req.headers(), req.extensions().get::<PeerCert>()).await {
-        return r;
-    }
+    let req = match allowed(&st, req).await {
+        Ok(req) => req,
+        Err(r) => return r,
+    };
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return error(
             StatusCode::METHOD_NOT_ALLOWED,

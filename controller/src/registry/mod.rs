@@ -67,15 +67,20 @@ pub fn valid_repo(repo: &str) -> bool {
         })
 }
 
+/// A tag as the distribution spec allows it: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 /// `[registry/]repo[:tag]` → (repo, tag) as served here; `None` when it is not a name.
 pub fn repo_and_tag(reference: &str) -> Option<(String, String)> {
     let (_, name, tag) = berth_shared::bundle_ref::split_reference(reference);
-    let tag_ok = !tag.is_empty()
-        && tag.len() <= 128
-        && tag
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
-    (valid_repo(name) && tag_ok).then(|| (name.to_string(), tag.to_string()))
+    (valid_repo(name) && valid_tag(tag)).then(|| (name.to_string(), tag.to_string()))
 }
 
 /// The media type of a manifest document.
@@ -253,8 +258,15 @@ pub fn from_bundle(store: &BlobStore, bundle: &Path) -> Result<Found> {
         add_manifest(store, repo, &d, &mut found)?;
     }
     for (repo, tag, digest) in tags {
-        if manifests.contains(&(repo.clone(), digest.clone()))
-            && found.refs.manifests.iter().any(|m| m.1 == digest)
+        if !valid_tag(&tag) {
+            found.warnings.push(format!(
+                "registry/: `{repo}:{tag}` is not a valid tag; skipped"
+            ));
+        } else if found
+            .refs
+            .manifests
+            .iter()
+            .any(|m| m.0 == repo && m.1 == digest)
         {
             found.served.push(format!("{repo}:{tag}"));
             found.refs.tags.push((repo, tag, digest));
