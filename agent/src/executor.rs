@@ -20,7 +20,7 @@ use berth_files::write_durable;
 use berth_shared::api::{ReportEntry, StepReport};
 use berth_shared::bundle::BundleType;
 use berth_shared::plan::{ClusterContext, ContextRef, PlanBundle, PlanPayload, PlanStep};
-use berth_shared::state::StepState;
+use berth_shared::state::{StepKind, StepState};
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -286,7 +286,9 @@ impl Executor {
         )?;
         self.mark(step, "end", &serde_json::to_string(&final_report)?)?;
         tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, state = %outcome.state, "step finished");
-        if step.kind == "leave" || (step.kind == "clean" && outcome.state == StepState::Succeeded) {
+        if step.kind == StepKind::Leave
+            || (step.kind == StepKind::Clean && outcome.state == StepState::Succeeded)
+        {
             // The log is shipped and the report spooled: nothing of the cluster stays here,
             // its cached contexts (Clusterfile, outputs) included.
             for hex in std::fs::read_to_string(cdir.join(CONTEXTS_LIST))
@@ -358,15 +360,16 @@ impl Executor {
     ) -> Result<Outcome> {
         std::fs::create_dir_all(cdir)?;
         let rootfs = cdir.join("rootfs");
-        match step.kind.as_str() {
-            "check" => {
+        // Every kind, each once: a new kind does not compile until it is handled here.
+        match step.kind {
+            StepKind::Check => {
                 if std::env::consts::OS != "linux" {
                     return Ok(Outcome::failed("berth hosts must run Linux", None));
                 }
                 if !step
                     .bundles
                     .iter()
-                    .any(|b| b.manifest.hooks.contains_key("check"))
+                    .any(|b| b.manifest.hooks.contains_key(hook_of(StepKind::Check)))
                 {
                     // Nothing to run: distribute fetches and unpacks the bundles.
                     return Ok(Outcome::ok());
@@ -375,14 +378,22 @@ impl Executor {
                 // promotes to the rootfs instead of unpacking them a second time.
                 let staged = cdir.join(STAGED_DIR);
                 self.materialize(step, &staged, log, false).await?;
-                self.run_hooks(plan, step, &staged, "check", log, false, started)
-                    .await
+                self.run_hooks(
+                    plan,
+                    step,
+                    &staged,
+                    hook_of(StepKind::Check),
+                    log,
+                    false,
+                    started,
+                )
+                .await
             }
-            "distribute" => {
+            StepKind::Distribute => {
                 self.distribute(step, cdir, log).await?;
                 Ok(Outcome::ok())
             }
-            "leave" | "clean" => {
+            StepKind::Leave | StepKind::Clean => {
                 if !rootfs.join(DIGESTS_FILE).exists() {
                     // Never distributed here (the host failed or was lost before): there is
                     // nothing of the bundles to run or to clean.
@@ -396,9 +407,9 @@ impl Executor {
                     return Ok(Outcome::ok());
                 }
                 let best = self
-                    .run_hooks(plan, step, &rootfs, &step.kind, log, true, started)
+                    .run_hooks(plan, step, &rootfs, hook_of(step.kind), log, true, started)
                     .await?;
-                if step.kind == "clean" && best.state != StepState::Succeeded {
+                if step.kind == StepKind::Clean && best.state != StepState::Succeeded {
                     // Keep the rootfs: `berth retry` runs clean again from it.
                     writeln!(
                         &*log,
@@ -432,10 +443,14 @@ impl Executor {
                 }
                 Ok(best)
             }
-            "apps" => self.run_apps(step, cdir, log, started).await,
-            kind => {
+            StepKind::Apps => self.run_apps(step, cdir, log, started).await,
+            kind @ (StepKind::Install
+            | StepKind::Init
+            | StepKind::JoinMaster
+            | StepKind::JoinNode
+            | StepKind::Remove) => {
                 self.ensure_rootfs(step, &rootfs, log).await?;
-                self.run_hooks(plan, step, &rootfs, kind, log, false, started)
+                self.run_hooks(plan, step, &rootfs, hook_of(kind), log, false, started)
                     .await
             }
         }
@@ -629,7 +644,7 @@ impl Executor {
     ) -> Result<Outcome> {
         let cdir = self.cluster_dir(plan);
         let mut bundles: Vec<(usize, &PlanBundle)> = step.bundles.iter().enumerate().collect();
-        if hook == "clean" {
+        if hook == hook_of(StepKind::Clean) {
             bundles.reverse();
         }
         let mut outcome = Outcome::ok();
@@ -755,13 +770,13 @@ impl Executor {
                 step,
                 idx,
                 bundle: b,
-                hook: "cmd",
+                hook: hook_of(StepKind::Apps),
                 cwd: &dir,
                 program: &program,
                 args: &args,
                 env: &env,
                 outputs: &outputs,
-                timeout: b.manifest.timeout("cmd"),
+                timeout: b.manifest.timeout(hook_of(StepKind::Apps)),
                 started,
             };
             match self.run_once(&hook_run, log).await? {
@@ -1134,4 +1149,9 @@ async fn ship_log(
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
     }
+}
+
+/// The hook a step of `kind` runs in each bundle: one place (`StepKind::hook`) names them.
+fn hook_of(kind: StepKind) -> &'static str {
+    kind.hook().unwrap_or(kind.as_str())
 }

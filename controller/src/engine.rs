@@ -5,10 +5,11 @@
 //!
 //! All state lives in SQLite, so a restarted controller simply ticks every cluster again.
 
+use crate::planner::NewStep;
 use crate::planner::{
     self, DesiredHost, PlanError, Recorded, RecordedHost, ResolvedBundle, ResolvedSpec, StepSpec,
 };
-use crate::store::clusters::{ClusterHostRow, LogAppend, NewStep, StepResult, StepRow};
+use crate::store::clusters::{ClusterHostRow, LogAppend, StepResult, StepRow};
 use crate::store::{HostRow, Store, StoreError};
 use crate::time::now_unix;
 use anyhow::Result;

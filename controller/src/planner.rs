@@ -5,7 +5,6 @@
 //! finished before a step is released; equal ords run in parallel. join-master and remove
 //! add an index so they run one at a time.
 
-use crate::store::clusters::{Generation, HostUpdate, NewClusterHost, NewStep};
 use berth_shared::api::codes;
 use berth_shared::bundle::{BundleType, Manifest};
 use berth_shared::clusterfile::ConfigDoc;
@@ -82,6 +81,47 @@ impl ResolvedSpec {
             .iter()
             .any(|b| b.manifest.may_output(hook, key))
     }
+}
+
+// ---- what an apply stores (decided here, persisted by `store::clusters`) ----
+
+/// A step to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewStep {
+    pub host_id: i64,
+    pub host_name: String,
+    pub kind: StepKind,
+    pub ord: i64,
+    pub spec: String,
+    pub best_effort: bool,
+}
+
+/// A host to record in a cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewClusterHost {
+    pub host_id: i64,
+    pub role: HostRole,
+    pub ord: i64,
+    pub ip: String,
+    pub env: String,
+}
+
+/// A recorded host whose address, env or order changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostUpdate {
+    pub host_id: i64,
+    pub ip: String,
+    pub env: String,
+    pub ord: i64,
+}
+
+/// Everything one apply stores, in one transaction.
+#[derive(Debug, Default)]
+pub struct Generation {
+    pub add_hosts: Vec<NewClusterHost>,
+    pub host_updates: Vec<HostUpdate>,
+    pub leaving: Vec<i64>,
+    pub steps: Vec<NewStep>,
 }
 
 /// What a step's `spec` column holds.

@@ -292,7 +292,7 @@ fn plan_step(ctx: &Context, host: &HostRow, s: &StepRow) -> PlanStep {
     PlanStep {
         id: s.id,
         attempt: s.attempt as u32,
-        kind: s.kind.to_string(),
+        kind: s.kind,
         bundles: ctx
             .spec
             .bundles_of(s.kind, &sspec)

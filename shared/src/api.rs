@@ -221,6 +221,18 @@ pub struct Health {
 }
 
 /// Stable error codes. Clients match on these, never on messages.
+impl crate::state::TransitionError {
+    /// The API code of a refused transition (the state machine itself knows no API).
+    pub fn code(&self) -> &'static str {
+        use crate::state::TransitionError;
+        match self {
+            TransitionError::NotReleased { .. } => codes::STEP_NOT_RELEASED,
+            TransitionError::StaleAttempt { .. } => codes::STALE_ATTEMPT,
+            TransitionError::Illegal { .. } => codes::ILLEGAL_TRANSITION,
+        }
+    }
+}
+
 pub mod codes {
     pub const UNAUTHENTICATED: &str = "unauthenticated";
     pub const FORBIDDEN: &str = "forbidden";

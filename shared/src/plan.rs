@@ -14,7 +14,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-pub const PLAN_VERSION: u32 = 2;
+/// The plan format. 3: a step's `kind` is a [`crate::state::StepKind`] (an agent of version
+/// 2 refuses it by its version rather than misreading a kind).
+pub const PLAN_VERSION: u32 = 3;
 
 /// Largest context document an agent accepts.
 pub const MAX_CONTEXT_BYTES: u64 = 64 << 20;
@@ -86,8 +88,8 @@ impl ClusterContext {
 pub struct PlanStep {
     pub id: i64,
     pub attempt: u32,
-    /// check, distribute, install, init, join-master, join-node, apps, leave, remove, clean.
-    pub kind: String,
+    /// What the step does; the agent matches every kind.
+    pub kind: crate::state::StepKind,
     /// Bundles in Clusterfile order.
     pub bundles: Vec<PlanBundle>,
     /// The host's own env composed by the controller (per-host env and the host's
@@ -120,7 +122,7 @@ pub enum PlanError {
     BadSignature,
     #[error("plan payload is not valid JSON: {0}")]
     Malformed(String),
-    #[error("plan format version {0} is not supported (this agent understands version 2); upgrade the agent to the controller's version")]
+    #[error("plan format version {0} is not supported (this agent understands version {PLAN_VERSION}); upgrade the agent to the controller's version")]
     Version(u32),
     #[error("plan is for host `{got}`, not `{want}`")]
     WrongHost { got: String, want: String },
@@ -168,12 +170,19 @@ pub fn verify(
     ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, public_key)
         .verify(&payload, &sig)
         .map_err(|_| PlanError::BadSignature)?;
-    // Only now is anything read out of the payload.
+    // Only now is anything read out of the payload: its format version first, so a plan
+    // of another version is refused as that, not as a payload that does not parse.
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: u32,
+    }
+    let v: Versioned =
+        serde_json::from_slice(&payload).map_err(|e| PlanError::Malformed(e.to_string()))?;
+    if v.version != PLAN_VERSION {
+        return Err(PlanError::Version(v.version));
+    }
     let plan: PlanPayload =
         serde_json::from_slice(&payload).map_err(|e| PlanError::Malformed(e.to_string()))?;
-    if plan.version != PLAN_VERSION {
-        return Err(PlanError::Version(plan.version));
-    }
     if plan.host != host {
         return Err(PlanError::WrongHost {
             got: plan.host,
@@ -228,7 +237,7 @@ mod tests {
     fn accepts_a_good_plan_and_refuses_each_bad_one_with_the_exact_reason() {
         let k = key();
         let pk = k.public_key().as_ref().to_vec();
-        let good = signed(&k, &plan("h1", 5, 2, 1000));
+        let good = signed(&k, &plan("h1", 5, PLAN_VERSION, 1000));
         assert_eq!(
             verify(&good, "kid", &pk, "h1", 5, 500).unwrap().generation,
             5
@@ -245,7 +254,7 @@ mod tests {
         );
 
         let other = key();
-        let forged = signed(&other, &plan("h1", 5, 2, 1000));
+        let forged = signed(&other, &plan("h1", 5, PLAN_VERSION, 1000));
         assert_eq!(
             verify(&forged, "kid", &pk, "h1", 0, 500),
             Err(PlanError::BadSignature)
@@ -282,8 +291,23 @@ mod tests {
             verify(&v1, "kid", &pk, "h1", 0, 500)
                 .unwrap_err()
                 .to_string(),
-            "plan format version 1 is not supported (this agent understands version 2); upgrade the agent to the controller's version"
+            "plan format version 1 is not supported (this agent understands version 3); upgrade the agent to the controller's version"
         );
+        // A newer controller's plan, with a kind this agent does not know: refused by its
+        // version, with that reason.
+        let future = br#"{"version":4,"cluster":"c","host":"h1","generation":5,"issued_at":1,"expires_at":1000,"steps":[{"id":1,"attempt":1,"kind":"upgrade","bundles":[],"env":{}}]}"#;
+        assert_eq!(
+            verify(&signed(&k, future), "kid", &pk, "h1", 0, 500)
+                .unwrap_err()
+                .to_string(),
+            "plan format version 4 is not supported (this agent understands version 3); upgrade the agent to the controller's version"
+        );
+        // This version with a kind it does not know is malformed.
+        let odd = br#"{"version":3,"cluster":"c","host":"h1","generation":5,"issued_at":1,"expires_at":1000,"steps":[{"id":1,"attempt":1,"kind":"upgrade","bundles":[],"env":{}}]}"#;
+        assert!(verify(&signed(&k, odd), "kid", &pk, "h1", 0, 500)
+            .unwrap_err()
+            .to_string()
+            .starts_with("plan payload is not valid JSON: unknown variant `upgrade`"));
     }
 
     #[test]
@@ -291,7 +315,7 @@ mod tests {
         let step = PlanStep {
             id: 1,
             attempt: 1,
-            kind: "install".into(),
+            kind: crate::state::StepKind::Install,
             bundles: vec![],
             env: [
                 ("A", "host"),

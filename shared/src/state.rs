@@ -180,16 +180,6 @@ pub enum TransitionError {
     Illegal { from: StepState, to: StepState },
 }
 
-impl TransitionError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            TransitionError::NotReleased { .. } => crate::api::codes::STEP_NOT_RELEASED,
-            TransitionError::StaleAttempt { .. } => crate::api::codes::STALE_ATTEMPT,
-            TransitionError::Illegal { .. } => crate::api::codes::ILLEGAL_TRANSITION,
-        }
-    }
-}
-
 /// The state machine: may a report of `to` at `attempt` move a step that is `from` at
 /// `current_attempt`?
 ///

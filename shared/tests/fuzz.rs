@@ -296,7 +296,7 @@ fn good_payload() -> Vec<u8> {
         steps: vec![PlanStep {
             id: 1,
             attempt: 1,
-            kind: "install".into(),
+            kind: berth_shared::state::StepKind::Install,
             bundles: vec![],
             env: BTreeMap::from([("A".to_string(), "1".to_string())]),
         }],

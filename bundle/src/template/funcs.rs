@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 
-use super::eval::{short, Value};
-use super::parse::arity;
+use super::value::{short, Value};
 use super::{terr, TemplateError, ENTRY_BYTES, MAX_EVAL_BYTES};
 
 /// `v` as JSON (for `toJson` and `toYaml`): a missing value is `null`, a number that
@@ -473,4 +472,80 @@ fn semver_matches(constraint: &str, version: &str, line: usize) -> Result<bool, 
         }
     }
     Ok(false)
+}
+
+/// Every function templates may call.
+pub(super) const FUNCS: [&str; 41] = [
+    "default",
+    "eq",
+    "ne",
+    "not",
+    "and",
+    "or",
+    "lower",
+    "upper",
+    "trim",
+    "quote",
+    "contains",
+    "hasPrefix",
+    "hasSuffix",
+    "trimPrefix",
+    "trimSuffix",
+    "replace",
+    "squote",
+    "b64enc",
+    "b64dec",
+    "indent",
+    "nindent",
+    "toYaml",
+    "semverCompare",
+    "env",
+    "split",
+    "splitList",
+    "join",
+    "index",
+    "len",
+    "toString",
+    "empty",
+    "required",
+    "hasKey",
+    "list",
+    "dict",
+    "toJson",
+    "int",
+    "int64",
+    "printf",
+    "ipAt",
+    "ipNet",
+];
+
+/// Checks that function `f` can take `got` arguments (at parse time, and again before each
+/// call).
+pub(super) fn arity(f: &str, got: usize, line: usize) -> Result<(), TemplateError> {
+    let exactly = |n: usize| {
+        if got == n {
+            Ok(())
+        } else {
+            Err(terr(
+                line,
+                format!("`{f}` takes {n} argument(s), got {got}"),
+            ))
+        }
+    };
+    match f {
+        "default" | "contains" | "hasPrefix" | "hasSuffix" | "trimPrefix" | "trimSuffix"
+        | "indent" | "nindent" | "semverCompare" | "split" | "splitList" | "join" | "required"
+        | "hasKey" | "ipAt" => exactly(2),
+        "replace" => exactly(3),
+        "not" | "lower" | "upper" | "trim" | "quote" | "squote" | "b64enc" | "b64dec"
+        | "toYaml" | "env" | "len" | "toString" | "empty" | "toJson" | "int" | "int64"
+        | "ipNet" => exactly(1),
+        "eq" | "ne" if got < 2 => Err(terr(line, format!("`{f}` needs at least 2 arguments"))),
+        "and" | "or" | "index" | "printf" if got == 0 => {
+            Err(terr(line, format!("`{f}` needs arguments")))
+        }
+        "printf" => Ok(()),
+        "eq" | "ne" | "and" | "or" | "index" | "list" | "dict" => Ok(()),
+        other => Err(terr(line, format!("function `{other}` not defined"))),
+    }
 }

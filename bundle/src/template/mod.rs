@@ -79,9 +79,11 @@ mod lex;
 mod parse;
 #[cfg(test)]
 mod tests;
+mod value;
 
-use eval::{from_json, run, Value};
+use eval::run;
 use parse::parse;
+use value::{from_json, Value};
 
 /// Largest template source accepted, bytes (1 MiB).
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;

@@ -1,8 +1,9 @@
 //! Parsing: the syntax tree (nodes, pipelines, arguments) built from the lexed items,
 //! with variables, function names and argument counts checked.
 
-use super::eval::Value;
+use super::funcs::{arity, FUNCS};
 use super::lex::{split, Item, Tok};
+use super::value::Value;
 use super::{check_size, terr, TemplateError, MAX_DEPTH};
 
 pub(super) fn parse(src: &str) -> Result<Vec<Node>, TemplateError> {
@@ -89,50 +90,6 @@ enum Stop {
     End(usize),
     Else(usize, Vec<Tok>),
 }
-
-const FUNCS: [&str; 41] = [
-    "default",
-    "eq",
-    "ne",
-    "not",
-    "and",
-    "or",
-    "lower",
-    "upper",
-    "trim",
-    "quote",
-    "contains",
-    "hasPrefix",
-    "hasSuffix",
-    "trimPrefix",
-    "trimSuffix",
-    "replace",
-    "squote",
-    "b64enc",
-    "b64dec",
-    "indent",
-    "nindent",
-    "toYaml",
-    "semverCompare",
-    "env",
-    "split",
-    "splitList",
-    "join",
-    "index",
-    "len",
-    "toString",
-    "empty",
-    "required",
-    "hasKey",
-    "list",
-    "dict",
-    "toJson",
-    "int",
-    "int64",
-    "printf",
-    "ipAt",
-    "ipNet",
-];
 
 pub(super) fn undefined(line: usize, name: &str) -> TemplateError {
     terr(line, format!("undefined variable `${name}`"))
@@ -486,35 +443,4 @@ fn parse_pipe_inner(
         }
     }
     Ok(Pipe { cmds, line })
-}
-
-/// Checks that function `f` can take `got` arguments (at parse time, and again before each
-/// call).
-pub(super) fn arity(f: &str, got: usize, line: usize) -> Result<(), TemplateError> {
-    let exactly = |n: usize| {
-        if got == n {
-            Ok(())
-        } else {
-            Err(terr(
-                line,
-                format!("`{f}` takes {n} argument(s), got {got}"),
-            ))
-        }
-    };
-    match f {
-        "default" | "contains" | "hasPrefix" | "hasSuffix" | "trimPrefix" | "trimSuffix"
-        | "indent" | "nindent" | "semverCompare" | "split" | "splitList" | "join" | "required"
-        | "hasKey" | "ipAt" => exactly(2),
-        "replace" => exactly(3),
-        "not" | "lower" | "upper" | "trim" | "quote" | "squote" | "b64enc" | "b64dec"
-        | "toYaml" | "env" | "len" | "toString" | "empty" | "toJson" | "int" | "int64"
-        | "ipNet" => exactly(1),
-        "eq" | "ne" if got < 2 => Err(terr(line, format!("`{f}` needs at least 2 arguments"))),
-        "and" | "or" | "index" | "printf" if got == 0 => {
-            Err(terr(line, format!("`{f}` needs arguments")))
-        }
-        "printf" => Ok(()),
-        "eq" | "ne" | "and" | "or" | "index" | "list" | "dict" => Ok(()),
-        other => Err(terr(line, format!("function `{other}` not defined"))),
-    }
 }

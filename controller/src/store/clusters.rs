@@ -7,6 +7,7 @@
 use super::error::StoreError;
 use super::Result;
 use super::Store;
+use crate::planner::{Generation, NewStep};
 use crate::time::now_unix;
 use berth_shared::state::{ClusterPhase, HostRole, StepKind, StepState};
 use sqlx::Row;
@@ -73,51 +74,12 @@ pub struct StepResult {
     pub deadline: Option<i64>,
 }
 
-/// A step to create.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewStep {
-    pub host_id: i64,
-    pub host_name: String,
-    pub kind: StepKind,
-    pub ord: i64,
-    pub spec: String,
-    pub best_effort: bool,
-}
-
 /// What `apply_generation` stored.
 #[derive(Debug)]
 pub struct AppliedGeneration {
     pub id: i64,
     /// Hosts with steps stored released (a new cluster's first phase), to wake.
     pub released: Vec<i64>,
-}
-
-/// A host to record in a cluster.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewClusterHost {
-    pub host_id: i64,
-    pub role: HostRole,
-    pub ord: i64,
-    pub ip: String,
-    pub env: String,
-}
-
-/// A recorded host whose address, env or order changes.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HostUpdate {
-    pub host_id: i64,
-    pub ip: String,
-    pub env: String,
-    pub ord: i64,
-}
-
-/// Everything one apply stores, in one transaction.
-#[derive(Debug, Default)]
-pub struct Generation {
-    pub add_hosts: Vec<NewClusterHost>,
-    pub host_updates: Vec<HostUpdate>,
-    pub leaving: Vec<i64>,
-    pub steps: Vec<NewStep>,
 }
 
 /// What storing a log chunk did.

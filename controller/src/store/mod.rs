@@ -696,7 +696,7 @@ mod tests {
             sqlite_thread_nices()
         );
 
-        let none = |_: &clusters::NewStep| 0;
+        let none = |_: &crate::planner::NewStep| 0;
         view.apply_generation("c", "text", "{}", Default::default(), "test", &none)
             .await
             .expect("a write through the view");
@@ -725,7 +725,7 @@ mod tests {
             "the store it came from keeps its pool"
         );
 
-        let none = |_: &clusters::NewStep| 0;
+        let none = |_: &crate::planner::NewStep| 0;
         writing
             .apply_generation("c", "text", "{}", Default::default(), "test", &none)
             .await
