@@ -95,7 +95,11 @@ fn an_agent_cannot_move_a_step_it_does_not_own_forge_outputs_or_fetch_other_blob
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(payload["version"], berth_shared::plan::PLAN_VERSION, "{payload}");
+    assert_eq!(
+        payload["version"],
+        berth_shared::plan::PLAN_VERSION,
+        "{payload}"
+    );
     let text = payload.to_string();
     assert!(
         !text.contains("BERTH_NODES") && !text.contains("ClusterConfiguration"),
