@@ -398,21 +398,20 @@ pub fn extract(archive: &Path, into: &Path, limits: &Limits) -> Result<(), Unpac
                 no_data(&name, size)?;
                 prepare(into, &rel, true)?;
             }
-            tar::EntryType::Symlink | tar::EntryType::Link => {
+            tar::EntryType::Symlink => {
+                no_data(&name, size)?;
+                let target = symlink_target(&entry, &name, &rel)?;
+                let parent = rel.parent().map(|p| p.as_str().to_string());
+                links.push((rel, lexical_join(parent.as_deref(), &target)));
+            }
+            tar::EntryType::Link => {
                 no_data(&name, size)?;
                 let target = entry
                     .link_name()
                     .map_err(arc)?
                     .map(|t| t.to_string_lossy().into_owned())
                     .ok_or_else(|| entry_err(&name, "link without a target"))?;
-                let resolved = if entry.header().entry_type() == tar::EntryType::Symlink {
-                    let target = symlink_target(&entry, &name, &rel)?;
-                    let parent = rel.parent().map(|p| p.as_str().to_string());
-                    lexical_join(parent.as_deref(), &target)
-                } else {
-                    target
-                };
-                links.push((rel, resolved));
+                links.push((rel, target));
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 return Err(entry_err(

@@ -12,8 +12,8 @@
 
 use crate::hashio::HashingReader;
 use crate::unpack::{
-    checked_existing, corrupt, entry_err, io_at, no_data, prepare, symlink_target, write_file,
-    UnpackError,
+    checked_existing, corrupt, entry_err, hardlink_target, io_at, no_data, prepare, symlink_target,
+    write_file, UnpackError,
 };
 use berth_shared::{Digest, SafeRelPath};
 use std::collections::HashSet;
@@ -155,13 +155,7 @@ fn apply_tar<R: Read>(r: R, dest: &Path, budget: &mut Budget) -> Result<(), Unpa
             }
             tar::EntryType::Link => {
                 no_data(&name, size)?;
-                let link = entry
-                    .link_name()
-                    .map_err(corrupt)?
-                    .ok_or_else(|| entry_err(&name, "hardlink without a target"))?;
-                let link_str = link.to_string_lossy().into_owned();
-                let link_rel = SafeRelPath::new(&link_str)
-                    .map_err(|e| entry_err(&name, format!("hardlink target: {e}")))?;
+                let link_rel = hardlink_target(&entry, &name)?;
                 let source = checked_existing(dest, &link_rel)?;
                 if !fs::symlink_metadata(&source)
                     .map_err(io_at(&source))?

@@ -203,6 +203,19 @@ pub(crate) fn symlink_target<R: Read>(
     Ok(link)
 }
 
+/// The target of the hardlink entry `name`: a path inside the root.
+pub(crate) fn hardlink_target<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    name: &str,
+) -> Result<SafeRelPath, UnpackError> {
+    let link = entry
+        .link_name()
+        .map_err(corrupt)?
+        .ok_or_else(|| entry_err(name, "hardlink without a target"))?;
+    SafeRelPath::new(&link.to_string_lossy())
+        .map_err(|e| entry_err(name, format!("hardlink target: {e}")))
+}
+
 /// What an unpack produced.
 #[derive(Debug, Clone)]
 pub struct Unpacked {
@@ -280,7 +293,6 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
     let mut entries = archive
         .entries()
         .map_err(|e| UnpackError::Archive(e.to_string()))?;
-    let arc = |e: io::Error| UnpackError::Archive(format!("corrupt or truncated: {e}"));
 
     // 1. The manifest, first.
     let mut first = entries
@@ -288,8 +300,12 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
         .ok_or_else(|| {
             UnpackError::Archive("empty archive; a bundle starts with bundle.yaml".into())
         })?
-        .map_err(arc)?;
-    let first_path = first.path().map_err(arc)?.to_string_lossy().into_owned();
+        .map_err(corrupt)?;
+    let first_path = first
+        .path()
+        .map_err(corrupt)?
+        .to_string_lossy()
+        .into_owned();
     if SafeRelPath::new(&first_path).map(|p| p.as_str() == MANIFEST_FILE) != Ok(true)
         || first.header().entry_type() != tar::EntryType::Regular
     {
@@ -325,12 +341,12 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     for entry in entries {
-        let mut entry = entry.map_err(arc)?;
+        let mut entry = entry.map_err(corrupt)?;
         let (name, size) = budget.entry(&entry)?;
         let rel = SafeRelPath::new(&name).map_err(|e| entry_err(&name, e.to_string()))?;
         let header = entry.header();
         let kind = header.entry_type();
-        let mut mode = header.mode().map_err(arc)? & 0o7777;
+        let mut mode = header.mode().map_err(corrupt)? & 0o7777;
         if !manifest.allow_setuid {
             mode &= !0o6000;
         }
@@ -376,13 +392,7 @@ fn walk<R: Read>(reader: R, limits: &Limits, dest: Option<&Path>) -> Result<Unpa
             }
             tar::EntryType::Link => {
                 no_data(&name, size)?;
-                let link = entry
-                    .link_name()
-                    .map_err(arc)?
-                    .ok_or_else(|| entry_err(&name, "hardlink without a target"))?;
-                let link_str = link.to_string_lossy().into_owned();
-                let link_rel = SafeRelPath::new(&link_str)
-                    .map_err(|e| entry_err(&name, format!("hardlink target: {e}")))?;
+                let link_rel = hardlink_target(&entry, &name)?;
                 let Some(&checked) = regular_files.get(link_rel.as_str()) else {
                     return Err(entry_err(
                         &name,

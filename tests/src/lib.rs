@@ -710,6 +710,23 @@ impl Controller {
         p
     }
 
+    /// Stops the controller, restores `backup` into a new data dir (`berth restore`, which
+    /// must succeed) and starts the controller on it.
+    pub fn restart_restored_from(&mut self, backup: &Path) {
+        self.stop();
+        let restored = self.dir.path().join("restored");
+        let out = Command::new(berth_bin())
+            .arg("--data-dir")
+            .arg(&restored)
+            .arg("restore")
+            .arg(backup)
+            .output()
+            .expect("run berth restore");
+        assert!(out.status.success(), "restore: {}", stderr(&out));
+        self.data_dir = restored;
+        self.spawn().expect("start the restored controller");
+    }
+
     /// `berth status NAME -o json`.
     pub fn status(&self, name: &str) -> serde_json::Value {
         let out = self.cli(&["status", name, "-o", "json", "--show-outputs"]);

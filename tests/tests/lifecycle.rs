@@ -584,17 +584,7 @@ fn a_restore_from_before_a_renewal_keeps_the_host() {
             .contains("agent certificate renewed host=w1")
             .then_some(())
     });
-    ctl.stop();
-    let restored = ctl.dir.path().join("restored");
-    let out = Command::new(berth_bin())
-        .arg("--data-dir")
-        .arg(&restored)
-        .args(["restore", backup.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    ctl.data_dir = restored;
-    ctl.spawn().unwrap();
+    ctl.restart_restored_from(&backup);
     wait_for(
         "w1 polls the restored controller",
         Duration::from_secs(30),

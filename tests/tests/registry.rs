@@ -396,17 +396,7 @@ fn registry_reads_can_require_credentials_and_survive_a_restore() {
     let backup = ctl.dir.path().join("backup.tar");
     let out = ctl.cli(&["backup", "-o", backup.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    ctl.stop();
-    let restored = ctl.dir.path().join("restored");
-    let out = Command::new(berth_bin())
-        .arg("--data-dir")
-        .arg(&restored)
-        .args(["restore", backup.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
-    ctl.data_dir = restored;
-    ctl.spawn().unwrap();
+    ctl.restart_restored_from(&backup);
     let out = run(Command::new("skopeo").args([
         "inspect",
         "--cert-dir",

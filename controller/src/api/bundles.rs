@@ -85,9 +85,10 @@ pub async fn push(
             .await?
             .and_then(|d| d.parse::<Digest>().ok());
     }
-    // The container images it carries, served by the registry (read once more from disk).
+    // The container images it carries, served by the registry (the bundle is read once more
+    // from disk, only when the upload scan saw a `registry/` or `images/` file).
     let (mut images, mut warnings) = (Vec::new(), Vec::new());
-    if created {
+    if created && crate::registry::may_carry_images(&ingested.files) {
         let (store, blob) = (st.images.clone(), st.blobs.path(&ingested.digest));
         match tokio::task::spawn_blocking(move || crate::registry::from_bundle(&store, &blob)).await
         {

@@ -177,6 +177,13 @@ fn add_manifest(store: &BlobStore, repo: &str, d: &Digest, found: &mut Found) ->
     Ok(())
 }
 
+/// Whether a bundle with these files (from its upload scan) can carry images at all.
+pub fn may_carry_images(files: &[String]) -> bool {
+    files
+        .iter()
+        .any(|f| f.starts_with(DIST) || f.starts_with(IMAGES))
+}
+
 /// Collects the images a bundle at `bundle` (a stored, already checked bundle blob)
 /// carries into `store` (blocking).
 pub fn from_bundle(store: &BlobStore, bundle: &Path) -> Result<Found> {
