@@ -5,10 +5,10 @@
 //!
 //! All state lives in SQLite, so a restarted controller simply ticks every cluster again.
 
-use crate::planner::NewStep;
 use crate::planner::{
     self, DesiredHost, PlanError, Recorded, RecordedHost, ResolvedBundle, ResolvedSpec, StepSpec,
 };
+use crate::scheduler::{next_release, Next, View};
 use crate::store::clusters::{ClusterHostRow, LogAppend, StepResult, StepRow};
 use crate::store::{HostRow, Store, StoreError};
 use crate::time::now_unix;
@@ -394,12 +394,30 @@ impl Engine {
         let generation = planner::diff(&cf.name, &hosts, &spec, &recorded)?;
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.into()))?;
+        // A new cluster's first wave is stored released (with its deadlines): what the
+        // first tick would decide, without writing every step twice (for 19,000 hosts
+        // that second write was a third of the apply). A cluster that existed is left to
+        // the tick, which weighs its earlier steps.
         let now = now_unix();
-        let deadline = |s: &NewStep| now + self.step_deadline_secs(&spec, s.kind, &s.spec);
+        let released: Vec<Option<i64>> =
+            match (&existing, next_release(View::of(&generation.steps))) {
+                // Every new step is pending: the release is every step at its ord.
+                (None, Next::Release(first)) => generation
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        first
+                            .first()
+                            .is_some_and(|f| f.ord == s.ord)
+                            .then(|| now + self.step_deadline_secs(&spec, s.kind, &s.spec))
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
         let planned = started.elapsed();
         let stored = self
             .store
-            .apply_generation(&cf.name, text, &spec_json, generation, actor, &deadline)
+            .apply_generation(&cf.name, text, &spec_json, generation, actor, &released)
             .await?;
         let id = stored.id;
         for h in stored.released {
@@ -645,8 +663,40 @@ impl Engine {
             let steps = self.store.steps(cluster_id).await?;
             return self.tick_reset(&cluster, &steps).await;
         }
-        let view = self.store.tick_view(cluster_id).await?;
-        if let Some(f) = &view.failure {
+        let pending = match next_release(self.store.tick_view(cluster_id).await?) {
+            Next::Stop(f) => {
+                self.settle_failed(cluster_id, &head, &f).await?;
+                return Ok(());
+            }
+            Next::Done => {
+                self.store.drop_left_hosts(cluster_id).await?;
+                if head.phase != ClusterPhase::Running {
+                    self.store
+                        .set_phase(cluster_id, ClusterPhase::Running, None)
+                        .await?;
+                    tracing::info!(cluster = %head.name, "cluster is Running");
+                }
+                return Ok(());
+            }
+            Next::Release(pending) => pending,
+        };
+        self.release(cluster_id, pending.iter()).await?;
+        if head.phase == ClusterPhase::Failed {
+            self.store
+                .set_phase(cluster_id, ClusterPhase::Reconciling, None)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The cluster is Failed, naming the step that stopped it.
+    async fn settle_failed(
+        &self,
+        cluster_id: i64,
+        head: &crate::store::plans::ClusterHead,
+        f: &StepRow,
+    ) -> Result<()> {
+        {
             if head.phase != ClusterPhase::Failed {
                 let msg = format!(
                     "step {} failed on host {}: {}",
@@ -659,23 +709,6 @@ impl Engine {
                     .set_phase(cluster_id, ClusterPhase::Failed, Some(&msg))
                     .await?;
             }
-            return Ok(());
-        }
-        if view.open_ord.is_none() {
-            self.store.drop_left_hosts(cluster_id).await?;
-            if head.phase != ClusterPhase::Running {
-                self.store
-                    .set_phase(cluster_id, ClusterPhase::Running, None)
-                    .await?;
-                tracing::info!(cluster = %head.name, "cluster is Running");
-            }
-            return Ok(());
-        }
-        self.release(cluster_id, view.pending.iter()).await?;
-        if head.phase == ClusterPhase::Failed {
-            self.store
-                .set_phase(cluster_id, ClusterPhase::Reconciling, None)
-                .await?;
         }
         Ok(())
     }
@@ -688,18 +721,12 @@ impl Engine {
         cluster: &crate::store::clusters::ClusterRow,
         steps: &[StepRow],
     ) -> Result<()> {
-        let open: Vec<&StepRow> = steps
-            .iter()
-            .filter(|s| {
-                matches!(
-                    s.state,
-                    StepState::Pending | StepState::Released | StepState::Running
-                )
-            })
-            .collect();
-        if let Some(min) = open.iter().map(|s| s.ord).min() {
-            self.release(cluster.id, open.iter().filter(|s| s.ord == min).copied())
-                .await?;
+        // A reset stops for nothing: clean is best-effort, and what ran when it began only
+        // finishes, whatever its result.
+        let mut view = View::of(steps);
+        view.failure = None;
+        if let Next::Release(pending) = next_release(view) {
+            self.release(cluster.id, pending.iter()).await?;
             return Ok(());
         }
         let failed: Vec<String> = steps

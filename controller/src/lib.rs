@@ -25,6 +25,7 @@ pub mod pki;
 pub mod planner;
 pub mod plans;
 pub mod registry;
+pub mod scheduler;
 pub mod secrets;
 pub mod server;
 pub mod signals;

@@ -96,6 +96,19 @@ pub struct NewStep {
     pub best_effort: bool,
 }
 
+impl crate::scheduler::Scheduled for NewStep {
+    fn ord(&self) -> i64 {
+        self.ord
+    }
+    /// A step to create is pending.
+    fn state(&self) -> berth_shared::state::StepState {
+        berth_shared::state::StepState::Pending
+    }
+    fn best_effort(&self) -> bool {
+        self.best_effort
+    }
+}
+
 /// A host to record in a cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewClusterHost {

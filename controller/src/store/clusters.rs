@@ -58,6 +58,18 @@ pub struct StepRow {
     pub log_stored: i64,
 }
 
+impl crate::scheduler::Scheduled for StepRow {
+    fn ord(&self) -> i64 {
+        self.ord
+    }
+    fn state(&self) -> StepState {
+        self.state
+    }
+    fn best_effort(&self) -> bool {
+        self.best_effort
+    }
+}
+
 /// A step's row after validated reports, as `write_step_results` stores it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StepResult {
@@ -224,11 +236,9 @@ impl Store {
     /// Stores a new generation of a cluster: spec, hosts added, hosts marked leaving,
     /// failed steps reset for a new attempt, and new steps — in one transaction.
     ///
-    /// A new cluster's first phase is stored released, with the deadline `deadline` gives
-    /// each of its steps, and its hosts' plan generations bumped: what the first tick would
-    /// do, without writing every step twice (for 19,000 hosts that second write was a third
-    /// of the apply). A cluster that existed is left to the tick, which weighs its earlier
-    /// steps. Returns the cluster's id and the hosts to wake.
+    /// A step with a deadline in `released` (by position) is stored released and its
+    /// host's plan generation bumped (the scheduler's first release of a new cluster); the
+    /// rest pending. Returns the cluster's id and the hosts to wake.
     pub async fn apply_generation(
         &self,
         name: &str,
@@ -236,7 +246,7 @@ impl Store {
         spec: &str,
         g: Generation,
         actor: &str,
-        deadline: &(dyn Fn(&NewStep) -> i64 + Sync),
+        released: &[Option<i64>],
     ) -> Result<AppliedGeneration> {
         let now = now_unix();
         let mut tx = self.write().await?;
@@ -245,7 +255,6 @@ impl Store {
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
-        let new_cluster = existing.is_none();
         let (id, generation) = match existing {
             Some((id, gen)) => {
                 sqlx::query(
@@ -313,22 +322,16 @@ impl Store {
         }
         // Resume, never restart: failed and interrupted steps get a new attempt.
         retry_failed(&mut tx, id).await?;
-        let first = g.steps.iter().map(|s| s.ord).min().filter(|_| new_cluster);
-        let deadlines: Vec<Option<i64>> = g
+        let mut woken: Vec<i64> = g
             .steps
             .iter()
-            .map(|s| (Some(s.ord) == first).then(|| deadline(s)))
-            .collect();
-        let mut released: Vec<i64> = g
-            .steps
-            .iter()
-            .zip(&deadlines)
+            .zip(released)
             .filter(|(_, d)| d.is_some())
             .map(|(s, _)| s.host_id)
             .collect();
-        released.sort_unstable();
-        released.dedup();
-        insert_steps(&mut tx, id, generation, g.steps, &deadlines).await?;
+        woken.sort_unstable();
+        woken.dedup();
+        insert_steps(&mut tx, id, generation, g.steps, released).await?;
         super::audit(
             &mut tx,
             actor,
@@ -337,7 +340,7 @@ impl Store {
             Some(&format!("generation={generation}")),
         )
         .await?;
-        let released = commit_bumping(self, tx, released).await?;
+        let released = commit_bumping(self, tx, woken).await?;
         Ok(AppliedGeneration { id, released })
     }
 
@@ -963,18 +966,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_new_clusters_first_phase_is_stored_released_and_a_later_apply_leaves_it_to_the_tick()
-    {
+    async fn steps_given_a_deadline_are_stored_released_and_their_hosts_woken() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        let deadline = |s: &NewStep| 1000 + s.host_id;
         let g = generation(vec![
             step(1, StepKind::Check, 0),
             step(2, StepKind::Check, 0),
             step(1, StepKind::Distribute, 1),
         ]);
         let first = store
-            .apply_generation("c", "text", "{}", g, "test", &deadline)
+            .apply_generation("c", "text", "{}", g, "test", &[Some(1001), Some(1002)])
             .await
             .unwrap();
         assert_eq!(first.released, vec![1, 2]);
@@ -993,11 +994,9 @@ mod tests {
                 (StepKind::Distribute, StepState::Pending, None),
             ]
         );
-
-        // The cluster exists now: its new steps wait for the tick.
         let g = generation(vec![step(3, StepKind::Check, 0)]);
         let again = store
-            .apply_generation("c", "text", "{}", g, "test", &deadline)
+            .apply_generation("c", "text", "{}", g, "test", &[])
             .await
             .unwrap();
         assert_eq!(again.id, first.id);
@@ -1005,5 +1004,94 @@ mod tests {
         let added = store.steps(first.id).await.unwrap();
         let added = added.iter().find(|s| s.host_id == 3).unwrap();
         assert_eq!((added.state, added.deadline), (StepState::Pending, None));
+    }
+
+    /// The store's three indexed reads give what the scheduler's `View::of` gives over all
+    /// the steps, at every point of a rollout.
+    #[tokio::test]
+    async fn the_tick_view_is_the_schedulers_view() {
+        use crate::scheduler::{next_release, Next, View};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut leave = step(4, StepKind::Leave, 3);
+        leave.best_effort = true;
+        let g = generation(vec![
+            step(1, StepKind::Check, 0),
+            step(2, StepKind::Check, 0),
+            step(1, StepKind::Distribute, 1),
+            step(2, StepKind::Distribute, 1),
+            step(3, StepKind::JoinNode, 2),
+            leave,
+            step(1, StepKind::Remove, 4),
+        ]);
+        let id = store
+            .apply_generation("c", "text", "{}", g, "test", &[])
+            .await
+            .unwrap()
+            .id;
+        let summary = |v: &View<StepRow>| {
+            (
+                v.failure.as_ref().map(|f| f.id),
+                v.open_ord,
+                v.pending.iter().map(|s| s.id).collect::<Vec<_>>(),
+            )
+        };
+        let set = |sid: i64, state: StepState| {
+            let store = &store;
+            async move {
+                store
+                    .write_one(
+                        sqlx::query("UPDATE steps SET state = ?1 WHERE id = ?2")
+                            .bind(state)
+                            .bind(sid),
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        let mut rounds = 0;
+        loop {
+            let all = store.steps(id).await.unwrap();
+            let from_store = store.tick_view(id).await.unwrap();
+            assert_eq!(summary(&from_store), summary(&View::of(&all)), "{all:?}");
+            match next_release(from_store) {
+                Next::Done => break,
+                Next::Stop(f) => panic!("stopped at {f:?}"),
+                Next::Release(r) => {
+                    // Released, then running (the view must not move), then finished:
+                    // the leave fails, which (best-effort) stops nothing.
+                    for s in &r {
+                        set(s.id, StepState::Running).await;
+                    }
+                    let all = store.steps(id).await.unwrap();
+                    assert_eq!(
+                        summary(&store.tick_view(id).await.unwrap()),
+                        summary(&View::of(&all))
+                    );
+                    for s in &r {
+                        let to = if s.kind == StepKind::Leave {
+                            StepState::Failed
+                        } else {
+                            StepState::Succeeded
+                        };
+                        set(s.id, to).await;
+                    }
+                }
+            }
+            rounds += 1;
+        }
+        assert_eq!(rounds, 5);
+        // A failure: both say stop, at the same step.
+        let last = store.steps(id).await.unwrap().last().unwrap().id;
+        set(last, StepState::Interrupted).await;
+        let all = store.steps(id).await.unwrap();
+        assert_eq!(
+            summary(&store.tick_view(id).await.unwrap()),
+            summary(&View::of(&all))
+        );
+        assert!(matches!(
+            next_release(store.tick_view(id).await.unwrap()),
+            Next::Stop(f) if f.id == last
+        ));
     }
 }

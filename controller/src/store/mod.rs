@@ -696,13 +696,12 @@ mod tests {
             sqlite_thread_nices()
         );
 
-        let none = |_: &crate::planner::NewStep| 0;
-        view.apply_generation("c", "text", "{}", Default::default(), "test", &none)
+        view.apply_generation("c", "text", "{}", Default::default(), "test", &[])
             .await
             .expect("a write through the view");
         assert!(store.cluster("c").await.expect("read").is_some());
         store
-            .apply_generation("d", "text", "{}", Default::default(), "test", &none)
+            .apply_generation("d", "text", "{}", Default::default(), "test", &[])
             .await
             .expect("a write through the store");
         assert!(view.cluster("d").await.expect("read").is_some());
@@ -725,9 +724,8 @@ mod tests {
             "the store it came from keeps its pool"
         );
 
-        let none = |_: &crate::planner::NewStep| 0;
         writing
-            .apply_generation("c", "text", "{}", Default::default(), "test", &none)
+            .apply_generation("c", "text", "{}", Default::default(), "test", &[])
             .await
             .expect("a write on the own connection");
         assert!(store.cluster("c").await.expect("read").is_some());

@@ -10,16 +10,8 @@ use berth_shared::state::ClusterPhase;
 /// Context documents kept per cluster (older ones are named by no plan still in use).
 const CONTEXTS_KEPT: i64 = 32;
 
-/// What a tick needs to know about a cluster's steps.
-#[derive(Debug, Default)]
-pub struct TickView {
-    /// A step that failed or was interrupted and is not best-effort.
-    pub failure: Option<StepRow>,
-    /// The lowest `ord` with a pending, released or running step.
-    pub open_ord: Option<i64>,
-    /// The pending steps at that `ord`.
-    pub pending: Vec<StepRow>,
-}
+/// What a tick needs to know about a cluster's steps (see `scheduler::View`).
+pub type TickView = crate::scheduler::View<StepRow>;
 
 /// A cluster's name and phase, without its Clusterfile.
 #[derive(Debug, Clone)]
@@ -106,7 +98,8 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// The tick's view of a cluster: three indexed reads, however many steps it has.
+    /// The tick's view of a cluster: three indexed reads, however many steps it has. The
+    /// same as `scheduler::View::of` over all its steps (a test holds them together).
     pub async fn tick_view(&self, cluster_id: i64) -> Result<TickView> {
         let mut conn = self.pool.acquire().await?;
         let failure = sqlx::query(&format!(
