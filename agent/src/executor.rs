@@ -444,6 +444,8 @@ impl Executor {
                 Ok(best)
             }
             StepKind::Apps => self.run_apps(step, cdir, log, started).await,
+            StepKind::Upgrade => self.upgrade(plan, step, cdir, log, started).await,
+            StepKind::Rollback => self.rollback(plan, step, cdir, log, started).await,
             kind @ (StepKind::Install
             | StepKind::Init
             | StepKind::JoinMaster
@@ -454,6 +456,113 @@ impl Executor {
                     .await
             }
         }
+    }
+
+    /// Upgrades the host to a new rootfs generation: the new bundles are unpacked beside
+    /// the current rootfs (`rootfs.next`), each changed bundle's `upgrade` hook (a new
+    /// patch bundle's `install`) runs from there, then the host switches: the current
+    /// rootfs becomes `rootfs.prev` (kept for a rollback), the new one `rootfs`.
+    async fn upgrade(
+        &self,
+        plan: &PlanPayload,
+        step: &PlanStep,
+        cdir: &Path,
+        log: &std::fs::File,
+        started: i64,
+    ) -> Result<Outcome> {
+        let g = Generations::of(cdir);
+        if built_from(&g.current, step) {
+            writeln!(&*log, "berth-agent: already on the new rootfs")?;
+            return Ok(Outcome::ok());
+        }
+        if !built_from(&g.next, step) {
+            writeln!(
+                &*log,
+                "berth-agent: unpacking the new rootfs beside the current one"
+            )?;
+            self.materialize(step, &g.next, log, true).await?;
+        }
+        let hooks: Vec<(usize, &PlanBundle, &str)> = step
+            .bundles
+            .iter()
+            .enumerate()
+            .filter_map(|(i, b)| match previous_of(b, &step.from) {
+                Some(old) if old.digest == b.digest => None,
+                Some(_) => Some((i, b, hook_of(StepKind::Upgrade))),
+                None => Some((i, b, hook_of(StepKind::Install))),
+            })
+            .collect();
+        let env = moving_env(&step.from, &step.bundles, &g.current, &g.next);
+        let outcome = self
+            .run_selected(plan, step, &g.next, &hooks, &env, log, false, started)
+            .await?;
+        if outcome.state == StepState::Succeeded {
+            g.switch_to_next()?;
+            writeln!(
+                &*log,
+                "berth-agent: switched to the new rootfs; the previous one is kept as {}",
+                g.prev.display()
+            )?;
+        }
+        Ok(outcome)
+    }
+
+    /// Turns a host back to the rootfs it had before an upgrade: each changed bundle's
+    /// `rollback` hook runs from the generation being left (`step.from`), then the host
+    /// switches back to the kept one (unpacked again if it is gone).
+    async fn rollback(
+        &self,
+        plan: &PlanPayload,
+        step: &PlanStep,
+        cdir: &Path,
+        log: &std::fs::File,
+        started: i64,
+    ) -> Result<Outcome> {
+        let g = Generations::of(cdir);
+        let leaving = PlanStep {
+            bundles: step.from.clone(),
+            from: Vec::new(),
+            ..step.clone()
+        };
+        // Where the generation being left is: switched to, unpacked beside, or (its
+        // upgrade never got that far) unpacked now to run its rollback hooks.
+        let new_dir = if built_from(&g.current, &leaving) {
+            g.current.clone()
+        } else {
+            if !built_from(&g.next, &leaving) {
+                self.materialize(&leaving, &g.next, log, true).await?;
+            }
+            g.next.clone()
+        };
+        let old_dir = if built_from(&g.current, step) {
+            g.current.clone()
+        } else {
+            if !built_from(&g.prev, step) {
+                writeln!(
+                    &*log,
+                    "berth-agent: the previous rootfs is gone; unpacking it again"
+                )?;
+                self.materialize(step, &g.prev, log, true).await?;
+            }
+            g.prev.clone()
+        };
+        let hooks: Vec<(usize, &PlanBundle, &str)> = leaving
+            .bundles
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| !step.bundles.iter().any(|o| o.digest == b.digest))
+            .map(|(i, b)| (i, b, hook_of(StepKind::Rollback)))
+            .rev()
+            .collect();
+        let env = moving_env(&leaving.bundles, &step.bundles, &new_dir, &old_dir);
+        let outcome = self
+            .run_selected(plan, &leaving, &new_dir, &hooks, &env, log, false, started)
+            .await?;
+        if outcome.state == StepState::Succeeded {
+            g.switch_back(|d| built_from(d, &leaving), |d| built_from(d, step))?;
+            writeln!(&*log, "berth-agent: back on the previous rootfs")?;
+        }
+        Ok(outcome)
     }
 
     /// Fetches the step's bundles and overlays them into `dest` (atomically), applying
@@ -642,19 +751,51 @@ impl Executor {
         best_effort: bool,
         started: i64,
     ) -> Result<Outcome> {
-        let cdir = self.cluster_dir(plan);
-        let mut bundles: Vec<(usize, &PlanBundle)> = step.bundles.iter().enumerate().collect();
+        let mut bundles: Vec<(usize, &PlanBundle, &str)> = step
+            .bundles
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i, b, hook))
+            .collect();
         if hook == hook_of(StepKind::Clean) {
             bundles.reverse();
         }
+        self.run_selected(
+            plan,
+            step,
+            dir,
+            &bundles,
+            &BTreeMap::new(),
+            log,
+            best_effort,
+            started,
+        )
+        .await
+    }
+
+    /// Runs each listed bundle's hook (by index in the step, so the journal keeps them
+    /// apart) from `dir`, in the order given, with `extra` env on top.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_selected(
+        &self,
+        plan: &PlanPayload,
+        step: &PlanStep,
+        dir: &Path,
+        bundles: &[(usize, &PlanBundle, &str)],
+        extra: &BTreeMap<String, String>,
+        log: &std::fs::File,
+        best_effort: bool,
+        started: i64,
+    ) -> Result<Outcome> {
+        let cdir = self.cluster_dir(plan);
         let mut outcome = Outcome::ok();
-        for (idx, b) in bundles {
+        for &(idx, b, hook) in bundles {
             let Some(script) = b.manifest.hooks.get(hook) else {
                 continue;
             };
             let outputs = cdir.join(format!("outputs-{}-{}-{idx}", step.id, step.attempt));
             let ctx = self.context().await?;
-            let env = self.env_for(
+            let mut env = self.env_for(
                 &ctx,
                 step,
                 Some(b),
@@ -662,6 +803,7 @@ impl Executor {
                 &outputs,
                 &cdir.join("Clusterfile"),
             );
+            env.extend(extra.clone());
             let program = dir.join(script.as_str());
             let hook_run = HookRun {
                 step,
@@ -1149,6 +1291,103 @@ async fn ship_log(
             _ = tokio::time::sleep(Duration::from_millis(300)) => {}
         }
     }
+}
+
+/// A cluster's rootfs generations on this host: the current one, the one an upgrade
+/// unpacks beside it, and the one it replaced (kept for a rollback until the next upgrade).
+struct Generations {
+    current: PathBuf,
+    next: PathBuf,
+    prev: PathBuf,
+}
+
+impl Generations {
+    fn of(cdir: &Path) -> Generations {
+        Generations {
+            current: cdir.join("rootfs"),
+            next: cdir.join("rootfs.next"),
+            prev: cdir.join("rootfs.prev"),
+        }
+    }
+
+    /// current → prev, next → current. Safe to run again after a crash between the two
+    /// renames (current is then missing, and prev is the only copy of the old one).
+    fn switch_to_next(&self) -> Result<()> {
+        if self.current.exists() {
+            if self.prev.exists() {
+                std::fs::remove_dir_all(&self.prev)?;
+            }
+            std::fs::rename(&self.current, &self.prev)?;
+        }
+        std::fs::rename(&self.next, &self.current)?;
+        sync_dir(&self.current)
+    }
+
+    /// current (the generation being left) → next, then prev → current; the left one is
+    /// removed. Safe to run again after a crash at any point.
+    fn switch_back(
+        &self,
+        is_leaving: impl Fn(&Path) -> bool,
+        is_target: impl Fn(&Path) -> bool,
+    ) -> Result<()> {
+        if is_leaving(&self.current) {
+            if self.next.exists() {
+                std::fs::remove_dir_all(&self.next)?;
+            }
+            std::fs::rename(&self.current, &self.next)?;
+        }
+        if !self.current.exists() && is_target(&self.prev) {
+            std::fs::rename(&self.prev, &self.current)?;
+        }
+        if !is_target(&self.current) {
+            anyhow::bail!(
+                "{} is not the rootfs the rollback returns to",
+                self.current.display()
+            );
+        }
+        sync_dir(&self.current)?;
+        if self.next.exists() {
+            std::fs::remove_dir_all(&self.next)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes the renames in `path`'s directory durable.
+fn sync_dir(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The bundle `b` replaces (same name) among `from`.
+fn previous_of<'a>(b: &PlanBundle, from: &'a [PlanBundle]) -> Option<&'a PlanBundle> {
+    from.iter().find(|o| o.manifest.name == b.manifest.name)
+}
+
+/// What an upgrade or rollback hook is told: the versions (of the first bundle, the
+/// rootfs) and both trees.
+fn moving_env(
+    from: &[PlanBundle],
+    to: &[PlanBundle],
+    from_dir: &Path,
+    to_dir: &Path,
+) -> BTreeMap<String, String> {
+    let version = |b: &[PlanBundle]| {
+        b.first()
+            .map(|b| b.manifest.version.clone())
+            .unwrap_or_default()
+    };
+    BTreeMap::from([
+        ("BERTH_FROM_VERSION".to_string(), version(from)),
+        ("BERTH_TO_VERSION".to_string(), version(to)),
+        (
+            "BERTH_FROM_ROOTFS".to_string(),
+            from_dir.display().to_string(),
+        ),
+        ("BERTH_TO_ROOTFS".to_string(), to_dir.display().to_string()),
+    ])
 }
 
 /// The hook a step of `kind` runs in each bundle: one place (`StepKind::hook`) names them.

@@ -108,6 +108,10 @@ pub enum Command {
         /// process's environment; BERTH_* names are never read from it); repeatable
         #[arg(long = "env")]
         env: Vec<String>,
+        /// Nodes an upgrade takes at once (masters always go one at a time); over the
+        /// Clusterfile's spec.maxUnavailable; default 1
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        max_unavailable: Option<u32>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -164,6 +168,16 @@ pub enum Command {
     /// Re-run failed and interrupted steps (nothing that succeeded runs again)
     Retry {
         cluster: String,
+        #[arg(long)]
+        wait: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// Turn back the cluster's last upgrade: `rollback` runs on every host that started
+    /// it, in reverse order, and the hosts return to the rootfs they had
+    Rollback {
+        cluster: String,
+        /// Follow until the cluster is Running (exit 0) or Failed (exit 1)
         #[arg(long)]
         wait: bool,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
@@ -481,10 +495,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             values,
             set,
             env,
+            max_unavailable,
             output,
         } => {
             let inputs = crate::clusterfile_template::Inputs { values, set, env };
-            crate::cluster_cmd::apply(&target, &file, &inputs, wait, output).await
+            let flags = crate::cluster_cmd::ApplyFlags { max_unavailable };
+            crate::cluster_cmd::apply(&target, &file, &inputs, flags, wait, output).await
         }
         Command::Run {
             bundles,
@@ -538,6 +554,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             wait,
             output,
         } => crate::cluster_cmd::retry(&target, &cluster, wait, output).await,
+        Command::Rollback {
+            cluster,
+            wait,
+            output,
+        } => crate::cluster_cmd::rollback(&target, &cluster, wait, output).await,
         Command::Reset {
             cluster,
             wait,

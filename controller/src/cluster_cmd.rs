@@ -13,10 +13,26 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// `berth apply` flags that travel with the Clusterfile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyFlags {
+    pub max_unavailable: Option<u32>,
+}
+
+impl ApplyFlags {
+    fn query(&self) -> String {
+        match self.max_unavailable {
+            Some(n) => format!("?max_unavailable={n}"),
+            None => String::new(),
+        }
+    }
+}
+
 pub async fn apply(
     target: &Target,
     file: &Path,
     inputs: &crate::clusterfile_template::Inputs,
+    flags: ApplyFlags,
     wait: bool,
     out: Format,
 ) -> Result<()> {
@@ -32,7 +48,7 @@ pub async fn apply(
         )?;
         text = this_machine(&text, &name)?;
     }
-    apply_text(&client, &text, wait, out).await
+    apply_text(&client, &text, flags, wait, out).await
 }
 
 /// `text` with its loopback hosts (if any) replaced by the local agent `name`, a master.
@@ -45,11 +61,19 @@ fn this_machine(text: &str, name: &str) -> Result<String> {
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn apply_text(client: &Client, text: &str, wait: bool, out: Format) -> Result<()> {
+async fn apply_text(
+    client: &Client,
+    text: &str,
+    flags: ApplyFlags,
+    wait: bool,
+    out: Format,
+) -> Result<()> {
     if wait {
         progress_choice()?;
     }
-    let r: ApplyResponse = client.post_text("/v1/clusters", text.to_string()).await?;
+    let r: ApplyResponse = client
+        .post_text(&format!("/v1/clusters{}", flags.query()), text.to_string())
+        .await?;
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }
@@ -478,6 +502,28 @@ pub async fn retry(target: &Target, name: &str, wait: bool, out: Format) -> Resu
     }
 }
 
+pub async fn rollback(target: &Target, name: &str, wait: bool, out: Format) -> Result<()> {
+    if wait {
+        progress_choice()?;
+    }
+    let client = Client::connect(target)?;
+    let r: berth_shared::api::RollbackResponse = client
+        .post(
+            &format!("/v1/clusters/{name}/rollback"),
+            &serde_json::json!({}),
+        )
+        .await?;
+    eprintln!(
+        "rolling back {name}: `rollback` runs on {} host(s), in the reverse of the upgrade's order",
+        r.hosts
+    );
+    if wait {
+        watch(&client, name, true, out).await
+    } else {
+        Ok(())
+    }
+}
+
 pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Result<()> {
     let client = Client::connect(target)?;
     // Decided before the reset is sent, so a bad BERTH_PROGRESS changes nothing.
@@ -578,7 +624,7 @@ pub async fn run(target: &Target, a: RunArgs) -> Result<()> {
         }
     }
     let text = run_clusterfile(&a.cluster, &masters, &a.nodes, &images, &a.env)?;
-    apply_text(&client, &text, true, a.out).await
+    apply_text(&client, &text, ApplyFlags::default(), true, a.out).await
 }
 
 /// The Clusterfile `berth run` applies (sealos `apps.sealos.io/v1beta1` `Cluster`), as

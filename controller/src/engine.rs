@@ -8,7 +8,7 @@
 use crate::planner::{
     self, DesiredHost, PlanError, Recorded, RecordedHost, ResolvedBundle, ResolvedSpec, StepSpec,
 };
-use crate::scheduler::{next_release, Next, View};
+use crate::scheduler::{next_release, Next, Policy, View};
 use crate::store::clusters::{ClusterHostRow, LogAppend, StepResult, StepRow};
 use crate::store::{HostRow, Store, StoreError};
 use crate::time::now_unix;
@@ -252,6 +252,13 @@ impl Group {
     }
 }
 
+/// How an apply runs (from `berth apply` flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplyOptions {
+    /// Nodes an upgrade takes at once (over the Clusterfile's `spec.maxUnavailable`).
+    pub max_unavailable: Option<u32>,
+}
+
 pub struct Applied {
     pub name: String,
     pub warnings: Vec<String>,
@@ -326,7 +333,12 @@ impl Engine {
     }
 
     /// Stores a Clusterfile as the cluster's next generation and schedules what differs.
-    pub async fn apply(&self, text: &str, actor: &str) -> Result<Applied, EngineError> {
+    pub async fn apply(
+        &self,
+        text: &str,
+        opts: ApplyOptions,
+        actor: &str,
+    ) -> Result<Applied, EngineError> {
         let started = std::time::Instant::now();
         let cf = Clusterfile::parse(text).map_err(|e| EngineError::invalid(e.to_string()))?;
         // SSH credentials are never stored: the stored text reaches every host. (Parsed
@@ -375,6 +387,11 @@ impl Engine {
                 installed: steps
                     .iter()
                     .any(|s| s.kind == StepKind::Install && s.state == StepState::Succeeded),
+                unsettled: (c.phase != ClusterPhase::Running).then_some(c.phase),
+                upgrade_failed: steps.iter().any(|s| {
+                    s.kind == StepKind::Upgrade
+                        && matches!(s.state, StepState::Failed | StepState::Interrupted)
+                }),
             };
         }
         let mut bundles = self.resolve_bundles(&cf).await?;
@@ -383,15 +400,24 @@ impl Engine {
             first.manifest.cmd.clear();
             first.manifest.commands = cf.command.clone();
         }
-        let spec = ResolvedSpec {
+        let max_unavailable = opts
+            .max_unavailable
+            .or(cf.max_unavailable)
+            .or(recorded.spec.as_ref().map(|s| s.rollout.max_unavailable));
+        let mut spec = ResolvedSpec {
             bundles,
             env: cf.env.clone(),
             configs: cf.configs.clone(),
             warnings: cf.warnings.clone(),
+            from: Vec::new(),
+            rollout: Policy {
+                max_unavailable: max_unavailable.unwrap_or(1).max(1),
+            },
         };
         let hosts = self.resolve_hosts(&cf).await?;
         let resolved = started.elapsed();
         let generation = planner::diff(&cf.name, &hosts, &spec, &recorded)?;
+        spec.from = generation.from.clone();
         let spec_json =
             serde_json::to_string(&spec).map_err(|e| EngineError::Internal(e.into()))?;
         // A new cluster's first wave is stored released (with its deadlines): what the
@@ -1252,7 +1278,7 @@ impl Engine {
             let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
             if ctx
                 .spec
-                .bundles_of(s.kind, &sspec)
+                .fetchable(s.kind, &sspec)
                 .iter()
                 .any(|b| &b.digest == digest)
             {
@@ -1343,6 +1369,56 @@ impl Engine {
         }
         self.tick(c.id).await?;
         Ok(skipped)
+    }
+
+    /// `berth rollback`: turns back the cluster's last upgrade (failed or finished) on every
+    /// host that started it, in reverse order; returns how many hosts roll back.
+    pub async fn rollback(&self, name: &str, actor: &str) -> Result<usize, EngineError> {
+        let n = {
+            let _g = self.tick_lock.lock().await;
+            let c = self
+                .store
+                .cluster(name)
+                .await?
+                .ok_or_else(|| EngineError::not_found(format!("no cluster `{name}`")))?;
+            if c.phase.is_reset() {
+                return Err(EngineError::Conflict {
+                    code: codes::CLUSTER_RESETTING,
+                    message: format!("cluster `{name}` is being reset"),
+                });
+            }
+            let spec = parse_spec(&c.spec).map_err(EngineError::Internal)?;
+            let hosts: Vec<RecordedHost> = self
+                .store
+                .cluster_hosts(c.id)
+                .await?
+                .into_iter()
+                .map(recorded_host)
+                .collect();
+            let upgrade = self.store.last_upgrade(c.id).await?;
+            let (back, g) = planner::rollback(name, &spec, &hosts, &upgrade).map_err(|e| {
+                EngineError::Conflict {
+                    code: e.code(),
+                    message: e.to_string(),
+                }
+            })?;
+            let spec_json =
+                serde_json::to_string(&back).map_err(|e| EngineError::Internal(e.into()))?;
+            let n = g.steps.len();
+            for h in self
+                .store
+                .start_rollback(c.id, &spec_json, g, actor, name)
+                .await?
+            {
+                self.wake(h);
+            }
+            n
+        };
+        let id = self.store.cluster(name).await?.map(|c| c.id);
+        if let Some(id) = id {
+            self.tick(id).await?;
+        }
+        Ok(n)
     }
 
     pub async fn retry(&self, name: &str, actor: &str) -> Result<u64, EngineError> {

@@ -25,6 +25,8 @@ pub mod pki;
 pub mod planner;
 pub mod plans;
 pub mod registry;
+#[cfg(test)]
+mod rollout_table;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

@@ -5,6 +5,7 @@
 //! finished before a step is released; equal ords run in parallel. join-master and remove
 //! add an index so they run one at a time.
 
+use crate::scheduler::{waves, Policy};
 use berth_shared::api::codes;
 use berth_shared::bundle::{BundleType, Manifest};
 use berth_shared::clusterfile::ConfigDoc;
@@ -30,6 +31,13 @@ pub struct ResolvedSpec {
     pub env: BTreeMap<String, String>,
     pub configs: Vec<ConfigDoc>,
     pub warnings: Vec<String>,
+    /// The rootfs/patch bundles the hosts had before the last upgrade or rollback: what
+    /// its steps move from (empty: the cluster was never upgraded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<ResolvedBundle>,
+    /// How upgrades and rollbacks roll over the hosts.
+    #[serde(default)]
+    pub rollout: Policy,
 }
 
 impl ResolvedSpec {
@@ -40,7 +48,8 @@ impl ResolvedSpec {
             .filter(|b| b.manifest.bundle_type != BundleType::App)
     }
 
-    /// The bundles a step works with: the app bundles it names for `apps`, else the base.
+    /// The bundles a step works with: the app bundles it names for `apps`, else the base
+    /// (for upgrade and rollback: the generation the host moves to).
     pub fn bundles_of(&self, kind: StepKind, step: &StepSpec) -> Vec<&ResolvedBundle> {
         if kind == StepKind::Apps {
             step.apps
@@ -52,12 +61,36 @@ impl ResolvedSpec {
         }
     }
 
+    /// Upgrade and rollback: the generation the host moves from.
+    pub fn from_of(&self, kind: StepKind) -> &[ResolvedBundle] {
+        match kind {
+            StepKind::Upgrade | StepKind::Rollback => &self.from,
+            _ => &[],
+        }
+    }
+
+    /// The bundles whose hooks a step runs: a rollback runs those of the generation it
+    /// leaves (which know what their upgrade did).
+    fn hook_bundles(&self, kind: StepKind, step: &StepSpec) -> Vec<&ResolvedBundle> {
+        match kind {
+            StepKind::Rollback => self.from.iter().collect(),
+            _ => self.bundles_of(kind, step),
+        }
+    }
+
+    /// Every bundle a step may fetch.
+    pub fn fetchable(&self, kind: StepKind, step: &StepSpec) -> Vec<&ResolvedBundle> {
+        let mut v = self.bundles_of(kind, step);
+        v.extend(self.from_of(kind));
+        v
+    }
+
     /// The longest a step may take on its host: the sum of its bundles' hook timeouts
     /// (hooks run one after the other), plus distribute's for steps that may unpack.
     pub fn step_timeout_secs(&self, kind: StepKind, step: &StepSpec) -> u64 {
         let hooks: u64 = match kind.hook() {
             Some(h) => self
-                .bundles_of(kind, step)
+                .hook_bundles(kind, step)
                 .iter()
                 .filter(|b| h == "cmd" || b.manifest.hooks.contains_key(h))
                 .map(|b| b.manifest.timeout(h).as_secs())
@@ -77,7 +110,7 @@ impl ResolvedSpec {
         let Some(hook) = kind.hook() else {
             return false;
         };
-        self.bundles_of(kind, step)
+        self.hook_bundles(kind, step)
             .iter()
             .any(|b| b.manifest.may_output(hook, key))
     }
@@ -135,6 +168,11 @@ pub struct Generation {
     pub host_updates: Vec<HostUpdate>,
     pub leaving: Vec<i64>,
     pub steps: Vec<NewStep>,
+    /// What the stored spec's `from` becomes (an upgrade's old generation, or what the
+    /// recorded spec had).
+    pub from: Vec<ResolvedBundle>,
+    /// Steps this change supersedes (a rollback's unfinished upgrade steps): cancelled.
+    pub cancel: Vec<i64>,
 }
 
 /// What a step's `spec` column holds.
@@ -179,6 +217,11 @@ pub struct Recorded {
     pub spec: Option<ResolvedSpec>,
     /// Some host ran `install` successfully: the base bundles are in use.
     pub installed: bool,
+    /// The cluster's phase when it is not Running and has unfinished or failed steps
+    /// (an upgrade waits for a settled cluster).
+    pub unsettled: Option<berth_shared::state::ClusterPhase>,
+    /// The last change was an upgrade that left a failed step (a rollback can undo it).
+    pub upgrade_failed: bool,
 }
 
 /// Why an apply cannot be planned. Each maps to a stable API code.
@@ -196,14 +239,26 @@ pub enum PlanError {
         from: HostRole,
         to: HostRole,
     },
-    #[error("spec.image: {what}; the cluster is installed and upgrades are not supported yet, so nothing was applied; re-apply with the bundles it was installed with, or `berth reset` it and apply again")]
+    #[error("spec.image: {what}, so the installed cluster cannot be upgraded in place and nothing was applied; re-apply with the bundles it runs, or `berth reset` it and apply again")]
     UpgradeUnsupported { what: String },
+    #[error("spec.image: cluster `{cluster}` is {phase}: an upgrade starts from a Running cluster; `berth retry {cluster}` finishes the change it was making{rollback}, then apply again")]
+    NotSettled {
+        cluster: String,
+        phase: String,
+        rollback: &'static str,
+    },
+    #[error("spec.hosts: an upgrade cannot add or remove hosts in the same apply ({what}); apply the host change with the images the cluster runs first, then the upgrade")]
+    UpgradeWithHostChange { what: String },
+    #[error("nothing to roll back: {why}")]
+    NothingToRollBack { why: String },
 }
 
 impl PlanError {
     pub fn code(&self) -> &'static str {
         match self {
             PlanError::UpgradeUnsupported { .. } => codes::UPGRADE_UNSUPPORTED,
+            PlanError::NotSettled { .. } => codes::CLUSTER_NOT_SETTLED,
+            PlanError::NothingToRollBack { .. } => codes::NOTHING_TO_ROLL_BACK,
             PlanError::Master0Removed { .. } => codes::MASTER0_REMOVAL,
             _ => codes::INVALID_CLUSTERFILE,
         }
@@ -255,31 +310,35 @@ pub fn diff(
             });
         }
     }
-    if let (Some(prev), true) = (&recorded.spec, recorded.installed) {
-        let old: Vec<_> = prev.base().map(|b| (&b.reference, b.digest)).collect();
-        let new: Vec<_> = spec.base().map(|b| (&b.reference, b.digest)).collect();
-        if old.iter().map(|x| x.1).ne(new.iter().map(|x| x.1)) {
-            let what = match old.iter().zip(&new).find(|(a, b)| a.1 != b.1) {
-                Some((a, b)) => {
-                    format!("`{}` would change from {} to {} (`{}`)", a.0, a.1, b.1, b.0)
-                }
-                None => format!(
-                    "the rootfs/patch bundles would change from [{}] to [{}]",
-                    old.iter()
-                        .map(|x| x.0.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    new.iter()
-                        .map(|x| x.0.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            return Err(PlanError::UpgradeUnsupported { what });
+    let upgrade_from = match (&recorded.spec, recorded.installed) {
+        (Some(prev), true) => upgrade_of(prev, spec)?,
+        _ => None,
+    };
+    if upgrade_from.is_some() {
+        if let Some(phase) = recorded.unsettled {
+            return Err(PlanError::NotSettled {
+                cluster: cluster.to_string(),
+                phase: phase.to_string(),
+                rollback: if recorded.upgrade_failed {
+                    ", `berth rollback` turns back the failed upgrade"
+                } else {
+                    ""
+                },
+            });
         }
     }
 
-    let mut g = Generation::default();
+    let mut g = Generation {
+        from: match &upgrade_from {
+            Some(from) => from.clone(),
+            None => recorded
+                .spec
+                .as_ref()
+                .map(|p| p.from.clone())
+                .unwrap_or_default(),
+        },
+        ..Generation::default()
+    };
     let none = StepSpec::default();
     let mut new_masters = 0;
     for (ord, d) in desired.iter().enumerate() {
@@ -397,6 +456,50 @@ pub fn diff(
         .filter(|(_, b)| b.manifest.bundle_type == BundleType::App && !old_apps.contains(&b.digest))
         .map(|(i, _)| i)
         .collect();
+    let mut apps_ord = StepKind::Apps.base_ord();
+    if upgrade_from.is_some() {
+        if !g.add_hosts.is_empty() || !g.leaving.is_empty() {
+            let names = |ids: Vec<i64>| -> Vec<String> {
+                ids.iter()
+                    .filter_map(|id| {
+                        desired
+                            .iter()
+                            .map(|d| (d.host_id, &d.name))
+                            .chain(recorded.hosts.iter().map(|h| (h.host_id, &h.name)))
+                            .find(|(i, _)| i == id)
+                            .map(|(_, n)| format!("`{n}`"))
+                    })
+                    .collect()
+            };
+            let mut what = Vec::new();
+            let added = names(g.add_hosts.iter().map(|h| h.host_id).collect());
+            if !added.is_empty() {
+                what.push(format!("adds {}", added.join(", ")));
+            }
+            let removed = names(g.leaving.clone());
+            if !removed.is_empty() {
+                what.push(format!("removes {}", removed.join(", ")));
+            }
+            return Err(PlanError::UpgradeWithHostChange {
+                what: what.join(" and "),
+            });
+        }
+        // Host by host: master0, the other masters one at a time, nodes in batches.
+        let order: Vec<(&DesiredHost, HostRole)> = desired.iter().map(|d| (*d, d.role)).collect();
+        let waves = waves(&order, spec.rollout);
+        for (i, wave) in waves.iter().enumerate() {
+            for d in wave {
+                g.steps.push(new_step(
+                    d,
+                    StepKind::Upgrade,
+                    StepKind::Upgrade.base_ord() + i as i64,
+                    &none,
+                ));
+            }
+        }
+        // New app bundles install once the hosts run the new generation.
+        apps_ord = StepKind::Upgrade.base_ord() + waves.len() as i64;
+    }
     let mut master0_runs = new_apps;
     if new_hosts.contains(&master0.host_id) {
         master0_runs.extend(&base_cmds);
@@ -406,7 +509,7 @@ pub fn diff(
         g.steps.push(new_step(
             master0,
             StepKind::Apps,
-            StepKind::Apps.base_ord(),
+            apps_ord,
             &StepSpec {
                 apps: master0_runs,
                 target: None,
@@ -414,6 +517,147 @@ pub fn diff(
         ));
     }
     Ok(g)
+}
+
+/// Whether applying `new` over the installed `prev` upgrades the hosts: the rootfs/patch
+/// bundles they had (to roll back to) when some changed digest. Refused when the change
+/// cannot be made in place: another rootfs, a rootfs/patch bundle removed, or a changed
+/// bundle without an `upgrade` hook. A new patch bundle is installed by the upgrade.
+fn upgrade_of(
+    prev: &ResolvedSpec,
+    new: &ResolvedSpec,
+) -> Result<Option<Vec<ResolvedBundle>>, PlanError> {
+    let old: Vec<&ResolvedBundle> = prev.base().collect();
+    let next: Vec<&ResolvedBundle> = new.base().collect();
+    if old
+        .iter()
+        .map(|b| b.digest)
+        .eq(next.iter().map(|b| b.digest))
+    {
+        return Ok(None);
+    }
+    let refuse = |what: String| Err(PlanError::UpgradeUnsupported { what });
+    if let (Some(a), Some(b)) = (old.first(), next.first()) {
+        if a.manifest.name != b.manifest.name {
+            return refuse(format!(
+                "the rootfs would change from `{}` ({}) to `{}` ({}): another rootfs cannot replace an installed one",
+                a.reference, a.manifest.name, b.reference, b.manifest.name
+            ));
+        }
+    }
+    for a in &old {
+        if !next.iter().any(|b| b.manifest.name == a.manifest.name) {
+            return refuse(format!(
+                "`{}` ({}) would be removed: a rootfs or patch bundle cannot be taken out of an installed cluster",
+                a.reference, a.manifest.name
+            ));
+        }
+    }
+    for b in &next {
+        let Some(a) = old.iter().find(|a| a.manifest.name == b.manifest.name) else {
+            continue;
+        };
+        if a.digest != b.digest && !b.manifest.hooks.contains_key("upgrade") {
+            return refuse(format!(
+                "`{}` would change from {} (version {}) to {} (version {}), and the new one declares no `upgrade` hook; a bundle without one cannot be upgraded in place",
+                b.reference, a.digest, a.manifest.version, b.digest, b.manifest.version
+            ));
+        }
+    }
+    Ok(Some(old.into_iter().cloned().collect()))
+}
+
+/// A host's step of the last upgrade, as a rollback weighs it.
+#[derive(Debug, Clone)]
+pub struct UpgradeStep {
+    pub id: i64,
+    pub host_id: i64,
+    pub ord: i64,
+    pub state: berth_shared::state::StepState,
+}
+
+/// `berth rollback`: the spec to return to (the generation the last upgrade came from, with
+/// the app bundles kept) and the steps: `rollback` on every host whose upgrade started,
+/// in the reverse of the upgrade's order (its batches reversed); its unfinished upgrade
+/// steps are cancelled. `hosts` are the cluster's, in order.
+pub fn rollback(
+    cluster: &str,
+    spec: &ResolvedSpec,
+    hosts: &[RecordedHost],
+    upgrade: &[UpgradeStep],
+) -> Result<(ResolvedSpec, Generation), PlanError> {
+    use berth_shared::state::StepState;
+    if spec.from.is_empty() || upgrade.is_empty() {
+        return Err(PlanError::NothingToRollBack {
+            why: format!("the last change of cluster `{cluster}` was not an upgrade"),
+        });
+    }
+    if let Some(s) = upgrade.iter().find(|s| s.state.is_active()) {
+        let host = hosts
+            .iter()
+            .find(|h| h.host_id == s.host_id)
+            .map_or("?", |h| h.name.as_str());
+        return Err(PlanError::NothingToRollBack {
+            why: format!("the upgrade is still running on `{host}`; wait until it finishes or fails (`berth status {cluster} --watch`), then roll back"),
+        });
+    }
+    let started: Vec<&UpgradeStep> = upgrade
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.state,
+                StepState::Succeeded | StepState::Failed | StepState::Interrupted
+            )
+        })
+        .collect();
+    if started.is_empty() {
+        return Err(PlanError::NothingToRollBack {
+            why: format!("no host of cluster `{cluster}` has started the upgrade"),
+        });
+    }
+    let mut back = spec.clone();
+    back.bundles = spec
+        .from
+        .iter()
+        .cloned()
+        .chain(
+            spec.bundles
+                .iter()
+                .filter(|b| b.manifest.bundle_type == BundleType::App)
+                .cloned(),
+        )
+        .collect();
+    back.from = spec.base().cloned().collect();
+    let last = started.iter().map(|s| s.ord).max().unwrap_or(0);
+    let none = StepSpec::default();
+    let mut g = Generation {
+        from: back.from.clone(),
+        cancel: upgrade
+            .iter()
+            .filter(|s| s.state != StepState::Succeeded && s.state != StepState::Cancelled)
+            .map(|s| s.id)
+            .collect(),
+        ..Generation::default()
+    };
+    for s in &started {
+        let Some(h) = hosts.iter().find(|h| h.host_id == s.host_id) else {
+            continue;
+        };
+        let d = DesiredHost {
+            host_id: h.host_id,
+            name: h.name.clone(),
+            role: h.role,
+            ip: h.ip.clone(),
+            env: String::new(),
+        };
+        g.steps.push(new_step(
+            &d,
+            StepKind::Rollback,
+            StepKind::Rollback.base_ord() + (last - s.ord),
+            &none,
+        ));
+    }
+    Ok((back, g))
 }
 
 /// `berth reset`: `clean` on every host of the cluster, all at once.
@@ -500,6 +744,7 @@ mod tests {
                 .collect(),
             spec: Some(spec.clone()),
             installed: true,
+            ..Recorded::default()
         }
     }
 
@@ -713,8 +958,8 @@ mod tests {
                 .map(|s| (s.host_id, s.kind, s.ord, s.best_effort))
                 .collect::<Vec<_>>(),
             vec![
-                (1, StepKind::Clean, 10_000, true),
-                (2, StepKind::Clean, 10_000, true)
+                (1, StepKind::Clean, 1_000_000, true),
+                (2, StepKind::Clean, 1_000_000, true)
             ]
         );
     }

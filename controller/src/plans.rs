@@ -299,6 +299,7 @@ fn plan_step(ctx: &Context, host: &HostRow, s: &StepRow) -> PlanStep {
             .into_iter()
             .map(plan_bundle)
             .collect(),
+        from: ctx.spec.from_of(s.kind).iter().map(plan_bundle).collect(),
         env: host_env(ctx.hosts.get(&host.id), host, &sspec),
     }
 }

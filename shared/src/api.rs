@@ -253,6 +253,10 @@ pub mod codes {
     pub const AMBIGUOUS_ADDRESS: &str = "ambiguous_address";
     /// A re-apply changes a rootfs/patch bundle of an installed cluster.
     pub const UPGRADE_UNSUPPORTED: &str = "upgrade_unsupported";
+    /// An upgrade of a cluster that is not Running (retry or roll back first).
+    pub const CLUSTER_NOT_SETTLED: &str = "cluster_not_settled";
+    /// `berth rollback` of a cluster whose last change was not an upgrade (or is running).
+    pub const NOTHING_TO_ROLL_BACK: &str = "nothing_to_roll_back";
     /// The cluster is being reset (or its reset failed).
     pub const CLUSTER_RESETTING: &str = "cluster_resetting";
     /// An apply of the cluster is still running.
@@ -513,6 +517,14 @@ pub struct HostsEdit {
 pub struct RetryResponse {
     pub name: String,
     pub retried_steps: u64,
+}
+
+/// `POST /v1/clusters/{name}/rollback` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RollbackResponse {
+    pub name: String,
+    /// Hosts that run `rollback`.
+    pub hosts: usize,
 }
 
 /// `POST /v1/clusters/{name}/reset` body (optional).

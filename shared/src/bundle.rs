@@ -22,7 +22,7 @@ pub enum BundleType {
 }
 
 /// Every hook a bundle may declare, in the order DESIGN.md lists them.
-pub const HOOKS: [&str; 8] = [
+pub const HOOKS: [&str; 10] = [
     "check",
     "install",
     "init",
@@ -30,6 +30,8 @@ pub const HOOKS: [&str; 8] = [
     "join-node",
     "leave",
     "remove",
+    "upgrade",
+    "rollback",
     "clean",
 ];
 

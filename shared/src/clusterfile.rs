@@ -24,6 +24,8 @@ pub struct Clusterfile {
     pub images: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub command: Vec<String>,
+    /// berth's `spec.maxUnavailable`: nodes an upgrade takes at once (≥ 1).
+    pub max_unavailable: Option<u32>,
     pub configs: Vec<ConfigDoc>,
     /// Things accepted but ignored (e.g. `ssh`), said once.
     pub warnings: Vec<String>,
@@ -113,6 +115,8 @@ struct ClusterSpec {
     env: Vec<String>,
     #[serde(default)]
     command: Vec<String>,
+    #[serde(default, rename = "maxUnavailable")]
+    max_unavailable: Option<Value>,
     #[serde(default)]
     ssh: Option<Value>,
 }
@@ -420,6 +424,19 @@ impl Clusterfile {
                 index: i,
             });
         }
+        let max_unavailable =
+            match &c.spec.max_unavailable {
+                None | Some(Value::Null) => None,
+                Some(v) => match v.as_u64() {
+                    Some(n @ 1..=100_000) => Some(n as u32),
+                    _ => return Err(cerr(
+                        n,
+                        k,
+                        "spec.maxUnavailable",
+                        "must be a whole number from 1 to 100000 (nodes an upgrade takes at once)",
+                    )),
+                },
+            };
         if !hosts.iter().any(HostGroup::is_master) {
             return Err(cerr(
                 n,
@@ -434,6 +451,7 @@ impl Clusterfile {
             images: c.spec.image,
             env,
             command: c.spec.command,
+            max_unavailable,
             configs,
             warnings,
             ssh,

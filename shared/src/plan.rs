@@ -90,8 +90,12 @@ pub struct PlanStep {
     pub attempt: u32,
     /// What the step does; the agent matches every kind.
     pub kind: crate::state::StepKind,
-    /// Bundles in Clusterfile order.
+    /// Bundles in Clusterfile order (for upgrade and rollback: the rootfs generation the
+    /// host moves to).
     pub bundles: Vec<PlanBundle>,
+    /// Upgrade and rollback: the rootfs generation the host moves from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<PlanBundle>,
     /// The host's own env composed by the controller (per-host env and the host's
     /// `BERTH_*`); the agent adds the context's around it.
     pub env: BTreeMap<String, String>,
@@ -317,6 +321,7 @@ mod tests {
             attempt: 1,
             kind: crate::state::StepKind::Install,
             bundles: vec![],
+            from: vec![],
             env: [
                 ("A", "host"),
                 ("BERTH_HOST", "n1"),

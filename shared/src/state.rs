@@ -70,6 +70,8 @@ text_enum!(
         Apps = "apps",
         Leave = "leave",
         Remove = "remove",
+        Upgrade = "upgrade",
+        Rollback = "rollback",
         Clean = "clean",
     }
 );
@@ -86,7 +88,9 @@ impl StepKind {
     }
 
     /// The step's place in the phase order: steps with a lower ord finish first, equal ords
-    /// run in parallel. join-master and remove add an index so they run one at a time.
+    /// run in parallel. join-master and remove add an index so they run one at a time;
+    /// upgrade and rollback add their rollout wave (`scheduler::waves`). Clean comes after
+    /// everything: a reset's clean waits for what was running when it began.
     pub fn base_ord(self) -> i64 {
         match self {
             StepKind::Check => 1000,
@@ -98,7 +102,9 @@ impl StepKind {
             StepKind::Apps => 7000,
             StepKind::Leave => 8000,
             StepKind::Remove => 9000,
-            StepKind::Clean => 10_000,
+            StepKind::Upgrade => 100_000,
+            StepKind::Rollback => 200_000,
+            StepKind::Clean => 1_000_000,
         }
     }
 }

@@ -298,6 +298,7 @@ fn good_payload() -> Vec<u8> {
             attempt: 1,
             kind: berth_shared::state::StepKind::Install,
             bundles: vec![],
+            from: vec![],
             env: BTreeMap::from([("A".to_string(), "1".to_string())]),
         }],
     })

@@ -12,20 +12,37 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use berth_shared::api::{
     ApplyResponse, ClusterHostView, ClusterSummary, ClusterView, HostsEdit, LogChunk, ResetRequest,
-    ResetResponse, RetryResponse, StepView,
+    ResetResponse, RetryResponse, RollbackResponse, StepView,
 };
 use berth_shared::state::StepState;
 use serde::Deserialize;
 use std::time::Duration;
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyQuery {
+    /// Nodes an upgrade takes at once (over the Clusterfile's `spec.maxUnavailable`).
+    #[serde(default)]
+    pub max_unavailable: Option<u32>,
+}
+
 /// The body is the Clusterfile itself (YAML).
 pub async fn apply(
     State(st): State<AppState>,
     caller: Caller,
+    Query(q): Query<ApplyQuery>,
     body: String,
 ) -> Result<ApiJson<ApplyResponse>, ApiError> {
     caller.require(Role::Operator)?;
-    let a = st.engine.apply(&body, &caller.actor()).await?;
+    if q.max_unavailable == Some(0) {
+        return Err(ApiError::bad_request(
+            "max_unavailable must be at least 1 (nodes an upgrade takes at once)",
+        ));
+    }
+    let opts = crate::engine::ApplyOptions {
+        max_unavailable: q.max_unavailable,
+    };
+    let a = st.engine.apply(&body, opts, &caller.actor()).await?;
     Ok(ApiJson(ApplyResponse {
         name: a.name,
         warnings: a.warnings,
@@ -255,6 +272,16 @@ pub async fn retry(
     }))
 }
 
+pub async fn rollback(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<ApiJson<RollbackResponse>, ApiError> {
+    caller.require(Role::Operator)?;
+    let n = st.engine.rollback(&name, &caller.actor()).await?;
+    Ok(ApiJson(RollbackResponse { name, hosts: n }))
+}
+
 /// The body (`{"force": true}`) is optional.
 pub async fn reset(
     State(st): State<AppState>,
@@ -405,7 +432,10 @@ pub async fn edit_hosts(
         &e.remove,
     )
     .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let a = st.engine.apply(&text, &caller.actor()).await?;
+    let a = st
+        .engine
+        .apply(&text, Default::default(), &caller.actor())
+        .await?;
     Ok(ApiJson(ApplyResponse {
         name: a.name,
         warnings: a.warnings,

@@ -96,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/clusters", get(clusters::list).post(clusters::apply))
         .route("/v1/clusters/{name}", get(clusters::status))
         .route("/v1/clusters/{name}/retry", post(clusters::retry))
+        .route("/v1/clusters/{name}/rollback", post(clusters::rollback))
         .route("/v1/clusters/{name}/reset", post(clusters::reset))
         .route("/v1/clusters/{name}/hosts", post(clusters::edit_hosts))
         .route("/v1/clusters/{name}/logs", get(clusters::logs))

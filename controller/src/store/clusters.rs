@@ -684,6 +684,73 @@ impl Store {
         Ok(n)
     }
 
+    /// The upgrade steps of the cluster's last upgrade (none when a rollback came after
+    /// it, or it never had one).
+    pub async fn last_upgrade(&self, cluster_id: i64) -> Result<Vec<crate::planner::UpgradeStep>> {
+        let rows: Vec<(i64, i64, i64, StepState)> = sqlx::query_as(
+            "SELECT id, host_id, ord, state FROM steps WHERE cluster_id = ?1 AND kind = 'upgrade' AND generation =
+               (SELECT MAX(generation) FROM steps WHERE cluster_id = ?1 AND kind IN ('upgrade', 'rollback'))
+             ORDER BY ord, id",
+        )
+        .bind(cluster_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, host_id, ord, state)| crate::planner::UpgradeStep {
+                id,
+                host_id,
+                ord,
+                state,
+            })
+            .collect())
+    }
+
+    /// `berth rollback`: the spec returns to the old generation, the superseded upgrade
+    /// steps are cancelled and the rollback steps stored, in one transaction. Returns the
+    /// hosts whose plans changed.
+    pub async fn start_rollback(
+        &self,
+        cluster_id: i64,
+        spec: &str,
+        g: Generation,
+        actor: &str,
+        name: &str,
+    ) -> Result<Vec<i64>> {
+        let mut tx = self.write().await?;
+        let generation: i64 = sqlx::query_scalar(
+            "UPDATE clusters SET spec = ?2, phase = ?3, message = NULL, generation = generation + 1, updated_at = ?4 WHERE id = ?1 RETURNING generation",
+        )
+        .bind(cluster_id)
+        .bind(spec)
+        .bind(ClusterPhase::Reconciling)
+        .bind(now_unix())
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut hosts: Vec<i64> = sqlx::query_scalar(
+            "UPDATE steps SET state = 'cancelled', reason = 'superseded by a rollback', deadline = NULL
+             WHERE id IN (SELECT value FROM json_each(?1)) AND cluster_id = ?2 AND state IN ('pending', 'failed', 'interrupted')
+             RETURNING host_id",
+        )
+        .bind(serde_json::to_string(&g.cancel)?)
+        .bind(cluster_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        let n = g.steps.len();
+        insert_steps(&mut tx, cluster_id, generation, g.steps, &[]).await?;
+        super::audit(
+            &mut tx,
+            actor,
+            "cluster.rollback",
+            name,
+            Some(&format!("generation={generation} hosts={n}")),
+        )
+        .await?;
+        hosts.sort_unstable();
+        hosts.dedup();
+        commit_bumping(self, tx, hosts).await
+    }
+
     /// `berth reset`: cancels unfinished steps and schedules `clean` on every host.
     pub async fn start_reset(
         &self,
