@@ -402,7 +402,7 @@ fn a_changed_rootfs_and_deleting_master0_are_refused_with_what_to_do() {
     let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("upgrades are not supported yet")
+        stderr(&out).contains("declares no `upgrade` hook")
             && stderr(&out).contains("(upgrade_unsupported)"),
         "{}",
         stderr(&out)

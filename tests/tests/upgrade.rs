@@ -1,0 +1,337 @@
+//! Day 2 with real agents: upgrades host by host in batches, rootfs generations, a failed
+//! upgrade turned back with `berth rollback`, and upgrades refused before they change
+//! anything.
+#![allow(clippy::unwrap_used)]
+
+use berth_tests::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// A rootfs bundle `kube` at `version` whose hooks append `<ns> <host> <hook> <what>` to
+/// `$MARKS` (one shared file: the order across hosts is the order of the lines' times).
+/// Its upgrade hook sleeps a second so batches overlap visibly, and fails on the host
+/// named by `$FAIL_UPGRADE_ON` in this version.
+fn kube(dir: &Path, version: &str, fail_on: Option<&str>) -> PathBuf {
+    let mark = |hook: &str, what: &str| {
+        format!("echo \"$(date +%s%N) $BERTH_HOST {hook} {what}\" >> \"$MARKS\"")
+    };
+    let moving = "from=$BERTH_FROM_VERSION to=$BERTH_TO_VERSION fromfs=$(cat \"$BERTH_FROM_ROOTFS/VERSION\") tofs=$(cat \"$BERTH_TO_ROOTFS/VERSION\") cwd=$(cat VERSION)";
+    let fail = match fail_on {
+        Some(h) => {
+            format!("if [ \"$BERTH_HOST\" = {h} ]; then echo upgrade breaks here >&2; exit 7; fi")
+        }
+        None => String::new(),
+    };
+    let upgrade = format!(
+        "{}\nsleep 1\n{fail}\n{}",
+        mark("upgrade-start", moving),
+        mark("upgrade-end", moving)
+    );
+    let d = hook_bundle(
+        dir,
+        &format!("kube-{version}"),
+        &[
+            ("install", &mark("install", version)),
+            ("init", &mark("init", version)),
+            ("join-node", &mark("join-node", version)),
+            ("upgrade", &upgrade),
+            ("rollback", &mark("rollback", moving)),
+            ("clean", &mark("clean", version)),
+        ],
+        "",
+    );
+    let y = fs::read_to_string(d.join("bundle.yaml")).unwrap();
+    let y = y
+        .replace(&format!("name: kube-{version}"), "name: kube")
+        .replace("version: v1", &format!("version: {version}"));
+    fs::write(d.join("bundle.yaml"), y).unwrap();
+    // `cwd=$(cat VERSION)`: a hook runs in the tree it belongs to.
+    fs::write(d.join("VERSION"), version).unwrap();
+    d
+}
+
+struct Line {
+    ns: u128,
+    host: String,
+    hook: String,
+    what: String,
+}
+
+fn lines(marks: &Path) -> Vec<Line> {
+    let mut v: Vec<Line> = fs::read_to_string(marks)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(4, ' ');
+            Line {
+                ns: p.next().unwrap().parse().unwrap(),
+                host: p.next().unwrap().into(),
+                hook: p.next().unwrap().into(),
+                what: p.next().unwrap_or("").into(),
+            }
+        })
+        .collect();
+    v.sort_by_key(|l| l.ns);
+    v
+}
+
+fn of<'a>(all: &'a [Line], hook: &str) -> Vec<&'a Line> {
+    all.iter().filter(|l| l.hook == hook).collect()
+}
+
+fn at<'a>(all: &'a [Line], host: &str, hook: &str) -> &'a Line {
+    all.iter()
+        .find(|l| l.host == host && l.hook == hook)
+        .unwrap_or_else(|| panic!("no {hook} on {host}"))
+}
+
+fn version_in(ctl: &Controller, host: &str, tree: &str) -> Option<String> {
+    fs::read_to_string(
+        ctl.agent_dir(host)
+            .join("clusters/c")
+            .join(tree)
+            .join("VERSION"),
+    )
+    .ok()
+}
+
+#[test]
+fn upgrade_in_batches_then_a_failed_upgrade_rolled_back() {
+    let ctl = Controller::start(&[]);
+    let hosts = ["m0", "n1", "n2", "n3"];
+    let _agents = ctl.agents(&hosts);
+    let marks = ctl.dir.path().join("marks.log");
+    let src = ctl.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for (v, fail) in [("v1", None), ("v2", None), ("v3", Some("n3"))] {
+        push_dir(&ctl, &kube(&src, v, fail), &format!("kube:{v}"));
+    }
+    let env = vec![format!("MARKS={}", marks.display())];
+    let cf = |v: &str| {
+        ctl.clusterfile(
+            "c",
+            &["m0"],
+            &["n1", "n2", "n3"],
+            &[&format!("kube:{v}")],
+            &env,
+        )
+    };
+
+    let out = apply_file(&ctl, &cf("v1"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created = lines(&marks).len();
+    assert_eq!(created, 4 + 1 + 3, "install ×4, init, join-node ×3");
+
+    // v1 → v2, two nodes at a time.
+    let out = ctl.cli(&[
+        "apply",
+        "-f",
+        cf("v2").to_str().unwrap(),
+        "--wait",
+        "--max-unavailable",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ctl.status("c")["phase"], "Running");
+    let all = lines(&marks);
+    let ends = of(&all, "upgrade-end");
+    assert_eq!(ends.len(), 4);
+    for l in &ends {
+        assert_eq!(
+            l.what, "from=v1 to=v2 fromfs=v1 tofs=v2 cwd=v2",
+            "{}: versions and both trees",
+            l.host
+        );
+    }
+    let start = |h| at(&all, h, "upgrade-start").ns;
+    let end = |h| at(&all, h, "upgrade-end").ns;
+    assert!(
+        end("m0") < start("n1") && end("m0") < start("n2"),
+        "master0 first"
+    );
+    assert!(
+        start("n1") < end("n2") && start("n2") < end("n1"),
+        "n1 and n2 together"
+    );
+    assert!(
+        end("n1") < start("n3") && end("n2") < start("n3"),
+        "n3 in the next batch"
+    );
+    for h in hosts {
+        assert_eq!(version_in(&ctl, h, "rootfs").as_deref(), Some("v2"), "{h}");
+        assert_eq!(
+            version_in(&ctl, h, "rootfs.prev").as_deref(),
+            Some("v1"),
+            "{h}: the old rootfs is kept"
+        );
+    }
+
+    // v2 → v3 fails on n3 (the last batch): the cluster is Failed, naming host and step.
+    let out = ctl.cli(&[
+        "apply",
+        "-f",
+        cf("v3").to_str().unwrap(),
+        "--wait",
+        "--max-unavailable",
+        "2",
+    ]);
+    assert!(!out.status.success());
+    let st = ctl.status("c");
+    assert_eq!(st["phase"], "Failed");
+    let msg = st["message"].as_str().unwrap();
+    assert!(msg.contains("upgrade") && msg.contains("n3"), "{msg}");
+    assert_eq!(
+        version_in(&ctl, "n3", "rootfs").as_deref(),
+        Some("v2"),
+        "n3 did not switch"
+    );
+    assert_eq!(version_in(&ctl, "n1", "rootfs").as_deref(), Some("v3"));
+    // Another upgrade is refused until the failed one is settled, saying what to do.
+    let out = ctl.cli(&["apply", "-f", cf("v1").to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("berth rollback") && stderr(&out).contains("(cluster_not_settled)"),
+        "{}",
+        stderr(&out)
+    );
+
+    let before = lines(&marks).len();
+    let out = ctl.cli(&["rollback", "c", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(ctl.status("c")["phase"], "Running");
+    let all = lines(&marks);
+    let back = &all[before..];
+    assert!(
+        back.iter().all(|l| l.hook == "rollback"),
+        "only rollback ran"
+    );
+    let order: Vec<&str> = back.iter().map(|l| l.host.as_str()).collect();
+    assert_eq!(order.len(), 4, "{order:?}");
+    assert_eq!(order[0], "n3", "the last batch first: {order:?}");
+    assert_eq!(order[3], "m0", "master0 last: {order:?}");
+    for l in back {
+        assert_eq!(
+            l.what, "from=v3 to=v2 fromfs=v3 tofs=v2 cwd=v3",
+            "{}: the rollback hook of v3, from its tree, back to v2",
+            l.host
+        );
+    }
+    for h in hosts {
+        assert_eq!(version_in(&ctl, h, "rootfs").as_deref(), Some("v2"), "{h}");
+        assert!(version_in(&ctl, h, "rootfs.next").is_none(), "{h}");
+    }
+    // No create-phase hook ran again at any point.
+    for hook in ["install", "init", "join-node"] {
+        let n = of(&all, hook).len();
+        assert_eq!(
+            n,
+            if hook == "init" {
+                1
+            } else if hook == "install" {
+                4
+            } else {
+                3
+            },
+            "{hook}"
+        );
+    }
+    // The hosts' plans moved on: a rollback of a rollback has nothing to turn back.
+    let out = ctl.cli(&["rollback", "c"]);
+    assert!(
+        stderr(&out).contains("(nothing_to_roll_back)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_failed_upgrade_continues_with_retry() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["m0", "n1"]);
+    let marks = ctl.dir.path().join("marks.log");
+    let src = ctl.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    push_dir(&ctl, &kube(&src, "v1", None), "kube:v1");
+    // v2 fails on n1 while a flag file exists; retry after it is gone continues.
+    let flag = ctl.dir.path().join("broken");
+    fs::write(&flag, "").unwrap();
+    let v2 = kube(&src, "v2", None);
+    let p = v2.join("scripts/upgrade.sh");
+    let body = fs::read_to_string(&p).unwrap();
+    fs::write(
+        &p,
+        body.replace(
+            "sleep 1\n",
+            &format!(
+                "sleep 1\nif [ \"$BERTH_HOST\" = n1 ] && [ -e {} ]; then exit 9; fi\n",
+                flag.display()
+            ),
+        ),
+    )
+    .unwrap();
+    push_dir(&ctl, &v2, "kube:v2");
+    let env = vec![format!("MARKS={}", marks.display())];
+    let cf = |v: &str| ctl.clusterfile("c", &["m0"], &["n1"], &[&format!("kube:{v}")], &env);
+    assert!(apply_file(&ctl, &cf("v1")).status.success());
+    assert!(!apply_file(&ctl, &cf("v2")).status.success());
+    assert_eq!(ctl.status("c")["phase"], "Failed");
+    fs::remove_file(&flag).unwrap();
+    let out = ctl.cli(&["retry", "c", "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = lines(&marks);
+    // master0 upgraded once; n1 twice (the failed attempt, then the retry).
+    assert_eq!(
+        of(&all, "upgrade-end")
+            .iter()
+            .filter(|l| l.host == "m0")
+            .count(),
+        1
+    );
+    assert_eq!(
+        of(&all, "upgrade-start")
+            .iter()
+            .filter(|l| l.host == "n1")
+            .count(),
+        2
+    );
+    assert_eq!(version_in(&ctl, "n1", "rootfs").as_deref(), Some("v2"));
+}
+
+#[test]
+fn an_upgrade_that_cannot_be_made_in_place_changes_nothing() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["m0"]);
+    let marks = ctl.dir.path().join("marks.log");
+    let src = ctl.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    push_dir(&ctl, &kube(&src, "v1", None), "kube:v1");
+    // v2 without an upgrade hook.
+    let v2 = kube(&src, "v2", None);
+    let y = fs::read_to_string(v2.join("bundle.yaml")).unwrap();
+    fs::write(
+        v2.join("bundle.yaml"),
+        y.replace("  upgrade: scripts/upgrade.sh\n", ""),
+    )
+    .unwrap();
+    push_dir(&ctl, &v2, "kube:v2");
+    let env = vec![format!("MARKS={}", marks.display())];
+    let cf = |v: &str| ctl.clusterfile("c", &["m0"], &[], &[&format!("kube:{v}")], &env);
+    assert!(apply_file(&ctl, &cf("v1")).status.success());
+    let out = ctl.cli(&["apply", "-f", cf("v2").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("declares no `upgrade` hook")
+            && stderr(&out).contains("(upgrade_unsupported)"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ctl.status("c")["generation"], 1, "nothing stored");
+    // A bad --max-unavailable is refused by the CLI.
+    let out = ctl.cli(&[
+        "apply",
+        "-f",
+        cf("v1").to_str().unwrap(),
+        "--max-unavailable",
+        "0",
+    ]);
+    assert!(!out.status.success());
+}
