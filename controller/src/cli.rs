@@ -112,6 +112,31 @@ pub enum Command {
         /// Clusterfile's spec.maxUnavailable; default 1
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
         max_unavailable: Option<u32>,
+        /// Print what the apply would do, per phase and host in the order it would
+        /// happen, and store nothing; exits 2 when there are changes, 0 when none
+        #[arg(long, conflicts_with = "wait")]
+        dry_run: bool,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
+    /// What `berth apply -f FILE` would do, stored nothing (= `apply --dry-run`); exits 2
+    /// when there are changes, 0 when none
+    Diff {
+        /// The Clusterfile (a Go template is rendered first, as for apply)
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// A values file for a templated Clusterfile; repeatable
+        #[arg(long = "values")]
+        values: Vec<PathBuf>,
+        /// key.path=value for `.Values`; repeatable
+        #[arg(long = "set")]
+        set: Vec<String>,
+        /// NAME=VALUE answered by `env "NAME"` in a templated Clusterfile; repeatable
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Nodes an upgrade would take at once
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        max_unavailable: Option<u32>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -416,6 +441,10 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<crate::output::ExitStatus>() => ExitCode::from(
+            e.downcast_ref::<crate::output::ExitStatus>()
+                .map_or(1, |s| s.0),
+        ),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -496,11 +525,30 @@ pub async fn run(cli: Cli) -> Result<()> {
             set,
             env,
             max_unavailable,
+            dry_run,
             output,
         } => {
             let inputs = crate::clusterfile_template::Inputs { values, set, env };
-            let flags = crate::cluster_cmd::ApplyFlags { max_unavailable };
+            let flags = crate::cluster_cmd::ApplyFlags {
+                max_unavailable,
+                dry_run,
+            };
             crate::cluster_cmd::apply(&target, &file, &inputs, flags, wait, output).await
+        }
+        Command::Diff {
+            file,
+            values,
+            set,
+            env,
+            max_unavailable,
+            output,
+        } => {
+            let inputs = crate::clusterfile_template::Inputs { values, set, env };
+            let flags = crate::cluster_cmd::ApplyFlags {
+                max_unavailable,
+                dry_run: true,
+            };
+            crate::cluster_cmd::apply(&target, &file, &inputs, flags, false, output).await
         }
         Command::Run {
             bundles,

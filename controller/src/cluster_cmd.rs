@@ -17,15 +17,98 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ApplyFlags {
     pub max_unavailable: Option<u32>,
+    pub dry_run: bool,
 }
 
 impl ApplyFlags {
     fn query(&self) -> String {
-        match self.max_unavailable {
-            Some(n) => format!("?max_unavailable={n}"),
-            None => String::new(),
+        let mut q = Vec::new();
+        if let Some(n) = self.max_unavailable {
+            q.push(format!("max_unavailable={n}"));
+        }
+        if self.dry_run {
+            q.push("dry_run=true".to_string());
+        }
+        if q.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", q.join("&"))
         }
     }
+}
+
+/// Prints a dry run's plan; exits 2 (without an error) when it has changes.
+fn print_plan(plan: &berth_shared::api::PlanPreview, out: Format) -> Result<()> {
+    match out {
+        Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+        Format::Yaml => print!("{}", serde_norway::to_string(plan)?),
+        Format::Table => print!("{}", plan_text(plan)),
+    }
+    if plan.changes {
+        return Err(crate::output::ExitStatus(2).into());
+    }
+    Ok(())
+}
+
+/// A dry run's plan for people: what changes, then the waves in order.
+pub fn plan_text(p: &berth_shared::api::PlanPreview) -> String {
+    let mut t = String::new();
+    let head = if p.create {
+        format!("cluster {} would be created", p.cluster)
+    } else if p.changes {
+        format!("cluster {} would change", p.cluster)
+    } else {
+        format!("cluster {}: no changes", p.cluster)
+    };
+    t.push_str(&head);
+    t.push('\n');
+    if !p.add_hosts.is_empty() {
+        t.push_str(&format!("  hosts to add:    {}\n", p.add_hosts.join(", ")));
+    }
+    if !p.remove_hosts.is_empty() {
+        t.push_str(&format!(
+            "  hosts to remove: {}\n",
+            p.remove_hosts.join(", ")
+        ));
+    }
+    if let Some(u) = &p.upgrade {
+        t.push_str(&format!(
+            "  upgrade:         {} -> {} (nodes {} at a time)\n",
+            u.from.join(", "),
+            u.to.join(", "),
+            u.max_unavailable
+        ));
+    }
+    if !p.resumed.is_empty() {
+        let r: Vec<String> = p
+            .resumed
+            .iter()
+            .map(|s| format!("{} on {}", s.kind, s.host))
+            .collect();
+        t.push_str(&format!("  resumed:         {}\n", r.join(", ")));
+    }
+    if p.spec_changed && p.waves.is_empty() {
+        t.push_str("  the stored Clusterfile changes; no step runs\n");
+    }
+    for (i, wave) in p.waves.iter().enumerate() {
+        let mut kinds: Vec<berth_shared::state::StepKind> = wave.iter().map(|s| s.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        for (j, k) in kinds.iter().enumerate() {
+            let hosts: Vec<&str> = wave
+                .iter()
+                .filter(|s| s.kind == *k)
+                .map(|s| s.host.as_str())
+                .collect();
+            let n = if j == 0 {
+                format!("{}.", i + 1)
+            } else {
+                String::new()
+            };
+            t.push_str(&format!("  {n:<4}{:<12}{}\n", k.as_str(), hosts.join(", ")));
+        }
+    }
+    t
 }
 
 pub async fn apply(
@@ -74,6 +157,12 @@ async fn apply_text(
     let r: ApplyResponse = client
         .post_text(&format!("/v1/clusters{}", flags.query()), text.to_string())
         .await?;
+    if let Some(plan) = &r.plan {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        return print_plan(plan, out);
+    }
     for w in &r.warnings {
         eprintln!("warning: {w}");
     }

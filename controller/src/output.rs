@@ -58,3 +58,16 @@ pub enum TextOrJson {
     Text,
     Json,
 }
+
+/// An exit status other than 0 and 1 that is not an error (`berth diff` exits 2 when there
+/// are changes): `cli::main` exits with it and prints nothing more.
+#[derive(Debug)]
+pub struct ExitStatus(pub u8);
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitStatus {}

@@ -124,6 +124,51 @@ pub fn next_release<S: Scheduled>(view: View<S>) -> Next<S> {
     }
 }
 
+/// The order the steps would be released in if every one succeeded: indexes into
+/// `steps`, wave by wave (what `berth apply --dry-run` prints).
+pub fn release_order<S: Scheduled>(steps: &[S]) -> Vec<Vec<usize>> {
+    #[derive(Clone)]
+    struct At {
+        idx: usize,
+        ord: i64,
+        state: StepState,
+        best_effort: bool,
+    }
+    impl Scheduled for At {
+        fn ord(&self) -> i64 {
+            self.ord
+        }
+        fn state(&self) -> StepState {
+            self.state
+        }
+        fn best_effort(&self) -> bool {
+            self.best_effort
+        }
+    }
+    let mut at: Vec<At> = steps
+        .iter()
+        .enumerate()
+        .map(|(idx, s)| At {
+            idx,
+            ord: s.ord(),
+            state: s.state(),
+            best_effort: s.best_effort(),
+        })
+        .collect();
+    let mut out = Vec::new();
+    while let Next::Release(wave) = next_release(View::of(&at)) {
+        if wave.is_empty() {
+            break; // running elsewhere: not a plan of this apply's
+        }
+        let idx: Vec<usize> = wave.iter().map(|s| s.idx).collect();
+        for i in &idx {
+            at[*i].state = StepState::Succeeded;
+        }
+        out.push(idx);
+    }
+    out
+}
+
 /// The waves a host-by-host change (upgrade, rollback) runs in, from the cluster's hosts in
 /// their order (master0 first): master0 alone, each other master alone, then the nodes in
 /// batches of `max_unavailable`. Each wave finishes before the next starts.

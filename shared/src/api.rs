@@ -498,6 +498,45 @@ pub struct CreateApiTokenResponse {
 pub struct ApplyResponse {
     pub name: String,
     pub warnings: Vec<String>,
+    /// `?dry_run=true`: what the apply would do (nothing was stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanPreview>,
+}
+
+/// What an apply would do, in the order it would happen (`berth apply --dry-run`,
+/// `berth diff`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct PlanPreview {
+    pub cluster: String,
+    /// The cluster does not exist yet.
+    pub create: bool,
+    /// Anything would change: steps would run, hosts join or leave, or the stored spec
+    /// change (`berth diff` exits 2).
+    pub changes: bool,
+    /// The stored Clusterfile/spec would change (even where nothing runs).
+    pub spec_changed: bool,
+    pub add_hosts: Vec<String>,
+    pub remove_hosts: Vec<String>,
+    /// An upgrade: the rootfs/patch bundles before and after, and its batch size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradePreview>,
+    /// Failed or interrupted steps the apply would run again (resume, never restart).
+    pub resumed: Vec<PreviewStep>,
+    /// The steps, wave by wave: a wave starts when the one before it finished.
+    pub waves: Vec<Vec<PreviewStep>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UpgradePreview {
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    pub max_unavailable: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PreviewStep {
+    pub host: String,
+    pub kind: crate::state::StepKind,
 }
 
 /// `POST /v1/clusters/{name}/hosts`: `berth add` / `berth delete`.

@@ -335,3 +335,120 @@ fn an_upgrade_that_cannot_be_made_in_place_changes_nothing() {
     ]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn dry_run_says_what_would_happen_and_stores_nothing() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["m0", "n1", "n2"]);
+    let marks = ctl.dir.path().join("marks.log");
+    let src = ctl.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    push_dir(&ctl, &kube(&src, "v1", None), "kube:v1");
+    push_dir(&ctl, &kube(&src, "v2", None), "kube:v2");
+    let env = vec![format!("MARKS={}", marks.display())];
+    let cf = |nodes: &[&str], v: &str| {
+        ctl.clusterfile("c", &["m0"], nodes, &[&format!("kube:{v}")], &env)
+    };
+    let dry = |file: &Path, extra: &[&str]| {
+        let mut args = vec!["diff", "-f", file.to_str().unwrap()];
+        args.extend(extra);
+        ctl.cli(&args)
+    };
+
+    // Create: exit 2, the phases in order; nothing stored.
+    let out = dry(&cf(&["n1"], "v1"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "cluster c would be created\n\
+         \x20 hosts to add:    m0, n1\n\
+         \x20 1.  check       m0, n1\n\
+         \x20 2.  distribute  m0, n1\n\
+         \x20 3.  install     m0, n1\n\
+         \x20 4.  init        m0\n\
+         \x20 5.  join-node   n1\n"
+    );
+    let out = ctl.cli(&[
+        "apply",
+        "-f",
+        cf(&["n1"], "v1").to_str().unwrap(),
+        "--dry-run",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let step = |h: &str, k: &str| serde_json::json!({"host": h, "kind": k});
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "cluster": "c",
+            "create": true,
+            "changes": true,
+            "spec_changed": true,
+            "add_hosts": ["m0", "n1"],
+            "remove_hosts": [],
+            "resumed": [],
+            "waves": [
+                [step("m0", "check"), step("n1", "check")],
+                [step("m0", "distribute"), step("n1", "distribute")],
+                [step("m0", "install"), step("n1", "install")],
+                [step("m0", "init")],
+                [step("n1", "join-node")],
+            ],
+        })
+    );
+    let out = ctl.cli(&["get", "clusters", "-o", "json"]);
+    assert_eq!(stdout(&out).trim(), "[]", "a dry run stores nothing");
+    assert!(lines(&marks).is_empty(), "and runs nothing");
+
+    assert!(apply_file(&ctl, &cf(&["n1"], "v1")).status.success());
+    // No change: exit 0.
+    let out = dry(&cf(&["n1"], "v1"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "cluster c: no changes\n");
+    let out = dry(&cf(&["n1"], "v1"), &["-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (json["changes"].clone(), json["waves"].clone()),
+        (false.into(), serde_json::json!([]))
+    );
+
+    // Scale: the new node only; and scale down.
+    let out = dry(&cf(&["n1", "n2"], "v1"), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stdout(&out),
+        "cluster c would change\n\
+         \x20 hosts to add:    n2\n\
+         \x20 1.  check       n2\n\
+         \x20 2.  distribute  n2\n\
+         \x20 3.  install     n2\n\
+         \x20 4.  join-node   n2\n"
+    );
+    let out = dry(&cf(&[], "v1"), &[]);
+    assert_eq!(
+        stdout(&out),
+        "cluster c would change\n\
+         \x20 hosts to remove: n1\n\
+         \x20 1.  leave       n1\n\
+         \x20 2.  remove      m0\n"
+    );
+
+    // Upgrade: master0, then the nodes in batches.
+    let out = dry(&cf(&["n1"], "v2"), &["--max-unavailable", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "cluster c would change\n\
+         \x20 upgrade:         kube:v1 -> kube:v2 (nodes 2 at a time)\n\
+         \x20 1.  upgrade     m0\n\
+         \x20 2.  upgrade     n1\n"
+    );
+    assert_eq!(ctl.status("c")["generation"], 1, "nothing stored");
+    assert_eq!(
+        lines(&marks).len(),
+        2 + 1 + 1,
+        "nothing ran since the apply"
+    );
+}

@@ -24,6 +24,9 @@ pub struct ApplyQuery {
     /// Nodes an upgrade takes at once (over the Clusterfile's `spec.maxUnavailable`).
     #[serde(default)]
     pub max_unavailable: Option<u32>,
+    /// Answer with what the apply would do (`plan`); store nothing.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// The body is the Clusterfile itself (YAML).
@@ -41,11 +44,13 @@ pub async fn apply(
     }
     let opts = crate::engine::ApplyOptions {
         max_unavailable: q.max_unavailable,
+        dry_run: q.dry_run,
     };
     let a = st.engine.apply(&body, opts, &caller.actor()).await?;
     Ok(ApiJson(ApplyResponse {
         name: a.name,
         warnings: a.warnings,
+        plan: a.plan,
     }))
 }
 
@@ -439,5 +444,6 @@ pub async fn edit_hosts(
     Ok(ApiJson(ApplyResponse {
         name: a.name,
         warnings: a.warnings,
+        plan: None,
     }))
 }
