@@ -34,3 +34,6 @@ ALTER TABLE steps_new RENAME TO steps;
 CREATE INDEX steps_host ON steps(host_id, state);
 CREATE INDEX steps_deadline ON steps(deadline) WHERE state IN ('released', 'running');
 CREATE INDEX steps_cluster_state ON steps(cluster_id, state, ord);
+
+-- `berth reset --force` stays forced: a host that stops answering later is skipped too.
+ALTER TABLE clusters ADD COLUMN reset_forced INTEGER NOT NULL DEFAULT 0 CHECK (reset_forced IN (0, 1));

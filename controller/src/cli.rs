@@ -404,6 +404,20 @@ pub enum GetCmd {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// The event log, oldest first: phase changes, step transitions, applies, upgrade
+    /// batches, rollbacks, resets, skipped hosts, execs
+    Events {
+        /// Only this cluster's events (also of a cluster that is gone)
+        cluster: Option<String>,
+        /// Keep printing new events as they happen (Ctrl-C stops)
+        #[arg(long)]
+        watch: bool,
+        /// The newest N events (1 to 10000)
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// The audit log, newest first: every change and every read of secrets (admin token)
     Audit {
         /// How many entries (1 to 10000)
@@ -618,6 +632,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Get(GetCmd::Bundles { output }) => {
             crate::bundle_cmd::run(crate::bundle_cmd::BundleCmd::List { output }, &target).await
         }
+        Command::Get(GetCmd::Events {
+            cluster,
+            watch,
+            limit,
+            output,
+        }) => crate::cluster_cmd::events(&target, cluster.as_deref(), watch, limit, output).await,
         Command::Get(GetCmd::Audit { limit, output }) => {
             let c = Client::connect(&target)?;
             let rows: Vec<berth_shared::api::AuditEntryView> =

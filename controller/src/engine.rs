@@ -734,6 +734,21 @@ impl Engine {
             }
             Next::Release(pending) => pending,
         };
+        if let Some(first) = pending
+            .first()
+            .filter(|s| matches!(s.kind, StepKind::Upgrade | StepKind::Rollback))
+        {
+            let hosts: Vec<&str> = pending.iter().map(|s| s.host_name.as_str()).collect();
+            let msg = format!(
+                "{} batch {}: {}",
+                first.kind,
+                first.ord - first.kind.base_ord() + 1,
+                hosts.join(", ")
+            );
+            self.store
+                .record_event(&head.name, None, "batch", &msg)
+                .await?;
+        }
         self.release(cluster_id, pending.iter()).await?;
         if head.phase == ClusterPhase::Failed {
             self.store
@@ -969,6 +984,9 @@ impl Engine {
             }
             if let Err(e) = self.reap().await {
                 tracing::error!(error = format!("{e:#}"), "declaring lost steps failed");
+            }
+            if let Err(e) = self.store.prune_events().await {
+                tracing::error!(error = format!("{e:#}"), "pruning the event log failed");
             }
         }
     }
@@ -1354,6 +1372,7 @@ impl Engine {
         }
         let mut skipped = Vec::new();
         if force {
+            self.store.set_reset_forced(c.id).await?;
             let all = self.store.hosts().await?;
             let now = now_unix();
             let answering = |id: i64| {
@@ -1447,6 +1466,60 @@ impl Engine {
             self.tick(id).await?;
         }
         Ok(n)
+    }
+
+    /// A forced reset stays forced: the unfinished steps of a host that stopped answering
+    /// (not seen for `host_grace`) after `reset --force` was given are skipped, and the
+    /// reset goes on without it. Returns the hosts skipped.
+    pub async fn skip_stragglers(&self, host_grace: Duration) -> Result<Vec<String>> {
+        let seen_before = now_unix() - host_grace.as_secs() as i64;
+        let stragglers = self.store.forced_reset_stragglers(seen_before).await?;
+        let mut skipped = Vec::new();
+        let mut clusters = std::collections::BTreeSet::new();
+        for (cluster_id, step, host) in stragglers {
+            let reason = format!(
+                "skipped by `reset --force`: host {host} stopped answering (not seen for {}s)",
+                host_grace.as_secs()
+            );
+            for h in self.store.cancel_steps(&[step], &reason, "system").await? {
+                self.wake(h);
+            }
+            tracing::warn!(%host, step, "reset --force: {reason}");
+            if let Some(c) = self.store.cluster_by_id(cluster_id).await? {
+                self.store
+                    .record_event(&c.name, Some(&host), "skip", &reason)
+                    .await?;
+            }
+            if !skipped.contains(&host) {
+                skipped.push(host);
+            }
+            clusters.insert(cluster_id);
+        }
+        for c in clusters {
+            self.tick(c).await?;
+        }
+        Ok(skipped)
+    }
+
+    /// Runs `skip_stragglers` every second until shutdown (it reads only clusters being
+    /// force-reset).
+    pub async fn run_forced_resets(
+        self: Arc<Self>,
+        host_grace: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            if let Err(e) = self.skip_stragglers(host_grace).await {
+                tracing::error!(
+                    error = format!("{e:#}"),
+                    "skipping hosts of a forced reset failed"
+                );
+            }
+        }
     }
 
     pub async fn retry(&self, name: &str, actor: &str) -> Result<u64, EngineError> {

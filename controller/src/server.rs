@@ -108,6 +108,11 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     let reap_every = (cfg.engine.host_lost_after.min(cfg.engine.step_grace) / 4)
         .clamp(Duration::from_millis(500), Duration::from_secs(15));
     tokio::spawn(engine.clone().run_reaper(reap_every, shutdown.clone()));
+    tokio::spawn(
+        engine
+            .clone()
+            .run_forced_resets(cfg.host_grace, shutdown.clone()),
+    );
     engine.spawn_writer(engine.clone().run_ticker(shutdown.clone()));
     tokio::spawn(renew_server_cert(pki.clone(), shutdown.clone()));
     {

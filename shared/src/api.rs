@@ -558,6 +558,19 @@ pub struct RetryResponse {
     pub retried_steps: u64,
 }
 
+/// `GET /v1/events`: one event of the log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventView {
+    pub id: i64,
+    /// RFC 3339 with milliseconds.
+    pub at: String,
+    pub cluster: Option<String>,
+    pub host: Option<String>,
+    /// phase | step | apply | batch | rollback | reset | skip | exec
+    pub kind: String,
+    pub message: String,
+}
+
 /// `POST /v1/clusters/{name}/rollback` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RollbackResponse {

@@ -297,6 +297,33 @@ fn a_host_claiming_another_hosts_address_cannot_become_master0() {
 }
 
 #[test]
+fn a_forced_reset_skips_a_host_that_dies_just_before_it() {
+    let (ctl, mut agents, mk) = setup(&["--host-grace", "3s"], &["m0", "n1"]);
+    let env = vec![format!("HELLO_MARKS={}", mk.display())];
+    let cf = ctl.clusterfile("c1", &["m0"], &["n1"], &["hello:v1"], &env);
+    assert!(apply_file(&ctl, &cf).status.success());
+    // n1 dies a moment before the reset: still Ready when it is forced.
+    agents[1].kill9();
+    let t = std::time::Instant::now();
+    let out = ctl.cli(&["reset", "c1", "--force", "--wait"]);
+    let took = t.elapsed();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        took < Duration::from_secs(3 + 10),
+        "the host grace plus a few seconds, not the 10-minute loss deadline: {took:?}"
+    );
+    assert!(
+        stderr(&out).contains("warning: clean skipped on host n1: skipped by `reset --force`: host n1 stopped answering"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(count(&mk, "m0", "clean"), 1, "m0 cleaned");
+    let list: Value =
+        serde_json::from_slice(&ctl.cli(&["get", "clusters", "-o", "json"]).stdout).unwrap();
+    assert_eq!(list, json!([]));
+}
+
+#[test]
 fn a_step_on_a_host_that_is_gone_becomes_lost_and_every_way_out_works() {
     let (ctl, mut agents, mk) = setup(
         &["--host-lost-after", "4s", "--host-grace", "3s"],

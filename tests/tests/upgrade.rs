@@ -241,6 +241,43 @@ fn upgrade_in_batches_then_a_failed_upgrade_rolled_back() {
         "{}",
         stderr(&out)
     );
+
+    // The event log tells all of it, in order.
+    let out = ctl.cli(&["get", "events", "c", "-o", "json", "--limit", "10000"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |kind: &str, host: Option<&str>, msg: &str| {
+        events
+            .iter()
+            .position(|e| {
+                e["kind"] == kind
+                    && host.is_none_or(|h| e["host"] == h)
+                    && e["message"].as_str().unwrap().contains(msg)
+            })
+            .unwrap_or_else(|| panic!("no {kind} event `{msg}` in {events:#?}"))
+    };
+    let order = [
+        find("phase", None, "created: Reconciling"),
+        find("step", Some("n1"), "join-node succeeded"),
+        find("phase", None, "Reconciling -> Running"),
+        find("apply", None, "generation 2 applied by"),
+        find("batch", None, "upgrade batch 1: m0"),
+        find("batch", None, "upgrade batch 2: n1, n2"),
+        find("batch", None, "upgrade batch 3: n3"),
+        find("step", Some("n3"), "upgrade failed, exit code 7"),
+        find(
+            "phase",
+            None,
+            "Reconciling -> Failed: step upgrade failed on host n3",
+        ),
+        find("rollback", None, "rollback by"),
+        find("batch", None, "rollback batch 1: n3"),
+        find("batch", None, "rollback batch 3: m0"),
+        find("step", Some("m0"), "rollback succeeded"),
+    ];
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+    let times: Vec<&str> = events.iter().map(|e| e["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "times in order");
 }
 
 #[test]
@@ -275,8 +312,34 @@ fn a_failed_upgrade_continues_with_retry() {
     assert!(!apply_file(&ctl, &cf("v2")).status.success());
     assert_eq!(ctl.status("c")["phase"], "Failed");
     fs::remove_file(&flag).unwrap();
+    // `get events --watch -o json` prints each event as it happens, one a line.
+    let watch_out = ctl.dir.path().join("watch.jsonl");
+    let mut watcher = ctl
+        .cli_command(&[
+            "get", "events", "c", "--watch", "-o", "json", "--limit", "1",
+        ])
+        .stdout(fs::File::create(&watch_out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let out = ctl.cli(&["retry", "c", "--wait"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    let seen = wait_for(
+        "the watcher to see Running",
+        std::time::Duration::from_secs(20),
+        || {
+            let text = fs::read_to_string(&watch_out).unwrap_or_default();
+            (text.contains("Failed -> Reconciling") && text.contains("Reconciling -> Running"))
+                .then_some(text)
+        },
+    );
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+    for line in seen.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(e["cluster"], "c");
+    }
+    assert!(seen.contains("upgrade pending (attempt 2)"), "{seen}");
     let all = lines(&marks);
     // master0 upgraded once; n1 twice (the failed attempt, then the retry).
     assert_eq!(

@@ -14,6 +14,7 @@ pub mod bundles;
 pub mod clusters;
 pub mod enroll;
 pub mod error;
+pub mod events;
 pub mod install;
 pub mod registry;
 
@@ -129,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/", get(registry::base))
         .route("/v2/{*rest}", axum::routing::any(registry::route))
         .route("/v1/audit", get(admin::audit))
+        .route("/v1/events", get(events::list))
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
         })

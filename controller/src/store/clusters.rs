@@ -340,6 +340,14 @@ impl Store {
             Some(&format!("generation={generation}")),
         )
         .await?;
+        super::events::record(
+            &mut tx,
+            name,
+            None,
+            "apply",
+            &format!("generation {generation} applied by {actor}"),
+        )
+        .await?;
         let released = commit_bumping(self, tx, woken).await?;
         Ok(AppliedGeneration { id, released })
     }
@@ -746,9 +754,45 @@ impl Store {
             Some(&format!("generation={generation} hosts={n}")),
         )
         .await?;
+        super::events::record(
+            &mut tx,
+            name,
+            None,
+            "rollback",
+            &format!("rollback by {actor}: {n} host(s) turn back the last upgrade"),
+        )
+        .await?;
         hosts.sort_unstable();
         hosts.dedup();
         commit_bumping(self, tx, hosts).await
+    }
+
+    /// Marks a reset forced: from now on a host that stops answering is skipped.
+    pub async fn set_reset_forced(&self, cluster_id: i64) -> Result<()> {
+        self.write_one(
+            sqlx::query("UPDATE clusters SET reset_forced = 1 WHERE id = ?1").bind(cluster_id),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Unfinished steps of forced resets on hosts last seen before `seen_before` (or gone):
+    /// (cluster, step, host name). Reads the few clusters being force-reset only.
+    pub async fn forced_reset_stragglers(
+        &self,
+        seen_before: i64,
+    ) -> Result<Vec<(i64, i64, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT s.cluster_id, s.id, s.host_name FROM clusters c
+               JOIN steps s INDEXED BY steps_cluster_state ON s.cluster_id = c.id AND s.state IN ('pending', 'released', 'running')
+               LEFT JOIN hosts h ON h.id = s.host_id
+             WHERE c.reset_forced = 1 AND c.phase IN ('Resetting', 'ResetFailed')
+               AND (h.id IS NULL OR h.last_seen < ?1 OR h.state = 'revoked')
+             ORDER BY s.cluster_id, s.id",
+        )
+        .bind(seen_before)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     /// `berth reset`: cancels unfinished steps and schedules `clean` on every host.
@@ -775,6 +819,7 @@ impl Store {
         }
         insert_steps(&mut tx, cluster_id, generation, steps, &[]).await?;
         super::audit(&mut tx, actor, "cluster.reset", name, None).await?;
+        super::events::record(&mut tx, name, None, "reset", &format!("reset by {actor}")).await?;
         tx.commit().await?;
         for (h, g) in bumped {
             if let Some(g) = g {

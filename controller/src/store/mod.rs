@@ -607,6 +607,7 @@ pub mod backup;
 mod cache;
 pub mod clusters;
 pub mod error;
+pub mod events;
 pub mod hosts;
 pub mod images;
 pub mod plans;

@@ -1,0 +1,111 @@
+//! The event log: what happened to clusters and their steps, in order (`berth get events`).
+//! Phase changes and step transitions are written by triggers (migration 0015); the engine
+//! adds its own (applies, upgrade batches, rollbacks, resets, skipped hosts, execs).
+
+use super::Result;
+use super::Store;
+
+/// Events kept; older ones are pruned.
+pub const EVENTS_KEPT: i64 = 200_000;
+
+/// One event.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub at_ms: i64,
+    pub cluster: Option<String>,
+    pub host: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, Default)]
+pub struct EventQuery {
+    pub cluster: Option<String>,
+    /// Only events with a larger id.
+    pub after: i64,
+    pub kind: Option<String>,
+    pub limit: u32,
+    /// The newest `limit` (still in order) instead of the oldest after `after`.
+    pub tail: bool,
+}
+
+/// Records an event on `conn` (inside the transaction that makes the change it tells of).
+pub async fn record(
+    conn: &mut sqlx::SqliteConnection,
+    cluster: &str,
+    host: Option<&str>,
+    kind: &str,
+    message: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (at_ms, cluster, host, kind, message)
+         VALUES (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), ?1, ?2, ?3, ?4)",
+    )
+    .bind(cluster)
+    .bind(host)
+    .bind(kind)
+    .bind(berth_shared::text::clip(message, 2000))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Records an event in a transaction of its own.
+    pub async fn record_event(
+        &self,
+        cluster: &str,
+        host: Option<&str>,
+        kind: &str,
+        message: &str,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        record(&mut tx, cluster, host, kind, message).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn events(&self, q: &EventQuery) -> Result<Vec<EventRow>> {
+        let order = if q.tail { "DESC" } else { "ASC" };
+        let rows: Vec<(i64, i64, Option<String>, Option<String>, String, String)> =
+            sqlx::query_as(&format!(
+                "SELECT id, at_ms, cluster, host, kind, message FROM events
+                 WHERE id > ?1 AND (?2 IS NULL OR cluster = ?2) AND (?3 IS NULL OR kind = ?3)
+                 ORDER BY id {order} LIMIT ?4"
+            ))
+            .bind(q.after)
+            .bind(&q.cluster)
+            .bind(&q.kind)
+            .bind(q.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut v: Vec<EventRow> = rows
+            .into_iter()
+            .map(|(id, at_ms, cluster, host, kind, message)| EventRow {
+                id,
+                at_ms,
+                cluster,
+                host,
+                kind,
+                message,
+            })
+            .collect();
+        if q.tail {
+            v.reverse();
+        }
+        Ok(v)
+    }
+
+    /// Drops all but the newest [`EVENTS_KEPT`] events.
+    pub async fn prune_events(&self) -> Result<u64> {
+        Ok(self
+            .write_one(
+                sqlx::query("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1")
+                    .bind(EVENTS_KEPT),
+            )
+            .await?
+            .rows_affected())
+    }
+}
