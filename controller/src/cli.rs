@@ -637,7 +637,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             watch,
             limit,
             output,
-        }) => crate::cluster_cmd::events(&target, cluster.as_deref(), watch, limit, output).await,
+        }) => crate::events_cmd::events(&target, cluster.as_deref(), watch, limit, output).await,
         Command::Get(GetCmd::Audit { limit, output }) => {
             let c = Client::connect(&target)?;
             let rows: Vec<berth_shared::api::AuditEntryView> =

@@ -14,6 +14,7 @@ pub mod clusterfile_template;
 pub mod coalesce;
 pub mod config;
 pub mod engine;
+pub mod events_cmd;
 pub mod heartbeats;
 pub mod image_cmd;
 pub mod image_import;

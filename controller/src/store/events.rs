@@ -9,7 +9,7 @@ use super::Store;
 pub const EVENTS_KEPT: i64 = 200_000;
 
 /// One event.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct EventRow {
     pub id: i64,
     pub at_ms: i64,
@@ -69,29 +69,17 @@ impl Store {
 
     pub async fn events(&self, q: &EventQuery) -> Result<Vec<EventRow>> {
         let order = if q.tail { "DESC" } else { "ASC" };
-        let rows: Vec<(i64, i64, Option<String>, Option<String>, String, String)> =
-            sqlx::query_as(&format!(
-                "SELECT id, at_ms, cluster, host, kind, message FROM events
-                 WHERE id > ?1 AND (?2 IS NULL OR cluster = ?2) AND (?3 IS NULL OR kind = ?3)
-                 ORDER BY id {order} LIMIT ?4"
-            ))
-            .bind(q.after)
-            .bind(&q.cluster)
-            .bind(&q.kind)
-            .bind(q.limit)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut v: Vec<EventRow> = rows
-            .into_iter()
-            .map(|(id, at_ms, cluster, host, kind, message)| EventRow {
-                id,
-                at_ms,
-                cluster,
-                host,
-                kind,
-                message,
-            })
-            .collect();
+        let mut v: Vec<EventRow> = sqlx::query_as(&format!(
+            "SELECT id, at_ms, cluster, host, kind, message FROM events
+             WHERE id > ?1 AND (?2 IS NULL OR cluster = ?2) AND (?3 IS NULL OR kind = ?3)
+             ORDER BY id {order} LIMIT ?4"
+        ))
+        .bind(q.after)
+        .bind(&q.cluster)
+        .bind(&q.kind)
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await?;
         if q.tail {
             v.reverse();
         }
