@@ -446,6 +446,7 @@ impl Executor {
             StepKind::Apps => self.run_apps(step, cdir, log, started).await,
             StepKind::Upgrade => self.upgrade(plan, step, cdir, log, started).await,
             StepKind::Rollback => self.rollback(plan, step, cdir, log, started).await,
+            StepKind::Exec => self.exec(plan, step, cdir, log, started).await,
             kind @ (StepKind::Install
             | StepKind::Init
             | StepKind::JoinMaster
@@ -505,6 +506,60 @@ impl Executor {
             )?;
         }
         Ok(outcome)
+    }
+
+    /// Runs an operator's command (`berth exec`) once, without a shell, from the rootfs
+    /// when the host has one, with the cluster's env; its output is the step's log.
+    async fn exec(
+        &self,
+        plan: &PlanPayload,
+        step: &PlanStep,
+        cdir: &Path,
+        log: &std::fs::File,
+        started: i64,
+    ) -> Result<Outcome> {
+        let exec = step
+            .exec
+            .as_ref()
+            .filter(|e| !e.command.is_empty())
+            .context("an exec step without a command")?;
+        let rootfs = cdir.join("rootfs");
+        let cwd = if rootfs.is_dir() {
+            rootfs.clone()
+        } else {
+            cdir.to_path_buf()
+        };
+        let outputs = self
+            .cluster_dir(plan)
+            .join(format!("outputs-{}-{}-0", step.id, step.attempt));
+        let ctx = self.context().await?;
+        let env = self.env_for(
+            &ctx,
+            step,
+            None,
+            &rootfs,
+            &outputs,
+            &cdir.join("Clusterfile"),
+        );
+        let (cmd, args) = exec.command.split_first().expect("checked above");
+        let program = PathBuf::from(cmd);
+        let run = HookRun {
+            step,
+            idx: 0,
+            bundle: None,
+            hook: "exec",
+            cwd: &cwd,
+            program: &program,
+            args,
+            env: &env,
+            outputs: &outputs,
+            timeout: Duration::from_secs(exec.timeout_secs.max(1)),
+            started,
+        };
+        Ok(match self.run_once(&run, log).await? {
+            Ok(_) => Outcome::ok(),
+            Err(o) => o,
+        })
     }
 
     /// Turns a host back to the rootfs it had before an upgrade: each changed bundle's
@@ -808,7 +863,7 @@ impl Executor {
             let hook_run = HookRun {
                 step,
                 idx,
-                bundle: b,
+                bundle: Some(b),
                 hook,
                 cwd: dir,
                 program: &program,
@@ -911,7 +966,7 @@ impl Executor {
             let hook_run = HookRun {
                 step,
                 idx,
-                bundle: b,
+                bundle: Some(b),
                 hook: hook_of(StepKind::Apps),
                 cwd: &dir,
                 program: &program,
@@ -941,7 +996,10 @@ impl Executor {
         let pgid_file = self.hook_file(h.step, h.idx, "pgid");
         let status = self.hook_file(h.step, h.idx, "status");
         let deadline = h.started + h.timeout.as_secs() as i64;
-        let what = format!("{} of {}", h.hook, h.bundle.reference);
+        let what = match h.bundle {
+            Some(b) => format!("{} of {}", h.hook, b.reference),
+            None => "the command".to_string(),
+        };
         let code = if let Some(c) = read_status(&status) {
             writeln!(
                 &*log,
@@ -962,7 +1020,9 @@ impl Executor {
             None if claim.exists() => {
                 // Started, gone, no status: cut short (killed with its host, or timed out
                 // while no agent watched).
-                let rerunnable = h.bundle.manifest.rerunnable.iter().any(|r| r == h.hook);
+                let rerunnable = h
+                    .bundle
+                    .is_some_and(|b| b.manifest.rerunnable.iter().any(|r| r == h.hook));
                 if now_unix() > deadline {
                     writeln!(&*log, "berth-agent: {what} timed out after {:?}", h.timeout)?;
                     return Ok(Err(Outcome::failed("timeout", None)));
@@ -1037,11 +1097,14 @@ impl Executor {
             h.outputs,
             berth_shared::outputs::MAX_OUTPUTS_FILE as u64 + 1,
         );
-        let may = |k: &str| h.bundle.manifest.may_output(h.hook, k);
+        let may = |k: &str| h.bundle.is_some_and(|b| b.manifest.may_output(h.hook, k));
         match berth_shared::outputs::parse_file(&bytes, may) {
             Ok((outputs, dropped)) => {
                 for k in dropped {
-                    writeln!(&*log, "berth-agent: output `{k}` dropped: bundle {} does not declare it for {} (declare it under `outputs:` in bundle.yaml; {})", h.bundle.manifest.name, h.hook, berth_shared::outputs::FORBIDDEN)?;
+                    match h.bundle {
+                        Some(b) => writeln!(&*log, "berth-agent: output `{k}` dropped: bundle {} does not declare it for {} (declare it under `outputs:` in bundle.yaml; {})", b.manifest.name, h.hook, berth_shared::outputs::FORBIDDEN)?,
+                        None => writeln!(&*log, "berth-agent: output `{k}` dropped: a command publishes no outputs")?,
+                    }
                 }
                 Ok(Ok(outputs))
             }
@@ -1060,7 +1123,8 @@ impl Executor {
 struct HookRun<'a> {
     step: &'a PlanStep,
     idx: usize,
-    bundle: &'a PlanBundle,
+    /// The bundle whose hook runs (none: an exec's command).
+    bundle: Option<&'a PlanBundle>,
     hook: &'a str,
     cwd: &'a Path,
     program: &'a Path,

@@ -198,6 +198,30 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// Run a command on hosts through their agents (no SSH; hosts behind NAT too): each
+    /// host's output streamed with its name in front, a per-host summary, exit 1 when any
+    /// host failed
+    Exec {
+        /// Every host of this cluster (narrowed by --hosts and --role)
+        cluster: Option<String>,
+        /// These hosts (names, comma-separated); without CLUSTER each must be a member of a
+        /// cluster
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+        /// Only masters or only nodes
+        #[arg(long, value_parser = ["master", "node"])]
+        role: Option<String>,
+        /// How long the command may run on a host
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// -o json: per host its state, exit code and output (nothing streamed)
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+        /// The program and its arguments (after `--`), run without a shell: use
+        /// `-- sh -c '…'` for one
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Turn back the cluster's last upgrade: `rollback` runs on every host that started
     /// it, in reverse order, and the hosts return to the rootfs they had
     Rollback {
@@ -616,6 +640,27 @@ pub async fn run(cli: Cli) -> Result<()> {
             wait,
             output,
         } => crate::cluster_cmd::retry(&target, &cluster, wait, output).await,
+        Command::Exec {
+            cluster,
+            hosts,
+            role,
+            timeout,
+            output,
+            command,
+        } => {
+            let role = role
+                .map(|r| r.parse::<berth_shared::state::HostRole>())
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+            let req = berth_shared::api::ExecRequest {
+                cluster,
+                hosts,
+                role,
+                timeout_secs: timeout.as_secs().max(1),
+                command,
+            };
+            crate::exec_cmd::exec(&target, req, output).await
+        }
         Command::Rollback {
             cluster,
             wait,

@@ -15,6 +15,7 @@ pub mod coalesce;
 pub mod config;
 pub mod engine;
 pub mod events_cmd;
+pub mod exec_cmd;
 pub mod heartbeats;
 pub mod image_cmd;
 pub mod image_import;

@@ -51,13 +51,15 @@ impl ResolvedSpec {
     /// The bundles a step works with: the app bundles it names for `apps`, else the base
     /// (for upgrade and rollback: the generation the host moves to).
     pub fn bundles_of(&self, kind: StepKind, step: &StepSpec) -> Vec<&ResolvedBundle> {
-        if kind == StepKind::Apps {
-            step.apps
+        match kind {
+            StepKind::Apps => step
+                .apps
                 .iter()
                 .filter_map(|i| self.bundles.get(*i))
-                .collect()
-        } else {
-            self.base().collect()
+                .collect(),
+            // A command of the operator's: it runs from the rootfs the host has.
+            StepKind::Exec => Vec::new(),
+            _ => self.base().collect(),
         }
     }
 
@@ -100,6 +102,7 @@ impl ResolvedSpec {
         let unpack = match kind {
             // check and apps unpack what they run; a hook step may re-distribute a stale rootfs.
             StepKind::Leave | StepKind::Remove | StepKind::Clean => 0,
+            StepKind::Exec => return step.exec.as_ref().map_or(0, |e| e.timeout_secs),
             _ => DISTRIBUTE_TIMEOUT_SECS,
         };
         hooks + unpack
@@ -184,6 +187,9 @@ pub struct StepSpec {
     /// For leave/remove: the host being removed and its IP.
     #[serde(default)]
     pub target: Option<(String, String)>,
+    /// For exec: what runs, and how long it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<berth_shared::plan::PlanExec>,
 }
 
 /// A host the Clusterfile asks for, resolved to an enrolled host.
@@ -392,8 +398,8 @@ pub fn diff(
         let i = g.leaving.len();
         g.leaving.push(cur.host_id);
         let target = StepSpec {
-            apps: vec![],
             target: Some((cur.name.clone(), cur.ip.clone())),
+            ..StepSpec::default()
         };
         let leaver = DesiredHost {
             host_id: cur.host_id,
@@ -437,7 +443,7 @@ pub fn diff(
                 StepKind::Apps.base_ord(),
                 &StepSpec {
                     apps: base_cmds.clone(),
-                    target: None,
+                    ..StepSpec::default()
                 },
             ));
         }
@@ -512,7 +518,7 @@ pub fn diff(
             apps_ord,
             &StepSpec {
                 apps: master0_runs,
-                target: None,
+                ..StepSpec::default()
             },
         ));
     }
@@ -658,6 +664,26 @@ pub fn rollback(
         ));
     }
     Ok((back, g))
+}
+
+/// `berth exec`: the command on each selected host, all at once; best effort (a failing
+/// host stops nothing, and `berth retry` never runs an exec again).
+pub fn exec_steps(hosts: &[RecordedHost], exec: &berth_shared::plan::PlanExec) -> Vec<NewStep> {
+    let spec = StepSpec {
+        exec: Some(exec.clone()),
+        ..StepSpec::default()
+    };
+    hosts
+        .iter()
+        .map(|h| NewStep {
+            host_id: h.host_id,
+            host_name: h.name.clone(),
+            kind: StepKind::Exec,
+            ord: StepKind::Exec.base_ord(),
+            spec: step_spec_json(&spec),
+            best_effort: true,
+        })
+        .collect()
 }
 
 /// `berth reset`: `clean` on every host of the cluster, all at once.

@@ -300,6 +300,7 @@ fn plan_step(ctx: &Context, host: &HostRow, s: &StepRow) -> PlanStep {
             .map(plan_bundle)
             .collect(),
         from: ctx.spec.from_of(s.kind).iter().map(plan_bundle).collect(),
+        exec: sspec.exec.clone(),
         env: host_env(ctx.hosts.get(&host.id), host, &sspec),
     }
 }

@@ -558,6 +558,41 @@ pub struct RetryResponse {
     pub retried_steps: u64,
 }
 
+/// `POST /v1/exec` (operator): a command on hosts through their agents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Every host of this cluster (narrowed by `hosts` and `role`)…
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// …or these hosts (each a member of some cluster).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub role: Option<crate::state::HostRole>,
+    /// How long the command may run on a host (1 to 86400).
+    pub timeout_secs: u64,
+    /// The program and its arguments, run without a shell.
+    pub command: Vec<String>,
+}
+
+/// Limits of an exec request.
+pub const MAX_EXEC_ARGS: usize = 256;
+pub const MAX_EXEC_BYTES: usize = 128 * 1024;
+
+/// `POST /v1/exec` answer: the step each host runs it as.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecResponse {
+    pub steps: Vec<ExecStep>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExecStep {
+    pub cluster: String,
+    pub host: String,
+    pub step_id: i64,
+}
+
 /// `GET /v1/events`: one event of the log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EventView {
@@ -610,6 +645,12 @@ pub struct LogChunk {
     #[serde(default)]
     pub more: bool,
     pub data: String,
+    /// The step's exit code once it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, was interrupted or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// `DELETE /v1/hosts/{name}` answer.

@@ -96,9 +96,19 @@ pub struct PlanStep {
     /// Upgrade and rollback: the rootfs generation the host moves from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PlanBundle>,
+    /// Exec: the program and its arguments (run without a shell), and how long it may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<PlanExec>,
     /// The host's own env composed by the controller (per-host env and the host's
     /// `BERTH_*`); the agent adds the context's around it.
     pub env: BTreeMap<String, String>,
+}
+
+/// What an exec step runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PlanExec {
+    pub command: Vec<String>,
+    pub timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -322,6 +332,7 @@ mod tests {
             kind: crate::state::StepKind::Install,
             bundles: vec![],
             from: vec![],
+            exec: None,
             env: [
                 ("A", "host"),
                 ("BERTH_HOST", "n1"),

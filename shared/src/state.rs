@@ -72,6 +72,7 @@ text_enum!(
         Remove = "remove",
         Upgrade = "upgrade",
         Rollback = "rollback",
+        Exec = "exec",
         Clean = "clean",
     }
 );
@@ -81,7 +82,7 @@ impl StepKind {
     /// runs none).
     pub fn hook(self) -> Option<&'static str> {
         match self {
-            StepKind::Distribute => None,
+            StepKind::Distribute | StepKind::Exec => None,
             StepKind::Apps => Some("cmd"),
             k => Some(k.as_str()),
         }
@@ -104,6 +105,7 @@ impl StepKind {
             StepKind::Remove => 9000,
             StepKind::Upgrade => 100_000,
             StepKind::Rollback => 200_000,
+            StepKind::Exec => 300_000,
             StepKind::Clean => 1_000_000,
         }
     }

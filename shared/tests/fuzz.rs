@@ -299,6 +299,7 @@ fn good_payload() -> Vec<u8> {
             kind: berth_shared::state::StepKind::Install,
             bundles: vec![],
             from: vec![],
+            exec: None,
             env: BTreeMap::from([("A".to_string(), "1".to_string())]),
         }],
     })

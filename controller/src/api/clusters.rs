@@ -277,6 +277,19 @@ pub async fn retry(
     }))
 }
 
+/// `POST /v1/exec` (operator): a command on hosts through their agents.
+pub async fn exec(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<ApiJson<berth_shared::api::ExecResponse>, ApiError> {
+    caller.require(Role::Operator)?;
+    let req: berth_shared::api::ExecRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("exec request: {e}")))?;
+    let steps = st.engine.exec(&req, &caller.actor()).await?;
+    Ok(ApiJson(berth_shared::api::ExecResponse { steps }))
+}
+
 pub async fn rollback(
     State(st): State<AppState>,
     caller: Caller,
@@ -316,6 +329,8 @@ pub struct LogQuery {
     pub host: String,
     /// Step kind (install, init, ...); default: the host's latest started step.
     pub step: Option<String>,
+    /// This step (an exec's), instead of the latest of a kind.
+    pub id: Option<i64>,
     #[serde(default)]
     pub from: u64,
 }
@@ -335,9 +350,13 @@ pub async fn logs(
         .cluster(&name)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no cluster `{name}`")))?;
-    let steps = st.store.steps(c.id).await?;
+    let steps = match q.id {
+        Some(id) => st.store.step(id).await?.into_iter().collect(),
+        None => st.store.steps(c.id).await?,
+    };
     let step = steps
         .iter()
+        .filter(|s| s.cluster_id == c.id)
         .filter(|s| s.host_name == q.host && q.step.as_ref().is_none_or(|k| s.kind.as_str() == k))
         .filter(|s| s.state != StepState::Pending)
         .max_by_key(|s| (s.ord, s.id))
@@ -397,6 +416,8 @@ pub async fn logs(
         more: next < stored,
         next,
         data: String::from_utf8_lossy(&data).into_owned(),
+        exit_code: step.exit_code.map(|c| c as i32),
+        reason: step.reason.clone(),
     }))
 }
 

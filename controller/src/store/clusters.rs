@@ -767,6 +767,52 @@ impl Store {
         commit_bumping(self, tx, hosts).await
     }
 
+    /// `berth exec`: its steps, stored released with their deadlines (`released`, by
+    /// position), in the cluster's current generation; audited with the command. Returns
+    /// the step ids in order and the hosts whose plans changed.
+    pub async fn start_exec(
+        &self,
+        cluster_id: i64,
+        name: &str,
+        steps: Vec<NewStep>,
+        released: &[Option<i64>],
+        actor: &str,
+        command: &str,
+    ) -> Result<(Vec<i64>, Vec<i64>)> {
+        let mut tx = self.write().await?;
+        let generation: i64 = sqlx::query_scalar("SELECT generation FROM clusters WHERE id = ?1")
+            .bind(cluster_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut hosts: Vec<i64> = steps.iter().map(|s| s.host_id).collect();
+        let names: Vec<String> = steps.iter().map(|s| s.host_name.clone()).collect();
+        let first: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM steps")
+            .fetch_one(&mut *tx)
+            .await?;
+        insert_steps(&mut tx, cluster_id, generation, steps, released).await?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM steps WHERE cluster_id = ?1 AND id > ?2 AND kind = 'exec' ORDER BY id",
+        )
+        .bind(cluster_id)
+        .bind(first)
+        .fetch_all(&mut *tx)
+        .await?;
+        let detail = format!("hosts={} command={command}", names.join(","));
+        super::audit(&mut tx, actor, "cluster.exec", name, Some(&detail)).await?;
+        super::events::record(
+            &mut tx,
+            name,
+            None,
+            "exec",
+            &format!("exec by {actor} on {}: {command}", names.join(", ")),
+        )
+        .await?;
+        hosts.sort_unstable();
+        hosts.dedup();
+        let woken = commit_bumping(self, tx, hosts).await?;
+        Ok((ids, woken))
+    }
+
     /// Marks a reset forced: from now on a host that stops answering is skipped.
     pub async fn set_reset_forced(&self, cluster_id: i64) -> Result<()> {
         self.write_one(
@@ -1005,7 +1051,7 @@ async fn retry_failed(
 ) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE steps SET state = 'pending', attempt = attempt + 1, exit_code = NULL, reason = NULL, started_at = NULL, ended_at = NULL, deadline = NULL, log_len = 0, log_stored = 0
-         WHERE cluster_id = ?1 AND state IN ('failed', 'interrupted')",
+         WHERE cluster_id = ?1 AND state IN ('failed', 'interrupted') AND kind != 'exec'",
     )
     .bind(cluster_id)
     .execute(tx)

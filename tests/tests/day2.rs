@@ -1,6 +1,6 @@
 //! Day 2 with real agents: upgrades host by host in batches, rootfs generations, a failed
-//! upgrade turned back with `berth rollback`, and upgrades refused before they change
-//! anything.
+//! upgrade turned back with `berth rollback`, upgrades refused before they change
+//! anything, dry runs, the event log, and `berth exec`.
 #![allow(clippy::unwrap_used)]
 
 use berth_tests::*;
@@ -514,4 +514,117 @@ fn dry_run_says_what_would_happen_and_stores_nothing() {
         2 + 1 + 1,
         "nothing ran since the apply"
     );
+}
+
+#[test]
+fn exec_streams_each_hosts_output_and_says_who_failed() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["m0", "n1", "n2"]);
+    let marks = ctl.dir.path().join("marks.log");
+    let src = ctl.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    push_dir(&ctl, &kube(&src, "v1", None), "kube:v1");
+    let env = vec![format!("MARKS={}", marks.display())];
+    let cf = ctl.clusterfile("c", &["m0"], &["n1", "n2"], &["kube:v1"], &env);
+    assert!(apply_file(&ctl, &cf).status.success());
+    let script = "echo hello from $BERTH_HOST in $(cat VERSION); echo second line; [ \"$BERTH_HOST\" != n2 ] || exit 4";
+
+    let out = ctl.cli(&["exec", "c", "--", "sh", "-c", script]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let so = stdout(&out);
+    for h in ["m0", "n1", "n2"] {
+        assert!(
+            so.contains(&format!("{h} | hello from {h} in v1\n")),
+            "{so}"
+        );
+        assert!(so.contains(&format!("{h} | second line\n")), "{so}");
+    }
+    let se = stderr(&out);
+    assert!(se.contains("n2  failed      exit 4"), "{se}");
+    assert!(se.contains("m0  succeeded   exit 0"), "{se}");
+    assert!(
+        se.contains("error: the command failed on 1 of 3 host(s): n2"),
+        "{se}"
+    );
+
+    // -o json: per host its exit code and output; narrowed by role.
+    let out = ctl.cli(&[
+        "exec", "c", "--role", "node", "-o", "json", "--", "sh", "-c", script,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let by: std::collections::BTreeMap<String, (serde_json::Value, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap().to_string(),
+                (
+                    r["exit_code"].clone(),
+                    r["output"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(by.keys().cloned().collect::<Vec<_>>(), vec!["n1", "n2"]);
+    assert_eq!(by["n1"].0, 0);
+    assert_eq!(by["n2"].0, 4);
+    assert!(by["n1"].1.contains("hello from n1 in v1"), "{:?}", by["n1"]);
+
+    // By host, without naming the cluster; all succeed: exit 0.
+    let out = ctl.cli(&["exec", "--hosts", "m0,n1", "--", "true"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A command that outlives its timeout fails on its host.
+    let out = ctl.cli(&[
+        "exec",
+        "c",
+        "--hosts",
+        "n1",
+        "--timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("n1  failed"), "{}", stderr(&out));
+
+    // Audited with the command; an event too; the cluster stays Running.
+    let audit = stdout(&ctl.cli(&["get", "audit", "-o", "json"]));
+    assert!(
+        audit.contains("cluster.exec") && audit.contains("exit 4"),
+        "{audit}"
+    );
+    let events = stdout(&ctl.cli(&["get", "events", "c"]));
+    assert!(events.contains("exec by"), "{events}");
+    assert_eq!(ctl.status("c")["phase"], "Running");
+    // A failed exec is never run again by retry.
+    let out = ctl.cli(&["retry", "c"]);
+    assert!(
+        stderr(&out).contains("retrying 0 step(s)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Bad requests change nothing; a viewer may not exec.
+    let out = ctl.cli(&["exec", "--", "true"]);
+    assert!(
+        stderr(&out).contains("name a cluster or --hosts"),
+        "{}",
+        stderr(&out)
+    );
+    let out = ctl.cli(&["exec", "c", "--hosts", "nope", "--", "true"]);
+    assert!(
+        stderr(&out).contains("host `nope` is not a member of cluster `c`"),
+        "{}",
+        stderr(&out)
+    );
+    let viewer = stdout(&ctl.cli(&["api-token", "create", "--name", "v", "--role", "viewer"]));
+    let out = ctl
+        .cli_command(&["exec", "c", "--", "true"])
+        .env("BERTH_TOKEN", viewer.trim())
+        .output()
+        .unwrap();
+    assert!(stderr(&out).contains("(forbidden)"), "{}", stderr(&out));
 }
