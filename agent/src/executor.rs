@@ -366,6 +366,10 @@ impl Executor {
                 if std::env::consts::OS != "linux" {
                     return Ok(Outcome::failed("berth hosts must run Linux", None));
                 }
+                if let Some(why) = wrong_arch(step) {
+                    writeln!(&*log, "berth-agent: {why}")?;
+                    return Ok(Outcome::failed(why, None));
+                }
                 if !step
                     .bundles
                     .iter()
@@ -390,6 +394,9 @@ impl Executor {
                 .await
             }
             StepKind::Distribute => {
+                if let Some(why) = wrong_arch(step) {
+                    return Ok(Outcome::failed(why, None));
+                }
                 self.distribute(step, cdir, log).await?;
                 Ok(Outcome::ok())
             }
@@ -473,6 +480,10 @@ impl Executor {
     ) -> Result<Outcome> {
         let g = Generations::of(cdir);
         if built_from(&g.current, step) {
+            // A switch cut short after its exchange: the old tree is still at next.
+            if g.next.exists() {
+                g.keep_next_as_prev()?;
+            }
             writeln!(&*log, "berth-agent: already on the new rootfs")?;
             return Ok(Outcome::ok());
         }
@@ -1374,31 +1385,39 @@ impl Generations {
         }
     }
 
-    /// current → prev, next → current. Safe to run again after a crash between the two
-    /// renames (current is then missing, and prev is the only copy of the old one).
+    /// next ⇄ current in one `renameat2(RENAME_EXCHANGE)`, so `rootfs` is a whole tree at
+    /// every instant; then the old one (now at next) becomes prev. Safe to run again after
+    /// a crash at any point.
     fn switch_to_next(&self) -> Result<()> {
         if self.current.exists() {
-            if self.prev.exists() {
-                std::fs::remove_dir_all(&self.prev)?;
-            }
-            std::fs::rename(&self.current, &self.prev)?;
+            exchange(&self.next, &self.current)?;
+            self.keep_next_as_prev()?;
+        } else {
+            std::fs::rename(&self.next, &self.current)?;
         }
-        std::fs::rename(&self.next, &self.current)?;
         sync_dir(&self.current)
     }
 
-    /// current (the generation being left) → next, then prev → current; the left one is
-    /// removed. Safe to run again after a crash at any point.
+    /// The tree at next (the one a switch replaced) is kept as prev.
+    fn keep_next_as_prev(&self) -> Result<()> {
+        if self.prev.exists() {
+            std::fs::remove_dir_all(&self.prev)?;
+        }
+        std::fs::rename(&self.next, &self.prev)?;
+        sync_dir(&self.prev)
+    }
+
+    /// prev (the kept generation) ⇄ current (the one being left) in one exchange; the left
+    /// one is removed. Safe to run again after a crash at any point.
     fn switch_back(
         &self,
         is_leaving: impl Fn(&Path) -> bool,
         is_target: impl Fn(&Path) -> bool,
     ) -> Result<()> {
-        if is_leaving(&self.current) {
-            if self.next.exists() {
-                std::fs::remove_dir_all(&self.next)?;
-            }
-            std::fs::rename(&self.current, &self.next)?;
+        if is_leaving(&self.current) && is_target(&self.prev) {
+            exchange(&self.prev, &self.current)?;
+            sync_dir(&self.current)?;
+            std::fs::remove_dir_all(&self.prev)?;
         }
         if !self.current.exists() && is_target(&self.prev) {
             std::fs::rename(&self.prev, &self.current)?;
@@ -1417,12 +1436,40 @@ impl Generations {
     }
 }
 
+/// Swaps two directories atomically.
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        a,
+        nix::fcntl::AT_FDCWD,
+        b,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .with_context(|| format!("cannot swap {} and {}", a.display(), b.display()))
+}
+
 /// Makes the renames in `path`'s directory durable.
 fn sync_dir(path: &Path) -> Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::File::open(parent)?.sync_all()?;
     }
     Ok(())
+}
+
+/// Why the step's bundles cannot run here: one is built for another architecture (its tag
+/// has no digest for this host's).
+fn wrong_arch(step: &PlanStep) -> Option<String> {
+    let mine = crate::facts::arch();
+    let b = step
+        .bundles
+        .iter()
+        .chain(&step.from)
+        .find(|b| b.arch.as_deref().is_some_and(|a| a != mine))?;
+    let theirs = b.arch.as_deref().unwrap_or_default();
+    Some(format!(
+        "{} has no digest for {mine}, the architecture of this host (its digest {} is built for {theirs}); push one with `berth bundle push DIR --arch {mine} --tag {}`",
+        b.reference, b.digest, b.reference
+    ))
 }
 
 /// The bundle `b` replaces (same name) among `from`.

@@ -11,7 +11,7 @@ pub fn collect() -> HostFacts {
         kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_else(|_| "unknown".into()),
-        arch: std::env::consts::ARCH.to_string(),
+        arch: arch(),
         cpus: std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1),
@@ -19,6 +19,16 @@ pub fn collect() -> HostFacts {
         addresses: addresses(),
         agent_version: berth_shared::VERSION.to_string(),
     }
+}
+
+/// The host's architecture as Rust names it. `BERTH_AGENT_ARCH` overrides it — for tests
+/// of mixed-architecture fleets on one machine, never for a real host (the bundles it then
+/// receives are built for another CPU).
+pub fn arch() -> String {
+    std::env::var("BERTH_AGENT_ARCH")
+        .ok()
+        .and_then(|a| berth_shared::bundle::normalize_arch(&a))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
 fn os_pretty_name() -> Option<String> {

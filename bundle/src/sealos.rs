@@ -166,6 +166,7 @@ pub fn write_bundle(
         rerunnable: vec![],
         allow_setuid: false,
         outputs: None,
+        arch: None,
     };
     let path = root.join(MANIFEST_FILE);
     let text = serde_norway::to_string(&manifest)

@@ -36,6 +36,11 @@ pub enum BundleCmd {
         /// name:tag to point at the uploaded digest (moves an existing tag)
         #[arg(long)]
         tag: Option<String>,
+        /// The architecture it is built for (x86_64/amd64, aarch64/arm64): the tag gets
+        /// this digest for hosts of that architecture, beside its others (default: the
+        /// bundle.yaml's `arch`; with neither the digest replaces the whole tag)
+        #[arg(long, requires = "tag")]
+        arch: Option<String>,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = TextOrJson::Text)]
         output: TextOrJson,
     },
@@ -122,7 +127,19 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
             }
             Ok(())
         }
-        BundleCmd::Push { path, tag, output } => {
+        BundleCmd::Push {
+            path,
+            tag,
+            arch,
+            output,
+        } => {
+            let arch = arch
+                .map(|a| {
+                    berth_shared::bundle::normalize_arch(&a).ok_or_else(|| {
+                        anyhow::anyhow!("--arch: `{a}` is not an architecture; use x86_64 (amd64) or aarch64 (arm64)")
+                    })
+                })
+                .transpose()?;
             if let Some(t) = &tag {
                 match t.parse::<BundleRef>() {
                     Ok(BundleRef::Tag { .. }) => {}
@@ -148,6 +165,7 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
                 &client,
                 &file,
                 tag.as_deref(),
+                arch.as_deref(),
                 matches!(output, TextOrJson::Text),
             )
             .await?;
@@ -317,7 +335,7 @@ pub async fn push_local(client: &Client, path: &Path) -> Result<String> {
         (path.to_path_buf(), manifest, None)
     };
     let tag = format!("{}:{}", manifest.name, manifest.version);
-    let resp = crate::client::upload_bundle(client, &file, Some(&tag), true).await?;
+    let resp = crate::client::upload_bundle(client, &file, Some(&tag), None, true).await?;
     eprintln!("pushed {} as {tag}", resp.digest);
     Ok(tag)
 }

@@ -318,6 +318,7 @@ pub async fn upload_bundle(
     client: &Client,
     file: &Path,
     tag: Option<&str>,
+    arch: Option<&str>,
     bar: bool,
 ) -> Result<berth_shared::api::PushResponse> {
     let f = tokio::fs::File::open(file)
@@ -346,9 +347,16 @@ pub async fn upload_bundle(
             }
         },
     );
-    let path = match tag {
-        Some(t) => format!("/v1/bundles?tag={t}"),
-        None => "/v1/bundles".to_string(),
+    let mut q = Vec::new();
+    if let Some(t) = tag {
+        q.push(format!("tag={t}"));
+    }
+    if let Some(a) = arch {
+        q.push(format!("arch={a}"));
+    }
+    let path = match q.is_empty() {
+        true => "/v1/bundles".to_string(),
+        false => format!("/v1/bundles?{}", q.join("&")),
     };
     let result = client
         .post_body(&path, reqwest::Body::wrap_stream(stream))

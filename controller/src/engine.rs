@@ -371,7 +371,20 @@ impl Engine {
                 });
             }
             let steps = self.store.steps(c.id).await?;
-            let busy = steps.iter().filter(|s| s.state.is_active()).count();
+            let execs = steps
+                .iter()
+                .filter(|s| s.state.is_active() && s.kind == StepKind::Exec)
+                .count();
+            let busy = steps.iter().filter(|s| s.state.is_active()).count() - execs;
+            if busy == 0 && execs > 0 {
+                return Err(EngineError::Conflict {
+                    code: codes::APPLY_IN_PROGRESS,
+                    message: format!(
+                        "`berth exec` is running on {execs} host(s) of cluster `{}`; wait for it (it ends by its --timeout) and apply again",
+                        c.name
+                    ),
+                });
+            }
             if busy > 0 {
                 return Err(EngineError::Conflict {
                     code: codes::APPLY_IN_PROGRESS,
@@ -506,20 +519,32 @@ impl Engine {
             let r: BundleRef = image
                 .parse()
                 .map_err(|e| EngineError::invalid(format!("{field}: {e}")))?;
+            let mut arches = BTreeMap::new();
             let digest = match &r {
                 BundleRef::Digest(d) => Some(d.to_string()),
                 // `docker.io/labring/calico` and `labring/calico` are one image, as in sealos.
-                BundleRef::Tag { name, tag } => match self.store.resolve_tag(name, tag).await? {
-                    Some(d) => Some(d),
-                    None => {
-                        let short = berth_shared::bundle_ref::short_name(name);
-                        let long = format!("docker.io/{short}");
-                        match self.store.resolve_tag(short, tag).await? {
-                            Some(d) => Some(d),
-                            None => self.store.resolve_tag(&long, tag).await?,
+                BundleRef::Tag { name, tag } => {
+                    let short = berth_shared::bundle_ref::short_name(name);
+                    let mut found = None;
+                    for n in [
+                        name.clone(),
+                        short.to_string(),
+                        format!("docker.io/{short}"),
+                    ] {
+                        if let Some(d) = self.store.resolve_tag(&n, tag).await? {
+                            for (a, d) in self.store.tag_arches(&n, tag).await? {
+                                let d: Digest =
+                                    d.parse().map_err(|e: berth_shared::digest::DigestError| {
+                                        EngineError::Internal(e.into())
+                                    })?;
+                                arches.insert(a, d);
+                            }
+                            found = Some(d);
+                            break;
                         }
                     }
-                },
+                    found
+                }
             };
             let row = match digest {
                 Some(d) => self.store.bundle(&d).await?,
@@ -544,6 +569,7 @@ impl Engine {
                 reference: image.clone(),
                 digest,
                 manifest,
+                arches,
             });
         }
         for c in &cf.configs {
@@ -666,6 +692,21 @@ impl Engine {
                         "{field}: host `{}` is revoked",
                         host.name
                     )));
+                }
+                // sealos writes the architecture as a role (amd64, arm64): it must be the
+                // host's.
+                for role in g
+                    .roles
+                    .iter()
+                    .filter(|r| matches!(r.as_str(), "amd64" | "arm64"))
+                {
+                    let want = berth_shared::bundle::normalize_arch(role).unwrap_or_default();
+                    if host.facts.arch != want {
+                        return Err(EngineError::invalid(format!(
+                            "Clusterfile document (Cluster): spec.hosts[{}].roles: `{role}`, but host `{}` reports {}; put it in a group whose roles name its architecture (or none)",
+                            g.index, host.name, host.facts.arch
+                        )));
+                    }
                 }
                 if let Some(other) = member_of.get(&host.id) {
                     if *other != cf.name {
@@ -1327,7 +1368,7 @@ impl Engine {
                 .spec
                 .fetchable(s.kind, &sspec)
                 .iter()
-                .any(|b| &b.digest == digest)
+                .any(|b| &b.for_arch(&host.facts.arch).0 == digest)
             {
                 return Ok(true);
             }

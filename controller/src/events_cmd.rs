@@ -62,6 +62,12 @@ pub async fn events(
             }
         }
         Format::Json => println!("{}", serde_json::to_string_pretty(&first)?),
+        Format::Yaml if watch => {
+            // One YAML document an event, so later ones read the same way.
+            for e in &first {
+                print!("---\n{}", serde_norway::to_string(e)?);
+            }
+        }
         Format::Yaml => print!("{}", serde_norway::to_string(&first)?),
     }
     if !watch {
@@ -74,7 +80,8 @@ pub async fn events(
             last = e.id;
             match out {
                 Format::Table => println!("{}", event_line(&e)),
-                _ => println!("{}", serde_json::to_string(&e)?),
+                Format::Yaml => print!("---\n{}", serde_norway::to_string(&e)?),
+                Format::Json => println!("{}", serde_json::to_string(&e)?),
             }
         }
         let _ = std::io::stdout().flush();

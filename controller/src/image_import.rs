@@ -185,7 +185,8 @@ pub async fn import(
         }
     }
     for m in &made {
-        let resp = crate::client::upload_bundle(client, &m.file, Some(&m.tags[0]), false).await?;
+        let resp =
+            crate::client::upload_bundle(client, &m.file, Some(&m.tags[0]), None, false).await?;
         for extra in &m.tags[1..] {
             let _: BundleView = client
                 .call(

@@ -20,8 +20,29 @@ pub const DISTRIBUTE_TIMEOUT_SECS: u64 = 1800;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ResolvedBundle {
     pub reference: String,
+    /// The tag's primary digest (whose manifest this is).
     pub digest: Digest,
     pub manifest: Manifest,
+    /// The tag's digest per architecture (empty: `digest` for every one).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub arches: BTreeMap<String, Digest>,
+}
+
+impl ResolvedBundle {
+    /// The digest a host of `arch` gets, and the architecture it is built for (None: any):
+    /// the tag's digest for that architecture, else the primary one (which the host's
+    /// check then refuses when it is built for another architecture).
+    pub fn for_arch(&self, arch: &str) -> (Digest, Option<&str>) {
+        if let Some((a, d)) = self.arches.get_key_value(arch) {
+            return (*d, Some(a.as_str()));
+        }
+        let primary = self
+            .arches
+            .iter()
+            .find(|(_, d)| **d == self.digest)
+            .map(|(a, _)| a.as_str());
+        (self.digest, primary.or(self.manifest.arch.as_deref()))
+    }
 }
 
 /// What a cluster's `spec` column holds: the Clusterfile with bundles resolved to digests.
@@ -71,12 +92,35 @@ impl ResolvedSpec {
         }
     }
 
-    /// The bundles whose hooks a step runs: a rollback runs those of the generation it
-    /// leaves (which know what their upgrade did).
-    fn hook_bundles(&self, kind: StepKind, step: &StepSpec) -> Vec<&ResolvedBundle> {
+    /// The bundles whose hooks a step runs, each with the hook: a rollback runs those of
+    /// the generation it leaves (which know what their upgrade did); an upgrade runs a
+    /// changed bundle's `upgrade` and a new patch bundle's `install` (as the agent does).
+    fn hook_bundles(&self, kind: StepKind, step: &StepSpec) -> Vec<(&ResolvedBundle, &str)> {
+        let Some(hook) = kind.hook() else {
+            return Vec::new();
+        };
         match kind {
-            StepKind::Rollback => self.from.iter().collect(),
-            _ => self.bundles_of(kind, step),
+            StepKind::Rollback => self.from.iter().map(|b| (b, hook)).collect(),
+            StepKind::Upgrade => self
+                .bundles_of(kind, step)
+                .into_iter()
+                .filter_map(|b| {
+                    match self
+                        .from
+                        .iter()
+                        .find(|o| o.manifest.name == b.manifest.name)
+                    {
+                        Some(o) if o.digest == b.digest => None,
+                        Some(_) => Some((b, hook)),
+                        None => Some((b, "install")),
+                    }
+                })
+                .collect(),
+            _ => self
+                .bundles_of(kind, step)
+                .into_iter()
+                .map(|b| (b, hook))
+                .collect(),
         }
     }
 
@@ -90,15 +134,12 @@ impl ResolvedSpec {
     /// The longest a step may take on its host: the sum of its bundles' hook timeouts
     /// (hooks run one after the other), plus distribute's for steps that may unpack.
     pub fn step_timeout_secs(&self, kind: StepKind, step: &StepSpec) -> u64 {
-        let hooks: u64 = match kind.hook() {
-            Some(h) => self
-                .hook_bundles(kind, step)
-                .iter()
-                .filter(|b| h == "cmd" || b.manifest.hooks.contains_key(h))
-                .map(|b| b.manifest.timeout(h).as_secs())
-                .sum(),
-            None => 0,
-        };
+        let hooks: u64 = self
+            .hook_bundles(kind, step)
+            .iter()
+            .filter(|(b, h)| *h == "cmd" || b.manifest.hooks.contains_key(*h))
+            .map(|(b, h)| b.manifest.timeout(h).as_secs())
+            .sum();
         let unpack = match kind {
             // check and apps unpack what they run; a hook step may re-distribute a stale rootfs.
             StepKind::Leave | StepKind::Remove | StepKind::Clean => 0,
@@ -110,12 +151,9 @@ impl ResolvedSpec {
 
     /// Whether the step's `hook` of some bundle may publish output `key`.
     pub fn may_output(&self, kind: StepKind, step: &StepSpec, key: &str) -> bool {
-        let Some(hook) = kind.hook() else {
-            return false;
-        };
         self.hook_bundles(kind, step)
             .iter()
-            .any(|b| b.manifest.may_output(hook, key))
+            .any(|(b, h)| b.manifest.may_output(h, key))
     }
 }
 
@@ -621,6 +659,21 @@ pub fn rollback(
             why: format!("no host of cluster `{cluster}` has started the upgrade"),
         });
     }
+    // A host that joined after the upgrade was installed with the new bundles: there is
+    // no older generation on it to return to.
+    let joined_after: Vec<&str> = hosts
+        .iter()
+        .filter(|h| h.active && !upgrade.iter().any(|s| s.host_id == h.host_id))
+        .map(|h| h.name.as_str())
+        .collect();
+    if !joined_after.is_empty() {
+        return Err(PlanError::NothingToRollBack {
+            why: format!(
+                "{} joined cluster `{cluster}` after the upgrade, with the new bundles; delete them from the cluster first (`berth delete --nodes …`), then roll back",
+                joined_after.join(", ")
+            ),
+        });
+    }
     let mut back = spec.clone();
     back.bundles = spec
         .from
@@ -722,6 +775,7 @@ mod tests {
             rerunnable: vec![],
             allow_setuid: false,
             outputs: None,
+            arch: None,
         }
         .validate(|_| true)
         .unwrap()
@@ -732,6 +786,7 @@ mod tests {
             reference: format!("{name}:v1"),
             digest: format!("sha256:{}", hex::encode([d; 32])).parse().unwrap(),
             manifest: manifest(name, t),
+            arches: BTreeMap::new(),
         }
     }
 

@@ -297,19 +297,27 @@ fn plan_step(ctx: &Context, host: &HostRow, s: &StepRow) -> PlanStep {
             .spec
             .bundles_of(s.kind, &sspec)
             .into_iter()
-            .map(plan_bundle)
+            .map(|b| plan_bundle(b, &host.facts.arch))
             .collect(),
-        from: ctx.spec.from_of(s.kind).iter().map(plan_bundle).collect(),
+        from: ctx
+            .spec
+            .from_of(s.kind)
+            .iter()
+            .map(|b| plan_bundle(b, &host.facts.arch))
+            .collect(),
         exec: sspec.exec.clone(),
         env: host_env(ctx.hosts.get(&host.id), host, &sspec),
     }
 }
 
-fn plan_bundle(b: &ResolvedBundle) -> PlanBundle {
+/// A bundle as a host of `arch` gets it: the tag's digest for its architecture.
+fn plan_bundle(b: &ResolvedBundle, arch: &str) -> PlanBundle {
+    let (digest, built_for) = b.for_arch(arch);
     PlanBundle {
         reference: b.reference.clone(),
-        digest: b.digest,
+        digest,
         manifest: b.manifest.clone(),
+        arch: built_for.map(str::to_string),
     }
 }
 

@@ -94,6 +94,7 @@ fn manifest(name: &str, t: &str, version: &str, upgrade: bool) -> Manifest {
         rerunnable: vec![],
         allow_setuid: false,
         outputs: None,
+        arch: None,
     }
     .validate(|_| true)
     .unwrap()
@@ -104,6 +105,7 @@ fn bundle(name: &str, t: &str, version: &str, d: u8, upgrade: bool) -> ResolvedB
         reference: format!("{name}:{version}"),
         digest: format!("sha256:{}", hex::encode([d; 32])).parse().unwrap(),
         manifest: manifest(name, t, version, upgrade),
+        arches: BTreeMap::new(),
     }
 }
 
@@ -356,6 +358,23 @@ fn rollback_runs_on_the_upgraded_hosts_in_reverse() {
     assert_eq!(
         run(&g.steps, &[]),
         vec!["n1:rollback n2:rollback", "m0:rollback"]
+    );
+
+    // A node that joined after the upgrade has nothing older to return to: refused.
+    let mut more = hosts.clone();
+    more.push(RecordedHost {
+        host_id: 9,
+        name: "n9".into(),
+        role: HostRole::Node,
+        ord: 4,
+        ip: "10.0.0.9".into(),
+        active: true,
+    });
+    let e = planner::rollback("c", &current, &more, &upgrade).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("n9 joined cluster `c` after the upgrade"),
+        "{e}"
     );
 
     // Still running: refused, and so is a cluster never upgraded.

@@ -303,6 +303,10 @@ pub struct BundleView {
     /// RFC 3339.
     pub created_at: String,
     pub manifest: crate::bundle::Manifest,
+    /// Inspected by `name:tag`: the digest the tag holds per architecture (empty: one for
+    /// every architecture).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub arches: std::collections::BTreeMap<String, crate::Digest>,
 }
 
 /// `PUT /v1/bundles/{name:tag}`: point a tag at a stored bundle.

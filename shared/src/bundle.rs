@@ -21,7 +21,7 @@ pub enum BundleType {
     App,
 }
 
-/// Every hook a bundle may declare, in the order DESIGN.md lists them.
+/// Every hook a bundle may declare, in the order the phases run them (docs/bundles.md).
 pub const HOOKS: [&str; 10] = [
     "check",
     "install",
@@ -66,6 +66,29 @@ pub struct RawManifest {
     /// Which hooks may publish outputs, and which names (default: none publishes any).
     #[serde(default)]
     pub outputs: Option<BTreeMap<String, Vec<String>>>,
+    /// The CPU architecture the bundle is built for (`x86_64`, `aarch64`; `amd64` and
+    /// `arm64` as sealos writes them); absent: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+}
+
+/// An architecture as the agents report it (Rust's and `uname -m`'s names): `amd64` is
+/// `x86_64`, `arm64` is `aarch64`; other names are taken as written when they are short
+/// lowercase words.
+pub fn normalize_arch(a: &str) -> Option<String> {
+    let a = a.trim();
+    match a {
+        "amd64" | "x86_64" => Some("x86_64".into()),
+        "arm64" | "aarch64" => Some("aarch64".into()),
+        _ if !a.is_empty()
+            && a.len() <= 16
+            && a.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+        {
+            Some(a.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// A validated manifest.
@@ -90,6 +113,9 @@ pub struct Manifest {
     /// were an allow-list may hold `null`, "any name": read as none.)
     #[serde(default, deserialize_with = "declared_outputs")]
     pub outputs: BTreeMap<String, Vec<String>>,
+    /// The architecture it is built for (normalized); None: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
 }
 
 fn declared_outputs<'de, D: serde::Deserializer<'de>>(
@@ -306,7 +332,20 @@ impl RawManifest {
             }
             outputs.insert(hook, keys);
         }
+        let arch = match &self.arch {
+            None => None,
+            Some(a) => Some(normalize_arch(a).ok_or_else(|| {
+                err(
+                    "arch",
+                    format!(
+                        "`{}` is not an architecture; use x86_64 (amd64) or aarch64 (arm64)",
+                        a.chars().take(32).collect::<String>()
+                    ),
+                )
+            })?),
+        };
         Ok(Manifest {
+            arch,
             outputs,
             name: self.name,
             version: self.version,
@@ -401,12 +440,12 @@ mod tests {
             (GOOD.replace("init: scripts/init.sh", "init: ../x.sh"), "bundle.yaml: hooks.init: `../x.sh` contains `..`; paths may not leave the bundle root"),
             (GOOD.replace("init: 30m", "init: soon"), "bundle.yaml: timeouts.init: `soon` is not a duration; use e.g. 90s, 10m, 1h"),
             (GOOD.replace("init: 30m", "init: 48h"), "bundle.yaml: timeouts.init: `48h` must be between 1s and 24h"),
-            (GOOD.replace("init: 30m", "boot: 30m"), "bundle.yaml: timeouts.boot: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, clean, cmd"),
-            (GOOD.replace("  init: scripts/init.sh", "  start: scripts/init.sh"), "bundle.yaml: hooks.start: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, clean"),
+            (GOOD.replace("init: 30m", "boot: 30m"), "bundle.yaml: timeouts.boot: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, upgrade, rollback, clean, cmd"),
+            (GOOD.replace("  init: scripts/init.sh", "  start: scripts/init.sh"), "bundle.yaml: hooks.start: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, upgrade, rollback, clean"),
             (GOOD.replace("berth.dev/v1", "berth.dev/v2"), "bundle.yaml: apiVersion: `berth.dev/v2` is not supported; use `berth.dev/v1`"),
-            (GOOD.replace("rerunnable: [check, install]", "rerunnable: [deploy]"), "bundle.yaml: rerunnable: unknown hook `deploy`; allowed: check, install, init, join-master, join-node, leave, remove, clean"),
+            (GOOD.replace("rerunnable: [check, install]", "rerunnable: [deploy]"), "bundle.yaml: rerunnable: unknown hook `deploy`; allowed: check, install, init, join-master, join-node, leave, remove, upgrade, rollback, clean"),
             (format!("{GOOD}cmd: [\"a.sh\"]\ncommands: [\"b\"]\n"), "bundle.yaml: commands: a bundle runs either `cmd` (a program and its arguments) or `commands` (shell command lines), not both"),
-            (format!("{GOOD}outputs:\n  boot: [X]\n"), "bundle.yaml: outputs.boot: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, clean, cmd"),
+            (format!("{GOOD}outputs:\n  boot: [X]\n"), "bundle.yaml: outputs.boot: unknown hook; allowed: check, install, init, join-master, join-node, leave, remove, upgrade, rollback, clean, cmd"),
             (format!("{GOOD}outputs:\n  init: [LD_PRELOAD]\n"), format!("bundle.yaml: outputs.init: `LD_PRELOAD` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
             (format!("{GOOD}outputs:\n  join-node: [BERTH_MASTER0_IP]\n"), format!("bundle.yaml: outputs.join-node: `BERTH_MASTER0_IP` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
             (format!("{GOOD}outputs:\n  init: [PERL5OPT]\n"), format!("bundle.yaml: outputs.init: `PERL5OPT` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The plan format. 3: a step's `kind` is a [`crate::state::StepKind`] (an agent of version
-/// 2 refuses it by its version rather than misreading a kind).
-pub const PLAN_VERSION: u32 = 3;
+/// 2 refuses it by its version rather than misreading a kind). 4: the upgrade, rollback and
+/// exec kinds, `PlanStep::from` and `exec`, `PlanBundle::arch`.
+pub const PLAN_VERSION: u32 = 4;
 
 /// Largest context document an agent accepts.
 pub const MAX_CONTEXT_BYTES: u64 = 64 << 20;
@@ -116,6 +117,10 @@ pub struct PlanBundle {
     pub reference: String,
     pub digest: crate::Digest,
     pub manifest: crate::bundle::Manifest,
+    /// The architecture this digest is built for (None: any): the check step refuses a
+    /// bundle built for another one than the host's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -305,23 +310,23 @@ mod tests {
             verify(&v1, "kid", &pk, "h1", 0, 500)
                 .unwrap_err()
                 .to_string(),
-            "plan format version 1 is not supported (this agent understands version 3); upgrade the agent to the controller's version"
+            "plan format version 1 is not supported (this agent understands version 4); upgrade the agent to the controller's version"
         );
         // A newer controller's plan, with a kind this agent does not know: refused by its
         // version, with that reason.
-        let future = br#"{"version":4,"cluster":"c","host":"h1","generation":5,"issued_at":1,"expires_at":1000,"steps":[{"id":1,"attempt":1,"kind":"upgrade","bundles":[],"env":{}}]}"#;
+        let future = br#"{"version":5,"cluster":"c","host":"h1","generation":5,"issued_at":1,"expires_at":1000,"steps":[{"id":1,"attempt":1,"kind":"teleport","bundles":[],"env":{}}]}"#;
         assert_eq!(
             verify(&signed(&k, future), "kid", &pk, "h1", 0, 500)
                 .unwrap_err()
                 .to_string(),
-            "plan format version 4 is not supported (this agent understands version 3); upgrade the agent to the controller's version"
+            "plan format version 5 is not supported (this agent understands version 4); upgrade the agent to the controller's version"
         );
         // This version with a kind it does not know is malformed.
-        let odd = br#"{"version":3,"cluster":"c","host":"h1","generation":5,"issued_at":1,"expires_at":1000,"steps":[{"id":1,"attempt":1,"kind":"upgrade","bundles":[],"env":{}}]}"#;
+        let odd = br#"{"version":4,"cluster":"c","host":"h1","generation":5,"issued_at":1,"expires_at":1000,"steps":[{"id":1,"attempt":1,"kind":"teleport","bundles":[],"env":{}}]}"#;
         assert!(verify(&signed(&k, odd), "kid", &pk, "h1", 0, 500)
             .unwrap_err()
             .to_string()
-            .starts_with("plan payload is not valid JSON: unknown variant `upgrade`"));
+            .starts_with("plan payload is not valid JSON: unknown variant `teleport`"));
     }
 
     #[test]

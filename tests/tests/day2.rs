@@ -322,6 +322,16 @@ fn a_failed_upgrade_continues_with_retry() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    // It printed the newest event: it is watching.
+    wait_for(
+        "the watcher to start",
+        std::time::Duration::from_secs(20),
+        || {
+            fs::read_to_string(&watch_out)
+                .ok()
+                .filter(|t| t.contains('\n'))
+        },
+    );
     let out = ctl.cli(&["retry", "c", "--wait"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let seen = wait_for(
@@ -627,4 +637,127 @@ fn exec_streams_each_hosts_output_and_says_who_failed() {
         .output()
         .unwrap();
     assert!(stderr(&out).contains("(forbidden)"), "{}", stderr(&out));
+}
+
+/// Enrolls and runs an agent that reports `arch` (what a host of that CPU would).
+fn agent_as(ctl: &Controller, name: &str, arch: &str) -> Proc {
+    let (token, hash) = ctl.create_token(1, "1h");
+    let out = ctl
+        .join_command(name, &token, &hash, &ctl.agent_dir(name))
+        .env("BERTH_AGENT_ARCH", arch)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "join {name}: {}", stderr(&out));
+    let mut cmd = agent_run_command(&ctl.agent_dir(name));
+    cmd.env("BERTH_AGENT_ARCH", arch);
+    Proc::spawn(
+        &format!("agent {name}"),
+        cmd,
+        ctl.dir.path().join(format!("agent-{name}.log")),
+    )
+}
+
+#[test]
+fn a_tag_holds_a_digest_per_architecture_and_each_host_gets_its_own() {
+    let ctl = Controller::start(&[]);
+    let _m0 = ctl.agents(&["m0"]);
+    let _a1 = agent_as(&ctl, "a1", "aarch64");
+    let _r1 = agent_as(&ctl, "r1", "riscv64");
+    let src = ctl.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let marks = ctl.dir.path().join("marks.log");
+    // The same bundle built twice: its `BUILT` file says for which CPU.
+    let x86 = kube(&src, "v1", None);
+    fs::write(x86.join("BUILT"), "x86_64").unwrap();
+    let out = ctl.cli(&[
+        "bundle",
+        "push",
+        x86.to_str().unwrap(),
+        "--arch",
+        "amd64",
+        "--tag",
+        "multi:v1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    fs::write(x86.join("BUILT"), "aarch64").unwrap();
+    let out = ctl.cli(&[
+        "bundle",
+        "push",
+        x86.to_str().unwrap(),
+        "--arch",
+        "arm64",
+        "--tag",
+        "multi:v1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ctl.cli(&["bundle", "inspect", "multi:v1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let arches: Vec<&String> = v["arches"].as_object().unwrap().keys().collect();
+    assert_eq!(arches, ["aarch64", "x86_64"], "{v}");
+    assert_ne!(v["arches"]["aarch64"], v["arches"]["x86_64"]);
+    // Another bundle cannot join the tag as an architecture of it.
+    let other = hook_bundle(&src, "other", &[("install", "true")], "");
+    let out = ctl.cli(&[
+        "bundle",
+        "push",
+        other.to_str().unwrap(),
+        "--arch",
+        "riscv64",
+        "--tag",
+        "multi:v1",
+    ]);
+    assert!(
+        stderr(&out).contains("must be the same bundle built for riscv64")
+            && stderr(&out).contains("(conflict)"),
+        "{}",
+        stderr(&out)
+    );
+
+    let cf = |nodes: &str| {
+        let p = ctl.dir.path().join("mixed.yaml");
+        fs::write(
+            &p,
+            format!(
+                "apiVersion: apps.sealos.io/v1beta1\nkind: Cluster\nmetadata:\n  name: mixed\nspec:\n  hosts:\n  - ips: [m0]\n    roles: [master, amd64]\n{nodes}  image: [multi:v1]\n  env: [MARKS={}]\n",
+                marks.display()
+            ),
+        )
+        .unwrap();
+        p
+    };
+    // A role naming another architecture than the host's is refused.
+    let out = ctl.cli(&[
+        "apply",
+        "-f",
+        cf("  - ips: [a1]\n    roles: [node, amd64]\n")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        stderr(&out).contains("spec.hosts[1].roles: `amd64`, but host `a1` reports aarch64"),
+        "{}",
+        stderr(&out)
+    );
+    let out = apply_file(&ctl, &cf("  - ips: [a1]\n    roles: [node, arm64]\n"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let built =
+        |h: &str| fs::read_to_string(ctl.agent_dir(h).join("clusters/mixed/rootfs/BUILT")).unwrap();
+    assert_eq!(built("m0"), "x86_64");
+    assert_eq!(built("a1"), "aarch64");
+
+    // A host of an architecture the tag has no digest for fails its check, saying so.
+    let out = apply_file(
+        &ctl,
+        &cf("  - ips: [a1]\n    roles: [node, arm64]\n  - ips: [r1]\n    roles: [node]\n"),
+    );
+    assert!(!out.status.success());
+    let st = ctl.status("mixed");
+    let check = step_of(&st, "r1", "check");
+    assert_eq!(check["state"], "failed");
+    let reason = check["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("multi:v1 has no digest for riscv64, the architecture of this host (its digest sha256:")
+            && reason.contains("built for x86_64); push one with `berth bundle push DIR --arch riscv64 --tag multi:v1`"),
+        "{reason}"
+    );
 }

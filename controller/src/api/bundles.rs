@@ -20,6 +20,9 @@ use tower::ServiceExt;
 pub struct PushQuery {
     /// `name:tag` to point at the uploaded digest.
     pub tag: Option<String>,
+    /// The architecture the bundle is built for: the tag gets this digest for it, beside
+    /// the others (over the bundle.yaml's `arch`, which must agree).
+    pub arch: Option<String>,
 }
 
 pub async fn push(
@@ -36,6 +39,15 @@ pub async fn push(
             return Err(ApiError::bad_request("tag must be name:tag, not a digest"))
         }
         Some(Err(e)) => return Err(ApiError::bad_request(e.to_string())),
+    };
+    let arch = match q.arch.as_deref() {
+        None => None,
+        Some(a) => Some(berth_shared::bundle::normalize_arch(a).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "arch: `{}` is not an architecture; use x86_64 (amd64) or aarch64 (arm64)",
+                a.chars().take(32).collect::<String>()
+            ))
+        })?),
     };
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let ingested = st
@@ -55,6 +67,17 @@ pub async fn push(
             IngestError::Io(e) => ApiError::Internal(e),
         })?;
     let m = &ingested.manifest;
+    if let (Some(a), Some(b)) = (&arch, &m.arch) {
+        if a != b {
+            return Err(ApiError::bad_request(format!(
+                "--arch {a}, but its bundle.yaml says `arch: {b}`"
+            )));
+        }
+    }
+    let arch = arch.or_else(|| m.arch.clone());
+    if let (Some((name, t)), Some(a)) = (&tag, &arch) {
+        same_bundle_as_tag(&st, name, t, a, m).await?;
+    }
     let manifest_json = serde_json::to_string(m).map_err(|e| ApiError::Internal(e.into()))?;
     let bundle_type = serde_json::to_value(m.bundle_type)
         .ok()
@@ -81,7 +104,7 @@ pub async fn push(
     if let Some((name, t)) = &tag {
         previous = st
             .store
-            .set_tag(name, t, &digest, &caller.actor())
+            .set_tag(name, t, &digest, arch.as_deref(), &caller.actor())
             .await?
             .and_then(|d| d.parse::<Digest>().ok());
     }
@@ -138,6 +161,41 @@ pub async fn limits(
     }))
 }
 
+/// An architecture's digest of a tag must be the same bundle built for another
+/// architecture: the same name, version, type and hooks as the tag's other digests.
+async fn same_bundle_as_tag(
+    st: &AppState,
+    name: &str,
+    tag: &str,
+    arch: &str,
+    m: &berth_shared::bundle::Manifest,
+) -> Result<(), ApiError> {
+    let Some(primary) = st.store.resolve_tag(name, tag).await? else {
+        return Ok(());
+    };
+    let Some(row) = st.store.bundle(&primary).await? else {
+        return Ok(());
+    };
+    let p: berth_shared::bundle::Manifest =
+        serde_json::from_str(&row.manifest).map_err(|e| ApiError::Internal(e.into()))?;
+    let hooks = |m: &berth_shared::bundle::Manifest| m.hooks.keys().cloned().collect::<Vec<_>>();
+    if p.name != m.name
+        || p.version != m.version
+        || p.bundle_type != m.bundle_type
+        || hooks(&p) != hooks(m)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            berth_shared::api::codes::CONFLICT,
+            format!(
+                "{name}:{tag} holds {} {} ({:?}, hooks {}); the {arch} digest of a tag must be the same bundle built for {arch}, and this is {} {} ({:?}, hooks {}); push it under another tag, or without --arch to replace the tag",
+                p.name, p.version, p.bundle_type, hooks(&p).join(","), m.name, m.version, m.bundle_type, hooks(m).join(",")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn view(row: BundleRow) -> Result<BundleView, ApiError> {
     let manifest: berth_shared::bundle::Manifest =
         serde_json::from_str(&row.manifest).map_err(|e| ApiError::Internal(e.into()))?;
@@ -156,6 +214,7 @@ fn view(row: BundleRow) -> Result<BundleView, ApiError> {
         tags: row.tags,
         created_at: rfc3339(row.created_at),
         manifest,
+        arches: Default::default(),
     })
 }
 
@@ -195,13 +254,21 @@ pub async fn inspect(
     Path(r): Path<String>,
 ) -> Result<ApiJson<BundleView>, ApiError> {
     caller.require(Role::Viewer)?;
-    let (_, digest) = resolve(&st, &r).await?;
+    let (parsed, digest) = resolve(&st, &r).await?;
     let row = st
         .store
         .bundle(&digest)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no bundle `{r}`")))?;
-    Ok(ApiJson(view(row)?))
+    let mut v = view(row)?;
+    if let BundleRef::Tag { name, tag } = &parsed {
+        for (arch, d) in st.store.tag_arches(name, tag).await? {
+            if let Ok(d) = d.parse() {
+                v.arches.insert(arch, d);
+            }
+        }
+    }
+    Ok(ApiJson(v))
 }
 
 /// `PUT /v1/bundles/{name:tag}` `{"digest": "sha256:…"}` (operator): points the tag at a
@@ -226,8 +293,19 @@ pub async fn tag(
         .bundle(&digest)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no bundle {digest}; push it first")))?;
+    let manifest: berth_shared::bundle::Manifest =
+        serde_json::from_str(&row.manifest).map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(a) = &manifest.arch {
+        same_bundle_as_tag(&st, &name, &tag, a, &manifest).await?;
+    }
     st.store
-        .set_tag(&name, &tag, &digest, &caller.actor())
+        .set_tag(
+            &name,
+            &tag,
+            &digest,
+            manifest.arch.as_deref(),
+            &caller.actor(),
+        )
         .await?;
     let row = st.store.bundle(&row.digest).await?.unwrap_or(row);
     Ok(ApiJson(view(row)?))

@@ -37,9 +37,11 @@ pub async fn apply(
     body: String,
 ) -> Result<ApiJson<ApplyResponse>, ApiError> {
     caller.require(Role::Operator)?;
-    if q.max_unavailable == Some(0) {
+    if q.max_unavailable
+        .is_some_and(|n| !(1..=100_000).contains(&n))
+    {
         return Err(ApiError::bad_request(
-            "max_unavailable must be at least 1 (nodes an upgrade takes at once)",
+            "max_unavailable must be from 1 to 100000 (nodes an upgrade takes at once)",
         ));
     }
     let opts = crate::engine::ApplyOptions {

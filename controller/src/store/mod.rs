@@ -458,15 +458,80 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Points `name:tag` at `digest`; returns the digest it pointed at before, if it moved.
+    /// Points `name:tag` at `digest` for architecture `arch` (None: for every one, which
+    /// replaces the whole tag); returns the digest it pointed at before, if it moved. With
+    /// an architecture, the tag's primary digest moves only when it is absent or was that
+    /// architecture's.
     pub async fn set_tag(
         &self,
         name: &str,
         tag: &str,
         digest: &str,
+        arch: Option<&str>,
         actor: &str,
     ) -> Result<Option<String>> {
         let mut tx = self.write().await?;
+        if let Some(a) = arch {
+            let before: Option<String> = sqlx::query_scalar(
+                "SELECT digest FROM bundle_tag_arches WHERE name = ?1 AND tag = ?2 AND arch = ?3",
+            )
+            .bind(name)
+            .bind(tag)
+            .bind(a)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let primary: Option<(String, Option<String>)> = sqlx::query_as(
+                "SELECT t.digest, (SELECT arch FROM bundle_tag_arches a WHERE a.name = t.name AND a.tag = t.tag AND a.digest = t.digest LIMIT 1)
+                 FROM bundle_tags t WHERE t.name = ?1 AND t.tag = ?2",
+            )
+            .bind(name)
+            .bind(tag)
+            .fetch_optional(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO bundle_tag_arches (name, tag, arch, digest, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(name, tag, arch) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(tag)
+            .bind(a)
+            .bind(digest)
+            .bind(now_unix())
+            .execute(&mut *tx)
+            .await?;
+            let moves_primary = match &primary {
+                None => true,
+                Some((_, p_arch)) => p_arch.as_deref() == Some(a),
+            };
+            if moves_primary {
+                sqlx::query(
+                    "INSERT INTO bundle_tags (name, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+                )
+                .bind(name)
+                .bind(tag)
+                .bind(digest)
+                .bind(now_unix())
+                .execute(&mut *tx)
+                .await?;
+            }
+            audit(
+                &mut tx,
+                actor,
+                "bundle.tag",
+                &format!("{name}:{tag}"),
+                Some(&format!("{digest} for {a}")),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(before.filter(|b| b != digest));
+        }
+        // Every architecture: the tag is this digest alone.
+        sqlx::query("DELETE FROM bundle_tag_arches WHERE name = ?1 AND tag = ?2")
+            .bind(name)
+            .bind(tag)
+            .execute(&mut *tx)
+            .await?;
         let old: Option<String> =
             sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = ?1 AND tag = ?2")
                 .bind(name)
@@ -505,6 +570,22 @@ impl Store {
         }
         tx.commit().await?;
         Ok(moved)
+    }
+
+    /// The digest per architecture a tag holds (empty: one digest for every one).
+    pub async fn tag_arches(
+        &self,
+        name: &str,
+        tag: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT arch, digest FROM bundle_tag_arches WHERE name = ?1 AND tag = ?2 ORDER BY arch",
+        )
+        .bind(name)
+        .bind(tag)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     pub async fn resolve_tag(&self, name: &str, tag: &str) -> Result<Option<String>> {
