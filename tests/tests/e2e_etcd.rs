@@ -46,12 +46,16 @@ fn enroll(ctl: &Controller, ns: &str, name: &str, token: &str, hash: &str) -> Pr
     )
 }
 
-/// Puts Debian's etcd binaries into the example bundle (once).
+/// Puts Debian's etcd binaries into the example bundle (once; the tests of this binary run
+/// in parallel and must not assemble it twice at once).
 fn assemble_etcd() {
-    let st = Command::new(repo_root().join("examples/etcd/assemble.sh"))
-        .status()
-        .unwrap();
-    assert!(st.success(), "examples/etcd/assemble.sh failed");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let st = Command::new(repo_root().join("examples/etcd/assemble.sh"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "examples/etcd/assemble.sh failed");
+    });
 }
 
 struct Host {
@@ -229,6 +233,122 @@ fn etcd_cluster_in_namespaces_create_scale_delete_reset() {
     assert!(etcd_pids(&hosts[4].ns).is_empty(), "etcd still runs on e5");
     assert!(!ctl.agent_dir("e5").join("clusters/etcd").exists());
 
+    // 4. Upgrade to another build, masters one at a time, while a client keeps writing
+    //    through every member: every write it was told succeeded is there afterwards.
+    let v2 = ctl.dir.path().join("etcd-v2");
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(&etcd)
+        .arg(&v2)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let y = std::fs::read_to_string(v2.join("bundle.yaml")).unwrap();
+    std::fs::write(
+        v2.join("bundle.yaml"),
+        y.replace("version: v3.4.23", "version: v3.4.23-b2"),
+    )
+    .unwrap();
+    let out = ctl.cli(&[
+        "bundle",
+        "push",
+        v2.to_str().unwrap(),
+        "--tag",
+        "etcd:v3.4.23-b2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pids_before: Vec<Vec<String>> = hosts[..4].iter().map(|h| etcd_pids(&h.ns)).collect();
+    let acked = ctl.dir.path().join("acked");
+    let stop = ctl.dir.path().join("stop-writing");
+    let writer_script = format!(
+        "i=0; while [ ! -e '{stop}' ]; do i=$((i+1)); if '{ctl_bin}' --endpoints '{eps}' --command-timeout=3s put k/$i $i >/dev/null 2>&1; then echo $i >> '{acked}'; fi; done",
+        stop = stop.display(),
+        ctl_bin = repo_root().join("examples/etcd/bin/etcdctl").display(),
+        eps = endpoints(4),
+        acked = acked.display(),
+    );
+    let mut writer = Command::new("ip")
+        .args(["netns", "exec", &hosts[0].ns, "sh", "-c", &writer_script])
+        .env("ETCDCTL_API", "3")
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the writer to write",
+        std::time::Duration::from_secs(30),
+        || {
+            (std::fs::read_to_string(&acked)
+                .unwrap_or_default()
+                .lines()
+                .count()
+                > 5)
+            .then_some(())
+        },
+    );
+    let cf = ctl.clusterfile("etcd", &a[..4], &[], &["etcd:v3.4.23-b2"], &[]);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    let during = std::fs::read_to_string(&acked)
+        .unwrap_or_default()
+        .lines()
+        .count();
+    std::fs::write(&stop, "").unwrap();
+    let _ = writer.wait();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let acked: Vec<String> = std::fs::read_to_string(&acked)
+        .unwrap()
+        .lines()
+        .map(|i| format!("k/{i}"))
+        .collect();
+    assert!(
+        acked.len() >= during && during > 20,
+        "the writer kept writing: {during}"
+    );
+    let keys = etcdctl(
+        &hosts[1],
+        &[
+            "--endpoints",
+            &endpoints(4),
+            "get",
+            "k/",
+            "--prefix",
+            "--keys-only",
+        ],
+    );
+    let keys = stdout(&keys);
+    let stored: std::collections::HashSet<&str> = keys.lines().filter(|l| !l.is_empty()).collect();
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|k| !stored.contains(k.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
+    // Every member restarted (a new process) from the new generation, one at a time.
+    for (i, h) in hosts[..4].iter().enumerate() {
+        let now = etcd_pids(&h.ns);
+        assert_eq!(now.len(), 1, "{}", h.name);
+        assert_ne!(now, pids_before[i], "{} was not restarted", h.name);
+    }
+    let events = stdout(&ctl.cli(&["get", "events", "etcd", "--limit", "10000"]));
+    let batches: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains(" batch ") && l.contains("upgrade batch"))
+        .collect();
+    assert_eq!(batches.len(), 4, "one member at a time: {batches:#?}");
+    let health = etcdctl(
+        &hosts[0],
+        &[
+            "--endpoints",
+            &endpoints(4),
+            "endpoint",
+            "health",
+            "--cluster",
+        ],
+    );
+    let text = format!("{}{}", stdout(&health), stderr(&health));
+    assert_eq!(text.matches("is healthy").count(), 4, "{text}");
+
     // 7. Reset: no etcd anywhere, no cluster files, no cluster.
     let out = ctl.cli(&["reset", "etcd", "--wait"]);
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
@@ -324,6 +444,28 @@ fn hosts_behind_nat_join_a_cluster_the_controller_cannot_reach_back() {
         keys.contains("nodes/n1") && keys.contains("nodes/n2"),
         "{keys}"
     );
+    // exec reaches the NAT'd hosts through their own polls; n2's command fails.
+    let out = ctl.cli(&[
+        "exec",
+        "natted",
+        "--",
+        "sh",
+        "-c",
+        "echo on $(hostname) at $BERTH_HOST_IP; [ \"$BERTH_HOST\" != n2 ] || exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let so = stdout(&out);
+    for h in &hosts {
+        assert!(
+            so.contains(&format!("{} | on {} at {}", h.name, h.name, h.addr)),
+            "{so}"
+        );
+    }
+    let se = stderr(&out);
+    assert!(se.contains("n2  failed      exit 3"), "{se}");
+    assert!(se.contains("n1  succeeded   exit 0"), "{se}");
+    let audit = stdout(&ctl.cli(&["get", "audit", "-o", "json"]));
+    assert!(audit.contains("cluster.exec"), "{audit}");
     let out = ctl.cli(&["reset", "natted", "--wait"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
