@@ -1,5 +1,5 @@
--- Day 2: steps may upgrade a host to a new rootfs generation, roll it back, or run an
--- ad-hoc command. The kind CHECK grows (SQLite rebuilds the table to change a CHECK, as in
+-- Day 2: steps may upgrade a host to a new rootfs generation, roll it back, run an ad-hoc
+-- command, or clean the app bundles an apply took out. The kind CHECK grows (SQLite rebuilds the table to change a CHECK, as in
 -- 0004). Clean moves after every other phase (1,000,000): rollout waves are consecutive
 -- ords, and a reset's clean must come after whatever was running when it began.
 
@@ -9,7 +9,7 @@ CREATE TABLE steps_new (
     generation  INTEGER NOT NULL,
     host_id     INTEGER NOT NULL,
     host_name   TEXT NOT NULL,
-    kind        TEXT NOT NULL CHECK (kind IN ('check', 'distribute', 'install', 'init', 'join-master', 'join-node', 'apps', 'leave', 'remove', 'upgrade', 'rollback', 'exec', 'clean')),
+    kind        TEXT NOT NULL CHECK (kind IN ('check', 'distribute', 'install', 'init', 'join-master', 'join-node', 'apps', 'leave', 'remove', 'clean-apps', 'upgrade', 'rollback', 'exec', 'clean')),
     ord         INTEGER NOT NULL CHECK (ord >= 0),
     spec        TEXT NOT NULL,
     best_effort INTEGER NOT NULL DEFAULT 0 CHECK (best_effort IN (0, 1)),

@@ -454,6 +454,7 @@ impl Executor {
             StepKind::Upgrade => self.upgrade(plan, step, cdir, log, started).await,
             StepKind::Rollback => self.rollback(plan, step, cdir, log, started).await,
             StepKind::Exec => self.exec(plan, step, cdir, log, started).await,
+            StepKind::CleanApps => self.clean_apps(plan, step, cdir, log, started).await,
             kind @ (StepKind::Install
             | StepKind::Init
             | StepKind::JoinMaster
@@ -517,6 +518,51 @@ impl Executor {
             )?;
         }
         Ok(outcome)
+    }
+
+    /// The app bundles an apply took out: each one's `clean` hook runs in its own tree
+    /// (`apps/<name>`, unpacked again if it is gone), in reverse order, then the tree goes.
+    async fn clean_apps(
+        &self,
+        plan: &PlanPayload,
+        step: &PlanStep,
+        cdir: &Path,
+        log: &std::fs::File,
+        started: i64,
+    ) -> Result<Outcome> {
+        for (idx, b) in step.bundles.iter().enumerate().rev() {
+            let dir = app_dir(cdir, b);
+            let hook = hook_of(StepKind::CleanApps);
+            if b.manifest.hooks.contains_key(hook) {
+                let one = PlanStep {
+                    bundles: vec![b.clone()],
+                    ..step.clone()
+                };
+                if !built_from(&dir, &one) && !self.hook_file(step, idx, "status").exists() {
+                    self.materialize(&one, &dir, log, true).await?;
+                }
+                let outcome = self
+                    .run_selected(
+                        plan,
+                        step,
+                        &dir,
+                        &[(idx, b, hook)],
+                        &BTreeMap::new(),
+                        log,
+                        false,
+                        started,
+                    )
+                    .await?;
+                if outcome.state != StepState::Succeeded {
+                    return Ok(outcome);
+                }
+            }
+            if dir.exists() {
+                writeln!(&*log, "berth-agent: removing {}", dir.display())?;
+                std::fs::remove_dir_all(&dir)?;
+            }
+        }
+        Ok(Outcome::ok())
     }
 
     /// Runs an operator's command (`berth exec`) once, without a shell, from the rootfs
@@ -922,7 +968,7 @@ impl Executor {
                 continue;
             }
             let dir = if b.manifest.bundle_type == BundleType::App {
-                let dir = cdir.join("apps").join(b.manifest.name.replace('/', "_"));
+                let dir = app_dir(cdir, b);
                 if !self.hook_file(step, idx, "status").exists() {
                     let one = PlanStep {
                         bundles: vec![b.clone()],
@@ -1470,6 +1516,11 @@ fn wrong_arch(step: &PlanStep) -> Option<String> {
         "{} has no digest for {mine}, the architecture of this host (its digest {} is built for {theirs}); push one with `berth bundle push DIR --arch {mine} --tag {}`",
         b.reference, b.digest, b.reference
     ))
+}
+
+/// Where an app bundle's tree is unpacked and its commands run.
+fn app_dir(cdir: &Path, b: &PlanBundle) -> PathBuf {
+    cdir.join("apps").join(b.manifest.name.replace('/', "_"))
 }
 
 /// The bundle `b` replaces (same name) among `from`.

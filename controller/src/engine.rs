@@ -434,6 +434,7 @@ impl Engine {
             configs: cf.configs.clone(),
             warnings: cf.warnings.clone(),
             from: Vec::new(),
+            removed: Vec::new(),
             rollout: Policy {
                 max_unavailable: max_unavailable.unwrap_or(1).max(1),
             },
@@ -442,6 +443,7 @@ impl Engine {
         let resolved = started.elapsed();
         let generation = planner::diff(&cf.name, &hosts, &spec, &recorded)?;
         spec.from = generation.from.clone();
+        spec.removed = generation.removed.clone();
         if opts.dry_run {
             let plan = preview(
                 &cf.name,

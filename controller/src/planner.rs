@@ -59,6 +59,9 @@ pub struct ResolvedSpec {
     /// How upgrades and rollbacks roll over the hosts.
     #[serde(default)]
     pub rollout: Policy,
+    /// App bundles the last apply took out: what its `clean-apps` step cleans.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ResolvedBundle>,
 }
 
 impl ResolvedSpec {
@@ -80,6 +83,7 @@ impl ResolvedSpec {
                 .collect(),
             // A command of the operator's: it runs from the rootfs the host has.
             StepKind::Exec => Vec::new(),
+            StepKind::CleanApps => self.removed.iter().collect(),
             _ => self.base().collect(),
         }
     }
@@ -214,6 +218,8 @@ pub struct Generation {
     pub from: Vec<ResolvedBundle>,
     /// Steps this change supersedes (a rollback's unfinished upgrade steps): cancelled.
     pub cancel: Vec<i64>,
+    /// What the stored spec's `removed` becomes: the app bundles this apply takes out.
+    pub removed: Vec<ResolvedBundle>,
 }
 
 /// What a step's `spec` column holds.
@@ -500,7 +506,22 @@ pub fn diff(
         .filter(|(_, b)| b.manifest.bundle_type == BundleType::App && !old_apps.contains(&b.digest))
         .map(|(i, _)| i)
         .collect();
-    let mut apps_ord = StepKind::Apps.base_ord();
+    let (mut clean_apps_ord, mut apps_ord) =
+        (StepKind::CleanApps.base_ord(), StepKind::Apps.base_ord());
+    // App bundles taken out (by name: a new digest of an app is installed over it) run
+    // their `clean` on master0, before new apps install.
+    g.removed = recorded
+        .spec
+        .iter()
+        .flat_map(|p| p.bundles.iter())
+        .filter(|b| b.manifest.bundle_type == BundleType::App)
+        .filter(|b| {
+            !spec.bundles.iter().any(|n| {
+                n.manifest.bundle_type == BundleType::App && n.manifest.name == b.manifest.name
+            })
+        })
+        .cloned()
+        .collect();
     if upgrade_from.is_some() {
         if !g.add_hosts.is_empty() || !g.leaving.is_empty() {
             let names = |ids: Vec<i64>| -> Vec<String> {
@@ -542,7 +563,16 @@ pub fn diff(
             }
         }
         // New app bundles install once the hosts run the new generation.
-        apps_ord = StepKind::Upgrade.base_ord() + waves.len() as i64;
+        clean_apps_ord = StepKind::Upgrade.base_ord() + waves.len() as i64;
+        apps_ord = clean_apps_ord + 1;
+    }
+    if !g.removed.is_empty() {
+        g.steps.push(new_step(
+            master0,
+            StepKind::CleanApps,
+            clean_apps_ord,
+            &none,
+        ));
     }
     let mut master0_runs = new_apps;
     if new_hosts.contains(&master0.host_id) {
@@ -687,6 +717,7 @@ pub fn rollback(
         )
         .collect();
     back.from = spec.base().cloned().collect();
+    back.removed = Vec::new();
     let last = started.iter().map(|s| s.ord).max().unwrap_or(0);
     let none = StepSpec::default();
     let mut g = Generation {

@@ -443,3 +443,42 @@ fn upgrades_that_cannot_be_made_in_place_are_refused() {
     let e = planner::diff("c", &more, &v2(1), &rec).unwrap_err();
     assert!(e.to_string().contains("adds `n9`"), "{e}");
 }
+
+#[test]
+fn exec_is_released_at_once_and_stops_nothing() {
+    let hosts = recorded(&cluster(), &v1()).hosts;
+    let exec = berth_shared::plan::PlanExec {
+        command: vec!["true".into()],
+        timeout_secs: 60,
+    };
+    let steps = planner::exec_steps(&hosts, &exec);
+    assert_eq!(
+        run(&steps, &[("n2", StepKind::Exec)]),
+        vec!["m0:exec n1:exec n2:exec n3:exec"],
+        "every host at once; a failing host stops nothing"
+    );
+    // A failed exec is never the failure that stops a cluster: the rollout goes on.
+    let rollout = planner::diff("c", &cluster(), &v2(1), &recorded(&cluster(), &v1()))
+        .unwrap()
+        .steps;
+    let mut sims: Vec<Sim> = steps
+        .iter()
+        .map(|s| Sim {
+            step: s.clone(),
+            state: StepState::Failed,
+        })
+        .collect();
+    sims.extend(rollout.iter().map(|s| Sim {
+        step: s.clone(),
+        state: StepState::Pending,
+    }));
+    match next_release(View::of(&sims)) {
+        Next::Release(r) => assert_eq!(
+            r.iter()
+                .map(|s| format!("{}:{}", s.step.host_name, s.step.kind))
+                .collect::<Vec<_>>(),
+            vec!["m0:upgrade"]
+        ),
+        other => panic!("{other:?}"),
+    }
+}

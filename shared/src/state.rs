@@ -67,6 +67,7 @@ text_enum!(
         Init = "init",
         JoinMaster = "join-master",
         JoinNode = "join-node",
+        CleanApps = "clean-apps",
         Apps = "apps",
         Leave = "leave",
         Remove = "remove",
@@ -84,6 +85,7 @@ impl StepKind {
         match self {
             StepKind::Distribute | StepKind::Exec => None,
             StepKind::Apps => Some("cmd"),
+            StepKind::CleanApps => Some("clean"),
             k => Some(k.as_str()),
         }
     }
@@ -100,6 +102,7 @@ impl StepKind {
             StepKind::Init => 4000,
             StepKind::JoinMaster => 5000,
             StepKind::JoinNode => 6000,
+            StepKind::CleanApps => 6900,
             StepKind::Apps => 7000,
             StepKind::Leave => 8000,
             StepKind::Remove => 9000,

@@ -761,3 +761,56 @@ fn a_tag_holds_a_digest_per_architecture_and_each_host_gets_its_own() {
         "{reason}"
     );
 }
+
+#[test]
+fn an_app_bundle_taken_out_runs_its_clean_on_master0() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["m0", "n1"]);
+    let marks = ctl.dir.path().join("marks.log");
+    let src = ctl.dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    push_dir(&ctl, &kube(&src, "v1", None), "kube:v1");
+    let web = hook_bundle(
+        &src,
+        "web",
+        &[(
+            "clean",
+            "echo \"$(date +%s%N) $BERTH_HOST web-clean $(cat WEB)\" >> \"$MARKS\"",
+        )],
+        "cmd: [sh, -c, 'echo \"$(date +%s%N) $BERTH_HOST web-cmd x\" >> \"$MARKS\"']\n",
+    );
+    let y = fs::read_to_string(web.join("bundle.yaml")).unwrap();
+    fs::write(
+        web.join("bundle.yaml"),
+        y.replace("type: rootfs", "type: app"),
+    )
+    .unwrap();
+    fs::write(web.join("WEB"), "in-its-tree").unwrap();
+    push_dir(&ctl, &web, "web:v1");
+    let env = vec![format!("MARKS={}", marks.display())];
+    let with = ctl.clusterfile("c", &["m0"], &["n1"], &["kube:v1", "web:v1"], &env);
+    assert!(apply_file(&ctl, &with).status.success());
+    assert_eq!(of(&lines(&marks), "web-cmd").len(), 1);
+    let app_tree = ctl.agent_dir("m0").join("clusters/c/apps/web");
+    assert!(app_tree.is_dir());
+
+    let without = ctl.clusterfile("c", &["m0"], &["n1"], &["kube:v1"], &env);
+    let out = ctl.cli(&["diff", "-f", without.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stdout(&out),
+        "cluster c would change\n  1.  clean-apps  m0\n"
+    );
+    let out = apply_file(&ctl, &without);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all = lines(&marks);
+    let cleans = of(&all, "web-clean");
+    assert_eq!(cleans.len(), 1, "once, on master0");
+    assert_eq!(
+        (cleans[0].host.as_str(), cleans[0].what.as_str()),
+        ("m0", "in-its-tree")
+    );
+    assert!(!app_tree.exists(), "its tree is gone");
+    // The rootfs's hooks did not run again.
+    assert_eq!(of(&all, "install").len(), 2);
+}
