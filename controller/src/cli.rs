@@ -89,29 +89,11 @@ pub enum Command {
     AgentBinary(crate::agent_binary_cmd::AgentBinaryCmd),
     /// Store a Clusterfile as the cluster's desired state and reconcile to it
     Apply {
-        /// The Clusterfile (sealos apps.sealos.io/v1beta1 Cluster + Config documents); one
-        /// with `{{ }}` is a Go template, rendered here first as `sealos apply` does
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
+        #[command(flatten)]
+        input: ClusterfileInput,
         /// Follow the apply until the cluster is Running (exit 0) or Failed (exit 1)
         #[arg(long)]
         wait: bool,
-        /// A values file for a templated Clusterfile (`.Values`); repeatable, later files
-        /// win
-        #[arg(long = "values")]
-        values: Vec<PathBuf>,
-        /// key.path=value for `.Values` (helm's --set: comma-separated, true/false/integers
-        /// typed); repeatable, applied after --values
-        #[arg(long = "set")]
-        set: Vec<String>,
-        /// NAME=VALUE answered by `env "NAME"` in a templated Clusterfile (before this
-        /// process's environment; BERTH_* names are never read from it); repeatable
-        #[arg(long = "env")]
-        env: Vec<String>,
-        /// Nodes an upgrade takes at once (masters always go one at a time); over the
-        /// Clusterfile's spec.maxUnavailable; default 1
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        max_unavailable: Option<u32>,
         /// Print what the apply would do, per phase and host in the order it would
         /// happen, and store nothing; exits 2 when there are changes, 0 when none
         #[arg(long, conflicts_with = "wait")]
@@ -122,21 +104,8 @@ pub enum Command {
     /// What `berth apply -f FILE` would do, stored nothing (= `apply --dry-run`); exits 2
     /// when there are changes, 0 when none
     Diff {
-        /// The Clusterfile (a Go template is rendered first, as for apply)
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        /// A values file for a templated Clusterfile; repeatable
-        #[arg(long = "values")]
-        values: Vec<PathBuf>,
-        /// key.path=value for `.Values`; repeatable
-        #[arg(long = "set")]
-        set: Vec<String>,
-        /// NAME=VALUE answered by `env "NAME"` in a templated Clusterfile; repeatable
-        #[arg(long = "env")]
-        env: Vec<String>,
-        /// Nodes an upgrade would take at once
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-        max_unavailable: Option<u32>,
+        #[command(flatten)]
+        input: ClusterfileInput,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
@@ -411,6 +380,54 @@ pub enum TokenCmd {
     },
 }
 
+/// A Clusterfile and what renders and applies it (`apply`, `diff`).
+#[derive(clap::Args, Debug)]
+pub struct ClusterfileInput {
+    /// The Clusterfile (sealos apps.sealos.io/v1beta1 Cluster + Config documents); one
+    /// with `{{ }}` is a Go template, rendered here first as `sealos apply` does
+    #[arg(short = 'f', long = "file")]
+    pub file: PathBuf,
+    /// A values file for a templated Clusterfile (`.Values`); repeatable, later files
+    /// win
+    #[arg(long = "values")]
+    pub values: Vec<PathBuf>,
+    /// key.path=value for `.Values` (helm's --set: comma-separated, true/false/integers
+    /// typed); repeatable, applied after --values
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// NAME=VALUE answered by `env "NAME"` in a templated Clusterfile (before this
+    /// process's environment; BERTH_* names are never read from it); repeatable
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Nodes an upgrade takes at once (masters always go one at a time); over the
+    /// Clusterfile's spec.maxUnavailable; default 1
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_unavailable: Option<u32>,
+}
+
+impl ClusterfileInput {
+    fn split(
+        self,
+    ) -> (
+        PathBuf,
+        crate::clusterfile_template::Inputs,
+        crate::cluster_cmd::ApplyFlags,
+    ) {
+        (
+            self.file,
+            crate::clusterfile_template::Inputs {
+                values: self.values,
+                set: self.set,
+                env: self.env,
+            },
+            crate::cluster_cmd::ApplyFlags {
+                max_unavailable: self.max_unavailable,
+                dry_run: false,
+            },
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum GetCmd {
     /// Clusters with phase and hosts
@@ -557,35 +574,18 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Apply {
-            file,
+            input,
             wait,
-            values,
-            set,
-            env,
-            max_unavailable,
             dry_run,
             output,
         } => {
-            let inputs = crate::clusterfile_template::Inputs { values, set, env };
-            let flags = crate::cluster_cmd::ApplyFlags {
-                max_unavailable,
-                dry_run,
-            };
+            let (file, inputs, mut flags) = input.split();
+            flags.dry_run = dry_run;
             crate::cluster_cmd::apply(&target, &file, &inputs, flags, wait, output).await
         }
-        Command::Diff {
-            file,
-            values,
-            set,
-            env,
-            max_unavailable,
-            output,
-        } => {
-            let inputs = crate::clusterfile_template::Inputs { values, set, env };
-            let flags = crate::cluster_cmd::ApplyFlags {
-                max_unavailable,
-                dry_run: true,
-            };
+        Command::Diff { input, output } => {
+            let (file, inputs, mut flags) = input.split();
+            flags.dry_run = true;
             crate::cluster_cmd::apply(&target, &file, &inputs, flags, false, output).await
         }
         Command::Run {

@@ -395,13 +395,7 @@ impl Engine {
                 });
             }
             recorded = Recorded {
-                hosts: self
-                    .store
-                    .cluster_hosts(c.id)
-                    .await?
-                    .into_iter()
-                    .map(recorded_host)
-                    .collect(),
+                hosts: self.recorded_hosts(c.id).await?,
                 spec: parse_spec(&c.spec).ok(),
                 installed: steps
                     .iter()
@@ -467,22 +461,10 @@ impl Engine {
         // first tick would decide, without writing every step twice (for 19,000 hosts
         // that second write was a third of the apply). A cluster that existed is left to
         // the tick, which weighs its earlier steps.
-        let now = now_unix();
-        let released: Vec<Option<i64>> =
-            match (&existing, next_release(View::of(&generation.steps))) {
-                // Every new step is pending: the release is every step at its ord.
-                (None, Next::Release(first)) => generation
-                    .steps
-                    .iter()
-                    .map(|s| {
-                        first
-                            .first()
-                            .is_some_and(|f| f.ord == s.ord)
-                            .then(|| now + self.step_deadline_secs(&spec, s.kind, &s.spec))
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+        let released = match existing {
+            None => self.first_release(&spec, &generation.steps),
+            Some(_) => Vec::new(),
+        };
         let planned = started.elapsed();
         let stored = self
             .store
@@ -511,6 +493,52 @@ impl Engine {
             warnings: cf.warnings,
             plan: None,
         })
+    }
+
+    /// The scheduler's first release of steps that are all new (pending), as the deadline
+    /// of each released one by position: what the store stores released at once.
+    fn first_release(&self, spec: &ResolvedSpec, steps: &[planner::NewStep]) -> Vec<Option<i64>> {
+        let now = now_unix();
+        let first = match next_release(View::of(steps)) {
+            Next::Release(r) => r.first().map(|f| f.ord),
+            _ => None,
+        };
+        steps
+            .iter()
+            .map(|s| {
+                (Some(s.ord) == first).then(|| now + self.step_deadline_secs(spec, s.kind, &s.spec))
+            })
+            .collect()
+    }
+
+    /// The cluster's hosts as the planner weighs them.
+    async fn recorded_hosts(&self, cluster_id: i64) -> Result<Vec<RecordedHost>, EngineError> {
+        Ok(self
+            .store
+            .cluster_hosts(cluster_id)
+            .await?
+            .into_iter()
+            .map(recorded_host)
+            .collect())
+    }
+
+    /// A cluster by name that is not being reset (what rollback and exec act on).
+    async fn live_cluster(
+        &self,
+        name: &str,
+    ) -> Result<crate::store::clusters::ClusterRow, EngineError> {
+        let c = self
+            .store
+            .cluster(name)
+            .await?
+            .ok_or_else(|| EngineError::not_found(format!("no cluster `{name}`")))?;
+        if c.phase.is_reset() {
+            return Err(EngineError::Conflict {
+                code: codes::CLUSTER_RESETTING,
+                message: format!("cluster `{name}` is being reset"),
+            });
+        }
+        Ok(c)
     }
 
     /// Bundles by tag or digest, in Clusterfile order.
@@ -1401,13 +1429,7 @@ impl Engine {
                 ),
             });
         }
-        let hosts: Vec<RecordedHost> = self
-            .store
-            .cluster_hosts(c.id)
-            .await?
-            .into_iter()
-            .map(recorded_host)
-            .collect();
+        let hosts: Vec<RecordedHost> = self.recorded_hosts(c.id).await?;
         if !c.phase.is_reset() {
             let _g = self.tick_lock.lock().await;
             self.store
@@ -1467,25 +1489,9 @@ impl Engine {
     pub async fn rollback(&self, name: &str, actor: &str) -> Result<usize, EngineError> {
         let n = {
             let _g = self.tick_lock.lock().await;
-            let c = self
-                .store
-                .cluster(name)
-                .await?
-                .ok_or_else(|| EngineError::not_found(format!("no cluster `{name}`")))?;
-            if c.phase.is_reset() {
-                return Err(EngineError::Conflict {
-                    code: codes::CLUSTER_RESETTING,
-                    message: format!("cluster `{name}` is being reset"),
-                });
-            }
+            let c = self.live_cluster(name).await?;
             let spec = parse_spec(&c.spec).map_err(EngineError::Internal)?;
-            let hosts: Vec<RecordedHost> = self
-                .store
-                .cluster_hosts(c.id)
-                .await?
-                .into_iter()
-                .map(recorded_host)
-                .collect();
+            let hosts: Vec<RecordedHost> = self.recorded_hosts(c.id).await?;
             let upgrade = self.store.last_upgrade(c.id).await?;
             let (back, g) = planner::rollback(name, &spec, &hosts, &upgrade).map_err(|e| {
                 EngineError::Conflict {
@@ -1574,17 +1580,7 @@ impl Engine {
             }
         };
         for name in &clusters {
-            let c = self
-                .store
-                .cluster(name)
-                .await?
-                .ok_or_else(|| EngineError::not_found(format!("no cluster `{name}`")))?;
-            if c.phase.is_reset() {
-                return Err(EngineError::Conflict {
-                    code: codes::CLUSTER_RESETTING,
-                    message: format!("cluster `{name}` is being reset"),
-                });
-            }
+            let c = self.live_cluster(name).await?;
             let members: Vec<RecordedHost> = self
                 .store
                 .cluster_hosts(c.id)
@@ -1627,18 +1623,7 @@ impl Engine {
             let spec = self.spec_of(None, c.id).await?.unwrap_or_default();
             let steps = planner::exec_steps(&hosts, &exec);
             // A one-off plan is a rollout of its own: its first release is all of it.
-            let now = now_unix();
-            let released: Vec<Option<i64>> = match next_release(View::of(&steps)) {
-                Next::Release(r) => steps
-                    .iter()
-                    .map(|s| {
-                        r.iter()
-                            .any(|x| x.host_id == s.host_id)
-                            .then(|| now + self.step_deadline_secs(&spec, s.kind, &s.spec))
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let released = self.first_release(&spec, &steps);
             let names: Vec<String> = steps.iter().map(|s| s.host_name.clone()).collect();
             let (ids, woken) = {
                 let _g = self.tick_lock.lock().await;

@@ -449,7 +449,20 @@ mod tests {
             (format!("{GOOD}outputs:\n  init: [LD_PRELOAD]\n"), format!("bundle.yaml: outputs.init: `LD_PRELOAD` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
             (format!("{GOOD}outputs:\n  join-node: [BERTH_MASTER0_IP]\n"), format!("bundle.yaml: outputs.join-node: `BERTH_MASTER0_IP` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
             (format!("{GOOD}outputs:\n  init: [PERL5OPT]\n"), format!("bundle.yaml: outputs.init: `PERL5OPT` is not an allowed output name (letters, digits, `_`; {})", crate::outputs::FORBIDDEN).leak()),
+            (format!("{GOOD}arch: \"x86-64; rm\"\n"), "bundle.yaml: arch: `x86-64; rm` is not an architecture; use x86_64 (amd64) or aarch64 (arm64)"),
+            (format!("{GOOD}arch: \"\"\n"), "bundle.yaml: arch: `` is not an architecture; use x86_64 (amd64) or aarch64 (arm64)"),
         ];
+        // sealos's names are Rust's.
+        for (written, arch) in [
+            ("amd64", "x86_64"),
+            ("arm64", "aarch64"),
+            ("aarch64", "aarch64"),
+            ("riscv64", "riscv64"),
+        ] {
+            let m = parse(&format!("{GOOD}arch: {written}\n")).unwrap();
+            assert_eq!(m.arch.as_deref(), Some(arch));
+        }
+        assert_eq!(parse(GOOD).unwrap().arch, None);
         for (yaml, want) in cases {
             assert_eq!(parse(&yaml).unwrap_err().to_string(), want);
         }

@@ -504,16 +504,7 @@ impl Store {
                 Some((_, p_arch)) => p_arch.as_deref() == Some(a),
             };
             if moves_primary {
-                sqlx::query(
-                    "INSERT INTO bundle_tags (name, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-                )
-                .bind(name)
-                .bind(tag)
-                .bind(digest)
-                .bind(now_unix())
-                .execute(&mut *tx)
-                .await?;
+                upsert_tag(&mut tx, name, tag, digest).await?;
             }
             audit(
                 &mut tx,
@@ -538,16 +529,7 @@ impl Store {
                 .bind(tag)
                 .fetch_optional(&mut *tx)
                 .await?;
-        sqlx::query(
-            "INSERT INTO bundle_tags (name, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(tag)
-        .bind(digest)
-        .bind(now_unix())
-        .execute(&mut *tx)
-        .await?;
+        upsert_tag(&mut tx, name, tag, digest).await?;
         let moved = old.filter(|o| o != digest);
         if let Some(prev) = &moved {
             audit(
@@ -656,6 +638,26 @@ impl Store {
         let q = sqlx::query("DELETE FROM bundles WHERE digest = ?1").bind(digest);
         self.change_audited(q, actor, "bundle.rm", digest).await
     }
+}
+
+/// Points the tag's primary digest at `digest`.
+async fn upsert_tag(
+    tx: &mut sqlx::SqliteConnection,
+    name: &str,
+    tag: &str,
+    digest: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO bundle_tags (name, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+    )
+    .bind(name)
+    .bind(tag)
+    .bind(digest)
+    .bind(now_unix())
+    .execute(tx)
+    .await?;
+    Ok(())
 }
 
 pub(super) async fn audit(
