@@ -518,6 +518,25 @@ fn dry_run_says_what_would_happen_and_stores_nothing() {
          \x20 1.  upgrade     m0\n\
          \x20 2.  upgrade     n1\n"
     );
+    let out = dry(
+        &cf(&["n1"], "v2"),
+        &["--max-unavailable", "2", "-o", "json"],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "cluster": "c",
+            "create": false,
+            "changes": true,
+            "spec_changed": true,
+            "add_hosts": [],
+            "remove_hosts": [],
+            "upgrade": {"from": ["kube:v1"], "to": ["kube:v2"], "max_unavailable": 2},
+            "resumed": [],
+            "waves": [[step("m0", "upgrade")], [step("n1", "upgrade")]],
+        })
+    );
     assert_eq!(ctl.status("c")["generation"], 1, "nothing stored");
     assert_eq!(
         lines(&marks).len(),
