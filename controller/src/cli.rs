@@ -31,20 +31,17 @@ pub struct Cli {
 pub struct Global {
     /// Controller data dir; client commands read the URL, CA and admin token from it when
     /// --server/--token/--ca are not given [default: /var/lib/berth as root, else ~/.local/share/berth]
-    #[arg(long, env = "BERTH_DATA_DIR", global = true)]
+    #[arg(long, env = "BERTH_DATA_DIR", global = true, hide_env_values = true)]
     pub data_dir: Option<PathBuf>,
     /// Controller URL for client commands, e.g. https://10.0.0.1:7443
-    #[arg(long, env = "BERTH_SERVER", global = true)]
+    #[arg(long, env = "BERTH_SERVER", global = true, hide_env_values = true)]
     pub server: Option<String>,
     /// API bearer token for client commands
     #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// CA certificate (PEM) that the controller's certificate must chain to
-    #[arg(long, env = "BERTH_CA", global = true)]
+    #[arg(long, env = "BERTH_CA", global = true, hide_env_values = true)]
     pub ca: Option<PathBuf>,
-    /// Log format of `berth serve` (filter with RUST_LOG)
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -120,6 +117,7 @@ pub enum Command {
         /// Node hosts, comma-separated
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<String>,
+        /// The cluster the bundles run as
         #[arg(long, default_value = "default")]
         cluster: String,
         /// Extra env for every hook, KEY=VALUE (repeatable)
@@ -137,6 +135,7 @@ pub enum Command {
     Delete(HostEditArgs),
     /// A cluster's phase, steps and output keys
     Status {
+        /// The cluster [default: every cluster, as `berth get clusters`]
         cluster: Option<String>,
         /// Follow until Running or Failed
         #[arg(long)]
@@ -147,12 +146,16 @@ pub enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
-    /// A step's log on one host
+    /// The step logs of one host: every step in order, or one (--step), or follow the latest (-f)
     Logs {
+        /// The cluster
         cluster: String,
+        /// The host whose step logs to print (agent name)
         #[arg(long)]
         host: String,
-        /// Step kind (check, distribute, install, init, join-master, join-node, apps, leave, remove, clean) [default: latest]
+        /// Only this step kind (check, distribute, install, init, join-master, join-node,
+        /// clean-apps, apps, leave, remove, upgrade, rollback, exec, clean), its latest run
+        /// [default: every step of the host, in order]
         #[arg(long)]
         step: Option<String>,
         /// Keep printing while the step runs
@@ -161,12 +164,23 @@ pub enum Command {
     },
     /// Re-run failed and interrupted steps (nothing that succeeded runs again)
     Retry {
+        /// The cluster
         cluster: String,
         #[arg(long)]
         wait: bool,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
     },
+    /// The versions of this client and of the controller it talks to
+    Version {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = crate::output::TextOrJson::Text)]
+        output: crate::output::TextOrJson,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell), e.g.
+    /// `berth completion bash > /etc/bash_completion.d/berth`
+    Completion { shell: clap_complete::Shell },
+    /// Write the man pages (berth.1 and one per command) into DIR
+    Man { dir: PathBuf },
     /// Run a command on hosts through their agents (no SSH; hosts behind NAT too): each
     /// host's output streamed with its name in front, a per-host summary, exit 1 when any
     /// host failed
@@ -194,6 +208,7 @@ pub enum Command {
     /// Turn back the cluster's last upgrade: `rollback` runs on every host that started
     /// it, in reverse order, and the hosts return to the rootfs they had
     Rollback {
+        /// The cluster
         cluster: String,
         /// Follow until the cluster is Running (exit 0) or Failed (exit 1)
         #[arg(long)]
@@ -203,6 +218,7 @@ pub enum Command {
     },
     /// Run clean hooks everywhere, remove the cluster's files from every host and the cluster
     Reset {
+        /// The cluster
         cluster: String,
         /// Wait until the cluster is gone; fails when a clean fails
         #[arg(long)]
@@ -216,6 +232,9 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
+    /// Log format (filter with RUST_LOG)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Address to listen on
     #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
     pub listen: SocketAddr,
@@ -328,6 +347,7 @@ pub struct HostEditArgs {
     /// Node hosts, comma-separated
     #[arg(long, value_delimiter = ',')]
     pub nodes: Vec<String>,
+    /// The cluster
     #[arg(long, default_value = "default")]
     pub cluster: String,
     /// Follow until Running or Failed
@@ -520,7 +540,10 @@ pub async fn run(cli: Cli) -> Result<()> {
         data_dir: data_dir.clone(),
     };
     match cli.command {
-        Command::Serve(a) => serve(a, data_dir, cli.global.log_format).await,
+        Command::Serve(a) => {
+            let format = a.log_format;
+            serve(a, data_dir, format).await
+        }
         Command::Token(TokenCmd::Create {
             ttl,
             uses,
@@ -640,6 +663,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             wait,
             output,
         } => crate::cluster_cmd::retry(&target, &cluster, wait, output).await,
+        Command::Version { output } => crate::version_cmd::version(&target, output).await,
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "berth", &mut script);
+            crate::version_cmd::write_stdout(&script)
+        }
+        Command::Man { dir } => crate::version_cmd::man_pages(&dir),
         Command::Exec {
             cluster,
             hosts,

@@ -5,7 +5,7 @@ use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
 use berth_shared::api::{
     codes, ApplyResponse, ClusterSummary, ClusterView, CreateTokenRequest, CreateTokenResponse,
-    HostsEdit, LogChunk, ResetRequest, ResetResponse, RetryResponse,
+    HostsEdit, LogChunk, ResetRequest, ResetResponse, RetryResponse, StepView,
 };
 use berth_shared::state::{ClusterPhase, StepKind, StepState};
 use std::collections::BTreeMap;
@@ -540,6 +540,51 @@ pub async fn logs(
     follow: bool,
 ) -> Result<()> {
     let client = Client::connect(target)?;
+    let v: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
+    if !v.hosts.iter().any(|h| h.name == host) && !v.steps.iter().any(|s| s.host == host) {
+        let names: Vec<&str> = v.hosts.iter().map(|h| h.name.as_str()).collect();
+        bail!(
+            "no host `{host}` in cluster `{name}` (its hosts: {})",
+            names.join(", ")
+        );
+    }
+    if step.is_none() && !follow {
+        // Every started step of the host, in the order they ran.
+        let steps: Vec<&StepView> = v
+            .steps
+            .iter()
+            .filter(|s| s.host == host && s.state != StepState::Pending)
+            .collect();
+        if steps.is_empty() {
+            eprintln!("no step has started on {host} yet");
+        }
+        for s in steps {
+            let how = match s.exit_code {
+                Some(c) => format!("{}, exit {c}", s.state),
+                None => s.state.to_string(),
+            };
+            println!("==> {} on {host} (attempt {}, {how})", s.kind, s.attempt);
+            let (mut from, mut last) = (0u64, '\n');
+            loop {
+                let c: LogChunk = client
+                    .get(&format!(
+                        "/v1/clusters/{name}/logs?host={host}&id={}&from={from}",
+                        s.id
+                    ))
+                    .await?;
+                print!("{}", c.data);
+                last = c.data.chars().last().unwrap_or(last);
+                from = c.next;
+                if !c.more {
+                    break;
+                }
+            }
+            if last != '\n' {
+                println!();
+            }
+        }
+        return Ok(());
+    }
     let mut from = 0u64;
     loop {
         let mut path = format!("/v1/clusters/{name}/logs?host={host}&from={from}");

@@ -36,3 +36,4 @@ pub mod signals;
 pub mod store;
 pub mod tarfile;
 pub mod time;
+pub mod version_cmd;

@@ -1,0 +1,121 @@
+//! The CLI as an operator meets it: versions, completions, man pages, help text, and
+//! `berth logs` of a whole host.
+#![allow(clippy::unwrap_used)]
+
+use berth_tests::*;
+use std::fs;
+
+#[test]
+fn version_completions_and_man_pages() {
+    let ctl = Controller::start(&[]);
+    let out = ctl.cli(&["version"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        stdout(&out),
+        format!("client:     berth {v}\ncontroller: berth {v}\n")
+    );
+    let out = ctl.cli(&["version", "-o", "json"]);
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j, serde_json::json!({"client": v, "controller": v}));
+    // No controller: the client's version, the reason, exit 1.
+    let out = ctl
+        .cli_command(&["version", "--server", "https://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).starts_with(&format!("client:     berth {v}\ncontroller: unreachable (")),
+        "{}",
+        stdout(&out)
+    );
+
+    for (shell, marker) in [
+        ("bash", "_berth()"),
+        ("zsh", "#compdef berth"),
+        ("fish", "complete -c berth"),
+    ] {
+        let out = ctl.cli(&["completion", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        assert!(stdout(&out).contains(marker), "{shell}");
+        assert!(stdout(&out).contains("rollback"), "{shell}: every command");
+    }
+    let dir = ctl.dir.path().join("man");
+    let out = ctl.cli(&["man", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = fs::read_to_string(dir.join("berth-apply.1")).unwrap();
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH berth-apply 1"),
+        "{page}"
+    );
+    assert!(page.contains("max\\-unavailable"), "flags are in it");
+    assert!(dir.join("berth.1").exists() && dir.join("berth-exec.1").exists());
+}
+
+#[test]
+fn help_says_what_each_flag_is_for() {
+    let ctl = Controller::start(&[]);
+    let help = |args: &[&str]| {
+        let out = ctl
+            .cli_command(args)
+            .env("BERTH_SERVER", "https://example.invalid:7443")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    let logs = help(&["logs", "--help"]);
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("<CLUSTER>") && l.contains("The cluster")),
+        "{logs}"
+    );
+    assert!(logs.contains("The host whose step logs to print"), "{logs}");
+    // A client command has no server log format; env values are not shown.
+    // (Help is wrapped to the terminal: read it as one line.)
+    let status = help(&["status", "--help"])
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(!status.contains("--log-format"), "{status}");
+    assert!(status.contains("[env: BERTH_SERVER]"), "{status}");
+    assert!(!status.contains("example.invalid"), "{status}");
+    assert!(help(&["serve", "--help"]).contains("--log-format"));
+}
+
+#[test]
+fn logs_of_a_host_show_every_step_in_order() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["m0"]);
+    ctl.push_examples();
+    let marks = ctl.dir.path().join("marks");
+    fs::create_dir_all(&marks).unwrap();
+    let env = vec![format!("HELLO_MARKS={}", marks.display())];
+    let cf = ctl.clusterfile("c1", &["m0"], &[], &["hello:v1"], &env);
+    assert!(apply_file(&ctl, &cf).status.success());
+    let out = ctl.cli(&["logs", "c1", "--host", "m0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let heads: Vec<&str> = text.lines().filter(|l| l.starts_with("==> ")).collect();
+    assert_eq!(
+        heads,
+        vec![
+            "==> check on m0 (attempt 1, succeeded, exit 0)",
+            "==> distribute on m0 (attempt 1, succeeded, exit 0)",
+            "==> install on m0 (attempt 1, succeeded, exit 0)",
+            "==> init on m0 (attempt 1, succeeded, exit 0)",
+        ],
+        "{text}"
+    );
+    // One step, as before.
+    let out = ctl.cli(&["logs", "c1", "--host", "m0", "--step", "init"]);
+    assert!(out.status.success());
+    assert!(!stdout(&out).contains("==> "));
+    // A host that is not in the cluster is named as such.
+    let out = ctl.cli(&["logs", "c1", "--host", "nope"]);
+    assert!(
+        stderr(&out).contains("no host `nope` in cluster `c1` (its hosts: m0)"),
+        "{}",
+        stderr(&out)
+    );
+}
