@@ -4,14 +4,15 @@
 # `berth run --single`, which enrolls a local agent over mutual TLS. Ends with the status.
 #
 #   scripts/quickstart.sh          # run, show, clean up
-#   scripts/quickstart.sh --keep   # leave controller and agent running; prints how to stop them
+#   scripts/quickstart.sh --keep   # leave controller and agent running; prints the lines to
+#                                  # paste to use them, and how to stop them
 set -euo pipefail
 keep=false
 [[ ${1:-} == --keep ]] && keep=true
 
 cd "$(dirname "$0")/.."
-echo "==> building berth and berth-agent"
-cargo build --quiet -p berth-controller -p berth-agent
+echo "==> building berth and berth-agent (a few minutes the first time)"
+cargo build -p berth-controller -p berth-agent
 bin=$PWD/target/x86_64-unknown-linux-gnu/debug  # .cargo/config.toml names the target (static build)
 
 work=$(mktemp -d /tmp/berth-quickstart.XXXXXX)
@@ -47,10 +48,21 @@ echo
 echo "==> what the hooks wrote (rendered template and install log)"
 cat "$work/controller/local-agent/clusters/hello/rootfs/etc/hello.conf"
 "$bin/berth" logs hello --host local --step install
+echo
 if $keep; then
+  echo "The controller (pid $ctl_pid) and the local agent keep running; logs in $work."
+  echo "Paste these two lines, then try the commands after them:"
   echo
-  echo "Controller pid $ctl_pid; logs in $work. Try:"
-  echo "  BERTH_DATA_DIR=$BERTH_DATA_DIR $bin/berth status hello --show-outputs"
-  echo "  BERTH_DATA_DIR=$BERTH_DATA_DIR $bin/berth reset hello --wait"
-  echo "Stop: kill \$(cat $BERTH_DATA_DIR/local-agent/agent.pid) $ctl_pid && rm -rf $work"
+  echo "  export BERTH_DATA_DIR=$BERTH_DATA_DIR PATH=$bin:\$PATH"
+  echo "  berth status hello --show-outputs"
+  echo
+  echo "  berth get events hello                  # what happened, in order"
+  echo "  berth exec hello -- uname -a            # a command through the agent, no SSH"
+  echo "  berth logs hello --host local           # every step's log"
+  echo "  berth reset hello --wait                # clean hooks, then the cluster is gone"
+  echo
+  echo "Stop everything: kill \$(cat $BERTH_DATA_DIR/local-agent/agent.pid) $ctl_pid && rm -rf $work"
+else
+  echo "Done; the controller and agent are stopped and removed. To keep them and try the"
+  echo "commands of the README's tour: scripts/quickstart.sh --keep"
 fi

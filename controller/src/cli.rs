@@ -27,21 +27,50 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The global flags. Their environment variables are read by [`Global::resolved`], not by
+/// clap: clap lists an argument taken from the environment in an error's usage line, as if
+/// it were required.
 #[derive(Args, Debug)]
 pub struct Global {
     /// Controller data dir; client commands read the URL, CA and admin token from it when
-    /// --server/--token/--ca are not given [default: /var/lib/berth as root, else ~/.local/share/berth]
-    #[arg(long, env = "BERTH_DATA_DIR", global = true, hide_env_values = true)]
+    /// --server/--token/--ca are not given [env: BERTH_DATA_DIR] [default: /var/lib/berth as
+    /// root, else ~/.local/share/berth]
+    #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
-    /// Controller URL for client commands, e.g. https://10.0.0.1:7443
-    #[arg(long, env = "BERTH_SERVER", global = true, hide_env_values = true)]
+    /// Controller URL for client commands, e.g. https://10.0.0.1:7443 [env: BERTH_SERVER]
+    #[arg(long, global = true)]
     pub server: Option<String>,
-    /// API bearer token for client commands
-    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    /// API bearer token for client commands [env: BERTH_TOKEN]
+    #[arg(long, global = true)]
     pub token: Option<String>,
-    /// CA certificate (PEM) that the controller's certificate must chain to
-    #[arg(long, env = "BERTH_CA", global = true, hide_env_values = true)]
+    /// CA certificate (PEM) that the controller's certificate must chain to [env: BERTH_CA]
+    #[arg(long, global = true)]
     pub ca: Option<PathBuf>,
+}
+
+impl Global {
+    /// Each flag, else its environment variable (unset or empty: none).
+    fn resolved(&self) -> Global {
+        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        Global {
+            data_dir: self
+                .data_dir
+                .clone()
+                .or_else(|| env("BERTH_DATA_DIR").map(PathBuf::from)),
+            server: self
+                .server
+                .clone()
+                .or_else(|| env("BERTH_SERVER").map(|v| v.to_string_lossy().into_owned())),
+            token: self
+                .token
+                .clone()
+                .or_else(|| env("BERTH_TOKEN").map(|v| v.to_string_lossy().into_owned())),
+            ca: self
+                .ca
+                .clone()
+                .or_else(|| env("BERTH_CA").map(PathBuf::from)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -528,15 +557,15 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 pub async fn run(cli: Cli) -> Result<()> {
-    let data_dir = cli
-        .global
+    let global = cli.global.resolved();
+    let data_dir = global
         .data_dir
         .clone()
         .unwrap_or_else(config::default_data_dir);
     let target = Target {
-        server: cli.global.server.clone(),
-        token: cli.global.token.clone(),
-        ca: cli.global.ca.clone(),
+        server: global.server.clone(),
+        token: global.token.clone(),
+        ca: global.ca.clone(),
         data_dir: data_dir.clone(),
     };
     match cli.command {
@@ -580,7 +609,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::AgentBinary(cmd) => crate::agent_binary_cmd::run(cmd, &target).await,
         Command::Backup { out } => crate::backup_cmd::backup(&target, &out).await,
         Command::Restore { file } => {
-            crate::backup_cmd::restore(&file, cli.global.data_dir.as_deref()).await
+            crate::backup_cmd::restore(&file, global.data_dir.as_deref()).await
         }
         Command::ApiToken(ApiTokenCmd::Create { name, role, output }) => {
             let c = Client::connect(&target)?;
@@ -850,7 +879,11 @@ fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        // Colours only for a terminal, and never with NO_COLOR (https://no-color.org).
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        );
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -81,6 +81,17 @@ fn help_says_what_each_flag_is_for() {
     assert!(status.contains("[env: BERTH_SERVER]"), "{status}");
     assert!(!status.contains("example.invalid"), "{status}");
     assert!(help(&["serve", "--help"]).contains("--log-format"));
+    // A flag taken from the environment is not shown as if it were required.
+    let out = std::process::Command::new(berth_bin())
+        .arg("logs")
+        .env("BERTH_DATA_DIR", ctl.dir.path())
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert!(
+        e.contains("Usage: berth logs --host <HOST> <CLUSTER>"),
+        "{e}"
+    );
 }
 
 #[test]
