@@ -118,6 +118,18 @@ fn logs_of_a_host_show_every_step_in_order() {
         ],
         "{text}"
     );
+    // A reader that goes away ends it quietly.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' --data-dir '{}' logs c1 --host m0 | head -c 10",
+            berth_bin().display(),
+            ctl.data_dir.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "==> check ");
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     // One step, as before.
     let out = ctl.cli(&["logs", "c1", "--host", "m0", "--step", "init"]);
     assert!(out.status.success());
