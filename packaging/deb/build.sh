@@ -108,6 +108,21 @@ build_deb() {
 install -D -m 0755 "$bin_dir/berth" "$stage/berth/usr/bin/berth"
 install -D -m 0755 "$bin_dir/berth-agent" "$stage/berth/usr/lib/berth/berth-agent"
 install -D -m 0644 "$src/berth.default" "$stage/berth/etc/default/berth"
+# Shell completions and man pages, made by the binary itself (when it runs on this machine).
+if "$bin_dir/berth" completion bash >/dev/null 2>&1; then
+  share=$stage/berth/usr/share
+  install -d -m 0755 "$share/bash-completion/completions" "$share/zsh/vendor-completions" \
+    "$share/fish/vendor_completions.d" "$share/man/man1"
+  "$bin_dir/berth" completion bash >"$share/bash-completion/completions/berth"
+  "$bin_dir/berth" completion zsh >"$share/zsh/vendor-completions/_berth"
+  "$bin_dir/berth" completion fish >"$share/fish/vendor_completions.d/berth.fish"
+  "$bin_dir/berth" man "$share/man/man1" 2>/dev/null
+  gzip -9n "$share/man/man1/"*.1
+  chmod 0644 "$share/bash-completion/completions/berth" "$share/zsh/vendor-completions/_berth" \
+    "$share/fish/vendor_completions.d/berth.fish" "$share/man/man1/"*.1.gz
+else
+  echo "build.sh: $bin_dir/berth does not run here; no completions or man pages in the package" >&2
+fi
 # shellcheck disable=SC2016 # $BERTH_SERVE_ARGS is for systemd to expand
 unit berth.service \
   -e '/^\[Service\]$/a User=berth\nGroup=berth' \

@@ -187,6 +187,18 @@ expect_same() {
 }
 
 # check_deb DEB PACKAGE EXPECTED-FIELDS EXPECTED-CONTROL-MEMBERS EXPECTED-FILES
+# man_pages DEB: the file-list lines of the man pages the package's berth makes (one per
+# command), as dpkg-deb lists them.
+man_pages() {
+  local tmp
+  tmp=$(mktemp -d)
+  dpkg-deb --fsys-tarfile "$1" | tar -xOf - ./usr/bin/berth >"$tmp/berth"
+  chmod 0755 "$tmp/berth"
+  "$tmp/berth" man "$tmp/man" 2>/dev/null
+  (cd "$tmp/man" && ls) | LC_ALL=C sort | sed 's|^\(.*\)$|./usr/share/man/man1/\1.gz -rw-r--r-- root/root|'
+  rm -rf "$tmp"
+}
+
 check_deb() {
   local deb=$1 pkg=$2 size bytes
   echo "== $deb"
@@ -233,9 +245,21 @@ Priority: optional" "\
 ./usr/lib/berth/ drwxr-xr-x root/root
 ./usr/lib/berth/berth-agent -rwxr-xr-x root/root
 ./usr/share/ drwxr-xr-x root/root
+./usr/share/bash-completion/ drwxr-xr-x root/root
+./usr/share/bash-completion/completions/ drwxr-xr-x root/root
+./usr/share/bash-completion/completions/berth -rw-r--r-- root/root
 ./usr/share/doc/ drwxr-xr-x root/root
 ./usr/share/doc/berth/ drwxr-xr-x root/root
-./usr/share/doc/berth/copyright -rw-r--r-- root/root"
+./usr/share/doc/berth/copyright -rw-r--r-- root/root
+./usr/share/fish/ drwxr-xr-x root/root
+./usr/share/fish/vendor_completions.d/ drwxr-xr-x root/root
+./usr/share/fish/vendor_completions.d/berth.fish -rw-r--r-- root/root
+./usr/share/man/ drwxr-xr-x root/root
+./usr/share/man/man1/ drwxr-xr-x root/root
+$(man_pages "$deb_berth")
+./usr/share/zsh/ drwxr-xr-x root/root
+./usr/share/zsh/vendor-completions/ drwxr-xr-x root/root
+./usr/share/zsh/vendor-completions/_berth -rw-r--r-- root/root"
 [[ $(dpkg-deb --info "$deb_berth" conffiles) == /etc/default/berth ]] || fail "berth: conffiles is not /etc/default/berth"
 
 check_deb "$deb_agent" berth-agent "\
