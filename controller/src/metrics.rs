@@ -12,6 +12,28 @@ use std::time::Duration;
 
 /// Labels of a TLS handshake that failed: `kind` is `error` or `timeout`.
 pub type HandshakeLabels = Vec<(String, String)>;
+/// Labels as name/value pairs (`kind`/`outcome` of a step, `state` of hosts, `result` of an
+/// enrollment).
+pub type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// What is counted when scraped: read from the store then, not kept up to date.
+#[derive(Debug, Default)]
+pub struct Scraped {
+    pub polls_held: i64,
+    /// Hosts by state (`Ready`, `NotReady`, `Revoked`).
+    pub hosts: Vec<(&'static str, i64)>,
+    /// Unix seconds: the earliest agent certificate expiry (of hosts not revoked), and the
+    /// controller's server certificate's.
+    pub earliest_agent_cert_expiry: Option<i64>,
+    pub server_cert_expiry: Option<i64>,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -24,8 +46,25 @@ pub struct Metrics {
     pub connections_open: Gauge,
     pub connections_accepted: Counter,
     pub handshake_failures: Family<HandshakeLabels, Counter>,
+    /// Steps that finished, by kind and outcome: from the agent's start to its end.
+    step_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Signed plans handed to agents.
+    pub plans_issued: Counter,
+    /// Enrollments by result (`accepted`, `refused`).
+    enrollments: Family<Labels, Counter>,
     /// Set when scraped.
     polls_held: Gauge,
+    hosts: Family<Labels, Gauge>,
+    agent_cert_expiry: Gauge,
+    server_cert_expiry: Gauge,
+}
+
+/// Step durations, seconds: 0.1 s … 2 h.
+fn step_histogram() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+        7200.0,
+    ])
 }
 
 /// Bucket bounds, seconds: 1 ms … 60 s, finer around the 100 ms and 1–5 s marks.
@@ -43,7 +82,13 @@ impl Default for Metrics {
             connections_open: Gauge::default(),
             connections_accepted: Counter::default(),
             handshake_failures: Family::default(),
+            step_seconds: Family::new_with_constructor(step_histogram),
+            plans_issued: Counter::default(),
+            enrollments: Family::default(),
             polls_held: Gauge::default(),
+            hosts: Family::default(),
+            agent_cert_expiry: Gauge::default(),
+            server_cert_expiry: Gauge::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -76,6 +121,36 @@ impl Default for Metrics {
             "Agent long-polls in progress",
             m.polls_held.clone(),
         );
+        r.register(
+            "step_duration_seconds",
+            "Steps that finished, by kind and outcome (succeeded, failed, interrupted): time from the agent's start to its end",
+            m.step_seconds.clone(),
+        );
+        r.register(
+            "plans_issued",
+            "Signed plans handed to agents",
+            m.plans_issued.clone(),
+        );
+        r.register(
+            "enrollments",
+            "Agent enrollments by result (accepted, refused)",
+            m.enrollments.clone(),
+        );
+        r.register(
+            "hosts",
+            "Enrolled hosts by state (Ready, NotReady, Revoked)",
+            m.hosts.clone(),
+        );
+        r.register(
+            "agent_cert_earliest_expiry_timestamp_seconds",
+            "The earliest expiry of a host's agent certificate (hosts not revoked), unix seconds",
+            m.agent_cert_expiry.clone(),
+        );
+        r.register(
+            "server_cert_expiry_timestamp_seconds",
+            "The expiry of the controller's server certificate, unix seconds",
+            m.server_cert_expiry.clone(),
+        );
         m
     }
 }
@@ -91,9 +166,34 @@ impl Metrics {
         h.observe(took.as_secs_f64());
     }
 
-    /// The OpenMetrics text of every metric, `polls_held` being the polls in progress now.
-    pub fn render(&self, polls_held: i64) -> String {
-        self.polls_held.set(polls_held);
+    /// A step that finished: its kind, its final state, how long it ran.
+    pub fn step_finished(&self, kind: &str, outcome: &str, secs: f64) {
+        self.step_seconds
+            .get_or_create(&labels(&[("kind", kind), ("outcome", outcome)]))
+            .observe(secs.max(0.0));
+    }
+
+    pub fn enrolled(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "refused" };
+        self.enrollments
+            .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
+    /// The OpenMetrics text of every metric, with what is counted when scraped.
+    pub fn render(&self, now: &Scraped) -> String {
+        self.polls_held.set(now.polls_held);
+        for (state, n) in &now.hosts {
+            self.hosts
+                .get_or_create(&labels(&[("state", state)]))
+                .set(*n);
+        }
+        if let Some(t) = now.earliest_agent_cert_expiry {
+            self.agent_cert_expiry.set(t);
+        }
+        if let Some(t) = now.server_cert_expiry {
+            self.server_cert_expiry.set(t);
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -129,7 +229,24 @@ mod tests {
         Metrics::observe(&m.report_seconds, Duration::from_millis(300));
         m.handshake_failed("timeout");
         let conn = OpenConnection::new(m.clone());
-        let text = m.render(7);
+        m.step_finished("install", "succeeded", 2.0);
+        m.enrolled(false);
+        let text = m.render(&Scraped {
+            polls_held: 7,
+            hosts: vec![("Ready", 3), ("NotReady", 1)],
+            earliest_agent_cert_expiry: Some(1_800_000_000),
+            server_cert_expiry: None,
+        });
+        for want in [
+            "berth_step_duration_seconds_count{kind=\"install\",outcome=\"succeeded\"} 1",
+            "berth_step_duration_seconds_bucket{le=\"2.5\",kind=\"install\",outcome=\"succeeded\"} 1",
+            "berth_enrollments_total{result=\"refused\"} 1",
+            "berth_hosts{state=\"Ready\"} 3",
+            "berth_hosts{state=\"NotReady\"} 1",
+            "berth_agent_cert_earliest_expiry_timestamp_seconds 1800000000",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
         assert!(
             text.contains("berth_agent_report_duration_seconds_count 2"),
             "{text}"
@@ -149,6 +266,8 @@ mod tests {
         );
         assert!(text.contains("berth_agent_polls_held 7"), "{text}");
         drop(conn);
-        assert!(m.render(0).contains("berth_connections_open 0"));
+        assert!(m
+            .render(&Scraped::default())
+            .contains("berth_connections_open 0"));
     }
 }

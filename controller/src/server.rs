@@ -96,11 +96,13 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
 
     let tls = Arc::new(tls_config(&pki)?);
     let plans = crate::plans::Plans::start(store.clone(), pki.clone()).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let engine = Arc::new(crate::engine::Engine::new(
         store.clone(),
         plans,
         writer,
         cfg.engine,
+        metrics.clone(),
     ));
     // Continue whatever was in flight before a restart.
     engine.tick_all().await?;
@@ -128,7 +130,6 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     let (bundled_ready, bundled_ready_rx) = tokio::sync::watch::channel(false);
-    let metrics = Arc::new(crate::metrics::Metrics::default());
     let state = AppState {
         store: store.clone(),
         data_dir: cfg.data_dir.clone(),

@@ -226,12 +226,44 @@ pub async fn metrics(
     let held = st
         .max_polls
         .saturating_sub(st.poll_slots.available_permits()) as i64;
+    // Hosts by state and the earliest agent certificate expiry, as `get hosts` says them.
+    let now = now_unix();
+    let grace = st.host_grace.as_secs() as i64;
+    let (mut ready, mut not_ready, mut revoked, mut earliest) = (0, 0, 0, None::<i64>);
+    for h in st.store.hosts().await? {
+        let seen = st
+            .heartbeats
+            .latest(h.id)
+            .map_or(h.last_seen, |t| t.max(h.last_seen));
+        if h.revoked {
+            revoked += 1;
+            continue;
+        }
+        if now - seen <= grace {
+            ready += 1;
+        } else {
+            not_ready += 1;
+        }
+        if let Some(t) = h.cert_not_after {
+            earliest = Some(earliest.map_or(t, |e| e.min(t)));
+        }
+    }
+    let scraped = crate::metrics::Scraped {
+        polls_held: held,
+        hosts: vec![
+            ("Ready", ready),
+            ("NotReady", not_ready),
+            ("Revoked", revoked),
+        ],
+        earliest_agent_cert_expiry: earliest,
+        server_cert_expiry: Some(st.pki.server.not_after()),
+    };
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        st.metrics.render(held),
+        st.metrics.render(&scraped),
     )
         .into_response())
 }

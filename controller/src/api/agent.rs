@@ -44,6 +44,9 @@ pub async fn poll(
             crate::metrics::Metrics::observe(&st.metrics.plan_delivery_seconds, at.elapsed());
         }
     }
+    if plan.is_some() {
+        st.metrics.plans_issued.inc();
+    }
     Ok(ApiJson(PollResponse {
         host: host.name,
         facts_accepted,

@@ -32,10 +32,10 @@ pub async fn enroll(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<EnrollRequest>,
 ) -> Result<ApiJson<EnrollResponse>, ApiError> {
-    let token: BootstrapToken = req
-        .token
-        .parse()
-        .map_err(|e| ApiError::unauthenticated(codes::TOKEN_INVALID, format!("{e}")))?;
+    let token: BootstrapToken = req.token.parse().map_err(|e| {
+        st.metrics.enrolled(false);
+        ApiError::unauthenticated(codes::TOKEN_INVALID, format!("{e}"))
+    })?;
     let secret_hash = hash_secret(&token.secret);
     // The token is judged before anything of the request is parsed or signed: without a
     // valid token a caller learns nothing about CSR handling. `enroll` below checks it
@@ -46,6 +46,7 @@ pub async fn enroll(
         .await
     {
         tracing::warn!(host = %req.name, token = %token.id, error = %e, "enrollment refused");
+        st.metrics.enrolled(false);
         return Err(enroll_error(e));
     }
     let cert = st
@@ -66,6 +67,7 @@ pub async fn enroll(
             reenroll: req.reenroll,
         })
         .await;
+    st.metrics.enrolled(result.is_ok());
     match result {
         Ok(outcome) => {
             match outcome {

@@ -149,6 +149,8 @@ pub struct Engine {
     /// a transaction holding the writers' turn resumes after each query without waiting
     /// behind a wave of polls on the main runtime.
     writer: crate::lane::Lane,
+    /// Step durations are observed here.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One request's report batch, queued for a group commit.
@@ -182,6 +184,8 @@ struct Group {
     specs: HashMap<i64, Arc<ResolvedSpec>>,
     results: BTreeMap<i64, StepResult>,
     outputs: Vec<(i64, String, String)>,
+    /// Steps this group finishes: (kind, final state, seconds), observed once committed.
+    finished: Vec<(StepKind, StepState, f64)>,
 }
 
 impl Group {
@@ -239,6 +243,14 @@ impl Group {
                 deadline: row.deadline,
             },
         );
+        if matches!(
+            r.state,
+            StepState::Succeeded | StepState::Failed | StepState::Interrupted
+        ) {
+            if let (Some(a), Some(b)) = (row.started_at, row.ended_at) {
+                self.finished.push((row.kind, row.state, (b - a) as f64));
+            }
+        }
         if r.state == StepState::Succeeded {
             self.outputs.extend(
                 r.outputs
@@ -284,6 +296,7 @@ impl Engine {
         plans: crate::plans::Plans,
         writer: crate::lane::Lane,
         cfg: EngineConfig,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Engine {
         Engine {
             plans: Arc::new(plans),
@@ -298,6 +311,7 @@ impl Engine {
             report_queue: Mutex::new(Vec::new()),
             report_turn: Arc::new(tokio::sync::Mutex::new(())),
             writer,
+            metrics,
         }
     }
 

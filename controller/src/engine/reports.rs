@@ -136,6 +136,10 @@ impl Engine {
         }
         group.flush(&mut tx).await?;
         tx.commit().await?;
+        for (kind, state, secs) in group.finished {
+            self.metrics
+                .step_finished(kind.as_str(), state.as_str(), secs);
+        }
         Ok(outcomes)
     }
 
