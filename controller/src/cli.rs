@@ -699,7 +699,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             clap_complete::generate(shell, &mut cmd, "berth", &mut script);
             crate::version_cmd::write_stdout(&script)
         }
-        Command::Man { dir } => crate::version_cmd::man_pages(&dir),
+        Command::Man { dir } => {
+            crate::version_cmd::man_pages(&dir, <Cli as clap::CommandFactory>::command())
+        }
         Command::Exec {
             cluster,
             hosts,

@@ -49,10 +49,9 @@ pub fn write_stdout(bytes: &[u8]) -> Result<()> {
     }
 }
 
-/// Writes `berth.1` and `berth-<command>.1` for every command into `dir`.
-pub fn man_pages(dir: &Path) -> Result<()> {
+/// Writes `berth.1` and `berth-<command>.1` for every command of `cmd` into `dir`.
+pub fn man_pages(dir: &Path, cmd: clap::Command) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let cmd = <crate::cli::Cli as clap::CommandFactory>::command();
     write_page(dir, "berth", cmd.clone())?;
     let mut n = 1;
     for sub in cmd.get_subcommands() {
