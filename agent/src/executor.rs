@@ -360,15 +360,22 @@ impl Executor {
     ) -> Result<Outcome> {
         std::fs::create_dir_all(cdir)?;
         let rootfs = cdir.join("rootfs");
+        // Nothing built for another CPU is unpacked or run here (leave, clean and exec run
+        // what the host already has).
+        if !matches!(
+            step.kind,
+            StepKind::Leave | StepKind::Clean | StepKind::Exec
+        ) {
+            if let Some(why) = wrong_arch(step) {
+                writeln!(&*log, "berth-agent: {why}")?;
+                return Ok(Outcome::failed(why, None));
+            }
+        }
         // Every kind, each once: a new kind does not compile until it is handled here.
         match step.kind {
             StepKind::Check => {
                 if std::env::consts::OS != "linux" {
                     return Ok(Outcome::failed("berth hosts must run Linux", None));
-                }
-                if let Some(why) = wrong_arch(step) {
-                    writeln!(&*log, "berth-agent: {why}")?;
-                    return Ok(Outcome::failed(why, None));
                 }
                 if !step
                     .bundles
@@ -394,9 +401,6 @@ impl Executor {
                 .await
             }
             StepKind::Distribute => {
-                if let Some(why) = wrong_arch(step) {
-                    return Ok(Outcome::failed(why, None));
-                }
                 self.distribute(step, cdir, log).await?;
                 Ok(Outcome::ok())
             }

@@ -59,9 +59,6 @@ pub struct ResolvedSpec {
     /// How upgrades and rollbacks roll over the hosts.
     #[serde(default)]
     pub rollout: Policy,
-    /// App bundles the last apply took out: what its `clean-apps` step cleans.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub removed: Vec<ResolvedBundle>,
 }
 
 impl ResolvedSpec {
@@ -74,7 +71,7 @@ impl ResolvedSpec {
 
     /// The bundles a step works with: the app bundles it names for `apps`, else the base
     /// (for upgrade and rollback: the generation the host moves to).
-    pub fn bundles_of(&self, kind: StepKind, step: &StepSpec) -> Vec<&ResolvedBundle> {
+    pub fn bundles_of<'a>(&'a self, kind: StepKind, step: &'a StepSpec) -> Vec<&'a ResolvedBundle> {
         match kind {
             StepKind::Apps => step
                 .apps
@@ -83,7 +80,9 @@ impl ResolvedSpec {
                 .collect(),
             // A command of the operator's: it runs from the rootfs the host has.
             StepKind::Exec => Vec::new(),
-            StepKind::CleanApps => self.removed.iter().collect(),
+            // The app bundles taken out: in the step (a later apply's spec no longer has
+            // them, and a failed clean is resumed by one).
+            StepKind::CleanApps => step.removed.iter().collect(),
             _ => self.base().collect(),
         }
     }
@@ -99,7 +98,11 @@ impl ResolvedSpec {
     /// The bundles whose hooks a step runs, each with the hook: a rollback runs those of
     /// the generation it leaves (which know what their upgrade did); an upgrade runs a
     /// changed bundle's `upgrade` and a new patch bundle's `install` (as the agent does).
-    fn hook_bundles(&self, kind: StepKind, step: &StepSpec) -> Vec<(&ResolvedBundle, &str)> {
+    fn hook_bundles<'a>(
+        &'a self,
+        kind: StepKind,
+        step: &'a StepSpec,
+    ) -> Vec<(&'a ResolvedBundle, &'static str)> {
         let Some(hook) = kind.hook() else {
             return Vec::new();
         };
@@ -129,7 +132,7 @@ impl ResolvedSpec {
     }
 
     /// Every bundle a step may fetch.
-    pub fn fetchable(&self, kind: StepKind, step: &StepSpec) -> Vec<&ResolvedBundle> {
+    pub fn fetchable<'a>(&'a self, kind: StepKind, step: &'a StepSpec) -> Vec<&'a ResolvedBundle> {
         let mut v = self.bundles_of(kind, step);
         v.extend(self.from_of(kind));
         v
@@ -218,7 +221,7 @@ pub struct Generation {
     pub from: Vec<ResolvedBundle>,
     /// Steps this change supersedes (a rollback's unfinished upgrade steps): cancelled.
     pub cancel: Vec<i64>,
-    /// What the stored spec's `removed` becomes: the app bundles this apply takes out.
+    /// The app bundles this apply takes out (its `clean-apps` step cleans them).
     pub removed: Vec<ResolvedBundle>,
 }
 
@@ -234,6 +237,9 @@ pub struct StepSpec {
     /// For exec: what runs, and how long it may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<berth_shared::plan::PlanExec>,
+    /// For clean-apps: the app bundles taken out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ResolvedBundle>,
 }
 
 /// A host the Clusterfile asks for, resolved to an enrolled host.
@@ -272,6 +278,9 @@ pub struct Recorded {
     pub unsettled: Option<berth_shared::state::ClusterPhase>,
     /// The last change was an upgrade that left a failed step (a rollback can undo it).
     pub upgrade_failed: bool,
+    /// An upgrade or rollback has steps still to run (pending, failed or interrupted):
+    /// hosts may not join or leave before it is finished or turned back.
+    pub upgrade_unfinished: bool,
 }
 
 /// Why an apply cannot be planned. Each maps to a stable API code.
@@ -299,6 +308,8 @@ pub enum PlanError {
     },
     #[error("spec.hosts: an upgrade cannot add or remove hosts in the same apply ({what}); apply the host change with the images the cluster runs first, then the upgrade")]
     UpgradeWithHostChange { what: String },
+    #[error("spec.hosts: cluster `{cluster}` is in the middle of an upgrade or rollback ({what}); finish it first (`berth retry {cluster}`, or `berth rollback {cluster}`), then change its hosts")]
+    HostChangeDuringUpgrade { cluster: String, what: String },
     #[error("nothing to roll back: {why}")]
     NothingToRollBack { why: String },
 }
@@ -307,7 +318,9 @@ impl PlanError {
     pub fn code(&self) -> &'static str {
         match self {
             PlanError::UpgradeUnsupported { .. } => codes::UPGRADE_UNSUPPORTED,
-            PlanError::NotSettled { .. } => codes::CLUSTER_NOT_SETTLED,
+            PlanError::NotSettled { .. } | PlanError::HostChangeDuringUpgrade { .. } => {
+                codes::CLUSTER_NOT_SETTLED
+            }
             PlanError::NothingToRollBack { .. } => codes::NOTHING_TO_ROLL_BACK,
             PlanError::Master0Removed { .. } => codes::MASTER0_REMOVAL,
             _ => codes::INVALID_CLUSTERFILE,
@@ -522,33 +535,39 @@ pub fn diff(
         })
         .cloned()
         .collect();
-    if upgrade_from.is_some() {
-        if !g.add_hosts.is_empty() || !g.leaving.is_empty() {
-            let names = |ids: Vec<i64>| -> Vec<String> {
-                ids.iter()
-                    .filter_map(|id| {
-                        desired
-                            .iter()
-                            .map(|d| (d.host_id, &d.name))
-                            .chain(recorded.hosts.iter().map(|h| (h.host_id, &h.name)))
-                            .find(|(i, _)| i == id)
-                            .map(|(_, n)| format!("`{n}`"))
-                    })
-                    .collect()
-            };
-            let mut what = Vec::new();
-            let added = names(g.add_hosts.iter().map(|h| h.host_id).collect());
-            if !added.is_empty() {
-                what.push(format!("adds {}", added.join(", ")));
-            }
-            let removed = names(g.leaving.clone());
-            if !removed.is_empty() {
-                what.push(format!("removes {}", removed.join(", ")));
-            }
-            return Err(PlanError::UpgradeWithHostChange {
-                what: what.join(" and "),
-            });
+    let host_change = !g.add_hosts.is_empty() || !g.leaving.is_empty();
+    if host_change && (upgrade_from.is_some() || recorded.upgrade_unfinished) {
+        let names = |ids: Vec<i64>| -> Vec<String> {
+            ids.iter()
+                .filter_map(|id| {
+                    desired
+                        .iter()
+                        .map(|d| (d.host_id, &d.name))
+                        .chain(recorded.hosts.iter().map(|h| (h.host_id, &h.name)))
+                        .find(|(i, _)| i == id)
+                        .map(|(_, n)| format!("`{n}`"))
+                })
+                .collect()
+        };
+        let mut what = Vec::new();
+        let added = names(g.add_hosts.iter().map(|h| h.host_id).collect());
+        if !added.is_empty() {
+            what.push(format!("adds {}", added.join(", ")));
         }
+        let removed = names(g.leaving.clone());
+        if !removed.is_empty() {
+            what.push(format!("removes {}", removed.join(", ")));
+        }
+        let what = what.join(" and ");
+        return Err(match upgrade_from {
+            Some(_) => PlanError::UpgradeWithHostChange { what },
+            None => PlanError::HostChangeDuringUpgrade {
+                cluster: cluster.to_string(),
+                what,
+            },
+        });
+    }
+    if upgrade_from.is_some() {
         // Host by host: master0, the other masters one at a time, nodes in batches.
         let order: Vec<(&DesiredHost, HostRole)> = desired.iter().map(|d| (*d, d.role)).collect();
         let waves = waves(&order, spec.rollout);
@@ -571,7 +590,10 @@ pub fn diff(
             master0,
             StepKind::CleanApps,
             clean_apps_ord,
-            &none,
+            &StepSpec {
+                removed: g.removed.clone(),
+                ..StepSpec::default()
+            },
         ));
     }
     let mut master0_runs = new_apps;
@@ -717,7 +739,6 @@ pub fn rollback(
         )
         .collect();
     back.from = spec.base().cloned().collect();
-    back.removed = Vec::new();
     let last = started.iter().map(|s| s.ord).max().unwrap_or(0);
     let none = StepSpec::default();
     let mut g = Generation {

@@ -442,6 +442,17 @@ fn upgrades_that_cannot_be_made_in_place_are_refused() {
     };
     let e = planner::diff("c", &more, &v2(1), &rec).unwrap_err();
     assert!(e.to_string().contains("adds `n9`"), "{e}");
+    // Nor while an upgrade is unfinished (re-applying its own Clusterfile with a host more
+    // or less): leave/remove would run on a host between two generations.
+    let mut mid = recorded(&hosts, &v2(1));
+    mid.spec.as_mut().unwrap().from = v1().bundles;
+    mid.upgrade_unfinished = true;
+    let e = planner::diff("c", &more, &v2(1), &mid).unwrap_err();
+    assert_eq!(e.code(), "cluster_not_settled", "{e}");
+    assert!(
+        planner::diff("c", &hosts, &v2(1), &mid).is_ok(),
+        "the same hosts: it resumes"
+    );
 }
 
 #[test]

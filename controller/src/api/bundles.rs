@@ -179,16 +179,18 @@ async fn same_bundle_as_tag(
     let p: berth_shared::bundle::Manifest =
         serde_json::from_str(&row.manifest).map_err(|e| ApiError::Internal(e.into()))?;
     let hooks = |m: &berth_shared::bundle::Manifest| m.hooks.keys().cloned().collect::<Vec<_>>();
-    if p.name != m.name
-        || p.version != m.version
-        || p.bundle_type != m.bundle_type
-        || hooks(&p) != hooks(m)
-    {
+    // Every host runs the primary's manifest (hook paths, cmd, env, timeouts, outputs):
+    // the manifests must be equal but for `arch`.
+    let anywhere = |m: &berth_shared::bundle::Manifest| berth_shared::bundle::Manifest {
+        arch: None,
+        ..m.clone()
+    };
+    if anywhere(&p) != anywhere(m) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             berth_shared::api::codes::CONFLICT,
             format!(
-                "{name}:{tag} holds {} {} ({:?}, hooks {}); the {arch} digest of a tag must be the same bundle built for {arch}, and this is {} {} ({:?}, hooks {}); push it under another tag, or without --arch to replace the tag",
+                "{name}:{tag} holds {} {} ({:?}, hooks {}); the {arch} digest of a tag must be the same bundle built for {arch}, with a bundle.yaml equal to the tag's but for `arch`, and this is {} {} ({:?}, hooks {}); push it under another tag, or without --arch to replace the tag",
                 p.name, p.version, p.bundle_type, hooks(&p).join(","), m.name, m.version, m.bundle_type, hooks(m).join(",")
             ),
         ));

@@ -424,6 +424,13 @@ impl Engine {
                     s.kind == StepKind::Upgrade
                         && matches!(s.state, StepState::Failed | StepState::Interrupted)
                 }),
+                upgrade_unfinished: steps.iter().any(|s| {
+                    matches!(s.kind, StepKind::Upgrade | StepKind::Rollback)
+                        && matches!(
+                            s.state,
+                            StepState::Pending | StepState::Failed | StepState::Interrupted
+                        )
+                }),
             };
             resumed = steps
                 .into_iter()
@@ -447,7 +454,6 @@ impl Engine {
             configs: cf.configs.clone(),
             warnings: cf.warnings.clone(),
             from: Vec::new(),
-            removed: Vec::new(),
             rollout: Policy {
                 max_unavailable: max_unavailable.unwrap_or(1).max(1),
             },
@@ -456,7 +462,6 @@ impl Engine {
         let resolved = started.elapsed();
         let generation = planner::diff(&cf.name, &hosts, &spec, &recorded)?;
         spec.from = generation.from.clone();
-        spec.removed = generation.removed.clone();
         if opts.dry_run {
             let plan = preview::preview(
                 &cf.name,

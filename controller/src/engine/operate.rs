@@ -88,6 +88,23 @@ impl Engine {
         let n = {
             let _g = self.tick_lock.lock().await;
             let c = self.live_cluster(name).await?;
+            // Whatever else the upgrade's apply runs (its apps) must be finished too: a
+            // rollback supersedes every unfinished step, and cannot take a running one back.
+            if let Some(s) = self
+                .store
+                .steps(c.id)
+                .await?
+                .iter()
+                .find(|s| s.state.is_active() && s.kind != StepKind::Exec)
+            {
+                return Err(EngineError::Conflict {
+                    code: codes::NOTHING_TO_ROLL_BACK,
+                    message: format!(
+                        "nothing to roll back yet: step {} is running on `{}`; wait until it finishes or fails (`berth status {name} --watch`), then roll back",
+                        s.kind, s.host_name
+                    ),
+                });
+            }
             let spec = parse_spec(&c.spec).map_err(EngineError::Internal)?;
             let hosts: Vec<RecordedHost> = self.recorded_hosts(c.id).await?;
             let upgrade = self.store.last_upgrade(c.id).await?;

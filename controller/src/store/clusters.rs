@@ -714,8 +714,9 @@ impl Store {
             .collect())
     }
 
-    /// `berth rollback`: the spec returns to the old generation, the superseded upgrade
-    /// steps are cancelled and the rollback steps stored, in one transaction. Returns the
+    /// `berth rollback`: the spec returns to the old generation, every unfinished step but
+    /// an exec's is cancelled (the upgrade's, and what its apply would run after it), and
+    /// the rollback steps stored, in one transaction. Returns the
     /// hosts whose plans changed.
     pub async fn start_rollback(
         &self,
@@ -737,7 +738,8 @@ impl Store {
         .await?;
         let mut hosts: Vec<i64> = sqlx::query_scalar(
             "UPDATE steps SET state = 'cancelled', reason = 'superseded by a rollback', deadline = NULL
-             WHERE id IN (SELECT value FROM json_each(?1)) AND cluster_id = ?2 AND state IN ('pending', 'failed', 'interrupted')
+             WHERE cluster_id = ?2 AND state IN ('pending', 'failed', 'interrupted')
+               AND (id IN (SELECT value FROM json_each(?1)) OR kind != 'exec')
              RETURNING host_id",
         )
         .bind(serde_json::to_string(&g.cancel)?)
