@@ -89,13 +89,28 @@ pub async fn create_token(
     ))
 }
 
+/// A host's state as `get hosts` and `/metrics` say it (`Ready` when seen within
+/// `--host-grace`, `NotReady`, `Revoked`); `last_seen` is brought up to the newest
+/// heartbeat not yet flushed to the store.
+fn host_state(st: &AppState, h: &mut crate::store::HostRow, now: i64) -> &'static str {
+    if let Some(t) = st.heartbeats.latest(h.id) {
+        h.last_seen = h.last_seen.max(t);
+    }
+    if h.revoked {
+        "Revoked"
+    } else if now - h.last_seen <= st.host_grace.as_secs() as i64 {
+        "Ready"
+    } else {
+        "NotReady"
+    }
+}
+
 pub async fn list_hosts(
     State(st): State<AppState>,
     caller: Caller,
 ) -> Result<ApiJson<Vec<HostView>>, ApiError> {
     caller.require(Role::Viewer)?;
     let now = now_unix();
-    let grace = st.host_grace.as_secs() as i64;
     let hosts = st.store.hosts().await?;
     let mut events: std::collections::HashMap<i64, Vec<HostEventView>> = Default::default();
     for e in st.store.host_events().await? {
@@ -112,17 +127,8 @@ pub async fn list_hosts(
         hosts
             .into_iter()
             .map(|mut h| {
-                if let Some(t) = st.heartbeats.latest(h.id) {
-                    h.last_seen = h.last_seen.max(t);
-                }
+                let state = host_state(&st, &mut h, now);
                 let ago = (now - h.last_seen).max(0);
-                let state = if h.revoked {
-                    "Revoked"
-                } else if ago <= grace {
-                    "Ready"
-                } else {
-                    "NotReady"
-                };
                 HostView {
                     name: h.name,
                     state: state.into(),
@@ -228,21 +234,15 @@ pub async fn metrics(
         .saturating_sub(st.poll_slots.available_permits()) as i64;
     // Hosts by state and the earliest agent certificate expiry, as `get hosts` says them.
     let now = now_unix();
-    let grace = st.host_grace.as_secs() as i64;
     let (mut ready, mut not_ready, mut revoked, mut earliest) = (0, 0, 0, None::<i64>);
-    for h in st.store.hosts().await? {
-        let seen = st
-            .heartbeats
-            .latest(h.id)
-            .map_or(h.last_seen, |t| t.max(h.last_seen));
-        if h.revoked {
-            revoked += 1;
-            continue;
-        }
-        if now - seen <= grace {
-            ready += 1;
-        } else {
-            not_ready += 1;
+    for mut h in st.store.hosts().await? {
+        match host_state(&st, &mut h, now) {
+            "Revoked" => {
+                revoked += 1;
+                continue;
+            }
+            "Ready" => ready += 1,
+            _ => not_ready += 1,
         }
         if let Some(t) = h.cert_not_after {
             earliest = Some(earliest.map_or(t, |e| e.min(t)));

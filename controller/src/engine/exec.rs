@@ -67,11 +67,9 @@ impl Engine {
         for name in &clusters {
             let c = self.live_cluster(name).await?;
             let members: Vec<RecordedHost> = self
-                .store
-                .cluster_hosts(c.id)
+                .recorded_hosts(c.id)
                 .await?
                 .into_iter()
-                .map(recorded_host)
                 .filter(|h| h.active)
                 .collect();
             if req.cluster.is_some() {

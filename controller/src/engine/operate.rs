@@ -90,10 +90,8 @@ impl Engine {
             let c = self.live_cluster(name).await?;
             // Whatever else the upgrade's apply runs (its apps) must be finished too: a
             // rollback supersedes every unfinished step, and cannot take a running one back.
-            if let Some(s) = self
-                .store
-                .steps(c.id)
-                .await?
+            let steps = self.store.steps(c.id).await?;
+            if let Some(s) = steps
                 .iter()
                 .find(|s| s.state.is_active() && s.kind != StepKind::Exec)
             {
@@ -108,12 +106,27 @@ impl Engine {
             let spec = parse_spec(&c.spec).map_err(EngineError::Internal)?;
             let hosts: Vec<RecordedHost> = self.recorded_hosts(c.id).await?;
             let upgrade = self.store.last_upgrade(c.id).await?;
-            let (back, g) = planner::rollback(name, &spec, &hosts, &upgrade).map_err(|e| {
+            let (back, mut g) = planner::rollback(name, &spec, &hosts, &upgrade).map_err(|e| {
                 EngineError::Conflict {
                     code: e.code(),
                     message: e.to_string(),
                 }
             })?;
+            // Besides the upgrade's own steps, every other unfinished one but an exec's (the
+            // apps its apply would run after it) is superseded.
+            let others: Vec<i64> = steps
+                .iter()
+                .filter(|s| {
+                    s.kind != StepKind::Exec
+                        && matches!(
+                            s.state,
+                            StepState::Pending | StepState::Failed | StepState::Interrupted
+                        )
+                        && !g.cancel.contains(&s.id)
+                })
+                .map(|s| s.id)
+                .collect();
+            g.cancel.extend(others);
             let spec_json =
                 serde_json::to_string(&back).map_err(|e| EngineError::Internal(e.into()))?;
             let n = g.steps.len();
@@ -141,7 +154,7 @@ impl Engine {
         let stragglers = self.store.forced_reset_stragglers(seen_before).await?;
         let mut skipped = Vec::new();
         let mut clusters = std::collections::BTreeSet::new();
-        for (cluster_id, step, host) in stragglers {
+        for (cluster_id, cluster, step, host) in stragglers {
             let reason = format!(
                 "skipped by `reset --force`: host {host} stopped answering (not seen for {}s)",
                 host_grace.as_secs()
@@ -150,11 +163,9 @@ impl Engine {
                 self.wake(h);
             }
             tracing::warn!(%host, step, "reset --force: {reason}");
-            if let Some(c) = self.store.cluster_by_id(cluster_id).await? {
-                self.store
-                    .record_event(&c.name, Some(&host), "skip", &reason)
-                    .await?;
-            }
+            self.store
+                .record_event(&cluster, Some(&host), "skip", &reason)
+                .await?;
             if !skipped.contains(&host) {
                 skipped.push(host);
             }

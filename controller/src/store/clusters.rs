@@ -714,9 +714,9 @@ impl Store {
             .collect())
     }
 
-    /// `berth rollback`: the spec returns to the old generation, every unfinished step but
-    /// an exec's is cancelled (the upgrade's, and what its apply would run after it), and
-    /// the rollback steps stored, in one transaction. Returns the
+    /// `berth rollback`: the spec returns to the old generation, the steps in `g.cancel`
+    /// (decided by the engine: every unfinished one but an exec's) are cancelled, and the
+    /// rollback steps stored, in one transaction. Returns the
     /// hosts whose plans changed.
     pub async fn start_rollback(
         &self,
@@ -738,8 +738,7 @@ impl Store {
         .await?;
         let mut hosts: Vec<i64> = sqlx::query_scalar(
             "UPDATE steps SET state = 'cancelled', reason = 'superseded by a rollback', deadline = NULL
-             WHERE cluster_id = ?2 AND state IN ('pending', 'failed', 'interrupted')
-               AND (id IN (SELECT value FROM json_each(?1)) OR kind != 'exec')
+             WHERE id IN (SELECT value FROM json_each(?1)) AND cluster_id = ?2 AND state IN ('pending', 'failed', 'interrupted')
              RETURNING host_id",
         )
         .bind(serde_json::to_string(&g.cancel)?)
@@ -825,13 +824,14 @@ impl Store {
     }
 
     /// Unfinished steps of forced resets on hosts last seen before `seen_before` (or gone):
-    /// (cluster, step, host name). Reads the few clusters being force-reset only.
+    /// (cluster id, cluster name, step, host name). Reads the few clusters being
+    /// force-reset only.
     pub async fn forced_reset_stragglers(
         &self,
         seen_before: i64,
-    ) -> Result<Vec<(i64, i64, String)>> {
+    ) -> Result<Vec<(i64, String, i64, String)>> {
         Ok(sqlx::query_as(
-            "SELECT s.cluster_id, s.id, s.host_name FROM clusters c
+            "SELECT s.cluster_id, c.name, s.id, s.host_name FROM clusters c
                JOIN steps s INDEXED BY steps_cluster_state ON s.cluster_id = c.id AND s.state IN ('pending', 'released', 'running')
                LEFT JOIN hosts h ON h.id = s.host_id
              WHERE c.reset_forced = 1 AND c.phase IN ('Resetting', 'ResetFailed')
