@@ -7,6 +7,7 @@
 use crate::join::chain;
 use anyhow::{anyhow, bail, Context, Result};
 use berth_bundle::{unpack, Limits, Unpacked};
+use berth_shared::routes::{self, Endpoint};
 use berth_shared::Digest;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -108,9 +109,9 @@ impl Fetcher {
 
     async fn download_context(&self, r: &berth_shared::plan::ContextRef) -> Result<Vec<u8>> {
         let url = format!(
-            "{}/v1/agent/contexts/sha256/{}",
+            "{}{}",
             self.controller,
-            r.digest.hex()
+            routes::AgentContext::ROUTE.url(&[&r.digest.hex()])
         );
         let mut backoff =
             crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -276,7 +277,11 @@ impl Fetcher {
         let dir = done.parent().context("cache dir")?.to_path_buf();
         tokio::fs::create_dir_all(&dir).await?;
         let partial = dir.join(format!("{}.partial", digest.hex()));
-        let url = format!("{}/v1/blobs/sha256/{}", self.controller, digest.hex());
+        let url = format!(
+            "{}{}",
+            self.controller,
+            routes::Blob::ROUTE.url(&[&digest.hex()])
+        );
 
         // Bytes already on disk from an earlier attempt are hashed (and teed) once, then
         // extended.

@@ -5,6 +5,7 @@ use crate::identity::{Identity, IdentityMeta};
 use crate::{facts, tls};
 use anyhow::{anyhow, bail, Context, Result};
 use berth_shared::api::{EnrollRequest, EnrollResponse, ErrorBody};
+use berth_shared::routes::{self, Endpoint};
 use berth_shared::{BootstrapToken, Digest, HostName};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use std::path::PathBuf;
@@ -94,7 +95,7 @@ pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
         .use_preconfigured_tls(tls::unverified_for_ca_fetch()?)
         .timeout(Duration::from_secs(30))
         .build()?;
-    let ca_url = format!("{}/v1/enroll/ca", cfg.controller);
+    let ca_url = format!("{}{}", cfg.controller, routes::EnrollCa::ROUTE.path);
     let resp = probe.get(&ca_url).send().await.map_err(|e| {
         anyhow!(
             "cannot reach the controller at {}: {}",
@@ -136,7 +137,7 @@ pub async fn join(cfg: &JoinConfig) -> Result<Identity> {
         .timeout(Duration::from_secs(30))
         .build()?;
     let resp = pinned
-        .post(format!("{}/v1/enroll", cfg.controller))
+        .post(format!("{}{}", cfg.controller, routes::Enroll::ROUTE.path))
         .json(&EnrollRequest {
             token: cfg.token.to_string(),
             name: cfg.name.clone(),

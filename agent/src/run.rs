@@ -15,6 +15,7 @@ use crate::spool::Spool;
 use anyhow::{Context, Result};
 use berth_shared::api::{ErrorBody, HostFacts, PollRequest, PollResponse, ReportEntry};
 use berth_shared::plan::{verify, PlanPayload};
+use berth_shared::routes::{self, Endpoint};
 use rand::Rng;
 use reqwest::StatusCode;
 use std::path::PathBuf;
@@ -69,7 +70,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             },
         )?;
     let id = session.identity();
-    let url = format!("{}/v1/agent/poll", id.meta.controller);
+    let url = format!("{}{}", id.meta.controller, routes::AgentPoll::ROUTE.path);
     tokio::spawn(session.clone().run_renewer(shutdown.clone()));
     tracing::info!(host = %id.meta.name, controller = %id.meta.controller, "agent starting");
 
@@ -77,7 +78,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
     let spool = Spool::open(&cfg.data_dir.join("spool"))?;
     tokio::spawn(spool.clone().run_sender(
         session.clone(),
-        format!("{}/v1/agent/reports", id.meta.controller),
+        format!("{}{}", id.meta.controller, routes::AgentReports::ROUTE.path),
         cfg.probe.clone(),
         shutdown.clone(),
     ));

@@ -13,6 +13,7 @@ use crate::join::chain;
 use crate::now_unix;
 use anyhow::{anyhow, Context, Result};
 use berth_shared::api::{ErrorBody, RenewRequest, RenewResponse};
+use berth_shared::routes::{self, Endpoint};
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -163,7 +164,11 @@ impl Session {
         let csr = params.serialize_request(&key)?.pem()?;
         let resp = self
             .client()
-            .post(format!("{}/v1/agent/renew", id.meta.controller))
+            .post(format!(
+                "{}{}",
+                id.meta.controller,
+                routes::AgentRenew::ROUTE.path
+            ))
             .json(&RenewRequest { csr_pem: csr })
             .timeout(Duration::from_secs(30))
             .send()

@@ -5,8 +5,8 @@ use crate::client::{Client, Target};
 use crate::output::{self, Format};
 use anyhow::{Context, Result};
 use berth_shared::api::AgentBinaryView;
+use berth_shared::routes::{self, NoQuery};
 use clap::Subcommand;
-use reqwest::Method;
 use std::path::PathBuf;
 
 #[derive(Subcommand, Debug)]
@@ -54,21 +54,16 @@ pub async fn run(cmd: AgentBinaryCmd, target: &Target) -> Result<()> {
                 256 * 1024,
             ));
             let added: AgentBinaryView = c
-                .upload(
-                    Method::PUT,
-                    &format!("/v1/agent-binaries/{os}/{arch}"),
-                    "application/octet-stream",
-                    body,
-                )
+                .upload::<routes::AgentBinaryAdd>(&[&os, &arch], &NoQuery {}, body)
                 .await?;
             print(output, &[added])
         }
         AgentBinaryCmd::List { output } => {
-            let all: Vec<AgentBinaryView> = c.get("/v1/agent-binaries").await?;
+            let all = c.fetch::<routes::AgentBinaryList>(&[], &NoQuery {}).await?;
             print(output, &all)
         }
         AgentBinaryCmd::Remove { arch, os } => {
-            c.call_empty(Method::DELETE, &format!("/v1/agent-binaries/{os}/{arch}"))
+            c.act::<routes::AgentBinaryRemove>(&[&os, &arch], &NoQuery {})
                 .await?;
             eprintln!("berth-agent for {os}/{arch} is no longer served");
             Ok(())

@@ -3,6 +3,7 @@
 
 use crate::client::{Client, Target};
 use anyhow::{Context, Result};
+use berth_shared::routes::{self, NoQuery};
 use futures_util::StreamExt;
 use std::io::Write;
 use std::path::Path;
@@ -18,7 +19,7 @@ pub async fn backup(target: &Target, out: &Path) -> Result<()> {
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    let resp = client.get_response("/v1/backup").await?;
+    let resp = client.stream::<routes::Backup>(&[], &NoQuery {}).await?;
     let mut stream = resp.bytes_stream();
     let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
     let mut n = 0u64;

@@ -14,10 +14,10 @@
 use crate::client::Client;
 use anyhow::{anyhow, bail, Context, Result};
 use berth_bundle::hashio::HashingReader;
-use berth_shared::api::{ArchivedBundle, BundleArchiveIndex, BundleView, PushResponse, TagRequest};
+use berth_shared::api::{ArchivedBundle, BundleArchiveIndex, PushResponse, TagRequest};
+use berth_shared::routes::{self, NoQuery};
 use berth_shared::{BundleRef, Digest};
 use futures_util::TryStreamExt;
-use reqwest::Method;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -39,7 +39,9 @@ pub async fn save(client: &Client, refs: &[String], out: &Path) -> Result<()> {
     let mut order = Vec::new();
     for r in refs {
         let parsed: BundleRef = r.parse().map_err(|e| anyhow!("`{r}`: {e}"))?;
-        let v: BundleView = client.get(&format!("/v1/bundles/{r}")).await?;
+        let v = client
+            .fetch::<routes::BundleInspect>(&[r.as_ref()], &NoQuery {})
+            .await?;
         let entry = by_digest.entry(v.digest).or_insert_with(|| {
             order.push(v.digest);
             ArchivedBundle {
@@ -86,7 +88,7 @@ pub async fn save(client: &Client, refs: &[String], out: &Path) -> Result<()> {
         let mut total = 0u64;
         for item in &index.bundles {
             let resp = client
-                .get_response(&format!("/v1/blobs/sha256/{}", item.digest.hex()))
+                .stream::<routes::Blob>(&[&item.digest.hex()], &NoQuery {})
                 .await?;
             let stream = resp.bytes_stream().map_err(std::io::Error::other);
             let reader = tokio_util::io::StreamReader::new(stream);
@@ -155,10 +157,7 @@ impl Accepts {
     /// What the controller `client` talks to accepts (`GET /v1/limits`; the defaults for a
     /// controller older than that endpoint).
     pub async fn of(client: &Client) -> Result<Accepts> {
-        match client
-            .get::<berth_shared::api::ServerLimits>("/v1/limits")
-            .await
-        {
+        match client.fetch::<routes::Limits>(&[], &NoQuery {}).await {
             Ok(l) => Ok(Accepts::from(&l)),
             Err(e) if crate::client::api_code(&e) == Some("not_found") => {
                 eprintln!("the controller does not publish its limits (older than this berth); checking against the defaults");
@@ -394,7 +393,7 @@ pub async fn load(client: &Client, path: &Path, force: bool) -> Result<()> {
 /// The digest `reference` (a tag or a digest) names on the controller, if any.
 async fn stored_digest(client: &Client, reference: &str) -> Result<Option<Digest>> {
     match client
-        .get::<BundleView>(&format!("/v1/bundles/{reference}"))
+        .fetch::<routes::BundleInspect>(&[reference], &NoQuery {})
         .await
     {
         Ok(v) => Ok(Some(v.digest)),
@@ -444,7 +443,9 @@ async fn upload_and_tag(
         let f = tokio::fs::File::open(&file).await?;
         let body =
             reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 256 * 1024));
-        let pushed: PushResponse = client.post_body("/v1/bundles", body).await?;
+        let pushed: PushResponse = client
+            .upload::<routes::BundlePush>(&[], &Default::default(), body)
+            .await?;
         if pushed.created {
             uploaded.push(pushed.digest);
         }
@@ -456,12 +457,8 @@ async fn upload_and_tag(
     reader.await??;
     for b in &index.bundles {
         for t in &b.tags {
-            let _: BundleView = client
-                .call(
-                    Method::PUT,
-                    &format!("/v1/bundles/{t}"),
-                    &TagRequest { digest: b.digest },
-                )
+            client
+                .send::<routes::BundleTag>(&[t], &NoQuery {}, &TagRequest { digest: b.digest })
                 .await?;
             tagged.push(t.clone());
             eprintln!("tagged {t} → {}", b.digest);
@@ -483,18 +480,10 @@ async fn undo(
     for t in tagged.iter().rev() {
         let r = match before.get(t).copied().flatten() {
             Some(d) => client
-                .call::<_, BundleView>(
-                    Method::PUT,
-                    &format!("/v1/bundles/{t}"),
-                    &TagRequest { digest: d },
-                )
+                .send::<routes::BundleTag>(&[t], &NoQuery {}, &TagRequest { digest: d })
                 .await
                 .map(|_| ()),
-            None => {
-                client
-                    .call_empty(Method::DELETE, &format!("/v1/bundles/{t}"))
-                    .await
-            }
+            None => client.act::<routes::BundleRemove>(&[t], &NoQuery {}).await,
         };
         if r.is_err() {
             left.push(format!("tag {t}"));
@@ -502,7 +491,7 @@ async fn undo(
     }
     for d in uploaded {
         if client
-            .call_empty(Method::DELETE, &format!("/v1/bundles/{d}"))
+            .act::<routes::BundleRemove>(&[&d.to_string()], &NoQuery {})
             .await
             .is_err()
         {

@@ -5,9 +5,9 @@ use crate::output::TextOrJson;
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
 use berth_shared::api::BundleView;
+use berth_shared::routes::{self, NoQuery};
 use berth_shared::BundleRef;
 use clap::Subcommand;
-use reqwest::Method;
 use std::path::{Path, PathBuf};
 
 #[derive(Subcommand, Debug)]
@@ -198,7 +198,8 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
         }
         BundleCmd::List { output } => {
             let client = Client::connect(target)?;
-            let list: Vec<BundleView> = client.get("/v1/bundles").await?;
+            let list: Vec<BundleView> =
+                client.fetch::<routes::BundleList>(&[], &NoQuery {}).await?;
             output::print(
                 output,
                 &list,
@@ -225,7 +226,9 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
         BundleCmd::Inspect { reference, output } => {
             reference.parse::<BundleRef>()?;
             let client = Client::connect(target)?;
-            let b: BundleView = client.get(&format!("/v1/bundles/{reference}")).await?;
+            let b: BundleView = client
+                .fetch::<routes::BundleInspect>(&[&reference], &NoQuery {})
+                .await?;
             let fmt = if output == Format::Table {
                 Format::Yaml
             } else {
@@ -237,7 +240,7 @@ pub async fn run(cmd: BundleCmd, target: &Target) -> Result<()> {
             reference.parse::<BundleRef>()?;
             let client = Client::connect(target)?;
             client
-                .call_empty(Method::DELETE, &format!("/v1/bundles/{reference}"))
+                .act::<routes::BundleRemove>(&[&reference], &NoQuery {})
                 .await?;
             println!("removed {reference}");
             Ok(())

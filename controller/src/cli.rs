@@ -1,13 +1,11 @@
 //! The `berth` command line: `serve` runs the controller; everything else is a thin
 //! client of its API.
 
-use crate::client::{Client, Target};
+use crate::client::Target;
 use crate::config::{self, ServeConfig, DEFAULT_PORT};
-use crate::output::{self, Format, TextOrJson};
+use crate::output::{Format, TextOrJson};
 use anyhow::{Context, Result};
-use berth_shared::api::{CreateTokenRequest, CreateTokenResponse, HostView};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use reqwest::Method;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -210,6 +208,9 @@ pub enum Command {
     Completion { shell: clap_complete::Shell },
     /// Write the man pages (berth.1 and one per command) into DIR
     Man { dir: PathBuf },
+    /// Print the OpenAPI 3.1 document of the controller's API (what `GET /v1/openapi.json`
+    /// serves; no controller needed)
+    Openapi,
     /// Run a command on hosts through their agents (no SSH; hosts behind NAT too): each
     /// host's output streamed with its name in front, a per-host summary, exit 1 when any
     /// host failed
@@ -581,28 +582,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             reenroll,
             output,
         }) => {
-            let reenroll = reenroll
-                .map(|n| n.parse::<berth_shared::HostName>())
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--reenroll: {e}"))?;
-            let c = Client::connect(&target)?;
-            let resp: CreateTokenResponse = c
-                .post(
-                    "/v1/tokens",
-                    &CreateTokenRequest {
-                        ttl_secs: ttl.as_secs(),
-                        uses,
-                        description,
-                        reenroll,
-                    },
-                )
-                .await?;
-            match output {
-                TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&resp)?),
-                TextOrJson::Text if install => println!("{}", resp.install_command),
-                TextOrJson::Text => println!("{}", resp.join_command),
-            }
-            Ok(())
+            let req = crate::access_cmd::TokenFlags {
+                ttl,
+                uses,
+                description,
+                install,
+                reenroll,
+            };
+            crate::access_cmd::token_create(&target, req, output).await
         }
         Command::Bundle(cmd) => crate::bundle_cmd::run(cmd, &target).await,
         Command::Image(cmd) => crate::image_cmd::run(cmd, &target).await,
@@ -612,18 +599,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::backup_cmd::restore(&file, global.data_dir.as_deref()).await
         }
         Command::ApiToken(ApiTokenCmd::Create { name, role, output }) => {
-            let c = Client::connect(&target)?;
-            let r: berth_shared::api::CreateApiTokenResponse = c
-                .post(
-                    "/v1/api-tokens",
-                    &berth_shared::api::CreateApiTokenRequest { name, role },
-                )
-                .await?;
-            match output {
-                TextOrJson::Text => println!("{}", r.token),
-                TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&r)?),
-            }
-            Ok(())
+            crate::access_cmd::api_token_create(&target, name, role, output).await
         }
         Command::Apply {
             input,
@@ -702,6 +678,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Man { dir } => {
             crate::version_cmd::man_pages(&dir, <Cli as clap::CommandFactory>::command())
         }
+        Command::Openapi => {
+            crate::version_cmd::write_stdout(crate::api::openapi::json().as_bytes())
+        }
         Command::Exec {
             cluster,
             hosts,
@@ -746,83 +725,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             output,
         }) => crate::events_cmd::events(&target, cluster.as_deref(), watch, limit, output).await,
         Command::Get(GetCmd::Audit { limit, output }) => {
-            let c = Client::connect(&target)?;
-            let rows: Vec<berth_shared::api::AuditEntryView> =
-                c.get(&format!("/v1/audit?limit={limit}")).await?;
-            output::print(
-                output,
-                &rows,
-                &["AT", "ACTOR", "ACTION", "TARGET", "DETAIL"],
-                || {
-                    rows.iter()
-                        .map(|r| {
-                            vec![
-                                r.at.clone(),
-                                r.actor.clone(),
-                                r.action.clone(),
-                                r.target.clone(),
-                                r.detail.clone().unwrap_or_default(),
-                            ]
-                        })
-                        .collect()
-                },
-            )
+            crate::access_cmd::audit(&target, limit, output).await
         }
-        Command::Get(GetCmd::Hosts { output }) => {
-            let c = Client::connect(&target)?;
-            let hosts: Vec<HostView> = c.get("/v1/hosts").await?;
-            output::print(
-                output,
-                &hosts,
-                &[
-                    "NAME",
-                    "STATE",
-                    "ADDRESSES",
-                    "ARCH",
-                    "LAST SEEN",
-                    "VERSION",
-                    "CERT EXPIRES",
-                    "EVENTS",
-                ],
-                || {
-                    hosts
-                        .iter()
-                        .map(|h| {
-                            vec![
-                                h.name.clone(),
-                                h.state.clone(),
-                                h.addresses.join(","),
-                                h.arch.clone(),
-                                format!("{} ago", output::ago(h.last_seen_secs_ago)),
-                                h.agent_version.clone(),
-                                h.cert_expires_at.clone().unwrap_or_else(|| "-".into()),
-                                events_cell(&h.events),
-                            ]
-                        })
-                        .collect()
-                },
-            )
-        }
-        Command::Host(cmd) => {
-            let c = Client::connect(&target)?;
-            let (method, path, done, name) = match &cmd {
-                HostCmd::Revoke { name } => (
-                    Method::POST,
-                    format!("/v1/hosts/{name}/revoke"),
-                    "revoked",
-                    name,
-                ),
-                HostCmd::Delete { name, force } => (
-                    Method::DELETE,
-                    format!("/v1/hosts/{name}?force={force}"),
-                    "deleted",
-                    name,
-                ),
-            };
-            c.call_empty(method, &path).await?;
-            println!("host {name} {done}");
-            Ok(())
-        }
+        Command::Get(GetCmd::Hosts { output }) => crate::access_cmd::hosts(&target, output).await,
+        Command::Host(cmd) => crate::access_cmd::host(&target, cmd).await,
     }
 }
 
@@ -890,24 +796,4 @@ fn init_logging(format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-/// The EVENTS cell of `get hosts`: each kind with its count and age (`-o json` has the
-/// messages).
-fn events_cell(events: &[berth_shared::api::HostEventView]) -> String {
-    if events.is_empty() {
-        return "-".into();
-    }
-    events
-        .iter()
-        .map(|e| {
-            format!(
-                "{} x{} ({} ago)",
-                e.kind,
-                e.count,
-                output::ago(e.last_secs_ago)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -1,10 +1,11 @@
 //! The CLI's API client: finds the controller, verifies it against the CA, sends bearer
 //! tokens, and turns error bodies into one clear line.
 
+use crate::local::{ControllerInfo, INFO_FILE};
 use crate::pki::PkiPaths;
-use crate::server::{ControllerInfo, INFO_FILE};
 use anyhow::{anyhow, bail, Context, Result};
 use berth_shared::api::ErrorBody;
+use berth_shared::routes::{self, Endpoint, NoBody};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -65,37 +66,84 @@ impl Client {
         Ok(Client { http, base, token })
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.send::<(), T>(Method::GET, path, None).await
-    }
-
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        self.send(Method::POST, path, Some(body)).await
-    }
-
-    /// POSTs a streaming body (e.g. a bundle upload).
-    pub async fn post_body<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: reqwest::Body,
-    ) -> Result<T> {
-        self.upload(Method::POST, path, "application/zstd", body)
-            .await
-    }
-
-    /// Sends a streaming body with `method`.
-    pub async fn upload<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        content_type: &str,
-        body: reqwest::Body,
-    ) -> Result<T> {
-        let url = format!("{}{}", self.base, path);
-        let sent = self
-            .http
-            .request(method.clone(), &url)
+    /// An authenticated request of endpoint `E` with its path parameters and query.
+    fn builder<E: Endpoint>(&self, params: &[&str], query: &E::Query) -> reqwest::RequestBuilder {
+        let route = E::ROUTE;
+        let method = match route.method {
+            routes::Method::Get => Method::GET,
+            routes::Method::Post => Method::POST,
+            routes::Method::Put => Method::PUT,
+            routes::Method::Delete => Method::DELETE,
+        };
+        self.http
+            .request(method, format!("{}{}", self.base, route.url(params)))
             .bearer_auth(&self.token)
+            .query(query)
+    }
+
+    /// Calls an endpoint that takes no body and answers JSON.
+    pub async fn fetch<E>(&self, params: &[&str], query: &E::Query) -> Result<E::Response>
+    where
+        E: Endpoint<Request = NoBody>,
+        E::Response: DeserializeOwned,
+    {
+        let resp = self.dispatch(self.builder::<E>(params, query)).await?;
+        decode::<E>(check(resp).await?).await
+    }
+
+    /// Calls an endpoint with a JSON body that answers JSON.
+    pub async fn send<E>(
+        &self,
+        params: &[&str],
+        query: &E::Query,
+        body: &E::Request,
+    ) -> Result<E::Response>
+    where
+        E: Endpoint,
+        E::Request: Serialize,
+        E::Response: DeserializeOwned,
+    {
+        let req = self.builder::<E>(params, query).json(body);
+        decode::<E>(check(self.dispatch(req).await?).await?).await
+    }
+
+    /// Calls an endpoint that takes no body and answers with none (a 204).
+    pub async fn act<E>(&self, params: &[&str], query: &E::Query) -> Result<()>
+    where
+        E: Endpoint<Request = NoBody, Response = NoBody>,
+    {
+        let resp = self.dispatch(self.builder::<E>(params, query)).await?;
+        check(resp).await.map(|_| ())
+    }
+
+    /// Calls an endpoint that takes no body; its successful answer is returned unread (to
+    /// stream a large body).
+    pub async fn stream<E>(&self, params: &[&str], query: &E::Query) -> Result<reqwest::Response>
+    where
+        E: Endpoint<Request = NoBody>,
+    {
+        let resp = self.dispatch(self.builder::<E>(params, query)).await?;
+        check(resp).await
+    }
+
+    /// Sends a streaming or text body (a bundle, an image archive, an executable, a
+    /// Clusterfile) of the endpoint's media type; the answer is JSON.
+    pub async fn upload<E>(
+        &self,
+        params: &[&str],
+        query: &E::Query,
+        body: reqwest::Body,
+    ) -> Result<E::Response>
+    where
+        E: Endpoint,
+        E::Response: DeserializeOwned,
+    {
+        let content_type = E::ROUTE
+            .request
+            .content_type()
+            .unwrap_or("application/octet-stream");
+        let sent = self
+            .builder::<E>(params, query)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
@@ -106,28 +154,29 @@ impl Client {
                 // The controller refuses some uploads (a role, a platform) before it reads
                 // the body, and closes the connection: the client then sees a broken pipe
                 // where the answer was. Ask again with no body to learn that answer.
-                if let Some(refusal) = self.refusal_before_body(method, path, content_type).await {
+                if let Some(refusal) = self.refusal_before_body::<E>(params, query).await {
                     return Err(refusal);
                 }
                 bail!("upload to {} failed: {}", self.base, error_chain(&e));
             }
         };
-        let resp = check(resp).await?;
-        let bytes = resp.bytes().await?;
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
+        decode::<E>(check(resp).await?).await
     }
 
-    /// The answer to `method path` with an empty body, when it is a refusal the server
+    /// The answer to the endpoint with an empty body, when it is a refusal the server
     /// gives before reading a body (401, 403, 400, 404); `None` for anything else (e.g.
     /// 422 for the empty body itself, which says nothing about the real upload).
-    async fn refusal_before_body(
+    async fn refusal_before_body<E: Endpoint>(
         &self,
-        method: Method,
-        path: &str,
-        content_type: &str,
+        params: &[&str],
+        query: &E::Query,
     ) -> Option<anyhow::Error> {
+        let content_type = E::ROUTE
+            .request
+            .content_type()
+            .unwrap_or("application/octet-stream");
         let resp = self
-            .builder(method, path)
+            .builder::<E>(params, query)
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(Vec::new())
             .send()
@@ -139,40 +188,22 @@ impl Client {
         check(resp).await.err()
     }
 
-    /// POSTs a text body (a Clusterfile).
-    pub async fn post_text<T: DeserializeOwned>(&self, path: &str, body: String) -> Result<T> {
-        let url = format!("{}{}", self.base, path);
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(&self.token)
-            .header(reqwest::header::CONTENT_TYPE, "application/yaml")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "cannot reach the controller at {}: {}",
-                    self.base,
-                    error_chain(&e)
-                )
-            })?;
-        let resp = check(resp).await?;
-        let bytes = resp.bytes().await?;
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
-    }
-
     /// A conditional GET held by the server until the answer differs from `etag` (or the
     /// server's wait is over: `None`). Returns the answer and its ETag.
-    pub async fn get_changed<T: DeserializeOwned>(
+    pub async fn fetch_changed<E>(
         &self,
-        path: &str,
+        params: &[&str],
+        query: &E::Query,
         etag: Option<&str>,
         hold: Duration,
-    ) -> Result<Option<(T, Option<String>)>> {
+    ) -> Result<Option<(E::Response, Option<String>)>>
+    where
+        E: Endpoint<Request = NoBody>,
+        E::Response: DeserializeOwned,
+    {
         // A connection that dies during the hold must not hang the command.
         let mut req = self
-            .builder(Method::GET, path)
+            .builder::<E>(params, query)
             .timeout(hold + Duration::from_secs(30));
         if let Some(t) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, t);
@@ -187,64 +218,7 @@ impl Client {
             .get(reqwest::header::ETAG)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = resp.bytes().await?;
-        let v = serde_json::from_slice(&bytes)
-            .with_context(|| format!("unexpected response from {path}"))?;
-        Ok(Some((v, tag)))
-    }
-
-    /// A GET whose successful answer is returned unread (to stream a large body).
-    pub async fn get_response(&self, path: &str) -> Result<reqwest::Response> {
-        let resp = self.request(Method::GET, path, None::<&()>).await?;
-        check(resp).await
-    }
-
-    /// A JSON call with `method` and a body (PUT, …).
-    pub async fn call<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: &B,
-    ) -> Result<T> {
-        self.send(method, path, Some(body)).await
-    }
-
-    /// A call whose success has no body (204).
-    pub async fn call_empty(&self, method: Method, path: &str) -> Result<()> {
-        let resp = self.request(method, path, None::<&()>).await?;
-        check(resp).await.map(|_| ())
-    }
-
-    async fn send<B: Serialize, T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<T> {
-        let resp = self.request(method, path, body).await?;
-        let resp = check(resp).await?;
-        let bytes = resp.bytes().await?;
-        serde_json::from_slice(&bytes).with_context(|| format!("unexpected response from {path}"))
-    }
-
-    async fn request<B: Serialize>(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<&B>,
-    ) -> Result<reqwest::Response> {
-        let mut req = self.builder(method, path);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        self.dispatch(req).await
-    }
-
-    /// An authenticated request to `path`.
-    fn builder(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(&self.token)
+        Ok(Some((decode::<E>(resp).await?, tag)))
     }
 
     /// Sends `req`; a transport failure says which controller could not be reached.
@@ -257,6 +231,21 @@ impl Client {
             )
         })
     }
+}
+
+/// Reads a successful answer as the endpoint's response body.
+async fn decode<E: Endpoint>(resp: reqwest::Response) -> Result<E::Response>
+where
+    E::Response: DeserializeOwned,
+{
+    let bytes = resp.bytes().await?;
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "unexpected response from {} {}",
+            E::ROUTE.method.as_str(),
+            E::ROUTE.path
+        )
+    })
 }
 
 async fn check(resp: reqwest::Response) -> Result<reqwest::Response> {
@@ -347,19 +336,12 @@ pub async fn upload_bundle(
             }
         },
     );
-    let mut q = Vec::new();
-    if let Some(t) = tag {
-        q.push(format!("tag={t}"));
-    }
-    if let Some(a) = arch {
-        q.push(format!("arch={a}"));
-    }
-    let path = match q.is_empty() {
-        true => "/v1/bundles".to_string(),
-        false => format!("/v1/bundles?{}", q.join("&")),
+    let query = berth_shared::api::PushQuery {
+        tag: tag.map(str::to_string),
+        arch: arch.map(str::to_string),
     };
     let result = client
-        .post_body(&path, reqwest::Body::wrap_stream(stream))
+        .upload::<routes::BundlePush>(&[], &query, reqwest::Body::wrap_stream(stream))
         .await;
     if let Some(pb) = pb {
         pb.finish_and_clear();

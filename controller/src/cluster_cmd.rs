@@ -4,9 +4,11 @@ use crate::client::{Client, Target};
 use crate::output::{self, Format};
 use anyhow::{bail, Context, Result};
 use berth_shared::api::{
-    codes, ApplyResponse, ClusterSummary, ClusterView, CreateTokenRequest, CreateTokenResponse,
-    HostsEdit, LogChunk, ResetRequest, ResetResponse, RetryResponse, StepView,
+    codes, ApplyResponse, ClusterStatus, ClusterSummary, ClusterView, CreateTokenRequest,
+    CreateTokenResponse, HostsEdit, LogChunk, LogQuery, ResetRequest, ResetResponse, RetryResponse,
+    StatusQuery, StepView,
 };
+use berth_shared::routes::{self, NoQuery};
 use berth_shared::state::{ClusterPhase, StepKind, StepState};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -21,18 +23,10 @@ pub struct ApplyFlags {
 }
 
 impl ApplyFlags {
-    fn query(&self) -> String {
-        let mut q = Vec::new();
-        if let Some(n) = self.max_unavailable {
-            q.push(format!("max_unavailable={n}"));
-        }
-        if self.dry_run {
-            q.push("dry_run=true".to_string());
-        }
-        if q.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", q.join("&"))
+    fn query(&self) -> berth_shared::api::ApplyQuery {
+        berth_shared::api::ApplyQuery {
+            max_unavailable: self.max_unavailable,
+            dry_run: self.dry_run,
         }
     }
 }
@@ -155,7 +149,7 @@ async fn apply_text(
         progress_choice()?;
     }
     let r: ApplyResponse = client
-        .post_text(&format!("/v1/clusters{}", flags.query()), text.to_string())
+        .upload::<routes::ClusterApply>(&[], &flags.query(), text.to_string().into())
         .await?;
     if let Some(plan) = &r.plan {
         for w in &r.warnings {
@@ -253,18 +247,21 @@ const STATUS_WAIT_SECS: u64 = 20;
 /// `GET /v1/clusters/{name}?wait=`), or `None` when nothing changed for a while. `T` is
 /// `ClusterView`, or `ClusterSummary` with `summary`.
 struct StatusChanges<T> {
-    path: String,
+    name: String,
+    query: StatusQuery,
     etag: Option<String>,
     _answer: std::marker::PhantomData<T>,
 }
 
-impl<T: serde::de::DeserializeOwned> StatusChanges<T> {
+impl<T: TryFrom<ClusterStatus, Error = &'static str>> StatusChanges<T> {
     fn new(name: &str, summary: bool) -> Self {
         StatusChanges {
-            path: format!(
-                "/v1/clusters/{name}?wait={STATUS_WAIT_SECS}{}",
-                if summary { "&summary=true" } else { "" }
-            ),
+            name: name.to_string(),
+            query: StatusQuery {
+                wait: STATUS_WAIT_SECS,
+                summary,
+                ..StatusQuery::default()
+            },
             etag: None,
             _answer: std::marker::PhantomData,
         }
@@ -273,7 +270,12 @@ impl<T: serde::de::DeserializeOwned> StatusChanges<T> {
     async fn next(&mut self, client: &Client) -> Result<Option<T>> {
         let hold = Duration::from_secs(STATUS_WAIT_SECS);
         match client
-            .get_changed::<T>(&self.path, self.etag.as_deref(), hold)
+            .fetch_changed::<routes::ClusterStatus>(
+                &[&self.name],
+                &self.query,
+                self.etag.as_deref(),
+                hold,
+            )
             .await?
         {
             None => Ok(None),
@@ -284,7 +286,7 @@ impl<T: serde::de::DeserializeOwned> StatusChanges<T> {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 self.etag = tag;
-                Ok(Some(v))
+                Ok(Some(T::try_from(v).map_err(anyhow::Error::msg)?))
             }
         }
     }
@@ -314,10 +316,37 @@ async fn follows_summary(client: &Client, name: &str, choice: Option<bool>) -> R
     if let Some(s) = choice {
         return Ok(s);
     }
-    let s: ClusterSummary = client
-        .get(&format!("/v1/clusters/{name}?summary=true"))
-        .await?;
+    let s = summary_of(client, name).await?;
     Ok(s.steps.values().sum::<u64>() > LARGE_CLUSTER_STEPS as u64)
+}
+
+/// A cluster's status with every step.
+pub(crate) async fn status_of(
+    client: &Client,
+    name: &str,
+    show_outputs: bool,
+) -> Result<ClusterView> {
+    let q = StatusQuery {
+        show_outputs,
+        ..StatusQuery::default()
+    };
+    let s = client.fetch::<routes::ClusterStatus>(&[name], &q).await?;
+    ClusterView::try_from(s).map_err(anyhow::Error::msg)
+}
+
+/// A cluster's summary: members and step counts.
+async fn summary_of(client: &Client, name: &str) -> Result<ClusterSummary> {
+    let q = StatusQuery {
+        summary: true,
+        ..StatusQuery::default()
+    };
+    let s = client.fetch::<routes::ClusterStatus>(&[name], &q).await?;
+    ClusterSummary::try_from(s).map_err(anyhow::Error::msg)
+}
+
+/// Every cluster.
+async fn clusters(client: &Client) -> Result<Vec<ClusterSummary>> {
+    client.fetch::<routes::ClusterList>(&[], &NoQuery {}).await
 }
 
 /// Prints the final status; Ok only when the cluster is Running.
@@ -371,7 +400,7 @@ async fn watch_summary(
             last_change = Instant::now();
         }
         if done && until_done {
-            return finish(client.get(&format!("/v1/clusters/{name}")).await?, out);
+            return finish(status_of(client, name, false).await?, out);
         }
         last = Some(v);
     }
@@ -464,7 +493,7 @@ pub async fn status(
     let name = match name {
         Some(n) => n,
         None => {
-            let all: Vec<ClusterSummary> = client.get("/v1/clusters").await?;
+            let all = clusters(&client).await?;
             match all.len() {
                 0 => bail!(
                     "no clusters; create one with `berth apply -f Clusterfile` or `berth run`"
@@ -477,12 +506,7 @@ pub async fn status(
     if watch_it {
         return watch(&client, &name, true, out).await;
     }
-    let q = if show_outputs {
-        "?show_outputs=true"
-    } else {
-        ""
-    };
-    let v: ClusterView = client.get(&format!("/v1/clusters/{name}{q}")).await?;
+    let v = status_of(&client, &name, show_outputs).await?;
     print_status(&v, out)
 }
 
@@ -511,7 +535,7 @@ fn step_counts(steps: &BTreeMap<StepState, u64>) -> String {
 
 pub async fn list(target: &Target, out: Format) -> Result<()> {
     let client = Client::connect(target)?;
-    let all: Vec<ClusterSummary> = client.get("/v1/clusters").await?;
+    let all = clusters(&client).await?;
     output::print(
         out,
         &all,
@@ -540,7 +564,7 @@ pub async fn logs(
     follow: bool,
 ) -> Result<()> {
     let client = Client::connect(target)?;
-    let v: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
+    let v = status_of(&client, name, false).await?;
     if !v.hosts.iter().any(|h| h.name == host) && !v.steps.iter().any(|s| s.host == host) {
         let names: Vec<&str> = v.hosts.iter().map(|h| h.name.as_str()).collect();
         bail!(
@@ -566,12 +590,13 @@ pub async fn logs(
             println!("==> {} on {host} (attempt {}, {how})", s.kind, s.attempt);
             let (mut from, mut last) = (0u64, '\n');
             loop {
-                let c: LogChunk = client
-                    .get(&format!(
-                        "/v1/clusters/{name}/logs?host={host}&id={}&from={from}",
-                        s.id
-                    ))
-                    .await?;
+                let q = LogQuery {
+                    host: host.to_string(),
+                    id: Some(s.id),
+                    from,
+                    ..LogQuery::default()
+                };
+                let c = client.fetch::<routes::ClusterLogs>(&[name], &q).await?;
                 print!("{}", c.data);
                 last = c.data.chars().last().unwrap_or(last);
                 from = c.next;
@@ -587,11 +612,13 @@ pub async fn logs(
     }
     let mut from = 0u64;
     loop {
-        let mut path = format!("/v1/clusters/{name}/logs?host={host}&from={from}");
-        if let Some(s) = step {
-            path.push_str(&format!("&step={s}"));
-        }
-        let c: LogChunk = match client.get(&path).await {
+        let q = LogQuery {
+            host: host.to_string(),
+            step: step.map(str::to_string),
+            from,
+            ..LogQuery::default()
+        };
+        let c: LogChunk = match client.fetch::<routes::ClusterLogs>(&[name], &q).await {
             Ok(c) => c,
             // With -f, wait for the step to start.
             Err(e) if follow && crate::client::api_code(&e) == Some(codes::NOT_FOUND) => {
@@ -623,10 +650,7 @@ pub async fn retry(target: &Target, name: &str, wait: bool, out: Format) -> Resu
     }
     let client = Client::connect(target)?;
     let r: RetryResponse = client
-        .post(
-            &format!("/v1/clusters/{name}/retry"),
-            &serde_json::json!({}),
-        )
+        .fetch::<routes::ClusterRetry>(&[name], &NoQuery {})
         .await?;
     eprintln!("retrying {} step(s) of {name}", r.retried_steps);
     if wait {
@@ -641,11 +665,8 @@ pub async fn rollback(target: &Target, name: &str, wait: bool, out: Format) -> R
         progress_choice()?;
     }
     let client = Client::connect(target)?;
-    let r: berth_shared::api::RollbackResponse = client
-        .post(
-            &format!("/v1/clusters/{name}/rollback"),
-            &serde_json::json!({}),
-        )
+    let r = client
+        .fetch::<routes::ClusterRollback>(&[name], &NoQuery {})
         .await?;
     eprintln!(
         "rolling back {name}: `rollback` runs on {} host(s), in the reverse of the upgrade's order",
@@ -671,10 +692,7 @@ pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Resu
         false => 0,
     };
     let r: ResetResponse = client
-        .post(
-            &format!("/v1/clusters/{name}/reset"),
-            &ResetRequest { force },
-        )
+        .send::<routes::ClusterReset>(&[name], &NoQuery {}, &ResetRequest { force })
         .await?;
     eprintln!("resetting cluster {name}: clean hooks run on every host");
     for h in &r.skipped {
@@ -720,7 +738,7 @@ pub async fn reset(target: &Target, name: &str, force: bool, wait: bool) -> Resu
         };
         match next {
             Ok(Some((ClusterPhase::ResetFailed, _))) => {
-                let v: ClusterView = client.get(&format!("/v1/clusters/{name}")).await?;
+                let v = status_of(&client, name, false).await?;
                 print_status(&v, Format::Table)?;
                 bail!(
                     "{}",
@@ -872,8 +890,9 @@ async fn ensure_local_agent(target: &Target, client: &Client) -> Result<String> 
     let name = "local".to_string();
     if !dir.join("identity/agent.json").exists() {
         let t: CreateTokenResponse = client
-            .post(
-                "/v1/tokens",
+            .send::<routes::TokenCreate>(
+                &[],
+                &NoQuery {},
                 &CreateTokenRequest {
                     reenroll: None,
                     ttl_secs: 600,
@@ -882,8 +901,8 @@ async fn ensure_local_agent(target: &Target, client: &Client) -> Result<String> 
                 },
             )
             .await?;
-        let info_file = target.data_dir.join(crate::server::INFO_FILE);
-        let info: crate::server::ControllerInfo =
+        let info_file = target.data_dir.join(crate::local::INFO_FILE);
+        let info: crate::local::ControllerInfo =
             serde_json::from_slice(&std::fs::read(&info_file).with_context(|| {
                 format!(
                     "no controller's data dir here ({} is missing)",
@@ -975,7 +994,7 @@ pub async fn edit_hosts(
         progress_choice()?;
     }
     let r: ApplyResponse = client
-        .post(&format!("/v1/clusters/{cluster}/hosts"), &body)
+        .send::<routes::ClusterHosts>(&[cluster], &NoQuery {}, &body)
         .await?;
     for w in &r.warnings {
         eprintln!("warning: {w}");

@@ -3,6 +3,7 @@
 use crate::client::{Client, Target};
 use crate::output::Format;
 use anyhow::{bail, Result};
+use berth_shared::routes::{self};
 use std::time::Duration;
 
 /// `GET /v1/events` for `cluster` (all when None), the newest `limit` after `after`.
@@ -13,7 +14,12 @@ pub async fn fetch(
     limit: u32,
     tail: bool,
 ) -> Result<Vec<berth_shared::api::EventView>> {
-    let mut q = format!("/v1/events?after={after}&limit={limit}&tail={tail}");
+    let mut q = berth_shared::api::EventsQuery {
+        after,
+        limit,
+        tail,
+        ..Default::default()
+    };
     if let Some(c) = cluster {
         if c.is_empty()
             || !c
@@ -22,9 +28,9 @@ pub async fn fetch(
         {
             bail!("`{c}` is not a cluster name (a-z, 0-9 and `-`)");
         }
-        q.push_str(&format!("&cluster={c}"));
+        q.cluster = Some(c.to_string());
     }
-    client.get(&q).await
+    client.fetch::<routes::Events>(&[], &q).await
 }
 
 fn event_line(e: &berth_shared::api::EventView) -> String {

@@ -4,7 +4,8 @@
 use crate::client::{Client, Target};
 use crate::output::Format;
 use anyhow::{bail, Result};
-use berth_shared::api::{ExecRequest, ExecResponse, ExecStep, LogChunk};
+use berth_shared::api::{ExecRequest, ExecResponse, ExecStep, LogChunk, LogQuery};
+use berth_shared::routes::{self, NoQuery};
 use berth_shared::state::StepState;
 use serde::Serialize;
 use std::io::Write;
@@ -34,7 +35,7 @@ struct Follow {
 pub async fn exec(target: &Target, req: ExecRequest, out: Format) -> Result<()> {
     let client = Client::connect(target)?;
     let timeout = Duration::from_secs(req.timeout_secs);
-    let r: ExecResponse = client.post("/v1/exec", &req).await?;
+    let r: ExecResponse = client.send::<routes::Exec>(&[], &NoQuery {}, &req).await?;
     let stream = out == Format::Table;
     if stream {
         let hosts: Vec<&str> = r.steps.iter().map(|s| s.host.as_str()).collect();
@@ -57,11 +58,15 @@ pub async fn exec(target: &Target, req: ExecRequest, out: Format) -> Result<()> 
     while follows.iter().any(|f| f.done.is_none()) && Instant::now() < give_up {
         let mut idle = true;
         for f in follows.iter_mut().filter(|f| f.done.is_none()) {
-            let path = format!(
-                "/v1/clusters/{}/logs?host={}&id={}&from={}",
-                f.step.cluster, f.step.host, f.step.step_id, f.from
-            );
-            let c: LogChunk = client.get(&path).await?;
+            let q = LogQuery {
+                host: f.step.host.clone(),
+                id: Some(f.step.step_id),
+                from: f.from,
+                step: None,
+            };
+            let c: LogChunk = client
+                .fetch::<routes::ClusterLogs>(&[&f.step.cluster], &q)
+                .await?;
             f.from = c.next;
             if !c.data.is_empty() {
                 idle = false;

@@ -4,6 +4,7 @@ use crate::client::{Client, Target};
 use crate::output::{self, Format, TextOrJson};
 use anyhow::{Context, Result};
 use berth_shared::api::{ImageView, ImagesLoaded};
+use berth_shared::routes::{self, NoQuery};
 use clap::Subcommand;
 use std::path::PathBuf;
 
@@ -36,7 +37,7 @@ pub async fn run(cmd: ImageCmd, target: &Target) -> Result<()> {
                 256 * 1024,
             ));
             let loaded: ImagesLoaded = client
-                .post_body("/v1/images", body)
+                .upload::<routes::ImageLoad>(&[], &NoQuery {}, body)
                 .await
                 .with_context(|| format!("{} was not loaded", file.display()))?;
             match output {
@@ -53,7 +54,7 @@ pub async fn run(cmd: ImageCmd, target: &Target) -> Result<()> {
             Ok(())
         }
         ImageCmd::List { output } => {
-            let list: Vec<ImageView> = client.get("/v1/images").await?;
+            let list: Vec<ImageView> = client.fetch::<routes::ImageList>(&[], &NoQuery {}).await?;
             output::print(output, &list, &["IMAGE", "DIGEST", "FROM"], || {
                 list.iter()
                     .map(|i| {

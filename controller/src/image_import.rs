@@ -10,9 +10,9 @@ use crate::output::TextOrJson;
 use anyhow::{bail, Context, Result};
 use berth_bundle::layer::Budget;
 use berth_bundle::{image, kubefile, sealos, Limits, Packed};
-use berth_shared::api::{BundleView, TagRequest};
+use berth_shared::api::TagRequest;
+use berth_shared::routes::{self, NoQuery};
 use berth_shared::BundleRef;
-use reqwest::Method;
 use std::path::{Path, PathBuf};
 
 /// One bundle made from an image.
@@ -188,14 +188,11 @@ pub async fn import(
         let resp =
             crate::client::upload_bundle(client, &m.file, Some(&m.tags[0]), None, false).await?;
         for extra in &m.tags[1..] {
-            let _: BundleView = client
-                .call(
-                    Method::PUT,
-                    &format!("/v1/bundles/{extra}"),
-                    &TagRequest {
-                        digest: resp.digest,
-                    },
-                )
+            let tag = TagRequest {
+                digest: resp.digest,
+            };
+            client
+                .send::<routes::BundleTag>(&[extra], &NoQuery {}, &tag)
                 .await?;
         }
         let man = &m.packed.manifest;

@@ -1,5 +1,6 @@
 //! The berth controller: PKI, SQLite store, HTTPS API and the operator CLI that talks to it.
 
+pub mod access_cmd;
 pub mod agent_binary_cmd;
 pub mod api;
 pub mod backup;
@@ -21,6 +22,7 @@ pub mod image_cmd;
 pub mod image_import;
 pub mod install;
 pub mod lane;
+pub mod local;
 pub mod metrics;
 pub mod output;
 pub mod pki;

@@ -7,7 +7,6 @@ use crate::pki::{hash_secret, Pki};
 use crate::secrets::{create_private_dir, write_public};
 use crate::store::Store;
 use anyhow::{Context, Result};
-use berth_shared::Digest;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -29,16 +28,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// limit minus these wait in the listen queue instead of starving the store.
 const FD_RESERVE: u64 = 512;
 
-/// What `berth serve` writes beside its data so CLI commands on this machine find it.
-#[derive(serde::Serialize, serde::Deserialize)]
-pub struct ControllerInfo {
-    /// The URL the CLI on this machine should use.
-    pub local_url: String,
-    pub advertise_url: String,
-    pub ca_hash: Digest,
-}
-
-pub const INFO_FILE: &str = "controller.json";
+use crate::local::{ControllerInfo, INFO_FILE};
 
 /// Runs the controller until `shutdown` is cancelled.
 pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {

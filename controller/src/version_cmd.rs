@@ -3,6 +3,7 @@
 use crate::client::{Client, Target};
 use crate::output::TextOrJson;
 use anyhow::{Context, Result};
+use berth_shared::routes::{self, NoQuery};
 use std::path::Path;
 
 /// Prints this client's version and the controller's (from `GET /v1/healthz`); a controller
@@ -11,7 +12,7 @@ pub async fn version(target: &Target, out: TextOrJson) -> Result<()> {
     let client_version = berth_shared::VERSION;
     let controller = match Client::connect(target) {
         Ok(c) => c
-            .get::<berth_shared::api::Health>("/v1/healthz")
+            .fetch::<routes::Healthz>(&[], &NoQuery {})
             .await
             .map(|h| h.version),
         Err(e) => Err(e),

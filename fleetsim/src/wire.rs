@@ -12,6 +12,7 @@
 //! the controller to answer.
 
 use anyhow::{bail, Context, Result};
+use berth_shared::routes::{self, Endpoint};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -22,8 +23,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// one it is `{"host":…,"facts_accepted":…}`.
 pub const MIN_PLAN_BYTES: u64 = 300;
 
-const POLL_PATH: &str = "/v1/agent/poll";
-const REPORTS_PATH: &str = "/v1/agent/reports";
+const POLL_PATH: &str = <routes::AgentPoll as Endpoint>::ROUTE.path;
+const REPORTS_PATH: &str = <routes::AgentReports as Endpoint>::ROUTE.path;
 
 /// A running capture.
 pub struct Capture {
@@ -375,7 +376,7 @@ not a tshark line
         // with the blob's headers: each status goes to its own stream.
         assert_eq!(reports[1].sent_us, Some(1_795_696_795_608_655));
         assert_eq!(reports[1].status, Some(204));
-        let blob = by(65, "/v1/blobs/");
+        let blob = by(65, &routes::Blob::ROUTE.url(&[""]));
         assert_eq!((blob[0].status, blob[0].body), (Some(200), 229));
     }
 

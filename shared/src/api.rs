@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 /// Every error response: a stable machine-readable `code` and a human `message`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
@@ -19,6 +20,7 @@ pub struct ErrorBody {
 
 /// Facts an agent reports about its host at enrollment and whenever they change.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostFacts {
     pub hostname: String,
     /// `PRETTY_NAME` from os-release, e.g. "Debian GNU/Linux 12 (bookworm)".
@@ -35,6 +37,7 @@ pub struct HostFacts {
 
 /// `POST /v1/tokens`: create a bootstrap token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
     /// Lifetime in seconds (1 second to 365 days).
@@ -51,6 +54,7 @@ pub struct CreateTokenRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateTokenResponse {
     pub id: String,
     /// `ID.SECRET`; shown once, never stored in clear by the controller.
@@ -76,6 +80,7 @@ pub struct CreateTokenResponse {
 
 /// `POST /v1/enroll`: an agent presents a bootstrap token and a CSR.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub token: String,
@@ -90,6 +95,7 @@ pub struct EnrollRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub name: HostName,
     /// The agent's client certificate, PEM.
@@ -105,11 +111,13 @@ pub struct EnrollResponse {
 /// host. The certificate presented for the call stays valid until the agent uses the new
 /// one, so a renewal lost on the way (a crash, a cut connection) costs nothing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewRequest {
     pub csr_pem: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewResponse {
     pub certificate_pem: String,
     /// RFC 3339.
@@ -119,6 +127,7 @@ pub struct RenewResponse {
 /// An agent executable the controller serves to installing hosts
 /// (`GET /v1/agent-binaries`, `berth agent-binary list`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AgentBinaryView {
     /// `linux`.
     pub os: String,
@@ -134,6 +143,7 @@ pub struct AgentBinaryView {
 
 /// `POST /v1/agent/poll`: the long-poll that is also the heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PollRequest {
     /// Present only when the facts changed since the last accepted report.
@@ -148,6 +158,7 @@ pub struct PollRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PollResponse {
     /// The host's name as the controller knows it.
     pub host: String,
@@ -160,6 +171,7 @@ pub struct PollResponse {
 
 /// A host as `GET /v1/hosts` lists it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostView {
     pub name: String,
     /// `Ready`, `NotReady` (no heartbeat within the grace period) or `Revoked`.
@@ -186,6 +198,7 @@ pub struct HostView {
 /// Events of one kind from one host: how many, when, and the last message (one line,
 /// at most 512 bytes).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostEventView {
     pub kind: String,
     pub count: u64,
@@ -200,6 +213,7 @@ pub struct HostEventView {
 /// `GET /v1/audit` (admin): one audited action — every change, and every read of
 /// secrets (a backup, cluster outputs) — newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntryView {
     /// RFC 3339.
     pub at: String,
@@ -214,6 +228,7 @@ pub struct AuditEntryView {
 
 /// `GET /v1/healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
     pub version: String,
@@ -287,10 +302,13 @@ pub mod codes {
     pub const CERTIFICATE_EXPIRED: &str = "certificate_expired";
     /// No agent binary for the asked OS/architecture.
     pub const NO_AGENT_BINARY: &str = "no_agent_binary";
+    /// A request body over the limit (`GET /v1/limits`).
+    pub const TOO_LARGE: &str = "too_large";
 }
 
 /// A stored bundle as `GET /v1/bundles` and `GET /v1/bundles/{ref}` show it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BundleView {
     pub digest: Digest,
     pub size: u64,
@@ -311,6 +329,7 @@ pub struct BundleView {
 
 /// `PUT /v1/bundles/{name:tag}`: point a tag at a stored bundle.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TagRequest {
     pub digest: Digest,
 }
@@ -318,6 +337,7 @@ pub struct TagRequest {
 /// The index at the start of a `berth bundle save` archive (`berth-bundles.json`),
 /// followed by one `blobs/sha256/<hex>` entry per bundle, in the same order.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct BundleArchiveIndex {
     /// `berth-bundles/v1`.
@@ -328,6 +348,7 @@ pub struct BundleArchiveIndex {
 /// `GET /v1/limits` (viewer): what this controller accepts, so a client can check a
 /// whole batch (`bundle load`) before it uploads any of it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServerLimits {
     /// `--max-bundle-size`: the largest bundle blob accepted, in bytes.
     pub max_bundle_size: u64,
@@ -342,6 +363,7 @@ pub struct ServerLimits {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ArchivedBundle {
     pub digest: Digest,
@@ -354,6 +376,7 @@ pub struct ArchivedBundle {
 
 /// `POST /v1/bundles[?tag=name:tag]` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PushResponse {
     pub digest: Digest,
     pub size: u64,
@@ -374,6 +397,7 @@ pub struct PushResponse {
 
 /// `POST /v1/images`: what an image load stored.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImagesLoaded {
     /// `repo:tag`s now served.
     pub images: Vec<String>,
@@ -382,6 +406,7 @@ pub struct ImagesLoaded {
 
 /// An image the controller's registry serves.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ImageView {
     pub repo: String,
     pub tag: String,
@@ -392,6 +417,7 @@ pub struct ImageView {
 
 /// Agent → controller, in order: log chunks and step reports (spooled on the host).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ReportEntry {
     Log {
@@ -409,6 +435,7 @@ pub enum ReportEntry {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepReport {
     pub step_id: i64,
     pub attempt: u32,
@@ -424,12 +451,14 @@ pub struct StepReport {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReportBatch {
     pub entries: Vec<ReportEntry>,
 }
 
 /// A cluster as `berth status` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterView {
     pub name: String,
     pub phase: crate::state::ClusterPhase,
@@ -445,6 +474,7 @@ pub struct ClusterView {
 /// One cluster in `GET /v1/clusters`: what a list needs, the same size for a cluster of
 /// any number of steps (`GET /v1/clusters/{name}` has them all).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterSummary {
     pub name: String,
     pub phase: crate::state::ClusterPhase,
@@ -457,6 +487,7 @@ pub struct ClusterSummary {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterHostView {
     pub name: String,
     pub role: crate::state::HostRole,
@@ -465,6 +496,7 @@ pub struct ClusterHostView {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepView {
     pub id: i64,
     pub host: String,
@@ -481,6 +513,7 @@ pub struct StepView {
 
 /// `POST /v1/api-tokens` (admin): a bearer token for a person or a script.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiTokenRequest {
     pub name: String,
@@ -489,6 +522,7 @@ pub struct CreateApiTokenRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateApiTokenResponse {
     pub id: String,
     pub name: String,
@@ -499,6 +533,7 @@ pub struct CreateApiTokenResponse {
 
 /// `POST /v1/clusters` and `POST /v1/clusters/{name}/hosts` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApplyResponse {
     pub name: String,
     pub warnings: Vec<String>,
@@ -510,6 +545,7 @@ pub struct ApplyResponse {
 /// What an apply would do, in the order it would happen (`berth apply --dry-run`,
 /// `berth diff`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanPreview {
     pub cluster: String,
     /// The cluster does not exist yet.
@@ -531,6 +567,7 @@ pub struct PlanPreview {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpgradePreview {
     pub from: Vec<String>,
     pub to: Vec<String>,
@@ -538,6 +575,7 @@ pub struct UpgradePreview {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PreviewStep {
     pub host: String,
     pub kind: crate::state::StepKind,
@@ -545,6 +583,7 @@ pub struct PreviewStep {
 
 /// `POST /v1/clusters/{name}/hosts`: `berth add` / `berth delete`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HostsEdit {
     #[serde(default)]
@@ -557,6 +596,7 @@ pub struct HostsEdit {
 
 /// `POST /v1/clusters/{name}/retry` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RetryResponse {
     pub name: String,
     pub retried_steps: u64,
@@ -564,6 +604,7 @@ pub struct RetryResponse {
 
 /// `POST /v1/exec` (operator): a command on hosts through their agents.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     /// Every host of this cluster (narrowed by `hosts` and `role`)…
@@ -586,11 +627,13 @@ pub const MAX_EXEC_BYTES: usize = 128 * 1024;
 
 /// `POST /v1/exec` answer: the step each host runs it as.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecResponse {
     pub steps: Vec<ExecStep>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecStep {
     pub cluster: String,
     pub host: String,
@@ -599,6 +642,7 @@ pub struct ExecStep {
 
 /// `GET /v1/events`: one event of the log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventView {
     pub id: i64,
     /// RFC 3339 with milliseconds.
@@ -612,6 +656,7 @@ pub struct EventView {
 
 /// `POST /v1/clusters/{name}/rollback` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RollbackResponse {
     pub name: String,
     /// Hosts that run `rollback`.
@@ -620,6 +665,7 @@ pub struct RollbackResponse {
 
 /// `POST /v1/clusters/{name}/reset` body (optional).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResetRequest {
     /// Finish even when hosts do not answer: their `clean` is skipped.
@@ -629,6 +675,7 @@ pub struct ResetRequest {
 
 /// `POST /v1/clusters/{name}/reset` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResetResponse {
     pub name: String,
     /// Hosts whose `clean` was skipped (`--force` and the host does not answer, or its clean
@@ -638,6 +685,7 @@ pub struct ResetResponse {
 
 /// `GET /v1/clusters/{name}/logs` answer: one page of a step's log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LogChunk {
     pub step_id: i64,
     pub kind: crate::state::StepKind,
@@ -659,8 +707,170 @@ pub struct LogChunk {
 
 /// `DELETE /v1/hosts/{name}` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostDeleted {
     pub name: String,
     /// The cluster the host was removed from first (`--force`).
     pub removed_from: Option<String>,
+}
+
+/// `GET /v1/clusters/{name}`: every step, or with `summary=true` the summary.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(untagged)]
+pub enum ClusterStatus {
+    Full(ClusterView),
+    Summary(ClusterSummary),
+}
+
+/// `POST /v1/clusters` query.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct ApplyQuery {
+    /// Nodes an upgrade takes at once, 1 to 100000 (over the Clusterfile's
+    /// `spec.maxUnavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
+    /// Answer with what the apply would do (`plan`); store nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `GET /v1/clusters/{name}` query.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    /// Include output values (admin only).
+    #[serde(default)]
+    pub show_outputs: bool,
+    /// With `If-None-Match`: hold the request up to this many seconds (at most 60) until
+    /// the status differs from that ETag; `304` if it did not.
+    #[serde(default)]
+    pub wait: u64,
+    /// Answer with the cluster's summary (`ClusterSummary`: members and step counts)
+    /// instead of every step: what a watcher of a large cluster needs.
+    #[serde(default)]
+    pub summary: bool,
+}
+
+/// `GET /v1/clusters/{name}/logs` query.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    pub host: String,
+    /// Step kind (install, init, ...); default: the host's latest started step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// This step (an exec's), instead of the latest of a kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<i64>,
+    /// The byte offset to read from.
+    #[serde(default)]
+    pub from: u64,
+}
+
+/// `GET /v1/events` query.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// One cluster's events (also of a cluster that is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Only events after this id (what `--watch` passes on).
+    #[serde(default)]
+    pub after: i64,
+    /// One kind: phase | step | apply | batch | rollback | reset | skip | exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// 1 to 10000 (default 1000).
+    #[serde(default = "default_events_limit")]
+    pub limit: u32,
+    /// The newest `limit` events instead of the oldest after `after`.
+    #[serde(default)]
+    pub tail: bool,
+}
+
+impl Default for EventsQuery {
+    fn default() -> Self {
+        EventsQuery {
+            cluster: None,
+            after: 0,
+            kind: None,
+            limit: default_events_limit(),
+            tail: false,
+        }
+    }
+}
+
+fn default_events_limit() -> u32 {
+    1000
+}
+
+/// `GET /v1/audit` query.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// At most this many rows (1 to 10,000; default 100).
+    #[serde(default = "default_audit_limit")]
+    pub limit: u32,
+}
+
+fn default_audit_limit() -> u32 {
+    100
+}
+
+/// `DELETE /v1/hosts/{name}` query.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct DeleteHostQuery {
+    /// Remove the host from its cluster first (its unfinished steps are cancelled).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/bundles` query.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams))]
+#[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
+#[serde(deny_unknown_fields)]
+pub struct PushQuery {
+    /// `name:tag` to point at the uploaded digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    /// The architecture the bundle is built for: the tag gets this digest for it, beside
+    /// the others (over the bundle.yaml's `arch`, which must agree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+}
+
+impl TryFrom<ClusterStatus> for ClusterView {
+    type Error = &'static str;
+    fn try_from(s: ClusterStatus) -> Result<Self, Self::Error> {
+        match s {
+            ClusterStatus::Full(v) => Ok(v),
+            ClusterStatus::Summary(_) => Err("the controller answered a summary, not every step"),
+        }
+    }
+}
+
+impl TryFrom<ClusterStatus> for ClusterSummary {
+    type Error = &'static str;
+    fn try_from(s: ClusterStatus) -> Result<Self, Self::Error> {
+        match s {
+            ClusterStatus::Summary(v) => Ok(v),
+            ClusterStatus::Full(_) => Err("the controller answered every step, not a summary"),
+        }
+    }
 }

@@ -15,6 +15,7 @@ pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum BundleType {
     Rootfs,
     Patch,
@@ -93,6 +94,7 @@ pub fn normalize_arch(a: &str) -> Option<String> {
 
 /// A validated manifest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Manifest {
     pub name: String,
     pub version: String,

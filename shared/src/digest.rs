@@ -83,6 +83,22 @@ impl fmt::Debug for Digest {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Digest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A sha256 digest: `sha256:` and 64 lowercase hex characters.",
+            ))
+            .pattern(Some("^sha256:[0-9a-f]{64}$"))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Digest {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

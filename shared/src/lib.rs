@@ -13,6 +13,7 @@ pub mod names;
 pub mod outputs;
 pub mod plan;
 pub mod relpath;
+pub mod routes;
 pub mod state;
 pub mod text;
 pub mod token;

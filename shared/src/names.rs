@@ -76,6 +76,19 @@ impl fmt::Debug for HostName {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for HostName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("A host name: lowercase letters, digits, `-` and `.`."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for HostName {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

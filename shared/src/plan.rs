@@ -24,6 +24,7 @@ pub const MAX_CONTEXT_BYTES: u64 = 64 << 20;
 
 /// What travels: the payload bytes (base64), the signature over them, the signing key's id.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanEnvelope {
     pub payload: String,
     pub signature: String,
@@ -61,6 +62,7 @@ pub struct ContextRef {
 /// What every host of a cluster shares at one cluster version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterContext {
     pub cluster: String,
     /// The stored Clusterfile.
@@ -124,6 +126,7 @@ pub struct PlanBundle {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlanConfig {
     pub path: crate::SafeRelPath,
     pub strategy: String,

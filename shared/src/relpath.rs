@@ -85,6 +85,21 @@ impl fmt::Debug for SafeRelPath {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for SafeRelPath {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A relative path without `..`, inside the bundle or rootfs.",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for SafeRelPath {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,14 @@
 //! Operator calls: bootstrap tokens and hosts.
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::pki::{hash_secret, random_token};
 use crate::store::Role;
 use crate::time::{now_unix, rfc3339};
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
+use berth_shared::api::{AuditQuery, DeleteHostQuery};
 use berth_shared::api::{CreateTokenRequest, CreateTokenResponse, HostEventView, HostView};
 use berth_shared::token::{TOKEN_ID_LEN, TOKEN_SECRET_LEN};
 
@@ -19,7 +20,6 @@ pub async fn create_token(
     caller: Caller,
     ApiJson(req): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, ApiJson<CreateTokenResponse>), ApiError> {
-    caller.require(Role::Operator)?;
     if req.ttl_secs == 0 || req.ttl_secs > MAX_TTL_SECS {
         return Err(ApiError::bad_request(format!(
             "ttl_secs must be between 1 and {MAX_TTL_SECS} (365 days), got {}",
@@ -105,11 +105,7 @@ fn host_state(st: &AppState, h: &mut crate::store::HostRow, now: i64) -> &'stati
     }
 }
 
-pub async fn list_hosts(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<ApiJson<Vec<HostView>>, ApiError> {
-    caller.require(Role::Viewer)?;
+pub async fn list_hosts(State(st): State<AppState>) -> Result<ApiJson<Vec<HostView>>, ApiError> {
     let now = now_unix();
     let hosts = st.store.hosts().await?;
     let mut events: std::collections::HashMap<i64, Vec<HostEventView>> = Default::default();
@@ -150,9 +146,8 @@ pub async fn list_hosts(
 pub async fn revoke_host(
     State(st): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Operator)?;
     if st.store.revoke_host(&name, &caller.actor()).await? {
         tracing::info!(host = %name, "host revoked");
         Ok(StatusCode::NO_CONTENT)
@@ -161,20 +156,12 @@ pub async fn revoke_host(
     }
 }
 
-#[derive(serde::Deserialize, Default)]
-pub struct DeleteHostQuery {
-    /// Remove the host from its cluster first (its unfinished steps are cancelled).
-    #[serde(default)]
-    pub force: bool,
-}
-
 pub async fn delete_host(
     State(st): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<DeleteHostQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeleteHostQuery>,
 ) -> Result<ApiJson<berth_shared::api::HostDeleted>, ApiError> {
-    caller.require(Role::Operator)?;
     let removed_from = st
         .engine
         .delete_host(&name, q.force, &caller.actor())
@@ -198,7 +185,6 @@ pub async fn create_api_token(
     ),
     ApiError,
 > {
-    caller.require(Role::Admin)?;
     let role = Role::parse(&req.role).ok_or_else(|| {
         ApiError::bad_request(format!(
             "role `{}` is not one of admin, operator, viewer",
@@ -223,12 +209,8 @@ pub async fn create_api_token(
 }
 
 /// `GET /metrics` (viewer): the controller's Prometheus metrics, OpenMetrics text.
-pub async fn metrics(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<axum::response::Response, ApiError> {
+pub async fn metrics(State(st): State<AppState>) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    caller.require(Role::Viewer)?;
     let held = st
         .max_polls
         .saturating_sub(st.poll_slots.available_permits()) as i64;
@@ -268,24 +250,11 @@ pub async fn metrics(
         .into_response())
 }
 
-#[derive(serde::Deserialize)]
-pub struct AuditQuery {
-    /// At most this many rows (1 to 10,000; default 100).
-    #[serde(default = "default_audit_limit")]
-    pub limit: u32,
-}
-
-fn default_audit_limit() -> u32 {
-    100
-}
-
 /// `GET /v1/audit` (admin): the newest audit rows.
 pub async fn audit(
     State(st): State<AppState>,
-    caller: Caller,
-    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<ApiJson<Vec<berth_shared::api::AuditEntryView>>, ApiError> {
-    caller.require(Role::Admin)?;
     if q.limit == 0 || q.limit > 10_000 {
         return Err(ApiError::bad_request(format!(
             "limit must be between 1 and 10000, got {}",

@@ -1,7 +1,7 @@
 //! Agent calls over mutual TLS: the long-poll (heartbeat and plan delivery) and reports.
 
 use super::auth::AgentHost;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath};
 use super::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -116,7 +116,7 @@ async fn report(
 pub async fn context(
     State(st): State<AppState>,
     AgentHost(host, _): AgentHost,
-    axum::extract::Path(hex): axum::extract::Path<String>,
+    ApiPath(hex): ApiPath<String>,
 ) -> Result<axum::response::Response, ApiError> {
     use crate::plans::ContextError;
     use axum::response::IntoResponse;

@@ -39,7 +39,29 @@ impl PresentedCert {
 }
 
 /// An API caller, authenticated by `Authorization: Bearer <token>`.
+#[derive(Clone)]
 pub struct Caller(pub ApiPrincipal);
+
+/// The route table's role check (`api::Table`): authenticates the bearer token, refuses a
+/// role below the route's with 403, and leaves the caller in the request for its handler.
+pub async fn require_role(
+    axum::extract::State((state, role)): axum::extract::State<(AppState, Role)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::authenticate(&parts, &state).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = caller.require(role) {
+        return e.into_response();
+    }
+    parts.extensions.insert(caller);
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
 
 impl Caller {
     /// Fails with 403 unless the caller's role is at least `min`.
@@ -67,6 +89,16 @@ impl Caller {
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Checked already by the route's role (`require_role`).
+        if let Some(c) = parts.extensions.get::<Caller>() {
+            return Ok(c.clone());
+        }
+        Caller::authenticate(parts, state).await
+    }
+}
+
+impl Caller {
+    async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
         let header = parts
             .headers
             .get(header::AUTHORIZATION)

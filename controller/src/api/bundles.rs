@@ -1,37 +1,28 @@
 //! Bundles: upload (streaming), list, inspect, remove, and blob download with `Range`.
 
 use super::auth::{AgentHost, Caller, PeerCert};
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::blobs::IngestError;
 use crate::store::{BundleRow, NewBundle, Role};
 use crate::time::rfc3339;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_shared::api::PushQuery;
 use berth_shared::api::{codes, BundleView, PushResponse};
 use berth_shared::{BundleRef, Digest};
 use futures_util::TryStreamExt;
 use tower::ServiceExt;
 
-#[derive(serde::Deserialize)]
-pub struct PushQuery {
-    /// `name:tag` to point at the uploaded digest.
-    pub tag: Option<String>,
-    /// The architecture the bundle is built for: the tag gets this digest for it, beside
-    /// the others (over the bundle.yaml's `arch`, which must agree).
-    pub arch: Option<String>,
-}
-
 pub async fn push(
     State(st): State<AppState>,
     caller: Caller,
-    Query(q): Query<PushQuery>,
+    ApiQuery(q): ApiQuery<PushQuery>,
     body: Body,
 ) -> Result<(StatusCode, ApiJson<PushResponse>), ApiError> {
-    caller.require(Role::Operator)?;
     let tag = match q.tag.as_deref().map(str::parse::<BundleRef>) {
         None => None,
         Some(Ok(BundleRef::Tag { name, tag })) => Some((name, tag)),
@@ -149,9 +140,7 @@ pub async fn push(
 /// `GET /v1/limits` (viewer).
 pub async fn limits(
     State(st): State<AppState>,
-    caller: Caller,
 ) -> Result<ApiJson<berth_shared::api::ServerLimits>, ApiError> {
-    caller.require(Role::Viewer)?;
     Ok(ApiJson(berth_shared::api::ServerLimits {
         max_bundle_size: st.max_bundle_size,
         max_unpacked_bytes: st.unpack_limits.max_total_bytes,
@@ -220,11 +209,7 @@ fn view(row: BundleRow) -> Result<BundleView, ApiError> {
     })
 }
 
-pub async fn list(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<ApiJson<Vec<BundleView>>, ApiError> {
-    caller.require(Role::Viewer)?;
+pub async fn list(State(st): State<AppState>) -> Result<ApiJson<Vec<BundleView>>, ApiError> {
     let rows = st.store.bundles().await?;
     Ok(ApiJson(
         rows.into_iter().map(view).collect::<Result<_, _>>()?,
@@ -252,10 +237,8 @@ async fn resolve(st: &AppState, r: &str) -> Result<(BundleRef, String), ApiError
 
 pub async fn inspect(
     State(st): State<AppState>,
-    caller: Caller,
-    Path(r): Path<String>,
+    ApiPath(r): ApiPath<String>,
 ) -> Result<ApiJson<BundleView>, ApiError> {
-    caller.require(Role::Viewer)?;
     let (parsed, digest) = resolve(&st, &r).await?;
     let row = st
         .store
@@ -278,10 +261,9 @@ pub async fn inspect(
 pub async fn tag(
     State(st): State<AppState>,
     caller: Caller,
-    Path(r): Path<String>,
+    ApiPath(r): ApiPath<String>,
     ApiJson(req): ApiJson<berth_shared::api::TagRequest>,
 ) -> Result<ApiJson<BundleView>, ApiError> {
-    caller.require(Role::Operator)?;
     let (name, tag) = match r.parse::<BundleRef>() {
         Ok(BundleRef::Tag { name, tag }) => (name, tag),
         Ok(BundleRef::Digest(_)) => {
@@ -317,9 +299,8 @@ pub async fn tag(
 pub async fn remove(
     State(st): State<AppState>,
     caller: Caller,
-    Path(r): Path<String>,
+    ApiPath(r): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Role::Operator)?;
     let (parsed, digest) = resolve(&st, &r).await?;
     if matches!(parsed, BundleRef::Digest(_)) {
         for (cluster, spec) in st.store.cluster_specs().await? {
@@ -376,7 +357,7 @@ impl FromRequestParts<AppState> for BlobReader {
 pub async fn blob(
     State(st): State<AppState>,
     who: BlobReader,
-    Path(hex): Path<String>,
+    ApiPath(hex): ApiPath<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let digest: Digest = format!("sha256:{hex}")
@@ -432,9 +413,7 @@ async fn remove_images(st: &AppState, source: &str) -> Result<(), ApiError> {
 /// `GET /v1/images` (viewer): what the registry serves.
 pub async fn list_images(
     State(st): State<AppState>,
-    caller: Caller,
 ) -> Result<ApiJson<Vec<berth_shared::api::ImageView>>, ApiError> {
-    caller.require(Role::Viewer)?;
     Ok(ApiJson(
         st.store
             .image_tags()
@@ -457,7 +436,6 @@ pub async fn load_images(
     caller: Caller,
     body: Body,
 ) -> Result<(StatusCode, ApiJson<berth_shared::api::ImagesLoaded>), ApiError> {
-    caller.require(Role::Operator)?;
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let received = st
         .images

@@ -1,42 +1,30 @@
 //! Clusters: apply, list, status, logs, retry, reset.
 
 use super::auth::Caller;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::engine::EngineError;
 use crate::planner::{PlanError, ResolvedSpec};
 use crate::store::Role;
 use crate::time::{now_unix, rfc3339};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use berth_shared::api::{ApplyQuery, LogQuery, StatusQuery};
 use berth_shared::api::{
     ApplyResponse, ClusterHostView, ClusterSummary, ClusterView, HostsEdit, LogChunk, ResetRequest,
     ResetResponse, RetryResponse, RollbackResponse, StepView,
 };
 use berth_shared::state::StepState;
-use serde::Deserialize;
 use std::time::Duration;
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ApplyQuery {
-    /// Nodes an upgrade takes at once (over the Clusterfile's `spec.maxUnavailable`).
-    #[serde(default)]
-    pub max_unavailable: Option<u32>,
-    /// Answer with what the apply would do (`plan`); store nothing.
-    #[serde(default)]
-    pub dry_run: bool,
-}
 
 /// The body is the Clusterfile itself (YAML).
 pub async fn apply(
     State(st): State<AppState>,
     caller: Caller,
-    Query(q): Query<ApplyQuery>,
+    ApiQuery(q): ApiQuery<ApplyQuery>,
     body: String,
 ) -> Result<ApiJson<ApplyResponse>, ApiError> {
-    caller.require(Role::Operator)?;
     if q.max_unavailable
         .is_some_and(|n| !(1..=100_000).contains(&n))
     {
@@ -56,30 +44,11 @@ pub async fn apply(
     }))
 }
 
-#[derive(Deserialize, Default)]
-pub struct StatusQuery {
-    #[serde(default)]
-    pub show_outputs: bool,
-    /// With `If-None-Match`: hold the request up to this many seconds (at most
-    /// [`MAX_STATUS_WAIT_SECS`]) until the status differs from that ETag; `304` if it did
-    /// not.
-    #[serde(default)]
-    pub wait: u64,
-    /// Answer with the cluster's summary (`ClusterSummary`: members and step counts)
-    /// instead of every step: what a watcher of a large cluster needs.
-    #[serde(default)]
-    pub summary: bool,
-}
-
 /// The longest a status request may be held.
 pub const MAX_STATUS_WAIT_SECS: u64 = 60;
 
 /// Every cluster with its members and step counts; a cluster's steps are in its status.
-pub async fn list(
-    State(st): State<AppState>,
-    caller: Caller,
-) -> Result<ApiJson<Vec<ClusterSummary>>, ApiError> {
-    caller.require(Role::Viewer)?;
+pub async fn list(State(st): State<AppState>) -> Result<ApiJson<Vec<ClusterSummary>>, ApiError> {
     let mut out = Vec::new();
     for c in st.store.clusters().await? {
         out.push(summary(&st, c).await?);
@@ -114,11 +83,10 @@ async fn summary(
 pub async fn status(
     State(st): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
-    Query(q): Query<StatusQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<StatusQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    caller.require(Role::Viewer)?;
     if q.show_outputs {
         // Outputs often hold secrets (join tokens, passwords): admins only, audited.
         caller.require(Role::Admin)?;
@@ -269,9 +237,8 @@ async fn view(st: &AppState, name: &str, show_outputs: bool) -> Result<ClusterVi
 pub async fn retry(
     State(st): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<RetryResponse>, ApiError> {
-    caller.require(Role::Operator)?;
     let n = st.engine.retry(&name, &caller.actor()).await?;
     Ok(ApiJson(RetryResponse {
         name,
@@ -285,7 +252,6 @@ pub async fn exec(
     caller: Caller,
     body: axum::body::Bytes,
 ) -> Result<ApiJson<berth_shared::api::ExecResponse>, ApiError> {
-    caller.require(Role::Operator)?;
     let req: berth_shared::api::ExecRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("exec request: {e}")))?;
     let steps = st.engine.exec(&req, &caller.actor()).await?;
@@ -295,9 +261,8 @@ pub async fn exec(
 pub async fn rollback(
     State(st): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> Result<ApiJson<RollbackResponse>, ApiError> {
-    caller.require(Role::Operator)?;
     let n = st.engine.rollback(&name, &caller.actor()).await?;
     Ok(ApiJson(RollbackResponse { name, hosts: n }))
 }
@@ -306,10 +271,9 @@ pub async fn rollback(
 pub async fn reset(
     State(st): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, ApiJson<ResetResponse>), ApiError> {
-    caller.require(Role::Operator)?;
     let req: ResetRequest = if body.is_empty() {
         ResetRequest::default()
     } else {
@@ -326,27 +290,14 @@ pub async fn reset(
     ))
 }
 
-#[derive(Deserialize)]
-pub struct LogQuery {
-    pub host: String,
-    /// Step kind (install, init, ...); default: the host's latest started step.
-    pub step: Option<String>,
-    /// This step (an exec's), instead of the latest of a kind.
-    pub id: Option<i64>,
-    #[serde(default)]
-    pub from: u64,
-}
-
 /// The most log bytes one `GET …/logs` answers with; the client asks again for more.
 const LOG_PAGE: usize = 1 << 20;
 
 pub async fn logs(
     State(st): State<AppState>,
-    caller: Caller,
-    Path(name): Path<String>,
-    Query(q): Query<LogQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
 ) -> Result<ApiJson<LogChunk>, ApiError> {
-    caller.require(Role::Viewer)?;
     let c = st
         .store
         .cluster(&name)
@@ -427,10 +378,9 @@ pub async fn logs(
 pub async fn edit_hosts(
     State(st): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     ApiJson(e): ApiJson<HostsEdit>,
 ) -> Result<ApiJson<ApplyResponse>, ApiError> {
-    caller.require(Role::Operator)?;
     let c = st
         .store
         .cluster(&name)

@@ -1,41 +1,16 @@
 //! `GET /v1/events`: the event log (viewer).
 
-use super::auth::Caller;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiQuery};
 use super::AppState;
 use crate::store::events::EventQuery;
-use crate::store::Role;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use berth_shared::api::EventView;
-use serde::Deserialize;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventsQuery {
-    /// One cluster's events (also of a cluster that is gone).
-    pub cluster: Option<String>,
-    /// Only events after this id (what `--watch` passes on).
-    #[serde(default)]
-    pub after: i64,
-    pub kind: Option<String>,
-    /// 1 to 10000.
-    #[serde(default = "default_limit")]
-    pub limit: u32,
-    /// The newest `limit` events instead of the oldest after `after`.
-    #[serde(default)]
-    pub tail: bool,
-}
-
-fn default_limit() -> u32 {
-    1000
-}
+use berth_shared::api::EventsQuery;
 
 pub async fn list(
     State(st): State<AppState>,
-    caller: Caller,
-    Query(q): Query<EventsQuery>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<ApiJson<Vec<EventView>>, ApiError> {
-    caller.require(Role::Viewer)?;
     if q.limit == 0 || q.limit > 10_000 {
         return Err(ApiError::bad_request(format!(
             "limit must be between 1 and 10000, got {}",

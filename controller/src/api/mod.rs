@@ -16,13 +16,15 @@ pub mod enroll;
 pub mod error;
 pub mod events;
 pub mod install;
+pub mod openapi;
 pub mod registry;
 
 use crate::blobs::BlobStore;
 use crate::pki::Pki;
+use crate::store::Role;
 use crate::store::Store;
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::Router;
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,74 +73,147 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/healthz", get(enroll::healthz))
-        .route("/metrics", get(admin::metrics))
-        .route("/v1/enroll/ca", get(enroll::ca))
-        .route("/v1/enroll", post(enroll::enroll))
-        .route("/v1/agent/poll", post(agent::poll))
-        .route("/v1/agent/reports", post(agent::reports))
-        .route("/v1/agent/renew", post(agent::renew))
-        .route("/v1/agent/contexts/sha256/{hex}", get(agent::context))
-        .route("/v1/install/agent.sh", get(install::script))
-        .route("/v1/install/berth-agent/{os}/{arch}", get(install::binary))
-        .route(
-            "/v1/install/berth-agent/{os}/{arch}/sha256",
-            get(install::binary_sha256),
-        )
-        .route("/v1/backup", get(backup::backup))
-        .route("/v1/agent-binaries", get(install::list))
-        .route(
-            "/v1/agent-binaries/{os}/{arch}",
-            axum::routing::put(install::add)
-                .delete(install::remove)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route("/v1/clusters", get(clusters::list).post(clusters::apply))
-        .route("/v1/clusters/{name}", get(clusters::status))
-        .route("/v1/clusters/{name}/retry", post(clusters::retry))
-        .route("/v1/clusters/{name}/rollback", post(clusters::rollback))
-        .route("/v1/clusters/{name}/reset", post(clusters::reset))
-        .route("/v1/clusters/{name}/hosts", post(clusters::edit_hosts))
-        .route("/v1/clusters/{name}/logs", get(clusters::logs))
-        .route("/v1/tokens", post(admin::create_token))
-        .route("/v1/api-tokens", post(admin::create_api_token))
-        .route("/v1/hosts", get(admin::list_hosts))
-        .route("/v1/hosts/{name}", delete(admin::delete_host))
-        .route("/v1/hosts/{name}/revoke", post(admin::revoke_host))
-        .route(
-            "/v1/bundles",
-            get(bundles::list)
-                .post(bundles::push)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/v1/bundles/{*reference}",
-            get(bundles::inspect)
-                .put(bundles::tag)
-                .delete(bundles::remove),
-        )
-        .route("/v1/blobs/sha256/{hex}", get(bundles::blob))
-        .route("/v1/limits", get(bundles::limits))
-        .route(
-            "/v1/images",
-            get(bundles::list_images)
-                .post(bundles::load_images)
-                .layer(axum::extract::DefaultBodyLimit::disable()),
-        )
+    use berth_shared::routes::*;
+    let uploads = || axum::extract::DefaultBodyLimit::disable();
+    Table::new(state.clone())
+        .at::<Healthz, _, _>(enroll::healthz)
+        .at::<OpenApi, _, _>(openapi::serve)
+        .at::<EnrollCa, _, _>(enroll::ca)
+        .at::<Enroll, _, _>(enroll::enroll)
+        .at::<InstallScript, _, _>(install::script)
+        .at::<InstallAgent, _, _>(install::binary)
+        .at::<InstallAgentSha256, _, _>(install::binary_sha256)
+        .at::<AgentPoll, _, _>(agent::poll)
+        .at::<AgentReports, _, _>(agent::reports)
+        .at::<AgentRenew, _, _>(agent::renew)
+        .at::<AgentContext, _, _>(agent::context)
+        .at::<Blob, _, _>(bundles::blob)
+        .at::<ClusterList, _, _>(clusters::list)
+        .at::<ClusterApply, _, _>(clusters::apply)
+        .at::<ClusterStatus, _, _>(clusters::status)
+        .at::<ClusterRetry, _, _>(clusters::retry)
+        .at::<ClusterRollback, _, _>(clusters::rollback)
+        .at::<ClusterReset, _, _>(clusters::reset)
+        .at::<ClusterHosts, _, _>(clusters::edit_hosts)
+        .at::<ClusterLogs, _, _>(clusters::logs)
+        .at::<Exec, _, _>(clusters::exec)
+        .at::<Events, _, _>(events::list)
+        .at::<TokenCreate, _, _>(admin::create_token)
+        .at::<HostList, _, _>(admin::list_hosts)
+        .at::<HostDelete, _, _>(admin::delete_host)
+        .at::<HostRevoke, _, _>(admin::revoke_host)
+        .at::<ApiTokenCreate, _, _>(admin::create_api_token)
+        .at::<Audit, _, _>(admin::audit)
+        .at::<BundleList, _, _>(bundles::list)
+        .upload::<BundlePush, _, _>(bundles::push, uploads())
+        .at::<BundleInspect, _, _>(bundles::inspect)
+        .at::<BundleTag, _, _>(bundles::tag)
+        .at::<BundleRemove, _, _>(bundles::remove)
+        .at::<Limits, _, _>(bundles::limits)
+        .at::<ImageList, _, _>(bundles::list_images)
+        .upload::<ImageLoad, _, _>(bundles::load_images, uploads())
+        .at::<Metrics, _, _>(admin::metrics)
+        .at::<Backup, _, _>(backup::backup)
+        .at::<AgentBinaryList, _, _>(install::list)
+        .upload::<AgentBinaryAdd, _, _>(install::add, uploads())
+        .at::<AgentBinaryRemove, _, _>(install::remove)
+        .done()
         .route("/v2", get(registry::base))
         .route("/v2/", get(registry::base))
         .route("/v2/{*rest}", axum::routing::any(registry::route))
-        .route("/v1/audit", get(admin::audit))
-        .route("/v1/events", get(events::list))
-        .route("/v1/exec", post(clusters::exec))
         .fallback(|| async {
-            error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
+            error::ApiError::not_found("no such API route; see GET /v1/openapi.json or docs/api.md")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
         .layer(axum::middleware::from_fn(bounded_body))
         .layer(axum::middleware::from_fn(run_to_completion))
         .with_state(state)
+}
+
+/// Mounts handlers at the routes of the table (`berth_shared::routes`): the path and
+/// method come from the route, and a route that takes a bearer token gets the caller
+/// checked against the route's role before its handler runs. `done` fails (in debug
+/// builds and the router test) unless every route of the table was mounted exactly once.
+struct Table {
+    router: Router<AppState>,
+    state: AppState,
+    mounted: Vec<&'static str>,
+}
+
+impl Table {
+    fn new(state: AppState) -> Table {
+        Table {
+            router: Router::new(),
+            state,
+            mounted: Vec::new(),
+        }
+    }
+
+    fn at<E, H, T>(self, handler: H) -> Table
+    where
+        E: berth_shared::routes::Endpoint,
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static,
+    {
+        self.mount::<E, H, T>(handler, None)
+    }
+
+    /// A route whose handler streams its body (no JSON body limit).
+    fn upload<E, H, T>(self, handler: H, limit: axum::extract::DefaultBodyLimit) -> Table
+    where
+        E: berth_shared::routes::Endpoint,
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static,
+    {
+        self.mount::<E, H, T>(handler, Some(limit))
+    }
+
+    fn mount<E, H, T>(mut self, handler: H, limit: Option<axum::extract::DefaultBodyLimit>) -> Table
+    where
+        E: berth_shared::routes::Endpoint,
+        H: axum::handler::Handler<T, AppState>,
+        T: 'static,
+    {
+        use axum::routing::MethodFilter;
+        use berth_shared::routes::{Access, Method};
+        let route = E::ROUTE;
+        let filter = match route.method {
+            Method::Get => MethodFilter::GET,
+            Method::Post => MethodFilter::POST,
+            Method::Put => MethodFilter::PUT,
+            Method::Delete => MethodFilter::DELETE,
+        };
+        let mut m = axum::routing::on(filter, handler);
+        if let Some(l) = limit {
+            m = m.layer(l);
+        }
+        let role = match route.access {
+            Access::Viewer => Some(Role::Viewer),
+            Access::Operator => Some(Role::Operator),
+            Access::Admin => Some(Role::Admin),
+            // Agents by certificate: their extractor (`AgentHost`, or the blob reader that
+            // takes either) decides; open routes take no credentials.
+            Access::Public | Access::Agent | Access::AgentOrViewer => None,
+        };
+        if let Some(role) = role {
+            m = m.route_layer(axum::middleware::from_fn_with_state(
+                (self.state.clone(), role),
+                auth::require_role,
+            ));
+        }
+        self.mounted.push(route.id);
+        self.router = self.router.route(route.path, m);
+        self
+    }
+
+    fn done(self) -> Router<AppState> {
+        let mut ids: Vec<&str> = berth_shared::routes::ALL.iter().map(|r| r.id).collect();
+        ids.sort_unstable();
+        let mut mounted = self.mounted.clone();
+        mounted.sort_unstable();
+        assert_eq!(ids, mounted, "every route of the table is mounted once");
+        self.router
+    }
 }
 
 /// How much of a body over [`MAX_JSON_BODY`] is read (and dropped) before it is answered.
@@ -147,8 +222,12 @@ const DRAIN_OVERSIZED: usize = 16 << 20;
 /// Whether a request streams a large body to its handler (bundle and agent uploads).
 fn is_upload(req: &axum::extract::Request) -> bool {
     let path = req.uri().path();
-    (req.method() == axum::http::Method::POST && (path == "/v1/bundles" || path == "/v1/images"))
-        || (req.method() == axum::http::Method::PUT && path.starts_with("/v1/agent-binaries/"))
+    use berth_shared::routes::{AgentBinaryAdd, BundlePush, Endpoint, ImageLoad};
+    let agent_binaries = AgentBinaryAdd::ROUTE.url(&["", ""]);
+    let agent_binaries = agent_binaries.trim_end_matches('/');
+    (req.method() == axum::http::Method::POST
+        && (path == BundlePush::ROUTE.path || path == ImageLoad::ROUTE.path))
+        || (req.method() == axum::http::Method::PUT && path.starts_with(agent_binaries))
 }
 
 /// Every other request body is read here, up to [`MAX_JSON_BODY`]. One over it from a
@@ -230,7 +309,8 @@ async fn run_to_completion(
 ) -> axum::response::Response {
     let mutates = req.method() != axum::http::Method::GET
         && req.method() != axum::http::Method::HEAD
-        && req.uri().path() != "/v1/agent/poll";
+        && req.uri().path()
+            != <berth_shared::routes::AgentPoll as berth_shared::routes::Endpoint>::ROUTE.path;
     if !mutates {
         return next.run(req).await;
     }

@@ -1,0 +1,162 @@
+//! Who may reach the controller: `berth token create`, `berth api-token create`,
+//! `berth get hosts`, `berth host revoke|delete` and `berth get audit`.
+
+use crate::cli::HostCmd;
+use crate::client::{Client, Target};
+use crate::output::{self, Format, TextOrJson};
+use anyhow::Result;
+use berth_shared::api::{
+    AuditQuery, CreateApiTokenRequest, CreateTokenRequest, DeleteHostQuery, HostEventView,
+};
+use berth_shared::routes::{self, NoQuery};
+use std::time::Duration;
+
+/// What `berth token create` asks for.
+pub struct TokenFlags {
+    pub ttl: Duration,
+    pub uses: u32,
+    pub description: Option<String>,
+    /// Print the install line instead of the join line.
+    pub install: bool,
+    pub reenroll: Option<String>,
+}
+
+pub async fn token_create(target: &Target, f: TokenFlags, out: TextOrJson) -> Result<()> {
+    let reenroll = f
+        .reenroll
+        .map(|n| n.parse::<berth_shared::HostName>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--reenroll: {e}"))?;
+    let c = Client::connect(target)?;
+    let req = CreateTokenRequest {
+        ttl_secs: f.ttl.as_secs(),
+        uses: f.uses,
+        description: f.description,
+        reenroll,
+    };
+    let resp = c
+        .send::<routes::TokenCreate>(&[], &NoQuery {}, &req)
+        .await?;
+    match out {
+        TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&resp)?),
+        TextOrJson::Text if f.install => println!("{}", resp.install_command),
+        TextOrJson::Text => println!("{}", resp.join_command),
+    }
+    Ok(())
+}
+
+pub async fn api_token_create(
+    target: &Target,
+    name: String,
+    role: String,
+    out: TextOrJson,
+) -> Result<()> {
+    let c = Client::connect(target)?;
+    let req = CreateApiTokenRequest { name, role };
+    let r = c
+        .send::<routes::ApiTokenCreate>(&[], &NoQuery {}, &req)
+        .await?;
+    match out {
+        TextOrJson::Text => println!("{}", r.token),
+        TextOrJson::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+    }
+    Ok(())
+}
+
+pub async fn audit(target: &Target, limit: u32, out: Format) -> Result<()> {
+    let c = Client::connect(target)?;
+    let rows = c.fetch::<routes::Audit>(&[], &AuditQuery { limit }).await?;
+    output::print(
+        out,
+        &rows,
+        &["AT", "ACTOR", "ACTION", "TARGET", "DETAIL"],
+        || {
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        r.at.clone(),
+                        r.actor.clone(),
+                        r.action.clone(),
+                        r.target.clone(),
+                        r.detail.clone().unwrap_or_default(),
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
+pub async fn hosts(target: &Target, out: Format) -> Result<()> {
+    let c = Client::connect(target)?;
+    let hosts = c.fetch::<routes::HostList>(&[], &NoQuery {}).await?;
+    output::print(
+        out,
+        &hosts,
+        &[
+            "NAME",
+            "STATE",
+            "ADDRESSES",
+            "ARCH",
+            "LAST SEEN",
+            "VERSION",
+            "CERT EXPIRES",
+            "EVENTS",
+        ],
+        || {
+            hosts
+                .iter()
+                .map(|h| {
+                    vec![
+                        h.name.clone(),
+                        h.state.clone(),
+                        h.addresses.join(","),
+                        h.arch.clone(),
+                        format!("{} ago", output::ago(h.last_seen_secs_ago)),
+                        h.agent_version.clone(),
+                        h.cert_expires_at.clone().unwrap_or_else(|| "-".into()),
+                        events_cell(&h.events),
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
+pub async fn host(target: &Target, cmd: HostCmd) -> Result<()> {
+    let c = Client::connect(target)?;
+    match cmd {
+        HostCmd::Revoke { name } => {
+            c.act::<routes::HostRevoke>(&[&name], &NoQuery {}).await?;
+            println!("host {name} revoked");
+        }
+        HostCmd::Delete { name, force } => {
+            let d = c
+                .fetch::<routes::HostDelete>(&[&name], &DeleteHostQuery { force })
+                .await?;
+            match d.removed_from {
+                Some(cluster) => println!("host {name} deleted (removed from cluster {cluster})"),
+                None => println!("host {name} deleted"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A host's agent events in one cell: `kind xN (T ago)`, newest kind first.
+fn events_cell(events: &[HostEventView]) -> String {
+    if events.is_empty() {
+        return "-".into();
+    }
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} x{} ({} ago)",
+                e.kind,
+                e.count,
+                output::ago(e.last_secs_ago)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
