@@ -1,12 +1,20 @@
-//! Turns on `cfg(berth_e2e)` when `BERTH_E2E` is set (non-empty, not `0`), so the root-only
-//! network-namespace tests are compiled as ignored otherwise and show up as `ignored` in
-//! the test summary instead of passing without running.
+//! Turns on a `cfg` for each suite that needs something a plain machine lacks, when its
+//! variable is set (non-empty, not `0`), so those tests are compiled as ignored otherwise
+//! and show up as `ignored` in the test summary instead of passing without running:
+//! `BERTH_E2E` → `berth_e2e` (root: network namespaces), `BERTH_CONTRACT` →
+//! `berth_contract` (Schemathesis from PyPI; the variable names its executable).
+
+const SUITES: &[(&str, &str)] = &[
+    ("BERTH_E2E", "berth_e2e"),
+    ("BERTH_CONTRACT", "berth_contract"),
+];
 
 fn main() {
-    println!("cargo::rerun-if-env-changed=BERTH_E2E");
-    println!("cargo::rustc-check-cfg=cfg(berth_e2e)");
-    let on = std::env::var("BERTH_E2E").is_ok_and(|v| !v.is_empty() && v != "0");
-    if on {
-        println!("cargo::rustc-cfg=berth_e2e");
+    for (var, cfg) in SUITES {
+        println!("cargo::rerun-if-env-changed={var}");
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        if std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0") {
+            println!("cargo::rustc-cfg={cfg}");
+        }
     }
 }

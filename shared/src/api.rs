@@ -304,6 +304,10 @@ pub mod codes {
     pub const NO_AGENT_BINARY: &str = "no_agent_binary";
     /// A request body over the limit (`GET /v1/limits`).
     pub const TOO_LARGE: &str = "too_large";
+    /// A pushed bundle that is not one (its manifest, layout or limits).
+    pub const INVALID_BUNDLE: &str = "invalid_bundle";
+    /// An image load of something that is neither an OCI layout nor a docker archive.
+    pub const INVALID_IMAGE_ARCHIVE: &str = "invalid_image_archive";
 }
 
 /// A stored bundle as `GET /v1/bundles` and `GET /v1/bundles/{ref}` show it.

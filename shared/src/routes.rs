@@ -75,8 +75,14 @@ pub enum Media {
     Tar,
     /// Any bytes (an executable, a blob).
     Octets,
-    /// Plain text (a script, a checksum, a PEM certificate, Prometheus metrics).
+    /// Plain text (a checksum).
     Text,
+    /// A PEM certificate.
+    Pem,
+    /// A shell script.
+    Shell,
+    /// Prometheus/OpenMetrics exposition text.
+    OpenMetrics,
 }
 
 impl Media {
@@ -90,6 +96,9 @@ impl Media {
             Media::Tar => Some("application/x-tar"),
             Media::Octets => Some("application/octet-stream"),
             Media::Text => Some("text/plain"),
+            Media::Pem => Some("application/x-pem-file"),
+            Media::Shell => Some("text/x-shellscript"),
+            Media::OpenMetrics => Some("application/openmetrics-text"),
         }
     }
 }
@@ -327,7 +336,7 @@ routes! {
         errors [];
     EnrollCa: Get "/v1/enroll/ca", Public, tag "enrollment",
         "The controller's CA certificate (PEM); the join command pins its hash",
-        query NoQuery, request NoBody as None, response PlainText as Text, ok [200],
+        query NoQuery, request NoBody as None, response PlainText as Pem, ok [200],
         errors [];
     Enroll: Post "/v1/enroll", Public, tag "enrollment",
         "An agent presents a bootstrap token and a CSR and gets its client certificate",
@@ -337,7 +346,7 @@ routes! {
                 (403, HOST_REVOKED)];
     InstallScript: Get "/v1/install/agent.sh", Public, tag "enrollment",
         "The install script of the one-line install",
-        query NoQuery, request NoBody as None, response PlainText as Text, ok [200],
+        query NoQuery, request NoBody as None, response PlainText as Shell, ok [200],
         errors [];
     InstallAgent: Get "/v1/install/berth-agent/{os}/{arch}", Public, tag "enrollment",
         "The berth-agent executable for an OS and architecture",
@@ -455,7 +464,7 @@ routes! {
     BundlePush: Post "/v1/bundles", Operator, tag "bundles",
         "Upload a bundle (optionally tag it); the answer is 201 when it was new, 200 when stored already",
         query api::PushQuery, request BundleUpload as Zstd, response api::PushResponse as Json, ok [201, 200],
-        errors [(422, BAD_REQUEST), (409, CONFLICT)];
+        errors [(422, BAD_REQUEST), (422, INVALID_BUNDLE), (409, CONFLICT)];
     BundleInspect: Get "/v1/bundles/{*reference}", Viewer, tag "bundles",
         "A bundle by name:tag or digest",
         query NoQuery, request NoBody as None, response api::BundleView as Json, ok [200],
@@ -479,12 +488,12 @@ routes! {
     ImageLoad: Post "/v1/images", Operator, tag "bundles",
         "Load a docker-archive or OCI-layout tar into the registry",
         query NoQuery, request TarStream as Tar, response api::ImagesLoaded as Json, ok [201],
-        errors [(422, BAD_REQUEST)];
+        errors [(422, BAD_REQUEST), (422, INVALID_IMAGE_ARCHIVE)];
 
     // ---- the controller ----
     Metrics: Get "/metrics", Viewer, tag "controller",
         "Prometheus/OpenMetrics text",
-        query NoQuery, request NoBody as None, response PlainText as Text, ok [200],
+        query NoQuery, request NoBody as None, response PlainText as OpenMetrics, ok [200],
         errors [];
     Backup: Get "/v1/backup", Admin, tag "controller",
         "A consistent backup of the controller (tar, streamed)",

@@ -142,3 +142,47 @@ fn logs_of_a_host_show_every_step_in_order() {
         stderr(&out)
     );
 }
+
+/// Every API path is spelled once, in the route table (`shared/src/routes.rs`): the
+/// router, the CLI, the agent and the OpenAPI document take it from there. A `"/v1/…"`
+/// string anywhere else in the code is a path that can drift from the router.
+#[test]
+fn no_api_path_is_spelled_outside_the_route_table() {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let root = repo_root();
+    let mut files = Vec::new();
+    for krate in [
+        "agent",
+        "controller",
+        "shared",
+        "bundle",
+        "files",
+        "fleetsim",
+    ] {
+        walk(&root.join(krate).join("src"), &mut files);
+    }
+    assert!(files.len() > 50, "found the sources ({})", files.len());
+    let table = root.join("shared/src/routes.rs");
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| **f != table) {
+        for (i, line) in std::fs::read_to_string(f).unwrap().lines().enumerate() {
+            if line.contains("\"/v1/") || line.contains("\"/metrics\"") {
+                found.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "API paths outside the route table (use berth_shared::routes):\n{}",
+        found.join("\n")
+    );
+}

@@ -46,13 +46,15 @@ pub async fn push(
         .ingest(Box::pin(stream), st.max_bundle_size, st.unpack_limits)
         .await
         .map_err(|e| match e {
-            IngestError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-            }
+            IngestError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                berth_shared::api::codes::TOO_LARGE,
+                e.to_string(),
+            ),
             IngestError::Body(_) => ApiError::bad_request(e.to_string()),
             IngestError::Invalid(_) => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_bundle",
+                berth_shared::api::codes::INVALID_BUNDLE,
                 e.to_string(),
             ),
             IngestError::Io(e) => ApiError::Internal(e),
@@ -442,9 +444,11 @@ pub async fn load_images(
         .receive(Box::pin(stream), st.max_bundle_size)
         .await
         .map_err(|e| match e {
-            IngestError::TooLarge { .. } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
-            }
+            IngestError::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                berth_shared::api::codes::TOO_LARGE,
+                e.to_string(),
+            ),
             IngestError::Io(e) => ApiError::Internal(e),
             other => ApiError::bad_request(other.to_string()),
         })?;
@@ -460,7 +464,7 @@ pub async fn load_images(
     .map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_image_archive",
+            berth_shared::api::codes::INVALID_IMAGE_ARCHIVE,
             format!("not an image archive berth can serve: {e:#}"),
         )
     })?;

@@ -96,7 +96,7 @@ impl ApiError {
     pub fn body_too_large() -> ApiError {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            berth_shared::api::codes::TOO_LARGE,
             format!(
                 "the request body is larger than {} bytes (1 MiB), the most this API accepts",
                 super::MAX_JSON_BODY

@@ -116,7 +116,7 @@ pub async fn add(
         .map_err(|e| match e {
             IngestError::TooLarge { .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                berth_shared::api::codes::TOO_LARGE,
                 format!("an agent executable may be at most {MAX_AGENT_BINARY} bytes"),
             ),
             IngestError::Io(e) => ApiError::Internal(e),
