@@ -120,7 +120,10 @@ fn every_route_refuses_a_role_below_its_own() {
         let resp = req.bearer_auth(tok).body("{}").send().unwrap();
         let status = resp.status().as_u16();
         let body: serde_json::Value = resp.json().unwrap_or_default();
-        (status, body["code"].as_str().unwrap_or_default().to_string())
+        (
+            status,
+            body["code"].as_str().unwrap_or_default().to_string(),
+        )
     };
     let mut checked = 0;
     for r in ALL {
