@@ -6,7 +6,7 @@ use crate::client::{Client, Target};
 use crate::output::{self, Format, TextOrJson};
 use anyhow::Result;
 use berth_shared::api::{
-    AuditQuery, CreateApiTokenRequest, CreateTokenRequest, DeleteHostQuery, HostEventView,
+    AuditQuery, CreateApiTokenRequest, CreateTokenRequest, DeleteHostQuery, HostEventView, HostView,
 };
 use berth_shared::routes::{self, NoQuery};
 use std::time::Duration;
@@ -86,40 +86,61 @@ pub async fn audit(target: &Target, limit: u32, out: Format) -> Result<()> {
     )
 }
 
-pub async fn hosts(target: &Target, out: Format) -> Result<()> {
+/// `berth get hosts [--watch]`.
+pub async fn hosts(target: &Target, out: Format, watch: bool) -> Result<()> {
+    const HEADER: &[&str] = &[
+        "NAME",
+        "STATE",
+        "ADDRESSES",
+        "ARCH",
+        "LAST SEEN",
+        "VERSION",
+        "CERT EXPIRES",
+        "EVENTS",
+    ];
+    let rows = |hosts: &Vec<HostView>| {
+        hosts
+            .iter()
+            .map(|h| {
+                vec![
+                    h.name.clone(),
+                    h.state.clone(),
+                    h.addresses.join(","),
+                    h.arch.clone(),
+                    format!("{} ago", output::ago(h.last_seen_secs_ago)),
+                    h.agent_version.clone(),
+                    h.cert_expires_at.clone().unwrap_or_else(|| "-".into()),
+                    events_cell(&h.events),
+                ]
+            })
+            .collect()
+    };
     let c = Client::connect(target)?;
-    let hosts = c.fetch::<routes::HostList>(&[], &NoQuery {}).await?;
-    output::print(
-        out,
-        &hosts,
-        &[
-            "NAME",
-            "STATE",
-            "ADDRESSES",
-            "ARCH",
-            "LAST SEEN",
-            "VERSION",
-            "CERT EXPIRES",
-            "EVENTS",
-        ],
-        || {
+    let fetch = || c.fetch::<routes::HostList>(&[], &NoQuery {});
+    if watch {
+        // A change is a host's state, addresses, version, certificate or events — not the
+        // heartbeat that moves `last seen` every few seconds.
+        let key = |hosts: &Vec<HostView>| {
             hosts
                 .iter()
                 .map(|h| {
-                    vec![
-                        h.name.clone(),
-                        h.state.clone(),
-                        h.addresses.join(","),
-                        h.arch.clone(),
-                        format!("{} ago", output::ago(h.last_seen_secs_ago)),
-                        h.agent_version.clone(),
-                        h.cert_expires_at.clone().unwrap_or_else(|| "-".into()),
-                        events_cell(&h.events),
-                    ]
+                    let events: Vec<(&str, u64)> = h
+                        .events
+                        .iter()
+                        .map(|e| (e.kind.as_str(), e.count))
+                        .collect();
+                    format!(
+                        "{} {} {:?} {} {:?} {events:?}",
+                        h.name, h.state, h.addresses, h.agent_version, h.cert_expires_at
+                    )
                 })
-                .collect()
-        },
-    )
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        return output::watch(out, HEADER, fetch, rows, key).await;
+    }
+    let hosts = fetch().await?;
+    output::print(out, &hosts, HEADER, || rows(&hosts))
 }
 
 pub async fn host(target: &Target, cmd: HostCmd) -> Result<()> {

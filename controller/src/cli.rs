@@ -484,6 +484,10 @@ pub enum GetCmd {
     Clusters {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
+        /// Keep watching: print the list again each time it changes (JSON: one line per
+        /// change), until interrupted
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// Stored bundles (same as `berth bundle list`)
     Bundles {
@@ -494,6 +498,10 @@ pub enum GetCmd {
     Hosts {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
+        /// Keep watching: print the list again each time it changes (JSON: one line per
+        /// change), until interrupted
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
     /// The event log, oldest first: phase changes, step transitions, applies, upgrade
     /// batches, rollbacks, resets, skipped hosts, execs
@@ -501,7 +509,7 @@ pub enum GetCmd {
         /// Only this cluster's events (also of a cluster that is gone)
         cluster: Option<String>,
         /// Keep printing new events as they happen (Ctrl-C stops)
-        #[arg(long)]
+        #[arg(short = 'w', long)]
         watch: bool,
         /// The newest N events (1 to 10000)
         #[arg(long, default_value_t = 200)]
@@ -670,10 +678,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         } => crate::cluster_cmd::retry(&target, &cluster, wait, output).await,
         Command::Version { output } => crate::version_cmd::version(&target, output).await,
         Command::Completion { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut cmd, "berth", &mut script);
-            crate::version_cmd::write_stdout(&script)
+            crate::version_cmd::completion(shell, <Cli as clap::CommandFactory>::command())
         }
         Command::Man { dir } => {
             crate::version_cmd::man_pages(&dir, <Cli as clap::CommandFactory>::command())
@@ -689,18 +694,14 @@ pub async fn run(cli: Cli) -> Result<()> {
             output,
             command,
         } => {
-            let role = role
-                .map(|r| r.parse::<berth_shared::state::HostRole>())
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
-            let req = berth_shared::api::ExecRequest {
+            let flags = crate::exec_cmd::ExecFlags {
                 cluster,
                 hosts,
                 role,
-                timeout_secs: timeout.as_secs().max(1),
+                timeout,
                 command,
             };
-            crate::exec_cmd::exec(&target, req, output).await
+            crate::exec_cmd::exec(&target, flags, output).await
         }
         Command::Rollback {
             cluster,
@@ -712,8 +713,8 @@ pub async fn run(cli: Cli) -> Result<()> {
             wait,
             force,
         } => crate::cluster_cmd::reset(&target, &cluster, force, wait).await,
-        Command::Get(GetCmd::Clusters { output }) => {
-            crate::cluster_cmd::list(&target, output).await
+        Command::Get(GetCmd::Clusters { output, watch }) => {
+            crate::cluster_cmd::list(&target, output, watch).await
         }
         Command::Get(GetCmd::Bundles { output }) => {
             crate::bundle_cmd::run(crate::bundle_cmd::BundleCmd::List { output }, &target).await
@@ -727,7 +728,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Get(GetCmd::Audit { limit, output }) => {
             crate::access_cmd::audit(&target, limit, output).await
         }
-        Command::Get(GetCmd::Hosts { output }) => crate::access_cmd::hosts(&target, output).await,
+        Command::Get(GetCmd::Hosts { output, watch }) => {
+            crate::access_cmd::hosts(&target, output, watch).await
+        }
         Command::Host(cmd) => crate::access_cmd::host(&target, cmd).await,
     }
 }

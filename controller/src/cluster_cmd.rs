@@ -354,12 +354,30 @@ fn finish(v: ClusterView, out: Format) -> Result<()> {
     print_status(&v, out)?;
     if v.phase != ClusterPhase::Running {
         bail!(
-            "cluster {} failed: {}",
+            "cluster {} failed: {}\n{}",
             v.name,
-            v.message.unwrap_or_default()
+            v.message.clone().unwrap_or_default(),
+            next_steps(&v)
         );
     }
     Ok(())
+}
+
+/// What to do about a failed cluster: read the failed step's log, fix, retry (or roll an
+/// upgrade back).
+fn next_steps(v: &ClusterView) -> String {
+    let failed = v
+        .steps
+        .iter()
+        .find(|s| matches!(s.state, StepState::Failed | StepState::Interrupted));
+    let logs = match failed {
+        Some(s) => format!("berth logs {} --host {} --step {}", v.name, s.host, s.kind),
+        None => format!("berth status {}", v.name),
+    };
+    format!(
+        "next: see why with `{logs}`, fix the cause (the host, the bundle or the Clusterfile), then `berth retry {} --wait` to resume from the failed step (an upgrade can instead be undone with `berth rollback {}`)",
+        v.name, v.name
+    )
 }
 
 /// `watch` for a large cluster: a progress line whenever the step counts change; the full
@@ -499,7 +517,7 @@ pub async fn status(
                     "no clusters; create one with `berth apply -f Clusterfile` or `berth run`"
                 ),
                 1 => all[0].name.clone(),
-                _ => return list(target, out).await,
+                _ => return list(target, out, false).await,
             }
         }
     };
@@ -533,27 +551,29 @@ fn step_counts(steps: &BTreeMap<StepState, u64>) -> String {
         .join(", ")
 }
 
-pub async fn list(target: &Target, out: Format) -> Result<()> {
+/// `berth get clusters [--watch]`.
+pub async fn list(target: &Target, out: Format, watch: bool) -> Result<()> {
     let client = Client::connect(target)?;
+    const HEADER: &[&str] = &["NAME", "PHASE", "HOSTS", "STEPS", "GENERATION"];
+    let rows = |all: &Vec<ClusterSummary>| {
+        all.iter()
+            .map(|c| {
+                vec![
+                    c.name.clone(),
+                    c.phase.to_string(),
+                    host_list(&c.hosts),
+                    step_counts(&c.steps),
+                    c.generation.to_string(),
+                ]
+            })
+            .collect()
+    };
+    if watch {
+        let key = |all: &Vec<ClusterSummary>| serde_json::to_string(all).unwrap_or_default();
+        return output::watch(out, HEADER, || clusters(&client), rows, key).await;
+    }
     let all = clusters(&client).await?;
-    output::print(
-        out,
-        &all,
-        &["NAME", "PHASE", "HOSTS", "STEPS", "GENERATION"],
-        || {
-            all.iter()
-                .map(|c| {
-                    vec![
-                        c.name.clone(),
-                        c.phase.to_string(),
-                        host_list(&c.hosts),
-                        step_counts(&c.steps),
-                        c.generation.to_string(),
-                    ]
-                })
-                .collect()
-        },
-    )
+    output::print(out, &all, HEADER, || rows(&all))
 }
 
 pub async fn logs(

@@ -32,7 +32,29 @@ struct Follow {
     done: Option<LogChunk>,
 }
 
-pub async fn exec(target: &Target, req: ExecRequest, out: Format) -> Result<()> {
+/// What `berth exec` was given.
+pub struct ExecFlags {
+    pub cluster: Option<String>,
+    pub hosts: Vec<String>,
+    /// `master` or `node`.
+    pub role: Option<String>,
+    pub timeout: Duration,
+    pub command: Vec<String>,
+}
+
+pub async fn exec(target: &Target, f: ExecFlags, out: Format) -> Result<()> {
+    let role = f
+        .role
+        .map(|r| r.parse::<berth_shared::state::HostRole>())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--role: {e}"))?;
+    let req = ExecRequest {
+        cluster: f.cluster,
+        hosts: f.hosts,
+        role,
+        timeout_secs: f.timeout.as_secs().max(1),
+        command: f.command,
+    };
     let client = Client::connect(target)?;
     let timeout = Duration::from_secs(req.timeout_secs);
     let r: ExecResponse = client.send::<routes::Exec>(&[], &NoQuery {}, &req).await?;

@@ -71,3 +71,44 @@ impl std::fmt::Display for ExitStatus {
 }
 
 impl std::error::Error for ExitStatus {}
+
+/// How often `--watch` asks again.
+pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `--watch` on a list (kubectl's `-w`): prints it as [`print`] does, then again each time
+/// what `key` says of it changes, until interrupted. JSON prints one compact document per
+/// line (JSON lines, for `jq`), YAML one document per change (`---`), a table the table
+/// again under a blank line.
+pub async fn watch<T, F, Fut>(
+    format: Format,
+    header: &[&str],
+    mut fetch: F,
+    rows: impl Fn(&T) -> Vec<Vec<String>>,
+    key: impl Fn(&T) -> String,
+) -> Result<()>
+where
+    T: Serialize,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut last: Option<String> = None;
+    loop {
+        let now = fetch().await?;
+        let k = key(&now);
+        if last.as_ref() != Some(&k) {
+            match format {
+                Format::Json => println!("{}", serde_json::to_string(&now)?),
+                Format::Yaml => print!("---\n{}", serde_norway::to_string(&now)?),
+                Format::Table => {
+                    if last.is_some() {
+                        println!();
+                    }
+                    print(format, &now, header, || rows(&now))?;
+                }
+            }
+            std::io::Write::flush(&mut std::io::stdout())?;
+            last = Some(k);
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}

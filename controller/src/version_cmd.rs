@@ -41,6 +41,13 @@ pub async fn version(target: &Target, out: TextOrJson) -> Result<()> {
 }
 
 /// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+/// `berth completion SHELL`: the completion script of the command tree `cmd`.
+pub fn completion(shell: clap_complete::Shell, mut cmd: clap::Command) -> Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "berth", &mut script);
+    write_stdout(&script)
+}
+
 pub fn write_stdout(bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let mut out = std::io::stdout().lock();

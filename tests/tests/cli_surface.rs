@@ -4,6 +4,7 @@
 
 use berth_tests::*;
 use std::fs;
+use std::time::Duration;
 
 #[test]
 fn version_completions_and_man_pages() {
@@ -185,4 +186,57 @@ fn no_api_path_is_spelled_outside_the_route_table() {
         "API paths outside the route table (use berth_shared::routes):\n{}",
         found.join("\n")
     );
+}
+
+/// `get clusters|hosts --watch` (kubectl's `-w`): the list at once, then again each time it
+/// changes — as JSON lines for scripts.
+#[test]
+fn get_watch_prints_each_change() {
+    use std::io::BufRead;
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["m0"]);
+    ctl.push_examples();
+    let follow = |what: &str| {
+        let mut child = ctl
+            .cli_command(&["get", what, "-o", "json", "--watch"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                if tx.send(line.unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
+    };
+    let next = |rx: &std::sync::mpsc::Receiver<String>| -> serde_json::Value {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("a line");
+        serde_json::from_str(&line).expect("one JSON document per line")
+    };
+    let (mut clusters, crx) = follow("clusters");
+    assert_eq!(next(&crx), serde_json::json!([]));
+    let cf = ctl.clusterfile("c1", &["m0"], &[], &["hello:v1"], &[]);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap(), "--wait"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut phases = Vec::new();
+    while phases.last().map(String::as_str) != Some("Running") {
+        let v = next(&crx);
+        phases.push(v[0]["phase"].as_str().unwrap().to_string());
+    }
+    // Printed when it changed, and not again while nothing does.
+    assert!(
+        crx.recv_timeout(Duration::from_secs(5)).is_err(),
+        "a list that did not change was printed again"
+    );
+    let _ = clusters.kill();
+    let (mut hosts, hrx) = follow("hosts");
+    assert_eq!(next(&hrx)[0]["state"], "Ready");
+    let out = ctl.cli(&["host", "revoke", "m0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(next(&hrx)[0]["state"], "Revoked");
+    let _ = hosts.kill();
 }

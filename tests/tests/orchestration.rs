@@ -204,6 +204,13 @@ fn a_failed_step_stops_the_cluster_and_retry_resumes_without_rerunning_anything(
         "{}",
         stderr(&out)
     );
+    // And says how to go on.
+    assert!(
+        stderr(&out).contains("berth logs c2 --host n1 --step install")
+            && stderr(&out).contains("berth retry c2 --wait"),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         stdout(&out).contains("--- log tail of install on n1 ---"),
         "{}",
