@@ -96,6 +96,11 @@ pub struct JoinArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub common: Common,
+    /// Serve this agent's metrics (last successful poll, spooled reports, the step
+    /// running) at `GET /metrics` over plain HTTP without authentication on ADDR, e.g.
+    /// 127.0.0.1:9465 for a Prometheus node agent on the host
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -197,17 +202,17 @@ async fn dispatch(cmd: Command) -> Result<()> {
                 crate::identity::dir(&cfg.data_dir).display()
             );
             if a.run {
-                run_loop(a.common).await
+                run_loop(a.common, None).await
             } else {
                 Ok(())
             }
         }
-        Command::Run(a) => run_loop(a.common).await,
+        Command::Run(a) => run_loop(a.common, a.metrics_listen).await,
         Command::Fetch(a) => fetch(a).await,
     }
 }
 
-async fn run_loop(c: Common) -> Result<()> {
+async fn run_loop(c: Common, metrics_listen: Option<std::net::SocketAddr>) -> Result<()> {
     let limits = c.limits();
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
@@ -229,6 +234,7 @@ async fn run_loop(c: Common) -> Result<()> {
             limits,
             connect: Default::default(),
             probe: Default::default(),
+            metrics_listen,
         },
         shutdown,
     )

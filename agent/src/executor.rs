@@ -55,6 +55,8 @@ pub struct Executor {
     pub spool: Arc<Spool>,
     /// The running plan's cluster context: fetched the first time a step needs it.
     pub context: std::sync::Mutex<PlanContext>,
+    /// Which step runs, and how steps ended (`--metrics-listen`).
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// The context a plan names, and where it is written for hooks.
@@ -246,6 +248,7 @@ impl Executor {
             BTreeMap::new(),
         )?;
         tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, resumed, "step started");
+        self.metrics.step_started(step.kind.as_str());
 
         // Ship the log while the step runs (from the start: the controller skips what it has).
         let stop = tokio_util::sync::CancellationToken::new();
@@ -260,6 +263,7 @@ impl Executor {
             Ok(o) => o,
             Err(e) if e.is::<crate::fetch::Superseded>() => {
                 // Not an outcome: the newer plan resumes this step (its start mark stays).
+                self.metrics.step_finished(step.kind.as_str(), "superseded");
                 stop.cancel();
                 let _ = shipper.await;
                 return Err(e);
@@ -286,6 +290,8 @@ impl Executor {
         )?;
         self.mark(step, "end", &serde_json::to_string(&final_report)?)?;
         tracing::info!(cluster = %plan.cluster, step = step.id, kind = %step.kind, state = %outcome.state, "step finished");
+        self.metrics
+            .step_finished(step.kind.as_str(), outcome.state.as_str());
         if step.kind == StepKind::Leave
             || (step.kind == StepKind::Clean && outcome.state == StepState::Succeeded)
         {

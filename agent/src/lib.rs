@@ -10,6 +10,7 @@ pub mod facts;
 pub mod fetch;
 pub mod identity;
 pub mod join;
+pub mod metrics;
 pub mod probe;
 pub mod run;
 pub mod session;

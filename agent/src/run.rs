@@ -19,6 +19,7 @@ use berth_shared::routes::{self, Endpoint};
 use rand::Rng;
 use reqwest::StatusCode;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +40,14 @@ pub struct RunConfig {
     pub connect: crate::tls::Connect,
     /// Observation points (the fleet simulator's); none for a real agent.
     pub probe: crate::probe::Probe,
+    /// `--metrics-listen`: where the agent's own metrics are served, if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// A poll that did not succeed: counted for `--metrics-listen` and told to the probe.
+fn poll_failed(probe: &crate::probe::Probe, metrics: &crate::metrics::AgentMetrics, kind: &str) {
+    metrics.poll_failed();
+    probe.poll_failed(kind);
 }
 
 /// Writes the newest accepted plan generation durably (replay protection survives restarts).
@@ -82,6 +91,10 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         cfg.probe.clone(),
         shutdown.clone(),
     ));
+    let metrics = Arc::new(crate::metrics::AgentMetrics::default());
+    if let Some(addr) = cfg.metrics_listen {
+        crate::metrics::serve(addr, metrics.clone(), spool.clone(), shutdown.clone()).await?;
+    }
     // Plans run one after the other on their own task; the poll loop keeps heartbeating.
     let generations = crate::fetch::PlanGenerations::default();
     let executor = Executor {
@@ -96,6 +109,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         limits: cfg.limits,
         spool: spool.clone(),
         context: Default::default(),
+        metrics: metrics.clone(),
     };
     let (plan_tx, mut plan_rx) = tokio::sync::watch::channel::<Option<PlanPayload>>(None);
     tokio::spawn(async move {
@@ -168,6 +182,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
         let delay = match result {
             Ok(resp) if resp.status().is_success() => match resp.json::<PollResponse>().await {
                 Ok(p) => {
+                    metrics.polled(now_unix());
                     if !connected {
                         tracing::info!(host = %p.host, "connected to controller");
                         connected = true;
@@ -215,13 +230,13 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                     }
                 }
                 Err(e) => {
-                    cfg.probe.poll_failed("unreadable_answer");
+                    poll_failed(&cfg.probe, &metrics, "unreadable_answer");
                     tracing::warn!(error = %chain(&e), "unreadable poll answer; retrying");
                     backoff.next_delay()
                 }
             },
             Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE => {
-                cfg.probe.poll_failed("http_503");
+                poll_failed(&cfg.probe, &metrics, "http_503");
                 let secs = resp
                     .headers()
                     .get(reqwest::header::RETRY_AFTER)
@@ -241,7 +256,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
             }
             Ok(resp) => {
                 let status = resp.status();
-                cfg.probe.poll_failed(&format!("http_{}", status.as_u16()));
+                poll_failed(&cfg.probe, &metrics, &format!("http_{}", status.as_u16()));
                 let body = resp.bytes().await.unwrap_or_default();
                 let why = serde_json::from_slice::<ErrorBody>(&body)
                     .map(|e| format!("{} ({})", e.message, e.code))
@@ -264,13 +279,17 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<()> {
                 delay
             }
             Err(e) => {
-                cfg.probe.poll_failed(if e.is_timeout() {
-                    "unreachable_timeout"
-                } else if e.is_connect() {
-                    "unreachable_connect"
-                } else {
-                    "unreachable"
-                });
+                poll_failed(
+                    &cfg.probe,
+                    &metrics,
+                    if e.is_timeout() {
+                        "unreachable_timeout"
+                    } else if e.is_connect() {
+                        "unreachable_connect"
+                    } else {
+                        "unreachable"
+                    },
+                );
                 if session.reload_if_replaced() {
                     // Re-enrolled (e.g. with a rotated CA) while running: retry at once.
                     connected = false;

@@ -39,6 +39,11 @@ impl Spool {
         }))
     }
 
+    /// How many entries wait to be accepted by the controller.
+    pub fn depth(&self) -> usize {
+        entries(&self.dir).map_or(0, |e| e.len())
+    }
+
     /// Appends an entry durably.
     pub fn push(&self, e: &ReportEntry) -> Result<()> {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);

@@ -271,6 +271,11 @@ pub struct ServeArgs {
     /// URL agents use to reach this controller [default: https://<listen address, or first non-loopback IPv4>:<port>]
     #[arg(long)]
     pub advertise_url: Option<String>,
+    /// Also serve `GET /metrics` without authentication, over plain HTTP, on this address
+    /// (e.g. 127.0.0.1:9464 for a Prometheus beside the controller); `/metrics` on the API
+    /// port keeps needing a viewer token
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Extra name or IP for the server certificate (repeatable)
     #[arg(long = "san")]
     pub sans: Vec<String>,
@@ -748,6 +753,7 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
     let cfg = ServeConfig {
         data_dir,
         listen: a.listen,
+        metrics_listen: a.metrics_listen,
         advertise_url,
         extra_sans: a.sans,
         host_grace: a.host_grace,

@@ -15,6 +15,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Address the HTTPS listener binds.
     pub listen: SocketAddr,
+    /// Where `/metrics` is also served without authentication (plain HTTP), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The URL agents and remote clients use; `None` derives it once the port is bound.
     pub advertise_url: Option<String>,
     /// Extra subject alternative names for the server certificate.

@@ -57,6 +57,13 @@ pub struct Metrics {
     hosts: Family<Labels, Gauge>,
     agent_cert_expiry: Gauge,
     server_cert_expiry: Gauge,
+    /// Step log bytes stored (re-sent bytes and bytes over a step's cap are not).
+    pub log_bytes_stored: Counter,
+    /// Bytes of bundle blobs answered (the length of each 200/206 body sent).
+    pub blob_bytes_served: Counter,
+    /// Store transactions by what they do (`reports`: a group of agent report batches,
+    /// `tick`: one cluster's release decision): time from begin to commit.
+    store_seconds: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 /// Step durations, seconds: 0.1 s … 2 h.
@@ -64,6 +71,14 @@ fn step_histogram() -> Histogram {
     Histogram::new([
         0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
         7200.0,
+    ])
+}
+
+/// Store transaction times, seconds: 0.1 ms … 10 s.
+fn store_histogram() -> Histogram {
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        10.0,
     ])
 }
 
@@ -89,6 +104,9 @@ impl Default for Metrics {
             hosts: Family::default(),
             agent_cert_expiry: Gauge::default(),
             server_cert_expiry: Gauge::default(),
+            log_bytes_stored: Counter::default(),
+            blob_bytes_served: Counter::default(),
+            store_seconds: Family::new_with_constructor(store_histogram),
         };
         let r = &mut m.registry;
         r.register(
@@ -151,6 +169,21 @@ impl Default for Metrics {
             "The expiry of the controller's server certificate, unix seconds",
             m.server_cert_expiry.clone(),
         );
+        r.register(
+            "log_bytes_stored",
+            "Step log bytes stored from agent reports",
+            m.log_bytes_stored.clone(),
+        );
+        r.register(
+            "blob_bytes_served",
+            "Bundle blob bytes answered to agents and clients",
+            m.blob_bytes_served.clone(),
+        );
+        r.register(
+            "store_transaction_duration_seconds",
+            "Store transactions by op (reports: a group of agent report batches; tick: one cluster's release decision), begin to commit",
+            m.store_seconds.clone(),
+        );
         m
     }
 }
@@ -171,6 +204,13 @@ impl Metrics {
         self.step_seconds
             .get_or_create(&labels(&[("kind", kind), ("outcome", outcome)]))
             .observe(secs.max(0.0));
+    }
+
+    /// A store transaction of kind `op` that took `took`.
+    pub fn store_transaction(&self, op: &str, took: Duration) {
+        self.store_seconds
+            .get_or_create(&labels(&[("op", op)]))
+            .observe(took.as_secs_f64());
     }
 
     pub fn enrolled(&self, accepted: bool) {

@@ -164,6 +164,9 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
             )
         }
     }
+    if let Some(addr) = cfg.metrics_listen {
+        serve_metrics(addr, state.clone(), shutdown.clone()).await?;
+    }
     let app = api::router(state);
     tracing::info!(
         listen = %bound,
@@ -189,6 +192,34 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     state_heartbeats.flush(&store).await;
     store.close().await;
     tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// `--metrics-listen`: `GET /metrics` without authentication over plain HTTP, for a
+/// Prometheus that scrapes from where only it can reach (bind it to loopback or a
+/// management network). Nothing else is served there.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    state: api::AppState,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
+    let path = <berth_shared::routes::Metrics as berth_shared::routes::Endpoint>::ROUTE.path;
+    let app = axum::Router::new()
+        .route(path, axum::routing::get(api::admin::metrics))
+        .with_state(state);
+    tracing::info!(listen = %listener.local_addr()?, "metrics served without authentication");
+    tokio::spawn(async move {
+        let stop = shutdown.cancelled_owned();
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    });
     Ok(())
 }
 

@@ -198,6 +198,7 @@ pub async fn worker(a: WorkerArgs) -> Result<()> {
                 local_address: Some(source_addr(i, a.source_addrs)),
                 key_log: key_log.clone(),
             },
+            metrics_listen: None,
             probe: Probe::new(Arc::new(AgentProbe {
                 index: i,
                 out: out.clone(),

@@ -119,6 +119,22 @@ fn metrics_move_during_an_apply_and_parse_as_openmetrics() {
     );
     assert!((0.0..60.0).contains(&sum), "{sum}");
     assert!(at(&last, "berth_plans_issued_total{}") >= 5.0, "{last:#?}");
+    // What the store did, what was stored and served.
+    assert!(
+        at(&last, "berth_log_bytes_stored_total{}") > 0.0,
+        "{last:#?}"
+    );
+    assert!(
+        at(&last, "berth_blob_bytes_served_total{}") > 0.0,
+        "{last:#?}"
+    );
+    for op in ["reports", "tick"] {
+        let n = at(
+            &last,
+            &format!(r#"berth_store_transaction_duration_seconds_count{{op="{op}"}}"#),
+        );
+        assert!(n >= 1.0, "{op}: {last:#?}");
+    }
 
     // A refused enrollment is counted; a host that stops answering becomes NotReady.
     let (token, hash) = ctl.create_token(1, "1h");
@@ -174,4 +190,64 @@ fn metrics_move_during_an_apply_and_parse_as_openmetrics() {
         }
     }
     assert!(asked >= 10, "{asked}");
+}
+
+/// `--metrics-listen` on both sides: the controller's `/metrics` without a token on an
+/// address of its own (and nothing else there), and an agent's own metrics — when it last
+/// reached the controller, its spool, the step that runs and how steps ended.
+#[test]
+fn metrics_listeners_of_controller_and_agent() {
+    let (cport, aport) = (free_port(), free_port());
+    let ctl = Controller::start(&["--metrics-listen", &format!("127.0.0.1:{cport}")]);
+    let http = client(&ctl.ca_pem(), None).unwrap();
+    let get = |port: u16, path: &str| {
+        let r = http
+            .get(format!("http://127.0.0.1:{port}{path}"))
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (status, text) = get(cport, "/metrics");
+    assert_eq!(status, 200);
+    assert!(parse(&text).contains_key("berth_plans_issued_total{}"));
+    assert_eq!(
+        get(cport, "/v1/hosts").0,
+        404,
+        "only /metrics is served there"
+    );
+
+    let (token, hash) = ctl.create_token(1, "1h");
+    let out = ctl.join("m0", &token, &hash);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut cmd = agent_run_command(&ctl.agent_dir("m0"));
+    cmd.args(["--metrics-listen", &format!("127.0.0.1:{aport}")]);
+    let _agent = Proc::spawn("agent m0", cmd, ctl.dir.path().join("agent-m0.log"));
+    let agent = |key: &str| {
+        let (status, text) = get(aport, "/metrics");
+        assert_eq!(status, 200);
+        parse(&text).get(key).copied().unwrap_or(0.0)
+    };
+    wait_for("the agent's first poll", Duration::from_secs(20), || {
+        (std::net::TcpStream::connect(("127.0.0.1", aport)).is_ok()
+            && agent("berth_agent_last_poll_timestamp_seconds{}") > 0.0)
+            .then_some(())
+    });
+    assert_eq!(agent("berth_agent_spool_entries{}"), 0.0);
+
+    let src = ctl.dir.path().join("src");
+    let slow = hook_bundle(&src, "slow", &[("install", "echo installing; sleep 3")], "");
+    push_dir(&ctl, &slow, "slow:v1");
+    let cf = ctl.clusterfile("c", &["m0"], &[], &["slow:v1"], &[]);
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let running = r#"berth_agent_step_running{kind="install"}"#;
+    wait_for("install running", Duration::from_secs(30), || {
+        (agent(running) == 1.0).then_some(())
+    });
+    let done = r#"berth_agent_steps_finished_total{kind="install",outcome="succeeded"}"#;
+    wait_for("install finished", Duration::from_secs(30), || {
+        (agent(done) == 1.0).then_some(())
+    });
+    assert_eq!(agent(running), 0.0);
+    assert_eq!(get(aport, "/").0, 404);
 }

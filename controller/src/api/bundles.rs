@@ -387,11 +387,20 @@ pub async fn blob(
     }
     let svc = tower_http::services::ServeFile::new(st.blobs.path(&digest))
         .with_buf_chunk_size(256 * 1024);
+    let head = req.method() == axum::http::Method::HEAD;
     let resp = svc
         .oneshot(req)
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("serving blob: {e}")))?;
     let mut resp = resp.map(Body::new).into_response();
+    if !head && resp.status().is_success() {
+        let len = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        st.metrics.blob_bytes_served.inc_by(len.unwrap_or(0));
+    }
     if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
         resp.headers_mut().insert(header::ETAG, v);
     }

@@ -186,6 +186,8 @@ struct Group {
     outputs: Vec<(i64, String, String)>,
     /// Steps this group finishes: (kind, final state, seconds), observed once committed.
     finished: Vec<(StepKind, StepState, f64)>,
+    /// Log bytes it stores, counted once committed.
+    log_bytes: u64,
 }
 
 impl Group {
@@ -803,6 +805,14 @@ impl Engine {
 
     async fn tick_locked(&self, cluster_id: i64) -> Result<()> {
         let _guard = self.tick_lock.lock().await;
+        let began = std::time::Instant::now();
+        let out = self.tick_held(cluster_id).await;
+        self.metrics.store_transaction("tick", began.elapsed());
+        out
+    }
+
+    /// One tick, under the tick lock.
+    async fn tick_held(&self, cluster_id: i64) -> Result<()> {
         let Some(head) = self.store.cluster_head(cluster_id).await? else {
             return Ok(());
         };

@@ -110,6 +110,7 @@ impl Engine {
     /// Applies `jobs` in one transaction: their outcomes, in order, once committed.
     async fn commit_batches(&self, jobs: &[ReportJob]) -> Result<Vec<BatchOutcome>, EngineError> {
         use berth_shared::api::ReportEntry;
+        let began = std::time::Instant::now();
         let mut tx = self.store.write().await?;
         // Every step the group names, in one read; results are validated in memory and
         // written in one statement at the end. (Log chunks write only the log columns,
@@ -136,6 +137,8 @@ impl Engine {
         }
         group.flush(&mut tx).await?;
         tx.commit().await?;
+        self.metrics.store_transaction("reports", began.elapsed());
+        self.metrics.log_bytes_stored.inc_by(group.log_bytes);
         for (kind, state, secs) in group.finished {
             self.metrics
                 .step_finished(kind.as_str(), state.as_str(), secs);
@@ -180,7 +183,11 @@ impl Engine {
                     Ok(step) => self
                         .log(&mut *tx, &step, *attempt, *offset, data.as_bytes())
                         .await
-                        .map(|_| ()),
+                        .map(|stored| {
+                            if let LogAppend::Stored(n) = stored {
+                                group.log_bytes += n;
+                            }
+                        }),
                     Err(e) => Err(e),
                 },
                 ReportEntry::Step(r) => self.report(&mut *tx, group, host, r).await.map(|c| {
