@@ -36,4 +36,5 @@ pub mod signals;
 pub mod store;
 pub mod tarfile;
 pub mod time;
+pub mod ui;
 pub mod version_cmd;

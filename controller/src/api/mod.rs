@@ -132,6 +132,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/audit", get(admin::audit))
         .route("/v1/events", get(events::list))
         .route("/v1/exec", post(clusters::exec))
+        .merge(crate::ui::router())
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see the API reference in docs/api.md")
         })
