@@ -94,12 +94,13 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, UiError> {
     let s = step_of(&st, &name, id).await?;
+    // A reconnect resumes after the last event it saw; one of an earlier attempt gets the
+    // `attempt` event and the new attempt's log from its start, as a live stream would.
     let (attempt, next) = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(':'))
         .and_then(|(a, n)| Some((a.parse().ok()?, n.parse().ok()?)))
-        .filter(|(a, _)| *a == s.attempt)
         .unwrap_or((s.attempt, 0));
     let tail = Tail {
         st,
@@ -197,7 +198,8 @@ impl Tail {
         if s.attempt != self.attempt {
             self.attempt = s.attempt;
             self.next = 0;
-            self.queue.push_back(json_event("attempt", &s.attempt));
+            let event = json_event("attempt", &s.attempt).id(format!("{}:0", s.attempt));
+            self.queue.push_back(event);
         }
         let mut more = false;
         if s.state != StepState::Pending {
