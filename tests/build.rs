@@ -1,11 +1,13 @@
 //! Turns on a `cfg` for each suite that needs something a plain machine lacks, when its
 //! variable is set (non-empty, not `0`), so those tests are compiled as ignored otherwise
 //! and show up as `ignored` in the test summary instead of passing without running:
-//! `BERTH_E2E` → `berth_e2e` (root: network namespaces), `BERTH_CONTRACT` →
-//! `berth_contract` (Schemathesis from PyPI; the variable names its executable).
+//! `BERTH_E2E` → `berth_e2e` (root: network namespaces), `BERTH_BROWSER` → `berth_browser`
+//! (the console's tests in headless Chromium: chromium, chromium-driver), `BERTH_CONTRACT`
+//! → `berth_contract` (Schemathesis from PyPI; the variable names its executable).
 
 const SUITES: &[(&str, &str)] = &[
     ("BERTH_E2E", "berth_e2e"),
+    ("BERTH_BROWSER", "berth_browser"),
     ("BERTH_CONTRACT", "berth_contract"),
 ];
 

@@ -38,4 +38,5 @@ pub mod signals;
 pub mod store;
 pub mod tarfile;
 pub mod time;
+pub mod ui;
 pub mod version_cmd;

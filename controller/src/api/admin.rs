@@ -106,6 +106,11 @@ fn host_state(st: &AppState, h: &mut crate::store::HostRow, now: i64) -> &'stati
 }
 
 pub async fn list_hosts(State(st): State<AppState>) -> Result<ApiJson<Vec<HostView>>, ApiError> {
+    Ok(ApiJson(host_views(&st).await?))
+}
+
+/// Every host as `get hosts` shows it (the console's hosts page too).
+pub(crate) async fn host_views(st: &AppState) -> Result<Vec<HostView>, ApiError> {
     let now = now_unix();
     let hosts = st.store.hosts().await?;
     let mut events: std::collections::HashMap<i64, Vec<HostEventView>> = Default::default();
@@ -119,28 +124,26 @@ pub async fn list_hosts(State(st): State<AppState>) -> Result<ApiJson<Vec<HostVi
             message: e.message,
         });
     }
-    Ok(ApiJson(
-        hosts
-            .into_iter()
-            .map(|mut h| {
-                let state = host_state(&st, &mut h, now);
-                let ago = (now - h.last_seen).max(0);
-                HostView {
-                    name: h.name,
-                    state: state.into(),
-                    addresses: h.facts.addresses.clone(),
-                    arch: h.facts.arch.clone(),
-                    agent_version: h.facts.agent_version.clone(),
-                    last_seen: rfc3339(h.last_seen),
-                    last_seen_secs_ago: ago as u64,
-                    enrolled_at: rfc3339(h.enrolled_at),
-                    cert_expires_at: h.cert_not_after.map(rfc3339),
-                    events: events.remove(&h.id).unwrap_or_default(),
-                    facts: h.facts,
-                }
-            })
-            .collect(),
-    ))
+    Ok(hosts
+        .into_iter()
+        .map(|mut h| {
+            let state = host_state(st, &mut h, now);
+            let ago = (now - h.last_seen).max(0);
+            HostView {
+                name: h.name,
+                state: state.into(),
+                addresses: h.facts.addresses.clone(),
+                arch: h.facts.arch.clone(),
+                agent_version: h.facts.agent_version.clone(),
+                last_seen: rfc3339(h.last_seen),
+                last_seen_secs_ago: ago as u64,
+                enrolled_at: rfc3339(h.enrolled_at),
+                cert_expires_at: h.cert_not_after.map(rfc3339),
+                events: events.remove(&h.id).unwrap_or_default(),
+                facts: h.facts,
+            }
+        })
+        .collect())
 }
 
 pub async fn revoke_host(

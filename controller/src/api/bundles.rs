@@ -189,7 +189,7 @@ async fn same_bundle_as_tag(
     Ok(())
 }
 
-fn view(row: BundleRow) -> Result<BundleView, ApiError> {
+pub(crate) fn view(row: BundleRow) -> Result<BundleView, ApiError> {
     let manifest: berth_shared::bundle::Manifest =
         serde_json::from_str(&row.manifest).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(BundleView {

@@ -56,7 +56,7 @@ pub async fn list(State(st): State<AppState>) -> Result<ApiJson<Vec<ClusterSumma
     Ok(ApiJson(out))
 }
 
-async fn summary(
+pub(crate) async fn summary(
     st: &AppState,
     c: crate::store::clusters::ClusterRow,
 ) -> Result<ClusterSummary, ApiError> {
@@ -323,15 +323,25 @@ pub async fn logs(
                 q.host
             ))
         })?;
+    Ok(ApiJson(log_chunk(&st, step, q.from).await?))
+}
+
+/// One page of a step's log from byte `from` (of the current attempt), as `GET …/logs`
+/// answers it; the console's log stream reads the same pages.
+pub(crate) async fn log_chunk(
+    st: &AppState,
+    step: &crate::store::clusters::StepRow,
+    from: u64,
+) -> Result<LogChunk, ApiError> {
     // `from` counts the bytes the agent sent; past the stored part (the log cap) the rest
     // was dropped, and the reader gets one marker saying how much.
     let stored = step.log_stored as u64;
     let mut data = Vec::new();
-    let mut next = q.from;
-    if q.from < stored {
+    let mut next = from;
+    if from < stored {
         for (off, bytes) in st
             .store
-            .step_log_page(step.id, step.attempt, q.from, LOG_PAGE)
+            .step_log_page(step.id, step.attempt, from, LOG_PAGE)
             .await?
         {
             if off > next {
@@ -361,7 +371,7 @@ pub async fn logs(
             next -= cut as u64;
         }
     }
-    Ok(ApiJson(LogChunk {
+    Ok(LogChunk {
         step_id: step.id,
         kind: step.kind,
         attempt: step.attempt as u32,
@@ -371,7 +381,7 @@ pub async fn logs(
         data: String::from_utf8_lossy(&data).into_owned(),
         exit_code: step.exit_code.map(|c| c as i32),
         reason: step.reason.clone(),
-    }))
+    })
 }
 
 /// `berth add` / `berth delete`: edits the stored Clusterfile's hosts and applies it.

@@ -121,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", get(registry::base))
         .route("/v2/", get(registry::base))
         .route("/v2/{*rest}", axum::routing::any(registry::route))
+        .merge(crate::ui::router())
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see GET /v1/openapi.json or docs/api.md")
         })
