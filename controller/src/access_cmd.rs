@@ -1,7 +1,6 @@
 //! Who may reach the controller: `berth token create`, `berth api-token create`,
 //! `berth get hosts`, `berth host revoke|delete` and `berth get audit`.
 
-use crate::cli::HostCmd;
 use crate::client::{Client, Target};
 use crate::output::{self, Format, TextOrJson};
 use anyhow::Result;
@@ -9,7 +8,21 @@ use berth_shared::api::{
     AuditQuery, CreateApiTokenRequest, CreateTokenRequest, DeleteHostQuery, HostEventView, HostView,
 };
 use berth_shared::routes::{self, NoQuery};
+use clap::Subcommand;
 use std::time::Duration;
+
+#[derive(Subcommand, Debug)]
+pub enum HostCmd {
+    /// Reject every further call from this host's certificate
+    Revoke { name: String },
+    /// Forget the host; its name can then enroll again. Refused for a cluster member
+    Delete {
+        name: String,
+        /// Remove the host from its cluster first, without running leave/remove
+        #[arg(long)]
+        force: bool,
+    },
+}
 
 /// What `berth token create` asks for.
 pub struct TokenFlags {

@@ -92,7 +92,7 @@ pub enum Command {
     Get(GetCmd),
     /// Manage enrolled hosts
     #[command(subcommand)]
-    Host(HostCmd),
+    Host(crate::access_cmd::HostCmd),
     /// Build, push and manage bundles
     #[command(subcommand)]
     Bundle(crate::bundle_cmd::BundleCmd),
@@ -529,19 +529,6 @@ pub enum GetCmd {
         limit: u32,
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
         output: Format,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum HostCmd {
-    /// Reject every further call from this host's certificate
-    Revoke { name: String },
-    /// Forget the host; its name can then enroll again. Refused for a cluster member
-    Delete {
-        name: String,
-        /// Remove the host from its cluster first, without running leave/remove
-        #[arg(long)]
-        force: bool,
     },
 }
 

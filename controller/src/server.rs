@@ -167,7 +167,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     if let Some(addr) = cfg.metrics_listen {
         serve_metrics(addr, state.clone(), shutdown.clone()).await?;
     }
-    let app = api::router(state);
+    let app = api::router(state, crate::ui::router());
     tracing::info!(
         listen = %bound,
         advertise_url = %advertise_url,

@@ -72,7 +72,10 @@ pub struct AppState {
     pub max_polls: usize,
 }
 
-pub fn router(state: AppState) -> Router {
+/// The controller's router: the API by the route table, the registry (`/v2/`), and `pages`
+/// (the web console, `crate::ui`), which the server hands in so the API does not depend
+/// on the pages built over it.
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     use berth_shared::routes::*;
     let uploads = || axum::extract::DefaultBodyLimit::disable();
     Table::new(state.clone())
@@ -121,7 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2", get(registry::base))
         .route("/v2/", get(registry::base))
         .route("/v2/{*rest}", axum::routing::any(registry::route))
-        .merge(crate::ui::router())
+        .merge(pages)
         .fallback(|| async {
             error::ApiError::not_found("no such API route; see GET /v1/openapi.json or docs/api.md")
         })
