@@ -65,7 +65,7 @@ impl Default for AgentMetrics {
         );
         r.register(
             "steps_finished",
-            "Steps this agent finished, by kind and outcome (succeeded, failed, interrupted)",
+            "Steps this agent finished, by kind and outcome (succeeded, failed, interrupted; superseded: a newer plan took it over)",
             m.steps_finished.clone(),
         );
         m
@@ -103,6 +103,13 @@ impl AgentMetrics {
     }
 }
 
+/// The path, the controller's (`GET /metrics`) on the agent too.
+const METRICS_PATH: &str =
+    <berth_shared::routes::Metrics as berth_shared::routes::Endpoint>::ROUTE.path;
+
+/// Connections the metrics listener serves at once.
+const MAX_CONNECTIONS: usize = 8;
+
 /// Serves `GET /metrics` on `addr` until `shutdown`; anything else is 404.
 pub async fn serve(
     addr: SocketAddr,
@@ -115,18 +122,32 @@ pub async fn serve(
         .await
         .with_context(|| format!("--metrics-listen {addr}: cannot listen"))?;
     tracing::info!(listen = %listener.local_addr()?, "metrics served");
+    // A scraper needs one connection; a few more are tolerated, and a connection that
+    // does not send its request within seconds is closed.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let conn = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 c = listener.accept() => c,
             };
-            let Ok((stream, _)) = conn else { continue };
+            let stream = match conn {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: wait rather than spin.
+                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                continue; // dropped: closed at once
+            };
             let (metrics, spool) = (metrics.clone(), spool.clone());
             let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (metrics, spool) = (metrics.clone(), spool.clone());
                 async move {
-                    let resp = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                    let resp = if req.method() == Method::GET && req.uri().path() == METRICS_PATH {
                         let depth = tokio::task::spawn_blocking(move || spool.depth())
                             .await
                             .unwrap_or(0);
@@ -147,8 +168,11 @@ pub async fn serve(
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(std::time::Duration::from_secs(5))
                     .serve_connection(io, service)
                     .await;
+                drop(slot);
             });
         }
     });

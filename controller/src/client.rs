@@ -67,18 +67,24 @@ impl Client {
     }
 
     /// An authenticated request of endpoint `E` with its path parameters and query.
-    fn builder<E: Endpoint>(&self, params: &[&str], query: &E::Query) -> reqwest::RequestBuilder {
+    fn builder<E: Endpoint>(
+        &self,
+        params: &[&str],
+        query: &E::Query,
+    ) -> Result<reqwest::RequestBuilder> {
         let route = E::ROUTE;
+        route.check_params(params).map_err(anyhow::Error::msg)?;
         let method = match route.method {
             routes::Method::Get => Method::GET,
             routes::Method::Post => Method::POST,
             routes::Method::Put => Method::PUT,
             routes::Method::Delete => Method::DELETE,
         };
-        self.http
+        Ok(self
+            .http
             .request(method, format!("{}{}", self.base, route.url(params)))
             .bearer_auth(&self.token)
-            .query(query)
+            .query(query))
     }
 
     /// Calls an endpoint that takes no body and answers JSON.
@@ -87,7 +93,7 @@ impl Client {
         E: Endpoint<Request = NoBody>,
         E::Response: DeserializeOwned,
     {
-        let resp = self.dispatch(self.builder::<E>(params, query)).await?;
+        let resp = self.dispatch(self.builder::<E>(params, query)?).await?;
         decode::<E>(check(resp).await?).await
     }
 
@@ -103,7 +109,7 @@ impl Client {
         E::Request: Serialize,
         E::Response: DeserializeOwned,
     {
-        let req = self.builder::<E>(params, query).json(body);
+        let req = self.builder::<E>(params, query)?.json(body);
         decode::<E>(check(self.dispatch(req).await?).await?).await
     }
 
@@ -112,7 +118,7 @@ impl Client {
     where
         E: Endpoint<Request = NoBody, Response = NoBody>,
     {
-        let resp = self.dispatch(self.builder::<E>(params, query)).await?;
+        let resp = self.dispatch(self.builder::<E>(params, query)?).await?;
         check(resp).await.map(|_| ())
     }
 
@@ -122,7 +128,7 @@ impl Client {
     where
         E: Endpoint<Request = NoBody>,
     {
-        let resp = self.dispatch(self.builder::<E>(params, query)).await?;
+        let resp = self.dispatch(self.builder::<E>(params, query)?).await?;
         check(resp).await
     }
 
@@ -143,13 +149,18 @@ impl Client {
             .content_type()
             .unwrap_or("application/octet-stream");
         let sent = self
-            .builder::<E>(params, query)
+            .builder::<E>(params, query)?
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(body)
             .send()
             .await;
         let resp = match sent {
             Ok(resp) => resp,
+            Err(e) if E::ROUTE.request == routes::Media::Yaml => bail!(
+                "cannot reach the controller at {}: {}",
+                self.base,
+                error_chain(&e)
+            ),
             Err(e) => {
                 // The controller refuses some uploads (a role, a platform) before it reads
                 // the body, and closes the connection: the client then sees a broken pipe
@@ -177,6 +188,7 @@ impl Client {
             .unwrap_or("application/octet-stream");
         let resp = self
             .builder::<E>(params, query)
+            .ok()?
             .header(reqwest::header::CONTENT_TYPE, content_type)
             .body(Vec::new())
             .send()
@@ -203,7 +215,7 @@ impl Client {
     {
         // A connection that dies during the hold must not hang the command.
         let mut req = self
-            .builder::<E>(params, query)
+            .builder::<E>(params, query)?
             .timeout(hold + Duration::from_secs(30));
         if let Some(t) = etag {
             req = req.header(reqwest::header::IF_NONE_MATCH, t);

@@ -92,8 +92,28 @@ where
     Fut: std::future::Future<Output = Result<T>>,
 {
     let mut last: Option<String> = None;
+    let mut failing = false;
     loop {
-        let now = fetch().await?;
+        // A controller restarting or busy for a moment does not end a watch: it says so
+        // once and keeps asking; the first read must succeed.
+        let now = match fetch().await {
+            Ok(v) => {
+                if failing {
+                    eprintln!("watch: the controller answers again");
+                    failing = false;
+                }
+                v
+            }
+            Err(e) if last.is_some() => {
+                if !failing {
+                    eprintln!("watch: {e:#}; retrying every {} s", WATCH_EVERY.as_secs());
+                    failing = true;
+                }
+                tokio::time::sleep(WATCH_EVERY).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let k = key(&now);
         if last.as_ref() != Some(&k) {
             match format {

@@ -144,6 +144,27 @@ impl Route {
         out
     }
 
+    /// Whether `params` can be put in the path as they are meant: one per parameter, none
+    /// empty, and none a `.` or `..` segment (URL parsers resolve those, even encoded, so
+    /// `berth retry ..` would call another route).
+    pub fn check_params(&self, params: &[&str]) -> Result<(), String> {
+        let names = self.params();
+        if names.len() != params.len() {
+            return Err(format!(
+                "{} takes {} path parameters, not {}",
+                self.id,
+                names.len(),
+                params.len()
+            ));
+        }
+        for (name, value) in names.iter().zip(params) {
+            if value.is_empty() || value.split('/').any(|seg| seg == "." || seg == "..") {
+                return Err(format!("`{value}` is not a valid {name}"));
+            }
+        }
+        Ok(())
+    }
+
     /// The names of the path's parameters, in order.
     pub fn params(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -350,12 +371,12 @@ routes! {
         errors [];
     InstallAgent: Get "/v1/install/berth-agent/{os}/{arch}", Public, tag "enrollment",
         "The berth-agent executable for an OS and architecture",
-        query NoQuery, request NoBody as None, response Octets as Octets, ok [200],
-        errors [(404, NO_AGENT_BINARY), (503, OVERLOADED)];
+        query NoQuery, request NoBody as None, response Octets as Octets, ok [200, 206],
+        errors [(404, NO_AGENT_BINARY)];
     InstallAgentSha256: Get "/v1/install/berth-agent/{os}/{arch}/sha256", Public, tag "enrollment",
         "The sha256 of that executable, hex",
         query NoQuery, request NoBody as None, response PlainText as Text, ok [200],
-        errors [(404, NO_AGENT_BINARY), (503, OVERLOADED)];
+        errors [(404, NO_AGENT_BINARY)];
 
     // ---- agents (mutual TLS) ----
     AgentPoll: Post "/v1/agent/poll", Agent, tag "agent",
@@ -379,7 +400,7 @@ routes! {
     Blob: Get "/v1/blobs/sha256/{hex}", AgentOrViewer, tag "bundles",
         "A bundle blob by digest (ranges supported)",
         query NoQuery, request NoBody as None, response Octets as Octets, ok [200, 206],
-        errors [(404, NOT_FOUND), (403, BLOB_NOT_RELEASED), (416, BAD_REQUEST)];
+        errors [(404, NOT_FOUND), (403, BLOB_NOT_RELEASED)];
 
     // ---- clusters ----
     ClusterList: Get "/v1/clusters", Viewer, tag "clusters",
@@ -539,6 +560,13 @@ mod tests {
         );
         assert_eq!(Healthz::ROUTE.url(&[]), "/v1/healthz");
         assert_eq!(AgentBinaryAdd::ROUTE.params(), vec!["os", "arch"]);
+        assert!(ClusterRetry::ROUTE.check_params(&["c1"]).is_ok());
+        for bad in [".", "..", ""] {
+            assert!(ClusterRetry::ROUTE.check_params(&[bad]).is_err(), "{bad:?}");
+        }
+        assert!(BundleRemove::ROUTE.check_params(&["lib/x:v1"]).is_ok());
+        assert!(BundleRemove::ROUTE.check_params(&["a/../b"]).is_err());
+        assert!(ClusterRetry::ROUTE.check_params(&[]).is_err());
         assert_eq!(BundleTag::ROUTE.params(), vec!["reference"]);
     }
 

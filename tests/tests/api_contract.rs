@@ -152,4 +152,15 @@ fn every_route_refuses_a_role_below_its_own() {
         }
     }
     assert!(checked > 20, "checked {checked} refusals");
+    // The one role check inside a route: a status's output values are for admins.
+    for tok in [&viewer, &operator] {
+        let r = http
+            .get(format!("{}/v1/clusters/x?show_outputs=true", ctl.url()))
+            .bearer_auth(tok)
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+        let body: serde_json::Value = r.json().unwrap();
+        assert_eq!(body["code"], "forbidden");
+    }
 }

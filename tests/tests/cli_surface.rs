@@ -240,3 +240,30 @@ fn get_watch_prints_each_change() {
     assert_eq!(next(&hrx)[0]["state"], "Revoked");
     let _ = hosts.kill();
 }
+
+/// A log that ends inside a UTF-8 character (a Latin-1 byte, a process killed
+/// mid-write) is shown to its end once the step is finished — never asked for again and
+/// again.
+#[test]
+fn a_log_ending_in_a_broken_character_is_shown_and_done() {
+    let ctl = Controller::start(&[]);
+    let _agents = ctl.agents(&["m0"]);
+    let src = ctl.dir.path().join("src");
+    let b = hook_bundle(&src, "latin", &[("install", r"printf 'done caf\351'")], "");
+    push_dir(&ctl, &b, "latin:v1");
+    let cf = ctl.clusterfile("c", &["m0"], &[], &["latin:v1"], &[]);
+    let out = apply_file(&ctl, &cf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut child = ctl
+        .cli_command(&["logs", "c", "--host", "m0", "--step", "install"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = wait_for("berth logs to end", Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    assert!(ended.success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert!(text.contains("done caf"), "{text:?}");
+}

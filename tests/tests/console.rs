@@ -104,7 +104,7 @@ fn console_needs_a_session_escapes_what_it_shows_and_streams_logs() {
         "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     );
     assert_eq!(header(&r, "x-frame-options"), "DENY");
-    assert_eq!(header(&r, "referrer-policy"), "no-referrer");
+    assert_eq!(header(&r, "referrer-policy"), "same-origin");
     assert_eq!(header(&r, "cache-control"), "no-store");
     let page = r.text().unwrap();
     assert!(
@@ -145,8 +145,19 @@ fn console_needs_a_session_escapes_what_it_shows_and_streams_logs() {
     assert_eq!(header(&r, "location"), "/ui/");
     assert_eq!(
         header(&r, "set-cookie"),
-        format!("berth_token={admin}; HttpOnly; SameSite=Strict; Secure; Path=/ui")
+        format!("berth_token={admin}; HttpOnly; SameSite=Strict; Secure; Path=/ui; Max-Age=28800")
     );
+    // Another site cannot sign a browser in (with a token of its choosing) or out.
+    for path in ["/ui/login", "/ui/logout"] {
+        let r = web
+            .post(format!("{}{path}", ctl.url()))
+            .header("origin", "https://evil.example")
+            .form(&[("token", admin.as_str())])
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+        assert!(header(&r, "set-cookie").is_empty(), "{path}");
+    }
     let r = web.post(format!("{}/ui/logout", ctl.url())).send().unwrap();
     assert_eq!(r.status(), 303);
     assert!(header(&r, "set-cookie").starts_with("berth_token=; "));

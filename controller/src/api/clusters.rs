@@ -363,9 +363,15 @@ pub(crate) async fn log_chunk(
         );
         next = len;
     }
-    // Cut at a UTF-8 boundary; the rest comes with the next page.
+    // More is stored past this page (decided before a cut, so a page that ends in a cut
+    // character never reads as "more" by itself: a reader asking again at once would get
+    // the same page forever).
+    let more = next < stored;
+    // Cut at a UTF-8 boundary while the rest of the character can still come (with the
+    // next page, or from the running step); a finished step's log that ends in a broken
+    // character is sent as it is (lossily).
     if let Err(e) = std::str::from_utf8(&data) {
-        if e.error_len().is_none() {
+        if e.error_len().is_none() && (more || step.state.is_active()) {
             let cut = data.len() - e.valid_up_to();
             data.truncate(e.valid_up_to());
             next -= cut as u64;
@@ -376,7 +382,7 @@ pub(crate) async fn log_chunk(
         kind: step.kind,
         attempt: step.attempt as u32,
         state: step.state,
-        more: next < stored,
+        more,
         next,
         data: String::from_utf8_lossy(&data).into_owned(),
         exit_code: step.exit_code.map(|c| c as i32),

@@ -129,6 +129,14 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
             error::ApiError::not_found("no such API route; see GET /v1/openapi.json or docs/api.md")
         })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        // No answer is ever sniffed into something else (a blob, a manifest, a log as
+        // HTML on the console's origin).
+        .layer(
+            tower_http::set_header::SetResponseHeaderLayer::if_not_present(
+                axum::http::header::X_CONTENT_TYPE_OPTIONS,
+                axum::http::HeaderValue::from_static("nosniff"),
+            ),
+        )
         .layer(axum::middleware::from_fn(bounded_body))
         .layer(axum::middleware::from_fn(run_to_completion))
         .with_state(state)
@@ -227,11 +235,12 @@ const DRAIN_OVERSIZED: usize = 16 << 20;
 fn is_upload(req: &axum::extract::Request) -> bool {
     let path = req.uri().path();
     use berth_shared::routes::{AgentBinaryAdd, BundlePush, Endpoint, ImageLoad};
+    // `/v1/agent-binaries/` and what follows.
     let agent_binaries = AgentBinaryAdd::ROUTE.url(&["", ""]);
-    let agent_binaries = agent_binaries.trim_end_matches('/');
+    let agent_binaries = agent_binaries.trim_end_matches('/').to_string() + "/";
     (req.method() == axum::http::Method::POST
         && (path == BundlePush::ROUTE.path || path == ImageLoad::ROUTE.path))
-        || (req.method() == axum::http::Method::PUT && path.starts_with(agent_binaries))
+        || (req.method() == axum::http::Method::PUT && path.starts_with(&agent_binaries))
 }
 
 /// Every other request body is read here, up to [`MAX_JSON_BODY`]. One over it from a

@@ -13,8 +13,8 @@ use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, Ref, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::tag::TagBuilder;
 use utoipa::openapi::{
-    ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths, RefOr,
-    Required, ResponseBuilder, ResponsesBuilder,
+    ComponentsBuilder, ContentBuilder, HeaderBuilder, InfoBuilder, OpenApi, OpenApiBuilder, Paths,
+    RefOr, Required, ResponseBuilder, ResponsesBuilder,
 };
 use utoipa::{PartialSchema, ToSchema};
 
@@ -133,6 +133,18 @@ impl routes::Visitor for Walk {
         for p in <E::Query as utoipa::IntoParams>::into_params(|| Some(ParameterIn::Query)) {
             op = op.parameter(p);
         }
+        if route.ok.contains(&304) {
+            op = op.parameter(
+                ParameterBuilder::new()
+                    .name("If-None-Match")
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some(
+                        "The ETag of the status last seen: with `wait`, the answer is held until the status differs (304 if it did not)",
+                    ))
+                    .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+            );
+        }
         if let Some(ct) = route.request.content_type() {
             op = op.request_body(Some(
                 RequestBodyBuilder::new()
@@ -203,14 +215,42 @@ fn responses<E: Endpoint>(route: &Route) -> utoipa::openapi::Responses {
             _ => "Success (see the summary)",
         });
         if let (Some(ct), false) = (route.response.content_type(), *status == 304) {
-            r = r.content(
-                ct,
-                ContentBuilder::new()
-                    .schema(Some(<E::Response as PartialSchema>::schema()))
+            let schema = match route.response {
+                Media::Json => <E::Response as PartialSchema>::schema(),
+                // Bytes or text of the route's own media type.
+                _ => ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .content_media_type(ct)
+                    .into(),
+            };
+            r = r.content(ct, ContentBuilder::new().schema(Some(schema)).build());
+        }
+        if *status == 200 && route.ok.contains(&304) {
+            r = r.header(
+                "ETag",
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::String))
+                    .description(Some("Send it back in `If-None-Match` (with `wait`) to be answered when the status changes"))
                     .build(),
             );
         }
         b = b.response(status.to_string(), r.build());
+    }
+    // Files served as files (ranges, conditional requests): their answers without a body.
+    if route.response == Media::Octets && route.method == routes::Method::Get {
+        for (status, text) in [
+            (304, "Not modified (`If-None-Match` / `If-Modified-Since`)"),
+            (
+                412,
+                "Precondition failed (`If-Match` / `If-Unmodified-Since`)",
+            ),
+            (416, "The range asked for is not in the file"),
+        ] {
+            b = b.response(
+                status.to_string(),
+                ResponseBuilder::new().description(text).build(),
+            );
+        }
     }
     for (status, codes) in refusals(route) {
         let schema = AllOfBuilder::new()
@@ -224,16 +264,20 @@ fn responses<E: Endpoint>(route: &Route) -> utoipa::openapi::Responses {
                 ),
             );
         let text = format!("Refused: `code` is one of {}", codes.join(", "));
-        b = b.response(
-            status.to_string(),
-            ResponseBuilder::new()
-                .description(text)
-                .content(
-                    "application/json",
-                    ContentBuilder::new().schema(Some(schema)).build(),
-                )
-                .build(),
+        let mut r = ResponseBuilder::new().description(text).content(
+            "application/json",
+            ContentBuilder::new().schema(Some(schema)).build(),
         );
+        if status == 503 {
+            r = r.header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                    .description(Some("Seconds to wait before asking again"))
+                    .build(),
+            );
+        }
+        b = b.response(status.to_string(), r.build());
     }
     b.build()
 }
@@ -254,7 +298,11 @@ fn refusals(route: &Route) -> BTreeMap<u16, Vec<&'static str>> {
         ]);
     }
     if route.request != Media::None {
-        all.extend([(400, codes::BAD_REQUEST), (413, codes::TOO_LARGE)]);
+        all.push((400, codes::BAD_REQUEST));
+    }
+    // Every body but a GET's is read and bounded (also where none is expected).
+    if route.method != routes::Method::Get {
+        all.push((413, codes::TOO_LARGE));
     }
     if route.request == Media::Json {
         all.extend([(415, codes::BAD_REQUEST), (422, codes::BAD_REQUEST)]);

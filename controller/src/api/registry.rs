@@ -232,9 +232,21 @@ async fn manifest(st: &AppState, repo: &str, reference: &str, head: bool) -> Res
     };
     let mut r = Response::new(body);
     let h = r.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&media) {
+    // The media type a manifest names for itself, when it is one of a manifest; anything
+    // else (an image archive's own say, e.g. `text/html`) is served as bytes, so the
+    // controller's origin never serves a page it did not write.
+    let media = if MANIFEST_TYPES.contains(&media.as_str()) {
+        media.as_str()
+    } else {
+        "application/octet-stream"
+    };
+    if let Ok(v) = HeaderValue::from_str(media) {
         h.insert(header::CONTENT_TYPE, v);
     }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(size as u64));
     if let Ok(v) = HeaderValue::from_str(&digest) {
         h.insert("docker-content-digest", v.clone());
@@ -245,6 +257,16 @@ async fn manifest(st: &AppState, repo: &str, reference: &str, head: bool) -> Res
     h.insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
     r
 }
+
+/// The manifest and index media types of the OCI image spec and Docker's.
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+];
 
 async fn blob(st: &AppState, repo: &str, digest: &str, req: Request) -> Response {
     let Ok(d) = digest.parse::<Digest>() else {

@@ -64,15 +64,46 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(|c| c.value().to_string())
 }
 
-/// `Set-Cookie` for a session holding `token` (no expiry: it ends with the browser).
+/// How long a console session lasts (also one a browser restores after a restart).
+const SESSION_HOURS: i64 = 8;
+
+/// `Set-Cookie` for a session holding `token`, for [`SESSION_HOURS`].
 fn session(token: &str) -> String {
     Cookie::build((COOKIE, token))
         .path("/ui")
         .http_only(true)
         .secure(true)
         .same_site(SameSite::Strict)
+        .max_age(cookie::time::Duration::hours(SESSION_HOURS))
         .build()
         .to_string()
+}
+
+/// Whether a form post comes from a console page: a browser names the page's origin in
+/// `Origin`, which must be this controller (`https://` + the host it was asked as). A
+/// post without `Origin` (not a browser, or a very old one) is let through: SameSite
+/// keeps the cookie from other sites' requests anyway; this stops another site signing a
+/// browser in with a token of its choosing, or out.
+fn same_origin(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    match (origin.to_str(), host) {
+        (Ok(o), Some(h)) => o == format!("https://{h}"),
+        _ => false,
+    }
+}
+
+fn cross_site() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "a console form posted from another site is refused\n",
+    )
+        .into_response()
 }
 
 /// `Set-Cookie` that removes the session cookie.
@@ -99,7 +130,15 @@ pub struct LoginForm {
 
 /// `POST /ui/login`: a known token sets the session cookie and goes to the clusters; any
 /// other answer is the login page again, 401.
-pub async fn login(State(st): State<AppState>, Form(f): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if !same_origin(&headers, &uri) {
+        return cross_site();
+    }
     let token = f.token.trim();
     match principal(&st, token).await {
         Ok(Some(p)) => {
@@ -116,7 +155,10 @@ pub async fn login(State(st): State<AppState>, Form(f): Form<LoginForm>) -> Resp
 }
 
 /// `POST /ui/logout`: forgets the session cookie.
-pub async fn logout() -> Response {
+pub async fn logout(headers: HeaderMap, uri: axum::http::Uri) -> Response {
+    if !same_origin(&headers, &uri) {
+        return cross_site();
+    }
     ([(header::SET_COOKIE, removal())], Redirect::to("/ui/login")).into_response()
 }
 
@@ -150,11 +192,29 @@ mod tests {
         let c = session("berth_viewer_abc");
         assert_eq!(
             c,
-            "berth_token=berth_viewer_abc; HttpOnly; SameSite=Strict; Secure; Path=/ui"
+            "berth_token=berth_viewer_abc; HttpOnly; SameSite=Strict; Secure; Path=/ui; Max-Age=28800"
         );
         let r = removal();
         assert!(r.starts_with("berth_token=; "), "{r}");
         assert!(r.contains("Max-Age=0"), "{r}");
+    }
+
+    #[test]
+    fn only_this_controller_posts_console_forms() {
+        let uri: axum::http::Uri = "/ui/login".parse().unwrap();
+        let with = |origin: Option<&'static str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_static("10.0.0.1:7443"));
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, HeaderValue::from_static(o));
+            }
+            same_origin(&h, &uri)
+        };
+        assert!(with(Some("https://10.0.0.1:7443")));
+        assert!(with(None));
+        assert!(!with(Some("https://evil.example")));
+        assert!(!with(Some("http://10.0.0.1:7443")));
+        assert!(!with(Some("null")));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::api::AppState;
 use crate::store::clusters::StepRow;
 use crate::time::{now_unix, rfc3339};
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use berth_shared::state::StepState;
@@ -94,6 +94,18 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, UiError> {
     let s = step_of(&st, &name, id).await?;
+    // Streams are bounded in number and in life: each holds a slot, and ends after
+    // STREAM_LIFE — the browser's EventSource reconnects (resuming by Last-Event-ID), and
+    // the reconnect checks the session again, so a revoked token's streams end by then.
+    let Ok(slot) = stream_slots().clone().try_acquire_owned() else {
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "10")],
+            "too many console log streams are open; try again shortly",
+        )
+            .into_response());
+    };
+    let until = tokio::time::Instant::now() + STREAM_LIFE;
     // A reconnect resumes after the last event it saw; one of an earlier attempt gets the
     // `attempt` event and the new attempt's log from its start, as a live stream would.
     let (attempt, next) = headers
@@ -112,12 +124,12 @@ pub async fn stream(
         done: false,
         wait: false,
     };
-    let events = futures_util::stream::unfold(tail, |mut t| async move {
+    let events = futures_util::stream::unfold((tail, slot), move |(mut t, slot)| async move {
         loop {
             if let Some(e) = t.queue.pop_front() {
-                return Some((Ok::<_, Infallible>(e), t));
+                return Some((Ok::<_, Infallible>(e), (t, slot)));
             }
-            if t.done {
+            if t.done || tokio::time::Instant::now() >= until {
                 return None;
             }
             if t.wait {
@@ -137,6 +149,18 @@ pub async fn stream(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response())
+}
+
+/// At most this many console log streams are open at once (each reads the store twice
+/// a second).
+const MAX_STREAMS: usize = 256;
+/// A log stream ends after this; the browser reconnects where it was.
+const STREAM_LIFE: std::time::Duration = std::time::Duration::from_secs(300);
+
+fn stream_slots() -> &'static std::sync::Arc<tokio::sync::Semaphore> {
+    static SLOTS: std::sync::OnceLock<std::sync::Arc<tokio::sync::Semaphore>> =
+        std::sync::OnceLock::new();
+    SLOTS.get_or_init(|| std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)))
 }
 
 /// Where a log stream is.
@@ -222,7 +246,8 @@ impl Tail {
             self.queue.push_back(json_event("state", &status));
         }
         self.shown = shown;
-        self.wait = self.queue.is_empty() && !more;
+        // Nothing new arrived: wait before reading again, whatever `more` says.
+        self.wait = self.queue.is_empty();
         Ok(())
     }
 }
