@@ -267,3 +267,28 @@ fn a_log_ending_in_a_broken_character_is_shown_and_done() {
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut text).unwrap();
     assert!(text.contains("done caf"), "{text:?}");
 }
+
+/// The engine and everything above the store hold transactions as the store's own type
+/// (`store::WriteTx`): none of them names the SQL engine underneath, so a second one
+/// (PostgreSQL) changes the store alone.
+#[test]
+fn only_the_store_names_its_sql_engine() {
+    let root = repo_root().join("controller/src");
+    let mut found = Vec::new();
+    for dir in ["engine", "api", "ui"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            let text = std::fs::read_to_string(&p).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                if line.contains("Sqlite") {
+                    found.push(format!("{}:{}: {}", p.display(), i + 1, line.trim()));
+                }
+            }
+        }
+    }
+    for f in ["planner.rs", "scheduler.rs", "plans.rs"] {
+        let text = std::fs::read_to_string(root.join(f)).unwrap();
+        assert!(!text.contains("Sqlite"), "{f} names Sqlite");
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}

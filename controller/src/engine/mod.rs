@@ -10,7 +10,7 @@ use crate::planner::{
 };
 use crate::scheduler::{next_release, Next, Policy, View};
 use crate::store::clusters::{ClusterHostRow, LogAppend, StepResult, StepRow};
-use crate::store::{HostRow, Store, StoreError};
+use crate::store::{HostRow, Store, StoreError, WriteTx};
 use crate::time::now_unix;
 use anyhow::Result;
 use berth_shared::api::{codes, StepReport};
@@ -263,7 +263,7 @@ impl Group {
         Ok(())
     }
 
-    async fn flush(&mut self, tx: &mut sqlx::SqliteConnection) -> Result<(), EngineError> {
+    async fn flush(&mut self, tx: &mut WriteTx) -> Result<(), EngineError> {
         let results: Vec<StepResult> = std::mem::take(&mut self.results).into_values().collect();
         let outputs = std::mem::take(&mut self.outputs);
         Store::write_step_results(tx, &results, &outputs).await?;
@@ -970,7 +970,7 @@ impl Engine {
     /// changed. Read on `conn` when given (inside a write transaction), else on the pool.
     async fn spec_of(
         &self,
-        conn: Option<&mut sqlx::SqliteConnection>,
+        conn: Option<&mut WriteTx>,
         cluster_id: i64,
     ) -> Result<Option<Arc<ResolvedSpec>>> {
         let cached = |g: i64| {
@@ -983,7 +983,7 @@ impl Engine {
         };
         let mut conn = conn;
         let head = match conn.as_deref_mut() {
-            Some(c) => Store::spec_at(c, cluster_id, false).await?,
+            Some(c) => Store::spec_in(c, cluster_id, false).await?,
             None => self.store.spec_version(cluster_id, false).await?,
         };
         let Some((generation, _)) = head else {
@@ -993,7 +993,7 @@ impl Engine {
             return Ok(Some(s));
         }
         let full = match conn {
-            Some(c) => Store::spec_at(c, cluster_id, true).await?,
+            Some(c) => Store::spec_in(c, cluster_id, true).await?,
             None => self.store.spec_version(cluster_id, true).await?,
         };
         let Some((generation, Some(text))) = full else {

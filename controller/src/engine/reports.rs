@@ -162,7 +162,7 @@ impl Engine {
     /// error.
     async fn apply_batch(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut WriteTx,
         group: &mut Group,
         host: &HostRow,
         entries: &[berth_shared::api::ReportEntry],
@@ -222,7 +222,7 @@ impl Engine {
     /// the cluster to tick when it changed something.
     async fn report(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut WriteTx,
         group: &mut Group,
         host: &HostRow,
         r: &StepReport,
@@ -295,7 +295,7 @@ impl Engine {
     /// Stores a log chunk of a step the host owns, at its current attempt.
     async fn log(
         &self,
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut WriteTx,
         step: &StepRow,
         attempt: u32,
         offset: u64,

@@ -6,7 +6,7 @@
 
 use super::error::StoreError;
 use super::Result;
-use super::Store;
+use super::{Store, WriteTx};
 use crate::planner::{Generation, NewStep};
 use crate::time::now_unix;
 use berth_shared::state::{ClusterPhase, HostRole, StepKind, StepState};
@@ -363,7 +363,17 @@ impl Store {
     }
 
     /// The cluster's generation (its spec changes only with it), and the spec when asked.
-    pub async fn spec_at<'e, E: sqlx::SqliteExecutor<'e>>(
+    /// [`Store::spec_version`] inside a write transaction.
+    pub async fn spec_in(
+        tx: &mut WriteTx,
+        cluster_id: i64,
+        with_spec: bool,
+    ) -> Result<Option<(i64, Option<String>)>> {
+        let conn: &mut sqlx::SqliteConnection = tx;
+        Store::spec_at(conn, cluster_id, with_spec).await
+    }
+
+    async fn spec_at<'e, E: sqlx::SqliteExecutor<'e>>(
         e: E,
         cluster_id: i64,
         with_spec: bool,
@@ -468,10 +478,8 @@ impl Store {
     }
 
     /// The steps with these ids, on `conn` (inside a write transaction).
-    pub async fn steps_on(
-        conn: &mut sqlx::SqliteConnection,
-        ids: &[i64],
-    ) -> Result<HashMap<i64, StepRow>> {
+    pub async fn steps_on(conn: &mut WriteTx, ids: &[i64]) -> Result<HashMap<i64, StepRow>> {
+        let conn: &mut sqlx::SqliteConnection = conn;
         let rows = sqlx::query(&format!(
             "SELECT {STEP_COLS} FROM steps WHERE id IN (SELECT value FROM json_each(?1))"
         ))
@@ -485,10 +493,11 @@ impl Store {
     /// the same write transaction, so they are as the validation saw them), then the
     /// outputs succeeded steps published, in order.
     pub async fn write_step_results(
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut WriteTx,
         steps: &[StepResult],
         outputs: &[(i64, String, String)],
     ) -> Result<(), StoreError> {
+        let tx: &mut sqlx::SqliteConnection = tx;
         if !steps.is_empty() {
             let n = sqlx::query(
                 "UPDATE steps SET state = json_extract(j.value, '$.state'),
@@ -534,12 +543,13 @@ impl Store {
     /// chunk), a chunk past the end is a gap (`Conflict`). At most `cap` bytes are stored
     /// per attempt; the rest is counted in `log_len` and dropped.
     pub async fn append_log(
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut WriteTx,
         step: &StepRow,
         offset: u64,
         data: &[u8],
         cap: u64,
     ) -> Result<LogAppend, StoreError> {
+        let tx: &mut sqlx::SqliteConnection = tx;
         let (len, stored): (i64, i64) =
             sqlx::query_as("SELECT log_len, log_stored FROM steps WHERE id = ?1 AND attempt = ?2")
                 .bind(step.id)

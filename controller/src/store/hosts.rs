@@ -581,12 +581,13 @@ impl Store {
     /// Returns whether the event is news for a log line: the first of its kind, or the
     /// first a minute or more after the last one logged.
     pub async fn record_host_event(
-        tx: &mut sqlx::SqliteConnection,
+        tx: &mut super::WriteTx,
         host_id: i64,
         kind: &str,
         message: &str,
         n: u32,
     ) -> Result<bool> {
+        let tx: &mut sqlx::SqliteConnection = tx;
         let now = now_unix();
         let logged: Option<i64> = sqlx::query_scalar(
             "SELECT logged_at FROM host_events WHERE host_id = ?1 AND kind = ?2",
