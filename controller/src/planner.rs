@@ -173,7 +173,7 @@ pub struct NewStep {
     pub host_name: String,
     pub kind: StepKind,
     pub ord: i64,
-    pub spec: String,
+    pub spec: StepSpec,
     pub best_effort: bool,
 }
 
@@ -334,13 +334,9 @@ fn new_step(h: &DesiredHost, kind: StepKind, ord: i64, spec: &StepSpec) -> NewSt
         host_name: h.name.clone(),
         kind,
         ord,
-        spec: step_spec_json(spec),
+        spec: spec.clone(),
         best_effort: kind == StepKind::Leave || kind == StepKind::Clean,
     }
-}
-
-fn step_spec_json(spec: &StepSpec) -> String {
-    serde_json::to_string(spec).unwrap_or_else(|_| "{}".into())
 }
 
 /// The difference between what an apply asks for and what is recorded: hosts to add,
@@ -785,7 +781,7 @@ pub fn exec_steps(hosts: &[RecordedHost], exec: &berth_shared::plan::PlanExec) -
             host_name: h.name.clone(),
             kind: StepKind::Exec,
             ord: StepKind::Exec.base_ord(),
-            spec: step_spec_json(&spec),
+            spec: spec.clone(),
             best_effort: true,
         })
         .collect()
@@ -800,7 +796,7 @@ pub fn reset_steps(hosts: &[RecordedHost]) -> Vec<NewStep> {
             host_name: h.name.clone(),
             kind: StepKind::Clean,
             ord: StepKind::Clean.base_ord(),
-            spec: step_spec_json(&StepSpec::default()),
+            spec: StepSpec::default(),
             best_effort: true,
         })
         .collect()
@@ -1074,7 +1070,15 @@ mod tests {
             vec![(1, 0), (3, 1)]
         );
         let remove = g.steps.iter().find(|s| s.kind == StepKind::Remove).unwrap();
-        assert!(remove.spec.contains("10.0.0.2"), "{}", remove.spec);
+        assert!(
+            remove
+                .spec
+                .target
+                .as_ref()
+                .is_some_and(|t| t.1 == "10.0.0.2"),
+            "{:?}",
+            remove.spec
+        );
         assert!(g
             .steps
             .iter()

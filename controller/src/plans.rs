@@ -288,14 +288,14 @@ impl Plans {
 }
 
 fn plan_step(ctx: &Context, host: &HostRow, s: &StepRow) -> PlanStep {
-    let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
+    let sspec = &s.spec;
     PlanStep {
         id: s.id,
         attempt: s.attempt as u32,
         kind: s.kind,
         bundles: ctx
             .spec
-            .bundles_of(s.kind, &sspec)
+            .bundles_of(s.kind, sspec)
             .into_iter()
             .map(|b| plan_bundle(b, &host.facts.arch))
             .collect(),
@@ -306,7 +306,7 @@ fn plan_step(ctx: &Context, host: &HostRow, s: &StepRow) -> PlanStep {
             .map(|b| plan_bundle(b, &host.facts.arch))
             .collect(),
         exec: sspec.exec.clone(),
-        env: host_env(ctx.hosts.get(&host.id), host, &sspec),
+        env: host_env(ctx.hosts.get(&host.id), host, sspec),
     }
 }
 

@@ -961,9 +961,8 @@ impl Engine {
     }
 
     /// How long a step of `kind` with `step_spec` may take once released, grace included.
-    fn step_deadline_secs(&self, spec: &ResolvedSpec, kind: StepKind, step_spec: &str) -> i64 {
-        let sspec: StepSpec = serde_json::from_str(step_spec).unwrap_or_default();
-        (spec.step_timeout_secs(kind, &sspec) + self.cfg.step_grace.as_secs()) as i64
+    fn step_deadline_secs(&self, spec: &ResolvedSpec, kind: StepKind, step_spec: &StepSpec) -> i64 {
+        (spec.step_timeout_secs(kind, step_spec) + self.cfg.step_grace.as_secs()) as i64
     }
 
     /// The cluster's parsed spec: one small read for its generation, parsed only when it
@@ -1105,10 +1104,9 @@ impl Engine {
             let Some(ctx) = self.plans.context(s.cluster_id).await? else {
                 continue;
             };
-            let sspec: StepSpec = serde_json::from_str(&s.spec).unwrap_or_default();
             if ctx
                 .spec
-                .fetchable(s.kind, &sspec)
+                .fetchable(s.kind, &s.spec)
                 .iter()
                 .any(|b| &b.for_arch(&host.facts.arch).0 == digest)
             {

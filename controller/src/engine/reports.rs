@@ -252,7 +252,7 @@ impl Engine {
                 s
             }
         };
-        let sspec: StepSpec = serde_json::from_str(&step.spec).unwrap_or_default();
+        let sspec = &step.spec; // decoded when the row was read
         let mut r = r.clone();
         if to == StepState::Succeeded {
             if let Err(e) = berth_shared::outputs::check(&r.outputs) {
@@ -265,7 +265,7 @@ impl Engine {
                 });
             }
             for k in r.outputs.keys() {
-                if !spec.may_output(step.kind, &sspec, k) {
+                if !spec.may_output(step.kind, sspec, k) {
                     return Err(EngineError::Invalid {
                         code: codes::OUTPUT_NOT_ALLOWED,
                         message: format!(

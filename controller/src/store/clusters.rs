@@ -44,7 +44,9 @@ pub struct StepRow {
     pub host_name: String,
     pub kind: StepKind,
     pub ord: i64,
-    pub spec: String,
+    /// The `spec` column, decoded once when the row is read (a row that does not decode
+    /// is an error, never a default).
+    pub spec: crate::planner::StepSpec,
     pub best_effort: bool,
     pub state: StepState,
     pub attempt: i64,
@@ -127,15 +129,18 @@ fn cluster_row(r: sqlx::sqlite::SqliteRow) -> ClusterRow {
     }
 }
 
-pub(super) fn step_row(r: sqlx::sqlite::SqliteRow) -> StepRow {
-    StepRow {
+pub(super) fn step_row(r: sqlx::sqlite::SqliteRow) -> Result<StepRow> {
+    let id: i64 = r.get("id");
+    let spec = serde_json::from_str(r.get::<&str, _>("spec"))
+        .map_err(|e| anyhow::anyhow!("step {id}: its stored spec does not decode: {e}"))?;
+    Ok(StepRow {
         id: r.get("id"),
         cluster_id: r.get("cluster_id"),
         host_id: r.get("host_id"),
         host_name: r.get("host_name"),
         kind: r.get("kind"),
         ord: r.get("ord"),
-        spec: r.get("spec"),
+        spec,
         best_effort: r.get::<i64, _>("best_effort") != 0,
         state: r.get("state"),
         attempt: r.get("attempt"),
@@ -147,7 +152,7 @@ pub(super) fn step_row(r: sqlx::sqlite::SqliteRow) -> StepRow {
         deadline: r.get("deadline"),
         log_len: r.get("log_len"),
         log_stored: r.get("log_stored"),
-    }
+    })
 }
 
 pub(super) const STEP_COLS: &str = "id, cluster_id, host_id, host_name, kind, ord, spec, best_effort, state, attempt, exit_code, reason, started_at, ended_at, log_tail, deadline, log_len, log_stored";
@@ -359,7 +364,7 @@ impl Store {
         .bind(cluster_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(step_row).collect())
+        rows.into_iter().map(step_row).collect()
     }
 
     /// The cluster's generation (its spec changes only with it), and the spec when asked.
@@ -401,7 +406,7 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(r.map(step_row))
+        r.map(step_row).transpose()
     }
 
     /// Steps released to each of these hosts and not finished: what their plans carry,
@@ -419,6 +424,7 @@ impl Store {
         .await?;
         let mut by_host: HashMap<i64, Vec<StepRow>> = HashMap::new();
         for r in rows.into_iter().map(step_row) {
+            let r = r?;
             by_host.entry(r.host_id).or_default().push(r);
         }
         Ok(by_host)
@@ -486,7 +492,9 @@ impl Store {
         .bind(serde_json::to_string(ids)?)
         .fetch_all(conn)
         .await?;
-        Ok(rows.into_iter().map(step_row).map(|s| (s.id, s)).collect())
+        rows.into_iter()
+            .map(|r| step_row(r).map(|s| (s.id, s)))
+            .collect()
     }
 
     /// Stores validated reports of many steps in one statement (`steps_on` read them in
@@ -1123,7 +1131,7 @@ mod tests {
             host_name: format!("h{host_id}"),
             kind,
             ord,
-            spec: "{}".into(),
+            spec: Default::default(),
             best_effort: false,
         }
     }
@@ -1174,6 +1182,38 @@ mod tests {
         let added = store.steps(first.id).await.unwrap();
         let added = added.iter().find(|s| s.host_id == 3).unwrap();
         assert_eq!((added.state, added.deadline), (StepState::Pending, None));
+    }
+
+    /// A step's spec is stored as it was planned and read back as the same value; one
+    /// that does not decode is an error naming the step, never a default.
+    #[tokio::test]
+    async fn a_step_spec_round_trips_and_a_broken_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut s = step(1, StepKind::Leave, 0);
+        s.spec.target = Some(("n1".into(), "10.0.0.2".into()));
+        s.spec.apps = vec![2, 0];
+        let planned = s.spec.clone();
+        let c = store
+            .apply_generation("c", "text", "{}", generation(vec![s]), "test", &[])
+            .await
+            .unwrap();
+        let read = store.steps(c.id).await.unwrap();
+        assert_eq!(read[0].spec, planned);
+        sqlx::query("UPDATE steps SET spec = 'not json' WHERE id = ?1")
+            .bind(read[0].id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let err = store.step(read[0].id).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!(
+                "step {}: its stored spec does not decode",
+                read[0].id
+            )),
+            "{err}"
+        );
+        assert!(store.steps(c.id).await.is_err());
     }
 
     /// The store's three indexed reads give what the scheduler's `View::of` gives over all

@@ -108,7 +108,8 @@ impl Store {
         .bind(cluster_id)
         .fetch_optional(&mut *conn)
         .await?
-        .map(step_row);
+        .map(step_row)
+        .transpose()?;
         if failure.is_some() {
             return Ok(TickView {
                 failure,
@@ -135,7 +136,7 @@ impl Store {
             .await?
             .into_iter()
             .map(step_row)
-            .collect(),
+            .collect::<Result<_>>()?,
             None => Vec::new(),
         };
         Ok(TickView {
