@@ -4,7 +4,7 @@ use super::auth::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::engine::EngineError;
-use crate::planner::{PlanError, ResolvedSpec};
+use crate::planner::PlanError;
 use crate::store::Role;
 use crate::time::{now_unix, rfc3339};
 use axum::extract::State;
@@ -191,7 +191,9 @@ async fn cluster_row(
 
 async fn view(st: &AppState, name: &str, show_outputs: bool) -> Result<ClusterView, ApiError> {
     let c = cluster_row(st, name).await?;
-    let spec: Option<ResolvedSpec> = serde_json::from_str(&c.spec).ok();
+    // Decoded once per generation by the engine (a status is read every second by a
+    // watcher or the console's grid).
+    let spec = st.engine.spec(c.id).await?;
     let hosts = st.store.cluster_hosts(c.id).await?;
     let steps = st.store.steps(c.id).await?;
     let outputs = st.store.outputs(c.id).await?;
@@ -230,7 +232,7 @@ async fn view(st: &AppState, name: &str, show_outputs: bool) -> Result<ClusterVi
             .into_iter()
             .map(|(k, v)| (k, show_outputs.then_some(v)))
             .collect(),
-        warnings: spec.map(|s| s.warnings).unwrap_or_default(),
+        warnings: spec.map(|s| s.warnings.clone()).unwrap_or_default(),
     })
 }
 

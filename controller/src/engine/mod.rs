@@ -417,7 +417,7 @@ impl Engine {
             }
             recorded = Recorded {
                 hosts: self.recorded_hosts(c.id).await?,
-                spec: parse_spec(&c.spec).ok(),
+                spec: self.spec_of(None, c.id).await?.map(|s| (*s).clone()),
                 installed: steps
                     .iter()
                     .any(|s| s.kind == StepKind::Install && s.state == StepState::Succeeded),
@@ -963,6 +963,12 @@ impl Engine {
     /// How long a step of `kind` with `step_spec` may take once released, grace included.
     fn step_deadline_secs(&self, spec: &ResolvedSpec, kind: StepKind, step_spec: &StepSpec) -> i64 {
         (spec.step_timeout_secs(kind, step_spec) + self.cfg.step_grace.as_secs()) as i64
+    }
+
+    /// The cluster's spec, decoded once per generation (see `spec_of`); `None` when the
+    /// cluster is gone. A stored spec that does not decode is an error, never a default.
+    pub async fn spec(&self, cluster_id: i64) -> Result<Option<Arc<ResolvedSpec>>> {
+        self.spec_of(None, cluster_id).await
     }
 
     /// The cluster's parsed spec: one small read for its generation, parsed only when it

@@ -103,7 +103,11 @@ impl Engine {
                     ),
                 });
             }
-            let spec = parse_spec(&c.spec).map_err(EngineError::Internal)?;
+            let spec = self
+                .spec_of(None, c.id)
+                .await
+                .map_err(EngineError::Internal)?
+                .ok_or_else(|| EngineError::not_found(format!("no cluster `{name}`")))?;
             let hosts: Vec<RecordedHost> = self.recorded_hosts(c.id).await?;
             let upgrade = self.store.last_upgrade(c.id).await?;
             let (back, mut g) = planner::rollback(name, &spec, &hosts, &upgrade).map_err(|e| {
