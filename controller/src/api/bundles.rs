@@ -212,10 +212,12 @@ pub(crate) fn view(row: BundleRow) -> Result<BundleView, ApiError> {
 }
 
 pub async fn list(State(st): State<AppState>) -> Result<ApiJson<Vec<BundleView>>, ApiError> {
-    let rows = st.store.bundles().await?;
-    Ok(ApiJson(
-        rows.into_iter().map(view).collect::<Result<_, _>>()?,
-    ))
+    Ok(ApiJson(views(&st).await?))
+}
+
+/// Every stored bundle as the API shows it (the console's bundles page too).
+pub(crate) async fn views(st: &AppState) -> Result<Vec<BundleView>, ApiError> {
+    st.store.bundles().await?.into_iter().map(view).collect()
 }
 
 /// Resolves `name:tag` or a digest to a stored digest, or 404.

@@ -235,12 +235,13 @@ const DRAIN_OVERSIZED: usize = 16 << 20;
 fn is_upload(req: &axum::extract::Request) -> bool {
     let path = req.uri().path();
     use berth_shared::routes::{AgentBinaryAdd, BundlePush, Endpoint, ImageLoad};
-    // `/v1/agent-binaries/` and what follows.
-    let agent_binaries = AgentBinaryAdd::ROUTE.url(&["", ""]);
-    let agent_binaries = agent_binaries.trim_end_matches('/').to_string() + "/";
+    // `/v1/agent-binaries/`: the template up to its first parameter (no allocation: this
+    // runs for every request).
+    let template = AgentBinaryAdd::ROUTE.path;
+    let agent_binaries = &template[..template.find('{').unwrap_or(template.len())];
     (req.method() == axum::http::Method::POST
         && (path == BundlePush::ROUTE.path || path == ImageLoad::ROUTE.path))
-        || (req.method() == axum::http::Method::PUT && path.starts_with(&agent_binaries))
+        || (req.method() == axum::http::Method::PUT && path.starts_with(agent_binaries))
 }
 
 /// Every other request body is read here, up to [`MAX_JSON_BODY`]. One over it from a

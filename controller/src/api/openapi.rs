@@ -228,10 +228,10 @@ fn responses<E: Endpoint>(route: &Route) -> utoipa::openapi::Responses {
         if *status == 200 && route.ok.contains(&304) {
             r = r.header(
                 "ETag",
-                HeaderBuilder::new()
-                    .schema(ObjectBuilder::new().schema_type(Type::String))
-                    .description(Some("Send it back in `If-None-Match` (with `wait`) to be answered when the status changes"))
-                    .build(),
+                header(
+                    Type::String,
+                    "Send it back in `If-None-Match` (with `wait`) to be answered when the status changes",
+                ),
             );
         }
         b = b.response(status.to_string(), r.build());
@@ -271,15 +271,20 @@ fn responses<E: Endpoint>(route: &Route) -> utoipa::openapi::Responses {
         if status == 503 {
             r = r.header(
                 "Retry-After",
-                HeaderBuilder::new()
-                    .schema(ObjectBuilder::new().schema_type(Type::Integer))
-                    .description(Some("Seconds to wait before asking again"))
-                    .build(),
+                header(Type::Integer, "Seconds to wait before asking again"),
             );
         }
         b = b.response(status.to_string(), r.build());
     }
     b.build()
+}
+
+/// A response header of a plain type.
+fn header(ty: Type, text: &str) -> utoipa::openapi::header::Header {
+    HeaderBuilder::new()
+        .schema(ObjectBuilder::new().schema_type(ty))
+        .description(Some(text))
+        .build()
 }
 
 /// Every refusal of a route, by status: its own and the ones every route of its kind can

@@ -53,10 +53,7 @@ pub async fn hosts(State(st): State<AppState>, Viewer(who): Viewer) -> Result<Ma
 
 /// `GET /ui/bundles`: name, version, type, tags, size and digest.
 pub async fn bundles(State(st): State<AppState>, Viewer(who): Viewer) -> Result<Markup, UiError> {
-    let mut bundles = Vec::new();
-    for row in st.store.bundles().await? {
-        bundles.push(crate::api::bundles::view(row)?);
-    }
+    let bundles = crate::api::bundles::views(&st).await?;
     let body = html! {
         h1 { "Bundles" }
         @if bundles.is_empty() {
