@@ -47,6 +47,13 @@ impl Received {
     }
 }
 
+/// A received upload that scanned as a valid bundle, not yet in place.
+pub struct Checked {
+    pub received: Received,
+    pub manifest: Manifest,
+    pub files: Vec<String>,
+}
+
 pub struct Ingested {
     pub digest: Digest,
     pub size: u64,
@@ -153,6 +160,29 @@ impl BlobStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let checked = self.receive_checked(body, max_size, limits).await?;
+        let (digest, size) = (checked.received.digest, checked.received.size);
+        self.commit(checked.received)?;
+        Ok(Ingested {
+            digest,
+            size,
+            manifest: checked.manifest,
+            files: checked.files,
+        })
+    }
+
+    /// Streams `body` to a temp file, hashing it, and validates it as a bundle; the file
+    /// is removed when the answer is dropped without `commit`.
+    pub async fn receive_checked<S, E>(
+        &self,
+        body: S,
+        max_size: u64,
+        limits: Limits,
+    ) -> Result<Checked, IngestError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         let received = self.receive(body, max_size).await?;
         let check = received.path().to_path_buf();
         let scanned = tokio::task::spawn_blocking(move || {
@@ -164,11 +194,8 @@ impl BlobStore {
         })
         .await
         .map_err(|e| anyhow::anyhow!("validation task: {e}"))??;
-        let (digest, size) = (received.digest, received.size);
-        self.commit(received)?;
-        Ok(Ingested {
-            digest,
-            size,
+        Ok(Checked {
+            received,
             manifest: scanned.manifest,
             files: scanned.files,
         })

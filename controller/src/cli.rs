@@ -79,8 +79,8 @@ pub enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the controller: HTTPS API, PKI and SQLite store
-    Serve(ServeArgs),
+    /// Run the controller: HTTPS API, PKI and store (SQLite, or PostgreSQL)
+    Serve(Box<ServeArgs>),
     /// Bootstrap tokens that let agents enroll
     #[command(subcommand)]
     Token(TokenCmd),
@@ -276,6 +276,25 @@ pub struct ServeArgs {
     /// port keeps needing a viewer token
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Keep the controller's state in this PostgreSQL database instead of
+    /// `<data-dir>/berth.db` (e.g. `postgres://berth@db.example/berth?sslmode=verify-full`);
+    /// prefer the environment variable, which `ps` does not show, for a URL with a password
+    #[arg(
+        long,
+        env = "BERTH_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// Keep bundle blobs in an S3-compatible bucket instead of `<data-dir>/blobs`:
+    /// `s3://BUCKET[/PREFIX]?endpoint=URL&region=REGION` (endpoint for MinIO, Ceph…);
+    /// credentials from the `AWS_*` environment or `--blob-store-credentials`
+    #[arg(long, value_name = "URL")]
+    pub blob_store: Option<String>,
+    /// A 0600 file of `access_key_id = …` and `secret_access_key = …` lines for
+    /// `--blob-store` (optionally `session_token = …`)
+    #[arg(long, value_name = "FILE", requires = "blob_store")]
+    pub blob_store_credentials: Option<PathBuf>,
     /// Extra name or IP for the server certificate (repeatable)
     #[arg(long = "san")]
     pub sans: Vec<String>,
@@ -572,7 +591,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve(a) => {
             let format = a.log_format;
-            serve(a, data_dir, format).await
+            serve(*a, data_dir, format).await
         }
         Command::Token(TokenCmd::Create {
             ttl,
@@ -738,6 +757,13 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
         anyhow::bail!("--max-polls must be at least 1");
     }
     let cfg = ServeConfig {
+        database: crate::store::Location::new(&data_dir, a.database_url.as_deref())?,
+        blob_store: a
+            .blob_store
+            .as_deref()
+            .map(crate::s3::S3Location::parse)
+            .transpose()?,
+        blob_store_credentials: a.blob_store_credentials,
         data_dir,
         listen: a.listen,
         metrics_listen: a.metrics_listen,

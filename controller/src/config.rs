@@ -13,6 +13,12 @@ pub const DEFAULT_PORT: u16 = 7443;
 pub struct ServeConfig {
     /// Where the CA, keys, admin token, SQLite database and (later) blobs live.
     pub data_dir: PathBuf,
+    /// The database: `<data-dir>/berth.db` or PostgreSQL (`--database-url`).
+    pub database: crate::store::Location,
+    /// The bucket bundle blobs live in (`--blob-store`); None = `<data-dir>/blobs`.
+    pub blob_store: Option<crate::s3::S3Location>,
+    /// The 0600 file with the bucket's access keys, if not from the environment.
+    pub blob_store_credentials: Option<PathBuf>,
     /// Address the HTTPS listener binds.
     pub listen: SocketAddr,
     /// Where `/metrics` is also served without authentication (plain HTTP), if anywhere.

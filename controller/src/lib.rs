@@ -7,6 +7,7 @@ pub mod backup;
 pub mod backup_cmd;
 pub mod blobs;
 pub mod bundle_archive;
+pub mod bundle_blobs;
 pub mod bundle_cmd;
 pub mod cli;
 pub mod client;
@@ -31,6 +32,7 @@ pub mod plans;
 pub mod registry;
 #[cfg(test)]
 mod rollout_table;
+pub mod s3;
 pub mod scheduler;
 pub mod secrets;
 pub mod server;

@@ -65,7 +65,8 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     // priority), before anything clones the store.
     let writer = crate::lane::Lane::start("writer", 1, crate::engine::WRITER_NICE)?;
     let store = {
-        let store = Store::open(&cfg.data_dir).await?;
+        let store = Store::open_at(&cfg.database).await?;
+        tracing::info!(engine = store.engine(), database = %cfg.database.describe(), "store open");
         writer
             .run(async move { store.with_own_writes(1).await })
             .await??
@@ -120,6 +121,16 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
     let (bundled_ready, bundled_ready_rx) = tokio::sync::watch::channel(false);
+    let local_blobs = crate::blobs::BlobStore::open(&cfg.data_dir)?;
+    let blobs = match &cfg.blob_store {
+        None => crate::bundle_blobs::BundleBlobs::local(local_blobs),
+        Some(at) => {
+            let bucket =
+                crate::s3::S3Blobs::open(at.clone(), cfg.blob_store_credentials.as_deref()).await?;
+            tracing::info!(bucket = %at, "bundle blobs in object storage");
+            crate::bundle_blobs::BundleBlobs::in_bucket(local_blobs, bucket)
+        }
+    };
     let state = AppState {
         store: store.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -129,7 +140,7 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         poll_hold: cfg.poll_hold,
         poll_slots: Arc::new(Semaphore::new(cfg.max_polls)),
         shutdown: shutdown.clone(),
-        blobs: crate::blobs::BlobStore::open(&cfg.data_dir)?,
+        blobs,
         max_bundle_size: cfg.max_bundle_size,
         images: crate::registry::open(&cfg.data_dir)?,
         registry_auth: cfg.registry_auth,

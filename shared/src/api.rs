@@ -296,6 +296,9 @@ pub mod codes {
     pub const CONTEXT_NOT_RELEASED: &str = "context_not_released";
     /// `--reenroll` with a token not bound to that host, or a bound token used otherwise.
     pub const REENROLL_NOT_ALLOWED: &str = "reenroll_not_allowed";
+    /// `berth backup` of a controller whose state is in PostgreSQL, or whose bundle blobs
+    /// are in a bucket: those are backed up with their own tools (docs/scale-out.md).
+    pub const BACKUP_BY_STORAGE_TOOLS: &str = "backup_by_storage_tools";
     /// An agent binary whose ELF header does not match the architecture it is added for.
     pub const ARCH_MISMATCH: &str = "arch_mismatch";
     /// A client certificate past its end (on a connection opened before).

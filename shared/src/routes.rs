@@ -519,7 +519,7 @@ routes! {
     Backup: Get "/v1/backup", Admin, tag "controller",
         "A consistent backup of the controller (tar, streamed)",
         query NoQuery, request NoBody as None, response TarStream as Tar, ok [200],
-        errors [];
+        errors [(409, BACKUP_BY_STORAGE_TOOLS)];
     AgentBinaryList: Get "/v1/agent-binaries", Viewer, tag "controller",
         "The berth-agent executables served to installing hosts",
         query NoQuery, request NoBody as None, response Vec<api::AgentBinaryView> as Json, ok [200],

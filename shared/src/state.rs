@@ -13,10 +13,8 @@ macro_rules! text_enum {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
-        #[cfg_attr(feature = "sqlx", sqlx(type_name = "TEXT"))]
         pub enum $name {
-            $($(#[$vm])* #[serde(rename = $text)] #[cfg_attr(feature = "sqlx", sqlx(rename = $text))] $variant),+
+            $($(#[$vm])* #[serde(rename = $text)] $variant),+
         }
 
         impl $name {

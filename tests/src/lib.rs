@@ -177,6 +177,150 @@ impl Drop for Proc {
     }
 }
 
+/// A database of its own in the PostgreSQL server whose Unix socket directory
+/// `BERTH_TEST_PG` names (e.g. `/var/run/postgresql`), dropped with the last controller
+/// that uses it. Unix sockets reach the server from inside network namespaces too.
+pub struct TestDb {
+    pub name: String,
+    socket_dir: String,
+}
+
+impl TestDb {
+    /// A new, empty database when `BERTH_TEST_PG` is set.
+    pub fn create() -> Option<Arc<TestDb>> {
+        let socket_dir = std::env::var("BERTH_TEST_PG")
+            .ok()
+            .filter(|v| !v.is_empty() && v != "0")?;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("berth_t{}_{n}", std::process::id());
+        let out = Command::new("createdb")
+            .args(["-h", &socket_dir, &name])
+            .output()
+            .expect("run createdb (BERTH_TEST_PG is set: PostgreSQL's client tools are needed)");
+        assert!(out.status.success(), "createdb {name}: {}", stderr(&out));
+        Some(Arc::new(TestDb { name, socket_dir }))
+    }
+
+    /// The URL `berth serve --database-url` takes.
+    pub fn url(&self) -> String {
+        format!("postgres:///{}?host={}", self.name, self.socket_dir)
+    }
+
+    /// Runs one SQL statement on the database (psql), answering its output.
+    pub fn psql(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-h", &self.socket_dir, "-d", &self.name, "-tA", "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "psql {sql}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = Command::new("dropdb")
+            .args(["-h", &self.socket_dir, "--force", "--if-exists", &self.name])
+            .output();
+    }
+}
+
+/// A bucket of its own in the S3-compatible server `BERTH_TEST_S3` names (its URL, e.g.
+/// moto's `http://127.0.0.1:5390`), for a controller started with `--blob-store`. The
+/// server is one the tests may use without signatures (moto): the harness reads and
+/// writes objects with plain `curl`.
+pub struct TestBucket {
+    pub name: String,
+    pub endpoint: String,
+}
+
+impl TestBucket {
+    /// A new, empty bucket when `BERTH_TEST_S3` is set.
+    pub fn create() -> Option<Arc<TestBucket>> {
+        let endpoint = std::env::var("BERTH_TEST_S3")
+            .ok()
+            .filter(|v| !v.is_empty() && v != "0")?;
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let b = TestBucket {
+            name: format!("berth-t{}-{n}", std::process::id()),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+        };
+        let out = b.curl(&["-X", "PUT", &b.url("")]);
+        assert!(
+            out.status.success(),
+            "create bucket {}: {}",
+            b.name,
+            stderr(&out)
+        );
+        Some(Arc::new(b))
+    }
+
+    fn url(&self, key: &str) -> String {
+        format!("{}/{}/{key}", self.endpoint, self.name)
+    }
+
+    fn curl(&self, args: &[&str]) -> Output {
+        Command::new("curl")
+            .args(["-fsS", "--max-time", "30"])
+            .args(args)
+            .output()
+            .expect("run curl (BERTH_TEST_S3 is set)")
+    }
+
+    /// The `--blob-store` value.
+    pub fn blob_store(&self) -> String {
+        format!("s3://{}?endpoint={}", self.name, self.endpoint)
+    }
+
+    /// Keys in the bucket.
+    pub fn keys(&self) -> Vec<String> {
+        let out = self.curl(&[&format!("{}?list-type=2", self.url(""))]);
+        assert!(out.status.success(), "list {}: {}", self.name, stderr(&out));
+        stdout(&out)
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn get(&self, key: &str) -> Vec<u8> {
+        let out = self.curl(&[&self.url(key)]);
+        assert!(out.status.success(), "get {key}: {}", stderr(&out));
+        out.stdout
+    }
+
+    /// The object's `ETag` header (a multipart upload's ends in `-<parts>"`).
+    pub fn etag(&self, key: &str) -> String {
+        let out = self.curl(&["-I", &self.url(key)]);
+        assert!(out.status.success(), "head {key}: {}", stderr(&out));
+        stdout(&out)
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("etag").then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn put(&self, key: &str, bytes: &[u8]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("object");
+        fs::write(&f, bytes).expect("write object");
+        // No `Expect: 100-continue`: moto's server never answers it.
+        let out = self.curl(&[
+            "-H",
+            "Expect:",
+            "-T",
+            &f.display().to_string(),
+            &self.url(key),
+        ]);
+        assert!(out.status.success(), "put {key}: {}", stderr(&out));
+    }
+}
+
 /// A controller in a temp dir on a free loopback port.
 pub struct Controller {
     pub dir: Arc<tempfile::TempDir>,
@@ -190,6 +334,10 @@ pub struct Controller {
     pub ip: String,
     /// Open-files limit (soft and hard) the controller runs under; None = inherited.
     pub nofile: Option<u64>,
+    /// Its PostgreSQL database (`BERTH_TEST_PG`); None = `berth.db` in the data dir.
+    pub database: Option<Arc<TestDb>>,
+    /// Its bucket for bundle blobs (`BERTH_TEST_S3`); None = `<data-dir>/blobs`.
+    pub bucket: Option<Arc<TestBucket>>,
 }
 
 impl Controller {
@@ -215,6 +363,8 @@ impl Controller {
             netns: None,
             ip: "127.0.0.1".into(),
             nofile,
+            database: TestDb::create(),
+            bucket: TestBucket::create(),
         };
         c.spawn().expect("controller starts");
         c
@@ -233,6 +383,9 @@ impl Controller {
             netns: Some(netns.to_string()),
             ip: ip.to_string(),
             nofile: None,
+            database: TestDb::create(),
+            // The S3 server listens on this namespace's loopback, out of the controller's.
+            bucket: None,
         };
         c.spawn().expect("controller starts");
         c
@@ -273,6 +426,14 @@ impl Controller {
         ]);
         if !self.extra_args.iter().any(|a| a == "--poll-hold") {
             cmd.args(["--poll-hold", "2s"]);
+        }
+        if let Some(db) = &self.database {
+            cmd.env("BERTH_DATABASE_URL", db.url());
+        }
+        if let Some(b) = &self.bucket {
+            cmd.args(["--blob-store", &b.blob_store()])
+                .env("AWS_ACCESS_KEY_ID", "berth-test")
+                .env("AWS_SECRET_ACCESS_KEY", "berth-test");
         }
         cmd.args(&self.extra_args);
         cmd
@@ -725,6 +886,47 @@ impl Controller {
         assert!(out.status.success(), "restore: {}", stderr(&out));
         self.data_dir = restored;
         self.spawn().expect("start the restored controller");
+    }
+
+    /// The hex digests of the bundle blobs stored (in the data dir, or the bucket).
+    pub fn blob_hexes(&self) -> Vec<String> {
+        if let Some(b) = &self.bucket {
+            return b
+                .keys()
+                .into_iter()
+                .filter_map(|k| k.strip_prefix("sha256/").map(str::to_string))
+                .collect();
+        }
+        let mut out = Vec::new();
+        for d in fs::read_dir(self.data_dir.join("blobs/sha256")).expect("blobs dir") {
+            for f in fs::read_dir(d.expect("entry").path()).expect("blob subdir") {
+                out.push(f.expect("entry").file_name().to_string_lossy().into_owned());
+            }
+        }
+        out
+    }
+
+    /// The stored bytes of bundle blob `digest`.
+    pub fn blob_bytes(&self, digest: &str) -> Vec<u8> {
+        let hex = digest.trim_start_matches("sha256:");
+        match &self.bucket {
+            Some(b) => b.get(&format!("sha256/{hex}")),
+            None => fs::read(self.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex))
+                .expect("read blob"),
+        }
+    }
+
+    /// Overwrites the stored bytes of bundle blob `digest` (as a disk or bucket fault).
+    pub fn tamper_blob(&self, digest: &str, bytes: &[u8]) {
+        let hex = digest.trim_start_matches("sha256:");
+        match &self.bucket {
+            Some(b) => b.put(&format!("sha256/{hex}"), bytes),
+            None => fs::write(
+                self.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex),
+                bytes,
+            )
+            .expect("write blob"),
+        }
     }
 
     /// `berth status NAME -o json`.

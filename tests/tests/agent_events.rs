@@ -7,6 +7,12 @@ use berth_tests::*;
 use serde_json::{json, Value};
 
 fn store_bytes(ctl: &Controller) -> u64 {
+    if let Some(db) = &ctl.database {
+        return db
+            .psql("SELECT pg_database_size(current_database())")
+            .parse()
+            .unwrap();
+    }
     ["berth.db", "berth.db-wal"]
         .iter()
         .filter_map(|f| std::fs::metadata(ctl.data_dir.join(f)).ok())

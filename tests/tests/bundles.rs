@@ -13,13 +13,7 @@ fn json_out(o: &std::process::Output) -> Value {
 }
 
 fn blob_files(ctl: &Controller) -> Vec<String> {
-    let mut out = Vec::new();
-    for d in fs::read_dir(ctl.data_dir.join("blobs/sha256")).unwrap() {
-        for f in fs::read_dir(d.unwrap().path()).unwrap() {
-            out.push(f.unwrap().file_name().to_string_lossy().into_owned());
-        }
-    }
-    out
+    ctl.blob_hexes()
 }
 
 fn tmp_files(ctl: &Controller) -> usize {
@@ -354,12 +348,10 @@ fn a_tampered_blob_is_refused_and_nothing_is_unpacked() {
     write_bundle(&dir, "demo", "v1", 100_000);
     let digest = push(&ctl, &dir);
     release_to(&ctl, "t1", &digest);
-    let hex = digest.trim_start_matches("sha256:");
-    let blob = ctl.data_dir.join("blobs/sha256").join(&hex[..2]).join(hex);
-    let mut bytes = fs::read(&blob).unwrap();
+    let mut bytes = ctl.blob_bytes(&digest);
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
-    fs::write(&blob, &bytes).unwrap();
+    ctl.tamper_blob(&digest, &bytes);
 
     let into = ctl.dir.path().join("rootfs");
     let out = agent_fetch(&agent, &digest, &into);
@@ -428,4 +420,112 @@ fn junk_kept_from_an_earlier_download_never_reaches_the_unpacked_tree() {
         fs::read(good.join("bin/payload")).unwrap()
     );
     assert!(cache.join(hex).is_file());
+}
+
+/// A bundle in a bucket (`--blob-store`): it goes up as a multipart upload (moto's ETag of
+/// a multipart object ends in `-<parts>`), nothing of it stays in the data dir, and an agent
+/// whose download is cut resumes it with a `Range` the controller answers from the bucket.
+#[test]
+#[cfg_attr(
+    not(berth_s3),
+    ignore = "needs an S3-compatible server: set BERTH_TEST_S3 to its URL (moto_server)"
+)]
+fn a_bundle_in_a_bucket_goes_up_in_parts_and_comes_down_in_ranges() {
+    let ctl = Controller::start(&[]);
+    let bucket = ctl.bucket.clone().expect("a controller with a bucket");
+    let proxy = CutProxy::start(ctl.port);
+    let agent = enrolled_agent(&ctl, "r1", &proxy.url());
+    let dir = ctl.dir.path().join("src");
+    write_bundle(&dir, "big", "v1", 20_000_000);
+    let digest = push(&ctl, &dir);
+    let hex = digest.trim_start_matches("sha256:");
+    let etag = bucket.etag(&format!("sha256/{hex}"));
+    let parts: u32 = etag
+        .trim_matches('"')
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a multipart ETag: {etag}"));
+    assert!(parts >= 3, "{parts} parts of at most 8 MiB for 20 MB");
+    assert_eq!(ctl.blob_hexes(), vec![hex.to_string()]);
+    let local = fs::read_dir(ctl.data_dir.join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(local, 0, "no blob in the data dir");
+    assert_eq!(tmp_files(&ctl), 0, "the staged upload is gone");
+
+    release_to(&ctl, "r1", &digest);
+    proxy.cut_next_after(9_000_000);
+    let into = ctl.dir.path().join("rootfs");
+    let out = agent_fetch(&agent, &digest, &into);
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    assert_eq!(proxy.cuts(), 1, "the proxy really cut a connection");
+    assert!(
+        log.contains("resuming download from the bytes already fetched"),
+        "{log}"
+    );
+    assert_eq!(
+        fs::read(into.join("bin/payload")).unwrap(),
+        fs::read(dir.join("bin/payload")).unwrap()
+    );
+
+    // `bundle rm` deletes the object of a bundle no cluster uses.
+    let small = ctl.dir.path().join("small");
+    write_bundle(&small, "small", "v1", 1000);
+    let other = push(&ctl, &small);
+    assert_eq!(ctl.blob_hexes().len(), 2);
+    let out = ctl.cli(&["bundle", "rm", &other]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ctl.blob_hexes(),
+        vec![hex.to_string()],
+        "{:?}",
+        bucket.keys()
+    );
+}
+
+/// A bucket that is not there stops the start, naming it; a backup of a controller whose
+/// blobs are in a bucket is refused with the code that says where backups come from.
+#[test]
+#[cfg_attr(
+    not(berth_s3),
+    ignore = "needs an S3-compatible server: set BERTH_TEST_S3 to its URL (moto_server)"
+)]
+fn a_missing_bucket_stops_the_start_and_a_bucket_is_not_backed_up_by_berth() {
+    let ctl = Controller::start(&[]);
+    let bucket = ctl.bucket.clone().expect("a controller with a bucket");
+    let file = ctl.dir.path().join("b.tar");
+    let out = ctl.cli(&["backup", "-o", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("(backup_by_storage_tools)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!file.exists());
+
+    let dir = tempfile::tempdir().unwrap();
+    // (`timeout`: a controller that started anyway must not hang the test.)
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg(berth_bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--blob-store",
+            &format!("s3://no-such-bucket-here?endpoint={}", bucket.endpoint),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "berth-test")
+        .env("AWS_SECRET_ACCESS_KEY", "berth-test")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot use the bucket s3://no-such-bucket-here at"),
+        "{err}"
+    );
 }

@@ -83,6 +83,10 @@ fn bundles_saved_on_one_controller_load_on_another_with_digests_and_tags() {
 }
 
 #[test]
+#[cfg_attr(
+    berth_postgres,
+    ignore = "berth backup of a PostgreSQL store is refused (PostgreSQL's tools back it up): tested by a_postgres_backup_is_refused_naming_the_tools"
+)]
 fn a_backup_taken_during_an_apply_restores_a_controller_the_agents_keep_using() {
     let mut ctl = Controller::start(&[]);
     let _agents = ctl.agents(&["b1", "b2"]);

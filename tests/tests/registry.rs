@@ -350,6 +350,10 @@ fn registry_clients_pull_the_images_bundles_carry() {
 /// password, as registry clients send it). A backup carries the registry's blobs: the
 /// restored controller serves the same image.
 #[test]
+#[cfg_attr(
+    berth_postgres,
+    ignore = "berth backup of a PostgreSQL store is refused (PostgreSQL's tools back it up): tested by a_postgres_backup_is_refused_naming_the_tools"
+)]
 fn registry_reads_can_require_credentials_and_survive_a_restore() {
     let mut ctl = Controller::start(&["--registry-auth"]);
     let archive = ctl.dir.path().join("one.tar");

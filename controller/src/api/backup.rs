@@ -12,6 +12,21 @@ use berth_shared::Digest;
 use std::collections::BTreeMap;
 
 pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
+    let bucket_refusal = st.blobs.bucket().map(|b| {
+        format!("this controller keeps bundle blobs in {}: back the bucket up with its own tools (versioning, replication or a copy), and the database beside it; see docs/scale-out.md", b.location)
+    });
+    if let Some(refusal) = st
+        .store
+        .backup_refusal()
+        .map(str::to_string)
+        .or(bucket_refusal)
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            berth_shared::api::codes::BACKUP_BY_STORAGE_TOOLS,
+            refusal,
+        ));
+    }
     let tmp = tempfile::Builder::new()
         .prefix("backup-")
         .tempdir_in(st.blobs.root().join("tmp"))
@@ -63,7 +78,7 @@ pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Respon
     tracing::info!(actor = %caller.actor(), blobs = manifest.blobs.len(), "backup started");
     let (writer, reader) = tokio::io::duplex(1 << 20);
     let stores = [
-        st.blobs.clone(),
+        st.blobs.local_store().clone(),
         st.agent_binaries.clone(),
         st.images.clone(),
     ];

@@ -41,9 +41,9 @@ pub async fn push(
         })?),
     };
     let stream = body.into_data_stream().map_err(|e| e.to_string());
-    let ingested = st
+    let crate::bundle_blobs::Pushed { ingested, local } = st
         .blobs
-        .ingest(Box::pin(stream), st.max_bundle_size, st.unpack_limits)
+        .push(Box::pin(stream), st.max_bundle_size, st.unpack_limits)
         .await
         .map_err(|e| match e {
             IngestError::TooLarge { .. } => ApiError::new(
@@ -105,9 +105,10 @@ pub async fn push(
     // from disk, only when the upload scan saw a `registry/` or `images/` file).
     let (mut images, mut warnings) = (Vec::new(), Vec::new());
     if created && crate::registry::may_carry_images(&ingested.files) {
-        let (store, blob) = (st.images.clone(), st.blobs.path(&ingested.digest));
-        match tokio::task::spawn_blocking(move || crate::registry::from_bundle(&store, &blob)).await
-        {
+        let store = st.images.clone();
+        // The bundle's local copy stays until its images are read.
+        let scan = move || crate::registry::from_bundle(&store, local.path());
+        match tokio::task::spawn_blocking(scan).await {
             Ok(Ok(found)) => {
                 st.store
                     .add_images(&format!("bundle:{digest}"), &found.refs, None)
@@ -323,7 +324,7 @@ pub async fn remove(
         }
         BundleRef::Digest(d) => {
             st.store.delete_bundle(&digest, &caller.actor()).await?;
-            st.blobs.remove(&d)?;
+            st.blobs.remove(&d).await?;
             remove_images(&st, &format!("bundle:{digest}")).await?;
         }
     }
@@ -357,7 +358,8 @@ impl FromRequestParts<AppState> for BlobReader {
     }
 }
 
-/// Streams a blob from disk: `Content-Length`, `ETag` = digest, `Range` (206), HEAD.
+/// Streams a blob from disk or from the bucket: `Content-Length`, `ETag` = digest,
+/// `Range` (206, 416), HEAD.
 pub async fn blob(
     State(st): State<AppState>,
     who: BlobReader,
@@ -380,21 +382,40 @@ pub async fn blob(
             ));
         }
     }
-    if !st.blobs.exists(&digest) {
-        return Err(ApiError::new(
+    let no_blob = || {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             codes::NOT_FOUND,
             format!("no blob {digest}"),
-        ));
-    }
-    let svc = tower_http::services::ServeFile::new(st.blobs.path(&digest))
-        .with_buf_chunk_size(256 * 1024);
+        )
+    };
     let head = req.method() == axum::http::Method::HEAD;
-    let resp = svc
-        .oneshot(req)
-        .await
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serving blob: {e}")))?;
-    let mut resp = resp.map(Body::new).into_response();
+    let mut resp = match (st.blobs.local_path(&digest), st.blobs.bucket()) {
+        (Some(path), _) => {
+            if !path.is_file() {
+                return Err(no_blob());
+            }
+            let svc = tower_http::services::ServeFile::new(path).with_buf_chunk_size(256 * 1024);
+            let resp = svc
+                .oneshot(req)
+                .await
+                .map_err(|e| ApiError::Internal(anyhow::anyhow!("serving blob: {e}")))?;
+            resp.map(Body::new).into_response()
+        }
+        (None, Some(bucket)) => {
+            let size = bucket
+                .size(&digest)
+                .await
+                .map_err(ApiError::Internal)?
+                .ok_or_else(no_blob)?;
+            let range = req
+                .headers()
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok());
+            from_bucket(bucket, &digest, size, range, head).await?
+        }
+        (None, None) => return Err(no_blob()),
+    };
     if !head && resp.status().is_success() {
         let len = resp
             .headers()
@@ -411,6 +432,90 @@ pub async fn blob(
         HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     Ok(resp)
+}
+
+/// `size` bytes of `digest` from the bucket: all of them, or the one range asked for.
+async fn from_bucket(
+    bucket: &crate::s3::S3Blobs,
+    digest: &Digest,
+    size: u64,
+    range: Option<&str>,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let wanted = match range.map(|r| byte_range(r, size)) {
+        None | Some(Ok(None)) => None,
+        Some(Ok(Some(r))) => Some(r),
+        Some(Err(())) => {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .body(Body::empty())
+                .map_err(|e| ApiError::Internal(e.into()))
+        }
+    };
+    let (status, bytes) = match &wanted {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone()),
+        None => (StatusCode::OK, 0..size),
+    };
+    let mut b = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, bytes.end - bytes.start);
+    if wanted.is_some() {
+        b = b.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{size}", bytes.start, bytes.end - 1),
+        );
+    }
+    let body = if head || bytes.is_empty() {
+        Body::empty()
+    } else {
+        Body::from_stream(
+            bucket
+                .read(digest, Some(bytes))
+                .await
+                .map_err(ApiError::Internal)?,
+        )
+    };
+    b.body(body).map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// The one byte range a `Range` header asks of `size` bytes: `Ok(None)` for a header to
+/// ignore (another unit, several ranges, unparsable: the whole blob is sent, as RFC 9110
+/// allows), `Err` for a range past the end (416).
+fn byte_range(header: &str, size: u64) -> Result<Option<std::ops::Range<u64>>, ()> {
+    let Some(spec) = header.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(start), Ok(last)) if start <= last => {
+            if start >= size {
+                return Err(());
+            }
+            Ok(Some(start..last.saturating_add(1).min(size)))
+        }
+        (Ok(start), Err(_)) if b.is_empty() => {
+            if start >= size {
+                return Err(());
+            }
+            Ok(Some(start..size))
+        }
+        (Err(_), Ok(n)) if a.is_empty() => {
+            if n == 0 || size == 0 {
+                return Err(());
+            }
+            Ok(Some(size.saturating_sub(n)..size))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Forgets the images `source` brought and deletes the blobs nothing else names.
@@ -490,4 +595,26 @@ pub async fn load_images(
             warnings: found.warnings,
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_range;
+
+    #[test]
+    fn byte_ranges_are_read_as_rfc_9110_says() {
+        assert_eq!(byte_range("bytes=0-99", 1000), Ok(Some(0..100)));
+        assert_eq!(byte_range("bytes=500-", 1000), Ok(Some(500..1000)));
+        assert_eq!(byte_range("bytes=-100", 1000), Ok(Some(900..1000)));
+        assert_eq!(byte_range("bytes=-5000", 1000), Ok(Some(0..1000)));
+        assert_eq!(byte_range("bytes=990-5000", 1000), Ok(Some(990..1000)));
+        assert_eq!(byte_range("bytes=1000-", 1000), Err(()));
+        assert_eq!(byte_range("bytes=1000-1001", 1000), Err(()));
+        assert_eq!(byte_range("bytes=-0", 1000), Err(()));
+        // Ignored: the whole blob.
+        assert_eq!(byte_range("bytes=0-1,5-6", 1000), Ok(None));
+        assert_eq!(byte_range("items=0-1", 1000), Ok(None));
+        assert_eq!(byte_range("bytes=9-3", 1000), Ok(None));
+        assert_eq!(byte_range("bytes=x-", 1000), Ok(None));
+    }
 }

@@ -47,7 +47,7 @@ pub struct AppState {
     /// Bounds concurrent long-polls; when empty, polls get `503` + `Retry-After`.
     pub poll_slots: Arc<Semaphore>,
     pub shutdown: CancellationToken,
-    pub blobs: BlobStore,
+    pub blobs: crate::bundle_blobs::BundleBlobs,
     /// Largest accepted bundle upload, bytes.
     pub max_bundle_size: u64,
     /// Container image blobs the registry serves (`crate::registry`).

@@ -279,12 +279,13 @@ impl Engine {
         } else {
             r.outputs.clear();
         }
+        // Text columns hold no NUL on either engine (PostgreSQL's TEXT cannot).
         r.log_tail = r
             .log_tail
-            .map(|t| berth_shared::text::clip(&t, 4096).to_string());
+            .map(|t| berth_shared::text::clip(&t, 4096).replace('\0', "\u{FFFD}"));
         r.reason = r
             .reason
-            .map(|t| berth_shared::text::clip(&t, 1024).to_string());
+            .map(|t| berth_shared::text::clip(&t, 1024).replace('\0', "\u{FFFD}"));
         let deadline =
             (to == StepState::Running).then(|| now_unix() + self.deadline_secs(&spec, &step));
         let cluster_id = step.cluster_id;

@@ -16,49 +16,47 @@ pub struct Inventory {
 /// controller's plans (they refuse a generation they have seen).
 pub const RESTORE_GENERATION_JUMP: i64 = 1_000_000;
 
+/// The blobs a database names: bundles, agent executables, registry blobs and manifests.
+pub(super) const BLOB_QUERIES: [&str; 3] = [
+    "SELECT digest, size FROM bundles ORDER BY digest",
+    "SELECT DISTINCT digest, size FROM agent_binaries ORDER BY digest",
+    "SELECT digest, size FROM image_blobs UNION SELECT digest, size FROM image_manifests ORDER BY digest",
+];
+
 impl Store {
-    /// Writes a consistent copy of the whole database to `dest` (`VACUUM INTO`: one read
-    /// transaction, while the controller keeps serving).
+    /// Why `berth backup` cannot copy this store, when it cannot: a PostgreSQL store is
+    /// backed up with PostgreSQL's tools.
+    pub fn backup_refusal(&self) -> Option<&'static str> {
+        match self.db {
+            super::Db::Sqlite(_) => None,
+            super::Db::Postgres(_) => Some(super::postgres::BACKUP_REFUSAL),
+        }
+    }
+
+    /// Writes a consistent copy of the whole database to `dest` (on SQLite `VACUUM INTO`:
+    /// one read transaction, while the controller keeps serving). A PostgreSQL store is
+    /// backed up with PostgreSQL's own tools: this refuses, naming them.
     pub async fn snapshot_into(&self, dest: &Path) -> Result<()> {
         let dest = dest
             .to_str()
             .ok_or_else(|| super::StoreError::Conflict("the snapshot path is not UTF-8".into()))?;
-        sqlx::query("VACUUM INTO ?1")
-            .bind(dest)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        match &self.db {
+            super::Db::Sqlite(p) => Ok(p.snapshot_into(dest).await?),
+            super::Db::Postgres(_) => Err(super::StoreError::Conflict(
+                super::postgres::BACKUP_REFUSAL.into(),
+            )),
+        }
     }
 
     /// Digests (with sizes) of every bundle, agent executable and registry blob a
     /// database snapshot names: exactly the files a backup of it must carry.
     pub async fn snapshot_blobs(snapshot: &Path) -> Result<[Vec<(String, i64)>; 3]> {
-        use sqlx::Connection;
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(snapshot)
-            .read_only(true);
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
-        let bundles = sqlx::query_as("SELECT digest, size FROM bundles ORDER BY digest")
-            .fetch_all(&mut conn)
-            .await?;
-        let agents =
-            sqlx::query_as("SELECT DISTINCT digest, size FROM agent_binaries ORDER BY digest")
-                .fetch_all(&mut conn)
-                .await?;
-        let images = sqlx::query_as(
-            "SELECT digest, size FROM image_blobs UNION SELECT digest, size FROM image_manifests ORDER BY digest",
-        )
-        .fetch_all(&mut conn)
-        .await?;
-        conn.close().await?;
-        Ok([bundles, agents, images])
+        Ok(super::sqlite::snapshot_blobs(snapshot).await?)
     }
 
     pub async fn inventory(&self) -> Result<Inventory> {
         let n = |sql: &'static str| async move {
-            sqlx::query_scalar::<_, i64>(sql)
-                .fetch_one(&self.pool)
-                .await
+            run!(self.reads(), sqlx::query_scalar::<_, i64>(sql) => fetch_one)
         };
         Ok(Inventory {
             hosts: n("SELECT COUNT(*) FROM hosts").await?,
@@ -71,10 +69,8 @@ impl Store {
     /// the audit log says where the data came from.
     pub async fn mark_restored(&self, from: &str) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query("UPDATE hosts SET plan_generation = plan_generation + ?1")
-            .bind(RESTORE_GENERATION_JUMP)
-            .execute(&mut *tx)
-            .await?;
+        run!(tx.conn(), sqlx::query("UPDATE hosts SET plan_generation = plan_generation + $1")
+            .bind(RESTORE_GENERATION_JUMP) => execute)?;
         audit(&mut tx, "berth restore", "controller.restore", from, None).await?;
         tx.commit().await?;
         Ok(())

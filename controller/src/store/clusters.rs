@@ -5,12 +5,12 @@
 //! (`WHERE state = ? AND attempt = ?`), so a concurrent change is never overwritten.
 
 use super::error::StoreError;
+use super::Columns;
 use super::Result;
 use super::{Store, WriteTx};
 use crate::planner::{Generation, NewStep};
 use crate::time::now_unix;
 use berth_shared::state::{ClusterPhase, HostRole, StepKind, StepState};
-use sqlx::Row;
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone)]
@@ -117,41 +117,41 @@ pub struct LostStep {
     pub last_seen: i64,
 }
 
-fn cluster_row(r: sqlx::sqlite::SqliteRow) -> ClusterRow {
+fn cluster_row(r: impl super::Columns) -> ClusterRow {
     ClusterRow {
-        id: r.get("id"),
-        name: r.get("name"),
-        generation: r.get("generation"),
-        clusterfile: r.get("clusterfile"),
-        spec: r.get("spec"),
-        phase: r.get("phase"),
-        message: r.get("message"),
+        id: r.col("id"),
+        name: r.col("name"),
+        generation: r.col("generation"),
+        clusterfile: r.col("clusterfile"),
+        spec: r.col("spec"),
+        phase: r.parsed("phase"),
+        message: r.col("message"),
     }
 }
 
-pub(super) fn step_row(r: sqlx::sqlite::SqliteRow) -> Result<StepRow> {
-    let id: i64 = r.get("id");
-    let spec = serde_json::from_str(r.get::<&str, _>("spec"))
+pub(super) fn step_row(r: impl super::Columns) -> Result<StepRow> {
+    let id: i64 = r.col("id");
+    let spec = serde_json::from_str(&r.col::<String>("spec"))
         .map_err(|e| anyhow::anyhow!("step {id}: its stored spec does not decode: {e}"))?;
     Ok(StepRow {
-        id: r.get("id"),
-        cluster_id: r.get("cluster_id"),
-        host_id: r.get("host_id"),
-        host_name: r.get("host_name"),
-        kind: r.get("kind"),
-        ord: r.get("ord"),
+        id: r.col("id"),
+        cluster_id: r.col("cluster_id"),
+        host_id: r.col("host_id"),
+        host_name: r.col("host_name"),
+        kind: r.parsed("kind"),
+        ord: r.col("ord"),
         spec,
-        best_effort: r.get::<i64, _>("best_effort") != 0,
-        state: r.get("state"),
-        attempt: r.get("attempt"),
-        exit_code: r.get("exit_code"),
-        reason: r.get("reason"),
-        started_at: r.get("started_at"),
-        ended_at: r.get("ended_at"),
-        log_tail: r.get("log_tail"),
-        deadline: r.get("deadline"),
-        log_len: r.get("log_len"),
-        log_stored: r.get("log_stored"),
+        best_effort: r.col::<i64>("best_effort") != 0,
+        state: r.parsed("state"),
+        attempt: r.col("attempt"),
+        exit_code: r.col("exit_code"),
+        reason: r.col("reason"),
+        started_at: r.col("started_at"),
+        ended_at: r.col("ended_at"),
+        log_tail: r.col("log_tail"),
+        deadline: r.col("deadline"),
+        log_len: r.col("log_len"),
+        log_stored: r.col("log_stored"),
     })
 }
 
@@ -159,69 +159,57 @@ pub(super) const STEP_COLS: &str = "id, cluster_id, host_id, host_name, kind, or
 
 impl Store {
     pub async fn cluster(&self, name: &str) -> Result<Option<ClusterRow>> {
-        let r = sqlx::query("SELECT * FROM clusters WHERE name = ?1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(r.map(cluster_row))
+        Ok(
+            run!(self.reads(), sqlx::query("SELECT * FROM clusters WHERE name = $1")
+            .bind(name) => fetch_optional |r| cluster_row(r))?,
+        )
     }
 
     pub async fn cluster_by_id(&self, id: i64) -> Result<Option<ClusterRow>> {
-        let r = sqlx::query("SELECT * FROM clusters WHERE id = ?1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(r.map(cluster_row))
+        Ok(
+            run!(self.reads(), sqlx::query("SELECT * FROM clusters WHERE id = $1")
+            .bind(id) => fetch_optional |r| cluster_row(r))?,
+        )
     }
 
     pub async fn clusters(&self) -> Result<Vec<ClusterRow>> {
-        let rows = sqlx::query("SELECT * FROM clusters ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(cluster_row).collect())
+        Ok(
+            run!(self.reads(), sqlx::query("SELECT * FROM clusters ORDER BY name") => fetch_all |r| cluster_row(r))?,
+        )
     }
 
     /// The cluster holding a host, if any: (id, name).
     pub async fn cluster_of_host(&self, host_id: i64) -> Result<Option<(i64, String)>> {
-        Ok(sqlx::query_as(
-            "SELECT c.id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id WHERE h.host_id = ?1",
+        Ok(run!(self.reads(), sqlx::query_as(
+            "SELECT c.id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id WHERE h.host_id = $1",
         )
-        .bind(host_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        .bind(host_id) => fetch_optional)?)
     }
 
     /// Every cluster member: host id → cluster name.
     pub async fn host_clusters(&self) -> Result<std::collections::HashMap<i64, String>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String)> = run!(self.reads(), sqlx::query_as(
             "SELECT h.host_id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        ) => fetch_all)?;
         Ok(rows.into_iter().collect())
     }
 
     pub async fn cluster_hosts(&self, cluster_id: i64) -> Result<Vec<ClusterHostRow>> {
-        let rows = sqlx::query(
+        let rows = run!(self.reads(), sqlx::query(
             "SELECT ch.host_id, h.name, ch.role, ch.ord, ch.ip, ch.env, ch.state
              FROM cluster_hosts ch JOIN hosts h ON h.id = ch.host_id
-             WHERE ch.cluster_id = ?1 ORDER BY ch.ord",
+             WHERE ch.cluster_id = $1 ORDER BY ch.ord",
         )
-        .bind(cluster_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| ClusterHostRow {
-                host_id: r.get("host_id"),
-                name: r.get("name"),
-                role: r.get("role"),
-                ord: r.get("ord"),
-                ip: r.get("ip"),
-                env: r.get("env"),
-                state: r.get("state"),
-            })
-            .collect())
+        .bind(cluster_id) => fetch_all |r| ClusterHostRow {
+                host_id: r.col("host_id"),
+                name: r.col("name"),
+                role: r.parsed("role"),
+                ord: r.col("ord"),
+                ip: r.col("ip"),
+                env: r.col("env"),
+                state: r.col("state"),
+            })?;
+        Ok(rows.into_iter().collect())
     }
 
     /// How many steps of the cluster are in each state (an index-only count).
@@ -229,13 +217,14 @@ impl Store {
         &self,
         cluster_id: i64,
     ) -> Result<std::collections::BTreeMap<StepState, u64>> {
-        let rows: Vec<(StepState, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*) FROM steps INDEXED BY steps_cluster_state WHERE cluster_id = ?1 GROUP BY state",
-        )
-        .bind(cluster_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(s, n)| (s, n as u64)).collect())
+        let hint = (self.dialect().indexed_by)("steps_cluster_state");
+        let rows: Vec<(String, i64)> = run!(self.reads(), sqlx::query_as(&format!(
+            "SELECT state, COUNT(*) FROM steps {hint} WHERE cluster_id = $1 GROUP BY state",
+        ))
+        .bind(cluster_id) => fetch_all)?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((s.parse().map_err(|e| anyhow::anyhow!("{e}"))?, n as u64)))
+            .collect()
     }
 
     /// Stores a new generation of a cluster: spec, hosts added, hosts marked leaving,
@@ -255,38 +244,31 @@ impl Store {
     ) -> Result<AppliedGeneration> {
         let now = now_unix();
         let mut tx = self.write().await?;
-        let existing: Option<(i64, i64)> =
-            sqlx::query_as("SELECT id, generation FROM clusters WHERE name = ?1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let existing: Option<(i64, i64)> = run!(tx.conn(), sqlx::query_as("SELECT id, generation FROM clusters WHERE name = $1")
+                .bind(name) => fetch_optional)?;
         let (id, generation) = match existing {
             Some((id, gen)) => {
-                sqlx::query(
-                    "UPDATE clusters SET generation = ?1, clusterfile = ?2, spec = ?3, phase = ?4, message = NULL, updated_at = ?5 WHERE id = ?6",
+                run!(tx.conn(), sqlx::query(
+                    "UPDATE clusters SET generation = $1, clusterfile = $2, spec = $3, phase = $4, message = NULL, updated_at = $5 WHERE id = $6",
                 )
                 .bind(gen + 1)
                 .bind(clusterfile)
                 .bind(spec)
-                .bind(ClusterPhase::Reconciling)
+                .bind(ClusterPhase::Reconciling.as_str())
                 .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+                .bind(id) => execute)?;
                 (id, gen + 1)
             }
             None => {
-                let id: i64 = sqlx::query_scalar(
+                let id: i64 = run!(tx.conn(), sqlx::query_scalar(
                     "INSERT INTO clusters (name, generation, clusterfile, spec, phase, created_at, updated_at)
-                     VALUES (?1, 1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+                     VALUES ($1, 1, $2, $3, $4, $5, $5) RETURNING id",
                 )
                 .bind(name)
                 .bind(clusterfile)
                 .bind(spec)
-                .bind(ClusterPhase::Reconciling)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
+                .bind(ClusterPhase::Reconciling.as_str())
+                .bind(now) => fetch_one)?;
                 (id, 1)
             }
         };
@@ -297,33 +279,29 @@ impl Store {
                 .iter()
                 .map(|h| serde_json::json!([h.host_id, h.role.to_string(), h.ord, h.ip, h.env]))
                 .collect();
-            sqlx::query(
+            let members = (tx.dialect().json_rows)(2);
+            run!(tx.conn(), sqlx::query(&format!(
                 "INSERT INTO cluster_hosts (cluster_id, host_id, role, ord, ip, env)
-                 SELECT ?1, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?2)",
-            )
+                 SELECT $1, CAST(j.value ->> 0 AS BIGINT), j.value ->> 1, CAST(j.value ->> 2 AS BIGINT),
+                        j.value ->> 3, j.value ->> 4 FROM {members}",
+            ))
             .bind(id)
-            .bind(serde_json::Value::Array(rows).to_string())
-            .execute(&mut *tx)
-            .await?;
+            .bind(serde_json::Value::Array(rows).to_string()) => execute)?;
         }
         for u in &g.host_updates {
-            sqlx::query("UPDATE cluster_hosts SET ip = ?1, env = ?2, ord = ?3 WHERE cluster_id = ?4 AND host_id = ?5")
+            run!(tx.conn(), sqlx::query("UPDATE cluster_hosts SET ip = $1, env = $2, ord = $3 WHERE cluster_id = $4 AND host_id = $5")
                 .bind(&u.ip)
                 .bind(&u.env)
                 .bind(u.ord)
                 .bind(id)
-                .bind(u.host_id)
-                .execute(&mut *tx)
-                .await?;
+                .bind(u.host_id) => execute)?;
         }
         for host_id in &g.leaving {
-            sqlx::query(
-                "UPDATE cluster_hosts SET state = 'leaving' WHERE cluster_id = ?1 AND host_id = ?2",
+            run!(tx.conn(), sqlx::query(
+                "UPDATE cluster_hosts SET state = 'leaving' WHERE cluster_id = $1 AND host_id = $2",
             )
             .bind(id)
-            .bind(host_id)
-            .execute(&mut *tx)
-            .await?;
+            .bind(host_id) => execute)?;
         }
         // Resume, never restart: failed and interrupted steps get a new attempt.
         retry_failed(&mut tx, id).await?;
@@ -358,13 +336,11 @@ impl Store {
     }
 
     pub async fn steps(&self, cluster_id: i64) -> Result<Vec<StepRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {STEP_COLS} FROM steps WHERE cluster_id = ?1 ORDER BY ord, host_name, id"
+        let rows = run!(self.reads(), sqlx::query(&format!(
+            "SELECT {STEP_COLS} FROM steps WHERE cluster_id = $1 ORDER BY ord, host_name, id"
         ))
-        .bind(cluster_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(step_row).collect()
+        .bind(cluster_id) => fetch_all |r| step_row(r))?;
+        rows.into_iter().collect()
     }
 
     /// The cluster's generation (its spec changes only with it), and the spec when asked.
@@ -374,22 +350,19 @@ impl Store {
         cluster_id: i64,
         with_spec: bool,
     ) -> Result<Option<(i64, Option<String>)>> {
-        let conn: &mut sqlx::SqliteConnection = tx;
-        Store::spec_at(conn, cluster_id, with_spec).await
+        Store::spec_at(tx.conn(), cluster_id, with_spec).await
     }
 
-    async fn spec_at<'e, E: sqlx::SqliteExecutor<'e>>(
-        e: E,
+    async fn spec_at<'e, E: sqlx::SqliteExecutor<'e>, P: sqlx::PgExecutor<'e>>(
+        e: super::On<E, P>,
         cluster_id: i64,
         with_spec: bool,
     ) -> Result<Option<(i64, Option<String>)>> {
-        Ok(sqlx::query_as(
-            "SELECT generation, CASE WHEN ?2 THEN spec END FROM clusters WHERE id = ?1",
+        Ok(run!(e, sqlx::query_as(
+            "SELECT generation, CASE WHEN $2 THEN spec END FROM clusters WHERE id = $1",
         )
         .bind(cluster_id)
-        .bind(with_spec)
-        .fetch_optional(e)
-        .await?)
+        .bind(with_spec) => fetch_optional)?)
     }
 
     /// `spec_at` on the pool.
@@ -398,15 +371,13 @@ impl Store {
         cluster_id: i64,
         with_spec: bool,
     ) -> Result<Option<(i64, Option<String>)>> {
-        Store::spec_at(&self.pool, cluster_id, with_spec).await
+        Store::spec_at(self.reads(), cluster_id, with_spec).await
     }
 
     pub async fn step(&self, id: i64) -> Result<Option<StepRow>> {
-        let r = sqlx::query(&format!("SELECT {STEP_COLS} FROM steps WHERE id = ?1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        r.map(step_row).transpose()
+        let r = run!(self.reads(), sqlx::query(&format!("SELECT {STEP_COLS} FROM steps WHERE id = $1"))
+            .bind(id) => fetch_optional |r| step_row(r))?;
+        r.transpose()
     }
 
     /// Steps released to each of these hosts and not finished: what their plans carry,
@@ -415,15 +386,14 @@ impl Store {
         &self,
         host_ids: &[i64],
     ) -> Result<HashMap<i64, Vec<StepRow>>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {STEP_COLS} FROM steps WHERE host_id IN (SELECT value FROM json_each(?1))
+        let ids_in = (self.dialect().json_ints)(1);
+        let rows = run!(self.reads(), sqlx::query(&format!(
+            "SELECT {STEP_COLS} FROM steps WHERE host_id IN {ids_in}
              AND state IN ('released', 'running') ORDER BY host_id, ord, id"
         ))
-        .bind(serde_json::to_string(host_ids)?)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(serde_json::to_string(host_ids)?) => fetch_all |r| step_row(r))?;
         let mut by_host: HashMap<i64, Vec<StepRow>> = HashMap::new();
-        for r in rows.into_iter().map(step_row) {
+        for r in rows.into_iter() {
             let r = r?;
             by_host.entry(r.host_id).or_default().push(r);
         }
@@ -440,15 +410,14 @@ impl Store {
         }
         let mut tx = self.write().await?;
         let mut hosts = Vec::new();
+        let ids_in = (tx.dialect().json_ints)(2);
         for (deadline, ids) in by_deadline {
-            let released: Vec<i64> = sqlx::query_scalar(
-                "UPDATE steps SET state = 'released', deadline = ?1
-                 WHERE id IN (SELECT value FROM json_each(?2)) AND state = 'pending' RETURNING host_id",
-            )
+            let released: Vec<i64> = run!(tx.conn(), sqlx::query_scalar(&format!(
+                "UPDATE steps SET state = 'released', deadline = $1
+                 WHERE id IN {ids_in} AND state = 'pending' RETURNING host_id",
+            ))
             .bind(deadline)
-            .bind(serde_json::to_string(&ids)?)
-            .fetch_all(&mut *tx)
-            .await?;
+            .bind(serde_json::to_string(&ids)?) => fetch_all)?;
             hosts.extend(released);
         }
         hosts.sort_unstable();
@@ -461,19 +430,21 @@ impl Store {
             return Ok(g);
         }
         // Misses of concurrent polls (a fleet connecting) share one query.
-        let pool = self.pool.clone();
+        let store = self.clone();
         let g = self
             .generations
             .load(host_id, move |ids| {
-                let pool = pool.clone();
+                let store = store.clone();
                 async move {
-                    let rows: Vec<(i64, i64)> = sqlx::query_as(
-                        "SELECT id, plan_generation FROM hosts WHERE id IN (SELECT value FROM json_each(?1))",
+                    let ids_in = (store.dialect().json_ints)(1);
+                    let rows: Vec<(i64, i64)> = run!(store.reads(), sqlx::query_as(
+                        &format!("SELECT id, plan_generation FROM hosts WHERE id IN {ids_in}"),
                     )
-                    .bind(serde_json::to_string(&ids)?)
-                    .fetch_all(&pool)
-                    .await?;
-                    Ok(rows.into_iter().map(|(id, g)| (id, Some(g as u64))).collect())
+                    .bind(serde_json::to_string(&ids)?) => fetch_all)?;
+                    Ok(rows
+                        .into_iter()
+                        .map(|(id, g)| (id, Some(g as u64)))
+                        .collect())
                 }
             })
             .await
@@ -485,16 +456,12 @@ impl Store {
 
     /// The steps with these ids, on `conn` (inside a write transaction).
     pub async fn steps_on(conn: &mut WriteTx, ids: &[i64]) -> Result<HashMap<i64, StepRow>> {
-        let conn: &mut sqlx::SqliteConnection = conn;
-        let rows = sqlx::query(&format!(
-            "SELECT {STEP_COLS} FROM steps WHERE id IN (SELECT value FROM json_each(?1))"
+        let ids_in = (conn.dialect().json_ints)(1);
+        let rows = run!(conn.conn(), sqlx::query(&format!(
+            "SELECT {STEP_COLS} FROM steps WHERE id IN {ids_in}"
         ))
-        .bind(serde_json::to_string(ids)?)
-        .fetch_all(conn)
-        .await?;
-        rows.into_iter()
-            .map(|r| step_row(r).map(|s| (s.id, s)))
-            .collect()
+        .bind(serde_json::to_string(ids)?) => fetch_all |r| step_row(r))?;
+        rows.into_iter().map(|r| r.map(|s| (s.id, s))).collect()
     }
 
     /// Stores validated reports of many steps in one statement (`steps_on` read them in
@@ -505,25 +472,22 @@ impl Store {
         steps: &[StepResult],
         outputs: &[(i64, String, String)],
     ) -> Result<(), StoreError> {
-        let tx: &mut sqlx::SqliteConnection = tx;
         if !steps.is_empty() {
-            let n = sqlx::query(
-                "UPDATE steps SET state = json_extract(j.value, '$.state'),
-                     exit_code = json_extract(j.value, '$.exit_code'),
-                     reason = json_extract(j.value, '$.reason'),
-                     started_at = json_extract(j.value, '$.started_at'),
-                     ended_at = json_extract(j.value, '$.ended_at'),
-                     log_tail = json_extract(j.value, '$.log_tail'),
-                     outputs = json_extract(j.value, '$.outputs'),
-                     deadline = json_extract(j.value, '$.deadline')
-                 FROM json_each(?1) AS j
-                 WHERE steps.id = json_extract(j.value, '$.id')
-                   AND steps.attempt = json_extract(j.value, '$.attempt')",
-            )
-            .bind(serde_json::to_string(steps)?)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            let results = (tx.dialect().json_rows)(1);
+            let n = run!(tx.conn(), sqlx::query(&format!(
+                "UPDATE steps SET state = j.value ->> 'state',
+                     exit_code = CAST(j.value ->> 'exit_code' AS BIGINT),
+                     reason = j.value ->> 'reason',
+                     started_at = CAST(j.value ->> 'started_at' AS BIGINT),
+                     ended_at = CAST(j.value ->> 'ended_at' AS BIGINT),
+                     log_tail = j.value ->> 'log_tail',
+                     outputs = j.value ->> 'outputs',
+                     deadline = CAST(j.value ->> 'deadline' AS BIGINT)
+                 FROM {results}
+                 WHERE steps.id = CAST(j.value ->> 'id' AS BIGINT)
+                   AND steps.attempt = CAST(j.value ->> 'attempt' AS BIGINT)",
+            ))
+            .bind(serde_json::to_string(steps)?) => execute)?;
             if n != steps.len() as u64 {
                 return Err(StoreError::Other(anyhow::anyhow!(
                     "{} of {} step results stored: the steps changed inside the transaction",
@@ -533,15 +497,13 @@ impl Store {
             }
         }
         for (cluster_id, k, v) in outputs {
-            sqlx::query(
-                "INSERT INTO cluster_outputs (cluster_id, key, value) VALUES (?1, ?2, ?3)
+            run!(tx.conn(), sqlx::query(
+                "INSERT INTO cluster_outputs (cluster_id, key, value) VALUES ($1, $2, $3)
                  ON CONFLICT(cluster_id, key) DO UPDATE SET value = excluded.value",
             )
             .bind(cluster_id)
             .bind(k)
-            .bind(v)
-            .execute(&mut *tx)
-            .await?;
+            .bind(v) => execute)?;
         }
         Ok(())
     }
@@ -557,13 +519,11 @@ impl Store {
         data: &[u8],
         cap: u64,
     ) -> Result<LogAppend, StoreError> {
-        let tx: &mut sqlx::SqliteConnection = tx;
+        let tx: &mut WriteTx = tx;
         let (len, stored): (i64, i64) =
-            sqlx::query_as("SELECT log_len, log_stored FROM steps WHERE id = ?1 AND attempt = ?2")
+            run!(tx.conn(), sqlx::query_as("SELECT log_len, log_stored FROM steps WHERE id = $1 AND attempt = $2")
                 .bind(step.id)
-                .bind(step.attempt)
-                .fetch_optional(&mut *tx)
-                .await?
+                .bind(step.attempt) => fetch_optional)?
                 .ok_or_else(|| StoreError::Conflict("the step moved to another attempt".into()))?;
         let (len, stored) = (len as u64, stored as u64);
         if offset > len {
@@ -579,22 +539,18 @@ impl Store {
         let room = cap.saturating_sub(stored) as usize;
         let keep = &fresh[..fresh.len().min(room)];
         if !keep.is_empty() {
-            sqlx::query(
-                "INSERT INTO step_logs (step_id, attempt, offset, data) VALUES (?1, ?2, ?3, ?4)",
+            run!(tx.conn(), sqlx::query(
+                "INSERT INTO step_logs (step_id, attempt, \"offset\", data) VALUES ($1, $2, $3, $4)",
             )
             .bind(step.id)
             .bind(step.attempt)
             .bind(stored as i64)
-            .bind(keep)
-            .execute(&mut *tx)
-            .await?;
+            .bind(keep) => execute)?;
         }
-        sqlx::query("UPDATE steps SET log_len = ?1, log_stored = ?2 WHERE id = ?3")
+        run!(tx.conn(), sqlx::query("UPDATE steps SET log_len = $1, log_stored = $2 WHERE id = $3")
             .bind(end as i64)
             .bind((stored + keep.len() as u64) as i64)
-            .bind(step.id)
-            .execute(&mut *tx)
-            .await?;
+            .bind(step.id) => execute)?;
         Ok(if keep.len() == fresh.len() {
             LogAppend::Stored(keep.len() as u64)
         } else {
@@ -615,20 +571,16 @@ impl Store {
         let mut total = 0usize;
         let mut at = from as i64;
         loop {
-            let rows = sqlx::query(
-                "SELECT offset, data FROM step_logs WHERE step_id = ?1 AND attempt = ?2 AND offset + length(data) > ?3 ORDER BY offset LIMIT 8",
+            let rows: Vec<(i64, Vec<u8>)> = run!(self.reads(), sqlx::query_as(
+                "SELECT \"offset\", data FROM step_logs WHERE step_id = $1 AND attempt = $2 AND \"offset\" + length(data) > $3 ORDER BY \"offset\" LIMIT 8",
             )
             .bind(step_id)
             .bind(attempt)
-            .bind(at)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(at) => fetch_all)?;
             if rows.is_empty() {
                 return Ok(out);
             }
-            for r in rows {
-                let off: i64 = r.get("offset");
-                let data: Vec<u8> = r.get("data");
+            for (off, data) in rows {
                 at = off + data.len() as i64;
                 total += data.len();
                 out.push((off as u64, data));
@@ -640,16 +592,11 @@ impl Store {
     }
 
     pub async fn outputs(&self, cluster_id: i64) -> Result<BTreeMap<String, String>> {
-        let rows = sqlx::query(
-            "SELECT key, value FROM cluster_outputs WHERE cluster_id = ?1 ORDER BY key",
+        let rows = run!(self.reads(), sqlx::query(
+            "SELECT key, value FROM cluster_outputs WHERE cluster_id = $1 ORDER BY key",
         )
-        .bind(cluster_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.get("key"), r.get("value")))
-            .collect())
+        .bind(cluster_id) => fetch_all |r| (r.col("key"), r.col("value")))?;
+        Ok(rows.into_iter().collect())
     }
 
     pub async fn set_phase(
@@ -658,27 +605,25 @@ impl Store {
         phase: ClusterPhase,
         message: Option<&str>,
     ) -> Result<()> {
-        self.write_one(
+        write_one!(
+            self,
             sqlx::query(
-                "UPDATE clusters SET phase = ?1, message = ?2, updated_at = ?3 WHERE id = ?4",
+                "UPDATE clusters SET phase = $1, message = $2, updated_at = $3 WHERE id = $4",
             )
-            .bind(phase)
+            .bind(phase.as_str())
             .bind(message)
             .bind(now_unix())
-            .bind(cluster_id),
-        )
-        .await?;
+            .bind(cluster_id)
+        )?;
         Ok(())
     }
 
     /// Drops hosts whose leave/remove finished from a cluster.
     pub async fn drop_left_hosts(&self, cluster_id: i64) -> Result<Vec<i64>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "DELETE FROM cluster_hosts WHERE cluster_id = ?1 AND state = 'leaving' RETURNING host_id",
+        let ids: Vec<i64> = run!(self.reads(), sqlx::query_scalar(
+            "DELETE FROM cluster_hosts WHERE cluster_id = $1 AND state = 'leaving' RETURNING host_id",
         )
-        .bind(cluster_id)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(cluster_id) => fetch_all)?;
         Ok(ids)
     }
 
@@ -693,11 +638,9 @@ impl Store {
     ) -> Result<u64> {
         let mut tx = self.write().await?;
         let n = retry_failed(&mut tx, cluster_id).await?;
-        sqlx::query("UPDATE clusters SET phase = ?2, message = NULL WHERE id = ?1")
+        run!(tx.conn(), sqlx::query("UPDATE clusters SET phase = $2, message = NULL WHERE id = $1")
             .bind(cluster_id)
-            .bind(phase)
-            .execute(&mut *tx)
-            .await?;
+            .bind(phase.as_str()) => execute)?;
         super::audit(
             &mut tx,
             actor,
@@ -713,21 +656,21 @@ impl Store {
     /// The upgrade steps of the cluster's last upgrade (none when a rollback came after
     /// it, or it never had one).
     pub async fn last_upgrade(&self, cluster_id: i64) -> Result<Vec<crate::planner::UpgradeStep>> {
-        let rows: Vec<(i64, i64, i64, StepState)> = sqlx::query_as(
-            "SELECT id, host_id, ord, state FROM steps WHERE cluster_id = ?1 AND kind = 'upgrade' AND generation =
-               (SELECT MAX(generation) FROM steps WHERE cluster_id = ?1 AND kind IN ('upgrade', 'rollback'))
+        let rows: Vec<(i64, i64, i64, String)> = run!(self.reads(), sqlx::query_as(
+            "SELECT id, host_id, ord, state FROM steps WHERE cluster_id = $1 AND kind = 'upgrade' AND generation =
+               (SELECT MAX(generation) FROM steps WHERE cluster_id = $1 AND kind IN ('upgrade', 'rollback'))
              ORDER BY ord, id",
         )
-        .bind(cluster_id)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(cluster_id) => fetch_all)?;
         Ok(rows
             .into_iter()
             .map(|(id, host_id, ord, state)| crate::planner::UpgradeStep {
                 id,
                 host_id,
                 ord,
-                state,
+                state: state
+                    .parse()
+                    .unwrap_or_else(|e| panic!("column state: {e}")),
             })
             .collect())
     }
@@ -745,24 +688,21 @@ impl Store {
         name: &str,
     ) -> Result<Vec<i64>> {
         let mut tx = self.write().await?;
-        let generation: i64 = sqlx::query_scalar(
-            "UPDATE clusters SET spec = ?2, phase = ?3, message = NULL, generation = generation + 1, updated_at = ?4 WHERE id = ?1 RETURNING generation",
+        let generation: i64 = run!(tx.conn(), sqlx::query_scalar(
+            "UPDATE clusters SET spec = $2, phase = $3, message = NULL, generation = generation + 1, updated_at = $4 WHERE id = $1 RETURNING generation",
         )
         .bind(cluster_id)
         .bind(spec)
-        .bind(ClusterPhase::Reconciling)
-        .bind(now_unix())
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut hosts: Vec<i64> = sqlx::query_scalar(
+        .bind(ClusterPhase::Reconciling.as_str())
+        .bind(now_unix()) => fetch_one)?;
+        let ids_in = (tx.dialect().json_ints)(1);
+        let mut hosts: Vec<i64> = run!(tx.conn(), sqlx::query_scalar(&format!(
             "UPDATE steps SET state = 'cancelled', reason = 'superseded by a rollback', deadline = NULL
-             WHERE id IN (SELECT value FROM json_each(?1)) AND cluster_id = ?2 AND state IN ('pending', 'failed', 'interrupted')
+             WHERE id IN {ids_in} AND cluster_id = $2 AND state IN ('pending', 'failed', 'interrupted')
              RETURNING host_id",
-        )
+        ))
         .bind(serde_json::to_string(&g.cancel)?)
-        .bind(cluster_id)
-        .fetch_all(&mut *tx)
-        .await?;
+        .bind(cluster_id) => fetch_all)?;
         let n = g.steps.len();
         insert_steps(&mut tx, cluster_id, generation, g.steps, &[]).await?;
         super::audit(
@@ -799,23 +739,17 @@ impl Store {
         command: &str,
     ) -> Result<(Vec<i64>, Vec<i64>)> {
         let mut tx = self.write().await?;
-        let generation: i64 = sqlx::query_scalar("SELECT generation FROM clusters WHERE id = ?1")
-            .bind(cluster_id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let generation: i64 = run!(tx.conn(), sqlx::query_scalar("SELECT generation FROM clusters WHERE id = $1")
+            .bind(cluster_id) => fetch_one)?;
         let mut hosts: Vec<i64> = steps.iter().map(|s| s.host_id).collect();
         let names: Vec<String> = steps.iter().map(|s| s.host_name.clone()).collect();
-        let first: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM steps")
-            .fetch_one(&mut *tx)
-            .await?;
+        let first: i64 = run!(tx.conn(), sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM steps") => fetch_one)?;
         insert_steps(&mut tx, cluster_id, generation, steps, released).await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM steps WHERE cluster_id = ?1 AND id > ?2 AND kind = 'exec' ORDER BY id",
+        let ids: Vec<i64> = run!(tx.conn(), sqlx::query_scalar(
+            "SELECT id FROM steps WHERE cluster_id = $1 AND id > $2 AND kind = 'exec' ORDER BY id",
         )
         .bind(cluster_id)
-        .bind(first)
-        .fetch_all(&mut *tx)
-        .await?;
+        .bind(first) => fetch_all)?;
         let detail = format!("hosts={} command={command}", names.join(","));
         super::audit(&mut tx, actor, "cluster.exec", name, Some(&detail)).await?;
         super::events::record(
@@ -834,10 +768,10 @@ impl Store {
 
     /// Marks a reset forced: from now on a host that stops answering is skipped.
     pub async fn set_reset_forced(&self, cluster_id: i64) -> Result<()> {
-        self.write_one(
-            sqlx::query("UPDATE clusters SET reset_forced = 1 WHERE id = ?1").bind(cluster_id),
-        )
-        .await?;
+        write_one!(
+            self,
+            sqlx::query("UPDATE clusters SET reset_forced = 1 WHERE id = $1").bind(cluster_id)
+        )?;
         Ok(())
     }
 
@@ -848,17 +782,16 @@ impl Store {
         &self,
         seen_before: i64,
     ) -> Result<Vec<(i64, String, i64, String)>> {
-        Ok(sqlx::query_as(
+        let hint = (self.dialect().indexed_by)("steps_cluster_state");
+        Ok(run!(self.reads(), sqlx::query_as(&format!(
             "SELECT s.cluster_id, c.name, s.id, s.host_name FROM clusters c
-               JOIN steps s INDEXED BY steps_cluster_state ON s.cluster_id = c.id AND s.state IN ('pending', 'released', 'running')
+               JOIN steps s {hint} ON s.cluster_id = c.id AND s.state IN ('pending', 'released', 'running')
                LEFT JOIN hosts h ON h.id = s.host_id
              WHERE c.reset_forced = 1 AND c.phase IN ('Resetting', 'ResetFailed')
-               AND (h.id IS NULL OR h.last_seen < ?1 OR h.state = 'revoked')
+               AND (h.id IS NULL OR h.last_seen < $1 OR h.state = 'revoked')
              ORDER BY s.cluster_id, s.id",
-        )
-        .bind(seen_before)
-        .fetch_all(&self.pool)
-        .await?)
+        ))
+        .bind(seen_before) => fetch_all)?)
     }
 
     /// `berth reset`: cancels unfinished steps and schedules `clean` on every host.
@@ -870,15 +803,11 @@ impl Store {
         name: &str,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        let hosts: Vec<i64> = sqlx::query_scalar("UPDATE steps SET state = 'cancelled', reason = 'cluster reset' WHERE cluster_id = ?1 AND state IN ('pending', 'released', 'failed', 'interrupted') RETURNING host_id")
+        let hosts: Vec<i64> = run!(tx.conn(), sqlx::query_scalar("UPDATE steps SET state = 'cancelled', reason = 'cluster reset' WHERE cluster_id = $1 AND state IN ('pending', 'released', 'failed', 'interrupted') RETURNING host_id")
+            .bind(cluster_id) => fetch_all)?;
+        let generation: i64 = run!(tx.conn(), sqlx::query_scalar("UPDATE clusters SET phase = $2, message = NULL, generation = generation + 1 WHERE id = $1 RETURNING generation")
             .bind(cluster_id)
-            .fetch_all(&mut *tx)
-            .await?;
-        let generation: i64 = sqlx::query_scalar("UPDATE clusters SET phase = ?2, message = NULL, generation = generation + 1 WHERE id = ?1 RETURNING generation")
-            .bind(cluster_id)
-            .bind(ClusterPhase::Resetting)
-            .fetch_one(&mut *tx)
-            .await?;
+            .bind(ClusterPhase::Resetting.as_str()) => fetch_one)?;
         let mut bumped = Vec::new();
         for h in hosts {
             bumped.push((h, bump_generation(&mut tx, h).await?));
@@ -902,13 +831,11 @@ impl Store {
         let mut tx = self.write().await?;
         let mut hosts = Vec::new();
         for id in ids {
-            let h: Option<(i64, String)> = sqlx::query_as(
-                "UPDATE steps SET state = 'cancelled', reason = ?2, deadline = NULL WHERE id = ?1 AND state NOT IN ('succeeded', 'cancelled') RETURNING host_id, host_name",
+            let h: Option<(i64, String)> = run!(tx.conn(), sqlx::query_as(
+                "UPDATE steps SET state = 'cancelled', reason = $2, deadline = NULL WHERE id = $1 AND state NOT IN ('succeeded', 'cancelled') RETURNING host_id, host_name",
             )
             .bind(id)
-            .bind(reason)
-            .fetch_optional(&mut *tx)
-            .await?;
+            .bind(reason) => fetch_optional)?;
             if let Some((h, name)) = h {
                 super::audit(
                     &mut tx,
@@ -928,65 +855,52 @@ impl Store {
 
     pub async fn delete_cluster(&self, cluster_id: i64) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query("DELETE FROM cluster_hosts WHERE cluster_id = ?1")
-            .bind(cluster_id)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM clusters WHERE id = ?1")
-            .bind(cluster_id)
-            .execute(&mut *tx)
-            .await?;
+        run!(tx.conn(), sqlx::query("DELETE FROM cluster_hosts WHERE cluster_id = $1")
+            .bind(cluster_id) => execute)?;
+        run!(tx.conn(), sqlx::query("DELETE FROM clusters WHERE id = $1")
+            .bind(cluster_id) => execute)?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Digests referenced by any cluster's spec (a bundle in use cannot be removed).
     pub async fn cluster_specs(&self) -> Result<Vec<(String, String)>> {
-        Ok(sqlx::query_as("SELECT name, spec FROM clusters")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(run!(self.reads(), sqlx::query_as("SELECT name, spec FROM clusters") => fetch_all)?)
     }
 
     /// Released/running steps past their deadline, or whose host was last seen before
     /// `seen_before`.
     pub async fn lost_steps(&self, now: i64, seen_before: i64) -> Result<Vec<LostStep>> {
-        let rows = sqlx::query(
+        let rows = run!(self.reads(), sqlx::query(
             "SELECT s.id, s.cluster_id, s.attempt, s.state, s.host_name, s.deadline, COALESCE(h.last_seen, 0) AS last_seen
              FROM steps s LEFT JOIN hosts h ON h.id = s.host_id
              WHERE s.state IN ('released', 'running')
-               AND ((s.deadline IS NOT NULL AND s.deadline < ?1) OR h.id IS NULL OR h.last_seen < ?2)",
+               AND ((s.deadline IS NOT NULL AND s.deadline < $1) OR h.id IS NULL OR h.last_seen < $2)",
         )
         .bind(now)
-        .bind(seen_before)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| LostStep {
-                id: r.get("id"),
-                cluster_id: r.get("cluster_id"),
-                attempt: r.get("attempt"),
-                state: r.get("state"),
-                host_name: r.get("host_name"),
-                deadline: r.get("deadline"),
-                last_seen: r.get("last_seen"),
-            })
-            .collect())
+        .bind(seen_before) => fetch_all |r| LostStep {
+                id: r.col("id"),
+                cluster_id: r.col("cluster_id"),
+                attempt: r.col("attempt"),
+                state: r.parsed("state"),
+                host_name: r.col("host_name"),
+                deadline: r.col("deadline"),
+                last_seen: r.col("last_seen"),
+            })?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Marks a lost step `interrupted` unless it moved meanwhile.
     pub async fn mark_lost(&self, s: &LostStep, reason: &str) -> Result<bool> {
-        Ok(self.write_one(sqlx::query(
-            "UPDATE steps SET state = 'interrupted', reason = ?1, ended_at = ?2, deadline = NULL
-             WHERE id = ?3 AND state = ?4 AND attempt = ?5",
+        Ok(write_one!(self, sqlx::query(
+            "UPDATE steps SET state = 'interrupted', reason = $1, ended_at = $2, deadline = NULL
+             WHERE id = $3 AND state = $4 AND attempt = $5",
         )
         .bind(reason)
         .bind(now_unix())
         .bind(s.id)
-        .bind(s.state)
-        .bind(s.attempt))
-        .await?
-        .rows_affected()
+        .bind(s.state.as_str())
+        .bind(s.attempt))?
             > 0)
     }
 
@@ -994,24 +908,18 @@ impl Store {
     /// and it leaves the cluster, in one transaction. Returns the cluster's id.
     pub async fn remove_from_cluster(&self, host_id: i64, actor: &str) -> Result<Option<i64>> {
         let mut tx = self.write().await?;
-        let cluster: Option<(i64, String)> = sqlx::query_as(
-            "SELECT c.id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id WHERE h.host_id = ?1",
+        let cluster: Option<(i64, String)> = run!(tx.conn(), sqlx::query_as(
+            "SELECT c.id, c.name FROM cluster_hosts h JOIN clusters c ON c.id = h.cluster_id WHERE h.host_id = $1",
         )
-        .bind(host_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .bind(host_id) => fetch_optional)?;
         let Some((cid, cname)) = cluster else {
             return Ok(None);
         };
-        sqlx::query("UPDATE steps SET state = 'cancelled', reason = 'host deleted', deadline = NULL WHERE host_id = ?1 AND cluster_id = ?2 AND state NOT IN ('succeeded', 'cancelled')")
+        run!(tx.conn(), sqlx::query("UPDATE steps SET state = 'cancelled', reason = 'host deleted', deadline = NULL WHERE host_id = $1 AND cluster_id = $2 AND state NOT IN ('succeeded', 'cancelled')")
             .bind(host_id)
-            .bind(cid)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM cluster_hosts WHERE host_id = ?1")
-            .bind(host_id)
-            .execute(&mut *tx)
-            .await?;
+            .bind(cid) => execute)?;
+        run!(tx.conn(), sqlx::query("DELETE FROM cluster_hosts WHERE host_id = $1")
+            .bind(host_id) => execute)?;
         super::audit(
             &mut tx,
             actor,
@@ -1035,13 +943,12 @@ async fn commit_bumping(
     let bumped: Vec<(i64, i64)> = if hosts.is_empty() {
         Vec::new()
     } else {
-        sqlx::query_as(
+        let ids_in = (tx.dialect().json_ints)(1);
+        run!(tx.conn(), sqlx::query_as(&format!(
             "UPDATE hosts SET plan_generation = plan_generation + 1
-             WHERE id IN (SELECT value FROM json_each(?1)) RETURNING id, plan_generation",
-        )
-        .bind(serde_json::to_string(&hosts)?)
-        .fetch_all(&mut *tx)
-        .await?
+             WHERE id IN {ids_in} RETURNING id, plan_generation",
+        ))
+        .bind(serde_json::to_string(&hosts)?) => fetch_all)?
     };
     tx.commit().await?;
     for (h, g) in bumped {
@@ -1051,36 +958,25 @@ async fn commit_bumping(
 }
 
 /// Returns the host's new plan generation (None: no such host).
-async fn bump_generation(
-    tx: &mut sqlx::SqliteConnection,
-    host_id: i64,
-) -> Result<Option<u64>, sqlx::Error> {
-    let g: Option<i64> = sqlx::query_scalar(
-        "UPDATE hosts SET plan_generation = plan_generation + 1 WHERE id = ?1 RETURNING plan_generation",
+async fn bump_generation(tx: &mut WriteTx, host_id: i64) -> Result<Option<u64>, sqlx::Error> {
+    let g: Option<i64> = run!(tx.conn(), sqlx::query_scalar(
+        "UPDATE hosts SET plan_generation = plan_generation + 1 WHERE id = $1 RETURNING plan_generation",
     )
-    .bind(host_id)
-    .fetch_optional(tx)
-    .await?;
+    .bind(host_id) => fetch_optional)?;
     Ok(g.map(|g| g as u64))
 }
 
 /// Failed and interrupted steps of a cluster get a new attempt (resume, never restart).
-async fn retry_failed(
-    tx: &mut sqlx::SqliteConnection,
-    cluster_id: i64,
-) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
+async fn retry_failed(tx: &mut WriteTx, cluster_id: i64) -> Result<u64, sqlx::Error> {
+    Ok(run!(tx.conn(), sqlx::query(
         "UPDATE steps SET state = 'pending', attempt = attempt + 1, exit_code = NULL, reason = NULL, started_at = NULL, ended_at = NULL, deadline = NULL, log_len = 0, log_stored = 0
-         WHERE cluster_id = ?1 AND state IN ('failed', 'interrupted') AND kind != 'exec'",
+         WHERE cluster_id = $1 AND state IN ('failed', 'interrupted') AND kind != 'exec'",
     )
-    .bind(cluster_id)
-    .execute(tx)
-    .await?
-    .rows_affected())
+    .bind(cluster_id) => execute)?)
 }
 
 async fn insert_steps(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut WriteTx,
     cluster_id: i64,
     generation: i64,
     steps: Vec<NewStep>,
@@ -1107,17 +1003,17 @@ async fn insert_steps(
             ])
         })
         .collect();
-    sqlx::query(
+    let new_steps = (tx.dialect().json_rows)(3);
+    run!(tx.conn(), sqlx::query(&format!(
         "INSERT INTO steps (cluster_id, generation, host_id, host_name, kind, ord, spec, best_effort, state, deadline)
-         SELECT ?1, ?2, value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-                CASE WHEN value ->> 6 IS NULL THEN 'pending' ELSE 'released' END, value ->> 6
-         FROM json_each(?3) ORDER BY key",
-    )
+         SELECT $1, $2, CAST(j.value ->> 0 AS BIGINT), j.value ->> 1, j.value ->> 2, CAST(j.value ->> 3 AS BIGINT),
+                j.value ->> 4, CAST(j.value ->> 5 AS BIGINT),
+                CASE WHEN j.value ->> 6 IS NULL THEN 'pending' ELSE 'released' END, CAST(j.value ->> 6 AS BIGINT)
+         FROM {new_steps} ORDER BY j.key",
+    ))
     .bind(cluster_id)
     .bind(generation)
-    .bind(serde_json::Value::Array(rows).to_string())
-    .execute(&mut *tx)
-    .await?;
+    .bind(serde_json::Value::Array(rows).to_string()) => execute)?;
     Ok(())
 }
 
@@ -1200,11 +1096,9 @@ mod tests {
             .unwrap();
         let read = store.steps(c.id).await.unwrap();
         assert_eq!(read[0].spec, planned);
-        sqlx::query("UPDATE steps SET spec = 'not json' WHERE id = ?1")
-            .bind(read[0].id)
-            .execute(&store.pool)
-            .await
-            .unwrap();
+        run!(store.reads(), sqlx::query("UPDATE steps SET spec = 'not json' WHERE id = $1")
+            .bind(read[0].id) => execute)
+        .unwrap();
         let err = store.step(read[0].id).await.unwrap_err().to_string();
         assert!(
             err.contains(&format!(
@@ -1249,14 +1143,13 @@ mod tests {
         let set = |sid: i64, state: StepState| {
             let store = &store;
             async move {
-                store
-                    .write_one(
-                        sqlx::query("UPDATE steps SET state = ?1 WHERE id = ?2")
-                            .bind(state)
-                            .bind(sid),
-                    )
-                    .await
-                    .unwrap();
+                write_one!(
+                    store,
+                    sqlx::query("UPDATE steps SET state = $1 WHERE id = $2")
+                        .bind(state.as_str())
+                        .bind(sid)
+                )
+                .unwrap();
             }
         };
         let mut rounds = 0;

@@ -4,6 +4,7 @@
 
 use super::Result;
 use super::Store;
+use super::WriteTx;
 
 /// Events kept; older ones are pruned.
 pub const EVENTS_KEPT: i64 = 200_000;
@@ -33,22 +34,21 @@ pub struct EventQuery {
 
 /// Records an event on `conn` (inside the transaction that makes the change it tells of).
 pub async fn record(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut WriteTx,
     cluster: &str,
     host: Option<&str>,
     kind: &str,
     message: &str,
 ) -> Result<()> {
-    sqlx::query(
+    let now_ms = conn.dialect().now_ms;
+    run!(conn.conn(), sqlx::query(&format!(
         "INSERT INTO events (at_ms, cluster, host, kind, message)
-         VALUES (CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER), ?1, ?2, ?3, ?4)",
-    )
+         VALUES ({now_ms}, $1, $2, $3, $4)",
+    ))
     .bind(cluster)
     .bind(host)
     .bind(kind)
-    .bind(berth_shared::text::clip(message, 2000))
-    .execute(conn)
-    .await?;
+    .bind(berth_shared::text::clip(message, 2000)) => execute)?;
     Ok(())
 }
 
@@ -69,17 +69,15 @@ impl Store {
 
     pub async fn events(&self, q: &EventQuery) -> Result<Vec<EventRow>> {
         let order = if q.tail { "DESC" } else { "ASC" };
-        let mut v: Vec<EventRow> = sqlx::query_as(&format!(
+        let mut v: Vec<EventRow> = run!(self.reads(), sqlx::query_as(&format!(
             "SELECT id, at_ms, cluster, host, kind, message FROM events
-             WHERE id > ?1 AND (?2 IS NULL OR cluster = ?2) AND (?3 IS NULL OR kind = ?3)
-             ORDER BY id {order} LIMIT ?4"
+             WHERE id > $1 AND ($2 IS NULL OR cluster = $2) AND ($3 IS NULL OR kind = $3)
+             ORDER BY id {order} LIMIT $4"
         ))
         .bind(q.after)
         .bind(&q.cluster)
         .bind(&q.kind)
-        .bind(q.limit)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(i64::from(q.limit)) => fetch_all)?;
         if q.tail {
             v.reverse();
         }
@@ -88,12 +86,10 @@ impl Store {
 
     /// Drops all but the newest [`EVENTS_KEPT`] events.
     pub async fn prune_events(&self) -> Result<u64> {
-        Ok(self
-            .write_one(
-                sqlx::query("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1")
-                    .bind(EVENTS_KEPT),
-            )
-            .await?
-            .rows_affected())
+        Ok(write_one!(
+            self,
+            sqlx::query("DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - $1")
+                .bind(EVENTS_KEPT)
+        )?)
     }
 }

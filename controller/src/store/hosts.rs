@@ -1,10 +1,11 @@
 //! Hosts and their identities: bootstrap tokens, enrollment and re-enrollment,
 //! certificate renewal, heartbeats, revocation.
 
+use super::Columns;
+use super::WriteTx;
 use super::{audit, constant_time_eq, Result, Store};
 use crate::time::now_unix;
 use berth_shared::api::HostFacts;
-use sqlx::Row;
 
 /// Heartbeats written per transaction (about 5 ms of the writers' turn).
 pub const HEARTBEAT_CHUNK: usize = 1000;
@@ -107,19 +108,17 @@ impl Store {
         } = t;
         let mut tx = self.write().await?;
         if let Some(name) = reenroll_host {
-            let known: Option<i64> = sqlx::query_scalar("SELECT id FROM hosts WHERE name = ?1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let known: Option<i64> = run!(tx.conn(), sqlx::query_scalar("SELECT id FROM hosts WHERE name = $1")
+                .bind(name) => fetch_optional)?;
             if known.is_none() {
                 return Err(super::StoreError::NotFound(format!(
                     "no host named `{name}` is enrolled; a re-enrollment token is for an enrolled host"
                 )));
             }
         }
-        sqlx::query(
+        run!(tx.conn(), sqlx::query(
             "INSERT INTO bootstrap_tokens (id, secret_hash, description, uses_left, uses_total, expires_at, created_at, created_by, reenroll_host)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7, ?8)",
+             VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)",
         )
         .bind(id)
         .bind(secret_hash)
@@ -128,9 +127,7 @@ impl Store {
         .bind(expires_at)
         .bind(now_unix())
         .bind(actor)
-        .bind(reenroll_host)
-        .execute(&mut *tx)
-        .await?;
+        .bind(reenroll_host) => execute)?;
         let detail = match reenroll_host {
             Some(h) => format!("uses={uses} reenroll={h}"),
             None => format!("uses={uses}"),
@@ -147,8 +144,7 @@ impl Store {
         token_id: &str,
         token_secret_hash: &str,
     ) -> Result<(), EnrollError> {
-        let mut conn = self.pool.acquire().await?;
-        usable_token(&mut conn, token_id, token_secret_hash)
+        usable_token(self.reads(), token_id, token_secret_hash)
             .await
             .map(|_| ())
     }
@@ -157,18 +153,15 @@ impl Store {
     /// replaces its identity), atomically: a refused enrollment consumes nothing.
     pub async fn enroll(&self, h: NewHost<'_>) -> Result<Enrolled, EnrollError> {
         let mut tx = self.write().await?;
-        let token = usable_token(&mut tx, h.token_id, h.token_secret_hash).await?;
-        let existing = sqlx::query("SELECT id, state, enrolled_at FROM hosts WHERE name = ?1")
-            .bind(h.name)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|r| {
-                (
-                    r.get::<i64, _>("id"),
-                    r.get::<String, _>("state"),
-                    r.get::<i64, _>("enrolled_at"),
-                )
-            });
+        let token = usable_token(tx.conn(), h.token_id, h.token_secret_hash).await?;
+        let existing = run!(tx.conn(), sqlx::query("SELECT id, state, enrolled_at FROM hosts WHERE name = $1")
+        .bind(h.name) => fetch_optional |r| {
+            (
+                r.col::<i64>("id"),
+                r.col::<String>("state"),
+                r.col::<i64>("enrolled_at"),
+            )
+        })?;
         // A re-enrollment token is for the host that had the name when it was created, not
         // for a machine that enrolled under that name after (the old one deleted).
         if let (Some(_), Some((_, _, enrolled_at))) = (&token.reenroll_host, &existing) {
@@ -215,9 +208,9 @@ impl Store {
             }
             (Some((id, _)), true) => {
                 // The old certificate (and any renewed-from one) is refused from now on.
-                sqlx::query(
-                    "UPDATE hosts SET cert_fingerprint = ?1, cert_serial = ?2, prev_cert_fingerprint = NULL,
-                         cert_not_after = ?3, facts = ?4, last_seen = ?5, cert_not_before = ?7 WHERE id = ?6",
+                run!(tx.conn(), sqlx::query(
+                    "UPDATE hosts SET cert_fingerprint = $1, cert_serial = $2, prev_cert_fingerprint = NULL,
+                         cert_not_after = $3, facts = $4, last_seen = $5, cert_not_before = $7 WHERE id = $6",
                 )
                 .bind(h.cert_fingerprint)
                 .bind(h.cert_serial)
@@ -225,15 +218,13 @@ impl Store {
                 .bind(&facts)
                 .bind(now)
                 .bind(id)
-                .bind(h.cert_not_before)
-                .execute(&mut *tx)
-                .await?;
+                .bind(h.cert_not_before) => execute)?;
                 (Enrolled::Reenrolled(id), "host.reenroll")
             }
             (None, false) => {
-                let id: i64 = sqlx::query_scalar(
+                let id: i64 = run!(tx.conn(), sqlx::query_scalar(
                     "INSERT INTO hosts (name, cert_fingerprint, cert_serial, cert_not_after, facts, enrolled_with, enrolled_at, last_seen, cert_not_before)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) RETURNING id",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING id",
                 )
                 .bind(h.name)
                 .bind(h.cert_fingerprint)
@@ -242,16 +233,12 @@ impl Store {
                 .bind(&facts)
                 .bind(&token.id)
                 .bind(now)
-                .bind(h.cert_not_before)
-                .fetch_one(&mut *tx)
-                .await?;
+                .bind(h.cert_not_before) => fetch_one)?;
                 (Enrolled::New(id), "host.enroll")
             }
         };
-        sqlx::query("UPDATE bootstrap_tokens SET uses_left = uses_left - 1 WHERE id = ?1")
-            .bind(&token.id)
-            .execute(&mut *tx)
-            .await?;
+        run!(tx.conn(), sqlx::query("UPDATE bootstrap_tokens SET uses_left = uses_left - 1 WHERE id = $1")
+            .bind(&token.id) => execute)?;
         audit(
             &mut tx,
             &format!("bootstrap-token:{}", token.id),
@@ -278,16 +265,12 @@ impl Store {
         (not_before, not_after): (i64, i64),
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        let row = sqlx::query(
-            "SELECT name, cert_fingerprint, prev_cert_fingerprint FROM hosts WHERE id = ?1",
+        let (name, current, prev): (String, String, Option<String>) =
+            run!(tx.conn(), sqlx::query_as(
+            "SELECT name, cert_fingerprint, prev_cert_fingerprint FROM hosts WHERE id = $1",
         )
-        .bind(host_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(|| super::StoreError::NotFound("the host was deleted".into()))?;
-        let name: String = row.get("name");
-        let current: String = row.get("cert_fingerprint");
-        let prev: Option<String> = row.get("prev_cert_fingerprint");
+        .bind(host_id) => fetch_optional)?
+            .ok_or_else(|| super::StoreError::NotFound("the host was deleted".into()))?;
         let keep_prev = if presented == current {
             Some(current)
         } else if prev.as_deref() == Some(presented) {
@@ -297,18 +280,16 @@ impl Store {
                 "the certificate presented is no longer this host's".into(),
             ));
         };
-        sqlx::query(
-            "UPDATE hosts SET cert_fingerprint = ?1, cert_serial = ?2, cert_not_after = ?3,
-                 prev_cert_fingerprint = ?4, cert_not_before = ?6 WHERE id = ?5",
+        run!(tx.conn(), sqlx::query(
+            "UPDATE hosts SET cert_fingerprint = $1, cert_serial = $2, cert_not_after = $3,
+                 prev_cert_fingerprint = $4, cert_not_before = $6 WHERE id = $5",
         )
         .bind(fingerprint)
         .bind(serial)
         .bind(not_after)
         .bind(keep_prev)
         .bind(host_id)
-        .bind(not_before)
-        .execute(&mut *tx)
-        .await?;
+        .bind(not_before) => execute)?;
         audit(
             &mut tx,
             &format!("host:{name}"),
@@ -333,30 +314,24 @@ impl Store {
         (not_before, not_after): (i64, i64),
     ) -> Result<Option<HostRow>> {
         let mut tx = self.write().await?;
-        let row = sqlx::query(
-            "SELECT id, cert_not_before FROM hosts WHERE name = ?1 AND state = 'active'",
+        let row: Option<(i64, Option<i64>)> = run!(tx.conn(), sqlx::query_as(
+            "SELECT id, cert_not_before FROM hosts WHERE name = $1 AND state = 'active'",
         )
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
+        .bind(name) => fetch_optional)?;
+        let Some((id, on_record)) = row else {
             return Ok(None);
         };
-        let id: i64 = row.get("id");
-        let on_record: Option<i64> = row.get("cert_not_before");
         if on_record.is_some_and(|t| not_before <= t) {
             return Ok(None);
         }
-        sqlx::query(
-            "UPDATE hosts SET cert_fingerprint = ?1, prev_cert_fingerprint = NULL, cert_not_before = ?2,
-                 cert_not_after = ?3 WHERE id = ?4",
+        run!(tx.conn(), sqlx::query(
+            "UPDATE hosts SET cert_fingerprint = $1, prev_cert_fingerprint = NULL, cert_not_before = $2,
+                 cert_not_after = $3 WHERE id = $4",
         )
         .bind(fingerprint)
         .bind(not_before)
         .bind(not_after)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        .bind(id) => execute)?;
         audit(
             &mut tx,
             &format!("host:{name}"),
@@ -365,25 +340,22 @@ impl Store {
             Some("a newer certificate of this CA than the one on record (restored controller)"),
         )
         .await?;
-        let host = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = ?1"))
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+        let host = run!(tx.conn(), sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts WHERE id = $1"))
+            .bind(id) => fetch_one |r| host_row(r))?;
         tx.commit().await?;
         self.cache.hosts_changed();
-        Ok(Some(host_row(host)))
+        Ok(Some(host))
     }
 
     /// The host has used its renewed certificate: the one it renewed from is refused now.
     pub async fn forget_previous_cert(&self, host_id: i64, presented: &str) -> Result<()> {
         // Only while the presented certificate is still the current one: a renewal that
         // committed meanwhile made it the previous one, which must stay accepted.
-        self.write_one(sqlx::query(
-            "UPDATE hosts SET prev_cert_fingerprint = NULL WHERE id = ?1 AND cert_fingerprint = ?2",
+        write_one!(self, sqlx::query(
+            "UPDATE hosts SET prev_cert_fingerprint = NULL WHERE id = $1 AND cert_fingerprint = $2",
         )
         .bind(host_id)
-        .bind(presented))
-        .await?;
+        .bind(presented))?;
         self.cache.hosts_changed();
         Ok(())
     }
@@ -395,12 +367,12 @@ impl Store {
         }
         // Read before the database (the query below runs after it, with others').
         let epoch = self.cache.epoch();
-        let pool = self.pool.clone();
+        let store = self.clone();
         let row = self
             .by_fingerprint
             .load(fingerprint.to_string(), move |fps| {
-                let pool = pool.clone();
-                async move { hosts_by_fingerprints(&pool, &fps).await }
+                let store = store.clone();
+                async move { hosts_by_fingerprints(&store, &fps).await }
             })
             .await
             .map_err(super::StoreError::Other)?;
@@ -411,24 +383,24 @@ impl Store {
     }
 
     pub async fn hosts(&self) -> Result<Vec<HostRow>> {
-        let rows = sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(host_row).collect())
+        Ok(
+            run!(self.reads(), sqlx::query(&format!("SELECT {HOST_COLUMNS} FROM hosts ORDER BY name")) => fetch_all |r| host_row(r))?,
+        )
     }
 
     /// Stores new facts of a host (and marks it seen). Plain heartbeats go through
     /// `crate::heartbeats` instead, in batches.
     pub async fn store_facts(&self, id: i64, facts: &HostFacts) -> Result<()> {
-        self.write_one(
-            sqlx::query(
-                "UPDATE hosts SET last_seen = MAX(last_seen, ?1), facts = ?2 WHERE id = ?3",
-            )
+        write_one!(
+            self,
+            sqlx::query(&format!(
+                "UPDATE hosts SET last_seen = {}(last_seen, $1), facts = $2 WHERE id = $3",
+                self.dialect().greatest
+            ),)
             .bind(now_unix())
             .bind(serde_json::to_string(facts)?)
-            .bind(id),
-        )
-        .await?;
+            .bind(id)
+        )?;
         self.cache.host_changed(id);
         Ok(())
     }
@@ -441,32 +413,44 @@ impl Store {
         for chunk in beats.chunks(HEARTBEAT_CHUNK) {
             // One statement per chunk: [[id, at], …] as JSON.
             let batch = serde_json::to_string(chunk)?;
-            self.write_one(
-                sqlx::query(
-                    "UPDATE hosts SET last_seen = MAX(last_seen, json_extract(j.value, '$[1]'))
-                     FROM json_each(?1) AS j WHERE hosts.id = json_extract(j.value, '$[0]')",
-                )
-                .bind(batch),
-            )
-            .await?;
+            write_one!(
+                self,
+                sqlx::query(&format!(
+                    "UPDATE hosts SET last_seen = {}(last_seen, CAST(j.value ->> 1 AS BIGINT))
+                         FROM {} WHERE hosts.id = CAST(j.value ->> 0 AS BIGINT)",
+                    self.dialect().greatest,
+                    (self.dialect().json_rows)(1)
+                ),)
+                .bind(batch)
+            )?;
         }
         Ok(())
     }
 
     /// Revokes a host; returns false when there is no such host.
     pub async fn revoke_host(&self, name: &str, actor: &str) -> Result<bool> {
-        let q = sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = ?1 WHERE name = ?2")
-            .bind(now_unix())
-            .bind(name);
-        let changed = self.change_audited(q, actor, "host.revoke", name).await;
+        let changed = change_audited!(
+            self,
+            sqlx::query("UPDATE hosts SET state = 'revoked', revoked_at = $1 WHERE name = $2")
+                .bind(now_unix())
+                .bind(name),
+            actor,
+            "host.revoke",
+            name
+        );
         self.cache.hosts_changed();
         changed
     }
 
     /// Deletes a host; returns false when there is no such host.
     pub async fn delete_host(&self, name: &str, actor: &str) -> Result<bool> {
-        let q = sqlx::query("DELETE FROM hosts WHERE name = ?1").bind(name);
-        let changed = self.change_audited(q, actor, "host.delete", name).await;
+        let changed = change_audited!(
+            self,
+            sqlx::query("DELETE FROM hosts WHERE name = $1").bind(name),
+            actor,
+            "host.delete",
+            name
+        );
         self.cache.host_ids_changed();
         changed
     }
@@ -475,22 +459,21 @@ impl Store {
 /// The hosts presenting these certificate fingerprints (current or previous), by
 /// fingerprint, in one query.
 async fn hosts_by_fingerprints(
-    pool: &sqlx::SqlitePool,
+    store: &Store,
     fps: &[String],
 ) -> anyhow::Result<std::collections::HashMap<String, Option<HostRow>>> {
-    let rows = sqlx::query(&format!(
+    let fps_in = (store.dialect().json_texts)(1);
+    let rows = run!(store.reads(), sqlx::query(&format!(
         "SELECT {HOST_COLUMNS}, cert_fingerprint FROM hosts
-         WHERE cert_fingerprint IN (SELECT value FROM json_each(?1))
-            OR prev_cert_fingerprint IN (SELECT value FROM json_each(?1))"
+         WHERE cert_fingerprint IN {fps_in} OR prev_cert_fingerprint IN {fps_in}"
     ))
-    .bind(serde_json::to_string(fps)?)
-    .fetch_all(pool)
-    .await?;
+    .bind(serde_json::to_string(fps)?) => fetch_all |r| {
+        let current: String = r.col("cert_fingerprint");
+        let previous: Option<String> = r.col("prev_cert_fingerprint");
+        (current, previous, host_row(r))
+    })?;
     let mut found = std::collections::HashMap::new();
-    for r in rows {
-        let current: String = r.get("cert_fingerprint");
-        let previous: Option<String> = r.get("prev_cert_fingerprint");
-        let row = host_row(r);
+    for (current, previous, row) in rows {
         if let Some(p) = previous {
             let via_prev = HostRow {
                 via_previous_cert: true,
@@ -503,19 +486,17 @@ async fn hosts_by_fingerprints(
     Ok(found)
 }
 
-fn host_row(r: sqlx::sqlite::SqliteRow) -> HostRow {
+fn host_row(r: impl super::Columns) -> HostRow {
     HostRow {
-        id: r.get("id"),
-        name: r.get("name"),
-        revoked: r.get::<&str, _>("state") == "revoked",
-        facts: serde_json::from_str(r.get::<&str, _>("facts")).unwrap_or_default(),
-        enrolled_at: r.get("enrolled_at"),
-        last_seen: r.get("last_seen"),
-        cert_not_after: r.get("cert_not_after"),
+        id: r.col("id"),
+        name: r.col("name"),
+        revoked: &r.col::<String>("state") == "revoked",
+        facts: serde_json::from_str(&r.col::<String>("facts")).unwrap_or_default(),
+        enrolled_at: r.col("enrolled_at"),
+        last_seen: r.col("last_seen"),
+        cert_not_after: r.col("cert_not_after"),
         via_previous_cert: false,
-        has_previous_cert: r
-            .get::<Option<String>, _>("prev_cert_fingerprint")
-            .is_some(),
+        has_previous_cert: r.col::<Option<String>>("prev_cert_fingerprint").is_some(),
     }
 }
 
@@ -523,27 +504,24 @@ const HOST_COLUMNS: &str =
     "id, name, state, facts, enrolled_at, last_seen, cert_not_after, prev_cert_fingerprint";
 
 /// The bootstrap token `id` when its secret matches and it may still enroll a host.
-async fn usable_token(
-    conn: &mut sqlx::SqliteConnection,
+async fn usable_token<'e, S: sqlx::SqliteExecutor<'e>, P: sqlx::PgExecutor<'e>>(
+    on: super::On<S, P>,
     id: &str,
     secret_hash: &str,
 ) -> Result<BootstrapRow, EnrollError> {
-    let row = sqlx::query(
-        "SELECT id, secret_hash, uses_left, expires_at, reenroll_host, created_at FROM bootstrap_tokens WHERE id = ?1",
+    let row = run!(on, sqlx::query(
+        "SELECT id, secret_hash, uses_left, expires_at, reenroll_host, created_at FROM bootstrap_tokens WHERE id = $1",
     )
-    .bind(id)
-    .fetch_optional(conn)
-    .await?;
-    let Some(r) = row else {
+    .bind(id) => fetch_optional |r| BootstrapRow {
+        id: r.col("id"),
+        secret_hash: r.col("secret_hash"),
+        uses_left: r.col("uses_left"),
+        expires_at: r.col("expires_at"),
+        reenroll_host: r.col("reenroll_host"),
+        created_at: r.col("created_at"),
+    })?;
+    let Some(token) = row else {
         return Err(EnrollError::TokenInvalid);
-    };
-    let token = BootstrapRow {
-        id: r.get("id"),
-        secret_hash: r.get("secret_hash"),
-        uses_left: r.get("uses_left"),
-        expires_at: r.get("expires_at"),
-        reenroll_host: r.get("reenroll_host"),
-        created_at: r.get("created_at"),
     };
     if !constant_time_eq(token.secret_hash.as_bytes(), secret_hash.as_bytes()) {
         return Err(EnrollError::TokenInvalid);
@@ -587,21 +565,19 @@ impl Store {
         message: &str,
         n: u32,
     ) -> Result<bool> {
-        let tx: &mut sqlx::SqliteConnection = tx;
+        let tx: &mut WriteTx = tx;
         let now = now_unix();
-        let logged: Option<i64> = sqlx::query_scalar(
-            "SELECT logged_at FROM host_events WHERE host_id = ?1 AND kind = ?2",
+        let logged: Option<i64> = run!(tx.conn(), sqlx::query_scalar(
+            "SELECT logged_at FROM host_events WHERE host_id = $1 AND kind = $2",
         )
         .bind(host_id)
-        .bind(kind)
-        .fetch_optional(&mut *tx)
-        .await?;
+        .bind(kind) => fetch_optional)?;
         let news = logged.is_none_or(|t| now - t >= 60);
         let logged_at = if news { now } else { logged.unwrap_or(now) };
-        sqlx::query(
+        run!(tx.conn(), sqlx::query(
             "INSERT INTO host_events (host_id, kind, count, first_at, last_at, message, logged_at) \
-             VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6) \
-             ON CONFLICT (host_id, kind) DO UPDATE SET count = count + excluded.count, \
+             VALUES ($1, $2, $3, $4, $4, $5, $6) \
+             ON CONFLICT (host_id, kind) DO UPDATE SET count = host_events.count + excluded.count, \
              last_at = excluded.last_at, message = excluded.message, logged_at = excluded.logged_at",
         )
         .bind(host_id)
@@ -609,20 +585,16 @@ impl Store {
         .bind(i64::from(n))
         .bind(now)
         .bind(berth_shared::text::one_line(message, MAX_EVENT_MESSAGE))
-        .bind(logged_at)
-        .execute(&mut *tx)
-        .await?;
+        .bind(logged_at) => execute)?;
         Ok(news)
     }
 
     /// Every host's events, by host.
     pub async fn host_events(&self) -> Result<Vec<HostEventRow>> {
-        let rows: Vec<(i64, String, i64, i64, i64, String)> = sqlx::query_as(
+        let rows: Vec<(i64, String, i64, i64, i64, String)> = run!(self.reads(), sqlx::query_as(
             "SELECT host_id, kind, count, first_at, last_at, message FROM host_events \
              ORDER BY host_id, last_at DESC",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        ) => fetch_all)?;
         Ok(rows
             .into_iter()
             .map(

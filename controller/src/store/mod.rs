@@ -1,11 +1,5 @@
-//! The controller's SQLite store. Architecture invariant: only this module knows SQL.
-
-use anyhow::Context;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
-use std::path::Path;
-use std::str::FromStr;
-use std::time::Duration;
+//! The controller's store, on SQLite (the default) or PostgreSQL. Architecture invariant:
+//! only this module knows SQL, and only `sqlite` and `postgres` know an engine's dialect.
 
 use crate::time::now_unix;
 
@@ -47,16 +41,187 @@ pub struct ApiPrincipal {
     pub role: Role,
 }
 
+/// Where the store keeps its rows: `<data-dir>/berth.db` (the default) or a PostgreSQL
+/// database named by URL (`berth serve --database-url`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl Location {
+    /// The database for `data_dir`, or the one `database_url` names (a PostgreSQL URL:
+    /// `postgres://` or `postgresql://`).
+    pub fn new(data_dir: &std::path::Path, database_url: Option<&str>) -> anyhow::Result<Location> {
+        match database_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Location::Postgres(url.to_string()))
+            }
+            Some(url) => anyhow::bail!(
+                "--database-url {} is not a PostgreSQL URL (postgres://USER@HOST/DATABASE)",
+                postgres::redacted(url)
+            ),
+            None => Ok(Location::Sqlite(data_dir.join("berth.db"))),
+        }
+    }
+
+    /// For messages: the file, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres(url) => postgres::redacted(url),
+        }
+    }
+}
+
+/// The engine behind a store, with its connection pools. SQL that both engines speak
+/// alike is written once and run on either (`run!`); what differs lives in `sqlite` and
+/// `postgres` (`Store::dialect`).
+#[derive(Clone)]
+enum Db {
+    Sqlite(sqlite::Pools),
+    Postgres(sqlx::PgPool),
+}
+
+/// An executor of either engine: a pool for reads, a transaction's connection for writes.
+pub(crate) enum On<S, P> {
+    Sqlite(S),
+    Postgres(P),
+}
+
+/// Runs one query, written once, on whichever engine `$on` is: `$q` is compiled for each.
+/// `=> execute` answers the number of rows changed.
+macro_rules! run {
+    ($on:expr, $q:expr => execute) => {
+        match $on {
+            $crate::store::On::Sqlite(c) => $q.execute(c).await.map(|r| r.rows_affected()),
+            $crate::store::On::Postgres(c) => $q.execute(c).await.map(|r| r.rows_affected()),
+        }
+    };
+    ($on:expr, $q:expr => $finish:ident) => {
+        match $on {
+            $crate::store::On::Sqlite(c) => $q.$finish(c).await,
+            $crate::store::On::Postgres(c) => $q.$finish(c).await,
+        }
+    };
+    ($on:expr, $q:expr => fetch_all |$r:ident| $row:expr) => {
+        match $on {
+            $crate::store::On::Sqlite(c) => $q
+                .fetch_all(c)
+                .await
+                .map(|rows| rows.into_iter().map(|$r| $row).collect::<Vec<_>>()),
+            $crate::store::On::Postgres(c) => $q
+                .fetch_all(c)
+                .await
+                .map(|rows| rows.into_iter().map(|$r| $row).collect::<Vec<_>>()),
+        }
+    };
+    ($on:expr, $q:expr => fetch_optional |$r:ident| $row:expr) => {
+        match $on {
+            $crate::store::On::Sqlite(c) => $q.fetch_optional(c).await.map(|o| o.map(|$r| $row)),
+            $crate::store::On::Postgres(c) => $q.fetch_optional(c).await.map(|o| o.map(|$r| $row)),
+        }
+    };
+    ($on:expr, $q:expr => fetch_one |$r:ident| $row:expr) => {
+        match $on {
+            $crate::store::On::Sqlite(c) => $q.fetch_one(c).await.map(|$r| $row),
+            $crate::store::On::Postgres(c) => $q.fetch_one(c).await.map(|$r| $row),
+        }
+    };
+}
+pub(crate) use run;
+
+/// Runs one write statement in a transaction of its own, in the writers' turn; answers the
+/// number of rows it changed.
+macro_rules! write_one {
+    ($store:expr, $q:expr) => {
+        async {
+            let mut tx = $store.write().await?;
+            let n = $crate::store::run!(tx.conn(), $q => execute)?;
+            tx.commit().await?;
+            Ok::<u64, $crate::store::StoreError>(n)
+        }
+        .await
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use write_one;
+
+/// Runs one statement and, when it changed a row, records `action` on `target` in the
+/// audit log — in one transaction. Answers whether anything changed.
+macro_rules! change_audited {
+    ($store:expr, $q:expr, $actor:expr, $action:expr, $target:expr) => {
+        async {
+            let mut tx = $store.write().await?;
+            let n = $crate::store::run!(tx.conn(), $q => execute)?;
+            if n > 0 {
+                $crate::store::audit(&mut tx, $actor, $action, $target, None).await?;
+            }
+            tx.commit().await?;
+            Ok::<bool, $crate::store::StoreError>(n > 0)
+        }
+        .await
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use change_audited;
+
+/// A column value both engines decode.
+pub(crate) trait Value:
+    for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+    + sqlx::Type<sqlx::Sqlite>
+    + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+    + sqlx::Type<sqlx::Postgres>
+{
+}
+impl<T> Value for T where
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite>
+        + sqlx::Type<sqlx::Sqlite>
+        + for<'r> sqlx::Decode<'r, sqlx::Postgres>
+        + sqlx::Type<sqlx::Postgres>
+{
+}
+
+/// A row of either engine, for row decoders written once.
+pub(crate) trait Columns {
+    /// Column `name` (panics, as `sqlx::Row::get` does, when it is missing or of another
+    /// type: a query and its decoder disagree).
+    fn col<T: Value>(&self, name: &str) -> T;
+
+    /// A TEXT column holding one of `T`'s names (the schema's CHECK constraints keep
+    /// anything else out).
+    fn parsed<T>(&self, name: &str) -> T
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let text: String = self.col(name);
+        text.parse()
+            .unwrap_or_else(|e| panic!("column {name} holds `{text}`: {e}"))
+    }
+}
+
+impl Columns for sqlx::sqlite::SqliteRow {
+    fn col<T: Value>(&self, name: &str) -> T {
+        sqlx::Row::get(self, name)
+    }
+}
+
+impl Columns for sqlx::postgres::PgRow {
+    fn col<T: Value>(&self, name: &str) -> T {
+        sqlx::Row::get(self, name)
+    }
+}
+
+type SqlitePoolRef<'a> = &'a sqlx::SqlitePool;
+type PgPoolRef<'a> = &'a sqlx::PgPool;
+
 #[derive(Clone)]
 pub struct Store {
-    /// Reads. A view from [`Store::with_own_reads`] has a pool of its own here.
-    pool: SqlitePool,
-    /// Write transactions, shared by every clone and read view; [`Store::with_own_writes`]
-    /// gives them connections of their own.
-    writes: SqlitePool,
-    /// Writers take turns here, in arrival order, before SQLite's write lock: a queue in
-    /// memory instead of connections sleeping in SQLite's busy handler (whose back-off
-    /// grows to 100 ms a try) while one of them writes.
+    db: Db,
+    /// Writers take turns here, in arrival order, before the engine's write lock: a queue
+    /// in memory instead of connections sleeping in SQLite's busy handler (whose back-off
+    /// grows to 100 ms a try), or waiting on PostgreSQL's lock, while one of them writes.
     writer: std::sync::Arc<tokio::sync::Mutex<()>>,
     cache: std::sync::Arc<cache::Cache>,
     /// Cache misses of many concurrent requests (thousands of agents connecting at once)
@@ -65,106 +230,76 @@ pub struct Store {
     generations: std::sync::Arc<crate::coalesce::Coalescer<i64, Option<u64>>>,
 }
 
-/// A write transaction (`BEGIN IMMEDIATE`) holding the writers' turn until it ends.
+/// A write transaction holding the writers' turn until it ends: on SQLite `BEGIN
+/// IMMEDIATE` (the database's one write lock), on PostgreSQL the transaction-scoped
+/// advisory lock `postgres::WRITE_LOCK`, the same one lock across every controller
+/// sharing the database. A transaction dropped without `commit` is rolled back.
 pub struct WriteTx {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: Tx,
     _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
-impl std::ops::Deref for WriteTx {
-    type Target = sqlx::SqliteConnection;
-    fn deref(&self) -> &sqlx::SqliteConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut sqlx::SqliteConnection {
-        &mut self.tx
-    }
+enum Tx {
+    Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    Postgres(sqlx::Transaction<'static, sqlx::Postgres>),
 }
 
 impl WriteTx {
     pub async fn commit(self) -> std::result::Result<(), sqlx::Error> {
-        self.tx.commit().await
+        match self.tx {
+            Tx::Sqlite(tx) => tx.commit().await,
+            Tx::Postgres(tx) => tx.commit().await,
+        }
+    }
+
+    /// The transaction's connection, for `run!`.
+    pub(crate) fn conn(&mut self) -> On<&mut sqlx::SqliteConnection, &mut sqlx::PgConnection> {
+        match &mut self.tx {
+            Tx::Sqlite(tx) => On::Sqlite(&mut **tx),
+            Tx::Postgres(tx) => On::Postgres(&mut **tx),
+        }
+    }
+
+    pub(crate) fn dialect(&self) -> &'static Dialect {
+        match self.tx {
+            Tx::Sqlite(_) => &sqlite::DIALECT,
+            Tx::Postgres(_) => &postgres::DIALECT,
+        }
     }
 }
 
-/// Creates `berth.db` with mode 0600 when it is missing and sets 0600 on it (and on `-wal`
-/// and `-shm` files left by an earlier run, which SQLite reuses as they are) when it exists.
-fn make_db_files_private(db: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    // Not truncating: an existing database is only opened, never changed, here.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(db)
-        .with_context(|| format!("cannot create database {}", db.display()))?;
-    for suffix in ["", "-wal", "-shm"] {
-        let mut name = db.as_os_str().to_owned();
-        name.push(suffix);
-        let file = Path::new(&name);
-        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot set mode 0600 on {}", file.display()))
-            }
-        }
-    }
-    Ok(())
+/// The pieces of SQL the two engines spell differently, for statements otherwise written
+/// once. `$N` placeholders work in both.
+pub(crate) struct Dialect {
+    /// `INDEXED BY <index>` where SQLite's planner needs the hint (nothing on PostgreSQL).
+    pub indexed_by: fn(&'static str) -> &'static str,
+    /// A subquery of the integers in the JSON array bound at `$n`.
+    pub json_ints: fn(usize) -> String,
+    /// A subquery of the strings in the JSON array bound at `$n`.
+    pub json_texts: fn(usize) -> String,
+    /// The elements of the JSON array bound at `$n` as a table `j` with columns `value`
+    /// (read with `->>`) and `key` (the position).
+    pub json_rows: fn(usize) -> String,
+    /// Aggregate joining text with a space.
+    pub join_space: fn(&str) -> String,
+    /// The larger of two integers.
+    pub greatest: &'static str,
+    /// A column that orders a table's rows by insertion.
+    pub insert_order: &'static str,
+    /// The database's clock in Unix milliseconds (what the event triggers stamp with).
+    pub now_ms: &'static str,
 }
 
 impl Store {
-    /// Opens (creating when missing) `<data-dir>/berth.db`, with WAL and foreign keys on,
-    /// and applies the embedded migrations.
-    ///
-    /// The database holds token hashes, host identities, Clusterfiles and cluster outputs
-    /// (which often carry secrets), so it is made 0600 before SQLite opens it; SQLite gives
-    /// the `-wal` and `-shm` files it creates the database file's mode.
-    pub async fn open(data_dir: &Path) -> anyhow::Result<Store> {
-        let path = data_dir.join("berth.db");
-        make_db_files_private(&path)?;
-        let opts = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
-        // Migrations run on a connection of their own with foreign keys off, as SQLite
-        // prescribes for rebuilding tables (a DROP TABLE would otherwise cascade); the
-        // result is checked with `foreign_key_check` before anything else opens it.
-        {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect_with(&opts.clone().foreign_keys(false))
-                .await
-                .with_context(|| format!("cannot open database {}", path.display()))?;
-            sqlx::migrate!("../migrations")
-                .run(&mut conn)
-                .await
-                .with_context(|| format!("cannot apply migrations to {}", path.display()))?;
-            let broken: Vec<(String,)> =
-                sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check")
-                    .fetch_all(&mut conn)
-                    .await?;
-            if !broken.is_empty() {
-                anyhow::bail!(
-                    "database {} has rows that break foreign keys in {:?}; restore a backup",
-                    path.display(),
-                    broken
-                );
-            }
-            conn.close().await?;
-        }
-        let pool = open_pool(opts.foreign_keys(true), 8)
-            .await
-            .with_context(|| format!("cannot open database {}", path.display()))?;
+    /// Opens the store at `location` (creating it when missing) and applies that engine's
+    /// migrations.
+    pub async fn open_at(location: &Location) -> anyhow::Result<Store> {
+        let db = match location {
+            Location::Sqlite(path) => Db::Sqlite(sqlite::open(path).await?),
+            Location::Postgres(url) => Db::Postgres(postgres::open(url).await?),
+        };
         Ok(Store {
-            writes: pool.clone(),
-            pool,
+            db,
             writer: Default::default(),
             cache: Default::default(),
             by_fingerprint: Default::default(),
@@ -172,19 +307,49 @@ impl Store {
         })
     }
 
+    /// Opens (creating when missing) `<data-dir>/berth.db`.
+    pub async fn open(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+        Store::open_at(&Location::new(data_dir, None)?).await
+    }
+
+    /// Which engine this store runs on, for messages and `berth get controllers`.
+    pub fn engine(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    pub(crate) fn reads(&self) -> On<SqlitePoolRef<'_>, PgPoolRef<'_>> {
+        match &self.db {
+            Db::Sqlite(p) => On::Sqlite(&p.reads),
+            Db::Postgres(p) => On::Postgres(p),
+        }
+    }
+
+    pub(crate) fn dialect(&self) -> &'static Dialect {
+        match self.db {
+            Db::Sqlite(_) => &sqlite::DIALECT,
+            Db::Postgres(_) => &postgres::DIALECT,
+        }
+    }
+
     /// A view of the store whose reads go through `connections` connections of their own,
     /// opened now by the calling thread: SQLite runs each connection on a thread of its own,
     /// which inherits the caller's CPU priority, so the plan lane's reads run at the lane's
     /// priority instead of queueing with the report path's. Writes, the writers' turn and
     /// the caches stay shared, so [`Store::close`] belongs to the store the view came from.
+    /// (PostgreSQL's connections are processes of the server: the view is the store.)
     pub async fn with_own_reads(
         &self,
         connections: u32,
     ) -> std::result::Result<Store, sqlx::Error> {
-        let opts = (*self.pool.connect_options()).clone();
-        Ok(Store {
-            pool: open_pool(opts, connections).await?,
-            ..self.clone()
+        Ok(match &self.db {
+            Db::Sqlite(p) => Store {
+                db: Db::Sqlite(p.with_own_reads(connections).await?),
+                ..self.clone()
+            },
+            Db::Postgres(_) => self.clone(),
         })
     }
 
@@ -196,30 +361,24 @@ impl Store {
         &self,
         connections: u32,
     ) -> std::result::Result<Store, sqlx::Error> {
-        let opts = (*self.writes.connect_options()).clone();
-        Ok(Store {
-            writes: open_pool(opts, connections).await?,
-            ..self.clone()
+        Ok(match &self.db {
+            Db::Sqlite(p) => Store {
+                db: Db::Sqlite(p.with_own_writes(connections).await?),
+                ..self.clone()
+            },
+            Db::Postgres(_) => self.clone(),
         })
     }
 
-    /// Starts a write transaction once it is this writer's turn. A single statement run on
-    /// it without `commit` is rolled back: writes always commit.
+    /// Starts a write transaction once it is this writer's turn. A statement run on it
+    /// without `commit` is rolled back: writes always commit.
     pub async fn write(&self) -> std::result::Result<WriteTx, sqlx::Error> {
         let turn = self.writer.clone().lock_owned().await;
-        let tx = self.writes.begin_with("BEGIN IMMEDIATE").await?;
+        let tx = match &self.db {
+            Db::Sqlite(p) => Tx::Sqlite(p.writes.begin_with("BEGIN IMMEDIATE").await?),
+            Db::Postgres(p) => Tx::Postgres(postgres::begin_write(p).await?),
+        };
         Ok(WriteTx { tx, _turn: turn })
-    }
-
-    /// Runs one write statement in its own transaction, in the writers' turn.
-    pub async fn write_one<'q>(
-        &self,
-        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-    ) -> std::result::Result<sqlx::sqlite::SqliteQueryResult, sqlx::Error> {
-        let mut tx = self.write().await?;
-        let r = q.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(r)
     }
 
     /// Follows the `host_auth_version` counter every `every` until shutdown: when it moved
@@ -233,9 +392,7 @@ impl Store {
     ) {
         let mut seen: Option<i64> = None;
         loop {
-            match sqlx::query_scalar::<_, i64>("SELECT n FROM host_auth_version WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await
+            match run!(self.reads(), sqlx::query_scalar::<_, i64>("SELECT n FROM host_auth_version WHERE id = 1") => fetch_one)
             {
                 Ok(n) => {
                     if seen.is_some_and(|s| s != n) {
@@ -256,28 +413,27 @@ impl Store {
         }
     }
 
-    /// Checkpoints the WAL and closes every connection.
+    /// Closes every connection (on SQLite after checkpointing the WAL).
     pub async fn close(&self) {
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.writes)
-            .await;
-        self.pool.close().await;
-        self.writes.close().await;
+        match &self.db {
+            Db::Sqlite(p) => p.close().await,
+            Db::Postgres(p) => p.close().await,
+        }
     }
 
     /// Records the admin token (by hash) when it is not there yet.
     pub async fn ensure_admin_token(&self, secret_hash: &str) -> Result<()> {
-        self.write_one(
+        write_one!(
+            self,
             sqlx::query(
                 "INSERT INTO api_tokens (id, name, role, secret_hash, created_at)
-             VALUES ('admin', 'admin', 'admin', ?1, ?2)
+             VALUES ('admin', 'admin', 'admin', $1, $2)
              ON CONFLICT(id) DO UPDATE SET secret_hash = excluded.secret_hash
              WHERE api_tokens.revoked_at IS NULL",
             )
             .bind(secret_hash)
-            .bind(now_unix()),
-        )
-        .await?;
+            .bind(now_unix())
+        )?;
         Ok(())
     }
 
@@ -291,14 +447,12 @@ impl Store {
         actor: &str,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        sqlx::query("INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        run!(tx.conn(), sqlx::query("INSERT INTO api_tokens (id, name, role, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(id)
             .bind(name)
             .bind(role.as_str())
             .bind(secret_hash)
-            .bind(now_unix())
-            .execute(&mut *tx)
-            .await?;
+            .bind(now_unix()) => execute)?;
         audit(
             &mut tx,
             actor,
@@ -313,37 +467,17 @@ impl Store {
 
     /// The principal holding the API token with this hash, when it is valid.
     pub async fn api_principal(&self, secret_hash: &str) -> Result<Option<ApiPrincipal>> {
-        let row = sqlx::query(
-            "SELECT id, name, role FROM api_tokens WHERE secret_hash = ?1 AND revoked_at IS NULL",
+        let row = run!(self.reads(), sqlx::query(
+            "SELECT id, name, role FROM api_tokens WHERE secret_hash = $1 AND revoked_at IS NULL",
         )
-        .bind(secret_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.and_then(|r| {
-            Some(ApiPrincipal {
-                token_id: r.get("id"),
-                name: r.get("name"),
-                role: Role::parse(r.get::<&str, _>("role"))?,
+        .bind(secret_hash) => fetch_optional |r| {
+            Role::parse(&r.col::<String>("role")).map(|role| ApiPrincipal {
+                token_id: r.col("id"),
+                name: r.col("name"),
+                role,
             })
-        }))
-    }
-
-    /// Runs one statement and, when it changed a row, records `action` on `target` in the
-    /// audit log — in one transaction. Returns whether anything changed.
-    pub(super) async fn change_audited<'q>(
-        &self,
-        q: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-        actor: &str,
-        action: &str,
-        target: &str,
-    ) -> Result<bool> {
-        let mut tx = self.write().await?;
-        let n = q.execute(&mut *tx).await?.rows_affected();
-        if n > 0 {
-            audit(&mut tx, actor, action, target, None).await?;
-        }
-        tx.commit().await?;
-        Ok(n > 0)
+        })?;
+        Ok(row.flatten())
     }
 }
 
@@ -375,12 +509,10 @@ impl Store {
 
     /// The newest `limit` audit rows, newest first.
     pub async fn audit_entries(&self, limit: u32) -> Result<Vec<AuditRow>> {
-        let rows: Vec<(i64, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?1",
+        let rows: Vec<(i64, String, String, String, Option<String>)> = run!(self.reads(), sqlx::query_as(
+            "SELECT at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT $1",
         )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(i64::from(limit)) => fetch_all)?;
         Ok(rows
             .into_iter()
             .map(|(at, actor, action, target, detail)| AuditRow {
@@ -429,9 +561,9 @@ impl Store {
             files,
         } = b;
         let mut tx = self.write().await?;
-        let n = sqlx::query(
+        let n = run!(tx.conn(), sqlx::query(
             "INSERT INTO bundles (digest, size, name, version, type, manifest, created_at, files)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(digest) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT(digest) DO NOTHING",
         )
         .bind(digest)
         .bind(size as i64)
@@ -440,10 +572,7 @@ impl Store {
         .bind(bundle_type)
         .bind(manifest_json)
         .bind(now_unix())
-        .bind(files)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .bind(files) => execute)?;
         if n > 0 {
             audit(
                 &mut tx,
@@ -472,33 +601,27 @@ impl Store {
     ) -> Result<Option<String>> {
         let mut tx = self.write().await?;
         if let Some(a) = arch {
-            let before: Option<String> = sqlx::query_scalar(
-                "SELECT digest FROM bundle_tag_arches WHERE name = ?1 AND tag = ?2 AND arch = ?3",
+            let before: Option<String> = run!(tx.conn(), sqlx::query_scalar(
+                "SELECT digest FROM bundle_tag_arches WHERE name = $1 AND tag = $2 AND arch = $3",
             )
             .bind(name)
             .bind(tag)
-            .bind(a)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let primary: Option<(String, Option<String>)> = sqlx::query_as(
+            .bind(a) => fetch_optional)?;
+            let primary: Option<(String, Option<String>)> = run!(tx.conn(), sqlx::query_as(
                 "SELECT t.digest, (SELECT arch FROM bundle_tag_arches a WHERE a.name = t.name AND a.tag = t.tag AND a.digest = t.digest LIMIT 1)
-                 FROM bundle_tags t WHERE t.name = ?1 AND t.tag = ?2",
+                 FROM bundle_tags t WHERE t.name = $1 AND t.tag = $2",
             )
             .bind(name)
-            .bind(tag)
-            .fetch_optional(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO bundle_tag_arches (name, tag, arch, digest, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+            .bind(tag) => fetch_optional)?;
+            run!(tx.conn(), sqlx::query(
+                "INSERT INTO bundle_tag_arches (name, tag, arch, digest, updated_at) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT(name, tag, arch) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
             )
             .bind(name)
             .bind(tag)
             .bind(a)
             .bind(digest)
-            .bind(now_unix())
-            .execute(&mut *tx)
-            .await?;
+            .bind(now_unix()) => execute)?;
             let moves_primary = match &primary {
                 None => true,
                 Some((_, p_arch)) => p_arch.as_deref() == Some(a),
@@ -518,17 +641,12 @@ impl Store {
             return Ok(before.filter(|b| b != digest));
         }
         // Every architecture: the tag is this digest alone.
-        sqlx::query("DELETE FROM bundle_tag_arches WHERE name = ?1 AND tag = ?2")
+        run!(tx.conn(), sqlx::query("DELETE FROM bundle_tag_arches WHERE name = $1 AND tag = $2")
             .bind(name)
-            .bind(tag)
-            .execute(&mut *tx)
-            .await?;
-        let old: Option<String> =
-            sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = ?1 AND tag = ?2")
+            .bind(tag) => execute)?;
+        let old: Option<String> = run!(tx.conn(), sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = $1 AND tag = $2")
                 .bind(name)
-                .bind(tag)
-                .fetch_optional(&mut *tx)
-                .await?;
+                .bind(tag) => fetch_optional)?;
         upsert_tag(&mut tx, name, tag, digest).await?;
         let moved = old.filter(|o| o != digest);
         if let Some(prev) = &moved {
@@ -560,34 +678,27 @@ impl Store {
         name: &str,
         tag: &str,
     ) -> Result<std::collections::BTreeMap<String, String>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT arch, digest FROM bundle_tag_arches WHERE name = ?1 AND tag = ?2 ORDER BY arch",
+        let rows: Vec<(String, String)> = run!(self.reads(), sqlx::query_as(
+            "SELECT arch, digest FROM bundle_tag_arches WHERE name = $1 AND tag = $2 ORDER BY arch",
         )
         .bind(name)
-        .bind(tag)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(tag) => fetch_all)?;
         Ok(rows.into_iter().collect())
     }
 
     pub async fn resolve_tag(&self, name: &str, tag: &str) -> Result<Option<String>> {
         Ok(
-            sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = ?1 AND tag = ?2")
+            run!(self.reads(), sqlx::query_scalar("SELECT digest FROM bundle_tags WHERE name = $1 AND tag = $2")
                 .bind(name)
-                .bind(tag)
-                .fetch_optional(&self.pool)
-                .await?,
+                .bind(tag) => fetch_optional)?,
         )
     }
 
     /// The files of bundle `digest`, when they were recorded (bundles pushed before they
     /// were have none).
     pub async fn bundle_files(&self, digest: &str) -> Result<Option<Vec<String>>> {
-        let files: Option<Option<String>> =
-            sqlx::query_scalar("SELECT files FROM bundles WHERE digest = ?1")
-                .bind(digest)
-                .fetch_optional(&self.pool)
-                .await?;
+        let files: Option<Option<String>> = run!(self.reads(), sqlx::query_scalar("SELECT files FROM bundles WHERE digest = $1")
+                .bind(digest) => fetch_optional)?;
         Ok(files.flatten().and_then(|f| serde_json::from_str(&f).ok()))
     }
 
@@ -600,83 +711,84 @@ impl Store {
     }
 
     async fn bundles_where(&self, digest: Option<&str>) -> Result<Vec<BundleRow>> {
-        let rows = sqlx::query(
+        let tags = (self.dialect().join_space)("t.name || ':' || t.tag");
+        let rows = run!(self.reads(), sqlx::query(&format!(
             "SELECT b.digest, b.size, b.manifest, b.created_at,
-                    (SELECT group_concat(t.name || ':' || t.tag, ' ') FROM
+                    (SELECT {tags} FROM
                         (SELECT name, tag FROM bundle_tags WHERE digest = b.digest ORDER BY name, tag) t) AS tags
-             FROM bundles b WHERE ?1 IS NULL OR b.digest = ?1 ORDER BY b.name, b.created_at",
-        )
-        .bind(digest)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| BundleRow {
-                digest: r.get("digest"),
-                size: r.get("size"),
-                manifest: r.get("manifest"),
-                created_at: r.get("created_at"),
+             FROM bundles b WHERE $1 IS NULL OR b.digest = $1 ORDER BY b.name, b.created_at",
+        ))
+        .bind(digest) => fetch_all |r| BundleRow {
+                digest: r.col("digest"),
+                size: r.col("size"),
+                manifest: r.col("manifest"),
+                created_at: r.col("created_at"),
                 tags: r
-                    .get::<Option<String>, _>("tags")
+                    .col::<Option<String>>("tags")
                     .map(|t| t.split(' ').map(str::to_string).collect())
                     .unwrap_or_default(),
-            })
-            .collect())
+            })?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Removes a tag; returns false when there was none.
     pub async fn delete_tag(&self, name: &str, tag: &str, actor: &str) -> Result<bool> {
-        let q = sqlx::query("DELETE FROM bundle_tags WHERE name = ?1 AND tag = ?2")
-            .bind(name)
-            .bind(tag);
-        self.change_audited(q, actor, "bundle.untag", &format!("{name}:{tag}"))
-            .await
+        change_audited!(
+            self,
+            sqlx::query("DELETE FROM bundle_tags WHERE name = $1 AND tag = $2")
+                .bind(name)
+                .bind(tag),
+            actor,
+            "bundle.untag",
+            &format!("{name}:{tag}")
+        )
     }
 
     /// Removes a bundle and its tags; returns false when there was none.
     pub async fn delete_bundle(&self, digest: &str, actor: &str) -> Result<bool> {
-        let q = sqlx::query("DELETE FROM bundles WHERE digest = ?1").bind(digest);
-        self.change_audited(q, actor, "bundle.rm", digest).await
+        change_audited!(
+            self,
+            sqlx::query("DELETE FROM bundles WHERE digest = $1").bind(digest),
+            actor,
+            "bundle.rm",
+            digest
+        )
     }
 }
 
 /// Points the tag's primary digest at `digest`.
 async fn upsert_tag(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut WriteTx,
     name: &str,
     tag: &str,
     digest: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO bundle_tags (name, tag, digest, updated_at) VALUES (?1, ?2, ?3, ?4)
+    run!(tx.conn(), sqlx::query(
+        "INSERT INTO bundle_tags (name, tag, digest, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT(name, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
     )
     .bind(name)
     .bind(tag)
     .bind(digest)
-    .bind(now_unix())
-    .execute(tx)
-    .await?;
+    .bind(now_unix()) => execute)?;
     Ok(())
 }
 
 pub(super) async fn audit(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut WriteTx,
     actor: &str,
     action: &str,
     target: &str,
     detail: Option<&str>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+    run!(tx.conn(), sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(now_unix())
     .bind(actor)
     .bind(action)
     .bind(target)
-    .bind(detail)
-    .execute(tx)
-    .await?;
+    .bind(detail) => execute)?;
     Ok(())
 }
 
@@ -694,32 +806,24 @@ pub mod events;
 pub mod hosts;
 pub mod images;
 pub mod plans;
+mod postgres;
+mod sqlite;
 
 pub use error::StoreError;
 pub use hosts::{BootstrapRow, EnrollError, HostRow, NewHost};
 
-/// A pool of `n` connections, all opened now and kept for the controller's lifetime: a busy
-/// controller never needs a new file descriptor (or the time to open one) to reach its
-/// store, and no connection is re-opened later from another runtime's thread (with that
-/// thread's priority). Connections are not pinged before each use: a round trip to
-/// SQLite's worker thread per query is what a busy controller spends its time on.
-async fn open_pool(
-    opts: SqliteConnectOptions,
-    n: u32,
-) -> std::result::Result<SqlitePool, sqlx::Error> {
-    SqlitePoolOptions::new()
-        .max_connections(n)
-        .min_connections(n)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .test_before_acquire(false)
-        .connect_with(opts)
-        .await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Store {
+        fn sqlite_pools(&self) -> &sqlite::Pools {
+            match &self.db {
+                Db::Sqlite(p) => p,
+                Db::Postgres(_) => panic!("a SQLite store"),
+            }
+        }
+    }
 
     /// Nice values of this process's SQLite connection threads.
     fn sqlite_thread_nices() -> Vec<i32> {
@@ -744,7 +848,7 @@ mod tests {
     /// value the lane's threads have, and the lane (kept while the test runs, as the
     /// controller keeps its lanes).
     async fn derived_on_a_lane<F, Fut>(
-        dir: &Path,
+        dir: &std::path::Path,
         nice: i32,
         derive: F,
     ) -> (Store, Store, i32, crate::lane::Lane)
@@ -801,9 +905,9 @@ mod tests {
             "the write connection's thread runs at the lane's priority: {:?}",
             sqlite_thread_nices()
         );
-        assert_eq!(writing.writes.size(), 1);
+        assert_eq!(writing.sqlite_pools().writes.size(), 1);
         assert_eq!(
-            store.writes.size(),
+            store.sqlite_pools().writes.size(),
             8,
             "the store it came from keeps its pool"
         );
@@ -821,24 +925,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).await.expect("open");
         let n = hosts::HEARTBEAT_CHUNK as i64 * 2 + 7;
-        sqlx::query(
-            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1)
+        run!(store.reads(), sqlx::query(
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < $1)
              INSERT INTO hosts (name, cert_fingerprint, cert_serial, facts, enrolled_with, enrolled_at, last_seen, cert_not_after)
              SELECT 'h' || i, 'fp' || i, 's' || i, '{}', 'test', 0, 0, 0 FROM k",
         )
-        .bind(n)
-        .execute(&store.pool)
-        .await
+        .bind(n) => execute)
         .expect("hosts");
-        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM hosts ORDER BY id")
-            .fetch_all(&store.pool)
-            .await
+        let ids: Vec<i64> = run!(store.reads(), sqlx::query_scalar("SELECT id FROM hosts ORDER BY id") => fetch_all)
             .expect("ids");
         let at = |id: i64, base: i64| (id, base + id);
         let seen_at = |base: i64| {
-            let pool = store.pool.clone();
+            let pool = store.sqlite_pools().reads.clone();
             async move {
-                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM hosts WHERE last_seen = ?1 + id")
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM hosts WHERE last_seen = $1 + id")
                     .bind(base)
                     .fetch_one(&pool)
                     .await
