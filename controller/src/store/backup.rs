@@ -16,13 +16,6 @@ pub struct Inventory {
 /// controller's plans (they refuse a generation they have seen).
 pub const RESTORE_GENERATION_JUMP: i64 = 1_000_000;
 
-/// The blobs a database names: bundles, agent executables, registry blobs and manifests.
-pub(super) const BLOB_QUERIES: [&str; 3] = [
-    "SELECT digest, size FROM bundles ORDER BY digest",
-    "SELECT DISTINCT digest, size FROM agent_binaries ORDER BY digest",
-    "SELECT digest, size FROM image_blobs UNION SELECT digest, size FROM image_manifests ORDER BY digest",
-];
-
 impl Store {
     /// Why `berth backup` cannot copy this store, when it cannot: a PostgreSQL store is
     /// backed up with PostgreSQL's tools.

@@ -123,6 +123,13 @@ impl Pools {
     }
 }
 
+/// The blobs a database names: bundles, agent executables, registry blobs and manifests.
+const BLOB_QUERIES: [&str; 3] = [
+    "SELECT digest, size FROM bundles ORDER BY digest",
+    "SELECT DISTINCT digest, size FROM agent_binaries ORDER BY digest",
+    "SELECT digest, size FROM image_blobs UNION SELECT digest, size FROM image_manifests ORDER BY digest",
+];
+
 /// Digests (with sizes) of every bundle, agent executable and registry blob the database
 /// file `snapshot` names.
 pub(super) async fn snapshot_blobs(
@@ -133,7 +140,7 @@ pub(super) async fn snapshot_blobs(
         .filename(snapshot)
         .read_only(true);
     let mut conn = sqlx::SqliteConnection::connect_with(&opts).await?;
-    let [bundles, agents, images] = super::backup::BLOB_QUERIES;
+    let [bundles, agents, images] = BLOB_QUERIES;
     let bundles = sqlx::query_as(bundles).fetch_all(&mut conn).await?;
     let agents = sqlx::query_as(agents).fetch_all(&mut conn).await?;
     let images = sqlx::query_as(images).fetch_all(&mut conn).await?;
