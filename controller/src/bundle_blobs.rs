@@ -110,13 +110,6 @@ impl BundleBlobs {
         })
     }
 
-    pub async fn exists(&self, digest: &Digest) -> Result<bool> {
-        match &self.bucket {
-            None => Ok(self.local.exists(digest)),
-            Some(b) => Ok(b.size(digest).await?.is_some()),
-        }
-    }
-
     pub async fn remove(&self, digest: &Digest) -> Result<()> {
         match &self.bucket {
             None => self.local.remove(digest),
