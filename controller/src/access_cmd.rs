@@ -99,6 +99,41 @@ pub async fn audit(target: &Target, limit: u32, out: Format) -> Result<()> {
     )
 }
 
+/// `berth get controllers`: the controllers serving the database, live ones first, and
+/// the clusters each one ticks. `*` marks the one that answered.
+pub async fn controllers(target: &Target, out: Format) -> Result<()> {
+    let c = Client::connect(target)?;
+    let rows = c.fetch::<routes::ControllerList>(&[], &NoQuery {}).await?;
+    output::print(
+        out,
+        &rows,
+        &["NAME", "STATE", "URL", "VERSION", "SEEN", "STARTED", "CLUSTERS"],
+        || {
+            rows.iter()
+                .map(|r| {
+                    vec![
+                        if r.this {
+                            format!("{} *", r.name)
+                        } else {
+                            r.name.clone()
+                        },
+                        if r.live { "live" } else { "gone" }.to_string(),
+                        r.url.clone(),
+                        r.version.clone(),
+                        r.seen_at.clone(),
+                        r.started_at.clone(),
+                        if r.clusters.is_empty() {
+                            "-".to_string()
+                        } else {
+                            r.clusters.join(",")
+                        },
+                    ]
+                })
+                .collect()
+        },
+    )
+}
+
 /// `berth get hosts [--watch]`.
 pub async fn hosts(target: &Target, out: Format, watch: bool) -> Result<()> {
     const HEADER: &[&str] = &[

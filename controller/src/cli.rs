@@ -295,9 +295,18 @@ pub struct ServeArgs {
     /// `--blob-store` (optionally `session_token = …`)
     #[arg(long, value_name = "FILE", requires = "blob_store")]
     pub blob_store_credentials: Option<PathBuf>,
-    /// Extra name or IP for the server certificate (repeatable)
+    /// Extra name or IP for the server certificate (repeatable; with several controllers,
+    /// the load balancer's name and each controller's own)
     #[arg(long = "san")]
     pub sans: Vec<String>,
+    /// This controller's name in `berth get controllers` [default: the machine's hostname]
+    #[arg(long, value_name = "NAME")]
+    pub controller_name: Option<String>,
+    /// With several controllers on one PostgreSQL database: a controller holds each of its
+    /// clusters for this long unless it renews it (it does every fifth of it), so the
+    /// others take over the clusters of one that died within about this time (at least 1s)
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
     /// A host is NotReady when its last heartbeat is older than this
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub host_grace: Duration,
@@ -513,6 +522,12 @@ pub enum GetCmd {
         #[arg(short = 'w', long)]
         watch: bool,
     },
+    /// The controllers serving this database (several share one PostgreSQL): live or
+    /// gone, and the clusters each one ticks; `*` marks the one that answered
+    Controllers {
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+        output: Format,
+    },
     /// Stored bundles (same as `berth bundle list`)
     Bundles {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
@@ -727,6 +742,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Get(GetCmd::Clusters { output, watch }) => {
             crate::cluster_cmd::list(&target, output, watch).await
         }
+        Command::Get(GetCmd::Controllers { output }) => {
+            crate::access_cmd::controllers(&target, output).await
+        }
         Command::Get(GetCmd::Bundles { output }) => {
             crate::bundle_cmd::run(crate::bundle_cmd::BundleCmd::List { output }, &target).await
         }
@@ -756,6 +774,9 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
     if a.max_polls == 0 {
         anyhow::bail!("--max-polls must be at least 1");
     }
+    if a.lease_ttl < Duration::from_secs(1) {
+        anyhow::bail!("--lease-ttl must be at least 1s");
+    }
     let cfg = ServeConfig {
         database: crate::store::Location::new(&data_dir, a.database_url.as_deref())?,
         blob_store: a
@@ -779,7 +800,9 @@ async fn serve(a: ServeArgs, data_dir: PathBuf, log_format: LogFormat) -> Result
             step_grace: a.step_grace,
             host_lost_after: a.host_lost_after,
             log_cap: a.log_cap,
+            lease_ttl: a.lease_ttl,
         },
+        controller_name: a.controller_name,
         unpack_limits: berth_bundle::Limits {
             max_total_bytes: a.max_unpacked_size,
             max_entries: a.max_entries,

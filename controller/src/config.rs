@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub lifetimes: crate::pki::Lifetimes,
     /// The `berth-agent` executable served to installing hosts of this machine's
     /// architecture; `None` looks next to the `berth` executable.
+    /// This controller's name among those sharing the database (default: hostname).
+    pub controller_name: Option<String>,
     pub agent_binary: Option<PathBuf>,
 }
 

@@ -95,6 +95,22 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         cfg.engine,
         metrics.clone(),
     ));
+    // Among the controllers of the database (one on SQLite): same PKI as the live ones,
+    // listening for their signals before taking leases, so nothing they send is missed.
+    let signals = store.listen().await?;
+    engine
+        .join(crate::store::leases::Member {
+            name: cfg.controller_name.clone().unwrap_or_else(config::hostname),
+            url: advertise_url.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ca_hash: pki.ca_hash().to_string(),
+            plan_key_id: pki.plan_key_id(),
+        })
+        .await?;
+    if let Some(signals) = signals {
+        tokio::spawn(engine.clone().run_signals(signals, shutdown.clone()));
+    }
+    let leases = engine.spawn_writer(engine.clone().run_leases(shutdown.clone()));
     // Continue whatever was in flight before a restart.
     engine.tick_all().await?;
     // Declare lost what no host will finish; checked a few times per grace period.
@@ -198,8 +214,11 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         metrics,
     )
     .await;
-    // The last heartbeats (also those of polls answered during the grace), then the store.
+    // The last heartbeats (also those of polls answered during the grace), this
+    // controller's leases (the others take its clusters at their next round), the store.
     let _ = flusher.await;
+    let _ = leases.await;
+    engine.leave().await;
     state_heartbeats.flush(&store).await;
     store.close().await;
     tracing::info!("controller stopped");

@@ -141,6 +141,31 @@ pub struct AgentBinaryView {
     pub added_at: String,
 }
 
+/// A controller serving the database (`GET /v1/controllers`, `berth get controllers`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ControllerView {
+    /// Random per start.
+    pub id: String,
+    /// `--controller-name`, or the machine's hostname.
+    pub name: String,
+    /// The URL it tells agents (its `--advertise-url`: the load balancer's, usually).
+    pub url: String,
+    pub version: String,
+    /// `sha256:` of the CA it serves with (the same for every controller of a database).
+    pub ca_hash: String,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339: its last lease round.
+    pub seen_at: String,
+    /// Seen within the lease time; a controller that is not has lost its clusters.
+    pub live: bool,
+    /// Whether this is the controller that answered.
+    pub this: bool,
+    /// The clusters it holds (ticks), by name.
+    pub clusters: Vec<String>,
+}
+
 /// `POST /v1/agent/poll`: the long-poll that is also the heartbeat.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -516,6 +516,10 @@ routes! {
         "Prometheus/OpenMetrics text",
         query NoQuery, request NoBody as None, response PlainText as OpenMetrics, ok [200],
         errors [];
+    ControllerList: Get "/v1/controllers", Viewer, tag "controller",
+        "The controllers serving this database and the clusters each one ticks",
+        query NoQuery, request NoBody as None, response Vec<api::ControllerView> as Json, ok [200],
+        errors [];
     Backup: Get "/v1/backup", Admin, tag "controller",
         "A consistent backup of the controller (tar, streamed)",
         query NoQuery, request NoBody as None, response TarStream as Tar, ok [200],

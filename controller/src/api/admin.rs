@@ -277,3 +277,29 @@ pub async fn audit(
             .collect(),
     ))
 }
+
+/// `GET /v1/controllers` (viewer): the controllers serving this database, live ones
+/// first, with the clusters each one holds.
+pub async fn controllers(
+    State(st): State<AppState>,
+) -> Result<ApiJson<Vec<berth_shared::api::ControllerView>>, ApiError> {
+    let ttl_ms = st.engine.leases.ttl().as_millis() as i64;
+    let me = st.store.member_id().to_string();
+    let rows = st.store.controllers(ttl_ms).await?;
+    Ok(ApiJson(
+        rows.into_iter()
+            .map(|r| berth_shared::api::ControllerView {
+                this: r.id == me,
+                id: r.id,
+                name: r.name,
+                url: r.url,
+                version: r.version,
+                ca_hash: r.ca_hash,
+                started_at: rfc3339(r.started_ms / 1000),
+                seen_at: rfc3339(r.seen_ms / 1000),
+                live: r.live,
+                clusters: r.clusters,
+            })
+            .collect(),
+    ))
+}

@@ -118,6 +118,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .at::<Metrics, _, _>(admin::metrics)
         .at::<Backup, _, _>(backup::backup)
         .at::<AgentBinaryList, _, _>(install::list)
+        .at::<ControllerList, _, _>(admin::controllers)
         .upload::<AgentBinaryAdd, _, _>(install::add, uploads())
         .at::<AgentBinaryRemove, _, _>(install::remove)
         .done()

@@ -10,7 +10,7 @@ use crate::planner::{
 };
 use crate::scheduler::{next_release, Next, Policy, View};
 use crate::store::clusters::{ClusterHostRow, LogAppend, StepResult, StepRow};
-use crate::store::{HostRow, Store, StoreError, WriteTx};
+use crate::store::{HostRow, Signal, Store, StoreError, WriteTx};
 use crate::time::now_unix;
 use anyhow::Result;
 use berth_shared::api::{codes, StepReport};
@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 mod exec;
+pub mod leases;
 mod operate;
 mod preview;
 mod reports;
@@ -40,6 +41,9 @@ pub struct EngineConfig {
     pub host_lost_after: Duration,
     /// Log bytes stored per step attempt; the rest is dropped with a marker.
     pub log_cap: u64,
+    /// A cluster's lease lasts this long unless renewed: how soon another controller
+    /// takes over the clusters of one that died (`--lease-ttl`).
+    pub lease_ttl: Duration,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +52,7 @@ impl Default for EngineConfig {
             step_grace: Duration::from_secs(300),
             host_lost_after: Duration::from_secs(600),
             log_cap: 16 << 20,
+            lease_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -151,6 +156,8 @@ pub struct Engine {
     writer: crate::lane::Lane,
     /// Step durations are observed here.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The clusters this controller ticks (all of them on SQLite).
+    pub leases: leases::Leases,
 }
 
 /// One request's report batch, queued for a group commit.
@@ -314,6 +321,7 @@ impl Engine {
             report_turn: Arc::new(tokio::sync::Mutex::new(())),
             writer,
             metrics,
+            leases: leases::Leases::new(cfg.lease_ttl),
         }
     }
 
@@ -355,6 +363,33 @@ impl Engine {
         let w = self.waker(host_id);
         *w.woken.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
         w.notify.notify_waiters();
+    }
+
+    /// Wakes a host's held polls if it has a waker here (another controller changed its
+    /// plan: most hosts poll elsewhere).
+    fn wake_waiting(&self, host_id: i64) {
+        let w = self
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&host_id)
+            .cloned();
+        if let Some(w) = w {
+            *w.woken.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+            w.notify.notify_waiters();
+        }
+    }
+
+    /// Hosts with a waker here.
+    fn wakers_now(&self) -> Vec<i64> {
+        let w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        w.keys().copied().collect()
+    }
+
+    /// Clusters someone here watches.
+    fn watched_now(&self) -> Vec<i64> {
+        let c = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        c.keys().copied().collect()
     }
 
     /// Stores a Clusterfile as the cluster's next generation and schedules what differs.
@@ -797,9 +832,15 @@ impl Engine {
     /// Releases what can run, settles the cluster's phase. Idempotent. Costs a few indexed
     /// reads plus the steps it releases, however many steps the cluster has (a reset,
     /// which is rare, reads them all).
+    /// Only the controller holding the cluster's lease ticks it; another asks it to.
     pub async fn tick(&self, cluster_id: i64) -> Result<()> {
+        if !self.hold(cluster_id).await? {
+            self.store.signal(Signal::Tick(vec![cluster_id])).await;
+            return Ok(());
+        }
         let out = self.tick_locked(cluster_id).await;
         self.changed(cluster_id);
+        self.store.signal(Signal::Changed(vec![cluster_id])).await;
         out
     }
 
@@ -855,7 +896,8 @@ impl Engine {
                 .record_event(&head.name, None, "batch", &msg)
                 .await?;
         }
-        self.release(cluster_id, pending.iter()).await?;
+        self.release(cluster_id, head.generation, pending.iter())
+            .await?;
         if head.phase == ClusterPhase::Failed {
             self.store
                 .set_phase(cluster_id, ClusterPhase::Reconciling, None)
@@ -901,7 +943,8 @@ impl Engine {
         let mut view = View::of(steps);
         view.failure = None;
         if let Next::Release(pending) = next_release(view) {
-            self.release(cluster.id, pending.iter()).await?;
+            self.release(cluster.id, cluster.generation, pending.iter())
+                .await?;
             return Ok(());
         }
         let failed: Vec<String> = steps
@@ -940,6 +983,7 @@ impl Engine {
     async fn release<'a>(
         &self,
         cluster_id: i64,
+        generation: i64,
         steps: impl Iterator<Item = &'a StepRow>,
     ) -> Result<()> {
         let spec = self.spec_of(None, cluster_id).await?.unwrap_or_default();
@@ -949,7 +993,11 @@ impl Engine {
             .map(|s| (s.id, now + self.deadline_secs(&spec, s)))
             .collect();
         if !release.is_empty() {
-            for h in self.store.release(&release).await? {
+            for h in self
+                .store
+                .release(cluster_id, generation, &release)
+                .await?
+            {
                 self.wake(h);
             }
         }
@@ -1045,10 +1093,13 @@ impl Engine {
         }
     }
 
-    /// Ticks every cluster (at start, after a restart).
+    /// Ticks every cluster this controller holds (at start, after a restart; on SQLite,
+    /// every cluster).
     pub async fn tick_all(&self) -> Result<()> {
         for c in self.store.clusters().await? {
-            self.tick(c.id).await?;
+            if self.leases.holds(c.id) || !self.store.shared() {
+                self.tick(c.id).await?;
+            }
         }
         Ok(())
     }
@@ -1061,6 +1112,10 @@ impl Engine {
         let lost_after = self.cfg.host_lost_after.as_secs() as i64;
         let mut n = 0;
         for s in self.store.lost_steps(now, now - lost_after).await? {
+            // The holder of the cluster declares its steps lost.
+            if !self.hold(s.cluster_id).await? {
+                continue;
+            }
             let reason = match s.deadline {
                 Some(d) if d < now => format!(
                     "lost: no result from host {} by the step's deadline (its hook timeouts plus {}s)",

@@ -159,6 +159,10 @@ impl Engine {
         let mut skipped = Vec::new();
         let mut clusters = std::collections::BTreeSet::new();
         for (cluster_id, cluster, step, host) in stragglers {
+            // The holder of the cluster skips its stragglers.
+            if !self.hold(cluster_id).await? {
+                continue;
+            }
             let reason = format!(
                 "skipped by `reset --force`: host {host} stopped answering (not seen for {}s)",
                 host_grace.as_secs()

@@ -400,15 +400,39 @@ impl Store {
         Ok(by_host)
     }
 
-    /// Marks pending steps released with their deadlines and bumps the plan generation of
-    /// their hosts. Returns the affected host ids.
-    pub async fn release(&self, steps: &[(i64, i64)]) -> Result<Vec<i64>> {
+    /// Marks pending steps of cluster `cluster_id` released with their deadlines and bumps
+    /// the plan generation of their hosts. Returns the affected host ids. Releases nothing
+    /// (and returns none) unless this controller's lease on the cluster is current and the
+    /// cluster is still at `generation` — what the caller's tick read — checked inside the
+    /// write transaction, where no other writer can change either.
+    pub async fn release(
+        &self,
+        cluster_id: i64,
+        generation: i64,
+        steps: &[(i64, i64)],
+    ) -> Result<Vec<i64>> {
         // One statement per distinct deadline (a phase has one or a few).
         let mut by_deadline: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         for (id, deadline) in steps {
             by_deadline.entry(*deadline).or_default().push(*id);
         }
         let mut tx = self.write().await?;
+        let now = (tx.dialect().now_ms).to_string();
+        let current: Option<i64> = run!(tx.conn(), sqlx::query_scalar(&format!(
+            "SELECT c.id FROM clusters c JOIN cluster_leases l ON l.cluster_id = c.id
+             WHERE c.id = $1 AND c.generation = $2 AND l.controller_id = $3 AND l.expires_ms > {now}"
+        ))
+        .bind(cluster_id)
+        .bind(generation)
+        .bind(self.member_id()) => fetch_optional)?;
+        if current.is_none() {
+            tracing::warn!(
+                cluster = cluster_id,
+                generation,
+                "not releasing: this controller's lease lapsed or the cluster moved on; its holder ticks it"
+            );
+            return Ok(Vec::new());
+        }
         let mut hosts = Vec::new();
         let ids_in = (tx.dialect().json_ints)(2);
         for (deadline, ids) in by_deadline {
@@ -815,11 +839,14 @@ impl Store {
         insert_steps(&mut tx, cluster_id, generation, steps, &[]).await?;
         super::audit(&mut tx, actor, "cluster.reset", name, None).await?;
         super::events::record(&mut tx, name, None, "reset", &format!("reset by {actor}")).await?;
+        let bumped: Vec<(i64, u64)> = bumped
+            .into_iter()
+            .filter_map(|(h, g)| Some((h, g?)))
+            .collect();
+        self.announce_plans(&mut tx, &bumped).await?;
         tx.commit().await?;
         for (h, g) in bumped {
-            if let Some(g) = g {
-                self.cache.saw_generation(h, g);
-            }
+            self.cache.saw_generation(h, g);
         }
         Ok(())
     }
@@ -950,9 +977,11 @@ async fn commit_bumping(
         ))
         .bind(serde_json::to_string(&hosts)?) => fetch_all)?
     };
+    let bumped: Vec<(i64, u64)> = bumped.into_iter().map(|(h, g)| (h, g as u64)).collect();
+    store.announce_plans(&mut tx, &bumped).await?;
     tx.commit().await?;
     for (h, g) in bumped {
-        store.cache.saw_generation(h, g as u64);
+        store.cache.saw_generation(h, g);
     }
     Ok(hosts)
 }

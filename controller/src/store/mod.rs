@@ -228,6 +228,8 @@ pub struct Store {
     /// read together: hosts by certificate fingerprint, plan generations by host id.
     by_fingerprint: std::sync::Arc<crate::coalesce::Coalescer<String, Option<HostRow>>>,
     generations: std::sync::Arc<crate::coalesce::Coalescer<i64, Option<u64>>>,
+    /// This controller's id among those sharing the database (random, per start).
+    member: std::sync::Arc<str>,
 }
 
 /// A write transaction holding the writers' turn until it ends: on SQLite `BEGIN
@@ -304,6 +306,7 @@ impl Store {
             cache: Default::default(),
             by_fingerprint: Default::default(),
             generations: Default::default(),
+            member: signals::new_member_id().into(),
         })
     }
 
@@ -805,11 +808,14 @@ pub mod error;
 pub mod events;
 pub mod hosts;
 pub mod images;
+pub mod leases;
 pub mod plans;
 mod postgres;
+mod signals;
 mod sqlite;
 
 pub use error::StoreError;
+pub use signals::{Received, Signal, Signals};
 pub use hosts::{BootstrapRow, EnrollError, HostRow, NewHost};
 
 #[cfg(test)]

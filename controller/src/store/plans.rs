@@ -18,15 +18,17 @@ pub type TickView = crate::scheduler::View<StepRow>;
 pub struct ClusterHead {
     pub name: String,
     pub phase: ClusterPhase,
+    pub generation: i64,
 }
 
 impl Store {
     pub async fn cluster_head(&self, cluster_id: i64) -> Result<Option<ClusterHead>> {
-        Ok(run!(self.reads(), sqlx::query_as::<_, (String, String)>(
-            "SELECT name, phase FROM clusters WHERE id = $1",
+        Ok(run!(self.reads(), sqlx::query_as::<_, (String, String, i64)>(
+            "SELECT name, phase, generation FROM clusters WHERE id = $1",
         )
         .bind(cluster_id) => fetch_optional)?
-        .map(|(name, phase)| ClusterHead {
+        .map(|(name, phase, generation)| ClusterHead {
+            generation,
             phase: phase
                 .parse()
                 .unwrap_or_else(|e| panic!("column phase: {e}")),
