@@ -107,7 +107,9 @@ pub async fn controllers(target: &Target, out: Format) -> Result<()> {
     output::print(
         out,
         &rows,
-        &["NAME", "STATE", "URL", "VERSION", "SEEN", "STARTED", "CLUSTERS"],
+        &[
+            "NAME", "STATE", "URL", "VERSION", "SEEN", "STARTED", "CLUSTERS",
+        ],
         || {
             rows.iter()
                 .map(|r| {

@@ -71,6 +71,22 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
             .run(async move { store.with_own_writes(1).await })
             .await??
     };
+    // Among the controllers of the database (one on SQLite), with the same PKI as the
+    // others — checked before this start writes anything.
+    let member = crate::store::leases::Member {
+        name: cfg.controller_name.clone().unwrap_or_else(config::hostname),
+        url: advertise_url.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        ca_hash: pki.ca_hash().to_string(),
+        plan_key_id: pki.plan_key_id(),
+    };
+    store
+        .join(
+            &member,
+            cfg.engine.lease_ttl.as_millis() as i64,
+            pki.created,
+        )
+        .await?;
     store
         .ensure_admin_token(&hash_secret(&pki.admin_token))
         .await?;
@@ -95,18 +111,10 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         cfg.engine,
         metrics.clone(),
     ));
-    // Among the controllers of the database (one on SQLite): same PKI as the live ones,
-    // listening for their signals before taking leases, so nothing they send is missed.
+    // Listening to the other controllers before taking leases, so nothing they send
+    // from then on is missed.
     let signals = store.listen().await?;
-    engine
-        .join(crate::store::leases::Member {
-            name: cfg.controller_name.clone().unwrap_or_else(config::hostname),
-            url: advertise_url.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            ca_hash: pki.ca_hash().to_string(),
-            plan_key_id: pki.plan_key_id(),
-        })
-        .await?;
+    engine.take_leases(member).await?;
     if let Some(signals) = signals {
         tokio::spawn(engine.clone().run_signals(signals, shutdown.clone()));
     }

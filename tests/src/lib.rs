@@ -338,6 +338,8 @@ pub struct Controller {
     pub database: Option<Arc<TestDb>>,
     /// Its bucket for bundle blobs (`BERTH_TEST_S3`); None = `<data-dir>/blobs`.
     pub bucket: Option<Arc<TestBucket>>,
+    /// Environment variables `serve` gets besides the harness's.
+    pub env: Vec<(String, String)>,
 }
 
 impl Controller {
@@ -365,6 +367,7 @@ impl Controller {
             nofile,
             database: TestDb::create(),
             bucket: TestBucket::create(),
+            env: Vec::new(),
         };
         c.spawn().expect("controller starts");
         c
@@ -372,9 +375,23 @@ impl Controller {
 
     /// Starts a controller inside network namespace `netns`, listening on `ip`.
     pub fn start_in(netns: &str, ip: &str, extra: &[&str]) -> Controller {
+        let mut c = Controller::prepare_in(netns, ip, extra, TestDb::create());
+        c.spawn().expect("controller starts");
+        c
+    }
+
+    /// A controller inside network namespace `netns`, listening on `ip`, on `database`
+    /// (several may share one), not started yet: the caller may put files in its data dir
+    /// (a shared `pki/`) and set `env` before `spawn`.
+    pub fn prepare_in(
+        netns: &str,
+        ip: &str,
+        extra: &[&str],
+        database: Option<Arc<TestDb>>,
+    ) -> Controller {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let data_dir = dir.path().join("controller");
-        let mut c = Controller {
+        Controller {
             dir,
             data_dir,
             port: 7443,
@@ -383,12 +400,11 @@ impl Controller {
             netns: Some(netns.to_string()),
             ip: ip.to_string(),
             nofile: None,
-            database: TestDb::create(),
+            database,
             // The S3 server listens on this namespace's loopback, out of the controller's.
             bucket: None,
-        };
-        c.spawn().expect("controller starts");
-        c
+            env: Vec::new(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -436,6 +452,7 @@ impl Controller {
                 .env("AWS_SECRET_ACCESS_KEY", "berth-test");
         }
         cmd.args(&self.extra_args);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

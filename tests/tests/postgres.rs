@@ -96,10 +96,22 @@ fn a_postgres_controller_keeps_its_rows_in_postgres() {
         "Running"
     );
     assert_eq!(db.psql("SELECT name FROM hosts"), "m0");
+    let migrations = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../migrations/postgres"
+    ))
+    .unwrap()
+    .count();
     assert_eq!(
         db.psql("SELECT COUNT(*) FROM _sqlx_migrations WHERE success"),
-        "1",
-        "one PostgreSQL migration"
+        migrations.to_string(),
+        "every PostgreSQL migration, once"
+    );
+    // The controller is a member of the database and holds the cluster it ticks.
+    assert_eq!(db.psql("SELECT COUNT(*) FROM controllers"), "1");
+    assert_eq!(
+        db.psql("SELECT c.name FROM cluster_leases l JOIN clusters c ON c.id = l.cluster_id JOIN controllers m ON m.id = l.controller_id"),
+        "c1"
     );
     assert!(
         db.psql("SELECT COUNT(*) FROM events WHERE cluster = 'c1' AND kind = 'step'")

@@ -88,10 +88,9 @@ impl Leases {
 }
 
 impl Engine {
-    /// Enters this controller among those serving the database (refused when a live one
-    /// has another PKI) and takes its first leases; before it serves.
-    pub async fn join(&self, me: Member) -> Result<()> {
-        self.store.join(&me, self.leases.ttl_ms()).await?;
+    /// Takes this controller's first leases, once it joined (`Store::join`); before it
+    /// serves.
+    pub async fn take_leases(&self, me: Member) -> Result<()> {
         let _ = self.leases.me.set(me);
         self.lease_round().await?;
         Ok(())
@@ -103,7 +102,11 @@ impl Engine {
         let Some(me) = self.leases.me.get() else {
             return Ok(());
         };
-        if self.leases.leaving.load(std::sync::atomic::Ordering::SeqCst) {
+        if self
+            .leases
+            .leaving
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
             return Ok(());
         }
         let began = Instant::now();
@@ -125,7 +128,10 @@ impl Engine {
                 .collect()
         };
         for c in &lost {
-            tracing::warn!(cluster = c, "lease lost (this controller did not renew it in time, or the cluster is gone)");
+            tracing::warn!(
+                cluster = c,
+                "lease lost (this controller did not renew it in time, or the cluster is gone)"
+            );
         }
         for c in round.claimed {
             tracing::info!(cluster = c, "claimed the cluster's lease; ticking it");
@@ -156,7 +162,10 @@ impl Engine {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.leases.held().mine.clear();
         if let Err(e) = self.store.leave().await {
-            tracing::warn!(error = format!("{e:#}"), "cannot give up leases at shutdown; they expire");
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "cannot give up leases at shutdown; they expire"
+            );
         }
     }
 
@@ -167,7 +176,10 @@ impl Engine {
             return Ok(true);
         }
         if self.leases.held_elsewhere(cluster_id)
-            || self.leases.leaving.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .leases
+                .leaving
+                .load(std::sync::atomic::Ordering::SeqCst)
         {
             return Ok(false);
         }
@@ -221,7 +233,9 @@ impl Engine {
             }
             Signal::Hosts => self.store.hosts_changed_elsewhere(),
             Signal::Missed => {
-                tracing::warn!("reconnected to the other controllers' signals; reading everything again");
+                tracing::warn!(
+                    "reconnected to the other controllers' signals; reading everything again"
+                );
                 self.store.forget_cached();
                 let hosts: Vec<i64> = self.wakers_now();
                 for h in hosts {

@@ -993,11 +993,7 @@ impl Engine {
             .map(|s| (s.id, now + self.deadline_secs(&spec, s)))
             .collect();
         if !release.is_empty() {
-            for h in self
-                .store
-                .release(cluster_id, generation, &release)
-                .await?
-            {
+            for h in self.store.release(cluster_id, generation, &release).await? {
                 self.wake(h);
             }
         }

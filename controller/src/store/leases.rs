@@ -52,16 +52,20 @@ const FORGET_AFTER_MS: i64 = 10 * 60 * 1000;
 impl Store {
     /// Enters this controller among those serving the database, after checking that every
     /// live one serves with the same CA and plan-signing key (agents enrolled by one must
-    /// be trusted by all, and plans signed by one verified by all).
-    pub async fn join(&self, me: &Member, ttl_ms: i64) -> Result<()> {
+    /// be trusted by all, and plans signed by one verified by all) — before this start
+    /// writes anything else. A PKI this start created (`fresh_pki`) must also match the
+    /// controllers seen in the last ten minutes: the usual mistake is a second controller
+    /// started on an empty data dir while the first is briefly down.
+    pub async fn join(&self, me: &Member, ttl_ms: i64, fresh_pki: bool) -> Result<()> {
         let mut tx = self.write().await?;
         let now = (tx.dialect().now_ms).to_string();
         let others: Vec<(String, String, String, String)> = run!(tx.conn(), sqlx::query_as(&format!(
             "SELECT name, url, ca_hash, plan_key_id FROM controllers
-             WHERE id != $1 AND seen_ms >= {now} - $2 ORDER BY seen_ms DESC"
+             WHERE id != $1 AND (seen_ms >= {now} - $2 OR $3) ORDER BY seen_ms DESC"
         ))
         .bind(self.member_id())
-        .bind(ttl_ms) => fetch_all)?;
+        .bind(ttl_ms)
+        .bind(fresh_pki) => fetch_all)?;
         if let Some((name, url, ca, key)) = others
             .iter()
             .find(|(_, _, ca, key)| *ca != me.ca_hash || *key != me.plan_key_id)
@@ -72,7 +76,7 @@ impl Store {
                 format!("plan-signing key {key}, this one {}", me.plan_key_id)
             };
             return Err(StoreError::Conflict(format!(
-                "controller {name} ({url}) serves this database with another PKI ({what}): every controller of one database needs the same `pki/` — copy {name}'s <data-dir>/pki to this controller's data dir (see docs/scale-out.md, \"Several controllers\")"
+                "controller {name} ({url}) serves this database with another PKI ({what}): every controller of one database needs the same `pki/` — copy {name}'s <data-dir>/pki to this controller's data dir (see docs/scale-out.md, \"Several controllers\"); when rotating the CA on purpose, stop every controller first (one stopped cleanly leaves the list at once, one killed after ten minutes)"
             )));
         }
         self.upsert_member(&mut tx, me).await?;
@@ -102,7 +106,8 @@ impl Store {
     pub async fn lease_round(&self, me: &Member, ttl_ms: i64) -> Result<Round> {
         let mut tx = self.write().await?;
         let now_sql = (tx.dialect().now_ms).to_string();
-        let now: i64 = run!(tx.conn(), sqlx::query_scalar(&format!("SELECT {now_sql}")) => fetch_one)?;
+        let now: i64 =
+            run!(tx.conn(), sqlx::query_scalar(&format!("SELECT {now_sql}")) => fetch_one)?;
         self.upsert_member(&mut tx, me).await?;
         run!(tx.conn(), sqlx::query("DELETE FROM controllers WHERE seen_ms < $1")
             .bind(now - FORGET_AFTER_MS) => execute)?;

@@ -815,8 +815,8 @@ mod signals;
 mod sqlite;
 
 pub use error::StoreError;
-pub use signals::{Received, Signal, Signals};
 pub use hosts::{BootstrapRow, EnrollError, HostRow, NewHost};
+pub use signals::{Received, Signal, Signals};
 
 #[cfg(test)]
 mod tests {

@@ -23,17 +23,19 @@ pub struct ClusterHead {
 
 impl Store {
     pub async fn cluster_head(&self, cluster_id: i64) -> Result<Option<ClusterHead>> {
-        Ok(run!(self.reads(), sqlx::query_as::<_, (String, String, i64)>(
+        Ok(
+            run!(self.reads(), sqlx::query_as::<_, (String, String, i64)>(
             "SELECT name, phase, generation FROM clusters WHERE id = $1",
         )
         .bind(cluster_id) => fetch_optional)?
-        .map(|(name, phase, generation)| ClusterHead {
-            generation,
-            phase: phase
-                .parse()
-                .unwrap_or_else(|e| panic!("column phase: {e}")),
-            name,
-        }))
+            .map(|(name, phase, generation)| ClusterHead {
+                generation,
+                phase: phase
+                    .parse()
+                    .unwrap_or_else(|e| panic!("column phase: {e}")),
+                name,
+            }),
+        )
     }
 
     /// The versions contexts are cached by (bumped by triggers on every change of a
