@@ -354,9 +354,18 @@ impl Controller {
     }
 
     fn start_local(extra: &[&str], nofile: Option<u64>) -> Controller {
+        let mut c = Controller::prepare(extra, TestDb::create());
+        c.nofile = nofile;
+        c.spawn().expect("controller starts");
+        c
+    }
+
+    /// A controller on a free loopback port, on `database` (several may share one), not
+    /// started yet.
+    pub fn prepare(extra: &[&str], database: Option<Arc<TestDb>>) -> Controller {
         let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
         let data_dir = dir.path().join("controller");
-        let mut c = Controller {
+        Controller {
             dir,
             data_dir,
             port: free_port(),
@@ -364,13 +373,11 @@ impl Controller {
             proc: None,
             netns: None,
             ip: "127.0.0.1".into(),
-            nofile,
-            database: TestDb::create(),
+            nofile: None,
+            database,
             bucket: TestBucket::create(),
             env: Vec::new(),
-        };
-        c.spawn().expect("controller starts");
-        c
+        }
     }
 
     /// Starts a controller inside network namespace `netns`, listening on `ip`.

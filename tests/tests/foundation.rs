@@ -582,3 +582,76 @@ fn api_token_roles_limit_what_a_caller_may_do() {
         stderr(&out)
     );
 }
+
+/// On either engine the controller is a member of its database: `berth get controllers`
+/// names it (marked as the one answering), live, with the clusters it ticks; a lease time
+/// below a second is refused before anything starts; and a second controller with a PKI
+/// of its own is refused by a database another controller serves.
+#[test]
+fn get_controllers_names_this_controller_and_the_clusters_it_ticks() {
+    let mut ctl = Controller::start(&["--controller-name", "ctl-a"]);
+    let _agents = ctl.agents(&["m0"]);
+    ctl.push_examples();
+    let cf = ctl.clusterfile("c1", &["m0"], &[], &["hello:v1"], &[]);
+    let out = apply_file(&ctl, &cf);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = ctl.cli(&["get", "controllers", "-o", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let me = &all[0];
+    assert_eq!(me["name"], "ctl-a");
+    assert_eq!(me["live"], true);
+    assert_eq!(me["this"], true);
+    assert_eq!(me["clusters"], serde_json::json!(["c1"]));
+    assert_eq!(me["url"], ctl.url());
+    assert!(
+        me["ca_hash"].as_str().unwrap().starts_with("sha256:"),
+        "{me}"
+    );
+    let table = stdout(&ctl.cli(&["get", "controllers"]));
+    let row = table.lines().nth(1).unwrap_or_default().trim();
+    assert!(
+        row.starts_with("ctl-a *") && row.contains("live") && row.ends_with("c1"),
+        "{table}"
+    );
+
+    // A graceful stop leaves the list; the next start is a new member holding c1 again.
+    assert_eq!(ctl.stop(), Some(true));
+    ctl.extra_args = vec!["--lease-ttl".into(), "500ms".into()];
+    let (code, log) = ctl.run_serve_once(Duration::from_secs(20));
+    assert!(matches!(code, Some(c) if c != 0), "{code:?} {log}");
+    assert!(log.contains("--lease-ttl must be at least 1s"), "{log}");
+    ctl.extra_args = vec!["--controller-name".into(), "ctl-b".into()];
+    ctl.spawn().unwrap();
+    let all: Vec<Value> =
+        serde_json::from_slice(&ctl.cli(&["get", "controllers", "-o", "json"]).stdout).unwrap();
+    assert_eq!(all.len(), 1, "the stopped one left: {all:?}");
+    assert_eq!(all[0]["name"], "ctl-b");
+    wait_for("ctl-b holds c1", Duration::from_secs(10), || {
+        let all: Vec<Value> =
+            serde_json::from_slice(&ctl.cli(&["get", "controllers", "-o", "json"]).stdout).unwrap();
+        (all[0]["clusters"] == serde_json::json!(["c1"])).then_some(())
+    });
+
+    // Another PKI on the same database: refused, and nothing it would have written is.
+    let Some(db) = ctl.database.clone() else {
+        return; // SQLite: one controller per data dir, nothing to share.
+    };
+    let admin_hash = db.psql("SELECT secret_hash FROM api_tokens WHERE id = 'admin'");
+    let mut other = Controller::prepare(&[], Some(db.clone()));
+    let (code, log) = other.run_serve_once(Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("controller ctl-b (")
+            && log.contains("serves this database with another PKI (CA sha256:"),
+        "{log}"
+    );
+    assert_eq!(
+        db.psql("SELECT secret_hash FROM api_tokens WHERE id = 'admin'"),
+        admin_hash,
+        "the admin token is the first PKI's"
+    );
+    assert_eq!(db.psql("SELECT COUNT(*) FROM controllers"), "1");
+    other.proc = None;
+}
