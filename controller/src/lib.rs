@@ -25,6 +25,7 @@ pub mod install;
 pub mod lane;
 pub mod local;
 pub mod metrics;
+pub mod mirror;
 pub mod output;
 pub mod pki;
 pub mod planner;

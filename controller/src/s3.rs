@@ -175,6 +175,20 @@ impl S3Blobs {
         }
     }
 
+    /// The same bucket, its keys under `sub/` (after the prefix): where other kinds of
+    /// content-addressed files live beside the bundle blobs (`mirror`).
+    pub fn within(&self, sub: &str) -> S3Blobs {
+        S3Blobs {
+            store: self.store.clone(),
+            prefix: if self.prefix.is_empty() {
+                sub.to_string()
+            } else {
+                format!("{}/{sub}", self.prefix)
+            },
+            location: self.location.clone(),
+        }
+    }
+
     fn key_of(&self, name: &str) -> Key {
         if self.prefix.is_empty() {
             Key::from(name)

@@ -155,6 +155,15 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
             crate::bundle_blobs::BundleBlobs::in_bucket(local_blobs, bucket)
         }
     };
+    // The registry's image blobs and the agent executables: on this disk, shared with the
+    // other controllers through the bucket when there is one.
+    let images =
+        crate::mirror::Mirrored::new(crate::registry::open(&cfg.data_dir)?, blobs.bucket(), "images");
+    let agent_binaries = crate::mirror::Mirrored::new(
+        crate::install::open_store(&cfg.data_dir)?,
+        blobs.bucket(),
+        "agent-binaries",
+    );
     let state = AppState {
         store: store.clone(),
         data_dir: cfg.data_dir.clone(),
@@ -166,11 +175,11 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
         shutdown: shutdown.clone(),
         blobs,
         max_bundle_size: cfg.max_bundle_size,
-        images: crate::registry::open(&cfg.data_dir)?,
+        images,
         registry_auth: cfg.registry_auth,
         unpack_limits: cfg.unpack_limits,
         engine: engine.clone(),
-        agent_binaries: crate::install::open_store(&cfg.data_dir)?,
+        agent_binaries,
         bundled_agent_ready: bundled_ready_rx,
         bundled_agent: bundled.clone(),
         heartbeats: heartbeats.clone(),

@@ -330,8 +330,11 @@ fn a_download_cut_mid_body_resumes_from_the_bytes_on_disk() {
         .unwrap()
         .parse()
         .unwrap();
+    // How much of the 1.2 MB the agent had on disk when the connection broke depends on
+    // how its writer thread was scheduled (a loaded machine: less); what matters is that
+    // it resumed from what it had, not from the start.
     assert!(
-        offset > 500_000 && offset < 1_200_000,
+        offset >= 64 * 1024 && offset < 1_200_000,
         "resumed from {offset}"
     );
     assert_eq!(

@@ -2,7 +2,8 @@
 //! haproxy, serving four agents — every part a real process in a network namespace of its
 //! own (PostgreSQL through its Unix socket). The controller holding a cluster is killed
 //! with SIGKILL in the middle of its apply: the other takes the cluster over within
-//! seconds and it reaches Running with every hook run once and every report kept. Then a
+//! seconds and it reaches Running with every hook run once and every report kept. Images
+//! loaded and agent executables added through one controller are served by the other. A
 //! plan issued on one controller reaches an agent long-polling the other (median of 20).
 //!
 //! Runs when BERTH_E2E=1 (root), BERTH_TEST_PG and BERTH_TEST_S3 are set at build time
@@ -12,6 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 use berth_tests::netns::{self, Fleet};
+use berth_tests::oci;
 use berth_tests::*;
 use serde_json::Value;
 use std::path::Path;
@@ -275,8 +277,6 @@ fn two_controllers_behind_haproxy_take_over_a_cluster_mid_apply_and_deliver_each
             .then_some(())
     });
     let id = c1.agent_dir("h4").join("identity");
-    let ca = work.path().join("ca.crt");
-    std::fs::write(&ca, c1.ca_pem()).unwrap();
     let held_by = holder(&c1, "slow").expect("someone holds the cluster");
     let (dead, survivor) = if held_by == "ctl-1" {
         (&mut c1, &mut c2)
@@ -346,6 +346,67 @@ fn two_controllers_behind_haproxy_take_over_a_cluster_mid_apply_and_deliver_each
         (live == 2).then_some(())
     });
     let (issuer, poller) = (&*dead, &*survivor);
+    let ca = work.path().join("ca.crt");
+    std::fs::write(&ca, issuer.ca_pem()).unwrap();
+
+    // An image loaded and an agent executable added through one controller are served by
+    // the other (from the bucket, digest-checked, kept on its disk).
+    let archive = work.path().join("busy.tar");
+    oci::write_tar(
+        &archive,
+        &oci::docker_archive(&[oci::Image {
+            name: Some("tools/busy:1.0".into()),
+            config: serde_json::json!({"Cmd": ["/busy"]}),
+            layers: vec![(
+                oci::layer(&[oci::Entry::File("busy", b"busy", 0o755)]),
+                oci::Zip::Gzip,
+            )],
+        }]),
+    );
+    let out = issuer.cli(&["image", "load", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "image load: {}", stderr(&out));
+    let get = |ctl: &Controller, path: &str, accept: &str| {
+        let out = ctl
+            .in_ns(Path::new("curl"))
+            .args(["-fsS", "--max-time", "20", "--cacert"])
+            .arg(&ca)
+            .args(["-H", &format!("accept: {accept}")])
+            .arg(format!("{}{path}", ctl.url()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "GET {path}: {}", stderr(&out));
+        out.stdout
+    };
+    let manifest: Value = serde_json::from_slice(&get(
+        poller,
+        "/v2/tools/busy/manifests/1.0",
+        "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
+    ))
+    .unwrap();
+    for d in [&manifest["config"]["digest"], &manifest["layers"][0]["digest"]] {
+        let d = d.as_str().unwrap();
+        let blob = get(poller, &format!("/v2/tools/busy/blobs/{d}"), "*/*");
+        assert_eq!(oci::sha(&blob), d, "the other controller serves the blob");
+    }
+    let mut agent = std::fs::read(agent_bin()).unwrap();
+    agent.extend_from_slice(b"\0added through one controller");
+    let added = work.path().join("berth-agent-added");
+    std::fs::write(&added, &agent).unwrap();
+    let out = issuer.cli(&[
+        "agent-binary",
+        "add",
+        added.to_str().unwrap(),
+        "--arch",
+        "x86_64",
+    ]);
+    assert!(out.status.success(), "agent-binary add: {}", stderr(&out));
+    let served = get(poller, "/v1/install/berth-agent/linux/x86_64", "*/*");
+    assert_eq!(
+        oci::sha(&served),
+        oci::sha(&agent),
+        "the other controller serves the added agent"
+    );
+
     let probe = "h4";
     let probe_ns = &hosts[3];
     let admin = issuer.admin_token();

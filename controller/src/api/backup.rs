@@ -79,8 +79,8 @@ pub async fn backup(State(st): State<AppState>, caller: Caller) -> Result<Respon
     let (writer, reader) = tokio::io::duplex(1 << 20);
     let stores = [
         st.blobs.local_store().clone(),
-        st.agent_binaries.clone(),
-        st.images.clone(),
+        st.agent_binaries.local.clone(),
+        st.images.local.clone(),
     ];
     tokio::task::spawn_blocking(move || {
         let out = tokio_util::io::SyncIoBridge::new(writer);

@@ -105,7 +105,7 @@ pub async fn push(
     // from disk, only when the upload scan saw a `registry/` or `images/` file).
     let (mut images, mut warnings) = (Vec::new(), Vec::new());
     if created && crate::registry::may_carry_images(&ingested.files) {
-        let store = st.images.clone();
+        let store = st.images.local.clone();
         // The bundle's local copy stays until its images are read.
         let scan = move || crate::registry::from_bundle(&store, local.path());
         match tokio::task::spawn_blocking(scan).await {
@@ -113,6 +113,7 @@ pub async fn push(
                 st.store
                     .add_images(&format!("bundle:{digest}"), &found.refs, None)
                     .await?;
+                st.images.publish(image_files(&found.refs)).await?;
                 images = found.served;
                 warnings = found.warnings;
             }
@@ -518,11 +519,22 @@ fn byte_range(header: &str, size: u64) -> Result<Option<std::ops::Range<u64>>, (
     }
 }
 
+/// The files of the registry's store an ingest named: manifests and blobs, once each.
+fn image_files(refs: &crate::store::images::ImageRefs) -> Vec<Digest> {
+    let mut v: Vec<Digest> = (refs.manifests.iter().map(|m| &m.1))
+        .chain(refs.blobs.iter().map(|b| &b.1))
+        .filter_map(|d| d.parse().ok())
+        .collect();
+    v.sort_unstable_by_key(|d| d.to_string());
+    v.dedup();
+    v
+}
+
 /// Forgets the images `source` brought and deletes the blobs nothing else names.
 async fn remove_images(st: &AppState, source: &str) -> Result<(), ApiError> {
     for d in st.store.remove_image_source(source).await? {
         if let Ok(d) = d.parse::<Digest>() {
-            st.images.remove(&d)?;
+            st.images.remove(&d).await?;
         }
     }
     Ok(())
@@ -557,6 +569,7 @@ pub async fn load_images(
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let received = st
         .images
+        .local
         .receive(Box::pin(stream), st.max_bundle_size)
         .await
         .map_err(|e| match e {
@@ -569,7 +582,7 @@ pub async fn load_images(
             other => ApiError::bad_request(other.to_string()),
         })?;
     let source = format!("load:{}", received.digest);
-    let store = st.images.clone();
+    let store = st.images.local.clone();
     let found = tokio::task::spawn_blocking(move || {
         let r = crate::registry::from_archive(&store, received.path());
         drop(received);
@@ -587,6 +600,7 @@ pub async fn load_images(
     st.store
         .add_images(&source, &found.refs, Some(&caller.actor()))
         .await?;
+    st.images.publish(image_files(&found.refs)).await?;
     tracing::info!(%source, images = found.served.len(), "images loaded");
     Ok((
         StatusCode::CREATED,

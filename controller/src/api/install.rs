@@ -52,7 +52,13 @@ pub async fn binary(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (_, digest) = served(&st, &os, &arch).await?;
-    let svc = tower_http::services::ServeFile::new(st.agent_binaries.path(&digest))
+    // Added through another controller: fetched from the bucket, checked, kept.
+    if !st.agent_binaries.ensure(&digest).await? {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "berth-agent {digest} for {os}/{arch} is named in the database but on neither this controller's disk nor in the bucket"
+        )));
+    }
+    let svc = tower_http::services::ServeFile::new(st.agent_binaries.local.path(&digest))
         .with_buf_chunk_size(256 * 1024);
     let resp = svc
         .oneshot(req)
@@ -111,6 +117,7 @@ pub async fn add(
     let stream = body.into_data_stream().map_err(|e| e.to_string());
     let received = st
         .agent_binaries
+        .local
         .receive(Box::pin(stream), MAX_AGENT_BINARY)
         .await
         .map_err(|e| match e {
@@ -135,9 +142,12 @@ pub async fn add(
         source: "added".into(),
         added_at: crate::time::now_unix(),
     };
+    let digest = received.digest;
     st.agent_binaries
+        .local
         .commit(received)
         .map_err(ApiError::Internal)?;
+    st.agent_binaries.publish([digest]).await?;
     st.store.set_agent_binary(&row, &caller.actor()).await?;
     tracing::info!(os = %row.os, arch = %row.arch, digest = %row.digest, "agent binary added");
     Ok((StatusCode::CREATED, ApiJson(view(row)?)))

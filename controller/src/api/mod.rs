@@ -51,14 +51,15 @@ pub struct AppState {
     /// Largest accepted bundle upload, bytes.
     pub max_bundle_size: u64,
     /// Container image blobs the registry serves (`crate::registry`).
-    pub images: BlobStore,
+    /// The registry's image blobs (shared through the bucket, when there is one).
+    pub images: crate::mirror::Mirrored,
     /// Registry reads need a client certificate or a token (`berth serve --registry-auth`).
     pub registry_auth: bool,
     /// Limits a pushed bundle must respect (checked on upload, enforced again by agents).
     pub unpack_limits: berth_bundle::Limits,
     pub engine: Arc<crate::engine::Engine>,
     /// berth-agent executables served to installing hosts.
-    pub agent_binaries: crate::install::AgentBinaries,
+    pub agent_binaries: crate::mirror::Mirrored,
     /// Becomes true once the agent found next to the controller was imported (or there
     /// was none): install calls wait for it rather than answer "none served" at start.
     pub bundled_agent_ready: tokio::sync::watch::Receiver<bool>,

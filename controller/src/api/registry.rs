@@ -225,7 +225,11 @@ async fn manifest(st: &AppState, repo: &str, reference: &str, head: bool) -> Res
     let body = if head {
         Body::empty()
     } else {
-        match tokio::fs::read(st.images.path(&d)).await {
+        // Loaded through another controller: fetched from the bucket, checked, kept.
+        if let Err(e) = st.images.ensure(&d).await {
+            return internal(format!("manifest {d}: {e:#}"));
+        }
+        match tokio::fs::read(st.images.local.path(&d)).await {
             Ok(b) => Body::from(b),
             Err(e) => return internal(format!("manifest {d}: {e}")),
         }
@@ -276,20 +280,27 @@ async fn blob(st: &AppState, repo: &str, digest: &str, req: Request) -> Response
             format!("`{digest}` is not a sha256 digest"),
         );
     };
-    match st.store.image_blob(repo, &d.to_string()).await {
-        Ok(Some(_)) if st.images.exists(&d) => {}
-        Ok(_) => {
+    // Known here but loaded through another controller: fetched from the bucket, checked,
+    // kept.
+    let available = match st.store.image_blob(repo, &d.to_string()).await {
+        Ok(None) => Ok(false),
+        Ok(Some(_)) => st.images.ensure(&d).await,
+        Err(e) => return internal(e),
+    };
+    match available {
+        Ok(true) => {}
+        Ok(false) => {
             return error(
                 StatusCode::NOT_FOUND,
                 "BLOB_UNKNOWN",
                 format!("blob {d} is not known in repository `{repo}`"),
             )
         }
-        Err(e) => return internal(e),
+        Err(e) => return internal(format!("blob {d}: {e:#}")),
     }
     // ServeFile answers HEAD, Range (206, 416) and conditional requests.
     let svc =
-        tower_http::services::ServeFile::new(st.images.path(&d)).with_buf_chunk_size(256 * 1024);
+        tower_http::services::ServeFile::new(st.images.local.path(&d)).with_buf_chunk_size(256 * 1024);
     let mut r = match svc.oneshot(req).await {
         Ok(r) => r.map(Body::new).into_response(),
         Err(e) => return internal(e),

@@ -161,7 +161,14 @@ pub fn bundled_agent(flag: Option<&Path>) -> Result<Option<PathBuf>> {
 
 /// Imports the agent at `path` for this machine's architecture, unless an operator added
 /// one for it. A stamp of size and mtime skips re-hashing an unchanged file on restart.
-pub async fn import_bundled(store: &Store, bins: &AgentBinaries, path: &Path) -> Result<()> {
+/// Each controller imports its own (several controllers of one database run the same
+/// version: their bundled agents are the same file); it is not put in the bucket.
+pub async fn import_bundled(
+    store: &Store,
+    mirrored: &crate::mirror::Mirrored,
+    path: &Path,
+) -> Result<()> {
+    let bins = &mirrored.local;
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     let mtime = meta
         .modified()
