@@ -157,8 +157,11 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     };
     // The registry's image blobs and the agent executables: on this disk, shared with the
     // other controllers through the bucket when there is one.
-    let images =
-        crate::mirror::Mirrored::new(crate::registry::open(&cfg.data_dir)?, blobs.bucket(), "images");
+    let images = crate::mirror::Mirrored::new(
+        crate::registry::open(&cfg.data_dir)?,
+        blobs.bucket(),
+        "images",
+    );
     let agent_binaries = crate::mirror::Mirrored::new(
         crate::install::open_store(&cfg.data_dir)?,
         blobs.bucket(),

@@ -383,7 +383,10 @@ fn two_controllers_behind_haproxy_take_over_a_cluster_mid_apply_and_deliver_each
         "application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.manifest.v1+json",
     ))
     .unwrap();
-    for d in [&manifest["config"]["digest"], &manifest["layers"][0]["digest"]] {
+    for d in [
+        &manifest["config"]["digest"],
+        &manifest["layers"][0]["digest"],
+    ] {
         let d = d.as_str().unwrap();
         let blob = get(poller, &format!("/v2/tools/busy/blobs/{d}"), "*/*");
         assert_eq!(oci::sha(&blob), d, "the other controller serves the blob");

@@ -19,7 +19,6 @@ pub mod install;
 pub mod openapi;
 pub mod registry;
 
-use crate::blobs::BlobStore;
 use crate::pki::Pki;
 use crate::store::Role;
 use crate::store::Store;

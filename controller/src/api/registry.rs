@@ -299,8 +299,8 @@ async fn blob(st: &AppState, repo: &str, digest: &str, req: Request) -> Response
         Err(e) => return internal(format!("blob {d}: {e:#}")),
     }
     // ServeFile answers HEAD, Range (206, 416) and conditional requests.
-    let svc =
-        tower_http::services::ServeFile::new(st.images.local.path(&d)).with_buf_chunk_size(256 * 1024);
+    let svc = tower_http::services::ServeFile::new(st.images.local.path(&d))
+        .with_buf_chunk_size(256 * 1024);
     let mut r = match svc.oneshot(req).await {
         Ok(r) => r.map(Body::new).into_response(),
         Err(e) => return internal(e),
