@@ -14,6 +14,8 @@ use futures_util::TryStreamExt;
 pub struct Mirrored {
     pub local: BlobStore,
     bucket: Option<S3Blobs>,
+    /// Fetches take turns: a fleet asking for a file this controller lacks fetches it once.
+    fetching: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The largest file fetched from the bucket (agents and image blobs are far smaller).
@@ -25,6 +27,7 @@ impl Mirrored {
         Mirrored {
             local,
             bucket: bucket.map(|b| b.within(bucket_prefix)),
+            fetching: Default::default(),
         }
     }
 
@@ -49,6 +52,10 @@ impl Mirrored {
         let Some(bucket) = &self.bucket else {
             return Ok(false);
         };
+        let _turn = self.fetching.lock().await;
+        if self.local.exists(digest) {
+            return Ok(true);
+        }
         if bucket.size(digest).await?.is_none() {
             return Ok(false);
         }
@@ -73,12 +80,10 @@ impl Mirrored {
         Ok(true)
     }
 
-    /// Deletes the file here and in the bucket.
-    pub async fn remove(&self, digest: &Digest) -> Result<()> {
-        self.local.remove(digest)?;
-        if let Some(bucket) = &self.bucket {
-            bucket.remove(digest).await?;
-        }
-        Ok(())
+    /// Deletes the file here. The bucket keeps its copy: another controller may have just
+    /// stored the same file again (and found it there); expire old objects with the
+    /// bucket's own lifecycle rules.
+    pub fn remove(&self, digest: &Digest) -> Result<()> {
+        self.local.remove(digest)
     }
 }

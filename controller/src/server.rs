@@ -235,10 +235,9 @@ pub async fn run(cfg: ServeConfig, shutdown: CancellationToken) -> Result<()> {
     )
     .await;
     // The last heartbeats (also those of polls answered during the grace), this
-    // controller's leases (the others take its clusters at their next round), the store.
+    // controller's leases (given up when the shutdown began), the store.
     let _ = flusher.await;
     let _ = leases.await;
-    engine.leave().await;
     state_heartbeats.flush(&store).await;
     store.close().await;
     tracing::info!("controller stopped");

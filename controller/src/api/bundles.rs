@@ -110,10 +110,12 @@ pub async fn push(
         let scan = move || crate::registry::from_bundle(&store, local.path());
         match tokio::task::spawn_blocking(scan).await {
             Ok(Ok(found)) => {
+                // In the bucket before the index names them: another controller asked
+                // for one can always fetch it.
+                st.images.publish(image_files(&found.refs)).await?;
                 st.store
                     .add_images(&format!("bundle:{digest}"), &found.refs, None)
                     .await?;
-                st.images.publish(image_files(&found.refs)).await?;
                 images = found.served;
                 warnings = found.warnings;
             }
@@ -534,7 +536,7 @@ fn image_files(refs: &crate::store::images::ImageRefs) -> Vec<Digest> {
 async fn remove_images(st: &AppState, source: &str) -> Result<(), ApiError> {
     for d in st.store.remove_image_source(source).await? {
         if let Ok(d) = d.parse::<Digest>() {
-            st.images.remove(&d).await?;
+            st.images.remove(&d)?;
         }
     }
     Ok(())
@@ -597,10 +599,10 @@ pub async fn load_images(
             format!("not an image archive berth can serve: {e:#}"),
         )
     })?;
+    st.images.publish(image_files(&found.refs)).await?;
     st.store
         .add_images(&source, &found.refs, Some(&caller.actor()))
         .await?;
-    st.images.publish(image_files(&found.refs)).await?;
     tracing::info!(%source, images = found.served.len(), "images loaded");
     Ok((
         StatusCode::CREATED,

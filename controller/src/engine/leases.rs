@@ -26,7 +26,14 @@ pub struct Leases {
     held: Mutex<Held>,
     /// Set at shutdown: nothing is claimed or renewed any more.
     leaving: std::sync::atomic::AtomicBool,
+    /// Rounds done, for the periodic ticks of every held cluster.
+    rounds: std::sync::atomic::AtomicU64,
 }
+
+/// Every this many rounds (two lease times), a controller sharing the database ticks every
+/// cluster it holds: a tick request another controller sent and that was lost (a dropped
+/// connection, a controller stopped with reports still queued) waits at most that long.
+const RESYNC_ROUNDS: u64 = 10;
 
 #[derive(Default)]
 struct Held {
@@ -44,6 +51,7 @@ impl Leases {
             me: OnceLock::new(),
             held: Mutex::default(),
             leaving: Default::default(),
+            rounds: Default::default(),
         }
     }
 
@@ -133,19 +141,30 @@ impl Engine {
                 "lease lost (this controller did not renew it in time, or the cluster is gone)"
             );
         }
-        for c in round.claimed {
+        for c in &round.claimed {
             tracing::info!(cluster = c, "claimed the cluster's lease; ticking it");
-            self.schedule_tick(c);
+            self.schedule_tick(*c);
+        }
+        let n = self
+            .leases
+            .rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.store.shared() && n % RESYNC_ROUNDS == RESYNC_ROUNDS - 1 {
+            for c in round.mine {
+                self.schedule_tick(c);
+            }
         }
         Ok(())
     }
 
-    /// Renews and claims leases every fifth of the lease time until shutdown.
+    /// Renews and claims leases every fifth of the lease time until shutdown, then gives
+    /// them up: the ticker stops with the shutdown, so the others take this controller's
+    /// clusters (and the reports still arriving here) at their next round.
     pub async fn run_leases(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let every = (self.leases.ttl / 5).max(Duration::from_millis(100));
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return self.leave().await,
                 _ = tokio::time::sleep(every) => {}
             }
             if let Err(e) = self.lease_round().await {
@@ -154,9 +173,9 @@ impl Engine {
         }
     }
 
-    /// At shutdown, once nothing here ticks any more: gives up every lease, so the others
-    /// take this controller's clusters at their next round instead of after the lease time.
-    pub async fn leave(&self) {
+    /// At shutdown: gives up every lease, so the others take this controller's clusters at
+    /// their next round instead of after the lease time. Nothing here ticks afterwards.
+    async fn leave(&self) {
         self.leases
             .leaving
             .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -204,20 +223,53 @@ impl Engine {
         mut signals: crate::store::Signals,
         shutdown: tokio_util::sync::CancellationToken,
     ) {
+        // Host-record changes drop the whole host cache; an enrollment storm sends one per
+        // host, so they are applied at most every `HOSTS_EVERY` (the last one never later).
+        const HOSTS_EVERY: Duration = Duration::from_millis(100);
+        let mut hosts_cleared = tokio::time::Instant::now();
+        let mut hosts_pending = false;
+        // The listener reads in a task of its own, never interrupted halfway through a
+        // message by the other branches.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                if tx.send(signals.next().await).await.is_err() {
+                    return;
+                }
+            }
+        });
         loop {
             let r = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                r = signals.next() => r,
+                _ = tokio::time::sleep_until(hosts_cleared + HOSTS_EVERY), if hosts_pending => {
+                    self.store.hosts_changed_elsewhere();
+                    (hosts_cleared, hosts_pending) = (tokio::time::Instant::now(), false);
+                    continue;
+                }
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
             };
-            self.on_signal(r.signal);
+            if r.signal == Signal::Hosts {
+                if hosts_cleared.elapsed() >= HOSTS_EVERY {
+                    self.store.hosts_changed_elsewhere();
+                    hosts_cleared = tokio::time::Instant::now();
+                } else {
+                    hosts_pending = true;
+                }
+                continue;
+            }
+            self.on_signal(r.signal).await;
         }
     }
 
-    fn on_signal(&self, signal: Signal) {
+    async fn on_signal(&self, signal: Signal) {
         match signal {
             Signal::Plans(plans) => {
-                self.store.saw_generations(&plans);
-                for (host, _) in plans {
+                let hosts: Vec<i64> = plans.iter().map(|(h, _)| *h).collect();
+                self.store.plans_changed_elsewhere(&hosts).await;
+                for host in hosts {
                     self.wake_waiting(host);
                 }
             }

@@ -9,7 +9,7 @@ use crate::planner::{
     self, DesiredHost, PlanError, Recorded, RecordedHost, ResolvedBundle, ResolvedSpec, StepSpec,
 };
 use crate::scheduler::{next_release, Next, Policy, View};
-use crate::store::clusters::{ClusterHostRow, LogAppend, StepResult, StepRow};
+use crate::store::clusters::{ClusterHostRow, Fence, LogAppend, Released, StepResult, StepRow};
 use crate::store::{HostRow, Signal, Store, StoreError, WriteTx};
 use crate::time::now_unix;
 use anyhow::Result;
@@ -276,6 +276,13 @@ impl Group {
         Store::write_step_results(tx, &results, &outputs).await?;
         Ok(())
     }
+}
+
+/// How a tick ended: done, or a write refused by its fence (tick again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Done,
+    Refused,
 }
 
 /// How an apply runs (from `berth apply` flags).
@@ -849,35 +856,49 @@ impl Engine {
         let began = std::time::Instant::now();
         let out = self.tick_held(cluster_id).await;
         self.metrics.store_transaction("tick", began.elapsed());
-        out
+        // A write the fence refused: the cluster moved on (an apply, reset or rollback on
+        // another controller) or this controller's lease lapsed. Tick again from what is
+        // there now (or let the holder: `tick` forwards it).
+        if let Ok(Settled::Refused) = out {
+            self.schedule_tick(cluster_id);
+        }
+        out.map(|_| ())
     }
 
-    /// One tick, under the tick lock.
-    async fn tick_held(&self, cluster_id: i64) -> Result<()> {
+    /// One tick, under the tick lock. Every write it makes is fenced by the cluster's
+    /// generation it read and this controller's lease (`store::clusters::Fence`).
+    async fn tick_held(&self, cluster_id: i64) -> Result<Settled> {
         let Some(head) = self.store.cluster_head(cluster_id).await? else {
-            return Ok(());
+            return Ok(Settled::Done);
+        };
+        let fence = Fence {
+            cluster_id,
+            generation: head.generation,
         };
         if head.phase.is_reset() {
             let Some(cluster) = self.store.cluster_by_id(cluster_id).await? else {
-                return Ok(());
+                return Ok(Settled::Done);
             };
             let steps = self.store.steps(cluster_id).await?;
             return self.tick_reset(&cluster, &steps).await;
         }
         let pending = match next_release(self.store.tick_view(cluster_id).await?) {
-            Next::Stop(f) => {
-                self.settle_failed(cluster_id, &head, &f).await?;
-                return Ok(());
-            }
+            Next::Stop(f) => return self.settle_failed(fence, &head, &f).await,
             Next::Done => {
-                self.store.drop_left_hosts(cluster_id).await?;
+                if !self.store.drop_left_hosts(fence).await? {
+                    return Ok(Settled::Refused);
+                }
                 if head.phase != ClusterPhase::Running {
-                    self.store
-                        .set_phase(cluster_id, ClusterPhase::Running, None)
-                        .await?;
+                    if !self
+                        .store
+                        .settle_phase(fence, ClusterPhase::Running, None)
+                        .await?
+                    {
+                        return Ok(Settled::Refused);
+                    }
                     tracing::info!(cluster = %head.name, "cluster is Running");
                 }
-                return Ok(());
+                return Ok(Settled::Done);
             }
             Next::Release(pending) => pending,
         };
@@ -896,38 +917,44 @@ impl Engine {
                 .record_event(&head.name, None, "batch", &msg)
                 .await?;
         }
-        self.release(cluster_id, head.generation, pending.iter())
-            .await?;
-        if head.phase == ClusterPhase::Failed {
-            self.store
-                .set_phase(cluster_id, ClusterPhase::Reconciling, None)
-                .await?;
+        if self.release(fence, pending.iter()).await? == Settled::Refused {
+            return Ok(Settled::Refused);
         }
-        Ok(())
+        if head.phase == ClusterPhase::Failed
+            && !self
+                .store
+                .settle_phase(fence, ClusterPhase::Reconciling, None)
+                .await?
+        {
+            return Ok(Settled::Refused);
+        }
+        Ok(Settled::Done)
     }
 
     /// The cluster is Failed, naming the step that stopped it.
     async fn settle_failed(
         &self,
-        cluster_id: i64,
+        fence: Fence,
         head: &crate::store::plans::ClusterHead,
         f: &StepRow,
-    ) -> Result<()> {
-        {
-            if head.phase != ClusterPhase::Failed {
-                let msg = format!(
-                    "step {} failed on host {}: {}",
-                    f.kind,
-                    f.host_name,
-                    outcome(f)
-                );
-                tracing::warn!(cluster = %head.name, host = %f.host_name, step = %f.kind, "{msg}");
-                self.store
-                    .set_phase(cluster_id, ClusterPhase::Failed, Some(&msg))
-                    .await?;
+    ) -> Result<Settled> {
+        if head.phase != ClusterPhase::Failed {
+            let msg = format!(
+                "step {} failed on host {}: {}",
+                f.kind,
+                f.host_name,
+                outcome(f)
+            );
+            if !self
+                .store
+                .settle_phase(fence, ClusterPhase::Failed, Some(&msg))
+                .await?
+            {
+                return Ok(Settled::Refused);
             }
+            tracing::warn!(cluster = %head.name, host = %f.host_name, step = %f.kind, "{msg}");
         }
-        Ok(())
+        Ok(Settled::Done)
     }
 
     /// A reset: steps cancelled at its start stay cancelled; what was running finishes (or
@@ -937,15 +964,17 @@ impl Engine {
         &self,
         cluster: &crate::store::clusters::ClusterRow,
         steps: &[StepRow],
-    ) -> Result<()> {
+    ) -> Result<Settled> {
+        let fence = Fence {
+            cluster_id: cluster.id,
+            generation: cluster.generation,
+        };
         // A reset stops for nothing: clean is best-effort, and what ran when it began only
         // finishes, whatever its result.
         let mut view = View::of(steps);
         view.failure = None;
         if let Next::Release(pending) = next_release(view) {
-            self.release(cluster.id, cluster.generation, pending.iter())
-                .await?;
-            return Ok(());
+            return self.release(fence, pending.iter()).await;
         }
         let failed: Vec<String> = steps
             .iter()
@@ -963,41 +992,55 @@ impl Engine {
                     cluster.name,
                     cluster.name
                 );
+                if !self
+                    .store
+                    .settle_phase(fence, ClusterPhase::ResetFailed, Some(&msg))
+                    .await?
+                {
+                    return Ok(Settled::Refused);
+                }
                 tracing::warn!(cluster = %cluster.name, "{msg}");
-                self.store
-                    .set_phase(cluster.id, ClusterPhase::ResetFailed, Some(&msg))
-                    .await?;
             }
-            return Ok(());
+            return Ok(Settled::Done);
         }
         let hosts = self.store.cluster_hosts(cluster.id).await?;
-        self.store.delete_cluster(cluster.id).await?;
+        if !self.store.delete_cluster(fence).await? {
+            return Ok(Settled::Refused);
+        }
         for h in hosts {
             self.wake(h.host_id);
         }
         tracing::info!(cluster = %cluster.name, "reset finished; cluster removed");
-        Ok(())
+        Ok(Settled::Done)
     }
 
     /// Releases pending steps with their deadlines and wakes their hosts.
     async fn release<'a>(
         &self,
-        cluster_id: i64,
-        generation: i64,
+        fence: Fence,
         steps: impl Iterator<Item = &'a StepRow>,
-    ) -> Result<()> {
-        let spec = self.spec_of(None, cluster_id).await?.unwrap_or_default();
+    ) -> Result<Settled> {
+        let spec = self
+            .spec_of(None, fence.cluster_id)
+            .await?
+            .unwrap_or_default();
         let now = now_unix();
         let release: Vec<(i64, i64)> = steps
             .filter(|s| s.state == StepState::Pending)
             .map(|s| (s.id, now + self.deadline_secs(&spec, s)))
             .collect();
-        if !release.is_empty() {
-            for h in self.store.release(cluster_id, generation, &release).await? {
-                self.wake(h);
-            }
+        if release.is_empty() {
+            return Ok(Settled::Done);
         }
-        Ok(())
+        match self.store.release(fence, &release).await? {
+            Released::Woke(hosts) => {
+                for h in hosts {
+                    self.wake(h);
+                }
+                Ok(Settled::Done)
+            }
+            Released::Refused => Ok(Settled::Refused),
+        }
     }
 
     fn deadline_secs(&self, spec: &ResolvedSpec, s: &StepRow) -> i64 {

@@ -90,6 +90,14 @@ impl Cache {
         lock(&self.generations).get(&host_id).copied()
     }
 
+    /// Forgets these hosts' generations (read again at their next poll).
+    pub fn forget_generations(&self, hosts: &[i64]) {
+        let mut g = lock(&self.generations);
+        for h in hosts {
+            g.remove(h);
+        }
+    }
+
     /// Keeps the highest generation seen (they only grow while the controller runs).
     pub fn saw_generation(&self, host_id: i64, generation: u64) {
         let mut g = lock(&self.generations);

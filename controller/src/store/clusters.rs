@@ -13,6 +13,24 @@ use crate::time::now_unix;
 use berth_shared::state::{ClusterPhase, HostRole, StepKind, StepState};
 use std::collections::{BTreeMap, HashMap};
 
+/// What a tick read its decisions from: the cluster and its generation. A tick's writes
+/// are made only while this controller holds the cluster's lease and the cluster is still
+/// at that generation (an apply, a reset or a rollback, on any controller, moves it).
+#[derive(Debug, Clone, Copy)]
+pub struct Fence {
+    pub cluster_id: i64,
+    pub generation: i64,
+}
+
+/// What `Store::release` did.
+#[derive(Debug)]
+pub enum Released {
+    /// Released; these hosts' plans changed.
+    Woke(Vec<i64>),
+    /// Nothing: the fence no longer holds.
+    Refused,
+}
+
 #[derive(Debug, Clone)]
 pub struct ClusterRow {
     pub id: i64,
@@ -405,33 +423,15 @@ impl Store {
     /// (and returns none) unless this controller's lease on the cluster is current and the
     /// cluster is still at `generation` — what the caller's tick read — checked inside the
     /// write transaction, where no other writer can change either.
-    pub async fn release(
-        &self,
-        cluster_id: i64,
-        generation: i64,
-        steps: &[(i64, i64)],
-    ) -> Result<Vec<i64>> {
+    pub async fn release(&self, fence: Fence, steps: &[(i64, i64)]) -> Result<Released> {
         // One statement per distinct deadline (a phase has one or a few).
         let mut by_deadline: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
         for (id, deadline) in steps {
             by_deadline.entry(*deadline).or_default().push(*id);
         }
         let mut tx = self.write().await?;
-        let now = (tx.dialect().now_ms).to_string();
-        let current: Option<i64> = run!(tx.conn(), sqlx::query_scalar(&format!(
-            "SELECT c.id FROM clusters c JOIN cluster_leases l ON l.cluster_id = c.id
-             WHERE c.id = $1 AND c.generation = $2 AND l.controller_id = $3 AND l.expires_ms > {now}"
-        ))
-        .bind(cluster_id)
-        .bind(generation)
-        .bind(self.member_id()) => fetch_optional)?;
-        if current.is_none() {
-            tracing::warn!(
-                cluster = cluster_id,
-                generation,
-                "not releasing: this controller's lease lapsed or the cluster moved on; its holder ticks it"
-            );
-            return Ok(Vec::new());
+        if !self.fence_holds(&mut tx, fence).await? {
+            return Ok(Released::Refused);
         }
         let mut hosts = Vec::new();
         let ids_in = (tx.dialect().json_ints)(2);
@@ -446,7 +446,51 @@ impl Store {
         }
         hosts.sort_unstable();
         hosts.dedup();
-        commit_bumping(self, tx, hosts).await
+        Ok(Released::Woke(commit_bumping(self, tx, hosts).await?))
+    }
+
+    /// Whether the tick `fence` describes may still write: this controller holds the
+    /// cluster's lease and the cluster is at the generation the tick read. Inside the
+    /// write transaction `tx`, where no other writer can change either until it ends.
+    async fn fence_holds(&self, tx: &mut super::WriteTx, fence: Fence) -> Result<bool> {
+        let now = (tx.dialect().now_ms).to_string();
+        let current: Option<i64> = run!(tx.conn(), sqlx::query_scalar(&format!(
+            "SELECT c.id FROM clusters c JOIN cluster_leases l ON l.cluster_id = c.id
+             WHERE c.id = $1 AND c.generation = $2 AND l.controller_id = $3 AND l.expires_ms > {now}"
+        ))
+        .bind(fence.cluster_id)
+        .bind(fence.generation)
+        .bind(self.member_id()) => fetch_optional)?;
+        if current.is_none() {
+            tracing::info!(
+                cluster = fence.cluster_id,
+                generation = fence.generation,
+                "a tick's write not made: this controller's lease lapsed or the cluster moved on; ticking again"
+            );
+        }
+        Ok(current.is_some())
+    }
+
+    /// A tick settles the cluster's phase (false: `fence` no longer holds, nothing written).
+    pub async fn settle_phase(
+        &self,
+        fence: Fence,
+        phase: ClusterPhase,
+        message: Option<&str>,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
+        if !self.fence_holds(&mut tx, fence).await? {
+            return Ok(false);
+        }
+        run!(tx.conn(), sqlx::query(
+            "UPDATE clusters SET phase = $1, message = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(phase.as_str())
+        .bind(message)
+        .bind(now_unix())
+        .bind(fence.cluster_id) => execute)?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn plan_generation(&self, host_id: i64) -> Result<u64> {
@@ -642,13 +686,19 @@ impl Store {
         Ok(())
     }
 
-    /// Drops hosts whose leave/remove finished from a cluster.
-    pub async fn drop_left_hosts(&self, cluster_id: i64) -> Result<Vec<i64>> {
-        let ids: Vec<i64> = run!(self.reads(), sqlx::query_scalar(
-            "DELETE FROM cluster_hosts WHERE cluster_id = $1 AND state = 'leaving' RETURNING host_id",
+    /// A tick drops hosts whose leave/remove finished from the cluster (false: `fence` no
+    /// longer holds, nothing written).
+    pub async fn drop_left_hosts(&self, fence: Fence) -> Result<bool> {
+        let mut tx = self.write().await?;
+        if !self.fence_holds(&mut tx, fence).await? {
+            return Ok(false);
+        }
+        run!(tx.conn(), sqlx::query(
+            "DELETE FROM cluster_hosts WHERE cluster_id = $1 AND state = 'leaving'",
         )
-        .bind(cluster_id) => fetch_all)?;
-        Ok(ids)
+        .bind(fence.cluster_id) => execute)?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// `berth retry`: failed and interrupted steps get a new attempt; the cluster goes back
@@ -880,14 +930,19 @@ impl Store {
         commit_bumping(self, tx, hosts).await
     }
 
-    pub async fn delete_cluster(&self, cluster_id: i64) -> Result<()> {
+    /// A finished reset forgets the cluster (false: `fence` no longer holds, nothing
+    /// written).
+    pub async fn delete_cluster(&self, fence: Fence) -> Result<bool> {
         let mut tx = self.write().await?;
+        if !self.fence_holds(&mut tx, fence).await? {
+            return Ok(false);
+        }
         run!(tx.conn(), sqlx::query("DELETE FROM cluster_hosts WHERE cluster_id = $1")
-            .bind(cluster_id) => execute)?;
+            .bind(fence.cluster_id) => execute)?;
         run!(tx.conn(), sqlx::query("DELETE FROM clusters WHERE id = $1")
-            .bind(cluster_id) => execute)?;
+            .bind(fence.cluster_id) => execute)?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Digests referenced by any cluster's spec (a bundle in use cannot be removed).

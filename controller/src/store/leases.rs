@@ -61,11 +61,13 @@ impl Store {
         let now = (tx.dialect().now_ms).to_string();
         let others: Vec<(String, String, String, String)> = run!(tx.conn(), sqlx::query_as(&format!(
             "SELECT name, url, ca_hash, plan_key_id FROM controllers
-             WHERE id != $1 AND (seen_ms >= {now} - $2 OR $3) ORDER BY seen_ms DESC"
+             WHERE id != $1 AND (seen_ms >= {now} - $2 OR ($3 AND seen_ms >= {now} - $4))
+             ORDER BY seen_ms DESC"
         ))
         .bind(self.member_id())
         .bind(ttl_ms)
-        .bind(fresh_pki) => fetch_all)?;
+        .bind(fresh_pki)
+        .bind(FORGET_AFTER_MS) => fetch_all)?;
         if let Some((name, url, ca, key)) = others
             .iter()
             .find(|(_, _, ca, key)| *ca != me.ca_hash || *key != me.plan_key_id)
@@ -111,6 +113,13 @@ impl Store {
         self.upsert_member(&mut tx, me).await?;
         run!(tx.conn(), sqlx::query("DELETE FROM controllers WHERE seen_ms < $1")
             .bind(now - FORGET_AFTER_MS) => execute)?;
+        // Leases of this controller that lapsed (a round that came late) and nobody took:
+        // renewed below, and ticked as if claimed — what happened meanwhile was nobody's.
+        let lapsed: Vec<i64> = run!(tx.conn(), sqlx::query_scalar(
+            "SELECT cluster_id FROM cluster_leases WHERE controller_id = $1 AND expires_ms < $2"
+        )
+        .bind(self.member_id())
+        .bind(now) => fetch_all)?;
         run!(tx.conn(), sqlx::query(
             "UPDATE cluster_leases SET expires_ms = $1 WHERE controller_id = $2"
         )
@@ -144,6 +153,7 @@ impl Store {
             "SELECT cluster_id, controller_id, expires_ms FROM cluster_leases"
         ) => fetch_all)?;
         tx.commit().await?;
+        claimed.extend(lapsed);
         let mut round = Round {
             claimed,
             now_ms: now,

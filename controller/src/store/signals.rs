@@ -140,8 +140,19 @@ impl Signals {
                     }
                 }
                 Err(e) => {
+                    // Missed once listening again: what is read again after it must not
+                    // miss what is sent before then.
                     tracing::warn!(error = %e, "listening for other controllers failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        let _ = self.listener.unlisten_all().await;
+                        match self.listener.listen(CHANNEL).await {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "listening for other controllers failed; retrying")
+                            }
+                        }
+                    }
                     return Received {
                         from: None,
                         signal: Signal::Missed,
@@ -158,10 +169,34 @@ impl Store {
         &self.member
     }
 
-    /// Another controller changed these hosts' plans (committed).
-    pub fn saw_generations(&self, plans: &[(i64, u64)]) {
-        for (h, g) in plans {
-            self.cache.saw_generation(*h, *g);
+    /// Another controller changed these hosts' plans (committed): their generations are
+    /// read from the database, not taken from the signal — any user of the database may
+    /// send on the channel, and a generation taken on its word could make this controller
+    /// sign a plan too new for the host ever to accept the next. (Read after the commit,
+    /// so never older than what was signalled; a read that raced it is outgrown, as the
+    /// cache keeps the highest.) A failed read forgets the hosts' cached generations.
+    pub async fn plans_changed_elsewhere(&self, hosts: &[i64]) {
+        let ids_in = (self.dialect().json_ints)(1);
+        let read: std::result::Result<Vec<(i64, i64)>, anyhow::Error> = async {
+            Ok(run!(self.reads(), sqlx::query_as(&format!(
+                "SELECT id, plan_generation FROM hosts WHERE id IN {ids_in}"
+            ))
+            .bind(serde_json::to_string(hosts)?) => fetch_all)?)
+        }
+        .await;
+        match read {
+            Ok(rows) => {
+                for (h, g) in rows {
+                    self.cache.saw_generation(h, g as u64);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "cannot read plan generations another controller changed; forgetting them"
+                );
+                self.cache.forget_generations(hosts);
+            }
         }
     }
 
