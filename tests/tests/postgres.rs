@@ -122,3 +122,95 @@ fn a_postgres_controller_keeps_its_rows_in_postgres() {
     );
     assert!(!ctl.data_dir.join("berth.db").exists());
 }
+
+/// Only the lease holder ticks a cluster. While another controller (here a row standing in
+/// for one, live and holding the cluster) has the lease, reports still land and are kept,
+/// but nothing of the next phases is released by this controller; when the other's lease
+/// lapses, this one claims the cluster, ticks it, and the apply finishes with every hook
+/// run once.
+#[test]
+#[cfg_attr(
+    not(berth_postgres),
+    ignore = "needs PostgreSQL: set BERTH_TEST_PG to a server's socket directory"
+)]
+fn a_cluster_another_controller_holds_is_not_ticked_here_until_its_lease_lapses() {
+    let ctl = Controller::start(&["--lease-ttl", "2s"]);
+    let db = ctl.database.clone().expect("a PostgreSQL controller");
+    let _agents = ctl.agents(&["m0", "n0"]);
+    let src = ctl.dir.path().join("src");
+    let marks = ctl.dir.path().join("marks");
+    let mark = |hook: &str| format!("sleep 1\necho \"$BERTH_HOST {hook}\" >> \"$MARKS\"");
+    let b = hook_bundle(
+        &src,
+        "slow",
+        &[
+            ("install", &mark("install")),
+            ("init", &mark("init")),
+            ("join-node", &mark("join-node")),
+        ],
+        "",
+    );
+    push_dir(&ctl, &b, "slow:v1");
+    let cf = ctl.clusterfile(
+        "c1",
+        &["m0"],
+        &["n0"],
+        &["slow:v1"],
+        &[format!("MARKS={}", marks.display())],
+    );
+    let out = ctl.cli(&["apply", "-f", cf.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Another controller, live, takes the cluster for 12 s.
+    let phantom = "0123456789abcdef";
+    db.psql(&format!(
+        "INSERT INTO controllers (id, name, url, version, ca_hash, plan_key_id, started_ms, seen_ms)
+         SELECT '{phantom}', 'phantom', 'https://phantom:7443', version, ca_hash, plan_key_id, berth_now_ms(), berth_now_ms() + 12000
+         FROM controllers LIMIT 1"
+    ));
+    db.psql(&format!(
+        "UPDATE cluster_leases SET controller_id = '{phantom}', expires_ms = berth_now_ms() + 12000"
+    ));
+    let taken = Instant::now();
+    let released = || -> usize {
+        db.psql("SELECT COUNT(*) FROM steps WHERE state != 'pending'")
+            .parse()
+            .unwrap()
+    };
+    // What was released before the lease moved runs and reports; nothing new is released.
+    std::thread::sleep(Duration::from_secs(4));
+    let at_4s = released();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        released(),
+        at_4s,
+        "nothing released while another holds the lease"
+    );
+    assert_ne!(ctl.status("c1")["phase"], "Running");
+    let out = ctl.cli(&["get", "controllers", "-o", "json"]);
+    let members: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let phantom_row = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "phantom")
+        .unwrap_or_else(|| panic!("{members}"));
+    assert_eq!(phantom_row["clusters"], serde_json::json!(["c1"]));
+
+    // The other's lease lapses: this controller claims c1 and the apply goes on.
+    wait_for("Running", Duration::from_secs(60), || {
+        (ctl.status("c1")["phase"] == "Running").then_some(())
+    });
+    assert!(
+        taken.elapsed() >= Duration::from_secs(12),
+        "not before the lease lapsed"
+    );
+    let lines = std::fs::read_to_string(&marks).unwrap();
+    let mut sorted: Vec<&str> = lines.lines().collect();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        ["m0 init", "m0 install", "n0 install", "n0 join-node"],
+        "every hook once"
+    );
+}
