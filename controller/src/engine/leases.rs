@@ -123,7 +123,13 @@ impl Engine {
         let lost: Vec<i64> = {
             let mut h = self.leases.held();
             let before: HashSet<i64> = h.mine.keys().copied().collect();
+            // Claimed by `hold` after this round read the leases: kept.
+            let newer: Vec<(i64, Instant)> = (h.mine.iter())
+                .filter(|(_, u)| **u > until)
+                .map(|(c, u)| (*c, *u))
+                .collect();
             h.mine = round.mine.iter().map(|c| (*c, until)).collect();
+            h.mine.extend(newer);
             h.others = (round.others.iter())
                 .map(|(c, end)| {
                     let left = Duration::from_millis((end - round.now_ms).max(0) as u64);

@@ -81,6 +81,12 @@ impl Store {
                 "controller {name} ({url}) serves this database with another PKI ({what}): every controller of one database needs the same `pki/` — copy {name}'s <data-dir>/pki to this controller's data dir (see docs/scale-out.md, \"Several controllers\"); when rotating the CA on purpose, stop every controller first (one stopped cleanly leaves the list at once, one killed after ten minutes)"
             )));
         }
+        if !self.shared() {
+            // SQLite is one controller's (one `berth serve` per data dir): what an earlier
+            // process held, it held for this one — a restart after a crash ticks at once.
+            run!(tx.conn(), sqlx::query("DELETE FROM cluster_leases") => execute)?;
+            run!(tx.conn(), sqlx::query("DELETE FROM controllers") => execute)?;
+        }
         self.upsert_member(&mut tx, me).await?;
         tx.commit().await?;
         Ok(())
