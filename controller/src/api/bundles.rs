@@ -406,10 +406,13 @@ pub async fn blob(
             resp.map(Body::new).into_response()
         }
         (None, Some(bucket)) => {
-            let size = bucket
-                .size(&digest)
-                .await
-                .map_err(ApiError::Internal)?
+            // The size the store recorded when the bundle was pushed: the bucket gets one
+            // request (the ranged GET), none for HEAD.
+            let size = st
+                .store
+                .bundle(&digest.to_string())
+                .await?
+                .map(|b| b.size as u64)
                 .ok_or_else(no_blob)?;
             let range = req
                 .headers()
