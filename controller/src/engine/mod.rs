@@ -125,6 +125,12 @@ pub struct HostWaker {
 }
 
 impl HostWaker {
+    /// Wakes the held polls, noting when (for the plan-delivery histogram).
+    fn wake(&self) {
+        *self.woken.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
+        self.notify.notify_waiters();
+    }
+
     pub fn woken_at(&self) -> Option<std::time::Instant> {
         *self.woken.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -367,9 +373,7 @@ impl Engine {
     }
 
     fn wake(&self, host_id: i64) {
-        let w = self.waker(host_id);
-        *w.woken.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-        w.notify.notify_waiters();
+        self.waker(host_id).wake();
     }
 
     /// Wakes a host's held polls if it has a waker here (another controller changed its
@@ -382,8 +386,7 @@ impl Engine {
             .get(&host_id)
             .cloned();
         if let Some(w) = w {
-            *w.woken.lock().unwrap_or_else(|e| e.into_inner()) = Some(std::time::Instant::now());
-            w.notify.notify_waiters();
+            w.wake();
         }
     }
 
@@ -1135,10 +1138,8 @@ impl Engine {
     /// Ticks every cluster this controller holds (at start, after a restart; on SQLite,
     /// every cluster).
     pub async fn tick_all(&self) -> Result<()> {
-        for c in self.store.clusters().await? {
-            if self.leases.holds(c.id) || !self.store.shared() {
-                self.tick(c.id).await?;
-            }
+        for c in self.leases.mine() {
+            self.tick(c).await?;
         }
         Ok(())
     }

@@ -504,14 +504,11 @@ impl Store {
             .load(host_id, move |ids| {
                 let store = store.clone();
                 async move {
-                    let ids_in = (store.dialect().json_ints)(1);
-                    let rows: Vec<(i64, i64)> = run!(store.reads(), sqlx::query_as(
-                        &format!("SELECT id, plan_generation FROM hosts WHERE id IN {ids_in}"),
-                    )
-                    .bind(serde_json::to_string(&ids)?) => fetch_all)?;
-                    Ok(rows
+                    Ok(store
+                        .read_generations(&ids)
+                        .await?
                         .into_iter()
-                        .map(|(id, g)| (id, Some(g as u64)))
+                        .map(|(id, g)| (id, Some(g)))
                         .collect())
                 }
             })
@@ -520,6 +517,16 @@ impl Store {
             .ok_or(StoreError::Db(sqlx::Error::RowNotFound))?;
         self.cache.saw_generation(host_id, g);
         Ok(g)
+    }
+
+    /// The plan generations of these hosts (those that exist), read now.
+    pub(super) async fn read_generations(&self, ids: &[i64]) -> Result<Vec<(i64, u64)>> {
+        let ids_in = (self.dialect().json_ints)(1);
+        let rows: Vec<(i64, i64)> = run!(self.reads(), sqlx::query_as(
+            &format!("SELECT id, plan_generation FROM hosts WHERE id IN {ids_in}"),
+        )
+        .bind(serde_json::to_string(ids)?) => fetch_all)?;
+        Ok(rows.into_iter().map(|(id, g)| (id, g as u64)).collect())
     }
 
     /// The steps with these ids, on `conn` (inside a write transaction).

@@ -100,6 +100,19 @@ impl Signal {
     }
 }
 
+/// Sends `payload` on the channel through `conn` (inside a transaction: at its commit).
+async fn notify<'c>(
+    conn: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    payload: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 /// A controller's id: 16 lowercase hex digits.
 pub fn is_member_id(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -176,23 +189,15 @@ impl Store {
     /// so never older than what was signalled; a read that raced it is outgrown, as the
     /// cache keeps the highest.) A failed read forgets the hosts' cached generations.
     pub async fn plans_changed_elsewhere(&self, hosts: &[i64]) {
-        let ids_in = (self.dialect().json_ints)(1);
-        let read: std::result::Result<Vec<(i64, i64)>, anyhow::Error> = async {
-            Ok(run!(self.reads(), sqlx::query_as(&format!(
-                "SELECT id, plan_generation FROM hosts WHERE id IN {ids_in}"
-            ))
-            .bind(serde_json::to_string(hosts)?) => fetch_all)?)
-        }
-        .await;
-        match read {
+        match self.read_generations(hosts).await {
             Ok(rows) => {
                 for (h, g) in rows {
-                    self.cache.saw_generation(h, g as u64);
+                    self.cache.saw_generation(h, g);
                 }
             }
             Err(e) => {
                 tracing::warn!(
-                    error = format!("{e:#}"),
+                    error = %e,
                     "cannot read plan generations another controller changed; forgetting them"
                 );
                 self.cache.forget_generations(hosts);
@@ -236,12 +241,7 @@ impl Store {
             return;
         };
         for p in signal.payloads(&self.member) {
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(&p)
-                .execute(pool)
-                .await
-            {
+            if let Err(e) = notify(pool, &p).await {
                 tracing::warn!(error = %e, "cannot signal the other controllers");
             }
         }
@@ -259,11 +259,7 @@ impl Store {
         }
         if let super::On::Postgres(conn) = tx.conn() {
             for p in Signal::Plans(bumped.to_vec()).payloads(&self.member) {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(CHANNEL)
-                    .bind(&p)
-                    .execute(&mut *conn)
-                    .await?;
+                notify(&mut *conn, &p).await?;
             }
         }
         Ok(())
